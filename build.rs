@@ -1,0 +1,26 @@
+//! Compiles `proto/paygate/v1/*.proto` into Rust (tonic + prost), with a descriptor set for reflection.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tonic-prost-build does not register the protos with cargo; without this, proto edits are ignored.
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=migrations");
+
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let include = protoc_bin_vendored::include_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { env::set_var("PROTOC", protoc) };
+
+    let mut protos: Vec<PathBuf> = fs::read_dir("proto/paygate/v1")?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    protos.sort();
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("paygate_descriptor.bin"))
+        .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
+    Ok(())
+}

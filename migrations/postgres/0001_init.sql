@@ -1,0 +1,90 @@
+-- Times are unix milliseconds (BIGINT) so PostgreSQL and SQLite share every query.
+
+CREATE TABLE merchants (
+    merchant_id TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    parent_id   TEXT REFERENCES merchants (merchant_id),
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE api_keys (
+    key_id      TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL REFERENCES merchants (merchant_id),
+    -- SHA-256 of the whole key; keys are 190-bit random, so a fast hash is the right one.
+    key_hash    TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL,
+    revoked_at  BIGINT
+);
+
+CREATE TABLE channels (
+    channel_key        TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL REFERENCES merchants (merchant_id),
+    name               TEXT NOT NULL,
+    provider           TEXT NOT NULL,
+    mode               TEXT NOT NULL,
+    project_key        TEXT NOT NULL,
+    secret_key         TEXT NOT NULL,
+    widget             TEXT NOT NULL,
+    sign_version       BIGINT NOT NULL,
+    pingback_allowlist TEXT NOT NULL, -- JSON array of CIDR strings
+    api_base_url       TEXT NOT NULL,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL
+);
+CREATE INDEX channels_by_merchant ON channels (merchant_id, channel_key);
+
+CREATE TABLE payments (
+    payment_id     TEXT PRIMARY KEY,
+    merchant_id    TEXT NOT NULL REFERENCES merchants (merchant_id),
+    channel_key    TEXT NOT NULL REFERENCES channels (channel_key),
+    merchant_uid   TEXT NOT NULL,
+    amount_minor   BIGINT NOT NULL,
+    currency       TEXT NOT NULL,
+    order_name     TEXT NOT NULL,
+    customer_uid   TEXT NOT NULL,
+    customer_email TEXT NOT NULL,
+    payment_method TEXT NOT NULL,
+    widget         TEXT NOT NULL,
+    success_url    TEXT NOT NULL,
+    failure_url    TEXT NOT NULL,
+    country_code   TEXT NOT NULL,
+    language       TEXT NOT NULL,
+    custom_params  TEXT NOT NULL, -- JSON object
+    status         TEXT NOT NULL,
+    provider_ref   TEXT,
+    is_test        BIGINT NOT NULL DEFAULT 0,
+    created_at     BIGINT NOT NULL,
+    updated_at     BIGINT NOT NULL,
+    paid_at        BIGINT,
+    failed_at      BIGINT,
+    UNIQUE (merchant_id, merchant_uid)
+);
+CREATE INDEX payments_by_merchant ON payments (merchant_id, payment_id);
+
+-- Every pingback that passed signature checks, raw, deduplicated on Paymentwall's own unique id.
+CREATE TABLE pingbacks (
+    pingback_id  TEXT PRIMARY KEY,
+    channel_key  TEXT NOT NULL REFERENCES channels (channel_key),
+    ref          TEXT NOT NULL,
+    type         BIGINT NOT NULL,
+    query        TEXT NOT NULL,
+    -- applied: its effects are committed; deferred: stored but not yet supported, answered non-OK.
+    outcome      TEXT NOT NULL,
+    payment_id   TEXT,
+    received_at  BIGINT NOT NULL,
+    last_seen_at BIGINT NOT NULL,
+    deliveries   BIGINT NOT NULL DEFAULT 1,
+    UNIQUE (channel_key, ref, type)
+);
+
+-- Append-only: one row per payment state change.
+CREATE TABLE payment_events (
+    event_id    BIGSERIAL PRIMARY KEY,
+    payment_id  TEXT NOT NULL REFERENCES payments (payment_id),
+    merchant_id TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    snapshot    TEXT NOT NULL, -- JSON of the payment after the change
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX payment_events_by_payment ON payment_events (payment_id, event_id);

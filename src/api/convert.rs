@@ -1,0 +1,151 @@
+//! Conversions between proto messages and domain types.
+
+use prost_types::Timestamp;
+
+use crate::{
+    channels::{Channel, ChannelMode, Provider},
+    payments::{Payment, PaymentStatus},
+    proto::v1 as pb,
+};
+
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn millis(ts: &Timestamp) -> i64 {
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos / 1_000_000))
+}
+
+pub fn status_to_proto(status: PaymentStatus) -> pb::PaymentStatus {
+    match status {
+        PaymentStatus::Ready => pb::PaymentStatus::Ready,
+        PaymentStatus::PendingReview => pb::PaymentStatus::PendingReview,
+        PaymentStatus::Paid => pb::PaymentStatus::Paid,
+        PaymentStatus::CancelPending => pb::PaymentStatus::CancelPending,
+        PaymentStatus::PartialCancelled => pb::PaymentStatus::PartialCancelled,
+        PaymentStatus::Cancelled => pb::PaymentStatus::Cancelled,
+        PaymentStatus::Failed => pb::PaymentStatus::Failed,
+    }
+}
+
+/// `None` for UNSPECIFIED and for numbers this server does not know.
+pub fn status_from_proto(value: i32) -> Option<PaymentStatus> {
+    match pb::PaymentStatus::try_from(value).ok()? {
+        pb::PaymentStatus::Unspecified => None,
+        pb::PaymentStatus::Ready => Some(PaymentStatus::Ready),
+        pb::PaymentStatus::PendingReview => Some(PaymentStatus::PendingReview),
+        pb::PaymentStatus::Paid => Some(PaymentStatus::Paid),
+        pb::PaymentStatus::CancelPending => Some(PaymentStatus::CancelPending),
+        pb::PaymentStatus::PartialCancelled => Some(PaymentStatus::PartialCancelled),
+        pb::PaymentStatus::Cancelled => Some(PaymentStatus::Cancelled),
+        pb::PaymentStatus::Failed => Some(PaymentStatus::Failed),
+    }
+}
+
+pub fn payment(p: Payment) -> pb::Payment {
+    pb::Payment {
+        payment_id: p.payment_id,
+        merchant_uid: p.merchant_uid,
+        channel_key: p.channel_key,
+        status: status_to_proto(p.status) as i32,
+        amount: Some(pb::Money { amount_minor: p.amount_minor, currency: p.currency }),
+        order_name: p.order_name,
+        customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email }),
+        payment_method: p.payment_method,
+        provider_ref: p.provider_ref.unwrap_or_default(),
+        test: p.test,
+        custom_params: p.custom_params.into_iter().collect(),
+        created_at: Some(timestamp(p.created_at)),
+        updated_at: Some(timestamp(p.updated_at)),
+        paid_at: p.paid_at.map(timestamp),
+        failed_at: p.failed_at.map(timestamp),
+    }
+}
+
+pub fn provider_from_proto(value: i32) -> Option<Provider> {
+    match pb::Provider::try_from(value).ok()? {
+        pb::Provider::Paymentwall => Some(Provider::Paymentwall),
+        pb::Provider::Unspecified => None,
+    }
+}
+
+pub fn mode_from_proto(value: i32) -> Option<ChannelMode> {
+    match pb::ChannelMode::try_from(value).ok()? {
+        pb::ChannelMode::Test => Some(ChannelMode::Test),
+        pb::ChannelMode::Live => Some(ChannelMode::Live),
+        pb::ChannelMode::Unspecified => None,
+    }
+}
+
+/// The channel as callers see it: never the secret.
+pub fn channel(c: Channel) -> pb::Channel {
+    let pingback_path = c.pingback_path();
+    let provider = match c.provider {
+        Provider::Paymentwall => pb::Provider::Paymentwall,
+    };
+    let mode = match c.mode {
+        ChannelMode::Test => pb::ChannelMode::Test,
+        ChannelMode::Live => pb::ChannelMode::Live,
+    };
+    pb::Channel {
+        channel_key: c.channel_key,
+        name: c.name,
+        provider: provider as i32,
+        mode: mode as i32,
+        paymentwall: Some(pb::PaymentwallSettings {
+            project_key: c.paymentwall.project_key,
+            widget: c.paymentwall.widget,
+            sign_version: c.paymentwall.sign_version.number(),
+            pingback_allowlist: c.paymentwall.pingback_allowlist.iter().map(ToString::to_string).collect(),
+            api_base_url: c.paymentwall.api_base_url,
+        }),
+        created_at: Some(timestamp(c.created_at)),
+        updated_at: Some(timestamp(c.updated_at)),
+        pingback_path,
+    }
+}
+
+/// Opaque page tokens: the last key of the previous page, base64url so callers do not parse it.
+pub mod page_token {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+    use crate::error::InvalidArgument;
+
+    pub fn encode(last_key: &str) -> String {
+        URL_SAFE_NO_PAD.encode(last_key)
+    }
+
+    pub fn decode(token: &str) -> Result<Option<String>, InvalidArgument> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(Some)
+            .ok_or_else(|| InvalidArgument::single("page_token", "is not a token this server issued"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_1970() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(millis(&timestamp(ms)), ms);
+        }
+        assert_eq!(timestamp(-1).nanos, 999_000_000);
+    }
+
+    #[test]
+    fn every_status_survives_the_proto_round_trip() {
+        for status in PaymentStatus::ALL {
+            assert_eq!(status_from_proto(status_to_proto(status) as i32), Some(status));
+        }
+        assert_eq!(status_from_proto(0), None);
+        assert_eq!(status_from_proto(99), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! The gRPC API (port 50051): one file per service, the auth layer, proto conversions.
+//! Errors become `tonic::Status` in `crate::error`.
+
+pub mod auth;
+pub mod channels;
+mod convert;
+pub mod payments;
+
+use tonic::{Request, Status};
+
+use crate::merchants::Caller;
+
+/// The authenticated merchant, placed in the request by `auth::AuthLayer`.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing authorization metadata"))
+}
+
+/// Page sizes: 0 means the default; anything above the maximum is lowered to it (AIP-158).
+fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => 50,
+        n => n.min(100),
+    }
+}

@@ -1,0 +1,149 @@
+//! Wiring: settings -> database -> services -> the gRPC and HTTP servers; graceful shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use secrecy::ExposeSecret;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{
+    api::{self, auth::AuthLayer},
+    config::Settings,
+    ingest,
+    proto::{
+        self,
+        v1::{channel_service_server::ChannelServiceServer, payment_service_server::PaymentServiceServer},
+    },
+    store::{Db, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// What request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn pingback_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.pingback_timeout_ms)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn connect_db(settings: &Settings) -> Result<Db, StoreError> {
+    Db::connect(settings.database_url.expose_secret(), &settings.pool_settings()).await
+}
+
+/// Runs both servers until SIGTERM or Ctrl-C.
+pub async fn serve(settings: Settings) -> Result<(), AppError> {
+    let db = connect_db(&settings).await?;
+    if settings.migrate_on_start {
+        db.migrate().await?;
+    }
+    let grpc_listener = bind(settings.grpc_addr).await?;
+    let http_listener = bind(settings.http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.grpc_addr, source })?;
+    let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.http_addr, source })?;
+
+    let state =
+        AppState { db: db.clone(), settings: Arc::new(settings), shutting_down: Arc::new(AtomicBool::new(false)) };
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
+    health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let grpc = Server::builder()
+        .layer(AuthLayer::new(db.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(db.clone())))
+        .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(db.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+    let http =
+        axum::serve(http_listener, ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped(stop_rx));
+
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    tracing::info!(%grpc_addr, %http_addr, "paygate ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: refusing new work, finishing in-flight requests");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
+    health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+    let _ = stop_tx.send(true);
+
+    let grpc_result = grpc.await.unwrap_or(Ok(()));
+    let http_result = http.await.unwrap_or(Ok(()));
+    db.close().await;
+    grpc_result?;
+    http_result.map_err(AppError::Http)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,263 @@
+//! A channel and the rules for creating one.
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{
+    error::Violations,
+    ingest::parse_cidr,
+    providers::paymentwall::{self, SignVersion},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Paymentwall,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paymentwall => "PAYMENTWALL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "PAYMENTWALL").then_some(Self::Paymentwall)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMode {
+    Test,
+    Live,
+}
+
+impl ChannelMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Test => "TEST",
+            Self::Live => "LIVE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TEST" => Some(Self::Test),
+            "LIVE" => Some(Self::Live),
+            _ => None,
+        }
+    }
+}
+
+/// Paymentwall credentials. `Debug` shows the secret as `[REDACTED]`.
+#[derive(Debug, Clone)]
+pub struct PaymentwallConfig {
+    pub project_key: String,
+    pub secret_key: SecretString,
+    pub widget: String,
+    pub sign_version: SignVersion,
+    /// Where pingbacks may come from; never empty once stored (defaults filled in).
+    pub pingback_allowlist: Vec<IpNet>,
+    /// Base of every Paymentwall URL, without a trailing slash.
+    pub api_base_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub channel_key: String,
+    pub merchant_id: String,
+    pub name: String,
+    pub provider: Provider,
+    pub mode: ChannelMode,
+    pub paymentwall: PaymentwallConfig,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Channel {
+    pub fn pingback_path(&self) -> String {
+        format!("/pingback/paymentwall/{}", self.channel_key)
+    }
+}
+
+/// A CreateChannel request as received; `validate` turns it into a channel config or names every
+/// bad field. Enums arrive as `None` when unspecified or unknown.
+#[derive(Debug, Clone, Default)]
+pub struct NewChannel {
+    pub channel_key: String,
+    pub name: String,
+    pub provider: Option<Provider>,
+    pub mode: Option<ChannelMode>,
+    /// `None` when the `paymentwall` message was absent.
+    pub paymentwall: Option<NewPaymentwall>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewPaymentwall {
+    pub project_key: String,
+    pub secret_key: SecretString,
+    pub widget: String,
+    pub sign_version: u32,
+    pub pingback_allowlist: Vec<String>,
+    pub api_base_url: String,
+}
+
+pub const MAX_CHANNEL_KEY: usize = 64;
+pub const MAX_NAME: usize = 128;
+pub const DEFAULT_WIDGET: &str = "p1_1";
+
+impl NewChannel {
+    /// Checks every field and fills defaults, giving the channel to store. Nothing is stored by this.
+    pub fn validate(self, merchant_id: &str, now: i64) -> Result<Channel, crate::error::InvalidArgument> {
+        let mut v = Violations::default();
+        let channel_key = if self.channel_key.is_empty() {
+            format!("ch_{}", ulid::Ulid::new())
+        } else {
+            if self.channel_key.len() > MAX_CHANNEL_KEY
+                || !self.channel_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                v.add("channel_key", format!("must be 1 to {MAX_CHANNEL_KEY} letters, digits, '_' or '-'"));
+            }
+            self.channel_key
+        };
+        if self.name.chars().count() > MAX_NAME || self.name.chars().any(char::is_control) {
+            v.add("name", format!("must be at most {MAX_NAME} printable characters"));
+        }
+        if self.provider.is_none() {
+            v.add("provider", "must be PROVIDER_PAYMENTWALL");
+        }
+        if self.mode.is_none() {
+            v.add("mode", "must be CHANNEL_MODE_TEST or CHANNEL_MODE_LIVE");
+        }
+        let config = match self.paymentwall {
+            None => {
+                v.add("paymentwall", "is required for a Paymentwall channel");
+                None
+            }
+            Some(pw) => validate_paymentwall(pw, &mut v),
+        };
+        v.check()?;
+        // All `None`s above added a violation, so these are present.
+        let (Some(provider), Some(mode), Some(paymentwall)) = (self.provider, self.mode, config) else {
+            unreachable!("validated above")
+        };
+        Ok(Channel {
+            channel_key,
+            merchant_id: merchant_id.to_owned(),
+            name: self.name,
+            provider,
+            mode,
+            paymentwall,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+}
+
+fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Option<PaymentwallConfig> {
+    let key_ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    if !key_ok(&pw.project_key) {
+        v.add("paymentwall.project_key", "is required (printable, at most 128 characters)");
+    }
+    if !key_ok(pw.secret_key.expose_secret()) {
+        v.add("paymentwall.secret_key", "is required (printable, at most 128 characters)");
+    }
+    let widget = if pw.widget.is_empty() { DEFAULT_WIDGET.to_owned() } else { pw.widget };
+    if widget.len() > 64 || !widget.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        v.add("paymentwall.widget", "must be a widget code such as p1_1");
+    }
+    let sign_version = match pw.sign_version {
+        0 | 3 => Some(SignVersion::V3),
+        2 => Some(SignVersion::V2),
+        _ => {
+            v.add("paymentwall.sign_version", "must be 2 (MD5) or 3 (SHA-256)");
+            None
+        }
+    };
+    let mut allowlist = Vec::new();
+    for (i, cidr) in pw.pingback_allowlist.iter().enumerate() {
+        match parse_cidr(cidr) {
+            Ok(net) => allowlist.push(net),
+            Err(e) => v.add(format!("paymentwall.pingback_allowlist[{i}]"), e),
+        }
+    }
+    if allowlist.is_empty() && pw.pingback_allowlist.is_empty() {
+        allowlist = paymentwall::published_pingback_sources();
+    }
+    let api_base_url = if pw.api_base_url.is_empty() {
+        paymentwall::DEFAULT_API_BASE_URL.to_owned()
+    } else {
+        pw.api_base_url.trim_end_matches('/').to_owned()
+    };
+    match url::Url::parse(&api_base_url) {
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() => {}
+        _ => v.add("paymentwall.api_base_url", "must be an absolute http(s) URL without a query"),
+    }
+    Some(PaymentwallConfig {
+        project_key: pw.project_key,
+        secret_key: pw.secret_key,
+        widget,
+        sign_version: sign_version?,
+        pingback_allowlist: allowlist,
+        api_base_url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> NewChannel {
+        NewChannel {
+            channel_key: String::new(),
+            name: "main".into(),
+            provider: Some(Provider::Paymentwall),
+            mode: Some(ChannelMode::Test),
+            paymentwall: Some(NewPaymentwall {
+                project_key: "pk".into(),
+                secret_key: SecretString::from("sk"),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn fields(c: NewChannel) -> Vec<String> {
+        match c.validate("mer_1", 0) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|v| v.field.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let channel = valid().validate("mer_1", 0).expect("valid");
+        assert!(channel.channel_key.starts_with("ch_"));
+        let pw = channel.paymentwall;
+        assert_eq!(pw.sign_version, SignVersion::V3);
+        assert_eq!(pw.widget, "p1_1");
+        assert_eq!(pw.api_base_url, "https://api.paymentwall.com");
+        assert_eq!(pw.pingback_allowlist, paymentwall::published_pingback_sources());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = valid();
+        c.provider = None;
+        assert_eq!(fields(c), ["provider"]);
+        let mut c = valid();
+        c.paymentwall.as_mut().unwrap().sign_version = 1;
+        assert_eq!(fields(c), ["paymentwall.sign_version"]);
+        let mut c = valid();
+        c.paymentwall.as_mut().unwrap().pingback_allowlist = vec!["10.0.0.0/8".into(), "300.1.1.1".into()];
+        assert_eq!(fields(c), ["paymentwall.pingback_allowlist[1]"]);
+        let mut c = valid();
+        c.paymentwall.as_mut().unwrap().secret_key = SecretString::from("");
+        assert_eq!(fields(c), ["paymentwall.secret_key"]);
+        let mut c = valid();
+        c.paymentwall.as_mut().unwrap().api_base_url = "ftp://example.com".into();
+        assert_eq!(fields(c), ["paymentwall.api_base_url"]);
+        let mut c = valid();
+        c.channel_key = "has space".into();
+        assert_eq!(fields(c), ["channel_key"]);
+    }
+}

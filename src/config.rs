@@ -1,0 +1,193 @@
+//! Settings: defaults, then a TOML file, then `PAYGATE_*` environment variables (env wins).
+//! Every setting and its default is listed in the README's configuration table.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use ipnet::IpNet;
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::store::PoolSettings;
+
+pub const DEFAULT_CONFIG_FILE: &str = "paygate.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// gRPC API (internal services).
+    pub grpc_addr: SocketAddr,
+    /// HTTP: provider pingbacks, health.
+    pub http_addr: SocketAddr,
+    /// `postgres://...` or `sqlite:...`; holds credentials, so never printed.
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    /// How long a request waits for a database connection before it fails as unavailable.
+    pub database_acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    /// Redis for the shared cache and cross-replica fan-out; none means in-process only.
+    pub redis_url: Option<SecretString>,
+    /// Token for the admin RPCs.
+    pub admin_token: Option<SecretString>,
+    /// Proxies (CIDR blocks) whose `X-Forwarded-For` is believed when checking pingback sources.
+    #[serde(deserialize_with = "cidr_list")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
+    pub pingback_timeout_ms: u64,
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, e.g. `info` or `paygate=debug,info`.
+    pub log_level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: ([0, 0, 0, 0], 50051).into(),
+            http_addr: ([0, 0, 0, 0], 8080).into(),
+            database_url: SecretString::from("sqlite://paygate.db?mode=rwc"),
+            database_max_connections: 16,
+            database_acquire_timeout_ms: 3_000,
+            migrate_on_start: true,
+            redis_url: None,
+            admin_token: None,
+            trusted_proxies: Vec::new(),
+            pingback_timeout_ms: 10_000,
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// The defaults as a figment provider. Secrets and lists are left out: their defaults come from
+/// `Default` through `#[serde(default)]`.
+#[derive(Serialize)]
+struct PlainDefaults {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    database_max_connections: u32,
+    database_acquire_timeout_ms: u64,
+    migrate_on_start: bool,
+    pingback_timeout_ms: u64,
+    log_format: LogFormat,
+    log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(String),
+}
+
+impl Settings {
+    /// Loads settings. `file` is the explicit `--config` path (must exist); without it,
+    /// `paygate.toml` in the working directory is read when present.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let d = Settings::default();
+        let mut figment = Figment::from(Serialized::defaults(PlainDefaults {
+            grpc_addr: d.grpc_addr,
+            http_addr: d.http_addr,
+            database_max_connections: d.database_max_connections,
+            database_acquire_timeout_ms: d.database_acquire_timeout_ms,
+            migrate_on_start: d.migrate_on_start,
+            pingback_timeout_ms: d.pingback_timeout_ms,
+            log_format: d.log_format,
+            log_level: d.log_level,
+        }));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.display().to_string())),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        figment = figment.merge(Env::prefixed("PAYGATE_").ignore(&["config"]));
+        figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.database_max_connections.max(1),
+            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
+        }
+    }
+}
+
+/// Accepts a TOML array or a comma-separated string (the form an environment variable takes).
+fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::List(items) => items,
+        Raw::Csv(csv) => csv.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| crate::ingest::parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn env_wins_over_file_and_defaults_fill_the_rest() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "paygate.toml",
+                "grpc_addr = \"127.0.0.1:6000\"\nhttp_addr = \"127.0.0.1:6001\"\nlog_level = \"debug\"",
+            )?;
+            jail.set_env("PAYGATE_GRPC_ADDR", "127.0.0.1:7000");
+            jail.set_env("PAYGATE_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1");
+            let s = Settings::load(None).expect("settings load");
+            assert_eq!(s.grpc_addr.to_string(), "127.0.0.1:7000");
+            assert_eq!(s.http_addr.to_string(), "127.0.0.1:6001");
+            assert_eq!(s.log_level, "debug");
+            assert_eq!(s.database_url.expose_secret(), "sqlite://paygate.db?mode=rwc");
+            assert_eq!(s.trusted_proxies.len(), 2);
+            assert_eq!(s.trusted_proxies[1].to_string(), "192.168.1.1/32");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_malformed_proxy_list_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGATE_TRUSTED_PROXIES", "10.0.0.0/33");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGATE_ADMIN_TOKEN", "very-secret-admin");
+            jail.set_env("PAYGATE_DATABASE_URL", "postgres://u:hunter2@db/paygate");
+            let s = Settings::load(None).expect("settings load");
+            let printed = format!("{s:?}");
+            assert!(!printed.contains("very-secret-admin"), "{printed}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,165 @@
+//! The one place where module errors become answers: `tonic::Status` for gRPC callers and HTTP
+//! responses for providers. Modules say what went wrong; this file decides how it is told.
+
+use std::fmt;
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    channels::ChannelError, ingest::PingbackError, merchants::AuthError, payments::PaymentError, store::StoreError,
+};
+
+/// One problem with one request field, named by its proto path (e.g. `customer.uid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Collects every problem of a request so the caller can fix them all at once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &FieldViolation> {
+        self.0.iter()
+    }
+
+    /// `Ok(())` when nothing was added, otherwise the collected violations as an error.
+    pub fn check(self) -> Result<(), InvalidArgument> {
+        if self.0.is_empty() { Ok(()) } else { Err(InvalidArgument(self)) }
+    }
+}
+
+/// A request that failed validation; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidArgument(pub Violations);
+
+impl InvalidArgument {
+    pub fn single(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut violations = Violations::default();
+        violations.add(field, description);
+        Self(violations)
+    }
+}
+
+impl fmt::Display for InvalidArgument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid request: ")?;
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", v.field, v.description)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<InvalidArgument> for Status {
+    fn from(err: InvalidArgument) -> Self {
+        let mut details = ErrorDetails::new();
+        for v in err.0.iter() {
+            details.add_bad_request_violation(v.field.clone(), v.description.clone());
+        }
+        Status::with_error_details(Code::InvalidArgument, err.to_string(), details)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Status::unavailable("database unavailable, retry later")
+            }
+            other => {
+                tracing::error!(error = %other, "database error");
+                Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+impl From<ChannelError> for Status {
+    fn from(err: ChannelError) -> Self {
+        match err {
+            ChannelError::Invalid(invalid) => invalid.into(),
+            ChannelError::NotFound => Status::not_found("channel not found"),
+            ChannelError::KeyTaken => Status::already_exists("channel_key: a channel with this key already exists"),
+            ChannelError::Store(store) => store.into(),
+            ChannelError::Corrupt(what) => {
+                tracing::error!(problem = %what, "stored channel is unreadable");
+                Status::internal("stored channel is unreadable")
+            }
+        }
+    }
+}
+
+impl From<PaymentError> for Status {
+    fn from(err: PaymentError) -> Self {
+        match err {
+            PaymentError::Invalid(invalid) => invalid.into(),
+            PaymentError::NotFound => Status::not_found("payment not found"),
+            PaymentError::MerchantUidTaken => {
+                Status::already_exists("merchant_uid: a payment with this merchant_uid already exists")
+            }
+            PaymentError::Channel(channel) => channel.into(),
+            PaymentError::Provider(problem) => {
+                tracing::error!(%problem, "provider request could not be built");
+                Status::internal("provider request could not be built")
+            }
+            PaymentError::Store(store) => store.into(),
+            PaymentError::Corrupt(what) => {
+                tracing::error!(problem = %what, "stored payment is unreadable");
+                Status::internal("stored payment is unreadable")
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Missing | AuthError::Malformed | AuthError::UnknownKey => {
+                Status::unauthenticated(err.to_string())
+            }
+            AuthError::Store(store) => store.into(),
+        }
+    }
+}
+
+/// Paymentwall reads only "200 + body OK" as delivered; everything else is retried later, so the
+/// status code tells operators (and the provider's dashboard) why, and the body says it in a line.
+impl IntoResponse for PingbackError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            PingbackError::UnknownChannel => StatusCode::NOT_FOUND,
+            PingbackError::SourceNotAllowed(_)
+            | PingbackError::BadSignature
+            | PingbackError::SignVersionNotAccepted(_)
+            | PingbackError::TestOnLiveChannel => StatusCode::FORBIDDEN,
+            PingbackError::Malformed(_) => StatusCode::BAD_REQUEST,
+            PingbackError::PaymentNotFound => StatusCode::UNPROCESSABLE_ENTITY,
+            PingbackError::Deferred(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PingbackError::Store(StoreError::Unavailable(_)) | PingbackError::Timeout | PingbackError::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, format!("{}\n", self.public_reason())).into_response()
+    }
+}

@@ -1,0 +1,78 @@
+//! Who sent a request: the peer address, or, when the peer is a trusted proxy, the nearest
+//! untrusted address in `X-Forwarded-For`. Never believe the header from anyone else.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    // Walk right to left: each hop appends the address it received from.
+    let mut client = peer;
+    for header in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = header.to_str() else { return client };
+        for hop in value.split(',').rev() {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else { return client };
+            client = ip.to_canonical();
+            if !trusted(&client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(resolve(ip("8.8.8.8"), &headers(&["174.36.92.186"]), &proxies), ip("8.8.8.8"));
+        assert_eq!(resolve(ip("8.8.8.8"), &headers(&[]), &[]), ip("8.8.8.8"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_forwards_the_nearest_untrusted_hop() {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        // A client-supplied spoofed first entry is ignored: the rightmost untrusted hop wins.
+        let h = headers(&["174.36.92.186, 8.8.4.4, 10.1.1.1"]);
+        assert_eq!(resolve(ip("10.0.0.2"), &h, &proxies), ip("8.8.4.4"));
+        let h = headers(&["174.36.92.186", "10.1.1.1"]);
+        assert_eq!(resolve(ip("10.0.0.2"), &h, &proxies), ip("174.36.92.186"));
+    }
+
+    #[test]
+    fn garbage_in_the_header_stops_at_the_last_good_hop() {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&["not-an-ip"]);
+        assert_eq!(resolve(ip("10.0.0.2"), &h, &proxies), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_peers_are_treated_as_ipv4() {
+        let proxies = ["127.0.0.1/32".parse().unwrap()];
+        let h = headers(&["174.36.92.186"]);
+        assert_eq!(resolve(ip("::ffff:127.0.0.1"), &h, &proxies), ip("174.36.92.186"));
+    }
+}

@@ -1,0 +1,160 @@
+//! `GET /pingback/paymentwall/{channel_key}`. Order of work: resolve channel -> check source
+//! address -> verify signature -> refuse test pingbacks on LIVE channels -> store and apply in one
+//! transaction -> answer `OK`. Only a committed (or already committed) pingback is answered `OK`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, Path, RawQuery, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use secrecy::ExposeSecret;
+use tracing::Instrument;
+
+use super::client_ip;
+use crate::{
+    app::AppState,
+    channels::{self, ChannelError, ChannelMode},
+    payments::notifications::{self, Applied, NotificationError, PaymentNotice, RawNotification},
+    providers::paymentwall::{
+        SignVersion,
+        pingback::{Meaning, ParseError, Pingback},
+    },
+    store::StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PingbackError {
+    #[error("unknown channel")]
+    UnknownChannel,
+    #[error("source address {0} is not allowed for this channel")]
+    SourceNotAllowed(IpAddr),
+    #[error("malformed pingback: {0}")]
+    Malformed(#[from] ParseError),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("signature version {0} is not accepted (use 2 or 3)")]
+    SignVersionNotAccepted(u32),
+    #[error("test pingback (is_test=1) on a LIVE channel")]
+    TestOnLiveChannel,
+    #[error("no such payment on this channel")]
+    PaymentNotFound,
+    #[error("pingback type {0} is stored but not applied yet")]
+    Deferred(u32),
+    #[error("timed out")]
+    Timeout,
+    #[error("the payment is being changed by another request")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Channel(ChannelError),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl PingbackError {
+    /// The one line the provider sees. Internal detail stays in the log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Self::Deferred(_) => format!("{self}; retry later"),
+            Self::Store(StoreError::Unavailable(_)) | Self::Timeout | Self::Busy => {
+                "temporarily unavailable; retry later".to_owned()
+            }
+            Self::Store(_) | Self::Channel(_) | Self::Corrupt(_) => "internal error; retry later".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<ChannelError> for PingbackError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::NotFound => Self::UnknownChannel,
+            ChannelError::Store(store) => Self::Store(store),
+            other => Self::Channel(other),
+        }
+    }
+}
+
+impl From<NotificationError> for PingbackError {
+    fn from(e: NotificationError) -> Self {
+        use crate::payments::PaymentError;
+        match e {
+            NotificationError::UnknownPayment(_) => Self::PaymentNotFound,
+            NotificationError::Concurrent => Self::Busy,
+            NotificationError::Deferred => Self::Corrupt("deferred outside ingest".into()),
+            NotificationError::Payment(PaymentError::Store(store)) => Self::Store(store),
+            NotificationError::Payment(other) => Self::Corrupt(other.to_string()),
+        }
+    }
+}
+
+pub async fn paymentwall(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(channel_key): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
+    let span = tracing::info_span!("pingback", provider = "paymentwall", %channel_key, %source);
+    let work = handle(&state, &channel_key, source, query.unwrap_or_default());
+    match tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await {
+        Ok(Ok(applied)) => {
+            span.in_scope(|| tracing::info!(?applied, "pingback acknowledged"));
+            (StatusCode::OK, "OK").into_response()
+        }
+        Ok(Err(err)) => {
+            span.in_scope(|| match &err {
+                PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
+                    tracing::error!(error = %err, "pingback failed")
+                }
+                _ => tracing::warn!(error = %err, "pingback refused"),
+            });
+            err.into_response()
+        }
+        Err(_) => {
+            span.in_scope(|| tracing::warn!("pingback timed out"));
+            PingbackError::Timeout.into_response()
+        }
+    }
+}
+
+async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: String) -> Result<Applied, PingbackError> {
+    let channel = channels::repo::get(&state.db, channel_key).await?;
+    let pw = &channel.paymentwall;
+    if !pw.pingback_allowlist.iter().any(|net| net.contains(&source)) {
+        return Err(PingbackError::SourceNotAllowed(source));
+    }
+    let pingback = Pingback::parse(&query)?;
+    if !pingback.verify(pw.secret_key.expose_secret()) {
+        return Err(PingbackError::BadSignature);
+    }
+    // v1 signs neither `is_test` nor `reason`; channels are configured for v2 or v3 only.
+    if pingback.sign_version == SignVersion::V1 {
+        return Err(PingbackError::SignVersionNotAccepted(1));
+    }
+    if pingback.is_test && channel.mode == ChannelMode::Live {
+        return Err(PingbackError::TestOnLiveChannel);
+    }
+    let notice = match pingback.meaning() {
+        Meaning::Payment(outcome) => Some(PaymentNotice {
+            payment_id: pingback.goodsid.clone().ok_or(PingbackError::Malformed(ParseError::Missing("goodsid")))?,
+            outcome,
+            test: pingback.is_test,
+        }),
+        Meaning::NotYetApplied => None,
+    };
+    let raw = RawNotification {
+        channel_key: channel.channel_key.clone(),
+        provider_ref: pingback.reference.clone(),
+        kind: i64::from(pingback.kind),
+        query,
+    };
+    match notifications::ingest(&state.db, &raw, notice.as_ref()).await {
+        Err(NotificationError::Deferred) => Err(PingbackError::Deferred(pingback.kind)),
+        other => Ok(other?),
+    }
+}

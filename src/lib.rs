@@ -1,0 +1,18 @@
+//! paygate: a payments gateway. Internal services call it over gRPC (`api`); providers call it back
+//! over HTTP (`ingest`). A pingback flows `ingest` -> `providers::paymentwall` -> `payments` (one
+//! transaction with `events`); a checkout flows `api::payments` -> `payments::checkout` -> `providers`.
+
+pub mod api;
+pub mod app;
+pub mod channels;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod ingest;
+pub mod merchants;
+pub mod payments;
+pub mod proto;
+pub mod providers;
+pub mod sim;
+pub mod store;
+pub mod telemetry;

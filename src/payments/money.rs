@@ -1,0 +1,62 @@
+//! Amounts in minor units and their decimal form for providers (by the currency's ISO 4217 exponent).
+
+use iso_currency::Currency;
+
+/// A validated ISO 4217 currency that has a minor-unit exponent (so not XAU, XDR, ...).
+pub fn parse_currency(code: &str) -> Option<Currency> {
+    let currency = Currency::from_code(code)?;
+    currency.exponent()?;
+    Some(currency)
+}
+
+/// `999` USD -> `"9.99"`, `1000` USD -> `"10"`, `15000` KRW -> `"15000"`, `1500` BHD -> `"1.5"`.
+/// Trailing zeros of the fraction are dropped, as Paymentwall's own examples write amounts.
+pub fn to_decimal_string(amount_minor: i64, currency: Currency) -> String {
+    let exponent = u32::from(currency.exponent().unwrap_or(0));
+    let negative = amount_minor < 0;
+    let digits = amount_minor.unsigned_abs();
+    let scale = 10u64.pow(exponent);
+    let (whole, fraction) = (digits / scale, digits % scale);
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    out.push_str(&whole.to_string());
+    if fraction > 0 {
+        let fraction = format!("{fraction:0width$}", width = exponent as usize);
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(amount: i64, code: &str) -> String {
+        to_decimal_string(amount, parse_currency(code).expect("known currency"))
+    }
+
+    #[test]
+    fn converts_by_the_currency_exponent() {
+        assert_eq!(fmt(999, "USD"), "9.99");
+        assert_eq!(fmt(1000, "USD"), "10");
+        assert_eq!(fmt(1050, "USD"), "10.5");
+        assert_eq!(fmt(5, "USD"), "0.05");
+        assert_eq!(fmt(15000, "KRW"), "15000");
+        assert_eq!(fmt(1, "JPY"), "1");
+        assert_eq!(fmt(1500, "BHD"), "1.5");
+        assert_eq!(fmt(1234, "BHD"), "1.234");
+        assert_eq!(fmt(i64::MAX, "USD"), "92233720368547758.07");
+    }
+
+    #[test]
+    fn unknown_and_exponentless_currencies_are_refused() {
+        assert!(parse_currency("XXX").is_none());
+        assert!(parse_currency("ZZZ").is_none());
+        assert!(parse_currency("usd").is_none());
+        assert!(parse_currency("XAU").is_none());
+        assert!(parse_currency("EUR").is_some());
+    }
+}

@@ -1,0 +1,192 @@
+//! Payment rows: the SQL for reading and writing payments.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Any, AnyConnection, Row, any::AnyRow, query::Query};
+
+use super::{Payment, PaymentError, PaymentStatus};
+use crate::store::{Db, StoreError};
+
+const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
+    order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
+    country_code, language, custom_params, status, provider_ref, is_test, created_at, updated_at, \
+    paid_at, failed_at";
+
+pub async fn insert(db: &Db, p: &Payment) -> Result<(), PaymentError> {
+    let custom = serde_json::to_string(&p.custom_params).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
+    let sql = format!(
+        "INSERT INTO payments ({COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+    );
+    let result = sqlx::query(&sql)
+        .bind(&p.payment_id)
+        .bind(&p.merchant_id)
+        .bind(&p.channel_key)
+        .bind(&p.merchant_uid)
+        .bind(p.amount_minor)
+        .bind(&p.currency)
+        .bind(&p.order_name)
+        .bind(&p.customer_uid)
+        .bind(&p.customer_email)
+        .bind(&p.payment_method)
+        .bind(&p.widget)
+        .bind(&p.success_url)
+        .bind(&p.failure_url)
+        .bind(&p.country_code)
+        .bind(&p.language)
+        .bind(custom)
+        .bind(p.status.as_str())
+        .bind(&p.provider_ref)
+        .bind(i64::from(p.test))
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .bind(p.paid_at)
+        .bind(p.failed_at)
+        .execute(db.pool())
+        .await;
+    match result.map_err(StoreError::from) {
+        Ok(_) => Ok(()),
+        // payment_id is a fresh ULID, so the only unique key that can clash is (merchant, merchant_uid).
+        Err(StoreError::UniqueViolation) => Err(PaymentError::MerchantUidTaken),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How a caller names a payment.
+pub enum Lookup<'a> {
+    PaymentId(&'a str),
+    MerchantUid(&'a str),
+}
+
+pub async fn get(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Payment, PaymentError> {
+    let (column, value) = match lookup {
+        Lookup::PaymentId(id) => ("payment_id", id),
+        Lookup::MerchantUid(uid) => ("merchant_uid", uid),
+    };
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1 AND {column} = $2");
+    let row =
+        sqlx::query(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
+}
+
+/// Reads a payment inside a transaction, by id only (the provider names payments by our id).
+pub async fn get_in_tx(conn: &mut AnyConnection, payment_id: &str) -> Result<Option<Payment>, PaymentError> {
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1");
+    let row = sqlx::query(&sql).bind(payment_id).fetch_optional(conn).await.map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Writes a status change only if the payment is still in `from`: a compare-and-set that works the
+/// same on both backends, so two concurrent notifications can never both move the same payment.
+/// Returns false when someone else changed it first.
+pub async fn update_status(conn: &mut AnyConnection, from: PaymentStatus, p: &Payment) -> Result<bool, PaymentError> {
+    let done = sqlx::query(
+        "UPDATE payments SET status = $1, provider_ref = $2, is_test = $3, updated_at = $4, paid_at = $5, \
+         failed_at = $6 WHERE payment_id = $7 AND status = $8",
+    )
+    .bind(p.status.as_str())
+    .bind(&p.provider_ref)
+    .bind(i64::from(p.test))
+    .bind(p.updated_at)
+    .bind(p.paid_at)
+    .bind(p.failed_at)
+    .bind(&p.payment_id)
+    .bind(from.as_str())
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub statuses: Vec<PaymentStatus>,
+    pub channel_key: Option<String>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    /// Keyset cursor: only payments with a smaller id (ids sort by creation time).
+    pub before_payment_id: Option<String>,
+    pub limit: u32,
+}
+
+/// Newest first.
+pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Payment>, PaymentError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1");
+    let mut n = 1;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if !f.statuses.is_empty() {
+        let placeholders: Vec<String> = f.statuses.iter().map(|_| next()).collect();
+        sql.push_str(&format!(" AND status IN ({})", placeholders.join(", ")));
+    }
+    if f.channel_key.is_some() {
+        sql.push_str(&format!(" AND channel_key = {}", next()));
+    }
+    if f.created_from.is_some() {
+        sql.push_str(&format!(" AND created_at >= {}", next()));
+    }
+    if f.created_to.is_some() {
+        sql.push_str(&format!(" AND created_at < {}", next()));
+    }
+    if f.before_payment_id.is_some() {
+        sql.push_str(&format!(" AND payment_id < {}", next()));
+    }
+    sql.push_str(&format!(" ORDER BY payment_id DESC LIMIT {}", next()));
+
+    let mut query: Query<'_, Any, _> = sqlx::query(&sql).bind(merchant_id);
+    for status in &f.statuses {
+        query = query.bind(status.as_str());
+    }
+    if let Some(channel_key) = &f.channel_key {
+        query = query.bind(channel_key);
+    }
+    if let Some(from) = f.created_from {
+        query = query.bind(from);
+    }
+    if let Some(to) = f.created_to {
+        query = query.bind(to);
+    }
+    if let Some(before) = &f.before_payment_id {
+        query = query.bind(before);
+    }
+    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await.map_err(StoreError::from)?;
+    rows.iter().map(from_row).collect()
+}
+
+fn from_row(row: &AnyRow) -> Result<Payment, PaymentError> {
+    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|e| PaymentError::Corrupt(format!("{col}: {e}")));
+    let get_i64 = |col: &str| row.try_get::<i64, _>(col).map_err(|e| PaymentError::Corrupt(format!("{col}: {e}")));
+    let get_opt_i64 =
+        |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| PaymentError::Corrupt(format!("{col}: {e}")));
+    let custom_params: BTreeMap<String, String> = serde_json::from_str(&get_str("custom_params")?)
+        .map_err(|e| PaymentError::Corrupt(format!("custom_params: {e}")))?;
+    Ok(Payment {
+        payment_id: get_str("payment_id")?,
+        merchant_id: get_str("merchant_id")?,
+        channel_key: get_str("channel_key")?,
+        merchant_uid: get_str("merchant_uid")?,
+        amount_minor: get_i64("amount_minor")?,
+        currency: get_str("currency")?,
+        order_name: get_str("order_name")?,
+        customer_uid: get_str("customer_uid")?,
+        customer_email: get_str("customer_email")?,
+        payment_method: get_str("payment_method")?,
+        widget: get_str("widget")?,
+        success_url: get_str("success_url")?,
+        failure_url: get_str("failure_url")?,
+        country_code: get_str("country_code")?,
+        language: get_str("language")?,
+        custom_params,
+        status: get_str("status")?.parse().map_err(PaymentError::Corrupt)?,
+        provider_ref: row
+            .try_get::<Option<String>, _>("provider_ref")
+            .map_err(|e| PaymentError::Corrupt(format!("provider_ref: {e}")))?,
+        test: get_i64("is_test")? != 0,
+        created_at: get_i64("created_at")?,
+        updated_at: get_i64("updated_at")?,
+        paid_at: get_opt_i64("paid_at")?,
+        failed_at: get_opt_i64("failed_at")?,
+    })
+}

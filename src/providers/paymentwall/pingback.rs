@@ -1,0 +1,172 @@
+//! Pingbacks: Paymentwall's signed `GET` callbacks. Parsing is strict (a repeated or malformed
+//! parameter is refused) because everything here came from the internet.
+
+use super::signature::{SignVersion, pingback_signature, signatures_match};
+use crate::payments::PaymentOutcome;
+
+/// A query longer than this is not a pingback.
+pub const MAX_QUERY_LEN: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    #[error("parameter {0} is repeated")]
+    Repeated(String),
+    #[error("parameter {field}: {problem}")]
+    Invalid { field: &'static str, problem: &'static str },
+    #[error("query is longer than {MAX_QUERY_LEN} bytes")]
+    TooLong,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pingback {
+    /// Every received parameter, decoded, in arrival order; what the signature covers.
+    params: Vec<(String, String)>,
+    pub kind: u32,
+    pub reference: String,
+    /// Our payment id (sent as `ag_external_id`), for one-time and subscription products.
+    pub goodsid: Option<String>,
+    pub is_test: bool,
+    pub sign_version: SignVersion,
+    sig: String,
+}
+
+/// What a pingback type means to paygate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    Payment(PaymentOutcome),
+    /// Negative (type 2) and subscription types (12, 13, 14): not applied yet, so the raw
+    /// pingback is kept and Paymentwall is asked to retry.
+    NotYetApplied,
+}
+
+impl Pingback {
+    pub fn parse(query: &str) -> Result<Self, ParseError> {
+        if query.len() > MAX_QUERY_LEN {
+            return Err(ParseError::TooLong);
+        }
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        for (i, (key, _)) in params.iter().enumerate() {
+            if params[..i].iter().any(|(earlier, _)| earlier == key) {
+                return Err(ParseError::Repeated(key.clone()));
+            }
+        }
+        let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+
+        let kind = get("type").ok_or(ParseError::Missing("type"))?;
+        let kind: u32 = kind.parse().map_err(|_| ParseError::Invalid { field: "type", problem: "not a number" })?;
+        if !matches!(kind, 0 | 1 | 2 | 12 | 13 | 14 | 200..=203) {
+            return Err(ParseError::Invalid { field: "type", problem: "unknown pingback type" });
+        }
+        let reference = get("ref").filter(|r| !r.is_empty()).ok_or(ParseError::Missing("ref"))?.to_owned();
+        if reference.len() > 128 {
+            return Err(ParseError::Invalid { field: "ref", problem: "longer than 128 characters" });
+        }
+        let sig = get("sig").filter(|s| !s.is_empty()).ok_or(ParseError::Missing("sig"))?.to_owned();
+        let sign_version = match get("sign_version") {
+            None | Some("") => SignVersion::V1,
+            Some(v) => v
+                .parse()
+                .ok()
+                .and_then(SignVersion::from_number)
+                .ok_or(ParseError::Invalid { field: "sign_version", problem: "must be 1, 2 or 3" })?,
+        };
+        let is_test = match get("is_test") {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(_) => return Err(ParseError::Invalid { field: "is_test", problem: "must be 0 or 1" }),
+        };
+        let goodsid = get("goodsid").filter(|g| !g.is_empty()).map(str::to_owned);
+        Ok(Self { params, kind, reference, goodsid, is_test, sign_version, sig })
+    }
+
+    /// Checks `sig` against the secret, in constant time.
+    pub fn verify(&self, secret: &str) -> bool {
+        signatures_match(&pingback_signature(self.sign_version, &self.params, secret), &self.sig)
+    }
+
+    pub fn meaning(&self) -> Meaning {
+        match self.kind {
+            0 | 1 => Meaning::Payment(PaymentOutcome::Completed),
+            200 => Meaning::Payment(PaymentOutcome::ReviewStarted),
+            201 => Meaning::Payment(PaymentOutcome::ReviewAccepted),
+            202 | 203 => Meaning::Payment(PaymentOutcome::Declined),
+            _ => Meaning::NotYetApplied,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a7408723eaf4bfa2e3ac49b3cb695046";
+    const P1: &str =
+        "uid=test_user&goodsid=test_product&slength=5&speriod=month&type=0&ref=t123&is_test=1&sign_version=2";
+
+    #[test]
+    fn parses_and_verifies_vector_p1() {
+        let p = Pingback::parse(&format!("{P1}&sig=754cff93c0eb859f6054bef143ad253c")).expect("parses");
+        assert_eq!(p.kind, 0);
+        assert_eq!(p.reference, "t123");
+        assert_eq!(p.goodsid.as_deref(), Some("test_product"));
+        assert!(p.is_test);
+        assert_eq!(p.sign_version, SignVersion::V2);
+        assert!(p.verify(SECRET));
+        assert!(!p.verify("another secret"));
+        assert_eq!(p.meaning(), Meaning::Payment(PaymentOutcome::Completed));
+    }
+
+    #[test]
+    fn tampering_after_signing_is_detected() {
+        let sig = "754cff93c0eb859f6054bef143ad253c";
+        for query in [
+            format!("{P1}&sig={sig}0"),
+            format!("{}&sig={sig}", P1.replace("ref=t123", "ref=t124")),
+            format!("{P1}&extra=1&sig={sig}"),
+            format!("{}&sig={sig}", P1.replace("is_test=1", "is_test=0")),
+        ] {
+            let p = Pingback::parse(&query).expect("parses");
+            assert!(!p.verify(SECRET), "{query}");
+        }
+    }
+
+    #[test]
+    fn malformed_pingbacks_are_refused_with_the_reason() {
+        assert_eq!(Pingback::parse("ref=1&sig=a").unwrap_err(), ParseError::Missing("type"));
+        assert_eq!(Pingback::parse("type=0&sig=a").unwrap_err(), ParseError::Missing("ref"));
+        assert_eq!(Pingback::parse("type=0&ref=1").unwrap_err(), ParseError::Missing("sig"));
+        assert_eq!(
+            Pingback::parse("type=zero&ref=1&sig=a").unwrap_err(),
+            ParseError::Invalid { field: "type", problem: "not a number" }
+        );
+        assert_eq!(
+            Pingback::parse("type=7&ref=1&sig=a").unwrap_err(),
+            ParseError::Invalid { field: "type", problem: "unknown pingback type" }
+        );
+        assert_eq!(Pingback::parse("type=0&ref=1&ref=2&sig=a").unwrap_err(), ParseError::Repeated("ref".into()));
+        assert_eq!(
+            Pingback::parse("type=0&ref=1&sig=a&sign_version=4").unwrap_err(),
+            ParseError::Invalid { field: "sign_version", problem: "must be 1, 2 or 3" }
+        );
+        assert_eq!(Pingback::parse(&"a".repeat(MAX_QUERY_LEN + 1)).unwrap_err(), ParseError::TooLong);
+        // Garbage never panics.
+        for junk in ["", "&&&", "%ZZ=%", "type=0&ref=%FF%FE&sig=%00", "=&=&type="] {
+            let _ = Pingback::parse(junk);
+        }
+    }
+
+    #[test]
+    fn types_map_to_meanings() {
+        let meaning = |t: u32| Pingback::parse(&format!("type={t}&ref=r&sig=s")).expect("parses").meaning();
+        assert_eq!(meaning(1), Meaning::Payment(PaymentOutcome::Completed));
+        assert_eq!(meaning(200), Meaning::Payment(PaymentOutcome::ReviewStarted));
+        assert_eq!(meaning(201), Meaning::Payment(PaymentOutcome::ReviewAccepted));
+        assert_eq!(meaning(202), Meaning::Payment(PaymentOutcome::Declined));
+        assert_eq!(meaning(203), Meaning::Payment(PaymentOutcome::Declined));
+        for deferred in [2, 12, 13, 14] {
+            assert_eq!(meaning(deferred), Meaning::NotYetApplied);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The hosted checkout ("widget") URL: `GET {api_base_url}/api/subscription?...&sign=...`.
+
+use secrecy::ExposeSecret;
+
+use super::signature::{SignVersion, sign_request};
+use crate::{
+    channels::PaymentwallConfig,
+    payments::{Payment, money},
+    providers::ProviderError,
+};
+
+/// Parameters paygate sets itself; a merchant's custom parameter may not override them.
+const RESERVED: &[&str] = &[
+    "key",
+    "uid",
+    "widget",
+    "amount",
+    "currencyCode",
+    "ag_name",
+    "ag_external_id",
+    "ag_type",
+    "ag_period_length",
+    "ag_period_type",
+    "ag_recurring",
+    "ps",
+    "email",
+    "timestamp",
+    "success_url",
+    "failure_url",
+    "country_code",
+    "lang",
+    "sign",
+    "sign_version",
+    "sig",
+    "customer",
+    "history",
+];
+
+pub fn is_reserved_param(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
+
+/// Builds and signs the widget URL. `ag_external_id` is the payment id, which Paymentwall sends
+/// back as `goodsid` so the pingback finds the payment.
+pub fn checkout_url(config: &PaymentwallConfig, payment: &Payment, unix_seconds: i64) -> Result<String, ProviderError> {
+    let currency = money::parse_currency(&payment.currency)
+        .ok_or_else(|| ProviderError::Unsupported(format!("currency {}", payment.currency)))?;
+    // Golden rule: format once, sign and send the very same strings.
+    let amount = money::to_decimal_string(payment.amount_minor, currency);
+    let timestamp = unix_seconds.to_string();
+    let version = config.sign_version.number().to_string();
+
+    let mut params: Vec<(&str, &str)> = vec![
+        ("key", &config.project_key),
+        ("uid", &payment.customer_uid),
+        ("widget", &payment.widget),
+        ("amount", &amount),
+        ("currencyCode", &payment.currency),
+        ("ag_name", &payment.order_name),
+        ("ag_external_id", &payment.payment_id),
+        ("ag_type", "fixed"),
+        ("ps", &payment.payment_method),
+        ("timestamp", &timestamp),
+    ];
+    let optional = [
+        ("email", &payment.customer_email),
+        ("success_url", &payment.success_url),
+        ("failure_url", &payment.failure_url),
+        ("country_code", &payment.country_code),
+        ("lang", &payment.language),
+    ];
+    params.extend(optional.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (*k, v.as_str())));
+    params.extend(payment.custom_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if config.sign_version != SignVersion::V1 {
+        params.push(("sign_version", &version));
+    }
+    let sign = sign_request(config.sign_version, params.iter().copied(), config.secret_key.expose_secret());
+
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(params.iter().copied());
+    query.append_pair("sign", &sign);
+    Ok(format!("{}/api/subscription?{}", config.api_base_url, query.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::payments::PaymentStatus;
+
+    fn config(version: SignVersion) -> PaymentwallConfig {
+        PaymentwallConfig {
+            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
+            secret_key: SecretString::from("a7408723eaf4bfa2e3ac49b3cb695046"),
+            widget: "p10".into(),
+            sign_version: version,
+            pingback_allowlist: vec![],
+            api_base_url: "https://api.paymentwall.com".into(),
+        }
+    }
+
+    fn payment() -> Payment {
+        Payment {
+            payment_id: "pay_1".into(),
+            merchant_id: "mer_1".into(),
+            channel_key: "ch_1".into(),
+            merchant_uid: "order-1".into(),
+            amount_minor: 999,
+            currency: "USD".into(),
+            order_name: "Automatic Test Product Name".into(),
+            customer_uid: "test_user".into(),
+            customer_email: "user@hostname.com".into(),
+            payment_method: "all".into(),
+            widget: "p10".into(),
+            success_url: "https://shop.example/thanks?ref=$ref".into(),
+            failure_url: String::new(),
+            country_code: String::new(),
+            language: String::new(),
+            custom_params: BTreeMap::from([("campaign".into(), "spring sale".into())]),
+            status: PaymentStatus::Ready,
+            provider_ref: None,
+            test: false,
+            created_at: 0,
+            updated_at: 0,
+            paid_at: None,
+            failed_at: None,
+        }
+    }
+
+    #[test]
+    fn the_url_carries_what_it_signs() {
+        for version in [SignVersion::V2, SignVersion::V3] {
+            let url = checkout_url(&config(version), &payment(), 1_700_000_000).expect("url");
+            let parsed = url::Url::parse(&url).expect("absolute URL");
+            assert_eq!(parsed.path(), "/api/subscription");
+            let mut pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+            let sign = pairs.iter().position(|(k, _)| k == "sign").map(|i| pairs.remove(i).1).expect("sign");
+            let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            assert_eq!(get("amount").as_deref(), Some("9.99"));
+            assert_eq!(get("ag_external_id").as_deref(), Some("pay_1"));
+            assert_eq!(get("campaign").as_deref(), Some("spring sale"));
+            assert_eq!(get("success_url").as_deref(), Some("https://shop.example/thanks?ref=$ref"));
+            assert_eq!(get("sign_version"), Some(version.number().to_string()));
+            assert_eq!(get("failure_url"), None, "empty optional parameters are not sent");
+            let expected = sign_request(
+                version,
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                "a7408723eaf4bfa2e3ac49b3cb695046",
+            );
+            assert_eq!(sign, expected);
+        }
+    }
+}
