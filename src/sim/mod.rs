@@ -1,1 +1,136 @@
-pub mod placeholder {}
+//! A Paymentwall simulator for tests and local runs (binary `paymentwall-sim`). It speaks the
+//! protocol of paymentwall.md: verifies signed widget calls, shows a hosted payment page, and sends
+//! signed pingbacks to the project's pingback URL, retrying until it gets `OK`. A JSON control API
+//! under `/control` lets tests pay without a browser and see every pingback attempt.
+
+mod page;
+mod pingbacks;
+mod server;
+pub mod signature;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use server::router;
+
+/// A Paymentwall project as configured in Paymentwall's merchant area.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Project {
+    pub key: String,
+    pub secret: String,
+    /// Where pingbacks go, e.g. `http://127.0.0.1:8080/pingback/paymentwall/ch_...`.
+    pub pingback_url: String,
+    /// Pingback signature version (1, 2 or 3).
+    #[serde(default = "default_sign_version")]
+    pub sign_version: u8,
+    /// Test projects mark pingbacks with `is_test=1`.
+    #[serde(default = "default_true")]
+    pub test_mode: bool,
+}
+
+fn default_sign_version() -> u8 {
+    3
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl std::str::FromStr for Project {
+    type Err = String;
+
+    /// `key=K,secret=S,pingback_url=U[,sign_version=3][,test_mode=true]`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("expected name=value, got {part:?}"))?;
+            fields.insert(k.trim(), v.trim());
+        }
+        let need = |name: &str| fields.get(name).map(|v| v.to_string()).ok_or_else(|| format!("missing {name}"));
+        Ok(Self {
+            key: need("key")?,
+            secret: need("secret")?,
+            pingback_url: need("pingback_url")?,
+            sign_version: fields.get("sign_version").map_or(Ok(3), |v| v.parse()).map_err(|_| "bad sign_version")?,
+            test_mode: fields.get("test_mode").map_or(Ok(true), |v| v.parse()).map_err(|_| "bad test_mode")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub retry_interval: Duration,
+    pub max_attempts: u32,
+}
+
+/// A buyer's visit to the hosted payment page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub session_id: String,
+    pub project_key: String,
+    pub uid: String,
+    pub goodsid: String,
+    pub amount: String,
+    pub currency: String,
+    pub product_name: String,
+    pub success_url: Option<String>,
+    pub status: SessionStatus,
+    /// Paymentwall's transaction reference, once paid.
+    pub reference: Option<String>,
+    pub pingbacks: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Open,
+    Paid,
+    Declined,
+}
+
+/// One pingback and every attempt to deliver it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub pingback_type: u32,
+    pub url: String,
+    pub attempts: Vec<Attempt>,
+    pub delivered: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub status: Option<u16>,
+    pub body: String,
+}
+
+#[derive(Default)]
+struct State {
+    projects: HashMap<String, Project>,
+    sessions: HashMap<String, Session>,
+}
+
+#[derive(Clone)]
+pub struct Sim {
+    state: Arc<Mutex<State>>,
+    settings: SimSettings,
+    http: reqwest::Client,
+}
+
+impl Sim {
+    pub fn new(projects: Vec<Project>, settings: SimSettings) -> Self {
+        let state =
+            State { projects: projects.into_iter().map(|p| (p.key.clone(), p)).collect(), sessions: HashMap::new() };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
+        Self { state: Arc::new(Mutex::new(state)), settings, http }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-written; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,80 @@
+//! Sending pingbacks the way Paymentwall does: `GET` with signed query parameters, delivered only
+//! by `200` with body `OK`, retried otherwise.
+
+use rand::Rng;
+
+use super::{Attempt, Delivery, Project, Session, Sim, signature};
+
+/// Paymentwall-style transaction reference.
+pub fn new_reference() -> String {
+    format!("b{}", rand::rng().random_range(1_000_000_000u64..10_000_000_000))
+}
+
+/// The signed pingback URL for `session`, of `pingback_type` (with `reason` for type 2).
+pub fn signed_url(project: &Project, session: &Session, pingback_type: u32, reason: Option<u32>) -> String {
+    let mut params: Vec<(String, String)> = vec![
+        ("uid".into(), session.uid.clone()),
+        ("goodsid".into(), session.goodsid.clone()),
+        ("slength".into(), String::new()),
+        ("speriod".into(), String::new()),
+        ("type".into(), pingback_type.to_string()),
+        ("ref".into(), session.reference.clone().unwrap_or_default()),
+        ("PRODUCT_PRICE".into(), session.amount.clone()),
+        ("CURRENCY_CODE".into(), session.currency.clone()),
+    ];
+    if project.test_mode {
+        params.push(("is_test".into(), "1".into()));
+    }
+    if let Some(reason) = reason {
+        params.push(("reason".into(), reason.to_string()));
+    }
+    if project.sign_version >= 2 {
+        params.push(("sign_version".into(), project.sign_version.to_string()));
+    }
+    let sig = signature::pingback_sig(project.sign_version, &params, &project.secret);
+    params.push(("sig".into(), sig));
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let separator = if project.pingback_url.contains('?') { '&' } else { '?' };
+    format!("{}{separator}{query}", project.pingback_url)
+}
+
+impl Sim {
+    /// Records a pingback on the session and delivers it in the background until `OK` or the
+    /// attempt limit.
+    pub(super) fn send_pingback(&self, session_id: &str, pingback_type: u32, url: String) {
+        let index = {
+            let mut state = self.lock();
+            let Some(session) = state.sessions.get_mut(session_id) else { return };
+            session.pingbacks.push(Delivery { pingback_type, url: url.clone(), attempts: vec![], delivered: false });
+            session.pingbacks.len() - 1
+        };
+        let sim = self.clone();
+        let session_id = session_id.to_owned();
+        tokio::spawn(async move {
+            for attempt in 1..=sim.settings.max_attempts {
+                let result = sim.http.get(&url).send().await;
+                let (status, body) = match result {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        (Some(status), response.text().await.unwrap_or_default())
+                    }
+                    Err(e) => (None, e.to_string()),
+                };
+                let delivered = status == Some(200) && body == "OK";
+                tracing::info!(%session_id, pingback_type, attempt, ?status, body = %body.trim(), delivered, "pingback attempt");
+                {
+                    let mut state = sim.lock();
+                    if let Some(delivery) = state.sessions.get_mut(&session_id).and_then(|s| s.pingbacks.get_mut(index))
+                    {
+                        delivery.attempts.push(Attempt { status, body });
+                        delivery.delivered = delivered;
+                    }
+                }
+                if delivered {
+                    return;
+                }
+                tokio::time::sleep(sim.settings.retry_interval).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,181 @@
+//! The simulator's HTTP routes: Paymentwall's widget endpoint, the buyer's page actions, and the
+//! JSON control API for tests.
+
+use axum::{
+    Json, Router,
+    extract::{Path, RawQuery, State},
+    http::StatusCode,
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+
+use super::{Project, Session, SessionStatus, Sim, page, pingbacks, signature};
+
+pub fn router(sim: Sim) -> Router {
+    Router::new()
+        .route("/api/subscription", get(widget))
+        .route("/sim/sessions/{id}/pay", post(page_pay))
+        .route("/sim/sessions/{id}/decline", post(page_decline))
+        .route("/control/projects", post(add_project))
+        .route("/control/sessions/{id}", get(get_session))
+        .route("/control/sessions/{id}/pay", post(control_pay))
+        .route("/control/sessions/{id}/decline", post(control_decline))
+        .route("/control/sessions/{id}/pingback", post(control_pingback))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(sim)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, format!("Error: {}\n", message.into())).into_response()
+}
+
+/// `GET /api/subscription`: verify the merchant's signature, open a session, show the page.
+async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    for required in ["key", "uid", "ag_external_id", "amount", "currencyCode", "ag_name", "sign"] {
+        if get(required).is_none_or(|v| v.is_empty()) {
+            return error(StatusCode::BAD_REQUEST, format!("missing parameter {required}"));
+        }
+    }
+    let key = get("key").unwrap_or_default();
+    let Some(project) = sim.lock().projects.get(&key).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "unknown project key");
+    };
+    let version: u8 = match get("sign_version").as_deref() {
+        None | Some("1") => 1,
+        Some("2") => 2,
+        Some("3") => 3,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "unsupported sign_version"),
+    };
+    let expected = signature::request_sign(version, &params, &project.secret);
+    if get("sign").as_deref() != Some(expected.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "wrong signature");
+    }
+    let session = Session {
+        session_id: format!("ses_{}", ulid::Ulid::new()),
+        project_key: key,
+        uid: get("uid").unwrap_or_default(),
+        goodsid: get("ag_external_id").unwrap_or_default(),
+        amount: get("amount").unwrap_or_default(),
+        currency: get("currencyCode").unwrap_or_default(),
+        product_name: get("ag_name").unwrap_or_default(),
+        success_url: get("success_url"),
+        status: SessionStatus::Open,
+        reference: None,
+        pingbacks: vec![],
+    };
+    let html = page::checkout(&session);
+    let id = session.session_id.clone();
+    sim.lock().sessions.insert(id.clone(), session);
+    ([("x-sim-session", id)], Html(html)).into_response()
+}
+
+/// Marks the session paid and sends the type 0 pingback.
+fn pay(sim: &Sim, id: &str) -> Result<Session, Response> {
+    let (project, session) = {
+        let mut state = sim.lock();
+        let Some(session) = state.sessions.get_mut(id) else {
+            return Err(error(StatusCode::NOT_FOUND, "no such session"));
+        };
+        if session.status != SessionStatus::Open {
+            return Err(error(StatusCode::CONFLICT, "session is not open"));
+        }
+        session.status = SessionStatus::Paid;
+        session.reference = Some(pingbacks::new_reference());
+        let session = session.clone();
+        let project = state.projects.get(&session.project_key).cloned();
+        (project, session)
+    };
+    let project = project.ok_or_else(|| error(StatusCode::CONFLICT, "project was removed"))?;
+    sim.send_pingback(id, 0, pingbacks::signed_url(&project, &session, 0, None));
+    Ok(session)
+}
+
+fn decline(sim: &Sim, id: &str) -> Result<Session, Response> {
+    let mut state = sim.lock();
+    let Some(session) = state.sessions.get_mut(id) else {
+        return Err(error(StatusCode::NOT_FOUND, "no such session"));
+    };
+    if session.status != SessionStatus::Open {
+        return Err(error(StatusCode::CONFLICT, "session is not open"));
+    }
+    // A declined card produces no pingback at Paymentwall: nothing happened to any money.
+    session.status = SessionStatus::Declined;
+    Ok(session.clone())
+}
+
+async fn page_pay(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match pay(&sim, &id) {
+        Ok(session) => Html(page::result(&session)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn page_decline(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match decline(&sim, &id) {
+        Ok(session) => Html(page::result(&session)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn control_pay(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match pay(&sim, &id) {
+        Ok(session) => Json(session).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn control_decline(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match decline(&sim, &id) {
+        Ok(session) => Json(session).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct PingbackRequest {
+    #[serde(rename = "type")]
+    pingback_type: u32,
+    reason: Option<u32>,
+}
+
+/// Sends a pingback of any type for a session's transaction (reviews, refunds, chargebacks).
+async fn control_pingback(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    Json(req): Json<PingbackRequest>,
+) -> Response {
+    let (project, session) = {
+        let mut state = sim.lock();
+        let Some(session) = state.sessions.get_mut(&id) else {
+            return error(StatusCode::NOT_FOUND, "no such session");
+        };
+        if session.reference.is_none() {
+            session.reference = Some(pingbacks::new_reference());
+        }
+        let session = session.clone();
+        (state.projects.get(&session.project_key).cloned(), session)
+    };
+    let Some(project) = project else { return error(StatusCode::CONFLICT, "project was removed") };
+    let url = pingbacks::signed_url(&project, &session, req.pingback_type, req.reason);
+    sim.send_pingback(&id, req.pingback_type, url);
+    Json(session).into_response()
+}
+
+async fn get_session(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match sim.lock().sessions.get(&id) {
+        Some(session) => Json(session.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such session"),
+    }
+}
+
+async fn add_project(State(sim): State<Sim>, Json(project): Json<Project>) -> StatusCode {
+    if !(1..=3).contains(&project.sign_version) {
+        return StatusCode::BAD_REQUEST;
+    }
+    sim.lock().projects.insert(project.key.clone(), project);
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `paygate` and `paymentwall-sim` binaries over gRPC and HTTP, against
+//! real PostgreSQL and SQLite. One test binary so the suite links once.
+
+mod support;
+
+mod bad_input;
+mod checkout;
+mod db_outage;

@@ -1,0 +1,394 @@
+//! Test harness: real `paygate` and `paymentwall-sim` processes over real sockets, a database of
+//! each test's own (a fresh PostgreSQL database, or a SQLite file in a temp dir), gRPC clients,
+//! and a TCP proxy the test controls for cutting the database connection.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use paygate::proto::v1::{
+    self as pb, channel_service_client::ChannelServiceClient, payment_service_client::PaymentServiceClient,
+};
+use sqlx::{AnyPool, Connection, Executor, PgConnection, Row};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const PROJECT_KEY: &str = "c22f895840bf2391f67a40da64bfed26";
+pub const SECRET_KEY: &str = "a7408723eaf4bfa2e3ac49b3cb695046";
+
+pub type Payments = PaymentServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Channels = ChannelServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("PAYGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A database only this test uses; dropped (PostgreSQL) or deleted (SQLite) afterwards.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let name = format!("paygate_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+                let mut admin = PgConnection::connect(&postgres_admin_url()).await.expect("connect to PostgreSQL");
+                admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
+                let url = with_database(&postgres_admin_url(), &name);
+                Self { backend, url, pg_name: Some(name), _dir: None }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("paygate.db").display());
+                Self { backend, url, pg_name: None, _dir: Some(dir) }
+            }
+        }
+    }
+
+    /// A direct connection for assertions on raw rows.
+    pub async fn pool(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPool::connect(&self.url).await.expect("connect to test database")
+    }
+
+    /// `SELECT COUNT(*) ...` with one text argument.
+    pub async fn count(&self, sql: &str, arg: &str) -> i64 {
+        let pool = self.pool().await;
+        let row = sqlx::query(sql).bind(arg).fetch_one(&pool).await.expect("count query");
+        pool.close().await;
+        row.try_get::<i64, _>(0).expect("count is an integer")
+    }
+}
+
+/// `postgres://u@h:p/old` -> `postgres://u@h:p/name`
+pub fn with_database(url: &str, name: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    format!("{}/{name}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base))
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop may run outside a runtime; use a private one on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct Process {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub name: &'static str,
+}
+
+impl Process {
+    /// Starts `cmd` and waits for the JSON log line whose message is `ready_message`.
+    fn start(name: &'static str, mut cmd: Command, ready_message: &str) -> (Self, serde_json::Value) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let streams: [Box<dyn std::io::Read + Send>; 2] =
+            [Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
+        for stream in streams {
+            let logs = logs.clone();
+            let ready_tx = ready_tx.clone();
+            let ready_message = ready_message.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if json["message"] == ready_message.as_str() {
+                            let _ = ready_tx.send(json);
+                        }
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut process = Self { child, logs, name };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => (process, line),
+            Err(_) => {
+                let _ = process.child.kill();
+                panic!("{name} did not become ready:\n{}", process.logs().join("\n"))
+            }
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} logs ----\n{}", self.name, self.logs().join("\n"));
+        }
+    }
+}
+
+/// A running `paygate serve`.
+pub struct Paygate {
+    pub process: Process,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    _workdir: tempfile::TempDir,
+}
+
+impl Paygate {
+    pub fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
+        let workdir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = paygate_command(database_url, workdir.path());
+        cmd.arg("serve")
+            .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
+            .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
+            // As if behind an ingress on loopback: tests can present X-Forwarded-For like a proxy.
+            .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (process, ready) = Process::start("paygate", cmd, "paygate ready");
+        let addr = |field: &str| ready[field].as_str().and_then(|s| s.parse().ok()).expect("address in ready line");
+        Self { grpc_addr: addr("grpc_addr"), http_addr: addr("http_addr"), process, _workdir: workdir }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    pub async fn grpc(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("gRPC connect")
+    }
+
+    pub async fn payments(&self, api_key: &str) -> Payments {
+        PaymentServiceClient::with_interceptor(self.grpc().await, Bearer::new(api_key))
+    }
+
+    pub async fn channels(&self, api_key: &str) -> Channels {
+        ChannelServiceClient::with_interceptor(self.grpc().await, Bearer::new(api_key))
+    }
+}
+
+fn paygate_command(database_url: &str, workdir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    cmd.current_dir(workdir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PAYGATE_DATABASE_URL", database_url)
+        .env("PAYGATE_LOG_FORMAT", "json");
+    cmd
+}
+
+/// `paygate admin create-merchant`, as an operator runs it. Returns (merchant_id, api_key).
+pub fn create_merchant(database_url: &str, name: &str) -> (String, String) {
+    let workdir = tempfile::tempdir().expect("temp dir");
+    let out = paygate_command(database_url, workdir.path())
+        .args(["admin", "create-merchant", "--name", name])
+        .output()
+        .expect("run paygate admin");
+    assert!(out.status.success(), "create-merchant failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("create-merchant prints JSON");
+    let merchant_id = json["merchant_id"].as_str().expect("merchant_id").to_owned();
+    let api_key = json["api_key"].as_str().expect("api_key").to_owned();
+    (merchant_id, api_key)
+}
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(api_key: &str) -> Self {
+        Self(format!("Bearer {api_key}").parse().expect("ascii key"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A running `paymentwall-sim`.
+pub struct Simulator {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Simulator {
+    pub fn start() -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paymentwall-sim"));
+        cmd.args(["--listen", "127.0.0.1:0", "--retry-interval-ms", "200", "--max-attempts", "50"]);
+        let (process, ready) = Process::start("paymentwall-sim", cmd, "paymentwall-sim ready");
+        let addr = ready["addr"].as_str().and_then(|s| s.parse().ok()).expect("sim address");
+        Self { process, addr, http: http_client() }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn add_project(&self, key: &str, secret: &str, pingback_url: &str, sign_version: u8) {
+        let response = self
+            .http
+            .post(format!("{}/control/projects", self.base_url()))
+            .json(&serde_json::json!({
+                "key": key, "secret": secret, "pingback_url": pingback_url, "sign_version": sign_version,
+            }))
+            .send()
+            .await
+            .expect("sim reachable");
+        assert_eq!(response.status(), 204);
+    }
+
+    /// Opens the hosted page at `redirect_url` as a buyer's browser would; returns the session id.
+    pub async fn open(&self, redirect_url: &str) -> String {
+        let response = self.http.get(redirect_url).send().await.expect("sim reachable");
+        let status = response.status();
+        let session = response.headers().get("x-sim-session").map(|v| v.to_str().unwrap().to_owned());
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "the simulator refused the checkout URL: {body}");
+        assert!(body.contains("<button"), "the hosted page shows Pay / Decline");
+        session.expect("session header")
+    }
+
+    pub async fn control(&self, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let url = format!("{}/control{path}", self.base_url());
+        let request = match body {
+            Some(body) => self.http.post(url).json(&body),
+            None => self.http.post(url),
+        };
+        let response = request.send().await.expect("sim reachable");
+        assert!(response.status().is_success(), "sim control {path}: {}", response.status());
+        response.json().await.expect("JSON")
+    }
+
+    pub async fn session(&self, id: &str) -> serde_json::Value {
+        let url = format!("{}/control/sessions/{id}", self.base_url());
+        self.http.get(url).send().await.expect("sim reachable").json().await.expect("JSON")
+    }
+
+    /// Waits until the session's pingback number `index` has at least `attempts` attempts.
+    pub async fn wait_attempts(&self, id: &str, index: usize, attempts: usize) -> serde_json::Value {
+        for _ in 0..400 {
+            let session = self.session(id).await;
+            if session["pingbacks"][index]["attempts"].as_array().map_or(0, Vec::len) >= attempts {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("pingback {index} of {id} never made {attempts} attempts: {}", self.session(id).await);
+    }
+
+    /// Waits until the session's pingback number `index` was answered `OK`.
+    pub async fn wait_delivered(&self, id: &str, index: usize) -> serde_json::Value {
+        for _ in 0..400 {
+            let session = self.session(id).await;
+            if session["pingbacks"][index]["delivered"] == true {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("pingback {index} of {id} was never acknowledged: {}", self.session(id).await);
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+/// A channel pointing at the simulator, accepting pingbacks from loopback.
+pub fn channel_request(sim: &Simulator, channel_key: &str, mode: pb::ChannelMode) -> pb::CreateChannelRequest {
+    pb::CreateChannelRequest {
+        channel_key: channel_key.into(),
+        name: "test channel".into(),
+        provider: pb::Provider::Paymentwall as i32,
+        mode: mode as i32,
+        paymentwall: Some(pb::PaymentwallCredentials {
+            project_key: PROJECT_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            widget: "p1_1".into(),
+            sign_version: 3,
+            pingback_allowlist: vec!["127.0.0.1/32".into()],
+            api_base_url: sim.base_url(),
+        }),
+    }
+}
+
+pub fn checkout_request(channel_key: &str, merchant_uid: &str) -> pb::CreateCheckoutSessionRequest {
+    pb::CreateCheckoutSessionRequest {
+        channel_key: channel_key.into(),
+        merchant_uid: merchant_uid.into(),
+        amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
+        order_name: "Gold Membership".into(),
+        customer: Some(pb::Customer { uid: "user-40012".into(), email: "buyer@example.com".into() }),
+        success_url: "https://shop.example/thanks?ref=$ref".into(),
+        ..Default::default()
+    }
+}
+
+/// A pingback query signed as Paymentwall signs it, by the simulator's independent signer.
+pub fn signed_pingback_query(params: &[(&str, &str)], secret: &str, version: u8) -> String {
+    let mut params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    params.push(("sign_version".into(), version.to_string()));
+    let sig = paygate::sim::signature::pingback_sig(version, &params, secret);
+    params.push(("sig".into(), sig));
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish()
+}
+
+pub async fn get_payment(client: &mut Payments, payment_id: &str) -> pb::Payment {
+    client
+        .get_payment(pb::GetPaymentRequest {
+            lookup: Some(pb::get_payment_request::Lookup::PaymentId(payment_id.into())),
+        })
+        .await
+        .expect("GetPayment")
+        .into_inner()
+}
+
+/// Polls until the payment reaches `status`.
+pub async fn wait_for_status(client: &mut Payments, payment_id: &str, status: pb::PaymentStatus) -> pb::Payment {
+    for _ in 0..400 {
+        let payment = get_payment(client, payment_id).await;
+        if payment.status == status as i32 {
+            return payment;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("payment {payment_id} never reached {status:?}: {:?}", get_payment(client, payment_id).await);
+}
