@@ -19,11 +19,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         tracing::warn!(error = %e, "readiness: database unreachable");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n".into());
     }
-    if let Some(url) = &state.settings.redis_url {
-        if let Err(e) = ping_redis(url.expose_secret()).await {
-            tracing::warn!(error = %e, "readiness: redis unreachable");
-            return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n".into());
-        }
+    if let Some(url) = &state.settings.redis_url
+        && let Err(e) = ping_redis(url.expose_secret()).await
+    {
+        tracing::warn!(error = %e, "readiness: redis unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n".into());
     }
     (StatusCode::OK, "ready\n".into())
 }

@@ -99,11 +99,20 @@ pub async fn paymentwall(
     headers: HeaderMap,
 ) -> Response {
     let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
-    let span = tracing::info_span!("pingback", provider = "paymentwall", %channel_key, %source);
+    let span = tracing::info_span!(
+        "pingback", provider = "paymentwall", %channel_key, %source,
+        pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty
+    );
     let work = handle(&state, &channel_key, source, query.unwrap_or_default());
     match tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await {
         Ok(Ok(applied)) => {
-            span.in_scope(|| tracing::info!(?applied, "pingback acknowledged"));
+            span.in_scope(|| match &applied {
+                Applied::Changed { payment, event_id } => tracing::info!(
+                    payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied"
+                ),
+                Applied::Unchanged => tracing::info!("pingback acknowledged; it changes nothing"),
+                Applied::Duplicate => tracing::info!("duplicate pingback acknowledged"),
+            });
             (StatusCode::OK, "OK").into_response()
         }
         Ok(Err(err)) => {
@@ -129,6 +138,9 @@ async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: Stri
         return Err(PingbackError::SourceNotAllowed(source));
     }
     let pingback = Pingback::parse(&query)?;
+    let span = tracing::Span::current();
+    span.record("pingback_type", pingback.kind);
+    span.record("provider_ref", pingback.reference.as_str());
     if !pingback.verify(pw.secret_key.expose_secret()) {
         return Err(PingbackError::BadSignature);
     }

@@ -131,14 +131,10 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
     code(&mut v, "widget", &req.widget);
     url(&mut v, "success_url", &req.success_url);
     url(&mut v, "failure_url", &req.failure_url);
-    if !req.country_code.is_empty()
-        && !(req.country_code.len() == 2 && req.country_code.bytes().all(|b| b.is_ascii_uppercase()))
-    {
+    if !req.country_code.is_empty() && !is_country_code(&req.country_code) {
         v.add("country_code", "must be two upper-case letters (ISO 3166-1 alpha-2)");
     }
-    if !req.language.is_empty()
-        && !(req.language.len() <= 8 && req.language.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-'))
-    {
+    if !req.language.is_empty() && !is_language(&req.language) {
         v.add("language", "must be a language code such as en or pt-BR");
     }
     if req.custom_params.len() > MAX_CUSTOM_PARAMS {
@@ -197,6 +193,14 @@ fn url(v: &mut Violations, field: &str, value: &str) {
     }
 }
 
+fn is_country_code(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn is_language(s: &str) -> bool {
+    s.len() <= 8 && s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+}
+
 fn looks_like_email(s: &str) -> bool {
     match s.split_once('@') {
         Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.contains(char::is_whitespace),
@@ -230,7 +234,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut CheckoutRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut CheckoutRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("customer", Box::new(|r| r.customer_uid = None)),
             ("customer.uid", Box::new(|r| r.customer_uid = Some(String::new()))),
             ("customer.uid", Box::new(|r| r.customer_uid = Some("u".repeat(65)))),

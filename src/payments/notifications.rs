@@ -74,22 +74,22 @@ pub async fn ingest(
     notice: Option<&PaymentNotice>,
 ) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    if record_delivery(&mut *tx, raw).await? {
+    if record_delivery(&mut tx, raw).await? {
         tx.commit().await?;
         return Ok(Applied::Duplicate);
     }
     let Some(notice) = notice else {
-        set_outcome(&mut *tx, raw, OUTCOME_DEFERRED, None).await?;
+        set_outcome(&mut tx, raw, OUTCOME_DEFERRED, None).await?;
         tx.commit().await?;
         return Err(NotificationError::Deferred);
     };
-    let result = apply(&mut *tx, raw, notice).await;
+    let result = apply(&mut tx, raw, notice).await;
     let outcome = match &result {
         Ok(_) => OUTCOME_APPLIED,
         Err(NotificationError::UnknownPayment(_)) => OUTCOME_UNMATCHED,
         Err(_) => return result, // rolled back on drop
     };
-    set_outcome(&mut *tx, raw, outcome, Some(&notice.payment_id)).await?;
+    set_outcome(&mut tx, raw, outcome, Some(&notice.payment_id)).await?;
     tx.commit().await?;
     result
 }

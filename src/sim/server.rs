@@ -30,6 +30,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, format!("Error: {}\n", message.into())).into_response()
 }
 
+/// Why a page or control action was refused.
+type Refusal = (StatusCode, &'static str);
+
+fn refused((status, message): Refusal) -> Response {
+    error(status, message)
+}
+
 /// `GET /api/subscription`: verify the merchant's signature, open a session, show the page.
 async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
     let params: Vec<(String, String)> =
@@ -74,14 +81,14 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
 }
 
 /// Marks the session paid and sends the type 0 pingback.
-fn pay(sim: &Sim, id: &str) -> Result<Session, Response> {
+fn pay(sim: &Sim, id: &str) -> Result<Session, Refusal> {
     let (project, session) = {
         let mut state = sim.lock();
         let Some(session) = state.sessions.get_mut(id) else {
-            return Err(error(StatusCode::NOT_FOUND, "no such session"));
+            return Err((StatusCode::NOT_FOUND, "no such session"));
         };
         if session.status != SessionStatus::Open {
-            return Err(error(StatusCode::CONFLICT, "session is not open"));
+            return Err((StatusCode::CONFLICT, "session is not open"));
         }
         session.status = SessionStatus::Paid;
         session.reference = Some(pingbacks::new_reference());
@@ -89,18 +96,18 @@ fn pay(sim: &Sim, id: &str) -> Result<Session, Response> {
         let project = state.projects.get(&session.project_key).cloned();
         (project, session)
     };
-    let project = project.ok_or_else(|| error(StatusCode::CONFLICT, "project was removed"))?;
+    let project = project.ok_or((StatusCode::CONFLICT, "project was removed"))?;
     sim.send_pingback(id, 0, pingbacks::signed_url(&project, &session, 0, None));
     Ok(session)
 }
 
-fn decline(sim: &Sim, id: &str) -> Result<Session, Response> {
+fn decline(sim: &Sim, id: &str) -> Result<Session, Refusal> {
     let mut state = sim.lock();
     let Some(session) = state.sessions.get_mut(id) else {
-        return Err(error(StatusCode::NOT_FOUND, "no such session"));
+        return Err((StatusCode::NOT_FOUND, "no such session"));
     };
     if session.status != SessionStatus::Open {
-        return Err(error(StatusCode::CONFLICT, "session is not open"));
+        return Err((StatusCode::CONFLICT, "session is not open"));
     }
     // A declined card produces no pingback at Paymentwall: nothing happened to any money.
     session.status = SessionStatus::Declined;
@@ -110,28 +117,28 @@ fn decline(sim: &Sim, id: &str) -> Result<Session, Response> {
 async fn page_pay(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     match pay(&sim, &id) {
         Ok(session) => Html(page::result(&session)).into_response(),
-        Err(response) => response,
+        Err(refusal) => refused(refusal),
     }
 }
 
 async fn page_decline(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     match decline(&sim, &id) {
         Ok(session) => Html(page::result(&session)).into_response(),
-        Err(response) => response,
+        Err(refusal) => refused(refusal),
     }
 }
 
 async fn control_pay(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     match pay(&sim, &id) {
         Ok(session) => Json(session).into_response(),
-        Err(response) => response,
+        Err(refusal) => refused(refusal),
     }
 }
 
 async fn control_decline(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     match decline(&sim, &id) {
         Ok(session) => Json(session).into_response(),
-        Err(response) => response,
+        Err(refusal) => refused(refusal),
     }
 }
 

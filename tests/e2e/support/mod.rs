@@ -126,10 +126,10 @@ impl Process {
             let ready_message = ready_message.to_owned();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if json["message"] == ready_message.as_str() {
-                            let _ = ready_tx.send(json);
-                        }
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                        && json["message"] == ready_message.as_str()
+                    {
+                        let _ = ready_tx.send(json);
                     }
                     logs.lock().unwrap().push(line);
                 }
