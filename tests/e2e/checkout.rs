@@ -34,6 +34,10 @@ async fn checkout_to_paid(backend: Backend) {
         .expect("health check needs no key")
         .into_inner();
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        reflected_services(&gate).await,
+        ["grpc.health.v1.Health", "paygate.v1.ChannelService", "paygate.v1.PaymentService"]
+    );
 
     // A channel; its secret never comes back.
     let channel = channels
@@ -227,4 +231,27 @@ async fn isolation(db: &TestDb, gate: &Paygate, payment_id: &str, channel_key: &
     let status = wrong.list_payments(pb::ListPaymentsRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(!status.message().contains("notARealKey"));
+}
+
+/// What server reflection (v1, no credentials) lists, as `grpcurl list` would show it.
+async fn reflected_services(gate: &Paygate) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(gate.grpc().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        client.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
+    let response = responses.message().await.expect("reflection answer").expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list")
+    };
+    let mut names: Vec<String> =
+        list.service.into_iter().map(|s| s.name).filter(|n| !n.starts_with("grpc.reflection")).collect();
+    names.sort();
+    names
 }
