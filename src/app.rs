@@ -16,13 +16,21 @@ use tonic::transport::Server;
 
 use crate::{
     api::{self, auth::AuthLayer},
+    channels::{self, ChannelCache, Channels, crypto::MasterKeys},
     config::Settings,
     ingest,
     proto::{
         self,
-        v1::{channel_service_server::ChannelServiceServer, payment_service_server::PaymentServiceServer},
+        v1::{
+            channel_service_server::ChannelServiceServer, merchant_service_server::MerchantServiceServer,
+            payment_service_server::PaymentServiceServer,
+        },
     },
-    store::{Db, StoreError},
+    store::{
+        Db, StoreError,
+        redis::{RedisError, RedisHandle},
+    },
+    telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,12 @@ pub enum AppError {
     Http(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("master key: {0}")]
+    MasterKey(#[from] channels::crypto::KeyError),
+    #[error("{0}")]
+    WrongMasterKey(String),
+    #[error("PAYGATE_REDIS_URL: {0}")]
+    Redis(#[from] RedisError),
 }
 
 /// What request handlers share.
@@ -44,6 +58,9 @@ pub enum AppError {
 pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
+    pub channels: Channels,
+    pub redis: Option<RedisHandle>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -61,24 +78,59 @@ pub async fn connect_db(settings: &Settings) -> Result<Db, StoreError> {
     Db::connect(settings.database_url.expose_secret(), &settings.pool_settings()).await
 }
 
+pub fn connect_redis(settings: &Settings) -> Result<Option<RedisHandle>, AppError> {
+    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    Ok(match &settings.redis_url {
+        Some(url) => Some(RedisHandle::new(url.expose_secret(), &settings.redis_key_prefix, timeout)?),
+        None => None,
+    })
+}
+
+/// The channel cache over the database and (when configured) Redis, after checking that the
+/// master key opens every stored secret.
+pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Result<ChannelCache, AppError> {
+    let keys = MasterKeys::load(settings)?;
+    channels::verify_master_key(db, &keys).await.map_err(AppError::WrongMasterKey)?;
+    Ok(ChannelCache::new(
+        db.clone(),
+        Arc::new(keys),
+        redis,
+        Duration::from_millis(settings.channel_cache_ttl_ms),
+        settings.channel_cache_capacity,
+    ))
+}
+
 /// Runs both servers until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> Result<(), AppError> {
+    let metrics = telemetry::metrics();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {
         db.migrate().await?;
     }
+    let redis = connect_redis(&settings)?;
+    let cache = channel_cache(&settings, &db, redis.clone()).await?;
+    let channels = Channels::new(db.clone(), cache.clone());
     let grpc_listener = bind(settings.grpc_addr).await?;
     let http_listener = bind(settings.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.grpc_addr, source })?;
     let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.http_addr, source })?;
 
-    let state =
-        AppState { db: db.clone(), settings: Arc::new(settings), shutting_down: Arc::new(AtomicBool::new(false)) };
+    let admin_token = settings.admin_token.clone();
+    let state = AppState {
+        db: db.clone(),
+        settings: Arc::new(settings),
+        channels: channels.clone(),
+        redis,
+        metrics,
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
+    cache.spawn_background(stop_rx.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+    health.set_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -89,12 +141,13 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .build_v1alpha()?;
 
     let grpc = Server::builder()
-        .layer(AuthLayer::new(db.clone()))
+        .layer(AuthLayer::new(db.clone(), admin_token))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(db.clone())))
-        .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(db.clone())))
+        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(db.clone(), channels.clone())))
+        .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
+        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let http =
         axum::serve(http_listener, ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
@@ -109,6 +162,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     state.shutting_down.store(true, Ordering::Relaxed);
     health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+    health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
     let _ = stop_tx.send(true);
 
     let grpc_result = grpc.await.unwrap_or(Ok(()));

@@ -1,7 +1,11 @@
 //! Settings: defaults, then a TOML file, then `PAYGATE_*` environment variables (env wins).
 //! Every setting and its default is listed in the README's configuration table.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -38,6 +42,19 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Redis for the shared cache and cross-replica fan-out; none means in-process only.
     pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key and pub/sub channel, so several deployments can share a Redis.
+    pub redis_key_prefix: String,
+    /// Connect and response timeout for Redis calls; past it, paygate goes to the database.
+    pub redis_timeout_ms: u64,
+    /// Base64 of 32 random bytes; encrypts channel secrets (AES-256-GCM).
+    pub master_key: Option<SecretString>,
+    /// A file holding the master key (base64), instead of `master_key`.
+    pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, comma-separated, still accepted for reading during a rotation.
+    pub previous_master_keys: Option<SecretString>,
+    /// In-process channel cache: how long an entry lives, and how many entries at most.
+    pub channel_cache_ttl_ms: u64,
+    pub channel_cache_capacity: u64,
     /// Token for the admin RPCs.
     pub admin_token: Option<SecretString>,
     /// Proxies (CIDR blocks) whose `X-Forwarded-For` is believed when checking pingback sources.
@@ -60,6 +77,13 @@ impl Default for Settings {
             database_acquire_timeout_ms: 3_000,
             migrate_on_start: true,
             redis_url: None,
+            redis_key_prefix: "paygate:".to_owned(),
+            redis_timeout_ms: 250,
+            master_key: None,
+            master_key_file: None,
+            previous_master_keys: None,
+            channel_cache_ttl_ms: 30_000,
+            channel_cache_capacity: 10_000,
             admin_token: None,
             trusted_proxies: Vec::new(),
             pingback_timeout_ms: 10_000,
@@ -78,6 +102,10 @@ struct PlainDefaults {
     database_max_connections: u32,
     database_acquire_timeout_ms: u64,
     migrate_on_start: bool,
+    redis_key_prefix: String,
+    redis_timeout_ms: u64,
+    channel_cache_ttl_ms: u64,
+    channel_cache_capacity: u64,
     pingback_timeout_ms: u64,
     log_format: LogFormat,
     log_level: String,
@@ -102,6 +130,10 @@ impl Settings {
             database_max_connections: d.database_max_connections,
             database_acquire_timeout_ms: d.database_acquire_timeout_ms,
             migrate_on_start: d.migrate_on_start,
+            redis_key_prefix: d.redis_key_prefix,
+            redis_timeout_ms: d.redis_timeout_ms,
+            channel_cache_ttl_ms: d.channel_cache_ttl_ms,
+            channel_cache_capacity: d.channel_cache_capacity,
             pingback_timeout_ms: d.pingback_timeout_ms,
             log_format: d.log_format,
             log_level: d.log_level,
@@ -113,6 +145,15 @@ impl Settings {
         }
         figment = figment.merge(Env::prefixed("PAYGATE_").ignore(&["config"]));
         figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// The SQLite database file, when the database is SQLite (for the embedded master key file).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        use secrecy::ExposeSecret;
+        let url = self.database_url.expose_secret();
+        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
     }
 
     pub fn pool_settings(&self) -> PoolSettings {

@@ -9,7 +9,11 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    channels::ChannelError, ingest::PingbackError, merchants::AuthError, payments::PaymentError, store::StoreError,
+    channels::ChannelError,
+    ingest::PingbackError,
+    merchants::{AuthError, MerchantError},
+    payments::PaymentError,
+    store::StoreError,
 };
 
 /// One problem with one request field, named by its proto path (e.g. `customer.uid`).
@@ -98,7 +102,12 @@ impl From<ChannelError> for Status {
             ChannelError::Invalid(invalid) => invalid.into(),
             ChannelError::NotFound => Status::not_found("channel not found"),
             ChannelError::KeyTaken => Status::already_exists("channel_key: a channel with this key already exists"),
+            ChannelError::Conflict => Status::aborted(err.to_string()),
             ChannelError::Store(store) => store.into(),
+            ChannelError::Crypto(problem) => {
+                tracing::error!(%problem, "channel secret cannot be decrypted");
+                Status::internal("channel secret cannot be decrypted; check the master key configuration")
+            }
             ChannelError::Corrupt(what) => {
                 tracing::error!(problem = %what, "stored channel is unreadable");
                 Status::internal("stored channel is unreadable")
@@ -125,6 +134,17 @@ impl From<PaymentError> for Status {
                 tracing::error!(problem = %what, "stored payment is unreadable");
                 Status::internal("stored payment is unreadable")
             }
+        }
+    }
+}
+
+impl From<MerchantError> for Status {
+    fn from(err: MerchantError) -> Self {
+        match err {
+            MerchantError::NotFound => Status::not_found("merchant not found"),
+            MerchantError::NestedSubMerchant(_) => Status::failed_precondition(err.to_string()),
+            MerchantError::Invalid(invalid) => invalid.into(),
+            MerchantError::Store(store) => store.into(),
         }
     }
 }

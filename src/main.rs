@@ -3,7 +3,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use paygate::{app, config::Settings, merchants, telemetry};
+use paygate::{
+    app,
+    channels::{self, crypto::MasterKeys},
+    config::Settings,
+    merchants, telemetry,
+};
 
 #[derive(Parser)]
 #[command(name = "paygate", version, about = "Payments gateway: gRPC API, provider pingbacks")]
@@ -32,7 +37,16 @@ enum Admin {
     CreateMerchant {
         #[arg(long)]
         name: String,
+        /// Make it a sub-merchant of this merchant (the parent's keys then act for it too).
+        #[arg(long)]
+        parent: Option<String>,
     },
+    /// Print a new random master key (base64) for PAYGATE_MASTER_KEY.
+    GenerateMasterKey,
+    /// Re-encrypt every channel secret under the current master key. Run with the new key as
+    /// PAYGATE_MASTER_KEY and the old one in PAYGATE_PREVIOUS_MASTER_KEYS; afterwards the old key
+    /// can be removed from the configuration.
+    RotateMasterKey,
 }
 
 fn main() -> ExitCode {
@@ -64,17 +78,31 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
-            Command::Admin(Admin::CreateMerchant { name }) => {
+            Command::Admin(Admin::GenerateMasterKey) => {
+                println!("{}", MasterKeys::generate());
+                Ok(())
+            }
+            Command::Admin(admin) => {
                 let db = app::connect_db(&settings).await.map_err(|e| e.to_string())?;
                 if settings.migrate_on_start {
                     db.migrate().await.map_err(|e| e.to_string())?;
                 }
-                let name = name.trim();
-                if name.is_empty() || name.chars().count() > 128 {
-                    return Err("--name must be 1 to 128 characters".to_owned());
+                match admin {
+                    Admin::CreateMerchant { name, parent } => {
+                        let created = merchants::create_merchant(&db, &name, parent.as_deref())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
+                    }
+                    Admin::RotateMasterKey => {
+                        let redis = app::connect_redis(&settings).map_err(|e| e.to_string())?;
+                        let cache = app::channel_cache(&settings, &db, redis).await.map_err(|e| e.to_string())?;
+                        let (rotated, total) = channels::rotate_master_key(&db, &cache).await?;
+                        let key_id = cache.keys().current_id();
+                        println!("{}", serde_json::json!({"rotated": rotated, "channels": total, "key_id": key_id}));
+                    }
+                    Admin::GenerateMasterKey => unreachable!("handled above"),
                 }
-                let created = merchants::create_merchant(&db, name).await.map_err(|e| e.to_string())?;
-                println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
                 Ok(())
             }
         }

@@ -6,6 +6,7 @@ CREATE TABLE merchants (
     parent_id   TEXT REFERENCES merchants (merchant_id),
     created_at  BIGINT NOT NULL
 );
+CREATE INDEX merchants_by_parent ON merchants (parent_id);
 
 CREATE TABLE api_keys (
     key_id      TEXT PRIMARY KEY,
@@ -18,18 +19,24 @@ CREATE TABLE api_keys (
 
 CREATE TABLE channels (
     channel_key        TEXT PRIMARY KEY,
+    -- The owner: a merchant, or the sub-merchant the channel is assigned to.
     merchant_id        TEXT NOT NULL REFERENCES merchants (merchant_id),
     name               TEXT NOT NULL,
     provider           TEXT NOT NULL,
     mode               TEXT NOT NULL,
     project_key        TEXT NOT NULL,
-    secret_key         TEXT NOT NULL,
+    -- AES-256-GCM under the master key: "pgenc:v1:<key id>:<base64 nonce+ciphertext>".
+    secret_ciphertext  TEXT NOT NULL,
     widget             TEXT NOT NULL,
     sign_version       BIGINT NOT NULL,
     pingback_allowlist TEXT NOT NULL, -- JSON array of CIDR strings
     api_base_url       TEXT NOT NULL,
+    -- Bumped by every update; caches keep the newest version.
+    version            BIGINT NOT NULL,
     created_at         BIGINT NOT NULL,
-    updated_at         BIGINT NOT NULL
+    updated_at         BIGINT NOT NULL,
+    -- Set when a channel with payments is deleted: no new checkouts, pingbacks still verify.
+    disabled_at        BIGINT
 );
 CREATE INDEX channels_by_merchant ON channels (merchant_id, channel_key);
 

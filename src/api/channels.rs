@@ -5,20 +5,34 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
 use crate::{
-    channels::{self, model::NewPaymentwall, repo},
-    error::InvalidArgument,
+    channels::{self, ChannelPatch, Channels, Deleted, model::NewPaymentwall, repo::ListFilter},
+    error::{InvalidArgument, Violations},
     proto::v1::{self as pb, channel_service_server::ChannelService},
-    store::{Db, now_ms},
 };
 
 pub struct ChannelsApi {
-    db: Db,
+    channels: Channels,
 }
 
 impl ChannelsApi {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(channels: Channels) -> Self {
+        Self { channels }
     }
+}
+
+fn credentials(pw: pb::PaymentwallCredentials) -> NewPaymentwall {
+    NewPaymentwall {
+        project_key: pw.project_key,
+        secret_key: SecretString::from(pw.secret_key),
+        widget: pw.widget,
+        sign_version: pw.sign_version,
+        pingback_allowlist: pw.pingback_allowlist,
+        api_base_url: pw.api_base_url,
+    }
+}
+
+fn required_key(key: &str) -> Result<(), Status> {
+    if key.is_empty() { Err(InvalidArgument::single("channel_key", "is required").into()) } else { Ok(()) }
 }
 
 #[tonic::async_trait]
@@ -29,34 +43,31 @@ impl ChannelService for ChannelsApi {
     ) -> Result<Response<pb::Channel>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
+        let mut v = Violations::default();
+        let provider = convert::provider_from_proto(r.provider);
+        if provider.is_none() && r.provider != 0 {
+            v.add("provider", format!("unknown provider {}", r.provider));
+        }
+        v.check()?;
         let new = channels::NewChannel {
             channel_key: r.channel_key,
             name: r.name,
-            provider: convert::provider_from_proto(r.provider),
+            provider,
             mode: convert::mode_from_proto(r.mode),
-            paymentwall: r.paymentwall.map(|pw| NewPaymentwall {
-                project_key: pw.project_key,
-                secret_key: SecretString::from(pw.secret_key),
-                widget: pw.widget,
-                sign_version: pw.sign_version,
-                pingback_allowlist: pw.pingback_allowlist,
-                api_base_url: pw.api_base_url,
-            }),
+            paymentwall: r.paymentwall.map(credentials),
+            sub_merchant_id: r.sub_merchant_id,
         };
-        let channel = new.validate(&caller.merchant_id, now_ms()).map_err(channels::ChannelError::from)?;
-        repo::insert(&self.db, &channel).await?;
+        let channel = self.channels.create(&caller, new).await?;
         tracing::info!(channel_key = %channel.channel_key, mode = channel.mode.as_str(), "channel created");
-        Ok(Response::new(convert::channel(channel)))
+        Ok(Response::new(convert::channel(&channel)))
     }
 
     async fn get_channel(&self, request: Request<pb::GetChannelRequest>) -> Result<Response<pb::Channel>, Status> {
         let caller = caller(&request)?;
         let key = &request.get_ref().channel_key;
-        if key.is_empty() {
-            return Err(InvalidArgument::single("channel_key", "is required").into());
-        }
-        let channel = repo::get_for_merchant(&self.db, &caller.merchant_id, key).await?;
-        Ok(Response::new(convert::channel(channel)))
+        required_key(key)?;
+        let channel = self.channels.get(&caller, key).await?;
+        Ok(Response::new(convert::channel(&channel)))
     }
 
     async fn list_channels(
@@ -65,9 +76,33 @@ impl ChannelService for ChannelsApi {
     ) -> Result<Response<pb::ListChannelsResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let after = convert::page_token::decode(&r.page_token)?;
+        let mut v = Violations::default();
+        let mode = convert::mode_from_proto(r.mode);
+        if mode.is_none() && r.mode != 0 {
+            v.add("mode", "is not a channel mode");
+        }
+        let provider = convert::provider_from_proto(r.provider);
+        if provider.is_none() && r.provider != 0 {
+            v.add("provider", "is not a provider");
+        }
+        let after_key = match convert::page_token::decode(&r.page_token) {
+            Ok(after) => after,
+            Err(e) => {
+                v.add("page_token", e.to_string());
+                None
+            }
+        };
+        v.check()?;
         let limit = page_size(r.page_size);
-        let mut channels = repo::list(&self.db, &caller.merchant_id, after.as_deref(), limit + 1).await?;
+        let filter = ListFilter {
+            mode,
+            provider,
+            sub_merchant_id: Some(r.sub_merchant_id).filter(|s| !s.is_empty()),
+            include_disabled: r.include_disabled,
+            after_key,
+            limit: limit + 1,
+        };
+        let mut channels = self.channels.list(&caller, &filter).await?;
         let next_page_token = if channels.len() > limit as usize {
             channels.truncate(limit as usize);
             channels.last().map(|c| convert::page_token::encode(&c.channel_key)).unwrap_or_default()
@@ -75,8 +110,41 @@ impl ChannelService for ChannelsApi {
             String::new()
         };
         Ok(Response::new(pb::ListChannelsResponse {
-            channels: channels.into_iter().map(convert::channel).collect(),
+            channels: channels.iter().map(convert::channel).collect(),
             next_page_token,
         }))
+    }
+
+    async fn update_channel(
+        &self,
+        request: Request<pb::UpdateChannelRequest>,
+    ) -> Result<Response<pb::Channel>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        required_key(&r.channel_key)?;
+        let update = r.channel.unwrap_or_default();
+        let patch = ChannelPatch {
+            paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
+            name: update.name,
+            mode: convert::mode_from_proto(update.mode),
+            paymentwall: update.paymentwall.map(credentials).unwrap_or_default(),
+            sub_merchant_id: update.sub_merchant_id,
+        };
+        let fields = patch.paths.join(",");
+        let channel = self.channels.update(&caller, &r.channel_key, patch).await?;
+        tracing::info!(channel_key = %channel.channel_key, version = channel.version, %fields, "channel updated");
+        Ok(Response::new(convert::channel(&channel)))
+    }
+
+    async fn delete_channel(
+        &self,
+        request: Request<pb::DeleteChannelRequest>,
+    ) -> Result<Response<pb::DeleteChannelResponse>, Status> {
+        let caller = caller(&request)?;
+        let key = &request.get_ref().channel_key;
+        required_key(key)?;
+        let deleted = self.channels.delete(&caller, key).await?;
+        tracing::info!(channel_key = %key, ?deleted, "channel deleted");
+        Ok(Response::new(pb::DeleteChannelResponse { erased: deleted == Deleted::Erased }))
     }
 }

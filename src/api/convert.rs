@@ -78,7 +78,8 @@ pub fn mode_from_proto(value: i32) -> Option<ChannelMode> {
 }
 
 /// The channel as callers see it: never the secret.
-pub fn channel(c: Channel) -> pb::Channel {
+pub fn channel(c: &Channel) -> pb::Channel {
+    let c = c.clone();
     let pingback_path = c.pingback_path();
     let provider = match c.provider {
         Provider::Paymentwall => pb::Provider::Paymentwall,
@@ -102,6 +103,9 @@ pub fn channel(c: Channel) -> pb::Channel {
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
         pingback_path,
+        merchant_id: c.merchant_id,
+        version: c.version,
+        disabled_at: c.disabled_at.map(timestamp),
     }
 }
 

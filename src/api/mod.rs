@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod channels;
 mod convert;
+pub mod merchants;
 pub mod payments;
 
 use tonic::{Request, Status};

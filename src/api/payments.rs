@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
 use crate::{
+    channels::Channels,
     error::{InvalidArgument, Violations},
     payments::{
         checkout::{self, CheckoutRequest},
@@ -15,11 +16,12 @@ use crate::{
 
 pub struct PaymentsApi {
     db: Db,
+    channels: Channels,
 }
 
 impl PaymentsApi {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, channels: Channels) -> Self {
+        Self { db, channels }
     }
 }
 
@@ -46,7 +48,7 @@ impl PaymentService for PaymentsApi {
             language: r.language,
             custom_params: r.custom_params.into_iter().collect(),
         };
-        let session = checkout::create(&self.db, &caller.merchant_id, req).await?;
+        let session = checkout::create(&self.db, &self.channels, &caller, req).await?;
         tracing::info!(payment_id = %session.payment.payment_id, channel_key = %session.payment.channel_key, "checkout created");
         Ok(Response::new(pb::CheckoutSession {
             payment_id: session.payment.payment_id,

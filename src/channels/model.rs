@@ -65,13 +65,18 @@ pub struct PaymentwallConfig {
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub channel_key: String,
+    /// The owner: the merchant, or the sub-merchant the channel is assigned to.
     pub merchant_id: String,
     pub name: String,
     pub provider: Provider,
     pub mode: ChannelMode,
     pub paymentwall: PaymentwallConfig,
+    /// Bumped by every change; caches keep the newest.
+    pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Deleted while it had payments: no new checkouts, but its pingbacks still verify.
+    pub disabled_at: Option<i64>,
 }
 
 impl Channel {
@@ -90,6 +95,8 @@ pub struct NewChannel {
     pub mode: Option<ChannelMode>,
     /// `None` when the `paymentwall` message was absent.
     pub paymentwall: Option<NewPaymentwall>,
+    /// Assign the channel to this sub-merchant of the caller; empty: the caller owns it.
+    pub sub_merchant_id: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -148,13 +155,15 @@ impl NewChannel {
             provider,
             mode,
             paymentwall,
+            version: 1,
             created_at: now,
             updated_at: now,
+            disabled_at: None,
         })
     }
 }
 
-fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Option<PaymentwallConfig> {
+pub(crate) fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Option<PaymentwallConfig> {
     let key_ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
     if !key_ok(&pw.project_key) {
         v.add("paymentwall.project_key", "is required (printable, at most 128 characters)");
@@ -213,6 +222,7 @@ mod tests {
             name: "main".into(),
             provider: Some(Provider::Paymentwall),
             mode: Some(ChannelMode::Test),
+            sub_merchant_id: String::new(),
             paymentwall: Some(NewPaymentwall {
                 project_key: "pk".into(),
                 secret_key: SecretString::from("sk"),

@@ -1,37 +1,118 @@
-//! Channel rows.
+//! Channel rows. A row holds the secret encrypted (`StoredChannel`); `open` decrypts it into a
+//! `Channel`. The stored form is also what the Redis cache holds, so Redis never sees a secret.
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use sqlx::{Row, any::AnyRow};
 
-use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider};
+use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider, crypto::MasterKeys};
 use crate::{
     ingest::parse_cidr,
     providers::paymentwall::SignVersion,
     store::{Db, StoreError},
 };
 
-const COLUMNS: &str = "channel_key, merchant_id, name, provider, mode, project_key, secret_key, widget, \
-    sign_version, pingback_allowlist, api_base_url, created_at, updated_at";
+const COLUMNS: &str = "channel_key, merchant_id, name, provider, mode, project_key, secret_ciphertext, widget, \
+    sign_version, pingback_allowlist, api_base_url, version, created_at, updated_at, disabled_at";
 
-pub async fn insert(db: &Db, c: &Channel) -> Result<(), ChannelError> {
-    let allowlist: Vec<String> = c.paymentwall.pingback_allowlist.iter().map(ToString::to_string).collect();
-    let allowlist = serde_json::to_string(&allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
-    let sql =
-        format!("INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)");
+/// Merchants a caller acts for: itself and its sub-merchants.
+const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChannel {
+    pub channel_key: String,
+    pub merchant_id: String,
+    pub name: String,
+    pub provider: String,
+    pub mode: String,
+    pub project_key: String,
+    pub secret_ciphertext: String,
+    pub widget: String,
+    pub sign_version: i64,
+    pub pingback_allowlist: Vec<String>,
+    pub api_base_url: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub disabled_at: Option<i64>,
+}
+
+impl StoredChannel {
+    pub fn seal(c: &Channel, keys: &MasterKeys) -> Self {
+        Self {
+            channel_key: c.channel_key.clone(),
+            merchant_id: c.merchant_id.clone(),
+            name: c.name.clone(),
+            provider: c.provider.as_str().to_owned(),
+            mode: c.mode.as_str().to_owned(),
+            project_key: c.paymentwall.project_key.clone(),
+            secret_ciphertext: keys.encrypt(&c.channel_key, &c.paymentwall.secret_key),
+            widget: c.paymentwall.widget.clone(),
+            sign_version: i64::from(c.paymentwall.sign_version.number()),
+            pingback_allowlist: c.paymentwall.pingback_allowlist.iter().map(ToString::to_string).collect(),
+            api_base_url: c.paymentwall.api_base_url.clone(),
+            version: c.version,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            disabled_at: c.disabled_at,
+        }
+    }
+
+    pub fn open(&self, keys: &MasterKeys) -> Result<Channel, ChannelError> {
+        let corrupt = |col: &str, e: &dyn std::fmt::Display| ChannelError::Corrupt(format!("{col}: {e}"));
+        let pingback_allowlist = self
+            .pingback_allowlist
+            .iter()
+            .map(|c| parse_cidr(c).map_err(|e| corrupt("pingback_allowlist", &e)))
+            .collect::<Result<_, _>>()?;
+        let sign_version = u32::try_from(self.sign_version)
+            .ok()
+            .and_then(SignVersion::from_number)
+            .ok_or_else(|| corrupt("sign_version", &"out of range"))?;
+        let secret_key: SecretString = keys.decrypt(&self.channel_key, &self.secret_ciphertext)?;
+        Ok(Channel {
+            channel_key: self.channel_key.clone(),
+            merchant_id: self.merchant_id.clone(),
+            name: self.name.clone(),
+            provider: Provider::parse(&self.provider).ok_or_else(|| corrupt("provider", &"unknown"))?,
+            mode: ChannelMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &"unknown"))?,
+            paymentwall: PaymentwallConfig {
+                project_key: self.project_key.clone(),
+                secret_key,
+                widget: self.widget.clone(),
+                sign_version,
+                pingback_allowlist,
+                api_base_url: self.api_base_url.clone(),
+            },
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            disabled_at: self.disabled_at,
+        })
+    }
+}
+
+pub async fn insert(db: &Db, c: &StoredChannel) -> Result<(), ChannelError> {
+    let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
+    let sql = format!(
+        "INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    );
     let result = sqlx::query(&sql)
         .bind(&c.channel_key)
         .bind(&c.merchant_id)
         .bind(&c.name)
-        .bind(c.provider.as_str())
-        .bind(c.mode.as_str())
-        .bind(&c.paymentwall.project_key)
-        .bind(c.paymentwall.secret_key.expose_secret())
-        .bind(&c.paymentwall.widget)
-        .bind(i64::from(c.paymentwall.sign_version.number()))
+        .bind(&c.provider)
+        .bind(&c.mode)
+        .bind(&c.project_key)
+        .bind(&c.secret_ciphertext)
+        .bind(&c.widget)
+        .bind(c.sign_version)
         .bind(allowlist)
-        .bind(&c.paymentwall.api_base_url)
+        .bind(&c.api_base_url)
+        .bind(c.version)
         .bind(c.created_at)
         .bind(c.updated_at)
+        .bind(c.disabled_at)
         .execute(db.pool())
         .await;
     match result.map_err(StoreError::from) {
@@ -41,74 +122,159 @@ pub async fn insert(db: &Db, c: &Channel) -> Result<(), ChannelError> {
     }
 }
 
-/// A merchant's channel; another merchant's reads as not found.
-pub async fn get_for_merchant(db: &Db, merchant_id: &str, channel_key: &str) -> Result<Channel, ChannelError> {
-    let sql = format!("SELECT {COLUMNS} FROM channels WHERE channel_key = $1 AND merchant_id = $2");
+/// Writes `c` (whose version is already bumped) only if the row is still at `c.version - 1`.
+pub async fn update(db: &Db, c: &StoredChannel) -> Result<bool, ChannelError> {
+    let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
+    let done = sqlx::query(
+        "UPDATE channels SET merchant_id = $1, name = $2, mode = $3, project_key = $4, secret_ciphertext = $5, \
+         widget = $6, sign_version = $7, pingback_allowlist = $8, api_base_url = $9, version = $10, updated_at = $11, \
+         disabled_at = $12 WHERE channel_key = $13 AND version = $14",
+    )
+    .bind(&c.merchant_id)
+    .bind(&c.name)
+    .bind(&c.mode)
+    .bind(&c.project_key)
+    .bind(&c.secret_ciphertext)
+    .bind(&c.widget)
+    .bind(c.sign_version)
+    .bind(allowlist)
+    .bind(&c.api_base_url)
+    .bind(c.version)
+    .bind(c.updated_at)
+    .bind(c.disabled_at)
+    .bind(&c.channel_key)
+    .bind(c.version - 1)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Erases a channel nothing refers to. False when payments or pingbacks refer to it.
+pub async fn erase_if_unused(db: &Db, channel_key: &str) -> Result<bool, ChannelError> {
+    let done = sqlx::query(
+        "DELETE FROM channels WHERE channel_key = $1 \
+         AND NOT EXISTS (SELECT 1 FROM payments WHERE channel_key = $1) \
+         AND NOT EXISTS (SELECT 1 FROM pingbacks WHERE channel_key = $1)",
+    )
+    .bind(channel_key)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Any merchant's channel, by key.
+pub async fn get(db: &Db, channel_key: &str) -> Result<Option<StoredChannel>, ChannelError> {
+    let sql = format!("SELECT {COLUMNS} FROM channels WHERE channel_key = $1");
+    let row = sqlx::query(&sql).bind(channel_key).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A channel of `merchant_id` or of one of its sub-merchants; anyone else's reads as not found.
+pub async fn get_in_scope(db: &Db, merchant_id: &str, channel_key: &str) -> Result<StoredChannel, ChannelError> {
+    let sql = format!("SELECT {COLUMNS} FROM channels WHERE {IN_SCOPE} AND channel_key = $2");
     let row = sqlx::query(&sql)
-        .bind(channel_key)
         .bind(merchant_id)
+        .bind(channel_key)
         .fetch_optional(db.pool())
         .await
         .map_err(StoreError::from)?;
     row.as_ref().map(from_row).transpose()?.ok_or(ChannelError::NotFound)
 }
 
-/// Any merchant's channel, for provider callbacks (the channel key is in the callback URL).
-pub async fn get(db: &Db, channel_key: &str) -> Result<Channel, ChannelError> {
-    let sql = format!("SELECT {COLUMNS} FROM channels WHERE channel_key = $1");
-    let row = sqlx::query(&sql).bind(channel_key).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()?.ok_or(ChannelError::NotFound)
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub mode: Option<ChannelMode>,
+    pub provider: Option<Provider>,
+    /// Only channels assigned to this sub-merchant.
+    pub sub_merchant_id: Option<String>,
+    pub include_disabled: bool,
+    pub after_key: Option<String>,
+    pub limit: u32,
 }
 
-/// A page of a merchant's channels in key order, after `after_key`.
-pub async fn list(
-    db: &Db,
-    merchant_id: &str,
-    after_key: Option<&str>,
-    limit: u32,
-) -> Result<Vec<Channel>, ChannelError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM channels WHERE merchant_id = $1 AND channel_key > $2 ORDER BY channel_key LIMIT $3"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(merchant_id)
-        .bind(after_key.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+/// A page of the caller's channels (and its sub-merchants'), in key order.
+pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<StoredChannel>, ChannelError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM channels WHERE {IN_SCOPE} AND channel_key > $2");
+    let mut args: Vec<String> = vec![merchant_id.to_owned(), f.after_key.clone().unwrap_or_default()];
+    let mut filter = |column: &str, value: String| {
+        args.push(value);
+        sql.push_str(&format!(" AND {column} = ${}", args.len()));
+    };
+    if let Some(mode) = f.mode {
+        filter("mode", mode.as_str().to_owned());
+    }
+    if let Some(provider) = f.provider {
+        filter("provider", provider.as_str().to_owned());
+    }
+    if let Some(sub) = &f.sub_merchant_id {
+        filter("merchant_id", sub.clone());
+    }
+    if !f.include_disabled {
+        sql.push_str(" AND disabled_at IS NULL");
+    }
+    sql.push_str(&format!(" ORDER BY channel_key LIMIT ${}", args.len() + 1));
+    let mut query = sqlx::query(&sql);
+    for arg in &args {
+        query = query.bind(arg);
+    }
+    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await.map_err(StoreError::from)?;
     rows.iter().map(from_row).collect()
 }
 
-fn from_row(row: &AnyRow) -> Result<Channel, ChannelError> {
+/// Every channel's encrypted secret, for the start-up key check and key rotation.
+pub async fn all_secrets(db: &Db) -> Result<Vec<(String, String)>, ChannelError> {
+    let rows = sqlx::query("SELECT channel_key, secret_ciphertext FROM channels ORDER BY channel_key")
+        .fetch_all(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("channel_key").map_err(StoreError::from)?,
+                r.try_get("secret_ciphertext").map_err(StoreError::from)?,
+            ))
+        })
+        .collect()
+}
+
+/// Replaces one encrypted secret if it is still `old` (key rotation). The version is bumped so
+/// cached copies holding the old ciphertext are replaced.
+pub async fn replace_secret(db: &Db, channel_key: &str, old: &str, new: &str) -> Result<bool, ChannelError> {
+    let done = sqlx::query(
+        "UPDATE channels SET secret_ciphertext = $1, version = version + 1 \
+         WHERE channel_key = $2 AND secret_ciphertext = $3",
+    )
+    .bind(new)
+    .bind(channel_key)
+    .bind(old)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn from_row(row: &AnyRow) -> Result<StoredChannel, ChannelError> {
     let corrupt = |col: &str, e: &dyn std::fmt::Display| ChannelError::Corrupt(format!("{col}: {e}"));
     let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
     let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
-    let allowlist: Vec<String> =
-        serde_json::from_str(&s("pingback_allowlist")?).map_err(|e| corrupt("pingback_allowlist", &e))?;
-    let pingback_allowlist = allowlist
-        .iter()
-        .map(|c| parse_cidr(c).map_err(|e| corrupt("pingback_allowlist", &e)))
-        .collect::<Result<_, _>>()?;
-    let sign_version = u32::try_from(n("sign_version")?)
-        .ok()
-        .and_then(SignVersion::from_number)
-        .ok_or_else(|| corrupt("sign_version", &"out of range"))?;
-    Ok(Channel {
+    Ok(StoredChannel {
         channel_key: s("channel_key")?,
         merchant_id: s("merchant_id")?,
         name: s("name")?,
-        provider: Provider::parse(&s("provider")?).ok_or_else(|| corrupt("provider", &"unknown"))?,
-        mode: ChannelMode::parse(&s("mode")?).ok_or_else(|| corrupt("mode", &"unknown"))?,
-        paymentwall: PaymentwallConfig {
-            project_key: s("project_key")?,
-            secret_key: SecretString::from(s("secret_key")?),
-            widget: s("widget")?,
-            sign_version,
-            pingback_allowlist,
-            api_base_url: s("api_base_url")?,
-        },
+        provider: s("provider")?,
+        mode: s("mode")?,
+        project_key: s("project_key")?,
+        secret_ciphertext: s("secret_ciphertext")?,
+        widget: s("widget")?,
+        sign_version: n("sign_version")?,
+        pingback_allowlist: serde_json::from_str(&s("pingback_allowlist")?)
+            .map_err(|e| corrupt("pingback_allowlist", &e))?,
+        api_base_url: s("api_base_url")?,
+        version: n("version")?,
         created_at: n("created_at")?,
         updated_at: n("updated_at")?,
+        disabled_at: row.try_get::<Option<i64>, _>("disabled_at").map_err(|e| corrupt("disabled_at", &e))?,
     })
 }

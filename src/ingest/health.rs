@@ -1,9 +1,10 @@
 //! Probes: `/healthz` says the process is up; `/readyz` says it can do its work right now.
 
-use std::time::Duration;
-
-use axum::{extract::State, http::StatusCode};
-use secrecy::ExposeSecret;
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
 
 use crate::app::AppState;
 
@@ -19,8 +20,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         tracing::warn!(error = %e, "readiness: database unreachable");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n".into());
     }
-    if let Some(url) = &state.settings.redis_url
-        && let Err(e) = ping_redis(url.expose_secret()).await
+    if let Some(redis) = &state.redis
+        && let Err(e) = redis.ping().await
     {
         tracing::warn!(error = %e, "readiness: redis unreachable");
         return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n".into());
@@ -28,12 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     (StatusCode::OK, "ready\n".into())
 }
 
-async fn ping_redis(url: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-    redis::cmd("PING").query_async::<String>(&mut conn).await?;
-    Ok(())
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response(),
+    }
 }

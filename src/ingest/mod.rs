@@ -16,6 +16,7 @@ pub fn router(state: AppState) -> Router {
         .route("/pingback/paymentwall/{channel_key}", get(pingback::paymentwall))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 

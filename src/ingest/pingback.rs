@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::client_ip;
 use crate::{
     app::AppState,
-    channels::{self, ChannelError, ChannelMode},
+    channels::{ChannelError, ChannelMode},
     payments::notifications::{self, Applied, NotificationError, PaymentNotice, RawNotification},
     providers::paymentwall::{
         SignVersion,
@@ -132,7 +132,7 @@ pub async fn paymentwall(
 }
 
 async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: String) -> Result<Applied, PingbackError> {
-    let channel = channels::repo::get(&state.db, channel_key).await?;
+    let channel = state.channels.for_callback(channel_key).await?;
     let pw = &channel.paymentwall;
     if !pw.pingback_allowlist.iter().any(|net| net.contains(&source)) {
         return Err(PingbackError::SourceNotAllowed(source));

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use super::{Payment, PaymentError, PaymentStatus, model::new_payment_id, money, repo};
 use crate::{
-    channels::{self, Channel},
+    channels::{ChannelError, Channels},
     error::Violations,
+    merchants::Caller,
     providers,
     store::{Db, now_ms},
 };
@@ -45,14 +46,23 @@ pub struct CheckoutSession {
     pub redirect_url: String,
 }
 
-pub async fn create(db: &Db, merchant_id: &str, req: CheckoutRequest) -> Result<CheckoutSession, PaymentError> {
+pub async fn create(
+    db: &Db,
+    channels: &Channels,
+    caller: &Caller,
+    req: CheckoutRequest,
+) -> Result<CheckoutSession, PaymentError> {
     let mut violations = validate(&req);
     let channel = if req.channel_key.is_empty() {
         None
     } else {
-        match channels::repo::get_for_merchant(db, merchant_id, &req.channel_key).await {
+        match channels.for_caller(caller, &req.channel_key).await {
+            Ok(channel) if channel.disabled_at.is_some() => {
+                violations.add("channel_key", "the channel is disabled (deleted while it had payments)");
+                None
+            }
             Ok(channel) => Some(channel),
-            Err(channels::ChannelError::NotFound) => {
+            Err(ChannelError::NotFound) => {
                 violations.add("channel_key", "no channel with this key");
                 None
             }
@@ -60,13 +70,14 @@ pub async fn create(db: &Db, merchant_id: &str, req: CheckoutRequest) -> Result<
         }
     };
     violations.check()?;
-    let channel: Channel = channel.ok_or(PaymentError::Channel(channels::ChannelError::NotFound))?;
+    let channel = channel.ok_or(PaymentError::Channel(ChannelError::NotFound))?;
     let (amount_minor, currency) = req.amount.clone().unwrap_or_default();
 
     let now = now_ms();
     let payment = Payment {
         payment_id: new_payment_id(),
-        merchant_id: merchant_id.to_owned(),
+        // A sub-merchant's channel makes a payment of that sub-merchant.
+        merchant_id: channel.merchant_id.clone(),
         channel_key: channel.channel_key.clone(),
         merchant_uid: req.merchant_uid,
         amount_minor,

@@ -58,12 +58,18 @@ pub enum Lookup<'a> {
     MerchantUid(&'a str),
 }
 
+/// Merchants a caller acts for: itself and its sub-merchants.
+const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
+
+/// A payment of `merchant_id` or of one of its sub-merchants; anyone else's reads as not found.
+/// By `merchant_uid`, the newest match wins (the same order id may exist under two sub-merchants).
 pub async fn get(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Payment, PaymentError> {
     let (column, value) = match lookup {
         Lookup::PaymentId(id) => ("payment_id", id),
         Lookup::MerchantUid(uid) => ("merchant_uid", uid),
     };
-    let sql = format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1 AND {column} = $2");
+    let sql =
+        format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND {column} = $2 ORDER BY payment_id DESC LIMIT 1");
     let row =
         sqlx::query(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
     row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
@@ -111,7 +117,7 @@ pub struct ListFilter {
 
 /// Newest first.
 pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Payment>, PaymentError> {
-    let mut sql = format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1");
+    let mut sql = format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE}");
     let mut n = 1;
     let mut next = || {
         n += 1;

@@ -1,6 +1,8 @@
 //! The database: one pool over PostgreSQL (production) or SQLite (embedded default), one schema,
 //! one set of queries (sqlx's `Any` driver; times are unix milliseconds, flags are integers).
 
+pub mod redis;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};

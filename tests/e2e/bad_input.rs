@@ -19,8 +19,8 @@ async fn bad_checkouts_name_the_field_and_store_nothing_sqlite() {
 async fn bad_checkouts(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sim = Simulator::start();
-    let (_, api_key) = create_merchant(&db.url, "Acme");
-    let gate = Paygate::start(&db.url, &[]);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
     let mut channels = gate.channels(&api_key).await;
     let mut payments = gate.payments(&api_key).await;
     channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.expect("channel");
@@ -81,8 +81,8 @@ async fn bad_checkouts(backend: Backend) {
 async fn list_payments_pages_and_filters() {
     let db = TestDb::new(Backend::Sqlite).await;
     let sim = Simulator::start();
-    let (_, api_key) = create_merchant(&db.url, "Acme");
-    let gate = Paygate::start(&db.url, &[]);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
     let mut channels = gate.channels(&api_key).await;
     let mut payments = gate.payments(&api_key).await;
     channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.expect("channel");

@@ -18,8 +18,8 @@ async fn checkout_to_paid_on_sqlite() {
 async fn checkout_to_paid(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sim = Simulator::start();
-    let (_merchant_id, api_key) = create_merchant(&db.url, "Acme");
-    let gate = Paygate::start(&db.url, &[]);
+    let (_merchant_id, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
     let http = http_client();
     let mut channels = gate.channels(&api_key).await;
     let mut payments = gate.payments(&api_key).await;
@@ -36,7 +36,12 @@ async fn checkout_to_paid(backend: Backend) {
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     assert_eq!(
         reflected_services(&gate).await,
-        ["grpc.health.v1.Health", "paygate.v1.ChannelService", "paygate.v1.PaymentService"]
+        [
+            "grpc.health.v1.Health",
+            "paygate.v1.ChannelService",
+            "paygate.v1.MerchantService",
+            "paygate.v1.PaymentService"
+        ]
     );
 
     // A channel; its secret never comes back.
@@ -198,7 +203,7 @@ async fn refusals(db: &TestDb, gate: &Paygate, sim: &Simulator, channels: &mut C
 
 /// Another merchant's key sees none of the first merchant's payments or channels.
 async fn isolation(db: &TestDb, gate: &Paygate, payment_id: &str, channel_key: &str) {
-    let (_other, other_key) = create_merchant(&db.url, "Other Co");
+    let (_other, other_key) = create_merchant(db, "Other Co");
     let mut other_payments = gate.payments(&other_key).await;
     let mut other_channels = gate.channels(&other_key).await;
     let status = other_payments

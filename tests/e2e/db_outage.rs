@@ -11,15 +11,19 @@ use crate::support::{proxy::TcpProxy, *};
 async fn a_pingback_cut_off_from_the_database_is_not_acknowledged_and_its_retry_succeeds() {
     let db = TestDb::new(Backend::Postgres).await;
     let sim = Simulator::start();
-    let (_, api_key) = create_merchant(&db.url, "Acme");
+    let (_, api_key) = create_merchant(&db, "Acme");
 
     let target = url::Url::parse(&db.url).unwrap();
     let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
     let proxy = TcpProxy::start(target.parse().expect("PostgreSQL address is host:port")).await;
     let proxied_url = db.url.replacen(&target, &proxy.addr.to_string(), 1);
     let gate = Paygate::start(
-        &proxied_url,
-        &[("PAYGATE_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"), ("PAYGATE_PINGBACK_TIMEOUT_MS", "5000")],
+        &db,
+        &[
+            ("PAYGATE_DATABASE_URL", &proxied_url),
+            ("PAYGATE_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+            ("PAYGATE_PINGBACK_TIMEOUT_MS", "5000"),
+        ],
     );
     let mut channels = gate.channels(&api_key).await;
     let mut payments = gate.payments(&api_key).await;

@@ -45,6 +45,8 @@ pub enum Backend {
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
+    /// The master key paygate processes on this database use (SQLite: the embedded key file instead).
+    pub master_key: Option<String>,
     pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -57,12 +59,13 @@ impl TestDb {
                 let mut admin = PgConnection::connect(&postgres_admin_url()).await.expect("connect to PostgreSQL");
                 admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
                 let url = with_database(&postgres_admin_url(), &name);
-                Self { backend, url, pg_name: Some(name), _dir: None }
+                let master_key = Some(paygate::channels::crypto::MasterKeys::generate());
+                Self { backend, url, master_key, pg_name: Some(name), _dir: None }
             }
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("paygate.db").display());
-                Self { backend, url, pg_name: None, _dir: Some(dir) }
+                Self { backend, url, master_key: None, pg_name: None, _dir: Some(dir) }
             }
         }
     }
@@ -169,9 +172,10 @@ pub struct Paygate {
 }
 
 impl Paygate {
-    pub fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
+    /// `paygate serve` on `db`; `env` may override anything (e.g. PAYGATE_DATABASE_URL for a proxy).
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
         let workdir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = paygate_command(database_url, workdir.path());
+        let mut cmd = paygate_command(db, workdir.path());
         cmd.arg("serve")
             .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
@@ -202,20 +206,24 @@ impl Paygate {
     }
 }
 
-fn paygate_command(database_url: &str, workdir: &std::path::Path) -> Command {
+/// A `paygate` command on `db`, with a clean environment and its own working directory.
+pub fn paygate_command(db: &TestDb, workdir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
     cmd.current_dir(workdir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PAYGATE_DATABASE_URL", database_url)
+        .env("PAYGATE_DATABASE_URL", &db.url)
         .env("PAYGATE_LOG_FORMAT", "json");
+    if let Some(key) = &db.master_key {
+        cmd.env("PAYGATE_MASTER_KEY", key);
+    }
     cmd
 }
 
 /// `paygate admin create-merchant`, as an operator runs it. Returns (merchant_id, api_key).
-pub fn create_merchant(database_url: &str, name: &str) -> (String, String) {
+pub fn create_merchant(db: &TestDb, name: &str) -> (String, String) {
     let workdir = tempfile::tempdir().expect("temp dir");
-    let out = paygate_command(database_url, workdir.path())
+    let out = paygate_command(db, workdir.path())
         .args(["admin", "create-merchant", "--name", name])
         .output()
         .expect("run paygate admin");
@@ -347,6 +355,7 @@ pub fn channel_request(sim: &Simulator, channel_key: &str, mode: pb::ChannelMode
             pingback_allowlist: vec!["127.0.0.1/32".into()],
             api_base_url: sim.base_url(),
         }),
+        sub_merchant_id: String::new(),
     }
 }
 

@@ -1,0 +1,208 @@
+//! Channel configs are read on every checkout and pingback, so they are cached: in-process (bounded,
+//! TTL, one load per key however many requests miss together) in front of Redis in front of the
+//! database. Every write goes through to Redis (newest version wins) and is announced on Redis
+//! pub/sub so every replica drops its copy.
+//!
+//! Staleness bounds, for a replica other than the writer: with Redis up, the pub/sub delivery time
+//! (milliseconds); with Redis down, the in-process TTL (`channel_cache_ttl_ms`). A replica that
+//! (re)subscribes drops its whole in-process cache, since it may have missed announcements; a
+//! writer that could not reach Redis replays its writes when Redis answers again.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use moka::future::Cache;
+
+use super::{
+    Channel, ChannelError,
+    crypto::MasterKeys,
+    repo::{self, StoredChannel},
+};
+use crate::store::{
+    Db,
+    redis::{RedisError, RedisHandle},
+};
+
+const INVALIDATION_CHANNEL: &str = "channels:invalidate";
+/// Redis copies expire on their own too, bounding anything a lost write-through leaves behind.
+const REDIS_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct ChannelCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    keys: Arc<MasterKeys>,
+    local: Cache<String, Arc<Channel>>,
+    redis: Option<RedisHandle>,
+    /// Channel keys whose write-through or announcement failed; replayed when Redis answers.
+    pending: Mutex<HashSet<String>>,
+}
+
+/// A tombstone in Redis for an erased channel, so a slow reader cannot put the old row back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Tombstone {
+    version: i64,
+    erased: bool,
+}
+
+impl ChannelCache {
+    pub fn new(db: Db, keys: Arc<MasterKeys>, redis: Option<RedisHandle>, ttl: Duration, capacity: u64) -> Self {
+        let local = Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        Self { inner: Arc::new(Inner { db, keys, local, redis, pending: Mutex::new(HashSet::new()) }) }
+    }
+
+    pub fn keys(&self) -> &MasterKeys {
+        &self.inner.keys
+    }
+
+    /// The channel, from the nearest layer that has it.
+    pub async fn get(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {
+        if let Some(channel) = self.inner.local.get(channel_key).await {
+            metrics::counter!("paygate_channel_cache_requests_total", "result" => "hit").increment(1);
+            return Ok(channel);
+        }
+        metrics::counter!("paygate_channel_cache_requests_total", "result" => "miss").increment(1);
+        let inner = self.inner.clone();
+        let key = channel_key.to_owned();
+        // Concurrent misses for one key share this single load.
+        self.inner
+            .local
+            .try_get_with(channel_key.to_owned(), async move {
+                let started = Instant::now();
+                let result = inner.load(&key).await.map(Arc::new);
+                metrics::histogram!("paygate_channel_cache_load_seconds").record(started.elapsed().as_secs_f64());
+                result
+            })
+            .await
+            .map_err(|e| ChannelError::clone_shared(&e))
+    }
+
+    /// After a committed write: drop the local copy, write through to Redis, tell every replica.
+    pub async fn written(&self, stored: Option<&StoredChannel>, channel_key: &str) {
+        self.inner.local.invalidate(channel_key).await;
+        metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "write").increment(1);
+        if let Err(e) = self.inner.announce(channel_key, stored).await {
+            tracing::warn!(%channel_key, error = %e, "channel change not shared through redis yet; will replay");
+            self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(channel_key.to_owned());
+        }
+    }
+
+    /// Background work: the invalidation subscriber and the replay of failed announcements.
+    /// Returns at once without Redis (the in-process cache alone serves, invalidated on write).
+    pub fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Some(redis) = self.inner.redis.clone() else { return };
+        let subscriber = self.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = subscriber.follow_invalidations(redis) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+        let replayer = self.clone();
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = replayer.replay_pending() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    async fn follow_invalidations(&self, redis: RedisHandle) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match redis.subscribe(INVALIDATION_CHANNEL).await {
+                Ok(pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    // Announcements may have been missed while unsubscribed.
+                    self.inner.local.invalidate_all();
+                    metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "resync").increment(1);
+                    metrics::gauge!("paygate_channel_cache_subscribed").set(1.0);
+                    tracing::info!("channel cache: following invalidations");
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        if let Ok(channel_key) = message.get_payload::<String>() {
+                            self.inner.local.invalidate(&channel_key).await;
+                            metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "remote")
+                                .increment(1);
+                        }
+                    }
+                    metrics::gauge!("paygate_channel_cache_subscribed").set(0.0);
+                    self.inner.local.invalidate_all();
+                    tracing::warn!("channel cache: invalidation subscription lost; serving from the database");
+                }
+                Err(e) => tracing::debug!(error = %e, "channel cache: cannot subscribe yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn replay_pending(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let keys: Vec<String> =
+                self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+            for key in keys {
+                let stored = match repo::get(&self.inner.db, &key).await {
+                    Ok(stored) => stored,
+                    Err(_) => continue,
+                };
+                if self.inner.announce(&key, stored.as_ref()).await.is_ok() {
+                    self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    tracing::info!(channel_key = %key, "replayed channel change to redis");
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn redis_key(redis: &RedisHandle, channel_key: &str) -> String {
+        redis.key(&format!("channel:{channel_key}"))
+    }
+
+    async fn load(&self, channel_key: &str) -> Result<Channel, ChannelError> {
+        if let Some(redis) = &self.redis
+            && let Ok(Some(json)) = redis.get(&Self::redis_key(redis, channel_key)).await
+        {
+            // A tombstone, or a copy this replica cannot read (say, mid key rotation): the database decides.
+            if let Ok(channel) = serde_json::from_str::<StoredChannel>(&json).map(|s| s.open(&self.keys))
+                && let Ok(channel) = channel
+            {
+                metrics::counter!("paygate_channel_cache_requests_total", "result" => "redis_hit").increment(1);
+                return Ok(channel);
+            }
+        }
+        let stored = repo::get(&self.db, channel_key).await?.ok_or(ChannelError::NotFound)?;
+        if let Some(redis) = &self.redis
+            && let Ok(json) = serde_json::to_string(&stored)
+        {
+            // Best effort: a failure only means the next replica also reads the database.
+            let _ = redis.set_if_newer(&Self::redis_key(redis, channel_key), &json, stored.version, REDIS_TTL).await;
+        }
+        stored.open(&self.keys)
+    }
+
+    async fn announce(&self, channel_key: &str, stored: Option<&StoredChannel>) -> Result<(), RedisError> {
+        let Some(redis) = &self.redis else { return Ok(()) };
+        let key = Self::redis_key(redis, channel_key);
+        let (json, version) = match stored {
+            Some(stored) => (serde_json::to_string(stored).unwrap_or_default(), stored.version),
+            None => {
+                let tombstone = Tombstone { version: i64::MAX, erased: true };
+                (serde_json::to_string(&tombstone).unwrap_or_default(), i64::MAX)
+            }
+        };
+        redis.set_if_newer(&key, &json, version, REDIS_TTL).await?;
+        redis.publish(&redis.key(INVALIDATION_CHANNEL), channel_key).await
+    }
+}
