@@ -4,5 +4,6 @@
 mod support;
 
 mod bad_input;
+mod channels;
 mod checkout;
 mod db_outage;

@@ -401,3 +401,85 @@ pub async fn wait_for_status(client: &mut Payments, payment_id: &str, status: pb
     }
     panic!("payment {payment_id} never reached {status:?}: {:?}", get_payment(client, payment_id).await);
 }
+
+/// A `redis-server` of the test's own, on a free port, that the test may stop and restart.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { port, child: None };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        redis::cmd("GET").arg(key).query_async(&mut conn).await.expect("GET")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// True when the `sign` of a widget URL is the signature of its other parameters under `secret`
+/// (checked with the simulator's independent signer).
+pub fn signed_with(redirect_url: &str, secret: &str) -> bool {
+    let url = url::Url::parse(redirect_url).expect("redirect URL");
+    let mut pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let Some(i) = pairs.iter().position(|(k, _)| k == "sign") else { return false };
+    let sign = pairs.remove(i).1;
+    let version: u8 = pairs.iter().find(|(k, _)| k == "sign_version").and_then(|(_, v)| v.parse().ok()).unwrap_or(1);
+    paygate::sim::signature::request_sign(version, &pairs, secret) == sign
+}
+
+pub fn query_param(redirect_url: &str, name: &str) -> Option<String> {
+    url::Url::parse(redirect_url).ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The value of a metric line (`name{labels} value`) in Prometheus text, summed over label sets.
+pub async fn metric(gate: &Paygate, name: &str) -> f64 {
+    let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
