@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Ordered maps encode deterministically, so a request's fingerprint (idempotency) is stable.
+        .btree_map(".")
         .file_descriptor_set_path(out_dir.join("paygate_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
     Ok(())

@@ -19,6 +19,10 @@ use crate::{
     channels::{self, ChannelCache, Channels, crypto::MasterKeys},
     config::Settings,
     ingest,
+    payments::{
+        methods::PaymentMethods,
+        sweep::{self, SweepSettings},
+    },
     proto::{
         self,
         v1::{
@@ -26,6 +30,7 @@ use crate::{
             payment_service_server::PaymentServiceServer,
         },
     },
+    providers,
     store::{
         Db, StoreError,
         redis::{RedisError, RedisHandle},
@@ -126,6 +131,19 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     cache.spawn_background(stop_rx.clone());
+    let s = &state.settings;
+    providers::init_http(ms(s.provider_connect_timeout_ms), ms(s.provider_timeout_ms));
+    sweep::spawn(
+        db.clone(),
+        channels.clone(),
+        SweepSettings {
+            interval: ms(s.sweep_interval_ms.max(10)),
+            ready_after: ms(s.sweep_ready_after_ms),
+            pending_after: ms(s.sweep_pending_after_ms),
+            recheck: ms(s.sweep_recheck_ms),
+        },
+        stop_rx.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
@@ -145,7 +163,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(db.clone(), channels.clone())))
+        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(
+            db.clone(),
+            channels.clone(),
+            PaymentMethods::new(ms(state.settings.payment_methods_cache_ttl_ms)),
+            state.settings.idempotency_lease_ms as i64,
+        )))
         .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
         .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
@@ -172,6 +195,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     http_result.map_err(AppError::Http)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {

@@ -62,6 +62,19 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
     pub pingback_timeout_ms: u64,
+    /// Outgoing provider API calls: connect timeout and whole-request timeout.
+    pub provider_connect_timeout_ms: u64,
+    pub provider_timeout_ms: u64,
+    /// How long a request holds its idempotency key; after that a retry may take over.
+    pub idempotency_lease_ms: u64,
+    /// How long a provider's payment-method list is cached per channel and country.
+    pub payment_methods_cache_ttl_ms: u64,
+    /// The stuck-payment sweep: how often it runs, which payments it asks the provider about, and
+    /// how long before it asks about the same payment again.
+    pub sweep_interval_ms: u64,
+    pub sweep_ready_after_ms: u64,
+    pub sweep_pending_after_ms: u64,
+    pub sweep_recheck_ms: u64,
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `paygate=debug,info`.
     pub log_level: String,
@@ -87,6 +100,14 @@ impl Default for Settings {
             admin_token: None,
             trusted_proxies: Vec::new(),
             pingback_timeout_ms: 10_000,
+            provider_connect_timeout_ms: 3_000,
+            provider_timeout_ms: 10_000,
+            idempotency_lease_ms: 30_000,
+            payment_methods_cache_ttl_ms: 600_000,
+            sweep_interval_ms: 60_000,
+            sweep_ready_after_ms: 3_600_000,
+            sweep_pending_after_ms: 600_000,
+            sweep_recheck_ms: 300_000,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
         }
@@ -107,6 +128,14 @@ struct PlainDefaults {
     channel_cache_ttl_ms: u64,
     channel_cache_capacity: u64,
     pingback_timeout_ms: u64,
+    provider_connect_timeout_ms: u64,
+    provider_timeout_ms: u64,
+    idempotency_lease_ms: u64,
+    payment_methods_cache_ttl_ms: u64,
+    sweep_interval_ms: u64,
+    sweep_ready_after_ms: u64,
+    sweep_pending_after_ms: u64,
+    sweep_recheck_ms: u64,
     log_format: LogFormat,
     log_level: String,
 }
@@ -135,6 +164,14 @@ impl Settings {
             channel_cache_ttl_ms: d.channel_cache_ttl_ms,
             channel_cache_capacity: d.channel_cache_capacity,
             pingback_timeout_ms: d.pingback_timeout_ms,
+            provider_connect_timeout_ms: d.provider_connect_timeout_ms,
+            provider_timeout_ms: d.provider_timeout_ms,
+            idempotency_lease_ms: d.idempotency_lease_ms,
+            payment_methods_cache_ttl_ms: d.payment_methods_cache_ttl_ms,
+            sweep_interval_ms: d.sweep_interval_ms,
+            sweep_ready_after_ms: d.sweep_ready_after_ms,
+            sweep_pending_after_ms: d.sweep_pending_after_ms,
+            sweep_recheck_ms: d.sweep_recheck_ms,
             log_format: d.log_format,
             log_level: d.log_level,
         }));

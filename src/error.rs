@@ -124,6 +124,13 @@ impl From<PaymentError> for Status {
             PaymentError::MerchantUidTaken => {
                 Status::already_exists("merchant_uid: a payment with this merchant_uid already exists")
             }
+            PaymentError::NotRefundable(_) | PaymentError::NotCancellable(_) | PaymentError::ProviderRefused(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            PaymentError::ProviderUnavailable(_) => Status::unavailable(err.to_string()),
+            PaymentError::IdempotencyMismatch | PaymentError::IdempotencyInFlight | PaymentError::Concurrent => {
+                Status::aborted(err.to_string())
+            }
             PaymentError::Channel(channel) => channel.into(),
             PaymentError::Provider(problem) => {
                 tracing::error!(%problem, "provider request could not be built");
@@ -172,7 +179,6 @@ impl IntoResponse for PingbackError {
             | PingbackError::TestOnLiveChannel => StatusCode::FORBIDDEN,
             PingbackError::Malformed(_) => StatusCode::BAD_REQUEST,
             PingbackError::PaymentNotFound => StatusCode::UNPROCESSABLE_ENTITY,
-            PingbackError::Deferred(_) => StatusCode::SERVICE_UNAVAILABLE,
             PingbackError::Store(StoreError::Unavailable(_)) | PingbackError::Timeout | PingbackError::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -60,13 +60,73 @@ CREATE TABLE payments (
     status         TEXT NOT NULL,
     provider_ref   TEXT,
     is_test        BIGINT NOT NULL DEFAULT 0,
+    -- The signed hosted-page URL, kept so an idempotent retry gets the same answer.
+    redirect_url   TEXT NOT NULL,
+    subscription_id TEXT,
+    -- Refunds: what the provider confirmed, and what is requested and not yet confirmed.
+    cancelled_amount      BIGINT NOT NULL DEFAULT 0,
+    pending_cancel_amount BIGINT NOT NULL DEFAULT 0,
+    -- Bumped by every change: writers compare-and-set on it.
+    version        BIGINT NOT NULL DEFAULT 1,
+    -- The stuck-payment sweep does not look at the payment before this time (its claim, too).
+    check_after    BIGINT,
     created_at     BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL,
     paid_at        BIGINT,
     failed_at      BIGINT,
+    cancelled_at   BIGINT,
     UNIQUE (merchant_id, merchant_uid)
 );
 CREATE INDEX payments_by_merchant ON payments (merchant_id, payment_id);
+CREATE INDEX payments_by_status ON payments (status, check_after);
+
+-- Refunds and provider-initiated reversals of a payment.
+CREATE TABLE cancellations (
+    cancellation_id TEXT PRIMARY KEY,
+    payment_id      TEXT NOT NULL REFERENCES payments (payment_id),
+    merchant_id     TEXT NOT NULL,
+    -- NULL when the provider reversed part of a payment without saying how much.
+    amount_minor    BIGINT,
+    reason          TEXT NOT NULL,
+    trigger         TEXT NOT NULL, -- MERCHANT_REQUEST, CHARGEBACK, PROVIDER
+    status          TEXT NOT NULL, -- REQUESTED, SUCCEEDED, FAILED
+    provider_reason BIGINT,        -- Paymentwall's reason code on the type 2 pingback
+    failure         TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    completed_at    BIGINT
+);
+CREATE INDEX cancellations_by_payment ON cancellations (payment_id, created_at);
+
+CREATE TABLE subscriptions (
+    subscription_id     TEXT PRIMARY KEY,
+    merchant_id         TEXT NOT NULL,
+    channel_key         TEXT NOT NULL REFERENCES channels (channel_key),
+    initial_payment_id  TEXT NOT NULL,
+    period_length       BIGINT NOT NULL,
+    period_type         TEXT NOT NULL,
+    recurring           BIGINT NOT NULL,
+    status              TEXT NOT NULL, -- PENDING, ACTIVE, CANCELLED, EXPIRED, PAYMENT_FAILED
+    renewals            BIGINT NOT NULL DEFAULT 0,
+    cancel_requested_at BIGINT,
+    ended_at            BIGINT,
+    created_at          BIGINT NOT NULL,
+    updated_at          BIGINT NOT NULL
+);
+
+-- Idempotency keys: the first request's fingerprint and the resource it made.
+CREATE TABLE idempotency_keys (
+    merchant_id     TEXT NOT NULL,
+    operation       TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash    TEXT NOT NULL,
+    resource_id     TEXT,
+    -- in_progress until the work finished; a lease that runs out lets a retry take over after a crash.
+    state           TEXT NOT NULL,
+    lease_until     BIGINT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    PRIMARY KEY (merchant_id, operation, idempotency_key)
+);
 
 -- Every pingback that passed signature checks, raw, deduplicated on Paymentwall's own unique id.
 CREATE TABLE pingbacks (
@@ -74,6 +134,9 @@ CREATE TABLE pingbacks (
     channel_key  TEXT NOT NULL REFERENCES channels (channel_key),
     ref          TEXT NOT NULL,
     type         BIGINT NOT NULL,
+    -- The UNIQUE_REF custom parameter when the project sends it (tells apart two partial
+    -- reversals of one ref); empty otherwise.
+    unique_ref   TEXT NOT NULL DEFAULT '',
     query        TEXT NOT NULL,
     -- applied: its effects are committed; deferred: stored but not yet supported, answered non-OK.
     outcome      TEXT NOT NULL,
@@ -81,7 +144,7 @@ CREATE TABLE pingbacks (
     received_at  BIGINT NOT NULL,
     last_seen_at BIGINT NOT NULL,
     deliveries   BIGINT NOT NULL DEFAULT 1,
-    UNIQUE (channel_key, ref, type)
+    UNIQUE (channel_key, ref, type, unique_ref)
 );
 
 -- Append-only: one row per payment state change.
@@ -92,6 +155,7 @@ CREATE TABLE payment_events (
     kind        TEXT NOT NULL,
     status      TEXT NOT NULL,
     snapshot    TEXT NOT NULL, -- JSON of the payment after the change
+    detail      TEXT,          -- JSON of the cancellation or subscription the event is about
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX payment_events_by_payment ON payment_events (payment_id, event_id);

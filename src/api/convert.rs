@@ -4,7 +4,11 @@ use prost_types::Timestamp;
 
 use crate::{
     channels::{Channel, ChannelMode, Provider},
-    payments::{Payment, PaymentStatus},
+    payments::{
+        Payment, PaymentStatus,
+        cancellations::{Cancellation, CancellationStatus, Trigger},
+        subscriptions::{Subscription, SubscriptionStatus},
+    },
     proto::v1 as pb,
 };
 
@@ -43,7 +47,23 @@ pub fn status_from_proto(value: i32) -> Option<PaymentStatus> {
 }
 
 pub fn payment(p: Payment) -> pb::Payment {
+    let refundable = p.refundable();
     pb::Payment {
+        cancelled_at: p.cancelled_at.map(timestamp),
+        subscription_id: p.subscription_id.clone().unwrap_or_default(),
+        cancelled_amount: Some(pb::Money { amount_minor: p.cancelled_amount, currency: p.currency.clone() }),
+        refundable_amount: Some(pb::Money {
+            amount_minor: if matches!(
+                p.status,
+                PaymentStatus::Paid | PaymentStatus::PartialCancelled | PaymentStatus::CancelPending
+            ) {
+                refundable
+            } else {
+                0
+            },
+            currency: p.currency.clone(),
+        }),
+        cancellations: Vec::new(),
         payment_id: p.payment_id,
         merchant_uid: p.merchant_uid,
         channel_key: p.channel_key,
@@ -59,6 +79,56 @@ pub fn payment(p: Payment) -> pb::Payment {
         updated_at: Some(timestamp(p.updated_at)),
         paid_at: p.paid_at.map(timestamp),
         failed_at: p.failed_at.map(timestamp),
+    }
+}
+
+pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
+    let trigger = match c.trigger {
+        Trigger::MerchantRequest => pb::CancellationTrigger::MerchantRequest,
+        Trigger::Chargeback => pb::CancellationTrigger::Chargeback,
+        Trigger::Provider => pb::CancellationTrigger::Provider,
+    };
+    let status = match c.status {
+        CancellationStatus::Requested => pb::CancellationStatus::Requested,
+        CancellationStatus::Succeeded => pb::CancellationStatus::Succeeded,
+        CancellationStatus::Failed => pb::CancellationStatus::Failed,
+    };
+    pb::Cancellation {
+        cancellation_id: c.cancellation_id,
+        payment_id: c.payment_id,
+        amount: c.amount_minor.map(|amount_minor| pb::Money { amount_minor, currency: currency.to_owned() }),
+        reason: c.reason,
+        trigger: trigger as i32,
+        status: status as i32,
+        provider_reason: c.provider_reason.unwrap_or_default() as i32,
+        failure: c.failure.unwrap_or_default(),
+        created_at: Some(timestamp(c.created_at)),
+        completed_at: c.completed_at.map(timestamp),
+    }
+}
+
+pub fn subscription(s: Subscription) -> pb::Subscription {
+    let status = match s.status {
+        SubscriptionStatus::Pending => pb::SubscriptionStatus::Pending,
+        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        SubscriptionStatus::Cancelled => pb::SubscriptionStatus::Cancelled,
+        SubscriptionStatus::Expired => pb::SubscriptionStatus::Expired,
+        SubscriptionStatus::PaymentFailed => pb::SubscriptionStatus::PaymentFailed,
+    };
+    pb::Subscription {
+        subscription_id: s.subscription_id,
+        initial_payment_id: s.initial_payment_id,
+        channel_key: s.channel_key,
+        status: status as i32,
+        terms: Some(pb::SubscriptionTerms {
+            period_length: s.period_length as i32,
+            period_type: s.period_type,
+            recurring: s.recurring,
+        }),
+        renewals: s.renewals,
+        cancel_requested_at: s.cancel_requested_at.map(timestamp),
+        ended_at: s.ended_at.map(timestamp),
+        created_at: Some(timestamp(s.created_at)),
     }
 }
 

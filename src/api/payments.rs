@@ -1,5 +1,7 @@
 //! `paygate.v1.PaymentService`.
 
+use prost::Message;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
@@ -7,22 +9,37 @@ use crate::{
     channels::Channels,
     error::{InvalidArgument, Violations},
     payments::{
-        checkout::{self, CheckoutRequest},
+        cancellations,
+        checkout::{self, CheckoutRequest, SubscriptionTerms},
+        methods::PaymentMethods,
+        refunds::{self, RefundRequest},
         repo::{self, ListFilter, Lookup},
+        subscriptions,
     },
     proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
-    store::Db,
+    store::{Db, StoreError},
 };
 
 pub struct PaymentsApi {
     db: Db,
     channels: Channels,
+    methods: PaymentMethods,
+    /// How long an idempotency key's in-flight request holds it.
+    idempotency_lease_ms: i64,
 }
 
 impl PaymentsApi {
-    pub fn new(db: Db, channels: Channels) -> Self {
-        Self { db, channels }
+    pub fn new(db: Db, channels: Channels, methods: PaymentMethods, idempotency_lease_ms: i64) -> Self {
+        Self { db, channels, methods, idempotency_lease_ms }
     }
+}
+
+/// The fingerprint of a request for idempotency: its encoding without the key itself (maps are
+/// ordered, so equal requests encode equally).
+fn fingerprint<M: Message + Clone>(request: &M, clear_key: impl FnOnce(&mut M)) -> String {
+    let mut copy = request.clone();
+    clear_key(&mut copy);
+    hex::encode(Sha256::digest(copy.encode_to_vec()))
 }
 
 #[tonic::async_trait]
@@ -33,6 +50,7 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::CheckoutSession>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
+        let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
         let req = CheckoutRequest {
             channel_key: r.channel_key,
             merchant_uid: r.merchant_uid,
@@ -46,15 +64,23 @@ impl PaymentService for PaymentsApi {
             failure_url: r.failure_url,
             country_code: r.country_code,
             language: r.language,
-            custom_params: r.custom_params.into_iter().collect(),
+            custom_params: r.custom_params,
+            subscription: r.subscription.map(|s| SubscriptionTerms {
+                period_length: i64::from(s.period_length),
+                period_type: s.period_type,
+                recurring: s.recurring,
+            }),
+            idempotency_key: r.idempotency_key,
+            request_hash,
         };
-        let session = checkout::create(&self.db, &self.channels, &caller, req).await?;
+        let session = checkout::create(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
         tracing::info!(payment_id = %session.payment.payment_id, channel_key = %session.payment.channel_key, "checkout created");
         Ok(Response::new(pb::CheckoutSession {
             payment_id: session.payment.payment_id,
             redirect_url: session.redirect_url,
             status: convert::status_to_proto(session.payment.status) as i32,
             created_at: Some(convert::timestamp(session.payment.created_at)),
+            subscription_id: session.payment.subscription_id.unwrap_or_default(),
         }))
     }
 
@@ -66,7 +92,12 @@ impl PaymentService for PaymentsApi {
             _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
         };
         let payment = repo::get(&self.db, &caller.merchant_id, lookup).await?;
-        Ok(Response::new(convert::payment(payment)))
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        let cancellations = cancellations::for_payment(&mut conn, &payment.payment_id).await?;
+        let currency = payment.currency.clone();
+        let mut out = convert::payment(payment);
+        out.cancellations = cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();
+        Ok(Response::new(out))
     }
 
     async fn list_payments(
@@ -111,6 +142,72 @@ impl PaymentService for PaymentsApi {
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(convert::payment).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::Cancellation>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
+        // The amount's currency must be the payment's: refunds never convert.
+        if let Some(amount) = &r.amount
+            && !r.payment_id.is_empty()
+            && let Ok(payment) = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&r.payment_id)).await
+            && amount.currency != payment.currency
+        {
+            return Err(InvalidArgument::single(
+                "amount.currency",
+                format!("must be the payment's currency ({})", payment.currency),
+            )
+            .into());
+        }
+        let req = RefundRequest {
+            payment_id: r.payment_id,
+            amount_minor: r.amount.map(|m| m.amount_minor),
+            reason: r.reason,
+            expected_refundable_amount: r.expected_refundable_amount,
+            idempotency_key: r.idempotency_key,
+            request_hash,
+        };
+        let cancellation = refunds::refund(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
+        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: Request<pb::CancelSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if r.subscription_id.is_empty() {
+            v.add("subscription_id", "is required");
+        }
+        if r.reason.chars().count() > refunds::MAX_REASON || r.reason.chars().any(char::is_control) {
+            v.add("reason", format!("must be at most {} printable characters", refunds::MAX_REASON));
+        }
+        v.check()?;
+        let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
+        let sub = subscriptions::cancel(&self.db, &self.channels, &caller, &r.subscription_id, reason).await?;
+        Ok(Response::new(convert::subscription(sub)))
+    }
+
+    async fn list_payment_methods(
+        &self,
+        request: Request<pb::ListPaymentMethodsRequest>,
+    ) -> Result<Response<pb::ListPaymentMethodsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let methods = self.methods.list(&self.channels, &caller, &r.channel_key, &r.country_code).await?;
+        Ok(Response::new(pb::ListPaymentMethodsResponse {
+            methods: methods
+                .iter()
+                .map(|m| pb::PaymentMethod { id: m.id.clone(), name: m.name.clone(), image_url: m.image_url.clone() })
+                .collect(),
         }))
     }
 }

@@ -16,10 +16,10 @@ use super::client_ip;
 use crate::{
     app::AppState,
     channels::{ChannelError, ChannelMode},
-    payments::notifications::{self, Applied, NotificationError, PaymentNotice, RawNotification},
+    payments::notifications::{self, Applied, Notice, NotificationError, RawNotification},
     providers::paymentwall::{
         SignVersion,
-        pingback::{Meaning, ParseError, Pingback},
+        pingback::{ParseError, Pingback},
     },
     store::StoreError,
 };
@@ -40,8 +40,6 @@ pub enum PingbackError {
     TestOnLiveChannel,
     #[error("no such payment on this channel")]
     PaymentNotFound,
-    #[error("pingback type {0} is stored but not applied yet")]
-    Deferred(u32),
     #[error("timed out")]
     Timeout,
     #[error("the payment is being changed by another request")]
@@ -58,7 +56,6 @@ impl PingbackError {
     /// The one line the provider sees. Internal detail stays in the log.
     pub fn public_reason(&self) -> String {
         match self {
-            Self::Deferred(_) => format!("{self}; retry later"),
             Self::Store(StoreError::Unavailable(_)) | Self::Timeout | Self::Busy => {
                 "temporarily unavailable; retry later".to_owned()
             }
@@ -84,7 +81,6 @@ impl From<NotificationError> for PingbackError {
         match e {
             NotificationError::UnknownPayment(_) => Self::PaymentNotFound,
             NotificationError::Concurrent => Self::Busy,
-            NotificationError::Deferred => Self::Corrupt("deferred outside ingest".into()),
             NotificationError::Payment(PaymentError::Store(store)) => Self::Store(store),
             NotificationError::Payment(other) => Self::Corrupt(other.to_string()),
         }
@@ -151,22 +147,18 @@ async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: Stri
     if pingback.is_test && channel.mode == ChannelMode::Live {
         return Err(PingbackError::TestOnLiveChannel);
     }
-    let notice = match pingback.meaning() {
-        Meaning::Payment(outcome) => Some(PaymentNotice {
-            payment_id: pingback.goodsid.clone().ok_or(PingbackError::Malformed(ParseError::Missing("goodsid")))?,
-            outcome,
-            test: pingback.is_test,
-        }),
-        Meaning::NotYetApplied => None,
+    let notice = Notice {
+        payment_id: pingback.goodsid.clone().ok_or(PingbackError::Malformed(ParseError::Missing("goodsid")))?,
+        provider_ref: pingback.reference.clone(),
+        event: pingback.event,
+        test: pingback.is_test,
     };
     let raw = RawNotification {
         channel_key: channel.channel_key.clone(),
         provider_ref: pingback.reference.clone(),
         kind: i64::from(pingback.kind),
+        unique_ref: pingback.unique_ref.clone(),
         query,
     };
-    match notifications::ingest(&state.db, &raw, notice.as_ref()).await {
-        Err(NotificationError::Deferred) => Err(PingbackError::Deferred(pingback.kind)),
-        other => Ok(other?),
-    }
+    Ok(notifications::ingest(&state.db, &raw, &notice).await?)
 }

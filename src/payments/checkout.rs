@@ -3,13 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use super::{Payment, PaymentError, PaymentStatus, model::new_payment_id, money, repo};
+use super::{
+    Payment, PaymentError, PaymentStatus,
+    idempotency::{self, Claim, Key},
+    model::new_payment_id,
+    money,
+    repo::{self, Lookup},
+    subscriptions::{self, PERIOD_TYPES, Subscription, SubscriptionStatus},
+};
 use crate::{
     channels::{ChannelError, Channels},
     error::Violations,
     merchants::Caller,
     providers,
-    store::{Db, now_ms},
+    store::{Db, StoreError, now_ms},
 };
 
 pub const MAX_MERCHANT_UID: usize = 128;
@@ -38,7 +45,21 @@ pub struct CheckoutRequest {
     pub country_code: String,
     pub language: String,
     pub custom_params: BTreeMap<String, String>,
+    pub subscription: Option<SubscriptionTerms>,
+    pub idempotency_key: String,
+    /// Fingerprint of the request for the idempotency check.
+    pub request_hash: String,
 }
+
+/// A recurring product: every `period_length` `period_type`s (`day`, `week`, `month`, `year`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionTerms {
+    pub period_length: i64,
+    pub period_type: String,
+    pub recurring: bool,
+}
+
+pub const MAX_PERIOD_LENGTH: i64 = 365;
 
 #[derive(Debug, Clone)]
 pub struct CheckoutSession {
@@ -51,31 +72,78 @@ pub async fn create(
     channels: &Channels,
     caller: &Caller,
     req: CheckoutRequest,
+    lease_ms: i64,
 ) -> Result<CheckoutSession, PaymentError> {
-    let mut violations = validate(&req);
-    let channel = if req.channel_key.is_empty() {
-        None
-    } else {
-        match channels.for_caller(caller, &req.channel_key).await {
-            Ok(channel) if channel.disabled_at.is_some() => {
-                violations.add("channel_key", "the channel is disabled (deleted while it had payments)");
-                None
-            }
-            Ok(channel) => Some(channel),
-            Err(ChannelError::NotFound) => {
-                violations.add("channel_key", "no channel with this key");
-                None
-            }
-            Err(e) => return Err(e.into()),
+    let key = (!req.idempotency_key.is_empty()).then(|| Key {
+        merchant_id: &caller.merchant_id,
+        operation: "CreateCheckoutSession",
+        key: &req.idempotency_key,
+    });
+    // Validate before claiming the key, so a bad request does not hold it.
+    validate(&req).check()?;
+    let claim = match &key {
+        Some(key) => idempotency::claim(db, key, &req.request_hash, lease_ms).await?,
+        None => Claim::New,
+    };
+    let result = match claim {
+        Claim::Done(payment_id) | Claim::TakenOver(Some(payment_id)) => {
+            let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&payment_id)).await?;
+            Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
         }
+        Claim::New | Claim::TakenOver(None) => create_new(db, channels, caller, &req, key.as_ref()).await,
+    };
+    if result.is_err()
+        && let Some(key) = &key
+    {
+        idempotency::release(db, key).await;
+    }
+    result
+}
+
+async fn create_new(
+    db: &Db,
+    channels: &Channels,
+    caller: &Caller,
+    req: &CheckoutRequest,
+    key: Option<&Key<'_>>,
+) -> Result<CheckoutSession, PaymentError> {
+    let mut violations = Violations::default();
+    let channel = match channels.for_caller(caller, &req.channel_key).await {
+        Ok(channel) if channel.disabled_at.is_some() => {
+            violations.add("channel_key", "the channel is disabled (deleted while it had payments)");
+            None
+        }
+        Ok(channel) => Some(channel),
+        Err(ChannelError::NotFound) => {
+            violations.add("channel_key", "no channel with this key");
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     violations.check()?;
     let channel = channel.ok_or(PaymentError::Channel(ChannelError::NotFound))?;
+    let req = req.clone();
     let (amount_minor, currency) = req.amount.clone().unwrap_or_default();
 
     let now = now_ms();
-    let payment = Payment {
-        payment_id: new_payment_id(),
+    let payment_id = new_payment_id();
+    let subscription = req.subscription.as_ref().map(|terms| Subscription {
+        subscription_id: format!("sub_{}", ulid::Ulid::new()),
+        merchant_id: channel.merchant_id.clone(),
+        channel_key: channel.channel_key.clone(),
+        initial_payment_id: payment_id.clone(),
+        period_length: terms.period_length,
+        period_type: terms.period_type.clone(),
+        recurring: terms.recurring,
+        status: SubscriptionStatus::Pending,
+        renewals: 0,
+        cancel_requested_at: None,
+        ended_at: None,
+        created_at: now,
+        updated_at: now,
+    });
+    let mut payment = Payment {
+        payment_id,
         // A sub-merchant's channel makes a payment of that sub-merchant.
         merchant_id: channel.merchant_id.clone(),
         channel_key: channel.channel_key.clone(),
@@ -95,16 +163,37 @@ pub async fn create(
         status: PaymentStatus::Ready,
         provider_ref: None,
         test: false,
+        redirect_url: String::new(),
+        subscription_id: subscription.as_ref().map(|s| s.subscription_id.clone()),
+        cancelled_amount: 0,
+        pending_cancel_amount: 0,
+        version: 1,
         created_at: now,
         updated_at: now,
         paid_at: None,
         failed_at: None,
+        cancelled_at: None,
     };
-    let redirect_url = providers::for_channel(&channel)
-        .checkout_url(&channel, &payment)
+    payment.redirect_url = providers::for_channel(&channel)
+        .checkout_url(&channel, &payment, subscription.as_ref())
         .map_err(|e| PaymentError::Provider(e.to_string()))?;
-    repo::insert(db, &payment).await?;
-    Ok(CheckoutSession { payment, redirect_url })
+
+    if subscription.is_none() && key.is_none() {
+        // The common case is one INSERT.
+        repo::insert(db, &payment).await?;
+    } else {
+        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        repo::insert_in_tx(&mut tx, &payment).await?;
+        if let Some(subscription) = &subscription {
+            subscriptions::insert(&mut tx, subscription).await?;
+        }
+        if let Some(key) = key {
+            idempotency::attach(&mut tx, key, &payment.payment_id).await?;
+            idempotency::finish(&mut tx, key).await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+    }
+    Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
 }
 
 /// Every problem of the request, named by its proto field path.
@@ -150,6 +239,17 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
     }
     if req.custom_params.len() > MAX_CUSTOM_PARAMS {
         v.add("custom_params", format!("at most {MAX_CUSTOM_PARAMS} entries"));
+    }
+    if let Some(terms) = &req.subscription {
+        if !(1..=MAX_PERIOD_LENGTH).contains(&terms.period_length) {
+            v.add("subscription.period_length", format!("must be 1 to {MAX_PERIOD_LENGTH}"));
+        }
+        if !PERIOD_TYPES.contains(&terms.period_type.as_str()) {
+            v.add("subscription.period_type", format!("must be one of {}", PERIOD_TYPES.join(", ")));
+        }
+    }
+    if req.idempotency_key.len() > idempotency::MAX_KEY_LEN {
+        v.add("idempotency_key", format!("must be at most {} characters", idempotency::MAX_KEY_LEN));
     }
     for (key, value) in &req.custom_params {
         let field = format!("custom_params[{key}]");

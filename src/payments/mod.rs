@@ -1,11 +1,18 @@
-//! Payments: checkout creation, the status machine, and applying what providers report.
+//! Payments: checkout, the status machine, refunds, subscriptions, idempotency, and applying what
+//! providers report.
 
+pub mod cancellations;
 pub mod checkout;
+pub mod idempotency;
+pub mod methods;
 pub mod model;
 pub mod money;
 pub mod notifications;
+pub mod refunds;
 pub mod repo;
 pub mod status;
+pub mod subscriptions;
+pub mod sweep;
 
 pub use model::Payment;
 pub use status::{PaymentOutcome, PaymentStatus};
@@ -20,6 +27,20 @@ pub enum PaymentError {
     NotFound,
     #[error("merchant_uid already used by another payment")]
     MerchantUidTaken,
+    #[error("{0}")]
+    NotRefundable(String),
+    #[error("{0}")]
+    NotCancellable(String),
+    #[error("the provider refused: {0}")]
+    ProviderRefused(String),
+    #[error("the provider cannot be reached ({0}); nothing was changed")]
+    ProviderUnavailable(String),
+    #[error("idempotency_key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this idempotency_key is still in progress; retry later")]
+    IdempotencyInFlight,
+    #[error("the payment changed concurrently; retry")]
+    Concurrent,
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error("provider: {0}")]

@@ -28,10 +28,33 @@ pub struct Payment {
     pub status: PaymentStatus,
     pub provider_ref: Option<String>,
     pub test: bool,
+    /// The signed hosted-page URL given to the merchant.
+    pub redirect_url: String,
+    /// The subscription this payment started or renewed.
+    pub subscription_id: Option<String>,
+    /// Refunded and confirmed by the provider.
+    pub cancelled_amount: i64,
+    /// Requested from the provider and not yet confirmed.
+    pub pending_cancel_amount: i64,
+    /// Bumped by every change; every write is a compare-and-set on it.
+    pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
     pub paid_at: Option<i64>,
     pub failed_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+}
+
+impl Payment {
+    /// What may still be refunded: paid, less confirmed and requested refunds.
+    pub fn refundable(&self) -> i64 {
+        self.amount_minor - self.cancelled_amount - self.pending_cancel_amount
+    }
+
+    /// A copy with the next version and `updated_at`, ready to be written with `repo::update`.
+    pub fn next_version(&self, now: i64) -> Payment {
+        Payment { version: self.version + 1, updated_at: now, ..self.clone() }
+    }
 }
 
 fn status_name<S: Serializer>(status: &PaymentStatus, s: S) -> Result<S::Ok, S::Error> {

@@ -1,10 +1,15 @@
-//! Provider notifications (Paymentwall pingbacks): stored raw and applied to the payment in one
-//! transaction, deduplicated on the provider's unique id `(channel, ref, type)`. The caller answers
-//! the provider only after this returns, so an acknowledged notification is always committed.
+//! Provider notifications (Paymentwall pingbacks, and what the stuck-payment sweep learns by
+//! asking): stored raw and applied to the payment in one transaction, deduplicated on the
+//! provider's unique id `(channel, ref, type[, UNIQUE_REF])`. The caller answers the provider only
+//! after this returns, so an acknowledged notification is always committed.
 
 use sqlx::{AnyConnection, Row};
 
-use super::{Payment, PaymentError, PaymentOutcome, repo, status::next_status};
+use super::{
+    Payment, PaymentError, PaymentOutcome, PaymentStatus, refunds, repo,
+    status::next_status,
+    subscriptions::{self, SubscriptionEnd, SubscriptionStatus},
+};
 use crate::{
     events,
     store::{Db, StoreError, now_ms},
@@ -16,21 +21,37 @@ pub struct RawNotification {
     pub channel_key: String,
     pub provider_ref: String,
     pub kind: i64,
+    /// Tells apart two notifications of one ref and type (e.g. two partial reversals); may be empty.
+    pub unique_ref: String,
     /// The query string exactly as received (it carries no secret: the signature is a digest).
     pub query: String,
 }
 
-/// What the notification means for a payment. `None`: a kind paygate cannot apply yet.
+/// What the provider reported, in paygate's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// Completion, reviews (a completion of a paid subscription payment with a new ref is a renewal).
+    Payment(PaymentOutcome),
+    /// Money went back (Paymentwall type 2), with the provider's reason code.
+    Reversal {
+        reason: u32,
+    },
+    /// The provider says the payment is refunded (payment status API): confirms pending refunds.
+    RefundConfirmed,
+    SubscriptionEnded(SubscriptionEnd),
+}
+
 #[derive(Debug, Clone)]
-pub struct PaymentNotice {
+pub struct Notice {
     pub payment_id: String,
-    pub outcome: PaymentOutcome,
+    pub provider_ref: String,
+    pub event: ProviderEvent,
     pub test: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// The payment moved; the event records it.
+    /// A payment moved (or a renewal payment was made); the event records it.
     Changed { payment: Box<Payment>, event_id: i64 },
     /// A valid notification that changes nothing (late or replayed after the payment moved on).
     Unchanged,
@@ -40,14 +61,21 @@ pub enum Applied {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotificationError {
-    #[error("stored, but this notification type is not applied yet")]
-    Deferred,
     #[error("no payment {0} on this channel")]
     UnknownPayment(String),
     #[error("the payment changed concurrently; retry")]
     Concurrent,
     #[error(transparent)]
-    Payment(#[from] PaymentError),
+    Payment(PaymentError),
+}
+
+impl From<PaymentError> for NotificationError {
+    fn from(e: PaymentError) -> Self {
+        match e {
+            PaymentError::Concurrent => Self::Concurrent,
+            other => Self::Payment(other),
+        }
+    }
 }
 
 impl From<StoreError> for NotificationError {
@@ -63,50 +91,59 @@ impl From<sqlx::Error> for NotificationError {
 }
 
 const OUTCOME_APPLIED: &str = "applied";
-const OUTCOME_DEFERRED: &str = "deferred";
 const OUTCOME_UNMATCHED: &str = "unmatched";
 
-/// Stores `raw` and applies `notice` atomically. Deferred and unmatched notifications are stored
-/// (so nothing is lost) but answered as errors, so the provider retries them later.
-pub async fn ingest(
-    db: &Db,
-    raw: &RawNotification,
-    notice: Option<&PaymentNotice>,
-) -> Result<Applied, NotificationError> {
+/// Stores `raw` and applies `notice` atomically. A notice for an unknown payment is stored (so
+/// nothing is lost) and reported as an error, so the provider retries it.
+pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
     if record_delivery(&mut tx, raw).await? {
         tx.commit().await?;
         return Ok(Applied::Duplicate);
     }
-    let Some(notice) = notice else {
-        set_outcome(&mut tx, raw, OUTCOME_DEFERRED, None).await?;
-        tx.commit().await?;
-        return Err(NotificationError::Deferred);
-    };
-    let result = apply(&mut tx, raw, notice).await;
+    let result = apply(&mut tx, &raw.channel_key, notice).await;
     let outcome = match &result {
         Ok(_) => OUTCOME_APPLIED,
         Err(NotificationError::UnknownPayment(_)) => OUTCOME_UNMATCHED,
         Err(_) => return result, // rolled back on drop
     };
-    set_outcome(&mut tx, raw, outcome, Some(&notice.payment_id)).await?;
+    sqlx::query(
+        "UPDATE pingbacks SET outcome = $1, payment_id = $2 WHERE channel_key = $3 AND ref = $4 AND type = $5 \
+         AND unique_ref = $6",
+    )
+    .bind(outcome)
+    .bind(&notice.payment_id)
+    .bind(&raw.channel_key)
+    .bind(&raw.provider_ref)
+    .bind(raw.kind)
+    .bind(&raw.unique_ref)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     result
+}
+
+/// Applies what paygate learned by asking the provider (no raw notification to keep).
+pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
+    let mut tx = db.pool().begin().await?;
+    let result = apply(&mut tx, channel_key, notice).await?;
+    tx.commit().await?;
+    Ok(result)
 }
 
 /// Inserts the raw row or counts a repeat delivery. True when it was already applied.
 async fn record_delivery(conn: &mut AnyConnection, raw: &RawNotification) -> Result<bool, NotificationError> {
     let now = now_ms();
     let inserted = sqlx::query(
-        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, query, outcome, received_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (channel_key, ref, type) DO NOTHING",
+        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, received_at, last_seen_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'received', $7, $7) ON CONFLICT (channel_key, ref, type, unique_ref) DO NOTHING",
     )
     .bind(format!("pb_{}", ulid::Ulid::new()))
     .bind(&raw.channel_key)
     .bind(&raw.provider_ref)
     .bind(raw.kind)
+    .bind(&raw.unique_ref)
     .bind(&raw.query)
-    .bind("received")
     .bind(now)
     .execute(&mut *conn)
     .await?
@@ -116,71 +153,173 @@ async fn record_delivery(conn: &mut AnyConnection, raw: &RawNotification) -> Res
     }
     let row = sqlx::query(
         "UPDATE pingbacks SET deliveries = deliveries + 1, last_seen_at = $1 \
-         WHERE channel_key = $2 AND ref = $3 AND type = $4 RETURNING outcome",
+         WHERE channel_key = $2 AND ref = $3 AND type = $4 AND unique_ref = $5 RETURNING outcome",
     )
     .bind(now)
     .bind(&raw.channel_key)
     .bind(&raw.provider_ref)
     .bind(raw.kind)
+    .bind(&raw.unique_ref)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get::<String, _>("outcome")? == OUTCOME_APPLIED)
 }
 
-async fn set_outcome(
-    conn: &mut AnyConnection,
-    raw: &RawNotification,
-    outcome: &str,
-    payment_id: Option<&str>,
-) -> Result<(), NotificationError> {
-    sqlx::query("UPDATE pingbacks SET outcome = $1, payment_id = $2 WHERE channel_key = $3 AND ref = $4 AND type = $5")
-        .bind(outcome)
-        .bind(payment_id)
-        .bind(&raw.channel_key)
-        .bind(&raw.provider_ref)
-        .bind(raw.kind)
-        .execute(conn)
-        .await?;
-    Ok(())
+async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
+    let current = match repo::get_in_tx(conn, &notice.payment_id).await? {
+        // A notification signed with one channel's secret may only touch that channel's payments.
+        Some(payment) if payment.channel_key == channel_key => payment,
+        _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
+    };
+    match notice.event {
+        ProviderEvent::Payment(outcome) => {
+            let is_renewal = outcome == PaymentOutcome::Completed
+                && current.subscription_id.is_some()
+                && !matches!(current.status, PaymentStatus::Ready | PaymentStatus::PendingReview)
+                && current.provider_ref.as_deref() != Some(notice.provider_ref.as_str());
+            if is_renewal { renew(conn, &current, notice).await } else { settle(conn, &current, outcome, notice).await }
+        }
+        ProviderEvent::Reversal { reason } => reverse(conn, &current, notice, reason).await,
+        ProviderEvent::RefundConfirmed => {
+            let mut applied = Applied::Unchanged;
+            let mut payment = current;
+            while payment.pending_cancel_amount > 0 {
+                applied = reverse(conn, &payment, notice, 9).await?;
+                match &applied {
+                    Applied::Changed { payment: p, .. } => payment = (**p).clone(),
+                    _ => break,
+                }
+            }
+            Ok(applied)
+        }
+        ProviderEvent::SubscriptionEnded(end) => end_subscription(conn, &current, end).await,
+    }
 }
 
-async fn apply(
+async fn settle(
     conn: &mut AnyConnection,
-    raw: &RawNotification,
-    notice: &PaymentNotice,
+    current: &Payment,
+    outcome: PaymentOutcome,
+    notice: &Notice,
 ) -> Result<Applied, NotificationError> {
-    let Some(current) = repo::get_in_tx(conn, &notice.payment_id).await? else {
-        return Err(NotificationError::UnknownPayment(notice.payment_id.clone()));
-    };
-    // A pingback signed with one channel's secret may only touch that channel's payments.
-    if current.channel_key != raw.channel_key {
-        return Err(NotificationError::UnknownPayment(notice.payment_id.clone()));
-    }
-    let Some(next) = next_status(current.status, notice.outcome) else {
-        tracing::info!(
-            payment_id = %current.payment_id, status = %current.status, outcome = ?notice.outcome,
-            "notification changes nothing"
-        );
+    let Some(status) = next_status(current.status, outcome) else {
+        tracing::info!(payment_id = %current.payment_id, status = %current.status, ?outcome, "notification changes nothing");
         return Ok(Applied::Unchanged);
     };
     let now = now_ms();
-    let mut updated = current.clone();
-    updated.status = next;
-    updated.updated_at = now;
-    updated.test = notice.test;
-    match notice.outcome {
+    let mut next = current.next_version(now);
+    next.status = status;
+    next.test = notice.test;
+    match outcome {
         PaymentOutcome::Completed | PaymentOutcome::ReviewAccepted => {
-            updated.provider_ref = Some(raw.provider_ref.clone());
-            updated.paid_at = Some(now);
+            next.provider_ref = Some(notice.provider_ref.clone());
+            next.paid_at = Some(now);
         }
-        PaymentOutcome::ReviewStarted => updated.provider_ref = Some(raw.provider_ref.clone()),
-        PaymentOutcome::Declined => updated.failed_at = Some(now),
+        PaymentOutcome::ReviewStarted => next.provider_ref = Some(notice.provider_ref.clone()),
+        PaymentOutcome::Declined => next.failed_at = Some(now),
     }
-    // The row was read in this transaction; a concurrent writer that got there first makes the
-    // compare-and-set fail, and the provider's retry will see the new state.
-    if !repo::update_status(conn, current.status, &updated).await? {
+    if !repo::update(conn, &next).await? {
         return Err(NotificationError::Concurrent);
     }
-    let event_id = events::append(conn, &updated, notice.outcome.event_kind()).await?;
-    Ok(Applied::Changed { payment: Box::new(updated), event_id })
+    let mut detail = None;
+    if status == PaymentStatus::Paid
+        && let Some(subscription_id) = &next.subscription_id
+        && let Some(sub) = subscriptions::get(conn, subscription_id).await?
+        && sub.status == SubscriptionStatus::Pending
+    {
+        let active = subscriptions::Subscription { status: SubscriptionStatus::Active, updated_at: now, ..sub.clone() };
+        if !subscriptions::update(conn, &sub, &active).await? {
+            return Err(NotificationError::Concurrent);
+        }
+        detail = Some(events::detail(&active));
+    }
+    let event_id = events::append(conn, &next, outcome.event_kind(), detail.as_ref()).await?;
+    Ok(Applied::Changed { payment: Box::new(next), event_id })
+}
+
+/// A completion with a new ref on a paid subscription payment: a renewal, recorded as a new
+/// payment linked to the subscription.
+async fn renew(conn: &mut AnyConnection, initial: &Payment, notice: &Notice) -> Result<Applied, NotificationError> {
+    if repo::find_by_provider_ref(conn, &initial.channel_key, &notice.provider_ref).await?.is_some() {
+        return Ok(Applied::Unchanged);
+    }
+    let subscription_id = initial.subscription_id.clone().unwrap_or_default();
+    let Some(sub) = subscriptions::get(conn, &subscription_id).await? else {
+        return Err(
+            PaymentError::Corrupt(format!("payment {} names a missing subscription", initial.payment_id)).into()
+        );
+    };
+    if sub.status.is_final() {
+        tracing::warn!(%subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
+    }
+    let now = now_ms();
+    let number = sub.renewals + 1;
+    let renewal = Payment {
+        payment_id: super::model::new_payment_id(),
+        merchant_uid: format!("{}/renewal/{number}", initial.merchant_uid),
+        status: PaymentStatus::Paid,
+        provider_ref: Some(notice.provider_ref.clone()),
+        test: notice.test,
+        redirect_url: String::new(),
+        cancelled_amount: 0,
+        pending_cancel_amount: 0,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        paid_at: Some(now),
+        failed_at: None,
+        cancelled_at: None,
+        ..initial.clone()
+    };
+    repo::insert_in_tx(conn, &renewal).await?;
+    let renewed = subscriptions::Subscription {
+        renewals: number,
+        status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
+        updated_at: now,
+        ..sub.clone()
+    };
+    if !subscriptions::update(conn, &sub, &renewed).await? {
+        return Err(NotificationError::Concurrent);
+    }
+    let event_id = events::append(conn, &renewal, "payment.paid", Some(&events::detail(&renewed))).await?;
+    Ok(Applied::Changed { payment: Box::new(renewal), event_id })
+}
+
+async fn reverse(
+    conn: &mut AnyConnection,
+    current: &Payment,
+    notice: &Notice,
+    reason: u32,
+) -> Result<Applied, NotificationError> {
+    // A reversal that overtook its payment's completion still names the transaction.
+    let mut current = current.clone();
+    if current.provider_ref.is_none() {
+        current.provider_ref = Some(notice.provider_ref.clone());
+        current.test = notice.test;
+    }
+    let Some((next, kind, cancellation)) = refunds::apply_reversal(conn, &current, reason).await? else {
+        return Ok(Applied::Unchanged);
+    };
+    let event_id = events::append(conn, &next, kind, Some(&events::detail(&cancellation))).await?;
+    Ok(Applied::Changed { payment: Box::new(next), event_id })
+}
+
+async fn end_subscription(
+    conn: &mut AnyConnection,
+    initial: &Payment,
+    end: SubscriptionEnd,
+) -> Result<Applied, NotificationError> {
+    let Some(subscription_id) = &initial.subscription_id else { return Ok(Applied::Unchanged) };
+    let Some(sub) = subscriptions::get(conn, subscription_id).await? else { return Ok(Applied::Unchanged) };
+    if sub.status.is_final() {
+        return Ok(Applied::Unchanged);
+    }
+    let now = now_ms();
+    let ended =
+        subscriptions::Subscription { status: end.status(), ended_at: Some(now), updated_at: now, ..sub.clone() };
+    if !subscriptions::update(conn, &sub, &ended).await? {
+        return Err(NotificationError::Concurrent);
+    }
+    let event_id = events::append(conn, initial, end.event_kind(), Some(&events::detail(&ended))).await?;
+    Ok(Applied::Changed { payment: Box::new(initial.clone()), event_id })
 }

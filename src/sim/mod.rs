@@ -3,6 +3,7 @@
 //! signed pingbacks to the project's pingback URL, retrying until it gets `OK`. A JSON control API
 //! under `/control` lets tests pay without a browser and see every pingback attempt.
 
+mod api;
 mod page;
 mod pingbacks;
 mod server;
@@ -79,10 +80,53 @@ pub struct Session {
     pub currency: String,
     pub product_name: String,
     pub success_url: Option<String>,
+    /// `fixed` or `subscription`; a subscription's pingbacks carry its period.
+    pub product_type: String,
+    pub period_length: String,
+    pub period_type: String,
     pub status: SessionStatus,
     /// Paymentwall's transaction reference, once paid.
     pub reference: Option<String>,
+    /// References of renewal payments (subscriptions).
+    pub renewal_refs: Vec<String>,
+    pub refunded: bool,
+    pub tickets: Vec<Ticket>,
     pub pingbacks: Vec<Delivery>,
+}
+
+/// A Cancellation API ticket as received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ticket {
+    pub ticket_type: u32,
+    pub message: String,
+    pub accepted: bool,
+}
+
+/// How the simulated Paymentwall behaves; tests change it through `POST /control/behaviour`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Behaviour {
+    /// Refuse every ticket with this message.
+    pub refuse_tickets: Option<String>,
+    /// Wait this long before answering a ticket.
+    pub ticket_delay_ms: u64,
+    /// Send the type 2 (or 12) pingback after an accepted ticket.
+    pub ticket_pingbacks: bool,
+    pub ticket_pingback_delay_ms: u64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self { refuse_tickets: None, ticket_delay_ms: 0, ticket_pingbacks: true, ticket_pingback_delay_ms: 100 }
+    }
+}
+
+/// Calls to the server APIs, for tests that count them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub tickets: u64,
+    pub payment_systems: u64,
+    pub payment_status: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,6 +156,8 @@ pub struct Attempt {
 struct State {
     projects: HashMap<String, Project>,
     sessions: HashMap<String, Session>,
+    behaviour: Behaviour,
+    stats: Stats,
 }
 
 #[derive(Clone)]
@@ -123,8 +169,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(projects: Vec<Project>, settings: SimSettings) -> Self {
-        let state =
-            State { projects: projects.into_iter().map(|p| (p.key.clone(), p)).collect(), sessions: HashMap::new() };
+        let state = State { projects: projects.into_iter().map(|p| (p.key.clone(), p)).collect(), ..State::default() };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
         Self { state: Arc::new(Mutex::new(state)), settings, http }
     }

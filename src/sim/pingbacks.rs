@@ -10,17 +10,32 @@ pub fn new_reference() -> String {
     format!("b{}", rand::rng().random_range(1_000_000_000u64..10_000_000_000))
 }
 
-/// The signed pingback URL for `session`, of `pingback_type` (with `reason` for type 2).
-pub fn signed_url(project: &Project, session: &Session, pingback_type: u32, reason: Option<u32>) -> String {
+/// The signed pingback URL for `session`'s transaction `reference`, of `pingback_type` (with
+/// `reason` for type 2). Every pingback carries a fresh `UNIQUE_REF` custom parameter.
+pub fn signed_url(
+    project: &Project,
+    session: &Session,
+    reference: &str,
+    pingback_type: u32,
+    reason: Option<u32>,
+) -> String {
+    let (slength, speriod) = if session.product_type == "subscription" {
+        let length =
+            if pingback_type == 2 { format!("-{}", session.period_length) } else { session.period_length.clone() };
+        (length, session.period_type.clone())
+    } else {
+        (String::new(), String::new())
+    };
     let mut params: Vec<(String, String)> = vec![
         ("uid".into(), session.uid.clone()),
         ("goodsid".into(), session.goodsid.clone()),
-        ("slength".into(), String::new()),
-        ("speriod".into(), String::new()),
+        ("slength".into(), slength),
+        ("speriod".into(), speriod),
         ("type".into(), pingback_type.to_string()),
-        ("ref".into(), session.reference.clone().unwrap_or_default()),
+        ("ref".into(), reference.to_owned()),
         ("PRODUCT_PRICE".into(), session.amount.clone()),
         ("CURRENCY_CODE".into(), session.currency.clone()),
+        ("UNIQUE_REF".into(), format!("u{}", ulid::Ulid::new())),
     ];
     if project.test_mode {
         params.push(("is_test".into(), "1".into()));

@@ -22,6 +22,13 @@ pub fn router(sim: Sim) -> Router {
         .route("/control/sessions/{id}/pay", post(control_pay))
         .route("/control/sessions/{id}/decline", post(control_decline))
         .route("/control/sessions/{id}/pingback", post(control_pingback))
+        .route("/control/sessions/{id}/pay-silently", post(control_pay_silently))
+        .route("/control/sessions/{id}/renew", post(control_renew))
+        .route("/control/behaviour", post(set_behaviour))
+        .route("/control/stats", get(stats))
+        .route("/developers/api/ticket", post(super::api::ticket))
+        .route("/api/payment-systems/", get(super::api::payment_systems))
+        .route("/api/rest/payment", get(super::api::payment_status))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(sim)
 }
@@ -70,8 +77,14 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
         currency: get("currencyCode").unwrap_or_default(),
         product_name: get("ag_name").unwrap_or_default(),
         success_url: get("success_url"),
+        product_type: get("ag_type").unwrap_or_else(|| "fixed".into()),
+        period_length: get("ag_period_length").unwrap_or_default(),
+        period_type: get("ag_period_type").unwrap_or_default(),
         status: SessionStatus::Open,
         reference: None,
+        renewal_refs: vec![],
+        refunded: false,
+        tickets: vec![],
         pingbacks: vec![],
     };
     let html = page::checkout(&session);
@@ -80,8 +93,13 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
     ([("x-sim-session", id)], Html(html)).into_response()
 }
 
-/// Marks the session paid and sends the type 0 pingback.
+/// Marks the session paid and sends the type 0 pingback (unless `deliver` is false: a pingback
+/// lost on the way, for the sweep to find).
 fn pay(sim: &Sim, id: &str) -> Result<Session, Refusal> {
+    pay_and(sim, id, true)
+}
+
+fn pay_and(sim: &Sim, id: &str, deliver: bool) -> Result<Session, Refusal> {
     let (project, session) = {
         let mut state = sim.lock();
         let Some(session) = state.sessions.get_mut(id) else {
@@ -97,7 +115,10 @@ fn pay(sim: &Sim, id: &str) -> Result<Session, Refusal> {
         (project, session)
     };
     let project = project.ok_or((StatusCode::CONFLICT, "project was removed"))?;
-    sim.send_pingback(id, 0, pingbacks::signed_url(&project, &session, 0, None));
+    if deliver {
+        let reference = session.reference.clone().unwrap_or_default();
+        sim.send_pingback(id, 0, pingbacks::signed_url(&project, &session, &reference, 0, None));
+    }
     Ok(session)
 }
 
@@ -167,9 +188,46 @@ async fn control_pingback(
         (state.projects.get(&session.project_key).cloned(), session)
     };
     let Some(project) = project else { return error(StatusCode::CONFLICT, "project was removed") };
-    let url = pingbacks::signed_url(&project, &session, req.pingback_type, req.reason);
+    let reference = session.reference.clone().unwrap_or_default();
+    let url = pingbacks::signed_url(&project, &session, &reference, req.pingback_type, req.reason);
     sim.send_pingback(&id, req.pingback_type, url);
     Json(session).into_response()
+}
+
+async fn control_pay_silently(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    match pay_and(&sim, &id, false) {
+        Ok(session) => Json(session).into_response(),
+        Err(refusal) => refused(refusal),
+    }
+}
+
+/// A subscription renewal: a new transaction with a new ref, reported by a type 0 pingback.
+async fn control_renew(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+    let reference = pingbacks::new_reference();
+    let (project, session) = {
+        let mut state = sim.lock();
+        let Some(session) = state.sessions.get_mut(&id) else {
+            return error(StatusCode::NOT_FOUND, "no such session");
+        };
+        if session.status != SessionStatus::Paid || session.product_type != "subscription" {
+            return error(StatusCode::CONFLICT, "only a paid subscription renews");
+        }
+        session.renewal_refs.push(reference.clone());
+        let session = session.clone();
+        (state.projects.get(&session.project_key).cloned(), session)
+    };
+    let Some(project) = project else { return error(StatusCode::CONFLICT, "project was removed") };
+    sim.send_pingback(&id, 0, pingbacks::signed_url(&project, &session, &reference, 0, None));
+    Json(serde_json::json!({ "reference": reference })).into_response()
+}
+
+async fn set_behaviour(State(sim): State<Sim>, Json(behaviour): Json<super::Behaviour>) -> StatusCode {
+    sim.lock().behaviour = behaviour;
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(sim): State<Sim>) -> Json<super::Stats> {
+    Json(sim.lock().stats.clone())
 }
 
 async fn get_session(State(sim): State<Sim>, Path(id): Path<String>) -> Response {

@@ -118,15 +118,6 @@ async fn checkout_to_paid(backend: Backend) {
     let deliveries = "SELECT deliveries FROM pingbacks WHERE ref = $1";
     assert_eq!(db.count(deliveries, &reference).await, 2, "the repeat is counted, not applied");
 
-    // A type 2 pingback is stored and answered non-OK (applied by a later release), never dropped.
-    sim.control(&format!("/sessions/{sim_session}/pingback"), Some(serde_json::json!({"type": 2, "reason": 9}))).await;
-    let deferred = sim.wait_attempts(&sim_session, 1, 1).await;
-    let attempt = &deferred["pingbacks"][1]["attempts"][0];
-    assert_eq!(attempt["status"], 503);
-    assert!(attempt["body"].as_str().unwrap().contains("type 2"), "{attempt}");
-    assert_eq!(db.count("SELECT COUNT(*) FROM pingbacks WHERE outcome = 'deferred' AND ref = $1", &reference).await, 1);
-    assert_eq!(get_payment(&mut payments, &session.payment_id).await.status, PaymentStatus::Paid as i32);
-
     refusals(&db, &gate, &sim, &mut channels, &mut payments).await;
     isolation(&db, &gate, &session.payment_id, &channel.channel_key).await;
 }

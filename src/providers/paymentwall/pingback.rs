@@ -2,7 +2,7 @@
 //! parameter is refused) because everything here came from the internet.
 
 use super::signature::{SignVersion, pingback_signature, signatures_match};
-use crate::payments::PaymentOutcome;
+use crate::payments::{PaymentOutcome, notifications::ProviderEvent, subscriptions::SubscriptionEnd};
 
 /// A query longer than this is not a pingback.
 pub const MAX_QUERY_LEN: usize = 8 * 1024;
@@ -29,16 +29,12 @@ pub struct Pingback {
     pub goodsid: Option<String>,
     pub is_test: bool,
     pub sign_version: SignVersion,
+    /// The event the pingback reports, including the reason code of a type 2.
+    pub event: ProviderEvent,
+    /// The project's UNIQUE_REF custom parameter, when it sends one (tells apart two reversals of
+    /// one ref); empty otherwise.
+    pub unique_ref: String,
     sig: String,
-}
-
-/// What a pingback type means to paygate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Meaning {
-    Payment(PaymentOutcome),
-    /// Negative (type 2) and subscription types (12, 13, 14): not applied yet, so the raw
-    /// pingback is kept and Paymentwall is asked to retry.
-    NotYetApplied,
 }
 
 impl Pingback {
@@ -78,22 +74,31 @@ impl Pingback {
             Some(_) => return Err(ParseError::Invalid { field: "is_test", problem: "must be 0 or 1" }),
         };
         let goodsid = get("goodsid").filter(|g| !g.is_empty()).map(str::to_owned);
-        Ok(Self { params, kind, reference, goodsid, is_test, sign_version, sig })
+        let event = match kind {
+            0 | 1 => ProviderEvent::Payment(PaymentOutcome::Completed),
+            200 => ProviderEvent::Payment(PaymentOutcome::ReviewStarted),
+            201 => ProviderEvent::Payment(PaymentOutcome::ReviewAccepted),
+            202 | 203 => ProviderEvent::Payment(PaymentOutcome::Declined),
+            2 => {
+                let reason = get("reason").filter(|r| !r.is_empty()).ok_or(ParseError::Missing("reason"))?;
+                let reason =
+                    reason.parse().map_err(|_| ParseError::Invalid { field: "reason", problem: "not a number" })?;
+                ProviderEvent::Reversal { reason }
+            }
+            12 => ProviderEvent::SubscriptionEnded(SubscriptionEnd::Cancelled),
+            13 => ProviderEvent::SubscriptionEnded(SubscriptionEnd::Expired),
+            _ => ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed),
+        };
+        let unique_ref = get("UNIQUE_REF").unwrap_or_default().to_owned();
+        if unique_ref.len() > 128 {
+            return Err(ParseError::Invalid { field: "UNIQUE_REF", problem: "longer than 128 characters" });
+        }
+        Ok(Self { params, kind, reference, goodsid, is_test, sign_version, event, unique_ref, sig })
     }
 
     /// Checks `sig` against the secret, in constant time.
     pub fn verify(&self, secret: &str) -> bool {
         signatures_match(&pingback_signature(self.sign_version, &self.params, secret), &self.sig)
-    }
-
-    pub fn meaning(&self) -> Meaning {
-        match self.kind {
-            0 | 1 => Meaning::Payment(PaymentOutcome::Completed),
-            200 => Meaning::Payment(PaymentOutcome::ReviewStarted),
-            201 => Meaning::Payment(PaymentOutcome::ReviewAccepted),
-            202 | 203 => Meaning::Payment(PaymentOutcome::Declined),
-            _ => Meaning::NotYetApplied,
-        }
     }
 }
 
@@ -115,7 +120,7 @@ mod tests {
         assert_eq!(p.sign_version, SignVersion::V2);
         assert!(p.verify(SECRET));
         assert!(!p.verify("another secret"));
-        assert_eq!(p.meaning(), Meaning::Payment(PaymentOutcome::Completed));
+        assert_eq!(p.event, ProviderEvent::Payment(PaymentOutcome::Completed));
     }
 
     #[test]
@@ -158,15 +163,18 @@ mod tests {
     }
 
     #[test]
-    fn types_map_to_meanings() {
-        let meaning = |t: u32| Pingback::parse(&format!("type={t}&ref=r&sig=s")).expect("parses").meaning();
-        assert_eq!(meaning(1), Meaning::Payment(PaymentOutcome::Completed));
-        assert_eq!(meaning(200), Meaning::Payment(PaymentOutcome::ReviewStarted));
-        assert_eq!(meaning(201), Meaning::Payment(PaymentOutcome::ReviewAccepted));
-        assert_eq!(meaning(202), Meaning::Payment(PaymentOutcome::Declined));
-        assert_eq!(meaning(203), Meaning::Payment(PaymentOutcome::Declined));
-        for deferred in [2, 12, 13, 14] {
-            assert_eq!(meaning(deferred), Meaning::NotYetApplied);
-        }
+    fn types_map_to_events() {
+        let event = |q: &str| Pingback::parse(&format!("{q}&ref=r&sig=s")).expect("parses").event;
+        assert_eq!(event("type=1"), ProviderEvent::Payment(PaymentOutcome::Completed));
+        assert_eq!(event("type=200"), ProviderEvent::Payment(PaymentOutcome::ReviewStarted));
+        assert_eq!(event("type=201"), ProviderEvent::Payment(PaymentOutcome::ReviewAccepted));
+        assert_eq!(event("type=202"), ProviderEvent::Payment(PaymentOutcome::Declined));
+        assert_eq!(event("type=203"), ProviderEvent::Payment(PaymentOutcome::Declined));
+        assert_eq!(event("type=2&reason=9"), ProviderEvent::Reversal { reason: 9 });
+        assert_eq!(event("type=2&reason=1"), ProviderEvent::Reversal { reason: 1 });
+        assert_eq!(event("type=12"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::Cancelled));
+        assert_eq!(event("type=13"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::Expired));
+        assert_eq!(event("type=14"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed));
+        assert_eq!(Pingback::parse("type=2&ref=r&sig=s").unwrap_err(), ParseError::Missing("reason"));
     }
 }

@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use super::signature::{SignVersion, sign_request};
 use crate::{
     channels::PaymentwallConfig,
-    payments::{Payment, money},
+    payments::{Payment, money, subscriptions::Subscription},
     providers::ProviderError,
 };
 
@@ -42,13 +42,22 @@ pub fn is_reserved_param(name: &str) -> bool {
 
 /// Builds and signs the widget URL. `ag_external_id` is the payment id, which Paymentwall sends
 /// back as `goodsid` so the pingback finds the payment.
-pub fn checkout_url(config: &PaymentwallConfig, payment: &Payment, unix_seconds: i64) -> Result<String, ProviderError> {
+pub fn checkout_url(
+    config: &PaymentwallConfig,
+    payment: &Payment,
+    subscription: Option<&Subscription>,
+    unix_seconds: i64,
+) -> Result<String, ProviderError> {
     let currency = money::parse_currency(&payment.currency)
         .ok_or_else(|| ProviderError::Unsupported(format!("currency {}", payment.currency)))?;
     // Golden rule: format once, sign and send the very same strings.
     let amount = money::to_decimal_string(payment.amount_minor, currency);
     let timestamp = unix_seconds.to_string();
     let version = config.sign_version.number().to_string();
+    let (period_length, recurring) = match subscription {
+        Some(s) => (s.period_length.to_string(), if s.recurring { "1" } else { "0" }),
+        None => (String::new(), "0"),
+    };
 
     let mut params: Vec<(&str, &str)> = vec![
         ("key", &config.project_key),
@@ -58,7 +67,7 @@ pub fn checkout_url(config: &PaymentwallConfig, payment: &Payment, unix_seconds:
         ("currencyCode", &payment.currency),
         ("ag_name", &payment.order_name),
         ("ag_external_id", &payment.payment_id),
-        ("ag_type", "fixed"),
+        ("ag_type", if subscription.is_some() { "subscription" } else { "fixed" }),
         ("ps", &payment.payment_method),
         ("timestamp", &timestamp),
     ];
@@ -70,6 +79,11 @@ pub fn checkout_url(config: &PaymentwallConfig, payment: &Payment, unix_seconds:
         ("lang", &payment.language),
     ];
     params.extend(optional.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (*k, v.as_str())));
+    if let Some(s) = subscription {
+        params.push(("ag_period_length", &period_length));
+        params.push(("ag_period_type", &s.period_type));
+        params.push(("ag_recurring", recurring));
+    }
     params.extend(payment.custom_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if config.sign_version != SignVersion::V1 {
         params.push(("sign_version", &version));
@@ -123,17 +137,23 @@ mod tests {
             status: PaymentStatus::Ready,
             provider_ref: None,
             test: false,
+            redirect_url: String::new(),
+            subscription_id: None,
+            cancelled_amount: 0,
+            pending_cancel_amount: 0,
+            version: 1,
             created_at: 0,
             updated_at: 0,
             paid_at: None,
             failed_at: None,
+            cancelled_at: None,
         }
     }
 
     #[test]
     fn the_url_carries_what_it_signs() {
         for version in [SignVersion::V2, SignVersion::V3] {
-            let url = checkout_url(&config(version), &payment(), 1_700_000_000).expect("url");
+            let url = checkout_url(&config(version), &payment(), None, 1_700_000_000).expect("url");
             let parsed = url::Url::parse(&url).expect("absolute URL");
             assert_eq!(parsed.path(), "/api/subscription");
             let mut pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();

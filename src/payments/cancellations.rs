@@ -1,0 +1,146 @@
+//! Cancellations: refunds the merchant asked for, and reversals the provider reported on its own
+//! (chargebacks, fraud). Rows move REQUESTED -> SUCCEEDED | FAILED and never back.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use super::PaymentError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Trigger {
+    MerchantRequest,
+    Chargeback,
+    Provider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancellationStatus {
+    Requested,
+    Succeeded,
+    Failed,
+}
+
+macro_rules! string_enum {
+    ($t:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $s),+ }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+string_enum!(Trigger { MerchantRequest => "MERCHANT_REQUEST", Chargeback => "CHARGEBACK", Provider => "PROVIDER" });
+string_enum!(CancellationStatus { Requested => "REQUESTED", Succeeded => "SUCCEEDED", Failed => "FAILED" });
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cancellation {
+    pub cancellation_id: String,
+    pub payment_id: String,
+    pub merchant_id: String,
+    /// `None` when the provider reversed part of the payment without saying how much.
+    pub amount_minor: Option<i64>,
+    pub reason: String,
+    pub trigger: Trigger,
+    pub status: CancellationStatus,
+    /// The provider's reason code (Paymentwall: the `reason` of the type 2 pingback).
+    pub provider_reason: Option<i64>,
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+pub fn new_cancellation_id() -> String {
+    format!("can_{}", ulid::Ulid::new())
+}
+
+const COLUMNS: &str = "cancellation_id, payment_id, merchant_id, amount_minor, reason, trigger, status, \
+    provider_reason, failure, created_at, updated_at, completed_at";
+
+pub async fn insert(conn: &mut AnyConnection, c: &Cancellation) -> Result<(), PaymentError> {
+    sqlx::query(&format!(
+        "INSERT INTO cancellations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(&c.cancellation_id)
+    .bind(&c.payment_id)
+    .bind(&c.merchant_id)
+    .bind(c.amount_minor)
+    .bind(&c.reason)
+    .bind(c.trigger.as_str())
+    .bind(c.status.as_str())
+    .bind(c.provider_reason)
+    .bind(&c.failure)
+    .bind(c.created_at)
+    .bind(c.updated_at)
+    .bind(c.completed_at)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Finishes a REQUESTED cancellation; false if it was finished meanwhile.
+pub async fn finish(conn: &mut AnyConnection, c: &Cancellation) -> Result<bool, PaymentError> {
+    let done = sqlx::query(
+        "UPDATE cancellations SET status = $1, provider_reason = $2, failure = $3, updated_at = $4, completed_at = $5 \
+         WHERE cancellation_id = $6 AND status = 'REQUESTED'",
+    )
+    .bind(c.status.as_str())
+    .bind(c.provider_reason)
+    .bind(&c.failure)
+    .bind(c.updated_at)
+    .bind(c.completed_at)
+    .bind(&c.cancellation_id)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get(conn: &mut AnyConnection, cancellation_id: &str) -> Result<Option<Cancellation>, PaymentError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM cancellations WHERE cancellation_id = $1"))
+        .bind(cancellation_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A payment's cancellations, oldest first.
+pub async fn for_payment(conn: &mut AnyConnection, payment_id: &str) -> Result<Vec<Cancellation>, PaymentError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM cancellations WHERE payment_id = $1 ORDER BY created_at, cancellation_id"
+    ))
+    .bind(payment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(StoreError::from)?;
+    rows.iter().map(from_row).collect()
+}
+
+fn from_row(row: &AnyRow) -> Result<Cancellation, PaymentError> {
+    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("cancellations.{col}: {e}"));
+    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
+    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
+    let on = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| corrupt(col, &e));
+    Ok(Cancellation {
+        cancellation_id: s("cancellation_id")?,
+        payment_id: s("payment_id")?,
+        merchant_id: s("merchant_id")?,
+        amount_minor: on("amount_minor")?,
+        reason: s("reason")?,
+        trigger: Trigger::parse(&s("trigger")?).ok_or_else(|| corrupt("trigger", &"unknown"))?,
+        status: CancellationStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
+        provider_reason: on("provider_reason")?,
+        failure: row.try_get::<Option<String>, _>("failure").map_err(|e| corrupt("failure", &e))?,
+        created_at: n("created_at")?,
+        updated_at: n("updated_at")?,
+        completed_at: on("completed_at")?,
+    })
+}

@@ -1,0 +1,221 @@
+//! Subscriptions: a subscription checkout starts one; renewals (new refs on type 0 pingbacks)
+//! create new payments linked to it; provider notifications end it.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use super::PaymentError;
+use crate::store::{Db, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SubscriptionStatus {
+    Pending,
+    Active,
+    Cancelled,
+    Expired,
+    PaymentFailed,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Active => "ACTIVE",
+            Self::Cancelled => "CANCELLED",
+            Self::Expired => "EXPIRED",
+            Self::PaymentFailed => "PAYMENT_FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Active, Self::Cancelled, Self::Expired, Self::PaymentFailed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
+    /// Ended subscriptions do not come back.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Cancelled | Self::Expired | Self::PaymentFailed)
+    }
+}
+
+/// How a subscription ended, as the provider reported it (Paymentwall types 12, 13, 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionEnd {
+    Cancelled,
+    Expired,
+    PaymentFailed,
+}
+
+impl SubscriptionEnd {
+    pub fn status(self) -> SubscriptionStatus {
+        match self {
+            Self::Cancelled => SubscriptionStatus::Cancelled,
+            Self::Expired => SubscriptionStatus::Expired,
+            Self::PaymentFailed => SubscriptionStatus::PaymentFailed,
+        }
+    }
+
+    pub fn event_kind(self) -> &'static str {
+        match self {
+            Self::Cancelled => "subscription.cancelled",
+            Self::Expired => "subscription.expired",
+            Self::PaymentFailed => "subscription.payment_failed",
+        }
+    }
+}
+
+pub const PERIOD_TYPES: [&str; 4] = ["day", "week", "month", "year"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub subscription_id: String,
+    pub merchant_id: String,
+    pub channel_key: String,
+    pub initial_payment_id: String,
+    pub period_length: i64,
+    pub period_type: String,
+    pub recurring: bool,
+    pub status: SubscriptionStatus,
+    pub renewals: i64,
+    pub cancel_requested_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "subscription_id, merchant_id, channel_key, initial_payment_id, period_length, period_type, \
+    recurring, status, renewals, cancel_requested_at, ended_at, created_at, updated_at";
+
+pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), PaymentError> {
+    sqlx::query(&format!(
+        "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(&s.subscription_id)
+    .bind(&s.merchant_id)
+    .bind(&s.channel_key)
+    .bind(&s.initial_payment_id)
+    .bind(s.period_length)
+    .bind(&s.period_type)
+    .bind(i64::from(s.recurring))
+    .bind(s.status.as_str())
+    .bind(s.renewals)
+    .bind(s.cancel_requested_at)
+    .bind(s.ended_at)
+    .bind(s.created_at)
+    .bind(s.updated_at)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Writes the mutable fields if the row still has `previous`'s status and renewal count.
+pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subscription) -> Result<bool, PaymentError> {
+    let done = sqlx::query(
+        "UPDATE subscriptions SET status = $1, renewals = $2, cancel_requested_at = $3, ended_at = $4, updated_at = $5 \
+         WHERE subscription_id = $6 AND status = $7 AND renewals = $8",
+    )
+    .bind(s.status.as_str())
+    .bind(s.renewals)
+    .bind(s.cancel_requested_at)
+    .bind(s.ended_at)
+    .bind(s.updated_at)
+    .bind(&s.subscription_id)
+    .bind(previous.status.as_str())
+    .bind(previous.renewals)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get(conn: &mut AnyConnection, subscription_id: &str) -> Result<Option<Subscription>, PaymentError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $1"))
+        .bind(subscription_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A subscription of `merchant_id` or one of its sub-merchants.
+pub async fn get_in_scope(db: &Db, merchant_id: &str, subscription_id: &str) -> Result<Subscription, PaymentError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $2 AND merchant_id IN \
+         (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)"
+    ))
+    .bind(merchant_id)
+    .bind(subscription_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
+}
+
+fn from_row(row: &AnyRow) -> Result<Subscription, PaymentError> {
+    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("subscriptions.{col}: {e}"));
+    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
+    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
+    let on = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| corrupt(col, &e));
+    Ok(Subscription {
+        subscription_id: s("subscription_id")?,
+        merchant_id: s("merchant_id")?,
+        channel_key: s("channel_key")?,
+        initial_payment_id: s("initial_payment_id")?,
+        period_length: n("period_length")?,
+        period_type: s("period_type")?,
+        recurring: n("recurring")? != 0,
+        status: SubscriptionStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
+        renewals: n("renewals")?,
+        cancel_requested_at: on("cancel_requested_at")?,
+        ended_at: on("ended_at")?,
+        created_at: n("created_at")?,
+        updated_at: n("updated_at")?,
+    })
+}
+
+/// CancelSubscription: asks the provider to stop recurring billing. The subscription reads
+/// CANCELLED when the provider confirms (Paymentwall type 12); until then `cancel_requested_at`
+/// says it was asked. Asking again is harmless.
+pub async fn cancel(
+    db: &Db,
+    channels: &crate::channels::Channels,
+    caller: &crate::merchants::Caller,
+    subscription_id: &str,
+    reason: &str,
+) -> Result<Subscription, PaymentError> {
+    use crate::{
+        payments::repo::{self, Lookup},
+        providers::{self, ProviderError},
+        store::now_ms,
+    };
+    let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
+    if sub.status.is_final() || sub.cancel_requested_at.is_some() {
+        return Ok(sub);
+    }
+    let initial = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&sub.initial_payment_id)).await?;
+    if initial.provider_ref.is_none() {
+        return Err(PaymentError::NotCancellable(
+            "the subscription was never paid; there is no billing to stop".into(),
+        ));
+    }
+    let channel = channels.for_caller(caller, &sub.channel_key).await?;
+    providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await.map_err(|e| match e {
+        ProviderError::Refused(message) => PaymentError::ProviderRefused(message),
+        ProviderError::Unreachable(d) | ProviderError::BadAnswer(d) => PaymentError::ProviderUnavailable(d),
+        ProviderError::Unsupported(d) => PaymentError::Provider(d),
+    })?;
+    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    let current = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
+    let now = now_ms();
+    let requested = Subscription { cancel_requested_at: Some(now), updated_at: now, ..current.clone() };
+    if !update(&mut tx, &current, &requested).await? {
+        return Err(PaymentError::Concurrent);
+    }
+    crate::events::append(&mut tx, &initial, "subscription.cancel_requested", Some(&crate::events::detail(&requested)))
+        .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(requested)
+}

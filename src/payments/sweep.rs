@@ -1,0 +1,100 @@
+//! The stuck-payment sweep: a lost pingback must not leave a payment stuck forever. Every interval
+//! each replica claims a few payments long in CANCEL_PENDING (or READY past a configurable age),
+//! asks the provider's payment status API about them, and applies what it learns through the same
+//! path as a pingback. Claims are compare-and-set on the payment's `check_after`, so replicas never
+//! ask about the same payment at once, and a checked payment is not asked about again before
+//! `recheck`.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{
+    PaymentOutcome, PaymentStatus, idempotency,
+    notifications::{self, Notice, ProviderEvent},
+    repo,
+};
+use crate::{
+    channels::Channels,
+    providers,
+    store::{Db, now_ms},
+};
+
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub interval: Duration,
+    /// A READY payment older than this is asked about.
+    pub ready_after: Duration,
+    /// A payment in CANCEL_PENDING for longer than this is asked about.
+    pub pending_after: Duration,
+    /// A payment asked about is not asked about again before this.
+    pub recheck: Duration,
+}
+
+const BATCH: u32 = 50;
+
+pub fn spawn(db: Db, channels: Channels, settings: SweepSettings, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.interval) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            match run_once(&db, &channels, &settings).await {
+                Ok(0) => {}
+                Ok(repaired) => tracing::info!(repaired, "sweep repaired stuck payments"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed; will try again"),
+            }
+            if let Err(e) = idempotency::purge_expired(&db).await {
+                tracing::warn!(error = %e, "could not purge old idempotency keys");
+            }
+        }
+    });
+}
+
+/// One pass; returns how many payments changed.
+pub async fn run_once(db: &Db, channels: &Channels, s: &SweepSettings) -> Result<usize, super::PaymentError> {
+    let now = now_ms();
+    let ms = |d: Duration| d.as_millis() as i64;
+    let claimed =
+        repo::claim_stuck(db, now - ms(s.pending_after), now - ms(s.ready_after), now, now + ms(s.recheck), BATCH)
+            .await?;
+    let mut repaired = 0;
+    for payment in claimed {
+        let channel = match channels.for_callback(&payment.channel_key).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: channel unavailable");
+                continue;
+            }
+        };
+        let remote = match providers::for_channel(&channel).payment_status(&channel, &payment).await {
+            Ok(Some(remote)) => remote,
+            Ok(None) => continue, // the provider knows nothing (yet): ask again after `recheck`
+            Err(e) => {
+                tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: payment status unavailable");
+                continue;
+            }
+        };
+        let event = match payment.status {
+            PaymentStatus::Ready if remote.paid => ProviderEvent::Payment(PaymentOutcome::Completed),
+            PaymentStatus::CancelPending if remote.refunded => ProviderEvent::RefundConfirmed,
+            _ => continue,
+        };
+        let notice = Notice {
+            payment_id: payment.payment_id.clone(),
+            provider_ref: remote.provider_ref,
+            event,
+            test: payment.test,
+        };
+        match notifications::apply_learned(db, &payment.channel_key, &notice).await {
+            Ok(notifications::Applied::Changed { payment: p, .. }) => {
+                tracing::info!(payment_id = %p.payment_id, status = %p.status, "sweep applied the provider's status");
+                repaired += 1;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: could not apply"),
+        }
+    }
+    Ok(repaired)
+}

@@ -1,0 +1,155 @@
+//! Paymentwall's server APIs (paymentwall.md sections 4 and 5): the Cancellation API (tickets),
+//! Payment Systems and Payment Status. Every request is signed like a widget call.
+
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::signature::sign_request;
+use crate::{
+    channels::PaymentwallConfig,
+    providers::{PaymentMethod, ProviderError, RemotePayment, http},
+};
+
+/// Cancellation ticket types.
+#[derive(Debug, Clone, Copy)]
+pub enum TicketType {
+    Refund = 1,
+    StopRecurring = 2,
+}
+
+/// Signs `params` (adding `sign_version` and `sign`).
+fn signed(config: &PaymentwallConfig, mut params: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    params.push(("sign_version", config.sign_version.number().to_string()));
+    let sign = sign_request(
+        config.sign_version,
+        params.iter().map(|(k, v)| (*k, v.as_str())),
+        config.secret_key.expose_secret(),
+    );
+    params.push(("sign", sign));
+    params
+}
+
+fn unreachable(e: reqwest::Error) -> ProviderError {
+    // Only the kind of failure: reqwest's message may carry the URL, which is fine, but no secret.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    ProviderError::Unreachable(kind.to_owned())
+}
+
+#[derive(Deserialize)]
+struct TicketAnswer {
+    result: i64,
+    #[serde(default)]
+    errors: Vec<serde_json::Value>,
+}
+
+pub async fn send_ticket(
+    config: &PaymentwallConfig,
+    provider_ref: &str,
+    uid: &str,
+    ticket: TicketType,
+    message: &str,
+    test: bool,
+) -> Result<(), ProviderError> {
+    let mut params = vec![
+        ("key", config.project_key.clone()),
+        ("ref", provider_ref.to_owned()),
+        ("uid", uid.to_owned()),
+        ("type", (ticket as u8).to_string()),
+        ("message", message.to_owned()),
+    ];
+    if test {
+        params.push(("test_mode", "1".to_owned()));
+    }
+    let url = format!("{}/developers/api/ticket", config.api_base_url);
+    let response = http().post(url).form(&signed(config, params)).send().await.map_err(unreachable)?;
+    let status = response.status();
+    let body = response.text().await.map_err(unreachable)?;
+    let answer: TicketAnswer = serde_json::from_str(&body)
+        .map_err(|_| ProviderError::BadAnswer(format!("HTTP {status}, not a ticket answer")))?;
+    if answer.result == 1 {
+        return Ok(());
+    }
+    let errors: Vec<String> =
+        answer.errors.iter().map(|e| e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string())).collect();
+    Err(ProviderError::Refused(if errors.is_empty() { "no reason given".to_owned() } else { errors.join("; ") }))
+}
+
+#[derive(Deserialize)]
+struct PaymentSystem {
+    id: String,
+    name: String,
+    #[serde(default)]
+    img_url: String,
+}
+
+pub async fn payment_systems(
+    config: &PaymentwallConfig,
+    country_code: &str,
+) -> Result<Vec<PaymentMethod>, ProviderError> {
+    let params = signed(config, vec![("key", config.project_key.clone()), ("country_code", country_code.to_owned())]);
+    let url = format!("{}/api/payment-systems/", config.api_base_url);
+    let response = http().get(url).query(&params).send().await.map_err(unreachable)?;
+    let status = response.status();
+    let body = response.text().await.map_err(unreachable)?;
+    let systems: Vec<PaymentSystem> = serde_json::from_str(&body).map_err(|_| {
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        ProviderError::Refused(detail)
+    })?;
+    Ok(systems.into_iter().map(|s| PaymentMethod { id: s.id, name: s.name, image_url: s.img_url }).collect())
+}
+
+#[derive(Deserialize)]
+struct StatusAnswer {
+    object: String,
+    #[serde(default)]
+    id: serde_json::Value,
+    #[serde(default)]
+    refunded: bool,
+    #[serde(default)]
+    risk: String,
+}
+
+/// Asks about a payment by its ref when known, else by buyer uid and our payment id
+/// (`ag_external_id`), which is how a payment whose pingback never came can be found.
+pub async fn payment_status(
+    config: &PaymentwallConfig,
+    provider_ref: Option<&str>,
+    uid: &str,
+    payment_id: &str,
+) -> Result<Option<RemotePayment>, ProviderError> {
+    let mut params = vec![("key", config.project_key.clone())];
+    match provider_ref {
+        Some(r) => params.push(("ref", r.to_owned())),
+        None => {
+            params.push(("uid", uid.to_owned()));
+            params.push(("ag_external_id", payment_id.to_owned()));
+        }
+    }
+    let url = format!("{}/api/rest/payment", config.api_base_url);
+    let response = http().get(url).query(&signed(config, params)).send().await.map_err(unreachable)?;
+    let body = response.text().await.map_err(unreachable)?;
+    let answer: StatusAnswer =
+        serde_json::from_str(&body).map_err(|_| ProviderError::BadAnswer("not a payment status".into()))?;
+    if answer.object != "payment" {
+        return Ok(None);
+    }
+    let provider_ref = match &answer.id {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return Err(ProviderError::BadAnswer("payment status without id".into())),
+    };
+    Ok(Some(RemotePayment {
+        provider_ref,
+        paid: answer.risk != "pending" && answer.risk != "declined",
+        refunded: answer.refunded,
+    }))
+}
