@@ -30,8 +30,16 @@ fn api_error(message: &str) -> Response {
 }
 
 /// `POST /developers/api/ticket`: answers like Paymentwall, then (after a delay) sends the type 2
-/// (refund) or type 12 (recurring billing stopped) pingback the ticket leads to.
+/// (refund) or type 12 (recurring billing stopped) pingback the ticket leads to. A received ticket
+/// is processed even if the caller hangs up before the answer (as at Paymentwall).
 pub async fn ticket(State(sim): State<Sim>, Form(params): Form<Vec<(String, String)>>) -> Response {
+    match tokio::spawn(process_ticket(sim, params)).await {
+        Ok(response) => response,
+        Err(_) => api_error("internal error"),
+    }
+}
+
+async fn process_ticket(sim: Sim, params: Vec<(String, String)>) -> Response {
     let behaviour = {
         let mut state = sim.lock();
         state.stats.tickets += 1;

@@ -7,3 +7,4 @@ mod bad_input;
 mod channels;
 mod checkout;
 mod db_outage;
+mod lifecycle;

@@ -48,14 +48,15 @@ struct TicketAnswer {
     errors: Vec<serde_json::Value>,
 }
 
-pub async fn send_ticket(
+/// The signed form of a Cancellation API ticket.
+fn ticket_form(
     config: &PaymentwallConfig,
     provider_ref: &str,
     uid: &str,
     ticket: TicketType,
     message: &str,
     test: bool,
-) -> Result<(), ProviderError> {
+) -> Vec<(&'static str, String)> {
     let mut params = vec![
         ("key", config.project_key.clone()),
         ("ref", provider_ref.to_owned()),
@@ -66,8 +67,20 @@ pub async fn send_ticket(
     if test {
         params.push(("test_mode", "1".to_owned()));
     }
+    signed(config, params)
+}
+
+pub async fn send_ticket(
+    config: &PaymentwallConfig,
+    provider_ref: &str,
+    uid: &str,
+    ticket: TicketType,
+    message: &str,
+    test: bool,
+) -> Result<(), ProviderError> {
+    let form = ticket_form(config, provider_ref, uid, ticket, message, test);
     let url = format!("{}/developers/api/ticket", config.api_base_url);
-    let response = http().post(url).form(&signed(config, params)).send().await.map_err(unreachable)?;
+    let response = http().post(url).form(&form).send().await.map_err(unreachable)?;
     let status = response.status();
     let body = response.text().await.map_err(unreachable)?;
     let answer: TicketAnswer = serde_json::from_str(&body)
@@ -88,11 +101,15 @@ struct PaymentSystem {
     img_url: String,
 }
 
+fn payment_systems_query(config: &PaymentwallConfig, country_code: &str) -> Vec<(&'static str, String)> {
+    signed(config, vec![("key", config.project_key.clone()), ("country_code", country_code.to_owned())])
+}
+
 pub async fn payment_systems(
     config: &PaymentwallConfig,
     country_code: &str,
 ) -> Result<Vec<PaymentMethod>, ProviderError> {
-    let params = signed(config, vec![("key", config.project_key.clone()), ("country_code", country_code.to_owned())]);
+    let params = payment_systems_query(config, country_code);
     let url = format!("{}/api/payment-systems/", config.api_base_url);
     let response = http().get(url).query(&params).send().await.map_err(unreachable)?;
     let status = response.status();
@@ -152,4 +169,42 @@ pub async fn payment_status(
         paid: answer.risk != "pending" && answer.risk != "declined",
         refunded: answer.refunded,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::providers::paymentwall::SignVersion;
+
+    fn config(version: SignVersion) -> PaymentwallConfig {
+        PaymentwallConfig {
+            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
+            secret_key: SecretString::from("a7408723eaf4bfa2e3ac49b3cb695046"),
+            widget: "p1_1".into(),
+            sign_version: version,
+            pingback_allowlist: vec![],
+            api_base_url: "https://api.paymentwall.com".into(),
+        }
+    }
+
+    fn sign_of(form: &[(&str, String)]) -> String {
+        form.iter().find(|(k, _)| *k == "sign").map(|(_, v)| v.clone()).expect("signed")
+    }
+
+    #[test]
+    fn the_ticket_paygate_sends_carries_vector_w5() {
+        let ticket = |v| ticket_form(&config(v), "t1234", "user40012", TicketType::Refund, "cancelled order", true);
+        assert_eq!(sign_of(&ticket(SignVersion::V2)), "50b1e70d451299b9d8f31e3bd5b023ba");
+        assert_eq!(
+            sign_of(&ticket(SignVersion::V3)),
+            "5c08aaa909d808089023809e950997a651d32078652bf9aa89fa5080f0e2ae1b"
+        );
+    }
+
+    #[test]
+    fn the_payment_systems_query_carries_vector_w4() {
+        assert_eq!(sign_of(&payment_systems_query(&config(SignVersion::V2), "KR")), "82791129d0cd8b075402d292c319cff8");
+    }
 }

@@ -1,0 +1,459 @@
+//! The whole payment lifecycle through the real binaries: refunds (full, partial, concurrent,
+//! refused, unreachable), reversals nobody asked for, reviews, out-of-order notifications,
+//! subscriptions, idempotency (including a crash mid-refund), payment methods, and the sweep.
+
+use std::time::Duration;
+
+use paygate::proto::v1::{self as pb, CancellationStatus, CancellationTrigger, PaymentStatus, SubscriptionStatus};
+use tonic::Code;
+
+use crate::support::*;
+
+/// A paygate, a simulator, a merchant with a TEST channel "main" registered with the simulator.
+struct World {
+    db: TestDb,
+    sim: Simulator,
+    gate: Paygate,
+    api_key: String,
+    payments: Payments,
+}
+
+impl World {
+    async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let db = TestDb::new(backend).await;
+        let sim = Simulator::start();
+        let (_, api_key) = create_merchant(&db, "Acme");
+        let gate = Paygate::start(&db, env);
+        let mut channels = gate.channels(&api_key).await;
+        let channel =
+            channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap().into_inner();
+        sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.pingback_path), 3).await;
+        let payments = gate.payments(&api_key).await;
+        Self { db, sim, gate, api_key, payments }
+    }
+
+    /// A checkout for `amount_minor` USD, opened on the simulator; returns (payment id, sim session).
+    async fn checkout(&mut self, uid: &str, amount_minor: i64) -> (String, String) {
+        let mut request = checkout_request("main", uid);
+        request.amount = Some(pb::Money { amount_minor, currency: "USD".into() });
+        let session = self.payments.create_checkout_session(request).await.unwrap().into_inner();
+        let sim_session = self.sim.open(&session.redirect_url).await;
+        (session.payment_id, sim_session)
+    }
+
+    /// A paid payment; returns (payment id, sim session).
+    async fn paid(&mut self, uid: &str, amount_minor: i64) -> (String, String) {
+        let (payment_id, sim_session) = self.checkout(uid, amount_minor).await;
+        self.sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+        wait_for_status(&mut self.payments, &payment_id, PaymentStatus::Paid).await;
+        (payment_id, sim_session)
+    }
+
+    async fn pingback(&self, sim_session: &str, pingback_type: u32, reason: Option<u32>) {
+        let body = serde_json::json!({ "type": pingback_type, "reason": reason });
+        self.sim.control(&format!("/sessions/{sim_session}/pingback"), Some(body)).await;
+    }
+
+    async fn tickets(&self) -> u64 {
+        let url = format!("{}/control/stats", self.sim.base_url());
+        let stats: serde_json::Value = self.sim.http.get(url).send().await.unwrap().json().await.unwrap();
+        stats["tickets"].as_u64().unwrap()
+    }
+
+    async fn behave(&self, behaviour: serde_json::Value) {
+        let url = format!("{}/control/behaviour", self.sim.base_url());
+        assert_eq!(self.sim.http.post(url).json(&behaviour).send().await.unwrap().status(), 204);
+    }
+}
+
+fn refund(payment_id: &str, amount: Option<i64>, key: &str) -> pb::RefundPaymentRequest {
+    pb::RefundPaymentRequest {
+        payment_id: payment_id.into(),
+        amount: amount.map(|amount_minor| pb::Money { amount_minor, currency: "USD".into() }),
+        reason: "customer asked".into(),
+        expected_refundable_amount: None,
+        idempotency_key: key.into(),
+    }
+}
+
+fn money(m: &Option<pb::Money>) -> i64 {
+    m.as_ref().map(|m| m.amount_minor).unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_full_partial_refused_and_unreachable() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+
+    // Full refund: REQUESTED, then CANCEL_PENDING, then the type 2 (reason 9) makes it CANCELLED.
+    let (full, _) = w.paid("order-full", 999).await;
+    let c = w.payments.refund_payment(refund(&full, None, "")).await.unwrap().into_inner();
+    assert_eq!((c.status, money(&c.amount)), (CancellationStatus::Requested as i32, 999));
+    assert_eq!(c.trigger, CancellationTrigger::MerchantRequest as i32);
+    let p = get_payment(&mut w.payments, &full).await;
+    assert!(p.status == PaymentStatus::CancelPending as i32 || p.status == PaymentStatus::Cancelled as i32);
+    let p = wait_for_status(&mut w.payments, &full, PaymentStatus::Cancelled).await;
+    assert_eq!((money(&p.cancelled_amount), money(&p.refundable_amount)), (999, 0));
+    assert_eq!(p.cancellations.len(), 1);
+    assert_eq!(
+        (p.cancellations[0].status, p.cancellations[0].provider_reason),
+        (CancellationStatus::Succeeded as i32, 9)
+    );
+    let status = w.payments.refund_payment(refund(&full, Some(1), "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "nothing left: {}", status.message());
+
+    // Two partial refunds, then more than what is left.
+    let (part, _) = w.paid("order-part", 1000).await;
+    w.payments.refund_payment(refund(&part, Some(300), "")).await.unwrap();
+    let p = wait_for_status(&mut w.payments, &part, PaymentStatus::PartialCancelled).await;
+    assert_eq!((money(&p.cancelled_amount), money(&p.refundable_amount)), (300, 700));
+    let mut guarded = refund(&part, Some(200), "");
+    guarded.expected_refundable_amount = Some(650);
+    let status = w.payments.refund_payment(guarded.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("700 is refundable"), "{}", status.message());
+    guarded.expected_refundable_amount = Some(700);
+    w.payments.refund_payment(guarded).await.unwrap();
+    wait_until(|| {
+        let mut payments = w.payments.clone();
+        let part = part.clone();
+        async move { money(&get_payment(&mut payments, &part).await.cancelled_amount) == 500 }
+    })
+    .await;
+    let p = get_payment(&mut w.payments, &part).await;
+    assert_eq!(p.status, PaymentStatus::PartialCancelled as i32);
+    assert_eq!(p.cancellations.iter().map(|c| c.provider_reason).collect::<Vec<_>>(), [10, 10]);
+    let before = w.tickets().await;
+    let status = w.payments.refund_payment(refund(&part, Some(501), "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("exceeds the refundable amount 500"), "{}", status.message());
+    assert_eq!(w.tickets().await, before, "nothing was sent");
+    // Bad refund requests name the field.
+    let mut no_reason = refund(&part, Some(1), "");
+    no_reason.reason.clear();
+    let status = w.payments.refund_payment(no_reason).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("reason"));
+    let mut wrong_currency = refund(&part, Some(1), "");
+    wrong_currency.amount.as_mut().unwrap().currency = "KRW".into();
+    let status = w.payments.refund_payment(wrong_currency).await.unwrap_err();
+    assert!(status.message().contains("amount.currency"), "{}", status.message());
+    // A payment that was never paid cannot be refunded.
+    let (unpaid, _) = w.checkout("order-unpaid", 500).await;
+    let status = w.payments.refund_payment(refund(&unpaid, None, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // The provider refuses: FAILED_PRECONDITION with its words; the amount is refundable again.
+    let (refused, _) = w.paid("order-refused", 800).await;
+    w.behave(serde_json::json!({ "refuse_tickets": "Refund window has passed" })).await;
+    let status = w.payments.refund_payment(refund(&refused, None, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("Refund window has passed"), "{}", status.message());
+    let p = get_payment(&mut w.payments, &refused).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 800));
+    assert_eq!(p.cancellations[0].status, CancellationStatus::Failed as i32);
+    w.behave(serde_json::json!({})).await;
+
+    // The provider cannot be reached: UNAVAILABLE, nothing requested stays behind.
+    let mut channels = w.gate.channels(&w.api_key).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut unreachable = channel_request(&w.sim, "dead", pb::ChannelMode::Test);
+    unreachable.paymentwall.as_mut().unwrap().api_base_url = format!("http://{dead}");
+    let dead_channel = channels.create_channel(unreachable).await.unwrap().into_inner();
+    let mut request = checkout_request("dead", "order-dead");
+    request.amount = Some(pb::Money { amount_minor: 700, currency: "USD".into() });
+    let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+    let query = signed_pingback_query(
+        &[
+            ("uid", "user-40012"),
+            ("goodsid", &session.payment_id),
+            ("slength", ""),
+            ("speriod", ""),
+            ("type", "0"),
+            ("ref", "b700"),
+            ("is_test", "1"),
+        ],
+        SECRET_KEY,
+        3,
+    );
+    let url = format!("{}?{query}", w.gate.http_url(&dead_channel.pingback_path));
+    assert_eq!(http_client().get(url).send().await.unwrap().text().await.unwrap(), "OK");
+    let status = w.payments.refund_payment(refund(&session.payment_id, None, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let p = get_payment(&mut w.payments, &session.payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 700));
+    assert!(p.cancellations.iter().all(|c| c.status != CancellationStatus::Requested as i32));
+    let _ = &w.db;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_refunds_never_exceed_what_was_paid() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let (payment_id, _) = w.paid("order-race", 999).await;
+    let racing = (0..20).map(|_| {
+        let mut client = w.payments.clone();
+        let request = refund(&payment_id, Some(100), "");
+        tokio::spawn(async move { client.refund_payment(request).await })
+    });
+    let results = futures_util::future::join_all(racing).await;
+    let accepted: Vec<i64> =
+        results.iter().filter_map(|r| r.as_ref().unwrap().as_ref().ok()).map(|c| money(&c.get_ref().amount)).collect();
+    for rejected in results.iter().filter_map(|r| r.as_ref().unwrap().as_ref().err()) {
+        assert!(
+            matches!(rejected.code(), Code::FailedPrecondition | Code::Aborted),
+            "a refused refund is a clear refusal: {rejected:?}"
+        );
+    }
+    let total: i64 = accepted.iter().sum();
+    assert!(total <= 999, "refunded {total} of 999");
+    assert_eq!(accepted.len(), 9, "exactly as many 100s as fit in 999");
+    assert_eq!(w.tickets().await, accepted.len() as u64, "one ticket per accepted refund, none for the others");
+    // Every reversal the provider reports is applied, and the books add up.
+    wait_until(|| {
+        let mut payments = w.payments.clone();
+        let payment_id = payment_id.clone();
+        async move { money(&get_payment(&mut payments, &payment_id).await.cancelled_amount) == total }
+    })
+    .await;
+    let p = get_payment(&mut w.payments, &payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::PartialCancelled as i32, 999 - total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chargebacks_reviews_and_out_of_order_notifications() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
+
+    // A chargeback nobody asked for reverses the whole payment.
+    let (charged_back, session) = w.paid("order-cb", 1500).await;
+    w.pingback(&session, 2, Some(1)).await;
+    let p = wait_for_status(&mut w.payments, &charged_back, PaymentStatus::Cancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 1500);
+    let c = &p.cancellations[0];
+    assert_eq!(
+        (c.trigger, c.status, money(&c.amount)),
+        (CancellationTrigger::Chargeback as i32, CancellationStatus::Succeeded as i32, 1500)
+    );
+    // Fraud (reason 2) is a provider reversal.
+    let (fraud, session) = w.paid("order-fraud", 400).await;
+    w.pingback(&session, 2, Some(2)).await;
+    let p = wait_for_status(&mut w.payments, &fraud, PaymentStatus::Cancelled).await;
+    assert_eq!(p.cancellations[0].trigger, CancellationTrigger::Provider as i32);
+
+    // Review accepted: READY -> PENDING_REVIEW -> PAID. Declined: -> FAILED.
+    let (accepted, session) = w.checkout("order-review-ok", 600).await;
+    w.pingback(&session, 200, None).await;
+    wait_for_status(&mut w.payments, &accepted, PaymentStatus::PendingReview).await;
+    w.pingback(&session, 201, None).await;
+    let p = wait_for_status(&mut w.payments, &accepted, PaymentStatus::Paid).await;
+    assert!(!p.provider_ref.is_empty());
+    let (declined, session) = w.checkout("order-review-no", 600).await;
+    w.pingback(&session, 200, None).await;
+    wait_for_status(&mut w.payments, &declined, PaymentStatus::PendingReview).await;
+    w.pingback(&session, 202, None).await;
+    let p = wait_for_status(&mut w.payments, &declined, PaymentStatus::Failed).await;
+    assert!(p.failed_at.is_some());
+
+    // Out of order: the reversal (type 2) arrives before the completion (type 0). The payment ends
+    // CANCELLED, and the late completion is acknowledged without moving it back.
+    let (late, session) = w.checkout("order-late", 900).await;
+    w.pingback(&session, 2, Some(9)).await;
+    let p = wait_for_status(&mut w.payments, &late, PaymentStatus::Cancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 900);
+    let events = "SELECT COUNT(*) FROM payment_events WHERE payment_id = $1";
+    let before = w.db.count(events, &late).await;
+    w.pingback(&session, 0, None).await;
+    w.sim.wait_delivered(&session, 1).await;
+    assert_eq!(get_payment(&mut w.payments, &late).await.status, PaymentStatus::Cancelled as i32);
+    assert_eq!(w.db.count(events, &late).await, before, "the late completion changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_renews_twice_and_is_cancelled() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let mut request = checkout_request("main", "gold-monthly");
+    request.subscription =
+        Some(pb::SubscriptionTerms { period_length: 1, period_type: "month".into(), recurring: true });
+    let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+    assert!(session.subscription_id.starts_with("sub_"));
+    assert_eq!(query_param(&session.redirect_url, "ag_type").as_deref(), Some("subscription"));
+    assert_eq!(query_param(&session.redirect_url, "ag_period_type").as_deref(), Some("month"));
+    let sim_session = w.sim.open(&session.redirect_url).await;
+    w.sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+    let first = wait_for_status(&mut w.payments, &session.payment_id, PaymentStatus::Paid).await;
+    assert_eq!(first.subscription_id, session.subscription_id);
+
+    // Bad terms name the field.
+    let mut bad = checkout_request("main", "bad-terms");
+    bad.subscription =
+        Some(pb::SubscriptionTerms { period_length: 0, period_type: "fortnight".into(), recurring: true });
+    let status = w.payments.create_checkout_session(bad).await.unwrap_err();
+    assert!(
+        status.message().contains("subscription.period_length")
+            && status.message().contains("subscription.period_type")
+    );
+
+    // Two renewals: new payments, linked to the subscription, each with its own ref.
+    for n in 1..=2 {
+        let renewal = w.sim.control(&format!("/sessions/{sim_session}/renew"), None).await;
+        let reference = renewal["reference"].as_str().unwrap().to_owned();
+        let uid = format!("gold-monthly/renewal/{n}");
+        wait_until(|| {
+            let mut payments = w.payments.clone();
+            let uid = uid.clone();
+            async move {
+                let lookup = Some(pb::get_payment_request::Lookup::MerchantUid(uid));
+                payments.get_payment(pb::GetPaymentRequest { lookup }).await.is_ok()
+            }
+        })
+        .await;
+        let lookup = Some(pb::get_payment_request::Lookup::MerchantUid(uid));
+        let renewed = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
+        assert_eq!((renewed.status, renewed.provider_ref.as_str()), (PaymentStatus::Paid as i32, reference.as_str()));
+        assert_eq!(renewed.subscription_id, session.subscription_id);
+        assert_eq!(money(&renewed.amount), 999);
+    }
+    let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.payments.len(), 3);
+
+    // Cancel: the ticket asks Paymentwall to stop billing; its type 12 ends the subscription.
+    let cancel =
+        pb::CancelSubscriptionRequest { subscription_id: session.subscription_id.clone(), reason: "downgrade".into() };
+    let requested = w.payments.cancel_subscription(cancel.clone()).await.unwrap().into_inner();
+    assert!(requested.cancel_requested_at.is_some());
+    assert_eq!(requested.renewals, 2);
+    wait_until(|| {
+        let mut payments = w.payments.clone();
+        let cancel = cancel.clone();
+        async move {
+            payments.cancel_subscription(cancel).await.unwrap().into_inner().status
+                == SubscriptionStatus::Cancelled as i32
+        }
+    })
+    .await;
+    assert_eq!(w.tickets().await, 1, "asking again after it ended sends nothing");
+    let status = w
+        .payments
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: "sub_nope".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
+    let lease = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
+    let mut w = World::start(Backend::Postgres, &lease).await;
+
+    // Checkout: the same key and request give the first answer; another request is ABORTED.
+    let mut request = checkout_request("main", "order-idem");
+    request.idempotency_key = "checkout-1".into();
+    let first = w.payments.create_checkout_session(request.clone()).await.unwrap().into_inner();
+    let again = w.payments.create_checkout_session(request.clone()).await.unwrap().into_inner();
+    assert_eq!(first, again);
+    request.order_name = "something else".into();
+    let status = w.payments.create_checkout_session(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    assert!(status.message().contains("different request"), "{}", status.message());
+
+    // Refund: the same key and request -> the same cancellation, and one ticket.
+    let (payment_id, _) = w.paid("order-idem-refund", 1000).await;
+    let a = w.payments.refund_payment(refund(&payment_id, Some(100), "refund-1")).await.unwrap().into_inner();
+    let b = w.payments.refund_payment(refund(&payment_id, Some(100), "refund-1")).await.unwrap().into_inner();
+    assert_eq!(a.cancellation_id, b.cancellation_id);
+    assert_eq!(w.tickets().await, 1);
+    let status = w.payments.refund_payment(refund(&payment_id, Some(200), "refund-1")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(w.tickets().await, 1);
+
+    // A crash while the ticket is in flight: the retry after restart sends no second ticket.
+    let (crashed, _) = w.paid("order-crash", 1000).await;
+    w.behave(serde_json::json!({ "ticket_delay_ms": 1500 })).await;
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        let request = refund(&crashed, Some(250), "refund-crash");
+        async move { client.refund_payment(request).await }
+    });
+    wait_until(|| async { w.tickets().await == 2 }).await;
+    let World { db, sim, gate, api_key, .. } = w;
+    drop(gate); // SIGKILL, mid-request
+    let _ = in_flight.await;
+    let gate = Paygate::start(&db, &lease);
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url("/pingback/paymentwall/main"), 3).await;
+    let mut payments = gate.payments(&api_key).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
+    let retried = payments.refund_payment(refund(&crashed, Some(250), "refund-crash")).await.unwrap().into_inner();
+    assert_eq!(money(&retried.amount), 250);
+    let w = World { db, sim, gate, api_key, payments: payments.clone() };
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the first ticket's answer has come and gone
+    assert_eq!(w.tickets().await, 2, "no duplicate ticket");
+    let p = wait_for_status(&mut payments, &crashed, PaymentStatus::PartialCancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 250);
+    assert_eq!(p.cancellations.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_repairs_payments_whose_pingbacks_were_lost() {
+    let env = [
+        ("PAYGATE_SWEEP_INTERVAL_MS", "200"),
+        ("PAYGATE_SWEEP_READY_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_PENDING_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "300"),
+    ];
+    let mut w = World::start(Backend::Postgres, &env).await;
+    // Paid at Paymentwall, but the pingback never arrived.
+    let (lost, session) = w.checkout("order-lost", 1200).await;
+    let paid = w.sim.control(&format!("/sessions/{session}/pay-silently"), None).await;
+    let p = wait_for_status(&mut w.payments, &lost, PaymentStatus::Paid).await;
+    assert_eq!(p.provider_ref, paid["reference"].as_str().unwrap());
+    // Refunded at Paymentwall, but the type 2 never arrived.
+    w.behave(serde_json::json!({ "ticket_pingbacks": false })).await;
+    w.payments.refund_payment(refund(&lost, None, "")).await.unwrap();
+    let p = wait_for_status(&mut w.payments, &lost, PaymentStatus::Cancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 1200);
+    // A checkout nobody paid stays READY.
+    let (unpaid, _) = w.checkout("order-never", 100).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(get_payment(&mut w.payments, &unpaid).await.status, PaymentStatus::Ready as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_methods_are_signed_and_cached() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
+    let list =
+        |country: &str| pb::ListPaymentMethodsRequest { channel_key: "main".into(), country_code: country.into() };
+    let first = w.payments.list_payment_methods(list("KR")).await.unwrap().into_inner();
+    let ids: Vec<&str> = first.methods.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["cc", "kakaopay", "naverpay"]);
+    let second = w.payments.list_payment_methods(list("KR")).await.unwrap().into_inner();
+    assert_eq!(first, second);
+    w.payments.list_payment_methods(list("US")).await.unwrap();
+    let url = format!("{}/control/stats", w.sim.base_url());
+    let stats: serde_json::Value = w.sim.http.get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["payment_systems"], 2, "one call per country; the repeat came from the cache");
+    let status = w.payments.list_payment_methods(list("korea")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let _ = w.payments.clone();
+    let mut payments = w.payments.clone();
+    let status = payments
+        .list_payment_methods(pb::ListPaymentMethodsRequest { channel_key: "nope".into(), country_code: "KR".into() })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("channel_key"));
+}
+
+/// Polls `check` for up to 10 s.
+async fn wait_until<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not met within 10 s");
+}
