@@ -18,6 +18,7 @@ use crate::{
     api::{self, auth::AuthLayer},
     channels::{self, ChannelCache, Channels, crypto::MasterKeys},
     config::Settings,
+    events::{Hub, bridge::Bridge},
     ingest,
     payments::{
         methods::PaymentMethods,
@@ -133,6 +134,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     cache.spawn_background(stop_rx.clone());
     let s = &state.settings;
     providers::init_http(ms(s.provider_connect_timeout_ms), ms(s.provider_timeout_ms));
+    let hub = Hub::new(s.stream_buffer, s.max_streams_per_merchant);
+    let bridge = state.redis.clone().map(Bridge::new);
+    if let Some(bridge) = &bridge {
+        bridge.spawn_listener(hub.clone(), stop_rx.clone());
+    }
+    tokio::spawn(hub.clone().run(db.clone(), bridge, ms(s.event_poll_interval_ms.max(10)), stop_rx.clone()));
     sweep::spawn(
         db.clone(),
         channels.clone(),
@@ -159,6 +166,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .build_v1alpha()?;
 
     let grpc = Server::builder()
+        .http2_keepalive_interval(Some(ms(state.settings.http2_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(state.settings.http2_keepalive_timeout_ms)))
         .layer(AuthLayer::new(db.clone(), admin_token))
         .add_service(health_service)
         .add_service(reflection)
@@ -166,6 +175,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(
             db.clone(),
             channels.clone(),
+            hub.clone(),
             PaymentMethods::new(ms(state.settings.payment_methods_cache_ttl_ms)),
             state.settings.idempotency_lease_ms as i64,
         )))
@@ -186,6 +196,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
     health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
+    // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
+    hub.close();
     let _ = stop_tx.send(true);
 
     let grpc_result = grpc.await.unwrap_or(Ok(()));

@@ -75,6 +75,14 @@ pub struct Settings {
     pub sweep_ready_after_ms: u64,
     pub sweep_pending_after_ms: u64,
     pub sweep_recheck_ms: u64,
+    /// Events buffered per open stream; a stream that falls this far behind is ended (it resumes).
+    pub stream_buffer: usize,
+    pub max_streams_per_merchant: usize,
+    /// The event tailer reads the log at least this often (catching up what a lost Redis message missed).
+    pub event_poll_interval_ms: u64,
+    /// HTTP/2 keepalive pings on gRPC connections, and how long to wait for the answer.
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `paygate=debug,info`.
     pub log_level: String,
@@ -108,6 +116,11 @@ impl Default for Settings {
             sweep_ready_after_ms: 3_600_000,
             sweep_pending_after_ms: 600_000,
             sweep_recheck_ms: 300_000,
+            stream_buffer: 256,
+            max_streams_per_merchant: 1_000,
+            event_poll_interval_ms: 1_000,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 10_000,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
         }
@@ -136,6 +149,11 @@ struct PlainDefaults {
     sweep_ready_after_ms: u64,
     sweep_pending_after_ms: u64,
     sweep_recheck_ms: u64,
+    stream_buffer: usize,
+    max_streams_per_merchant: usize,
+    event_poll_interval_ms: u64,
+    http2_keepalive_interval_ms: u64,
+    http2_keepalive_timeout_ms: u64,
     log_format: LogFormat,
     log_level: String,
 }
@@ -172,6 +190,11 @@ impl Settings {
             sweep_ready_after_ms: d.sweep_ready_after_ms,
             sweep_pending_after_ms: d.sweep_pending_after_ms,
             sweep_recheck_ms: d.sweep_recheck_ms,
+            stream_buffer: d.stream_buffer,
+            max_streams_per_merchant: d.max_streams_per_merchant,
+            event_poll_interval_ms: d.event_poll_interval_ms,
+            http2_keepalive_interval_ms: d.http2_keepalive_interval_ms,
+            http2_keepalive_timeout_ms: d.http2_keepalive_timeout_ms,
             log_format: d.log_format,
             log_level: d.log_level,
         }));

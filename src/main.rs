@@ -2,6 +2,8 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+mod watch;
+
 use clap::{Parser, Subcommand};
 use paygate::{
     app,
@@ -29,6 +31,8 @@ enum Command {
     /// Administration.
     #[command(subcommand)]
     Admin(Admin),
+    /// Follow payment events as JSON lines, reconnecting (and resuming) until interrupted.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Subcommand)]
@@ -59,6 +63,21 @@ fn main() -> ExitCode {
         }
     };
     let is_serve = matches!(cli.command, Command::Serve);
+    if let Command::Watch(args) = cli.command {
+        telemetry::init(settings.log_format, &settings.log_level, true);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(watch::run(args))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("paygate watch: {e}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("paygate watch: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(settings.log_format, &settings.log_level, !is_serve);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -105,6 +124,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Watch(_) => unreachable!("handled above"),
         }
     });
     match result {

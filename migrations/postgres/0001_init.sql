@@ -147,9 +147,12 @@ CREATE TABLE pingbacks (
     UNIQUE (channel_key, ref, type, unique_ref)
 );
 
--- Append-only: one row per payment state change.
+-- Append-only: one row per payment state change. A reader's position is (txid, event_id): readers
+-- only take events of transactions older than every transaction still running
+-- (pg_snapshot_xmin), so an event that commits later can never sort before a position already read.
 CREATE TABLE payment_events (
     event_id    BIGSERIAL PRIMARY KEY,
+    txid        BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     payment_id  TEXT NOT NULL REFERENCES payments (payment_id),
     merchant_id TEXT NOT NULL,
     kind        TEXT NOT NULL,
@@ -159,3 +162,4 @@ CREATE TABLE payment_events (
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX payment_events_by_payment ON payment_events (payment_id, event_id);
+CREATE INDEX payment_events_by_position ON payment_events (txid, event_id);

@@ -147,9 +147,11 @@ CREATE TABLE pingbacks (
     UNIQUE (channel_key, ref, type, unique_ref)
 );
 
--- Append-only: one row per payment state change.
+-- Append-only: one row per payment state change. SQLite has one writer, so ids follow commit
+-- order and txid is always 0.
 CREATE TABLE payment_events (
     event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    txid        BIGINT NOT NULL DEFAULT 0,
     payment_id  TEXT NOT NULL REFERENCES payments (payment_id),
     merchant_id TEXT NOT NULL,
     kind        TEXT NOT NULL,
@@ -159,3 +161,4 @@ CREATE TABLE payment_events (
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX payment_events_by_payment ON payment_events (payment_id, event_id);
+CREATE INDEX payment_events_by_position ON payment_events (txid, event_id);

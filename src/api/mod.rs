@@ -6,6 +6,7 @@ pub mod channels;
 mod convert;
 pub mod merchants;
 pub mod payments;
+mod watch;
 
 use tonic::{Request, Status};
 

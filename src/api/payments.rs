@@ -1,5 +1,7 @@
 //! `paygate.v1.PaymentService`.
 
+use std::sync::Arc;
+
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -8,6 +10,7 @@ use super::{caller, convert, page_size};
 use crate::{
     channels::Channels,
     error::{InvalidArgument, Violations},
+    events::Hub,
     payments::{
         cancellations,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
@@ -23,14 +26,15 @@ use crate::{
 pub struct PaymentsApi {
     db: Db,
     channels: Channels,
+    hub: Arc<Hub>,
     methods: PaymentMethods,
     /// How long an idempotency key's in-flight request holds it.
     idempotency_lease_ms: i64,
 }
 
 impl PaymentsApi {
-    pub fn new(db: Db, channels: Channels, methods: PaymentMethods, idempotency_lease_ms: i64) -> Self {
-        Self { db, channels, methods, idempotency_lease_ms }
+    pub fn new(db: Db, channels: Channels, hub: Arc<Hub>, methods: PaymentMethods, idempotency_lease_ms: i64) -> Self {
+        Self { db, channels, hub, methods, idempotency_lease_ms }
     }
 }
 
@@ -44,6 +48,25 @@ fn fingerprint<M: Message + Clone>(request: &M, clear_key: impl FnOnce(&mut M)) 
 
 #[tonic::async_trait]
 impl PaymentService for PaymentsApi {
+    type WatchPaymentsStream = super::watch::EventStream;
+
+    async fn watch_payments(
+        &self,
+        request: Request<pb::WatchPaymentsRequest>,
+    ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
+        let caller = caller(&request)?;
+        let stream = super::watch::watch(self.db.clone(), &self.hub, caller, request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_payment_events(
+        &self,
+        request: Request<pb::ListPaymentEventsRequest>,
+    ) -> Result<Response<pb::ListPaymentEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(super::watch::list(&self.db, &caller, request.get_ref()).await?))
+    }
+
     async fn create_checkout_session(
         &self,
         request: Request<pb::CreateCheckoutSessionRequest>,

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::PaymentStatus;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub payment_id: String,
     pub merchant_id: String,
@@ -24,7 +24,7 @@ pub struct Payment {
     pub country_code: String,
     pub language: String,
     pub custom_params: BTreeMap<String, String>,
-    #[serde(serialize_with = "status_name")]
+    #[serde(serialize_with = "status_name", deserialize_with = "status_from_name")]
     pub status: PaymentStatus,
     pub provider_ref: Option<String>,
     pub test: bool,
@@ -59,6 +59,10 @@ impl Payment {
 
 fn status_name<S: Serializer>(status: &PaymentStatus, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(status.as_str())
+}
+
+fn status_from_name<'de, D: Deserializer<'de>>(d: D) -> Result<PaymentStatus, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
 /// `pay_` + a ULID: unique without coordination between replicas, and sorts by creation time.

@@ -120,6 +120,9 @@ pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<A
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if matches!(result, Ok(Applied::Changed { .. })) {
+        db.signal_commit();
+    }
     result
 }
 
@@ -128,6 +131,9 @@ pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Resul
     let mut tx = db.pool().begin().await?;
     let result = apply(&mut tx, channel_key, notice).await?;
     tx.commit().await?;
+    if matches!(result, Applied::Changed { .. }) {
+        db.signal_commit();
+    }
     Ok(result)
 }
 

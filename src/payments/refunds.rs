@@ -240,6 +240,7 @@ async fn mark_pending(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>
             idempotency::finish(&mut tx, key).await?;
         }
         tx.commit().await.map_err(StoreError::from)?;
+        db.signal_commit();
         return Ok(());
     }
     Err(PaymentError::Concurrent)

@@ -217,5 +217,6 @@ pub async fn cancel(
     crate::events::append(&mut tx, &initial, "subscription.cancel_requested", Some(&crate::events::detail(&requested)))
         .await?;
     tx.commit().await.map_err(StoreError::from)?;
+    db.signal_commit();
     Ok(requested)
 }

@@ -66,6 +66,8 @@ pub struct PoolSettings {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Signalled after a commit that appended events, so the event tailer reads at once.
+    commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Db {
@@ -95,7 +97,7 @@ impl Db {
             Backend::Postgres => options.max_connections(settings.max_connections),
         };
         let pool = options.connect(url).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, commits: Default::default() })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -118,6 +120,16 @@ impl Db {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Call after committing a transaction that appended events.
+    pub fn signal_commit(&self) {
+        self.commits.notify_one();
+    }
+
+    /// Resolves after the next `signal_commit` (or at once if one is pending).
+    pub async fn committed(&self) {
+        self.commits.notified().await;
     }
 
     pub async fn close(&self) {

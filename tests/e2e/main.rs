@@ -7,4 +7,5 @@ mod bad_input;
 mod channels;
 mod checkout;
 mod db_outage;
+mod event_log;
 mod lifecycle;

@@ -1,0 +1,265 @@
+//! The in-process hub: one per replica. A single tailer reads new events from the log (woken by
+//! local commits, by other replicas through Redis, and by a periodic poll that catches up whatever
+//! a lost message missed) and hands each event to every matching subscriber.
+//!
+//! Each subscriber has a bounded buffer. A subscriber whose buffer is full is cut off (it resumes
+//! from its cursor), so a slow reader never slows the others or grows memory. Subscribing records
+//! the hub's position under the same lock that delivery takes, so a subscriber that replays the
+//! log up to that position and then reads its buffer sees every event once, with no gap.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::{Event, Position, bridge::Bridge, log};
+use crate::{
+    payments::PaymentStatus,
+    store::{Db, now_ms},
+};
+
+/// What a subscriber wants. Events outside `scope` (the merchants a key acts for) never match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub scope: Vec<String>,
+    pub payment_ids: HashSet<String>,
+    pub merchant_uids: HashSet<String>,
+    pub statuses: HashSet<PaymentStatus>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &Event) -> bool {
+        let p = &event.payment;
+        self.scope.iter().any(|m| *m == p.merchant_id)
+            && (self.payment_ids.is_empty() || self.payment_ids.contains(&p.payment_id))
+            && (self.merchant_uids.is_empty() || self.merchant_uids.contains(&p.merchant_uid))
+            && (self.statuses.is_empty() || self.statuses.contains(&p.status))
+    }
+}
+
+/// Why the hub ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The buffer filled: the subscriber did not keep up.
+    Lagged,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("the server is shutting down; reconnect to another replica")]
+    Closed,
+    #[error("too many open streams for this merchant (limit {0})")]
+    TooMany(usize),
+}
+
+struct Subscriber {
+    merchant_id: String,
+    filter: Arc<Filter>,
+    tx: mpsc::Sender<Arc<Event>>,
+    ended: Arc<OnceLock<Ended>>,
+}
+
+struct State {
+    position: Position,
+    subscribers: HashMap<u64, Subscriber>,
+    next_id: u64,
+    per_merchant: HashMap<String, usize>,
+    closed: bool,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    /// Other replicas committed something (or our Redis link came back): read the log.
+    remote: Notify,
+    buffer: usize,
+    max_per_merchant: usize,
+}
+
+/// An open subscription: live events after `start` arrive on `rx`.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    pub start: Position,
+    ended: Arc<OnceLock<Ended>>,
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Subscription {
+    /// Why the hub ended it, once `rx` has closed.
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended.get().copied()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(buffer: usize, max_per_merchant: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                position: Position::default(),
+                subscribers: HashMap::new(),
+                next_id: 0,
+                per_merchant: HashMap::new(),
+                closed: false,
+            }),
+            remote: Notify::new(),
+            buffer: buffer.max(1),
+            max_per_merchant,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(self: &Arc<Self>, merchant_id: &str, filter: Filter) -> Result<Subscription, SubscribeError> {
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let ended = Arc::new(OnceLock::new());
+        let mut state = self.lock();
+        if state.closed {
+            return Err(SubscribeError::Closed);
+        }
+        let open = state.per_merchant.entry(merchant_id.to_owned()).or_default();
+        if *open >= self.max_per_merchant {
+            return Err(SubscribeError::TooMany(self.max_per_merchant));
+        }
+        *open += 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        state.subscribers.insert(
+            id,
+            Subscriber { merchant_id: merchant_id.to_owned(), filter: Arc::new(filter), tx, ended: ended.clone() },
+        );
+        metrics::gauge!("paygate_open_streams").increment(1.0);
+        Ok(Subscription { rx, start: state.position, ended, hub: self.clone(), id })
+    }
+
+    fn remove(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(sub) = state.subscribers.remove(&id) {
+            forget(&mut state, &sub.merchant_id);
+        }
+    }
+
+    /// Wakes the tailer for events another replica committed.
+    pub fn notify_remote(&self) {
+        self.remote.notify_one();
+    }
+
+    /// Ends every subscription (shutdown) and refuses new ones.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for (_, sub) in state.subscribers.drain() {
+            let _ = sub.ended.set(Ended::Shutdown);
+        }
+        state.per_merchant.clear();
+        metrics::gauge!("paygate_open_streams").set(0.0);
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// Hands events (in log order) to every matching subscriber and advances the hub's position.
+    fn deliver(&self, events: &[Arc<Event>]) {
+        let mut state = self.lock();
+        let mut lagged = Vec::new();
+        for event in events {
+            for (id, sub) in &state.subscribers {
+                if sub.filter.matches(event) && sub.tx.try_send(event.clone()).is_err() {
+                    lagged.push(*id);
+                }
+            }
+            state.position = event.position;
+        }
+        for id in lagged {
+            if let Some(sub) = state.subscribers.remove(&id) {
+                let _ = sub.ended.set(Ended::Lagged);
+                forget(&mut state, &sub.merchant_id);
+                metrics::counter!("paygate_streams_lagged_total").increment(1);
+            }
+        }
+        metrics::counter!("paygate_events_delivered_total").increment(events.len() as u64);
+    }
+
+    /// The tailer: starts at the head of the log and follows it until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        db: Db,
+        bridge: Option<Bridge>,
+        poll: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let start = loop {
+            match log::head(&db).await {
+                Ok(position) => break position,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event tailer cannot read the log yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        self.lock().position = start;
+        loop {
+            tokio::select! {
+                _ = db.committed() => {
+                    if let Some(bridge) = &bridge {
+                        bridge.announce().await;
+                    }
+                }
+                _ = self.remote.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            if let Err(e) = self.catch_up(&db).await {
+                tracing::warn!(error = %e, "event tailer could not read the log; will retry");
+            }
+        }
+    }
+
+    async fn catch_up(&self, db: &Db) -> Result<(), crate::payments::PaymentError> {
+        loop {
+            let position = self.lock().position;
+            let (events, held_back) = log::read_after(db, position, 500).await?;
+            if !events.is_empty() {
+                let now = now_ms();
+                for event in &events {
+                    metrics::histogram!("paygate_event_delivery_lag_seconds")
+                        .record((now - event.created_at).max(0) as f64 / 1000.0);
+                }
+                let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                self.deliver(&events);
+                if events.len() == 500 {
+                    continue;
+                }
+            }
+            if !held_back {
+                return Ok(());
+            }
+            // Committed events wait behind a transaction still running: it ends in milliseconds.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn forget(state: &mut State, merchant_id: &str) {
+    if let Some(open) = state.per_merchant.get_mut(merchant_id) {
+        *open = open.saturating_sub(1);
+    }
+    metrics::gauge!("paygate_open_streams").decrement(1.0);
+}
