@@ -33,7 +33,7 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, event: &Event) -> bool {
         let p = &event.payment;
-        self.scope.iter().any(|m| *m == p.merchant_id)
+        self.scope.contains(&p.merchant_id)
             && (self.payment_ids.is_empty() || self.payment_ids.contains(&p.payment_id))
             && (self.merchant_uids.is_empty() || self.merchant_uids.contains(&p.merchant_uid))
             && (self.statuses.is_empty() || self.statuses.contains(&p.status))

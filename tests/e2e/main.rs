@@ -9,3 +9,4 @@ mod checkout;
 mod db_outage;
 mod event_log;
 mod lifecycle;
+mod streams;

@@ -483,3 +483,42 @@ pub async fn metric(gate: &Paygate, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+impl Process {
+    /// Sends SIGTERM and waits (up to `within`) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// Checks out `uid` on channel `main` and pays it with a signed pingback sent straight to paygate
+/// (as Paymentwall would); returns the payment id.
+pub async fn checkout_and_pay(gate: &Paygate, payments: &mut Payments, uid: &str) -> String {
+    let session = payments.create_checkout_session(checkout_request("main", uid)).await.unwrap().into_inner();
+    let reference = format!("b{}", ulid::Ulid::new());
+    let query = signed_pingback_query(
+        &[
+            ("uid", "user-40012"),
+            ("goodsid", &session.payment_id),
+            ("slength", ""),
+            ("speriod", ""),
+            ("type", "0"),
+            ("ref", &reference),
+            ("is_test", "1"),
+        ],
+        SECRET_KEY,
+        3,
+    );
+    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
+    let response = http_client().get(url).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "OK");
+    session.payment_id
+}
