@@ -94,6 +94,8 @@ fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("paygate did not start");
 }
 
@@ -200,7 +202,8 @@ async fn fan_out(gate: &Gate, api_key: &str, count: usize, label: &str) -> (f64,
         let client = connect(&gate.grpc, api_key).await;
         for _ in 0..100.min(count - opened) {
             let mut payments = client.payments.clone();
-            let mut stream = payments.watch_payments(client.req(pb::WatchPaymentsRequest::default())).await.unwrap().into_inner();
+            let mut stream =
+                payments.watch_payments(client.req(pb::WatchPaymentsRequest::default())).await.unwrap().into_inner();
             let received = received.clone();
             tasks.push(tokio::spawn(async move {
                 while let Ok(Some(_)) = stream.message().await {
@@ -233,7 +236,11 @@ async fn insert_baseline(db_url: &str) -> Vec<Duration> {
     for n in 0..LATENCY_SAMPLES {
         let started = Instant::now();
         let mut tx = conn.begin().await.unwrap();
-        sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind(n.to_string()).execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)")
+            .bind(n.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         samples.push(started.elapsed());
     }
@@ -244,8 +251,8 @@ async fn insert_baseline(db_url: &str) -> Vec<Duration> {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let admin_url =
-        std::env::var("PAYGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin_url = std::env::var("PAYGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("paygate_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
     let mut admin = PgConnection::connect(&admin_url).await.expect("PostgreSQL");
     admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
@@ -263,7 +270,8 @@ async fn main() {
     let a = start_gate(&db_url, &key, &prefix);
     let b = start_gate(&db_url, &key, &prefix);
     let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
-    let mut channels = ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
+    let mut channels =
+        ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
     let mut create = Request::new(pb::CreateChannelRequest {
         channel_key: "main".into(),
         name: "bench".into(),
@@ -289,9 +297,21 @@ async fn main() {
 
     println!("| measurement | p50 | p99 |");
     println!("|---|---|---|");
-    println!("| baseline: bare single-row INSERT transaction (sqlx, same database) | {} | {} |", ms(percentile(&baseline, 0.5)), ms(percentile(&baseline, 0.99)));
-    println!("| pingback -> subscriber, same replica | {} | {} |", ms(percentile(&same, 0.5)), ms(percentile(&same, 0.99)));
-    println!("| pingback on A -> subscriber on B (Redis) | {} | {} |", ms(percentile(&across, 0.5)), ms(percentile(&across, 0.99)));
+    println!(
+        "| baseline: bare single-row INSERT transaction (sqlx, same database) | {} | {} |",
+        ms(percentile(&baseline, 0.5)),
+        ms(percentile(&baseline, 0.99))
+    );
+    println!(
+        "| pingback -> subscriber, same replica | {} | {} |",
+        ms(percentile(&same, 0.5)),
+        ms(percentile(&same, 0.99))
+    );
+    println!(
+        "| pingback on A -> subscriber on B (Redis) | {} | {} |",
+        ms(percentile(&across, 0.5)),
+        ms(percentile(&across, 0.99))
+    );
     println!();
     println!("| open streams | server memory per stream | one event to all streams |");
     println!("|---|---|---|");

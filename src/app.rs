@@ -28,7 +28,7 @@ use crate::{
         self,
         v1::{
             channel_service_server::ChannelServiceServer, merchant_service_server::MerchantServiceServer,
-            payment_service_server::PaymentServiceServer,
+            payment_service_server::PaymentServiceServer, webhook_service_server::WebhookServiceServer,
         },
     },
     providers,
@@ -37,6 +37,7 @@ use crate::{
         redis::{RedisError, RedisHandle},
     },
     telemetry,
+    webhooks::dispatcher::{Dispatcher, WebhookSettings},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,18 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         bridge.spawn_listener(hub.clone(), stop_rx.clone());
     }
     tokio::spawn(hub.clone().run(db.clone(), bridge, ms(s.event_poll_interval_ms.max(10)), stop_rx.clone()));
+    let webhook_settings = WebhookSettings {
+        allow_internal_targets: s.webhook_allow_private_targets,
+        connect_timeout: ms(s.webhook_connect_timeout_ms),
+        timeout: ms(s.webhook_timeout_ms),
+        retry_base: ms(s.webhook_retry_base_ms),
+        retry_max: ms(s.webhook_retry_max_ms),
+        retry_window: ms(s.webhook_retry_window_ms),
+        poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
+        claim: ms(s.webhook_claim_ms),
+        rotation_overlap: ms(s.webhook_secret_overlap_ms),
+    };
+    Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
     sweep::spawn(
         db.clone(),
         channels.clone(),
@@ -156,6 +169,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
     health.set_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
+    health.set_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -181,6 +195,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         )))
         .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
         .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone())))
+        .add_service(WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
+            db.clone(),
+            cache.keys_arc(),
+            webhook_settings.allow_internal_targets,
+            webhook_settings.rotation_overlap.as_millis() as i64,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
     let http =
         axum::serve(http_listener, ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
@@ -196,6 +216,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
     health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
+    health.set_not_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
     // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
     hub.close();
     let _ = stop_tx.send(true);

@@ -14,6 +14,7 @@ use crate::{
     merchants::{AuthError, MerchantError},
     payments::PaymentError,
     store::StoreError,
+    webhooks::WebhookError,
 };
 
 /// One problem with one request field, named by its proto path (e.g. `customer.uid`).
@@ -152,6 +153,20 @@ impl From<MerchantError> for Status {
             MerchantError::NestedSubMerchant(_) => Status::failed_precondition(err.to_string()),
             MerchantError::Invalid(invalid) => invalid.into(),
             MerchantError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<WebhookError> for Status {
+    fn from(err: WebhookError) -> Self {
+        match err {
+            WebhookError::Invalid(invalid) => invalid.into(),
+            WebhookError::NotFound => Status::not_found(err.to_string()),
+            WebhookError::Store(store) => store.into(),
+            WebhookError::Crypto(_) | WebhookError::Corrupt(_) => {
+                tracing::error!(error = %err, "webhook data unreadable");
+                Status::internal("stored webhook data is unreadable")
+            }
         }
     }
 }

@@ -16,3 +16,4 @@ pub mod providers;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

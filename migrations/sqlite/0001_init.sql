@@ -162,3 +162,50 @@ CREATE TABLE payment_events (
 );
 CREATE INDEX payment_events_by_payment ON payment_events (payment_id, event_id);
 CREATE INDEX payment_events_by_position ON payment_events (txid, event_id);
+
+-- Merchant webhooks: one endpoint per merchant; secrets encrypted like channel secrets.
+CREATE TABLE webhook_endpoints (
+    merchant_id     TEXT PRIMARY KEY REFERENCES merchants (merchant_id),
+    url             TEXT NOT NULL,
+    event_types     TEXT NOT NULL, -- JSON array; empty means every type
+    -- JSON array, newest first, of {"ciphertext", "created_at", "expires_at"}: during a rotation the
+    -- previous secret signs too, until it expires.
+    secrets         TEXT NOT NULL,
+    disabled_at     BIGINT,
+    disabled_reason TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+
+-- The outbox: written in the same transaction as the event it announces.
+CREATE TABLE webhook_deliveries (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id      TEXT NOT NULL UNIQUE, -- the webhook-id header; receivers dedupe on it
+    merchant_id      TEXT NOT NULL,        -- whose endpoint receives it
+    payment_id       TEXT,                 -- deliveries of one payment go out in order
+    event_type       TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    status           TEXT NOT NULL,        -- PENDING, SUCCEEDED, FAILED
+    attempts         BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT NOT NULL,
+    -- A replica delivering it holds it until then; if that replica dies, another takes over.
+    claimed_until    BIGINT,
+    last_status_code BIGINT,
+    last_error       TEXT,
+    created_at       BIGINT NOT NULL,
+    finished_at      BIGINT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+CREATE INDEX webhook_deliveries_by_merchant ON webhook_deliveries (merchant_id, seq);
+CREATE INDEX webhook_deliveries_by_payment ON webhook_deliveries (payment_id, seq);
+
+-- The delivery log: every attempt, with what the receiver answered.
+CREATE TABLE webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt     BIGINT NOT NULL,
+    status_code BIGINT,
+    error       TEXT,
+    latency_ms  BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);

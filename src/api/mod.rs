@@ -7,6 +7,7 @@ mod convert;
 pub mod merchants;
 pub mod payments;
 mod watch;
+pub mod webhooks;
 
 use tonic::{Request, Status};
 

@@ -62,6 +62,10 @@ impl ChannelCache {
         &self.inner.keys
     }
 
+    pub fn keys_arc(&self) -> Arc<MasterKeys> {
+        self.inner.keys.clone()
+    }
+
     /// The channel, from the nearest layer that has it.
     pub async fn get(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {
         if let Some(channel) = self.inner.local.get(channel_key).await {

@@ -61,7 +61,7 @@ pub fn detail(value: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Appends an event; returns its id (its position is known once read back).
+/// Appends an event (and, in the same transaction, the webhook that announces it); returns its id.
 pub async fn append(
     conn: &mut AnyConnection,
     payment: &Payment,
@@ -71,7 +71,7 @@ pub async fn append(
     let snapshot = serde_json::to_string(payment).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let row = sqlx::query(
         "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, detail, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING event_id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING event_id, txid",
     )
     .bind(&payment.payment_id)
     .bind(&payment.merchant_id)
@@ -80,10 +80,18 @@ pub async fn append(
     .bind(snapshot)
     .bind(detail.map(|d| d.to_string()))
     .bind(now_ms())
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await
     .map_err(StoreError::from)?;
-    Ok(row.try_get::<i64, _>("event_id").map_err(StoreError::from)?)
+    let position = Position {
+        txid: row.try_get("txid").map_err(StoreError::from)?,
+        id: row.try_get("event_id").map_err(StoreError::from)?,
+    };
+    crate::webhooks::outbox::enqueue(conn, payment, kind, position, detail).await.map_err(|e| match e {
+        crate::webhooks::WebhookError::Store(store) => PaymentError::Store(store),
+        other => PaymentError::Corrupt(other.to_string()),
+    })?;
+    Ok(position.id)
 }
 
 #[cfg(test)]

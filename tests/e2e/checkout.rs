@@ -40,7 +40,8 @@ async fn checkout_to_paid(backend: Backend) {
             "grpc.health.v1.Health",
             "paygate.v1.ChannelService",
             "paygate.v1.MerchantService",
-            "paygate.v1.PaymentService"
+            "paygate.v1.PaymentService",
+            "paygate.v1.WebhookService"
         ]
     );
 

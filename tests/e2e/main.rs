@@ -10,3 +10,4 @@ mod db_outage;
 mod event_log;
 mod lifecycle;
 mod streams;
+mod webhooks;

@@ -522,3 +522,57 @@ pub async fn checkout_and_pay(gate: &Paygate, payments: &mut Payments, uid: &str
     assert_eq!(response.text().await.unwrap(), "OK");
     session.payment_id
 }
+
+/// The Python webhook receiver (`tests/webhook_receiver.py`), verifying with `standardwebhooks`.
+pub struct Receiver {
+    pub process: Process,
+    pub port: u16,
+    http: reqwest::Client,
+}
+
+impl Receiver {
+    /// Starts on `port` (0: a free one).
+    pub fn start(port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_receiver.py");
+        let mut cmd = Command::new("python3");
+        cmd.args([script, &port.to_string()]);
+        let (process, ready) = Process::start("webhook-receiver", cmd, "receiver ready");
+        Self { process, port: ready["port"].as_u64().unwrap() as u16, http: http_client() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    async fn control(&self, path: &str, body: serde_json::Value) {
+        let url = format!("http://127.0.0.1:{}/control/{path}", self.port);
+        assert!(self.http.post(url).json(&body).send().await.unwrap().status().is_success());
+    }
+
+    pub async fn trust(&self, secrets: &[&str]) {
+        self.control("secrets", serde_json::json!({ "secrets": secrets })).await;
+    }
+
+    /// Answers `status` to the next `count` deliveries.
+    pub async fn fail_next(&self, count: u32, status: u16) {
+        self.control("answer", serde_json::json!({ "fail": count, "status": status })).await;
+    }
+
+    pub async fn received(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/control/received", self.port);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Waits until `count` deliveries were accepted; returns them.
+    pub async fn wait_for(&self, count: usize) -> Vec<serde_json::Value> {
+        for _ in 0..600 {
+            let received = self.received().await;
+            let list = received["received"].as_array().cloned().unwrap_or_default();
+            if list.len() >= count {
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the receiver got fewer than {count} webhooks: {}", self.received().await);
+    }
+}

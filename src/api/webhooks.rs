@@ -1,0 +1,151 @@
+//! `paygate.v1.WebhookService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, convert, page_size};
+use crate::{
+    channels::crypto::MasterKeys,
+    error::InvalidArgument,
+    proto::v1::{self as pb, webhook_service_server::WebhookService},
+    store::{Db, StoreError, now_ms},
+    webhooks::{
+        endpoints::{self, Endpoint},
+        outbox::{self, Delivery, DeliveryStatus},
+    },
+};
+
+pub struct WebhooksApi {
+    db: Db,
+    keys: Arc<MasterKeys>,
+    allow_internal_targets: bool,
+    rotation_overlap_ms: i64,
+}
+
+impl WebhooksApi {
+    pub fn new(db: Db, keys: Arc<MasterKeys>, allow_internal_targets: bool, rotation_overlap_ms: i64) -> Self {
+        Self { db, keys, allow_internal_targets, rotation_overlap_ms }
+    }
+
+    async fn delivery(&self, d: Delivery) -> Result<pb::WebhookDelivery, Status> {
+        let attempts = outbox::attempts(&self.db, &d.delivery_id).await?;
+        let status = match d.status {
+            DeliveryStatus::Pending => pb::WebhookDeliveryStatus::Pending,
+            DeliveryStatus::Succeeded => pb::WebhookDeliveryStatus::Succeeded,
+            DeliveryStatus::Failed => pb::WebhookDeliveryStatus::Failed,
+        };
+        Ok(pb::WebhookDelivery {
+            delivery_id: d.delivery_id,
+            event_type: d.event_type,
+            payment_id: d.payment_id.unwrap_or_default(),
+            status: status as i32,
+            attempts: attempts
+                .into_iter()
+                .map(|a| pb::WebhookAttempt {
+                    attempt: a.attempt as u32,
+                    status_code: a.status_code.unwrap_or_default() as u32,
+                    error: a.error.unwrap_or_default(),
+                    latency_ms: a.latency_ms as u32,
+                    at: Some(convert::timestamp(a.at)),
+                })
+                .collect(),
+            next_attempt_at: (d.status == DeliveryStatus::Pending).then(|| convert::timestamp(d.next_attempt_at)),
+            created_at: Some(convert::timestamp(d.created_at)),
+            payload: d.payload,
+        })
+    }
+}
+
+fn endpoint(e: &Endpoint, secret: String) -> pb::WebhookEndpoint {
+    pb::WebhookEndpoint {
+        url: e.url.clone(),
+        event_types: e.event_types.clone(),
+        secret,
+        active_secrets: e.active_secret_count(now_ms()) as u32,
+        disabled_at: e.disabled_at.map(convert::timestamp),
+        disabled_reason: e.disabled_reason.clone().unwrap_or_default(),
+        created_at: Some(convert::timestamp(e.created_at)),
+        updated_at: Some(convert::timestamp(e.updated_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl WebhookService for WebhooksApi {
+    async fn set_webhook_endpoint(
+        &self,
+        request: Request<pb::SetWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpoint>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        endpoints::validate(&r.url, &r.event_types, self.allow_internal_targets)?;
+        let (saved, secret) =
+            endpoints::set(&self.db, &self.keys, &caller.merchant_id, &r.url, r.event_types, self.rotation_overlap_ms)
+                .await?;
+        tracing::info!(merchant_id = %caller.merchant_id, "webhook endpoint set");
+        Ok(Response::new(endpoint(&saved, secret)))
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        request: Request<pb::GetWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpoint>, Status> {
+        let caller = caller(&request)?;
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        let saved = endpoints::get(&mut conn, &caller.merchant_id)
+            .await?
+            .ok_or_else(|| Status::not_found("no webhook endpoint is set"))?;
+        Ok(Response::new(endpoint(&saved, String::new())))
+    }
+
+    async fn send_test_webhook(
+        &self,
+        request: Request<pb::SendTestWebhookRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let caller = caller(&request)?;
+        let delivery = outbox::enqueue_test(&self.db, &caller.merchant_id).await?;
+        Ok(Response::new(self.delivery(delivery).await?))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let before = match r.page_token.as_str() {
+            "" => None,
+            token => Some(
+                convert::page_token::decode(token)?
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| InvalidArgument::single("page_token", "is not a token this server issued"))?,
+            ),
+        };
+        let limit = page_size(r.page_size);
+        let mut rows = outbox::list(&self.db, &caller.merchant_id, before, limit + 1).await?;
+        let next_page_token = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|(seq, _)| convert::page_token::encode(&seq.to_string())).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for (_, d) in rows {
+            deliveries.push(self.delivery(d).await?);
+        }
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse { deliveries, next_page_token }))
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        request: Request<pb::RedeliverWebhookRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let caller = caller(&request)?;
+        let id = &request.get_ref().delivery_id;
+        if id.is_empty() {
+            return Err(InvalidArgument::single("delivery_id", "is required").into());
+        }
+        let delivery = outbox::redeliver(&self.db, &caller.merchant_id, id).await?;
+        Ok(Response::new(self.delivery(delivery).await?))
+    }
+}

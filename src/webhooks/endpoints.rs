@@ -1,0 +1,224 @@
+//! A merchant's webhook endpoint: URL, the event types it wants, and its signing secrets
+//! (encrypted at rest under the master key, like channel secrets). Setting the endpoint again
+//! makes a new secret; the previous one keeps signing for a rotation window, so receivers can
+//! switch over without losing a delivery.
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use super::{WebhookError, signature};
+use crate::{
+    channels::crypto::MasterKeys,
+    error::{InvalidArgument, Violations},
+    store::{Db, StoreError, now_ms},
+};
+
+/// Every event type paygate sends; `payment.*` and `subscription.*` select a family.
+pub const EVENT_TYPES: [&str; 11] = [
+    "payment.paid",
+    "payment.pending_review",
+    "payment.failed",
+    "payment.cancel_pending",
+    "payment.partially_cancelled",
+    "payment.cancelled",
+    "subscription.cancel_requested",
+    "subscription.cancelled",
+    "subscription.expired",
+    "subscription.payment_failed",
+    "webhook.test",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSecret {
+    ciphertext: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub merchant_id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    secrets: Vec<StoredSecret>,
+    pub disabled_at: Option<i64>,
+    pub disabled_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn aad(merchant_id: &str) -> String {
+    format!("webhook:{merchant_id}")
+}
+
+impl Endpoint {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.event_types.is_empty()
+            || self
+                .event_types
+                .iter()
+                .any(|t| t == event_type || t.strip_suffix('*').is_some_and(|family| event_type.starts_with(family)))
+    }
+
+    /// Secrets that sign now: the newest, and the previous one until its rotation window ends.
+    pub fn active_secrets(&self, keys: &MasterKeys, now: i64) -> Result<Vec<SecretString>, WebhookError> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|at| at > now))
+            .map(|s| keys.decrypt(&aad(&self.merchant_id), &s.ciphertext).map_err(WebhookError::from))
+            .collect()
+    }
+
+    pub fn active_secret_count(&self, now: i64) -> usize {
+        self.secrets.iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).count()
+    }
+}
+
+pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Result<(), InvalidArgument> {
+    let mut v = Violations::default();
+    if let Err(problem) = super::target::check_url(url, allow_internal) {
+        v.add("url", problem);
+    }
+    for (i, t) in event_types.iter().enumerate() {
+        let known = EVENT_TYPES.contains(&t.as_str()) || t == "payment.*" || t == "subscription.*";
+        if !known {
+            v.add(
+                format!("event_types[{i}]"),
+                format!("unknown event type {t:?} (known: {}, payment.*, subscription.*)", EVENT_TYPES.join(", ")),
+            );
+        }
+    }
+    v.check()
+}
+
+/// Creates or replaces the endpoint with a new secret; returns it and the secret (shown once).
+pub async fn set(
+    db: &Db,
+    keys: &MasterKeys,
+    merchant_id: &str,
+    url: &str,
+    event_types: Vec<String>,
+    rotation_overlap_ms: i64,
+) -> Result<(Endpoint, String), WebhookError> {
+    let now = now_ms();
+    let secret = signature::new_secret();
+    let mut secrets = vec![StoredSecret {
+        ciphertext: keys.encrypt(&aad(merchant_id), &SecretString::from(secret.clone())),
+        created_at: now,
+        expires_at: None,
+    }];
+    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    let existing = get(&mut conn, merchant_id).await?;
+    if let Some(previous) = existing.as_ref().and_then(|e| e.secrets.first()) {
+        secrets.push(StoredSecret { expires_at: Some(now + rotation_overlap_ms), ..previous.clone() });
+    }
+    let secrets_json = serde_json::to_string(&secrets).map_err(|e| WebhookError::Corrupt(e.to_string()))?;
+    let types_json = serde_json::to_string(&event_types).map_err(|e| WebhookError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (merchant_id, url, event_types, secrets, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (merchant_id) DO UPDATE SET url = $2, event_types = $3, \
+         secrets = $4, disabled_at = NULL, disabled_reason = NULL, updated_at = $5",
+    )
+    .bind(merchant_id)
+    .bind(url)
+    .bind(types_json)
+    .bind(secrets_json)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    let endpoint = get(&mut conn, merchant_id).await?.ok_or(WebhookError::NotFound)?;
+    Ok((endpoint, secret))
+}
+
+pub async fn get(conn: &mut AnyConnection, merchant_id: &str) -> Result<Option<Endpoint>, WebhookError> {
+    let row = sqlx::query(
+        "SELECT merchant_id, url, event_types, secrets, disabled_at, disabled_reason, created_at, updated_at \
+         FROM webhook_endpoints WHERE merchant_id = $1",
+    )
+    .bind(merchant_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(StoreError::from)?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The endpoint that receives a merchant's events: its own, else its parent's.
+pub async fn for_merchant(conn: &mut AnyConnection, merchant_id: &str) -> Result<Option<Endpoint>, WebhookError> {
+    if let Some(own) = get(conn, merchant_id).await? {
+        return Ok(Some(own));
+    }
+    let parent: Option<String> = sqlx::query("SELECT parent_id FROM merchants WHERE merchant_id = $1")
+        .bind(merchant_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(StoreError::from)?
+        .and_then(|row| row.try_get::<Option<String>, _>("parent_id").ok().flatten());
+    match parent {
+        Some(parent) => get(conn, &parent).await,
+        None => Ok(None),
+    }
+}
+
+pub async fn disable(db: &Db, merchant_id: &str, reason: &str) -> Result<(), WebhookError> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2, updated_at = $1 WHERE merchant_id = $3",
+    )
+    .bind(now_ms())
+    .bind(reason)
+    .bind(merchant_id)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+fn from_row(row: &AnyRow) -> Result<Endpoint, WebhookError> {
+    let corrupt = |col: &str, e: &dyn std::fmt::Display| WebhookError::Corrupt(format!("webhook_endpoints.{col}: {e}"));
+    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
+    Ok(Endpoint {
+        merchant_id: s("merchant_id")?,
+        url: s("url")?,
+        event_types: serde_json::from_str(&s("event_types")?).map_err(|e| corrupt("event_types", &e))?,
+        secrets: serde_json::from_str(&s("secrets")?).map_err(|e| corrupt("secrets", &e))?,
+        disabled_at: row.try_get("disabled_at").map_err(|e| corrupt("disabled_at", &e))?,
+        disabled_reason: row.try_get("disabled_reason").map_err(|e| corrupt("disabled_reason", &e))?,
+        created_at: row.try_get("created_at").map_err(|e| corrupt("created_at", &e))?,
+        updated_at: row.try_get("updated_at").map_err(|e| corrupt("updated_at", &e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(types: &[&str]) -> Endpoint {
+        Endpoint {
+            merchant_id: "m".into(),
+            url: "https://x".into(),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            secrets: vec![],
+            disabled_at: None,
+            disabled_reason: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn subscriptions_select_types_and_families() {
+        assert!(endpoint(&[]).wants("payment.paid"));
+        assert!(endpoint(&["payment.*"]).wants("payment.cancelled"));
+        assert!(!endpoint(&["payment.*"]).wants("subscription.cancelled"));
+        assert!(endpoint(&["payment.paid"]).wants("payment.paid"));
+        assert!(!endpoint(&["payment.paid"]).wants("payment.failed"));
+    }
+
+    #[test]
+    fn unknown_event_types_are_named() {
+        let err = validate("https://example.com/h", &["payment.paid".into(), "payment.teleported".into()], false)
+            .unwrap_err();
+        assert_eq!(err.0.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["event_types[1]"]);
+    }
+}

@@ -1,0 +1,310 @@
+//! The webhook outbox: a delivery row written in the same transaction as the event it announces,
+//! then claimed, sent and settled by the dispatcher. Claims are leases: a replica that dies
+//! mid-delivery leaves the row to be claimed again when its lease runs out (at-least-once; the
+//! receiver dedupes on `webhook-id`).
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use super::{WebhookError, endpoints};
+use crate::{
+    events::Position,
+    payments::Payment,
+    store::{Backend, Db, StoreError, now_ms},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Succeeded, Self::Failed].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub merchant_id: String,
+    pub payment_id: Option<String>,
+    pub event_type: String,
+    pub payload: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub attempt: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub at: i64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Queues the webhook for an event, if the payment's merchant (or its parent) has an endpoint
+/// that wants this type. Runs inside the event's transaction.
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    payment: &Payment,
+    event_type: &str,
+    position: Position,
+    detail: Option<&serde_json::Value>,
+) -> Result<(), WebhookError> {
+    let Some(endpoint) = endpoints::for_merchant(conn, &payment.merchant_id).await? else { return Ok(()) };
+    if endpoint.disabled_at.is_some() || !endpoint.wants(event_type) {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut data = serde_json::json!({ "event_id": position.to_string(), "payment": payment });
+    if let Some(detail) = detail {
+        let key = if event_type.starts_with("subscription.")
+            || detail.get("subscription_id").is_some() && detail.get("cancellation_id").is_none()
+        {
+            "subscription"
+        } else {
+            "cancellation"
+        };
+        data[key] = detail.clone();
+    }
+    let payload = serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data });
+    insert(conn, &endpoint.merchant_id, Some(&payment.payment_id), event_type, &payload.to_string(), now).await
+}
+
+async fn insert(
+    conn: &mut AnyConnection,
+    merchant_id: &str,
+    payment_id: Option<&str>,
+    event_type: &str,
+    payload: &str,
+    now: i64,
+) -> Result<(), WebhookError> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, merchant_id, payment_id, event_type, payload, status, \
+         next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $6)",
+    )
+    .bind(format!("msg_{}", ulid::Ulid::new()))
+    .bind(merchant_id)
+    .bind(payment_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// A `webhook.test` delivery to the merchant's endpoint.
+pub async fn enqueue_test(db: &Db, merchant_id: &str) -> Result<Delivery, WebhookError> {
+    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    if endpoints::get(&mut conn, merchant_id).await?.is_none() {
+        return Err(WebhookError::NotFound);
+    }
+    let now = now_ms();
+    let payload = serde_json::json!({
+        "type": "webhook.test", "timestamp": rfc3339(now), "data": { "message": "a test webhook from paygate" }
+    });
+    insert(&mut conn, merchant_id, None, "webhook.test", &payload.to_string(), now).await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 ORDER BY seq DESC LIMIT 1"
+    ))
+    .bind(merchant_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    from_row(&row)
+}
+
+const COLUMNS: &str = "delivery_id, merchant_id, payment_id, event_type, payload, status, attempts, next_attempt_at, \
+    last_status_code, last_error, created_at, finished_at";
+
+/// Claims up to `limit` due deliveries until `lease_until`. A delivery waits while an earlier one
+/// for the same payment is still pending, so a payment's webhooks keep their order.
+pub async fn claim(db: &Db, now: i64, lease_until: i64, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
+    let lock = match db.backend() {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE webhook_deliveries SET claimed_until = $1 WHERE seq IN (\
+           SELECT d.seq FROM webhook_deliveries d WHERE d.status = 'PENDING' AND d.next_attempt_at <= $2 \
+           AND (d.claimed_until IS NULL OR d.claimed_until < $2) \
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.payment_id = d.payment_id \
+             AND e.merchant_id = d.merchant_id AND e.seq < d.seq AND e.status = 'PENDING') \
+           ORDER BY d.seq LIMIT $3 {lock}) \
+         RETURNING {COLUMNS}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+    let mut claimed: Vec<Delivery> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    claimed.sort_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+    Ok(claimed)
+}
+
+/// What became of one attempt.
+pub enum Settle {
+    Succeeded,
+    /// Try again at this time.
+    Retry(i64),
+    /// Give up.
+    Failed,
+}
+
+pub async fn record(db: &Db, delivery: &Delivery, attempt: &Attempt, settle: Settle) -> Result<(), WebhookError> {
+    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&delivery.delivery_id)
+    .bind(attempt.attempt)
+    .bind(attempt.status_code)
+    .bind(&attempt.error)
+    .bind(attempt.latency_ms)
+    .bind(attempt.at)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let (status, next, finished) = match settle {
+        Settle::Succeeded => (DeliveryStatus::Succeeded, delivery.next_attempt_at, Some(attempt.at)),
+        Settle::Retry(at) => (DeliveryStatus::Pending, at, None),
+        Settle::Failed => (DeliveryStatus::Failed, delivery.next_attempt_at, Some(attempt.at)),
+    };
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, claimed_until = NULL, \
+         last_status_code = $4, last_error = $5, finished_at = $6 WHERE delivery_id = $7",
+    )
+    .bind(status.as_str())
+    .bind(attempt.attempt)
+    .bind(next)
+    .bind(attempt.status_code)
+    .bind(&attempt.error)
+    .bind(finished)
+    .bind(&delivery.delivery_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Gives up on a delivery without an attempt (its endpoint is gone or refuses everything).
+pub async fn fail_unsent(db: &Db, delivery_id: &str, reason: &str) -> Result<(), WebhookError> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'FAILED', claimed_until = NULL, last_error = $1, finished_at = $2 \
+         WHERE delivery_id = $3",
+    )
+    .bind(reason)
+    .bind(now_ms())
+    .bind(delivery_id)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// A merchant's deliveries, newest first, before `before_seq` (the page cursor).
+pub async fn list(
+    db: &Db,
+    merchant_id: &str,
+    before_seq: Option<i64>,
+    limit: u32,
+) -> Result<Vec<(i64, Delivery)>, WebhookError> {
+    let rows = sqlx::query(&format!(
+        "SELECT seq, {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+    ))
+    .bind(merchant_id)
+    .bind(before_seq.unwrap_or(i64::MAX))
+    .bind(i64::from(limit))
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    rows.iter().map(|r| Ok((r.try_get::<i64, _>("seq").map_err(StoreError::from)?, from_row(r)?))).collect()
+}
+
+pub async fn attempts(db: &Db, delivery_id: &str) -> Result<Vec<Attempt>, WebhookError> {
+    let rows = sqlx::query(
+        "SELECT attempt, status_code, error, latency_ms, at FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(delivery_id)
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                attempt: r.try_get("attempt").map_err(StoreError::from)?,
+                status_code: r.try_get("status_code").map_err(StoreError::from)?,
+                error: r.try_get("error").map_err(StoreError::from)?,
+                latency_ms: r.try_get("latency_ms").map_err(StoreError::from)?,
+                at: r.try_get("at").map_err(StoreError::from)?,
+            })
+        })
+        .collect()
+}
+
+/// Sends a delivery again (same `webhook-id`), now.
+pub async fn redeliver(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<Delivery, WebhookError> {
+    let now = now_ms();
+    let row = sqlx::query(&format!(
+        "UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = $1, claimed_until = NULL, finished_at = NULL \
+         WHERE delivery_id = $2 AND merchant_id = $3 RETURNING {COLUMNS}"
+    ))
+    .bind(now)
+    .bind(delivery_id)
+    .bind(merchant_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(StoreError::from)?
+    .ok_or(WebhookError::NotFound)?;
+    from_row(&row)
+}
+
+fn from_row(row: &AnyRow) -> Result<Delivery, WebhookError> {
+    let corrupt =
+        |col: &str, e: &dyn std::fmt::Display| WebhookError::Corrupt(format!("webhook_deliveries.{col}: {e}"));
+    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
+    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
+    Ok(Delivery {
+        delivery_id: s("delivery_id")?,
+        merchant_id: s("merchant_id")?,
+        payment_id: row.try_get("payment_id").map_err(|e| corrupt("payment_id", &e))?,
+        event_type: s("event_type")?,
+        payload: s("payload")?,
+        status: DeliveryStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
+        attempts: n("attempts")?,
+        next_attempt_at: n("next_attempt_at")?,
+        last_status_code: row.try_get("last_status_code").map_err(|e| corrupt("last_status_code", &e))?,
+        last_error: row.try_get("last_error").map_err(|e| corrupt("last_error", &e))?,
+        created_at: n("created_at")?,
+        finished_at: row.try_get("finished_at").map_err(|e| corrupt("finished_at", &e))?,
+    })
+}

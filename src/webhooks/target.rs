@@ -1,0 +1,114 @@
+//! Where webhooks may go. Outgoing requests to loopback, private, link-local and other internal
+//! addresses are refused (a merchant could otherwise point paygate at its own network), unless
+//! configuration allows them. Host names are checked when they resolve, at send time, so a name
+//! that later resolves to an internal address is refused too.
+
+use std::net::{IpAddr, SocketAddr};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// True for addresses a webhook must not reach by default.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1])) // carrier-grade NAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Checks a webhook URL as given; `Err` names the problem.
+pub fn check_url(raw: &str, allow_internal: bool) -> Result<url::Url, String> {
+    if raw.len() > 2048 {
+        return Err("must be at most 2048 characters".into());
+    }
+    let url = url::Url::parse(raw).map_err(|_| "is not an absolute URL".to_owned())?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err("must be an http(s) URL".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    match url.host() {
+        None => return Err("has no host".into()),
+        Some(url::Host::Ipv4(ip)) if !allow_internal && is_internal(IpAddr::V4(ip)) => {
+            return Err(format!("points at an internal address ({ip}); webhooks go to public addresses"));
+        }
+        Some(url::Host::Ipv6(ip)) if !allow_internal && is_internal(IpAddr::V6(ip)) => {
+            return Err(format!("points at an internal address ({ip}); webhooks go to public addresses"));
+        }
+        Some(url::Host::Domain(d)) if !allow_internal && (d == "localhost" || d.ends_with(".localhost")) => {
+            return Err("points at localhost; webhooks go to public addresses".into());
+        }
+        _ => {}
+    }
+    Ok(url)
+}
+
+/// A resolver that drops internal addresses, so a public name cannot lead to an internal host.
+pub struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| !is_internal(a.ip())).collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1/hook",
+            "http://10.1.2.3/hook",
+            "https://192.168.0.10/",
+            "http://172.16.5.4/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://localhost:8080/",
+            "http://0.0.0.0/",
+            "http://100.64.0.1/",
+        ] {
+            assert!(check_url(url, false).is_err(), "{url}");
+            assert!(check_url(url, true).is_ok(), "{url} allowed by configuration");
+        }
+        assert!(check_url("https://hooks.example.com/paygate", false).is_ok());
+        assert!(check_url("https://8.8.8.8/hook", false).is_ok());
+        assert!(check_url("ftp://example.com/", true).is_err());
+        assert!(check_url("https://user:pw@example.com/", true).is_err());
+        assert!(check_url("not a url", true).is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Merchant webhooks end to end, checked by a receiver that verifies every signature with the
+//! independent `standardwebhooks` Python package.
+
+use std::time::Duration;
+
+use paygate::proto::v1::{
+    self as pb, PaymentStatus, WebhookDeliveryStatus, webhook_service_client::WebhookServiceClient,
+};
+use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
+
+use crate::support::*;
+
+type Webhooks = WebhookServiceClient<InterceptedService<Channel, Bearer>>;
+
+const FAST_RETRIES: [(&str, &str); 4] = [
+    ("PAYGATE_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+    ("PAYGATE_WEBHOOK_RETRY_BASE_MS", "100"),
+    ("PAYGATE_WEBHOOK_RETRY_MAX_MS", "400"),
+    ("PAYGATE_WEBHOOK_POLL_INTERVAL_MS", "50"),
+];
+
+async fn webhooks(gate: &Paygate, api_key: &str) -> Webhooks {
+    WebhookServiceClient::with_interceptor(gate.grpc().await, Bearer::new(api_key))
+}
+
+async fn set_endpoint(client: &mut Webhooks, receiver: &Receiver, types: &[&str]) -> String {
+    let request = pb::SetWebhookEndpointRequest {
+        url: receiver.url(),
+        event_types: types.iter().map(|t| t.to_string()).collect(),
+    };
+    let endpoint = client.set_webhook_endpoint(request).await.unwrap().into_inner();
+    assert!(endpoint.secret.starts_with("whsec_"));
+    endpoint.secret
+}
+
+async fn deliveries(client: &mut Webhooks) -> Vec<pb::WebhookDelivery> {
+    client.list_webhook_deliveries(pb::ListWebhookDeliveriesRequest::default()).await.unwrap().into_inner().deliveries
+}
+
+fn types(received: &[serde_json::Value]) -> Vec<String> {
+    received.iter().map(|r| r["type"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_then_refunded_payment_sends_signed_webhooks_in_order() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    receiver.trust(&[&secret]).await;
+    let endpoint = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap().into_inner();
+    assert!(endpoint.secret.is_empty(), "the secret is shown once");
+
+    let channel = gate
+        .channels(&api_key)
+        .await
+        .create_channel(channel_request(&sim, "main", pb::ChannelMode::Test))
+        .await
+        .unwrap();
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.into_inner().pingback_path), 3).await;
+    let mut payments = gate.payments(&api_key).await;
+    let payment_id = checkout_and_pay(&gate, &mut payments, "order-1").await;
+    // Refund through the simulator (its type 2 pingback confirms it).
+    let session = payments.create_checkout_session(checkout_request("main", "order-2")).await.unwrap().into_inner();
+    let sim_session = sim.open(&session.redirect_url).await;
+    sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+    wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
+    payments
+        .refund_payment(pb::RefundPaymentRequest {
+            payment_id: session.payment_id.clone(),
+            reason: "customer asked".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Cancelled).await;
+
+    let received = receiver.wait_for(4).await;
+    let of = |id: &str| {
+        received
+            .iter()
+            .filter(|r| r["payment_id"] == id)
+            .map(|r| r["type"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&payment_id), ["payment.paid"]);
+    assert_eq!(of(&session.payment_id), ["payment.paid", "payment.cancel_pending", "payment.cancelled"], "in order");
+    assert_eq!(receiver.received().await["invalid"], 0, "every signature verified");
+
+    // A test send, and a secret rotation: a receiver still on the old secret keeps verifying.
+    let test = hooks.send_test_webhook(pb::SendTestWebhookRequest {}).await.unwrap().into_inner();
+    assert_eq!(test.event_type, "webhook.test");
+    let new_secret = set_endpoint(&mut hooks, &receiver, &["payment.*"]).await;
+    assert_ne!(new_secret, secret);
+    let endpoint = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap().into_inner();
+    assert_eq!(endpoint.active_secrets, 2);
+    let after_rotation = checkout_and_pay(&gate, &mut payments, "order-3").await;
+    let received = receiver.wait_for(6).await;
+    assert!(types(&received).contains(&"webhook.test".to_owned()));
+    assert!(received.iter().any(|r| r["payment_id"] == after_rotation.as_str()), "verified with the old secret");
+    receiver.trust(&[&new_secret]).await;
+    let with_new = checkout_and_pay(&gate, &mut payments, "order-4").await;
+    let received = receiver.wait_for(7).await;
+    assert!(received.iter().any(|r| r["payment_id"] == with_new.as_str()), "verified with the new secret");
+    assert_eq!(receiver.received().await["invalid"], 0);
+
+    // The delivery log: every delivery succeeded on its first attempt with 200.
+    let log = deliveries(&mut hooks).await;
+    assert_eq!(log.len(), 7);
+    for d in &log {
+        assert_eq!(d.status, WebhookDeliveryStatus::Succeeded as i32, "{d:?}");
+        assert_eq!(d.attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [200]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_the_receiver_recovers_and_410_disables_the_endpoint() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    receiver.trust(&[&secret]).await;
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+
+    // 500 three times, then 200: delivered on the fourth attempt.
+    receiver.fail_next(3, 500).await;
+    let payment_id = checkout_and_pay(&gate, &mut payments, "order-1").await;
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0]["payment_id"], payment_id.as_str());
+    let log = deliveries(&mut hooks).await;
+    assert_eq!(log[0].status, WebhookDeliveryStatus::Succeeded as i32);
+    assert_eq!(log[0].attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [500, 500, 500, 200]);
+    let at = |a: &pb::WebhookAttempt| a.at.as_ref().map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+    assert!(log[0].attempts.windows(2).all(|w| at(&w[0]) <= at(&w[1])), "attempts in time order");
+
+    // A manual redeliver sends the same webhook-id again.
+    let again =
+        hooks.redeliver_webhook(pb::RedeliverWebhookRequest { delivery_id: log[0].delivery_id.clone() }).await.unwrap();
+    assert_eq!(again.into_inner().status, WebhookDeliveryStatus::Pending as i32);
+    let received = receiver.wait_for(2).await;
+    assert_eq!(received[1]["webhook_id"], received[0]["webhook_id"]);
+    let status =
+        hooks.redeliver_webhook(pb::RedeliverWebhookRequest { delivery_id: "msg_nope".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // 410 Gone disables the endpoint.
+    receiver.fail_next(1, 410).await;
+    checkout_and_pay(&gate, &mut payments, "order-2").await;
+    for _ in 0..200 {
+        let endpoint = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap().into_inner();
+        if endpoint.disabled_at.is_some() {
+            assert!(endpoint.disabled_reason.contains("410"));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("410 did not disable the endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_survive_a_receiver_outage_across_a_paygate_restart() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let port = receiver.port;
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    drop(receiver); // down
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let payment_id = checkout_and_pay(&gate, &mut payments, "order-1").await;
+    for _ in 0..200 {
+        if deliveries(&mut hooks).await[0].attempts.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let failing = deliveries(&mut hooks).await.remove(0);
+    assert_eq!(failing.status, WebhookDeliveryStatus::Pending as i32);
+    assert!(failing.attempts.iter().all(|a| a.status_code == 0 && !a.error.is_empty()), "{failing:?}");
+    assert!(failing.next_attempt_at.is_some());
+    drop(gate); // paygate goes down too
+
+    let receiver = Receiver::start(port);
+    receiver.trust(&[&secret]).await;
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let received = receiver.wait_for(1).await;
+    assert_eq!(
+        (received[0]["payment_id"].as_str(), received[0]["type"].as_str()),
+        (Some(payment_id.as_str()), Some("payment.paid"))
+    );
+    drop(gate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deliver_each_event_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate_a = Paygate::start(&db, &FAST_RETRIES);
+    let gate_b = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate_a, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &["payment.paid"]).await;
+    receiver.trust(&[&secret]).await;
+    gate_a.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut on_a = gate_a.payments(&api_key).await;
+    let mut on_b = gate_b.payments(&api_key).await;
+    let mut paid = Vec::new();
+    for n in 0..20 {
+        let (gate, client) = if n % 2 == 0 { (&gate_a, &mut on_a) } else { (&gate_b, &mut on_b) };
+        paid.push(checkout_and_pay(gate, client, &format!("order-{n}")).await);
+    }
+    receiver.wait_for(20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // room for any duplicate to show up
+    let received = receiver.received().await["received"].as_array().cloned().unwrap();
+    let mut ids: Vec<&str> = received.iter().map(|r| r["webhook_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((received.len(), ids.len()), (20, 20), "each event delivered once");
+    let mut got: Vec<&str> = received.iter().map(|r| r["payment_id"].as_str().unwrap()).collect();
+    got.sort();
+    let mut want: Vec<&str> = paid.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_targets_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    for url in
+        ["http://127.0.0.1:9/hook", "http://10.0.0.7/hook", "http://169.254.169.254/latest", "http://localhost/x"]
+    {
+        let status = hooks
+            .set_webhook_endpoint(pb::SetWebhookEndpointRequest { url: url.into(), event_types: vec![] })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{url}");
+        assert!(status.message().contains("url"), "{}", status.message());
+    }
+    let status = hooks
+        .set_webhook_endpoint(pb::SetWebhookEndpointRequest {
+            url: "https://hooks.example.com/x".into(),
+            event_types: vec!["payment.teleported".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("event_types[0]"));
+    let status = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "nothing was stored");
+}
