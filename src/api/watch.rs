@@ -1,9 +1,8 @@
 //! WatchPayments and ListPaymentEvents: the event log as a live stream and as pages.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
 use tonic::Status;
 
 use super::convert;
@@ -11,7 +10,7 @@ use crate::{
     error::Violations,
     events::{
         Event, Filter, Hub, Position,
-        hub::{Ended, SubscribeError},
+        hub::{Ended, SubscribeError, Subscription},
         log,
     },
     merchants::Caller,
@@ -20,7 +19,7 @@ use crate::{
     store::Db,
 };
 
-pub type EventStream = ReceiverStream<Result<pb::PaymentEvent, Status>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 
 const REPLAY_PAGE: u32 = 500;
 pub const MAX_FILTER_IDS: usize = 1000;
@@ -73,77 +72,123 @@ pub fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest
         merchant_uids: r.merchant_uids.iter().cloned().collect(),
         statuses,
     };
-    let mut subscription = hub.subscribe(&caller.merchant_id, filter.clone()).map_err(|e| match e {
+    let subscription = hub.subscribe(&caller.merchant_id, filter.clone()).map_err(|e| match e {
         SubscribeError::Closed => Status::unavailable(e.to_string()),
         SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
     })?;
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let start = subscription.start;
-        let mut last = resume_after.unwrap_or(start);
-        // 1. What happened before the subscription started: replay, or current state.
-        if let Some(cursor) = resume_after {
-            let mut position = cursor;
-            'replay: while position < start {
-                let events = match log::read_after(&db, position, REPLAY_PAGE).await {
-                    Ok((events, _)) => events,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::unavailable(format!("cannot read the event log: {e}")))).await;
-                        return;
-                    }
-                };
-                if events.is_empty() {
-                    break;
-                }
-                for event in &events {
-                    if event.position > start {
-                        break 'replay;
-                    }
-                    position = event.position;
-                    if filter.matches(event) {
-                        if tx.send(Ok(to_proto(event))).await.is_err() {
-                            return;
+    let start = subscription.start;
+    let phase = match resume_after {
+        Some(cursor) => Phase::Replay(cursor),
+        None => Phase::Snapshots(0),
+    };
+    let state = Watch {
+        db,
+        merchant_id: caller.merchant_id,
+        filter,
+        payment_ids: r.payment_ids,
+        subscription,
+        start,
+        last: resume_after.unwrap_or(start),
+        pending: VecDeque::new(),
+        phase,
+    };
+    // A stream straight over the hub's receiver: no task and no second buffer per stream.
+    Ok(Box::pin(futures_util::stream::unfold(state, Watch::next)))
+}
+
+enum Phase {
+    /// Replaying the log after this position, up to the subscription's start.
+    Replay(Position),
+    /// Sending the current state of the n-th requested payment.
+    Snapshots(usize),
+    Live,
+    Ended,
+}
+
+struct Watch {
+    db: Db,
+    merchant_id: String,
+    filter: Filter,
+    payment_ids: Vec<String>,
+    subscription: Subscription,
+    start: Position,
+    /// The cursor to resume after: the last event sent.
+    last: Position,
+    pending: VecDeque<(Position, pb::PaymentEvent)>,
+    phase: Phase,
+}
+
+impl Watch {
+    async fn next(mut self) -> Option<(Result<pb::PaymentEvent, Status>, Self)> {
+        loop {
+            if let Some((position, event)) = self.pending.pop_front() {
+                self.last = position;
+                return Some((Ok(event), self));
+            }
+            match self.phase {
+                Phase::Ended => return None,
+                Phase::Replay(position) if position >= self.start => self.phase = Phase::Live,
+                Phase::Replay(position) => match log::read_after(&self.db, position, REPLAY_PAGE).await {
+                    Ok((events, _)) if events.is_empty() => self.phase = Phase::Live,
+                    Ok((events, _)) => {
+                        let mut reached = position;
+                        for event in events.iter().take_while(|e| e.position <= self.start) {
+                            reached = event.position;
+                            if self.filter.matches(event) {
+                                self.pending.push_back((event.position, to_proto(event)));
+                            }
                         }
-                        last = event.position;
+                        self.phase = if reached == position { Phase::Live } else { Phase::Replay(reached) };
                     }
+                    Err(e) => {
+                        self.phase = Phase::Ended;
+                        return Some((Err(Status::unavailable(format!("cannot read the event log: {e}"))), self));
+                    }
+                },
+                Phase::Snapshots(n) if n >= self.payment_ids.len() => self.phase = Phase::Live,
+                Phase::Snapshots(n) => {
+                    self.phase = Phase::Snapshots(n + 1);
+                    let Ok(payment) =
+                        repo::get(&self.db, &self.merchant_id, Lookup::PaymentId(&self.payment_ids[n])).await
+                    else {
+                        continue;
+                    };
+                    if !self.filter.statuses.is_empty() && !self.filter.statuses.contains(&payment.status) {
+                        continue;
+                    }
+                    let snapshot = pb::PaymentEvent {
+                        event_id: self.start.to_string(),
+                        kind: "payment.snapshot".into(),
+                        created_at: Some(convert::timestamp(payment.updated_at)),
+                        payment: Some(convert::payment(payment)),
+                        snapshot: true,
+                    };
+                    self.pending.push_back((self.start, snapshot));
                 }
-            }
-        } else {
-            for payment_id in &r.payment_ids {
-                let Ok(payment) = repo::get(&db, &caller.merchant_id, Lookup::PaymentId(payment_id)).await else {
-                    continue;
-                };
-                if !filter.statuses.is_empty() && !filter.statuses.contains(&payment.status) {
-                    continue;
-                }
-                let snapshot = pb::PaymentEvent {
-                    event_id: start.to_string(),
-                    kind: "payment.snapshot".into(),
-                    created_at: Some(convert::timestamp(payment.updated_at)),
-                    payment: Some(convert::payment(payment)),
-                    snapshot: true,
-                };
-                if tx.send(Ok(snapshot)).await.is_err() {
-                    return;
-                }
+                Phase::Live => match self.subscription.rx.recv().await {
+                    // A cursor from a replica that was ahead of this one: skip what the client has.
+                    Some(event) if event.position <= self.last => continue,
+                    Some(event) => {
+                        self.last = event.position;
+                        return Some((Ok(to_proto(&event)), self));
+                    }
+                    None => {
+                        self.phase = Phase::Ended;
+                        let last = self.last;
+                        let status = match self.subscription.ended() {
+                            Some(Ended::Lagged) => Status::resource_exhausted(format!(
+                                "the stream fell behind and was ended; reconnect with resume_after={last}"
+                            )),
+                            _ => Status::unavailable(format!(
+                                "the server is shutting down; reconnect with resume_after={last}"
+                            )),
+                        };
+                        return Some((Err(status), self));
+                    }
+                },
             }
         }
-        // 2. Live: everything after `start`.
-        while let Some(event) = subscription.rx.recv().await {
-            if tx.send(Ok(to_proto(&event))).await.is_err() {
-                return; // the client went away
-            }
-            last = event.position;
-        }
-        let status = match subscription.ended() {
-            Some(Ended::Lagged) => Status::resource_exhausted(format!(
-                "the stream fell behind and was ended; reconnect with resume_after={last}"
-            )),
-            _ => Status::unavailable(format!("the server is shutting down; reconnect with resume_after={last}")),
-        };
-        let _ = tx.send(Err(status)).await;
-    });
-    Ok(ReceiverStream::new(rx))
+    }
 }
 
 pub async fn list(

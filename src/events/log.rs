@@ -19,10 +19,7 @@ const COLUMNS: &str = "event_id, txid, kind, snapshot, detail, created_at";
 /// Events after `after`, oldest first, at most `limit`. The flag is true when committed events
 /// were held back behind a still-running transaction (read again soon).
 pub async fn read_after(db: &Db, after: Position, limit: u32) -> Result<(Vec<Event>, bool), PaymentError> {
-    let horizon = match db.backend() {
-        Backend::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        Backend::Sqlite => "9223372036854775807",
-    };
+    let horizon = horizon(db);
     let sql = format!(
         "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
          ORDER BY txid, event_id LIMIT $3"
@@ -34,8 +31,21 @@ pub async fn read_after(db: &Db, after: Position, limit: u32) -> Result<(Vec<Eve
         .fetch_all(db.pool())
         .await
         .map_err(StoreError::from)?;
+    below_horizon(&rows)
+}
+
+/// SQL for the horizon: the oldest transaction still running (everything older has ended).
+fn horizon(db: &Db) -> &'static str {
+    match db.backend() {
+        Backend::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        Backend::Sqlite => "9223372036854775807",
+    }
+}
+
+/// The rows in order up to the first one at or above the horizon; true if any were held back.
+fn below_horizon(rows: &[AnyRow]) -> Result<(Vec<Event>, bool), PaymentError> {
     let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let horizon: i64 = row.try_get("horizon").map_err(StoreError::from)?;
         let event = from_row(row)?;
         if event.position.txid >= horizon {
@@ -70,10 +80,7 @@ pub async fn list(
     after: Position,
     limit: u32,
 ) -> Result<(Vec<Event>, bool), PaymentError> {
-    let horizon = match db.backend() {
-        Backend::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        Backend::Sqlite => "9223372036854775807",
-    };
+    let horizon = horizon(db);
     let payment_clause = if payment_id.is_some() { "AND payment_id = $5" } else { "" };
     let sql = format!(
         "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
@@ -85,16 +92,7 @@ pub async fn list(
         query = query.bind(payment_id);
     }
     let rows = query.fetch_all(db.pool()).await.map_err(StoreError::from)?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let horizon: i64 = row.try_get("horizon").map_err(StoreError::from)?;
-        let event = from_row(row)?;
-        if event.position.txid >= horizon {
-            return Ok((events, true));
-        }
-        events.push(event);
-    }
-    Ok((events, false))
+    below_horizon(&rows)
 }
 
 fn from_row(row: &AnyRow) -> Result<Event, PaymentError> {

@@ -52,10 +52,12 @@ impl PaymentMethods {
                 providers::for_channel(&channel).payment_methods(&channel, country_code).await.map(Arc::new)
             })
             .await;
+        // A shared load's error is shared too: rebuild one of the same kind for this caller.
         loaded.map_err(|e: Arc<ProviderError>| match &*e {
-            ProviderError::Refused(message) => PaymentError::ProviderRefused(message.clone()),
-            ProviderError::Unreachable(d) | ProviderError::BadAnswer(d) => PaymentError::ProviderUnavailable(d.clone()),
-            ProviderError::Unsupported(d) => PaymentError::Provider(d.clone()),
+            ProviderError::Refused(m) => ProviderError::Refused(m.clone()).into(),
+            ProviderError::Unreachable(d) => ProviderError::Unreachable(d.clone()).into(),
+            ProviderError::BadAnswer(d) => ProviderError::BadAnswer(d.clone()).into(),
+            ProviderError::Unsupported(d) => ProviderError::Unsupported(d.clone()).into(),
         })
     }
 }

@@ -17,7 +17,7 @@ pub mod sweep;
 pub use model::Payment;
 pub use status::{PaymentOutcome, PaymentStatus};
 
-use crate::{channels::ChannelError, error::InvalidArgument, store::StoreError};
+use crate::{channels::ChannelError, error::InvalidArgument, providers::ProviderError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -49,4 +49,16 @@ pub enum PaymentError {
     Store(#[from] StoreError),
     #[error("stored payment is unreadable: {0}")]
     Corrupt(String),
+}
+
+/// What a provider's failure means to the caller: its refusal is a failed precondition (with its
+/// words); not reaching it, or not understanding its answer, is "unavailable, nothing changed".
+impl From<ProviderError> for PaymentError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Refused(message) => Self::ProviderRefused(message),
+            ProviderError::Unreachable(detail) | ProviderError::BadAnswer(detail) => Self::ProviderUnavailable(detail),
+            ProviderError::Unsupported(detail) => Self::Provider(detail),
+        }
+    }
 }

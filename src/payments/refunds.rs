@@ -20,7 +20,7 @@ use crate::{
     error::Violations,
     events,
     merchants::Caller,
-    providers::{self, ProviderError},
+    providers,
     store::{Db, StoreError, now_ms},
 };
 
@@ -139,13 +139,7 @@ async fn request(
         Err(problem) => {
             tracing::warn!(payment_id = %payment.payment_id, %problem, "refund ticket not accepted");
             release(db, &cancellation, &problem.to_string()).await?;
-            Err(match problem {
-                ProviderError::Refused(message) => PaymentError::ProviderRefused(message),
-                ProviderError::Unreachable(detail) | ProviderError::BadAnswer(detail) => {
-                    PaymentError::ProviderUnavailable(detail)
-                }
-                ProviderError::Unsupported(detail) => PaymentError::Provider(detail),
-            })
+            Err(problem.into())
         }
     }
 }

@@ -188,7 +188,7 @@ pub async fn cancel(
 ) -> Result<Subscription, PaymentError> {
     use crate::{
         payments::repo::{self, Lookup},
-        providers::{self, ProviderError},
+        providers,
         store::now_ms,
     };
     let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
@@ -202,11 +202,7 @@ pub async fn cancel(
         ));
     }
     let channel = channels.for_caller(caller, &sub.channel_key).await?;
-    providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await.map_err(|e| match e {
-        ProviderError::Refused(message) => PaymentError::ProviderRefused(message),
-        ProviderError::Unreachable(d) | ProviderError::BadAnswer(d) => PaymentError::ProviderUnavailable(d),
-        ProviderError::Unsupported(d) => PaymentError::Provider(d),
-    })?;
+    providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await?;
     let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
     let current = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
     let now = now_ms();

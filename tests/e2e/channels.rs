@@ -429,18 +429,3 @@ async fn replicas_share_channel_configs_through_redis_and_survive_its_outage() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
-/// Polls `check` for up to 10 s.
-async fn wait_until<F, Fut>(check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not met within 10 s");
-}

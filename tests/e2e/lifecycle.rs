@@ -442,18 +442,3 @@ async fn payment_methods_are_signed_and_cached() {
         .unwrap_err();
     assert!(status.message().contains("channel_key"));
 }
-
-/// Polls `check` for up to 10 s.
-async fn wait_until<F, Fut>(check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("condition not met within 10 s");
-}

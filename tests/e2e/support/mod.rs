@@ -576,3 +576,18 @@ impl Receiver {
         panic!("the receiver got fewer than {count} webhooks: {}", self.received().await);
     }
 }
+
+/// Polls `check` for up to 10 s.
+pub async fn wait_until<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not met within 10 s");
+}
