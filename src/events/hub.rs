@@ -212,17 +212,20 @@ impl Hub {
         };
         self.lock().position = start;
         loop {
-            tokio::select! {
-                _ = db.committed() => {
-                    if let Some(bridge) = &bridge {
-                        bridge.announce().await;
-                    }
-                }
-                _ = self.remote.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+            let local = tokio::select! {
+                _ = db.committed() => true,
+                _ = self.remote.notified() => false,
+                _ = tokio::time::sleep(poll) => false,
                 _ = stopped(&mut shutdown) => return,
-            }
-            if let Err(e) = self.catch_up(&db).await {
+            };
+            // Tell the other replicas while reading: local subscribers do not wait for Redis.
+            let announce = async {
+                if let (true, Some(bridge)) = (local, &bridge) {
+                    bridge.announce().await;
+                }
+            };
+            let (_, read) = tokio::join!(announce, self.catch_up(&db));
+            if let Err(e) = read {
                 tracing::warn!(error = %e, "event tailer could not read the log; will retry");
             }
         }

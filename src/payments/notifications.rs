@@ -97,33 +97,36 @@ const OUTCOME_UNMATCHED: &str = "unmatched";
 /// nothing is lost) and reported as an error, so the provider retries it.
 pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    if record_delivery(&mut tx, raw).await? {
+    if record_delivery(&mut tx, raw, &notice.payment_id).await? {
         tx.commit().await?;
         return Ok(Applied::Duplicate);
     }
     let result = apply(&mut tx, &raw.channel_key, notice).await;
-    let outcome = match &result {
-        Ok(_) => OUTCOME_APPLIED,
-        Err(NotificationError::UnknownPayment(_)) => OUTCOME_UNMATCHED,
+    match &result {
+        Ok(_) => {}
+        Err(NotificationError::UnknownPayment(_)) => mark_unmatched(&mut tx, raw).await?,
         Err(_) => return result, // rolled back on drop
-    };
-    sqlx::query(
-        "UPDATE pingbacks SET outcome = $1, payment_id = $2 WHERE channel_key = $3 AND ref = $4 AND type = $5 \
-         AND unique_ref = $6",
-    )
-    .bind(outcome)
-    .bind(&notice.payment_id)
-    .bind(&raw.channel_key)
-    .bind(&raw.provider_ref)
-    .bind(raw.kind)
-    .bind(&raw.unique_ref)
-    .execute(&mut *tx)
-    .await?;
+    }
     tx.commit().await?;
     if matches!(result, Ok(Applied::Changed { .. })) {
         db.signal_commit();
     }
     result
+}
+
+/// Kept for the record (and for the provider's retries), but it matched no payment.
+async fn mark_unmatched(conn: &mut AnyConnection, raw: &RawNotification) -> Result<(), NotificationError> {
+    sqlx::query(
+        "UPDATE pingbacks SET outcome = $1 WHERE channel_key = $2 AND ref = $3 AND type = $4 AND unique_ref = $5",
+    )
+    .bind(OUTCOME_UNMATCHED)
+    .bind(&raw.channel_key)
+    .bind(&raw.provider_ref)
+    .bind(raw.kind)
+    .bind(&raw.unique_ref)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Applies what paygate learned by asking the provider (no raw notification to keep).
@@ -138,11 +141,17 @@ pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Resul
 }
 
 /// Inserts the raw row or counts a repeat delivery. True when it was already applied.
-async fn record_delivery(conn: &mut AnyConnection, raw: &RawNotification) -> Result<bool, NotificationError> {
+async fn record_delivery(
+    conn: &mut AnyConnection,
+    raw: &RawNotification,
+    payment_id: &str,
+) -> Result<bool, NotificationError> {
     let now = now_ms();
+    // Written as applied: if applying fails, the transaction rolls back (or marks it unmatched).
     let inserted = sqlx::query(
-        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, received_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'received', $7, $7) ON CONFLICT (channel_key, ref, type, unique_ref) DO NOTHING",
+        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
+         received_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, 'applied', $7, $8, $8) \
+         ON CONFLICT (channel_key, ref, type, unique_ref) DO NOTHING",
     )
     .bind(format!("pb_{}", ulid::Ulid::new()))
     .bind(&raw.channel_key)
@@ -150,6 +159,7 @@ async fn record_delivery(conn: &mut AnyConnection, raw: &RawNotification) -> Res
     .bind(raw.kind)
     .bind(&raw.unique_ref)
     .bind(&raw.query)
+    .bind(payment_id)
     .bind(now)
     .execute(&mut *conn)
     .await?
