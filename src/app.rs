@@ -9,9 +9,9 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt;
 use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::{
@@ -201,7 +201,14 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             webhook_settings.allow_internal_targets,
             webhook_settings.rotation_overlap.as_millis() as i64,
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+        // Small stream frames go out at once, not after Nagle's delay.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let http_listener = http_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http =
         axum::serve(http_listener, ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stopped(stop_rx));
