@@ -157,8 +157,9 @@ async fn checkout(client: &mut Client, uid: &str) -> String {
     client.payments.create_checkout_session(request).await.unwrap().into_inner().payment_id
 }
 
-/// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each.
-async fn latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &str) -> Vec<Duration> {
+/// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each, and
+/// until the pingback itself was answered `OK` (its transaction committed).
+async fn latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &str) -> (Vec<Duration>, Vec<Duration>) {
     let http = reqwest::Client::new();
     let mut on_sender = connect(&sender.grpc, api_key).await;
     let mut on_receiver = connect(&receiver.grpc, api_key).await;
@@ -172,12 +173,14 @@ async fn latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &str) -> 
         }
     });
     let mut samples = Vec::new();
+    let mut answered = Vec::new();
     for n in 0..LATENCY_SAMPLES {
         let payment_id = checkout(&mut on_sender, &format!("{label}-{n}")).await;
         let url = pingback_url(sender, &payment_id, n + label.len() * 100_000);
         let sent = Instant::now();
         let response = http.get(url).send().await.unwrap();
         assert_eq!(response.text().await.unwrap(), "OK");
+        answered.push(sent.elapsed());
         loop {
             if let Some(at) = arrivals.lock().unwrap().get(&payment_id) {
                 samples.push(at.saturating_duration_since(sent));
@@ -188,7 +191,8 @@ async fn latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &str) -> 
     }
     reader.abort();
     samples.sort();
-    samples
+    answered.sort();
+    (samples, answered)
 }
 
 /// Opens `count` streams (100 per connection), measures the server's RSS growth and the time for
@@ -290,8 +294,8 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let baseline = insert_baseline(&db_url).await;
-    let same = latency(&a, &a, &api_key, "same").await;
-    let across = latency(&a, &b, &api_key, "across").await;
+    let (same, answered) = latency(&a, &a, &api_key, "same").await;
+    let (across, _) = latency(&a, &b, &api_key, "across").await;
     let (kib_1k, fan_1k) = fan_out(&b, &api_key, 1_000, "1k").await;
     let (kib_10k, fan_10k) = fan_out(&a, &api_key, 10_000, "10k").await;
 
@@ -301,6 +305,11 @@ async fn main() {
         "| baseline: bare single-row INSERT transaction (sqlx, same database) | {} | {} |",
         ms(percentile(&baseline, 0.5)),
         ms(percentile(&baseline, 0.99))
+    );
+    println!(
+        "| pingback answered `OK` (verify, transaction, commit) | {} | {} |",
+        ms(percentile(&answered, 0.5)),
+        ms(percentile(&answered, 0.99))
     );
     println!(
         "| pingback -> subscriber, same replica | {} | {} |",
