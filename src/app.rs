@@ -182,7 +182,11 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(ms(state.settings.http2_keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(state.settings.http2_keepalive_timeout_ms)))
-        .layer(AuthLayer::new(db.clone(), admin_token))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(api::metrics::MetricsLayer)
+                .layer(AuthLayer::new(db.clone(), admin_token)),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod channels;
 mod convert;
 pub mod merchants;
+pub mod metrics;
 pub mod payments;
 mod watch;
 pub mod webhooks;

@@ -31,6 +31,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let pool = state.db.pool();
+    let idle = pool.num_idle() as f64;
+    metrics::gauge!("paygate_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("paygate_db_pool_connections", "state" => "in_use").set(f64::from(pool.size()) - idle);
     match &state.metrics {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response(),

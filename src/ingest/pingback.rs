@@ -52,7 +52,28 @@ pub enum PingbackError {
     Corrupt(String),
 }
 
+/// The pingback's `type` as a metric label: only the types Paymentwall defines, else "other".
+fn pingback_type_label(query: &str) -> &'static str {
+    const TYPES: [&str; 10] = ["0", "1", "2", "12", "13", "14", "200", "201", "202", "203"];
+    let raw = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "type").map(|(_, v)| v.into_owned());
+    raw.and_then(|t| TYPES.iter().find(|known| **known == t).copied()).unwrap_or("other")
+}
+
 impl PingbackError {
+    /// The outcome label of `paygate_pingbacks_total`.
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            Self::UnknownChannel => "unknown_channel",
+            Self::SourceNotAllowed(_) => "source_not_allowed",
+            Self::Malformed(_) => "malformed",
+            Self::BadSignature | Self::SignVersionNotAccepted(_) => "bad_signature",
+            Self::TestOnLiveChannel => "test_on_live",
+            Self::PaymentNotFound => "unknown_payment",
+            Self::Timeout | Self::Busy | Self::Store(StoreError::Unavailable(_)) => "unavailable",
+            Self::Store(_) | Self::Channel(_) | Self::Corrupt(_) => "error",
+        }
+    }
+
     /// The one line the provider sees. Internal detail stays in the log.
     pub fn public_reason(&self) -> String {
         match self {
@@ -99,9 +120,17 @@ pub async fn paymentwall(
         "pingback", provider = "paymentwall", %channel_key, %source,
         pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty
     );
-    let work = handle(&state, &channel_key, source, query.unwrap_or_default());
+    let query = query.unwrap_or_default();
+    let pingback_type = pingback_type_label(&query);
+    let work = handle(&state, &channel_key, source, query);
     match tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await {
         Ok(Ok(applied)) => {
+            let outcome = match &applied {
+                Applied::Changed { .. } => "applied",
+                Applied::Unchanged => "unchanged",
+                Applied::Duplicate => "duplicate",
+            };
+            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => outcome).increment(1);
             span.in_scope(|| match &applied {
                 Applied::Changed { payment, event_id } => tracing::info!(
                     payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied"
@@ -112,6 +141,8 @@ pub async fn paymentwall(
             (StatusCode::OK, "OK").into_response()
         }
         Ok(Err(err)) => {
+            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => err.outcome_label())
+                .increment(1);
             span.in_scope(|| match &err {
                 PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
                     tracing::error!(error = %err, "pingback failed")
@@ -121,6 +152,7 @@ pub async fn paymentwall(
             err.into_response()
         }
         Err(_) => {
+            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => "timeout").increment(1);
             span.in_scope(|| tracing::warn!("pingback timed out"));
             PingbackError::Timeout.into_response()
         }

@@ -9,5 +9,6 @@ mod checkout;
 mod db_outage;
 mod event_log;
 mod lifecycle;
+mod operations;
 mod streams;
 mod webhooks;

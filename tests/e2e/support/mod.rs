@@ -591,3 +591,14 @@ where
     }
     panic!("condition not met within 10 s");
 }
+
+/// The value of one metric series (`name{labels} value`) whose labels include all of `labels`;
+/// 0 when the series does not exist yet.
+pub async fn metric_series(gate: &Paygate, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,69 @@
+//! Operations: Prometheus metrics move by exactly the requests made.
+
+use paygate::proto::v1 as pb;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_a_checkout_and_its_pingbacks() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+
+    let checkout = [("method", "paygate.v1.PaymentService/CreateCheckoutSession"), ("code", "0")];
+    let paid = [("type", "0"), ("outcome", "applied")];
+    let refused = [("type", "0"), ("outcome", "bad_signature")];
+    let before = (
+        metric_series(&gate, "paygate_grpc_requests_total", &checkout).await,
+        metric_series(&gate, "paygate_pingbacks_total", &paid).await,
+        metric_series(&gate, "paygate_pingbacks_total", &refused).await,
+        metric_series(&gate, "paygate_pingbacks_total", &[]).await,
+    );
+
+    // One checkout and its pingback, one forged pingback.
+    checkout_and_pay(&gate, &mut payments, "order-1").await;
+    let forged = signed_pingback_query(
+        &[("uid", "u"), ("goodsid", "pay_x"), ("slength", ""), ("speriod", ""), ("type", "0"), ("ref", "b1")],
+        "not-the-secret",
+        3,
+    );
+    let response =
+        http_client().get(format!("{}?{forged}", gate.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+
+    let after = (
+        metric_series(&gate, "paygate_grpc_requests_total", &checkout).await,
+        metric_series(&gate, "paygate_pingbacks_total", &paid).await,
+        metric_series(&gate, "paygate_pingbacks_total", &refused).await,
+        metric_series(&gate, "paygate_pingbacks_total", &[]).await,
+    );
+    assert_eq!(after.0 - before.0, 1.0, "one CreateCheckoutSession, code OK");
+    assert_eq!(after.1 - before.1, 1.0, "one pingback applied");
+    assert_eq!(after.2 - before.2, 1.0, "one pingback refused for its signature");
+    assert_eq!(after.3 - before.3, 2.0, "no other pingback counted");
+    let failed = [("method", "paygate.v1.PaymentService/GetPayment"), ("code", "5")];
+    let status = payments
+        .get_payment(pb::GetPaymentRequest {
+            lookup: Some(pb::get_payment_request::Lookup::PaymentId("pay_nope".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(
+        metric_series(&gate, "paygate_grpc_requests_total", &failed).await,
+        1.0,
+        "NOT_FOUND counted with code 5"
+    );
+    assert!(metric_series(&gate, "paygate_db_pool_connections", &[("state", "idle")]).await >= 0.0);
+    let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "paygate_grpc_request_duration_seconds_bucket",
+        "paygate_db_pool_connections",
+        "paygate_channel_cache_requests_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
