@@ -58,6 +58,8 @@ pub enum AppError {
     WrongMasterKey(String),
     #[error("PAYGATE_REDIS_URL: {0}")]
     Redis(#[from] RedisError),
+    #[error("the shutdown grace period ran out with work in flight")]
+    GraceExceeded,
 }
 
 /// What request handlers share.
@@ -152,7 +154,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         claim: ms(s.webhook_claim_ms),
         rotation_overlap: ms(s.webhook_secret_overlap_ms),
     };
-    Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
+    let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
     sweep::spawn(
         db.clone(),
         channels.clone(),
@@ -232,8 +234,17 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     hub.close();
     let _ = stop_tx.send(true);
 
-    let grpc_result = grpc.await.unwrap_or(Ok(()));
-    let http_result = http.await.unwrap_or(Ok(()));
+    // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
+    let grace = ms(state.settings.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
+        (grpc_result.unwrap_or(Ok(())), http_result.unwrap_or(Ok(())))
+    })
+    .await;
+    let Ok((grpc_result, http_result)) = drained else {
+        tracing::error!(grace_ms = state.settings.shutdown_grace_ms, "grace period over with work in flight; exiting");
+        return Err(AppError::GraceExceeded);
+    };
     db.close().await;
     grpc_result?;
     http_result.map_err(AppError::Http)?;

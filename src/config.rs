@@ -95,6 +95,8 @@ pub struct Settings {
     pub webhook_claim_ms: u64,
     /// How long the previous secret keeps signing after SetWebhookEndpoint made a new one.
     pub webhook_secret_overlap_ms: u64,
+    /// After SIGTERM: how long in-flight requests and deliveries may take before paygate exits anyway.
+    pub shutdown_grace_ms: u64,
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `paygate=debug,info`.
     pub log_level: String,
@@ -142,6 +144,7 @@ impl Default for Settings {
             webhook_poll_interval_ms: 250,
             webhook_claim_ms: 60_000,
             webhook_secret_overlap_ms: 24 * 3_600_000,
+            shutdown_grace_ms: 25_000,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
         }
@@ -184,6 +187,7 @@ struct PlainDefaults {
     webhook_poll_interval_ms: u64,
     webhook_claim_ms: u64,
     webhook_secret_overlap_ms: u64,
+    shutdown_grace_ms: u64,
     log_format: LogFormat,
     log_level: String,
 }
@@ -234,6 +238,7 @@ impl Settings {
             webhook_poll_interval_ms: d.webhook_poll_interval_ms,
             webhook_claim_ms: d.webhook_claim_ms,
             webhook_secret_overlap_ms: d.webhook_secret_overlap_ms,
+            shutdown_grace_ms: d.shutdown_grace_ms,
             log_format: d.log_format,
             log_level: d.log_level,
         }));

@@ -63,7 +63,8 @@ impl Dispatcher {
         Self { db, keys, http, settings }
     }
 
-    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until shutdown; a batch in flight finishes first.
+    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 // In-flight deliveries finish before the loop looks at the shutdown signal again.
@@ -72,12 +73,15 @@ impl Dispatcher {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "webhook dispatcher: cannot claim deliveries"),
                 }
+                if *shutdown.borrow() {
+                    return;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.poll_interval) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-        });
+        })
     }
 
     /// Claims and sends one batch; returns how many were attempted.

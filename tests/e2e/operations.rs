@@ -67,3 +67,66 @@ async fn metrics_count_exactly_a_checkout_and_its_pingbacks() {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_finishes_the_pingback_in_flight_and_exits_zero() {
+    use std::time::{Duration, Instant};
+
+    use crate::support::proxy::TcpProxy;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let target = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+    let proxy = TcpProxy::start(target.parse().unwrap()).await;
+    let proxied = db.url.replacen(&target, &proxy.addr.to_string(), 1);
+    let mut gate = Paygate::start(&db, &[("PAYGATE_DATABASE_URL", &proxied), ("PAYGATE_SHUTDOWN_GRACE_MS", "8000")]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
+    let mut stream = payments.watch_payments(pb::WatchPaymentsRequest::default()).await.unwrap().into_inner();
+
+    // A pingback stuck on the database when SIGTERM arrives.
+    let query = signed_pingback_query(
+        &[
+            ("uid", "user-40012"),
+            ("goodsid", &session.payment_id),
+            ("slength", ""),
+            ("speriod", ""),
+            ("type", "0"),
+            ("ref", "b-term"),
+            ("is_test", "1"),
+        ],
+        SECRET_KEY,
+        3,
+    );
+    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
+    proxy.freeze();
+    let in_flight = tokio::spawn(async move {
+        let response = http_client().get(url).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let pid = gate.process.pid();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+
+    // The open stream ends with UNAVAILABLE at once.
+    match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+        Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    // The database comes back: the pingback in flight finishes, committed, and is answered OK.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "OK"));
+    let exit = gate.process.terminate(Duration::from_secs(8)).expect("exits within the grace period");
+    assert!(exit.success(), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM payments WHERE status = 'PAID' AND payment_id = $1", &session.payment_id).await,
+        1
+    );
+}
