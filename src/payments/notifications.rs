@@ -182,11 +182,19 @@ async fn record_delivery(
 }
 
 async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
-    let current = match repo::get_in_tx(conn, &notice.payment_id).await? {
+    let mut current = match repo::get_in_tx(conn, &notice.payment_id).await? {
         // A notification signed with one channel's secret may only touch that channel's payments.
         Some(payment) if payment.channel_key == channel_key => payment,
         _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
     };
+    // A subscription's notifications all name its first payment (`goodsid`); one about a renewal
+    // carries the renewal's ref, so that payment is the one it concerns.
+    if current.subscription_id.is_some()
+        && current.provider_ref.as_deref().is_some_and(|r| r != notice.provider_ref)
+        && let Some(renewal) = repo::find_by_provider_ref(conn, channel_key, &notice.provider_ref).await?
+    {
+        current = renewal;
+    }
     match notice.event {
         ProviderEvent::Payment(outcome) => {
             let is_renewal = outcome == PaymentOutcome::Completed

@@ -64,7 +64,10 @@ async fn process_ticket(sim: Sim, params: Vec<(String, String)>) -> Response {
         state
             .sessions
             .values()
-            .find(|s| s.status == SessionStatus::Paid && s.reference.as_deref() == Some(reference.as_str()))
+            .find(|s| {
+                s.status == SessionStatus::Paid
+                    && (s.reference.as_deref() == Some(reference.as_str()) || s.renewal_refs.contains(&reference))
+            })
             .map(|s| s.session_id.clone())
     };
     let Some(session_id) = session_id else { return refuse("Transaction not found") };

@@ -314,6 +314,14 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
     let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.payments.len(), 3);
 
+    // Refunding a renewal reverses that renewal, not the subscription's first payment (the type 2
+    // names the first payment as goodsid and the renewal by its ref).
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("gold-monthly/renewal/2".into()));
+    let second = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
+    w.payments.refund_payment(refund(&second.payment_id, None, "")).await.unwrap();
+    wait_for_status(&mut w.payments, &second.payment_id, PaymentStatus::Cancelled).await;
+    assert_eq!(get_payment(&mut w.payments, &session.payment_id).await.status, PaymentStatus::Paid as i32);
+
     // Cancel: the ticket asks Paymentwall to stop billing; its type 12 ends the subscription.
     let cancel =
         pb::CancelSubscriptionRequest { subscription_id: session.subscription_id.clone(), reason: "downgrade".into() };
@@ -329,7 +337,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
         }
     })
     .await;
-    assert_eq!(w.tickets().await, 1, "asking again after it ended sends nothing");
+    assert_eq!(w.tickets().await, 2, "one refund ticket, one stop-billing ticket; asking again sends nothing");
     let status = w
         .payments
         .cancel_subscription(pb::CancelSubscriptionRequest {
