@@ -60,6 +60,8 @@ pub enum AppError {
     Redis(#[from] RedisError),
     #[error("the shutdown grace period ran out with work in flight")]
     GraceExceeded,
+    #[error("event log: {0}")]
+    Events(String),
 }
 
 /// What request handlers share.
@@ -136,8 +138,14 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     cache.spawn_background(stop_rx.clone());
     let s = &state.settings;
-    providers::init_http(ms(s.provider_connect_timeout_ms), ms(s.provider_timeout_ms));
+    providers::init_http(
+        ms(s.provider_connect_timeout_ms),
+        ms(s.provider_timeout_ms),
+        s.provider_allow_private_targets,
+    );
     let hub = Hub::new(s.stream_buffer, s.max_streams_per_merchant);
+    // Before serving: a stream resuming now must not start from an unset position.
+    hub.start_at_head(&db).await.map_err(|e| AppError::Events(e.to_string()))?;
     let bridge = state.redis.clone().map(Bridge::new);
     if let Some(bridge) = &bridge {
         bridge.spawn_listener(hub.clone(), stop_rx.clone());
@@ -151,7 +159,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         retry_max: ms(s.webhook_retry_max_ms),
         retry_window: ms(s.webhook_retry_window_ms),
         poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
-        claim: ms(s.webhook_claim_ms),
+        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
+        claim: ms(s.webhook_claim_ms.max(2 * s.webhook_timeout_ms + s.webhook_connect_timeout_ms)),
         rotation_overlap: ms(s.webhook_secret_overlap_ms),
     };
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());

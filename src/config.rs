@@ -62,6 +62,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
     pub pingback_timeout_ms: u64,
+    /// Let provider API calls (a channel's `api_base_url`) reach loopback, private and link-local
+    /// addresses: for the simulator in tests and local runs.
+    pub provider_allow_private_targets: bool,
     /// Outgoing provider API calls: connect timeout and whole-request timeout.
     pub provider_connect_timeout_ms: u64,
     pub provider_timeout_ms: u64,
@@ -122,6 +125,7 @@ impl Default for Settings {
             admin_token: None,
             trusted_proxies: Vec::new(),
             pingback_timeout_ms: 10_000,
+            provider_allow_private_targets: false,
             provider_connect_timeout_ms: 3_000,
             provider_timeout_ms: 10_000,
             idempotency_lease_ms: 30_000,
@@ -165,6 +169,7 @@ struct PlainDefaults {
     channel_cache_ttl_ms: u64,
     channel_cache_capacity: u64,
     pingback_timeout_ms: u64,
+    provider_allow_private_targets: bool,
     provider_connect_timeout_ms: u64,
     provider_timeout_ms: u64,
     idempotency_lease_ms: u64,
@@ -216,6 +221,7 @@ impl Settings {
             channel_cache_ttl_ms: d.channel_cache_ttl_ms,
             channel_cache_capacity: d.channel_cache_capacity,
             pingback_timeout_ms: d.pingback_timeout_ms,
+            provider_allow_private_targets: d.provider_allow_private_targets,
             provider_connect_timeout_ms: d.provider_connect_timeout_ms,
             provider_timeout_ms: d.provider_timeout_ms,
             idempotency_lease_ms: d.idempotency_lease_ms,

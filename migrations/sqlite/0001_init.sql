@@ -92,6 +92,8 @@ CREATE TABLE cancellations (
     status          TEXT NOT NULL, -- REQUESTED, SUCCEEDED, FAILED
     provider_reason BIGINT,        -- Paymentwall's reason code on the type 2 pingback
     failure         TEXT,
+    -- When the provider accepted the refund ticket; a reversal confirms accepted requests first.
+    ticket_accepted_at BIGINT,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
     completed_at    BIGINT

@@ -29,7 +29,7 @@ use crate::store::{
 
 const INVALIDATION_CHANNEL: &str = "channels:invalidate";
 /// Redis copies expire on their own too, bounding anything a lost write-through leaves behind.
-const REDIS_TTL: Duration = Duration::from_secs(600);
+const REDIS_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct ChannelCache {
@@ -43,6 +43,8 @@ struct Inner {
     redis: Option<RedisHandle>,
     /// Channel keys whose write-through or announcement failed; replayed when Redis answers.
     pending: Mutex<HashSet<String>>,
+    /// Counts invalidations: a load that saw one happen meanwhile does not keep its result.
+    invalidations: std::sync::atomic::AtomicU64,
 }
 
 /// A tombstone in Redis for an erased channel, so a slow reader cannot put the old row back.
@@ -55,7 +57,16 @@ struct Tombstone {
 impl ChannelCache {
     pub fn new(db: Db, keys: Arc<MasterKeys>, redis: Option<RedisHandle>, ttl: Duration, capacity: u64) -> Self {
         let local = Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
-        Self { inner: Arc::new(Inner { db, keys, local, redis, pending: Mutex::new(HashSet::new()) }) }
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                local,
+                redis,
+                pending: Mutex::new(HashSet::new()),
+                invalidations: Default::default(),
+            }),
+        }
     }
 
     pub fn keys(&self) -> &MasterKeys {
@@ -75,8 +86,10 @@ impl ChannelCache {
         metrics::counter!("paygate_channel_cache_requests_total", "result" => "miss").increment(1);
         let inner = self.inner.clone();
         let key = channel_key.to_owned();
+        let seen = self.inner.invalidations.load(std::sync::atomic::Ordering::SeqCst);
         // Concurrent misses for one key share this single load.
-        self.inner
+        let loaded = self
+            .inner
             .local
             .try_get_with(channel_key.to_owned(), async move {
                 let started = Instant::now();
@@ -85,12 +98,25 @@ impl ChannelCache {
                 result
             })
             .await
-            .map_err(|e| ChannelError::clone_shared(&e))
+            .map_err(|e| ChannelError::clone_shared(&e));
+        // An invalidation raced the load: the result may predate the write, so it is not kept.
+        if self.inner.invalidations.load(std::sync::atomic::Ordering::SeqCst) != seen {
+            self.inner.local.invalidate(channel_key).await;
+        }
+        loaded
+    }
+
+    async fn drop_local(&self, channel_key: Option<&str>) {
+        self.inner.invalidations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match channel_key {
+            Some(key) => self.inner.local.invalidate(key).await,
+            None => self.inner.local.invalidate_all(),
+        }
     }
 
     /// After a committed write: drop the local copy, write through to Redis, tell every replica.
     pub async fn written(&self, stored: Option<&StoredChannel>, channel_key: &str) {
-        self.inner.local.invalidate(channel_key).await;
+        self.drop_local(Some(channel_key)).await;
         metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "write").increment(1);
         if let Err(e) = self.inner.announce(channel_key, stored).await {
             tracing::warn!(%channel_key, error = %e, "channel change not shared through redis yet; will replay");
@@ -127,20 +153,20 @@ impl ChannelCache {
                 Ok(pubsub) => {
                     backoff = Duration::from_millis(100);
                     // Announcements may have been missed while unsubscribed.
-                    self.inner.local.invalidate_all();
+                    self.drop_local(None).await;
                     metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "resync").increment(1);
                     metrics::gauge!("paygate_channel_cache_subscribed").set(1.0);
                     tracing::info!("channel cache: following invalidations");
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
                         if let Ok(channel_key) = message.get_payload::<String>() {
-                            self.inner.local.invalidate(&channel_key).await;
+                            self.drop_local(Some(&channel_key)).await;
                             metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "remote")
                                 .increment(1);
                         }
                     }
                     metrics::gauge!("paygate_channel_cache_subscribed").set(0.0);
-                    self.inner.local.invalidate_all();
+                    self.drop_local(None).await;
                     tracing::warn!("channel cache: invalidation subscription lost; serving from the database");
                 }
                 Err(e) => tracing::debug!(error = %e, "channel cache: cannot subscribe yet"),

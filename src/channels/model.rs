@@ -199,7 +199,11 @@ pub(crate) fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Op
         pw.api_base_url.trim_end_matches('/').to_owned()
     };
     match url::Url::parse(&api_base_url) {
-        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() => {}
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() => {
+            if let Err(problem) = crate::providers::check_base_url(&api_base_url) {
+                v.add("paymentwall.api_base_url", problem);
+            }
+        }
         _ => v.add("paymentwall.api_base_url", "must be an absolute http(s) URL without a query"),
     }
     Some(PaymentwallConfig {

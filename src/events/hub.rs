@@ -174,11 +174,12 @@ impl Hub {
     /// Hands events (in log order) to every matching subscriber and advances the hub's position.
     fn deliver(&self, events: &[Arc<Event>]) {
         let mut state = self.lock();
-        let mut lagged = Vec::new();
+        // Once a subscriber misses an event it gets nothing more: it resumes from its cursor.
+        let mut lagged: HashSet<u64> = HashSet::new();
         for event in events {
             for (id, sub) in &state.subscribers {
-                if sub.filter.matches(event) && sub.tx.try_send(event.clone()).is_err() {
-                    lagged.push(*id);
+                if !lagged.contains(id) && sub.filter.matches(event) && sub.tx.try_send(event.clone()).is_err() {
+                    lagged.insert(*id);
                 }
             }
             state.position = event.position;
@@ -193,7 +194,14 @@ impl Hub {
         metrics::counter!("paygate_events_delivered_total").increment(events.len() as u64);
     }
 
-    /// The tailer: starts at the head of the log and follows it until shutdown.
+    /// Sets where live delivery starts (the head of the log). Must run before the first subscriber.
+    pub async fn start_at_head(&self, db: &Db) -> Result<(), crate::payments::PaymentError> {
+        let head = log::head(db).await?;
+        self.lock().position = head;
+        Ok(())
+    }
+
+    /// The tailer: follows the log from the position set by `start_at_head` until shutdown.
     pub async fn run(
         self: Arc<Self>,
         db: Db,
@@ -201,16 +209,6 @@ impl Hub {
         poll: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let start = loop {
-            match log::head(&db).await {
-                Ok(position) => break position,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event tailer cannot read the log yet");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
-        self.lock().position = start;
         loop {
             let local = tokio::select! {
                 _ = db.committed() => true,

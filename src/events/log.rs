@@ -56,20 +56,21 @@ fn below_horizon(rows: &[AnyRow]) -> Result<(Vec<Event>, bool), PaymentError> {
     Ok((events, false))
 }
 
-/// The position of the newest event a reader may take now (the start for "from now on").
+/// The position of the newest event a reader may take now: everything up to it is complete, and
+/// anything that commits later sorts after it. One query.
 pub async fn head(db: &Db) -> Result<Position, PaymentError> {
-    let mut position = Position::default();
-    loop {
-        let (events, held_back) = read_after(db, position, 1000).await?;
-        match events.last() {
-            Some(last) => position = last.position,
-            None if held_back => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
-            None => return Ok(position),
-        }
-        if events.len() < 1000 && !held_back {
-            return Ok(position);
-        }
-    }
+    let sql = format!(
+        "SELECT txid, event_id FROM payment_events WHERE txid < {} ORDER BY txid DESC, event_id DESC LIMIT 1",
+        horizon(db)
+    );
+    let row = sqlx::query(&sql).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
+    Ok(match row {
+        Some(row) => Position {
+            txid: row.try_get("txid").map_err(StoreError::from)?,
+            id: row.try_get("event_id").map_err(StoreError::from)?,
+        },
+        None => Position::default(),
+    })
 }
 
 /// A page of one merchant's (and its sub-merchants') events after `after`, optionally of one payment.

@@ -112,6 +112,32 @@ pub async fn get(conn: &mut AnyConnection, cancellation_id: &str) -> Result<Opti
     row.as_ref().map(from_row).transpose()
 }
 
+/// Records that the provider accepted the cancellation's ticket.
+pub async fn accepted(conn: &mut AnyConnection, cancellation_id: &str, at: i64) -> Result<(), PaymentError> {
+    sqlx::query(
+        "UPDATE cancellations SET ticket_accepted_at = $1 WHERE cancellation_id = $2 AND ticket_accepted_at IS NULL",
+    )
+    .bind(at)
+    .bind(cancellation_id)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Requested cancellations of a payment, those whose ticket the provider accepted first, then by age.
+pub async fn requested(conn: &mut AnyConnection, payment_id: &str) -> Result<Vec<Cancellation>, PaymentError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM cancellations WHERE payment_id = $1 AND status = 'REQUESTED' \
+         ORDER BY CASE WHEN ticket_accepted_at IS NULL THEN 1 ELSE 0 END, created_at, cancellation_id"
+    ))
+    .bind(payment_id)
+    .fetch_all(conn)
+    .await
+    .map_err(StoreError::from)?;
+    rows.iter().map(from_row).collect()
+}
+
 /// A payment's cancellations, oldest first.
 pub async fn for_payment(conn: &mut AnyConnection, payment_id: &str) -> Result<Vec<Cancellation>, PaymentError> {
     let rows = sqlx::query(&format!(

@@ -114,11 +114,12 @@ pub async fn finish(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(),
     Ok(())
 }
 
-/// Forgets a key whose request failed, so a retry runs it again.
+/// Forgets a key whose request failed before it made anything, so a retry runs it again. A key
+/// that already made a resource stays: a retry takes it over and finishes that resource.
 pub async fn release(db: &Db, key: &Key<'_>) {
     let result = sqlx::query(
         "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND operation = $2 AND idempotency_key = $3 \
-         AND state = 'in_progress'",
+         AND state = 'in_progress' AND resource_id IS NULL",
     )
     .bind(key.merchant_id)
     .bind(key.operation)

@@ -207,8 +207,9 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
         ProviderEvent::RefundConfirmed => {
             let mut applied = Applied::Unchanged;
             let mut payment = current;
+            // The status API says "refunded", not how much: each request counts with its own amount.
             while payment.pending_cancel_amount > 0 {
-                applied = reverse(conn, &payment, notice, 9).await?;
+                applied = reverse(conn, &payment, notice, 10).await?;
                 match &applied {
                     Applied::Changed { payment: p, .. } => payment = (**p).clone(),
                     _ => break,

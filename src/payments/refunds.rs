@@ -20,7 +20,7 @@ use crate::{
     error::Violations,
     events,
     merchants::Caller,
-    providers,
+    providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},
 };
 
@@ -136,6 +136,14 @@ async fn request(
             let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
             cancellations::get(&mut conn, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)
         }
+        Err(ProviderError::BadAnswer(detail)) => {
+            // The ticket may have been accepted: releasing the amount could refund it twice. It
+            // stays requested; the provider's notification (or the sweep) settles it.
+            tracing::warn!(payment_id = %payment.payment_id, %detail, "refund ticket outcome unknown; kept as requested");
+            mark_pending(db, &cancellation, key).await?;
+            let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+            cancellations::get(&mut conn, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)
+        }
         Err(problem) => {
             tracing::warn!(payment_id = %payment.payment_id, %problem, "refund ticket not accepted");
             release(db, &cancellation, &problem.to_string()).await?;
@@ -222,6 +230,9 @@ async fn mark_pending(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>
         let still_requested = cancellations::get(&mut tx, &cancellation.cancellation_id)
             .await?
             .is_some_and(|c| c.status == CancellationStatus::Requested);
+        if still_requested {
+            cancellations::accepted(&mut tx, &cancellation.cancellation_id, now_ms()).await?;
+        }
         if still_requested && current.status != PaymentStatus::CancelPending {
             let mut next = current.next_version(now_ms());
             next.status = PaymentStatus::CancelPending;
@@ -258,10 +269,22 @@ async fn release(db: &Db, cancellation: &Cancellation, failure: &str) -> Result<
         }
         let mut next = current.next_version(now);
         next.pending_cancel_amount -= cancellation.amount_minor.unwrap_or_default();
+        // Waiting for nothing any more: a payment partly refunded meanwhile shows it.
+        let settled =
+            next.pending_cancel_amount == 0 && next.status == PaymentStatus::CancelPending && next.cancelled_amount > 0;
+        if settled {
+            next.status = PaymentStatus::PartialCancelled;
+        }
         if !repo::update(&mut tx, &next).await? {
             continue;
         }
+        if settled {
+            events::append(&mut tx, &next, "payment.partially_cancelled", Some(&events::detail(&failed))).await?;
+        }
         tx.commit().await.map_err(StoreError::from)?;
+        if settled {
+            db.signal_commit();
+        }
         return Ok(());
     }
     Err(PaymentError::Concurrent)
@@ -295,23 +318,30 @@ pub async fn apply_reversal(
         return Ok(None);
     }
     let now = now_ms();
-    let all = cancellations::for_payment(conn, &current.payment_id).await?;
-    let pending: Vec<&Cancellation> = all.iter().filter(|c| c.status == CancellationStatus::Requested).collect();
+    let pending = cancellations::requested(conn, &current.payment_id).await?;
+    let pending: Vec<&Cancellation> = pending.iter().collect();
     let mut next = current.next_version(now);
     let completed;
     if matches!(reason, 9 | 10) && !pending.is_empty() {
-        let request = pending[0];
-        let amount = request.amount_minor.unwrap_or_default();
-        completed = Cancellation {
-            status: CancellationStatus::Succeeded,
-            provider_reason: Some(i64::from(reason)),
-            updated_at: now,
-            completed_at: Some(now),
-            ..request.clone()
-        };
-        cancellations::finish(conn, &completed).await?;
-        next.pending_cancel_amount -= amount;
-        next.cancelled_amount += amount;
+        // Reason 10 confirms one request (accepted tickets first); reason 9 says everything
+        // requested was refunded.
+        let confirmed = if reason == 9 { &pending[..] } else { &pending[..1] };
+        let mut last = None;
+        for request in confirmed {
+            let amount = request.amount_minor.unwrap_or_default();
+            let done = Cancellation {
+                status: CancellationStatus::Succeeded,
+                provider_reason: Some(i64::from(reason)),
+                updated_at: now,
+                completed_at: Some(now),
+                ..(*request).clone()
+            };
+            cancellations::finish(conn, &done).await?;
+            next.pending_cancel_amount -= amount;
+            next.cancelled_amount += amount;
+            last = Some(done);
+        }
+        completed = last.expect("at least one request confirmed");
     } else if reason == 10 && matches!(current.status, S::Paid | S::PartialCancelled | S::CancelPending) {
         completed = new_reversal(current, None, reason, now);
         cancellations::insert(conn, &completed).await?;

@@ -210,7 +210,14 @@ pub async fn cancel(
     if !update(&mut tx, &current, &requested).await? {
         return Err(PaymentError::Concurrent);
     }
-    crate::events::append(&mut tx, &initial, "subscription.cancel_requested", Some(&crate::events::detail(&requested)))
+    // Writing the payment row orders this event after (or before) any pingback on the payment.
+    let payment =
+        crate::payments::repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
+    let payment = payment.next_version(now);
+    if !crate::payments::repo::update(&mut tx, &payment).await? {
+        return Err(PaymentError::Concurrent);
+    }
+    crate::events::append(&mut tx, &payment, "subscription.cancel_requested", Some(&crate::events::detail(&requested)))
         .await?;
     tx.commit().await.map_err(StoreError::from)?;
     db.signal_commit();

@@ -19,11 +19,12 @@ pub enum ProviderError {
     /// The provider answered and said no; its words are in the message.
     #[error("the provider refused: {0}")]
     Refused(String),
-    /// The provider could not be reached; nothing was done there.
+    /// The provider could not be reached; the request never arrived, so nothing was done there.
     #[error("the provider cannot be reached: {0}")]
     Unreachable(String),
-    /// The provider answered something paygate does not understand.
-    #[error("unexpected answer from the provider: {0}")]
+    /// The request went out but no clear answer came back (timeout, an answer paygate does not
+    /// understand): the provider may or may not have acted on it.
+    #[error("no clear answer from the provider: {0}")]
     BadAnswer(String),
 }
 
@@ -88,23 +89,38 @@ pub fn for_channel(channel: &Channel) -> &'static dyn Provider {
 
 static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
 
-/// Sets the timeouts of outgoing provider calls (once, at start-up; later calls keep the first).
-pub fn init_http(connect_timeout: Duration, total_timeout: Duration) {
-    let _ = HTTP.set(build_http(connect_timeout, total_timeout));
+/// Sets the timeouts of outgoing provider calls, and whether they may reach internal addresses
+/// (a channel's `api_base_url` is merchant input). Once, at start-up.
+pub fn init_http(connect_timeout: Duration, total_timeout: Duration, allow_internal_targets: bool) {
+    let _ = ALLOW_INTERNAL.set(allow_internal_targets);
+    let _ = HTTP.set(build_http(connect_timeout, total_timeout, allow_internal_targets));
 }
 
-fn build_http(connect_timeout: Duration, total_timeout: Duration) -> reqwest::Client {
+fn build_http(connect_timeout: Duration, total_timeout: Duration, allow_internal_targets: bool) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .timeout(total_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("paygate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client builds with static settings")
+        .user_agent(concat!("paygate/", env!("CARGO_PKG_VERSION")));
+    if !allow_internal_targets {
+        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(crate::webhooks::target::PublicOnly));
+    }
+    builder.build().expect("the HTTP client builds with static settings")
 }
 
-/// The client for provider APIs: short timeouts, no redirects.
+/// The client for provider APIs: short timeouts, no redirects, public addresses only unless allowed.
 pub fn http() -> &'static reqwest::Client {
-    HTTP.get_or_init(|| build_http(Duration::from_secs(3), Duration::from_secs(10)))
+    HTTP.get_or_init(|| build_http(Duration::from_secs(3), Duration::from_secs(10), allow_internal()))
+}
+
+static ALLOW_INTERNAL: OnceLock<bool> = OnceLock::new();
+
+fn allow_internal() -> bool {
+    *ALLOW_INTERNAL.get().unwrap_or(&false)
+}
+
+/// Checks a provider base URL the way outgoing calls are checked.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    crate::webhooks::target::check_url(url, allow_internal()).map(|_| ())
 }

@@ -55,6 +55,8 @@ impl Dispatcher {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and reach internal hosts on our behalf.
+            .no_proxy()
             .user_agent(concat!("paygate-webhooks/", env!("CARGO_PKG_VERSION")));
         if !settings.allow_internal_targets {
             builder = builder.dns_resolver(Arc::new(target::PublicOnly));

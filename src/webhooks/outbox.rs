@@ -38,6 +38,8 @@ impl DeliveryStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub delivery_id: String,
+    /// The lease this replica holds while sending (0 when not claimed).
+    pub claimed_until: i64,
     pub merchant_id: String,
     pub payment_id: Option<String>,
     pub event_type: String,
@@ -139,8 +141,8 @@ pub async fn enqueue_test(db: &Db, merchant_id: &str) -> Result<Delivery, Webhoo
     from_row(&row)
 }
 
-const COLUMNS: &str = "delivery_id, merchant_id, payment_id, event_type, payload, status, attempts, next_attempt_at, \
-    last_status_code, last_error, created_at, finished_at";
+const COLUMNS: &str = "delivery_id, claimed_until, merchant_id, payment_id, event_type, payload, status, attempts, \
+    next_attempt_at, last_status_code, last_error, created_at, finished_at";
 
 /// Claims up to `limit` due deliveries until `lease_until`. A delivery waits while an earlier one
 /// for the same payment is still pending, so a payment's webhooks keep their order.
@@ -181,6 +183,16 @@ pub enum Settle {
 
 pub async fn record(db: &Db, delivery: &Delivery, attempt: &Attempt, settle: Settle) -> Result<(), WebhookError> {
     let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    // Only under our own lease: if it ran out and another replica took the delivery, that replica settles it.
+    let still_ours = sqlx::query("SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1 AND claimed_until = $2")
+        .bind(&delivery.delivery_id)
+        .bind(delivery.claimed_until)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    if still_ours.is_none() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, latency_ms, at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -276,7 +288,7 @@ pub async fn redeliver(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<
     let now = now_ms();
     let row = sqlx::query(&format!(
         "UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = $1, claimed_until = NULL, finished_at = NULL \
-         WHERE delivery_id = $2 AND merchant_id = $3 RETURNING {COLUMNS}"
+         WHERE delivery_id = $2 AND merchant_id = $3 AND (claimed_until IS NULL OR claimed_until < $1) RETURNING {COLUMNS}"
     ))
     .bind(now)
     .bind(delivery_id)
@@ -295,6 +307,10 @@ fn from_row(row: &AnyRow) -> Result<Delivery, WebhookError> {
     let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
     Ok(Delivery {
         delivery_id: s("delivery_id")?,
+        claimed_until: row
+            .try_get::<Option<i64>, _>("claimed_until")
+            .map_err(|e| corrupt("claimed_until", &e))?
+            .unwrap_or(0),
         merchant_id: s("merchant_id")?,
         payment_id: row.try_get("payment_id").map_err(|e| corrupt("payment_id", &e))?,
         event_type: s("event_type")?,

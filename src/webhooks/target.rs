@@ -24,15 +24,27 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || o[0] >= 240
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            // Forms that carry an IPv4 address: mapped, compatible, NAT64 (64:ff9b::/96), 6to4 (2002::/16).
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_internal(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_internal(IpAddr::V4(embedded(seg[6], seg[7])));
+            }
+            if seg[0] == 0x2002 {
+                return is_internal(IpAddr::V4(embedded(seg[1], seg[2])));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         }
     }
 }
@@ -101,12 +113,18 @@ mod tests {
             "http://localhost:8080/",
             "http://0.0.0.0/",
             "http://100.64.0.1/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[::a9fe:a9fe]/",
+            "http://[2002:a00:1::1]/",
+            "http://[fec0::1]/",
         ] {
             assert!(check_url(url, false).is_err(), "{url}");
             assert!(check_url(url, true).is_ok(), "{url} allowed by configuration");
         }
         assert!(check_url("https://hooks.example.com/paygate", false).is_ok());
         assert!(check_url("https://8.8.8.8/hook", false).is_ok());
+        assert!(check_url("https://[2606:4700::1111]/hook", false).is_ok());
+        assert!(check_url("https://[64:ff9b::808:808]/hook", false).is_ok(), "NAT64 of a public address");
         assert!(check_url("ftp://example.com/", true).is_err());
         assert!(check_url("https://user:pw@example.com/", true).is_err());
         assert!(check_url("not a url", true).is_err());

@@ -238,7 +238,17 @@ async fn two_replicas_deliver_each_event_once() {
 async fn internal_targets_are_refused() {
     let db = TestDb::new(Backend::Sqlite).await;
     let (_, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[]);
+    let gate = Paygate::start(&db, &[("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "false")]);
+    // A channel's provider URL is merchant input too: internal addresses are refused.
+    let sim = Simulator::start();
+    let status = gate
+        .channels(&api_key)
+        .await
+        .create_channel(channel_request(&sim, "main", pb::ChannelMode::Test))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("paymentwall.api_base_url"), "{}", status.message());
     let mut hooks = webhooks(&gate, &api_key).await;
     for url in
         ["http://127.0.0.1:9/hook", "http://10.0.0.7/hook", "http://169.254.169.254/latest", "http://localhost/x"]

@@ -29,16 +29,16 @@ fn signed(config: &PaymentwallConfig, mut params: Vec<(&'static str, String)>) -
     params
 }
 
+/// A failed call: `Unreachable` only when the request cannot have arrived (no connection);
+/// anything later (a timeout, a broken answer) leaves the outcome unknown.
 fn unreachable(e: reqwest::Error) -> ProviderError {
-    // Only the kind of failure: reqwest's message may carry the URL, which is fine, but no secret.
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
+    if e.is_connect() {
+        ProviderError::Unreachable("connection failed".to_owned())
+    } else if e.is_timeout() {
+        ProviderError::BadAnswer("timed out waiting for the answer".to_owned())
     } else {
-        "request failed"
-    };
-    ProviderError::Unreachable(kind.to_owned())
+        ProviderError::BadAnswer("the request failed after it was sent".to_owned())
+    }
 }
 
 #[derive(Deserialize)]

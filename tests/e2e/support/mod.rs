@@ -180,7 +180,9 @@ impl Paygate {
             .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
             // As if behind an ingress on loopback: tests can present X-Forwarded-For like a proxy.
-            .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32");
+            .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
+            // The simulator (a channel's api_base_url) listens on loopback.
+            .env("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true");
         for (k, v) in env {
             cmd.env(k, v);
         }
