@@ -97,14 +97,16 @@ const OUTCOME_UNMATCHED: &str = "unmatched";
 /// nothing is lost) and reported as an error, so the provider retries it.
 pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    if record_delivery(&mut tx, raw, &notice.payment_id).await? {
+    let seen = record_delivery(&mut tx, raw, &notice.payment_id).await?;
+    if seen == Seen::Applied {
         tx.commit().await?;
         return Ok(Applied::Duplicate);
     }
     let result = apply(&mut tx, &raw.channel_key, notice).await;
     match &result {
+        Ok(_) if seen == Seen::Again => mark(&mut tx, raw, OUTCOME_APPLIED).await?,
         Ok(_) => {}
-        Err(NotificationError::UnknownPayment(_)) => mark_unmatched(&mut tx, raw).await?,
+        Err(NotificationError::UnknownPayment(_)) => mark(&mut tx, raw, OUTCOME_UNMATCHED).await?,
         Err(_) => return result, // rolled back on drop
     }
     tx.commit().await?;
@@ -114,12 +116,13 @@ pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<A
     result
 }
 
-/// Kept for the record (and for the provider's retries), but it matched no payment.
-async fn mark_unmatched(conn: &mut AnyConnection, raw: &RawNotification) -> Result<(), NotificationError> {
+/// Sets the outcome of a stored notification (unmatched: kept for the record and the provider's
+/// retries; applied: a retry matched after all).
+async fn mark(conn: &mut AnyConnection, raw: &RawNotification, outcome: &str) -> Result<(), NotificationError> {
     sqlx::query(
         "UPDATE pingbacks SET outcome = $1 WHERE channel_key = $2 AND ref = $3 AND type = $4 AND unique_ref = $5",
     )
-    .bind(OUTCOME_UNMATCHED)
+    .bind(outcome)
     .bind(&raw.channel_key)
     .bind(&raw.provider_ref)
     .bind(raw.kind)
@@ -140,12 +143,20 @@ pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Resul
     Ok(result)
 }
 
-/// Inserts the raw row or counts a repeat delivery. True when it was already applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    New,
+    /// Delivered before but not applied (it matched no payment then).
+    Again,
+    Applied,
+}
+
+/// Inserts the raw row or counts a repeat delivery.
 async fn record_delivery(
     conn: &mut AnyConnection,
     raw: &RawNotification,
     payment_id: &str,
-) -> Result<bool, NotificationError> {
+) -> Result<Seen, NotificationError> {
     let now = now_ms();
     // Written as applied: if applying fails, the transaction rolls back (or marks it unmatched).
     let inserted = sqlx::query(
@@ -165,7 +176,7 @@ async fn record_delivery(
     .await?
     .rows_affected();
     if inserted == 1 {
-        return Ok(false);
+        return Ok(Seen::New);
     }
     let row = sqlx::query(
         "UPDATE pingbacks SET deliveries = deliveries + 1, last_seen_at = $1 \
@@ -178,7 +189,7 @@ async fn record_delivery(
     .bind(&raw.unique_ref)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(row.try_get::<String, _>("outcome")? == OUTCOME_APPLIED)
+    Ok(if row.try_get::<String, _>("outcome")? == OUTCOME_APPLIED { Seen::Applied } else { Seen::Again })
 }
 
 async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
@@ -197,11 +208,16 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
     }
     match notice.event {
         ProviderEvent::Payment(outcome) => {
-            let is_renewal = outcome == PaymentOutcome::Completed
-                && current.subscription_id.is_some()
+            // Money taken under a new ref for a payment already settled: a subscription renewal (or,
+            // for a one-time payment, the buyer paying twice). Recorded as a new payment, never dropped.
+            let another_payment = outcome != PaymentOutcome::Declined
                 && !matches!(current.status, PaymentStatus::Ready | PaymentStatus::PendingReview)
-                && current.provider_ref.as_deref() != Some(notice.provider_ref.as_str());
-            if is_renewal { renew(conn, &current, notice).await } else { settle(conn, &current, outcome, notice).await }
+                && current.provider_ref.as_deref().is_some_and(|r| r != notice.provider_ref);
+            if another_payment {
+                renew(conn, &current, outcome, notice).await
+            } else {
+                settle(conn, &current, outcome, notice).await
+            }
         }
         ProviderEvent::Reversal { reason } => reverse(conn, &current, notice, reason).await,
         ProviderEvent::RefundConfirmed => {
@@ -262,27 +278,34 @@ async fn settle(
     Ok(Applied::Changed { payment: Box::new(next), event_id })
 }
 
-/// A completion with a new ref on a paid subscription payment: a renewal, recorded as a new
-/// payment linked to the subscription.
-async fn renew(conn: &mut AnyConnection, initial: &Payment, notice: &Notice) -> Result<Applied, NotificationError> {
-    if repo::find_by_provider_ref(conn, &initial.channel_key, &notice.provider_ref).await?.is_some() {
-        return Ok(Applied::Unchanged);
-    }
-    let subscription_id = initial.subscription_id.clone().unwrap_or_default();
-    let Some(sub) = subscriptions::get(conn, &subscription_id).await? else {
-        return Err(
-            PaymentError::Corrupt(format!("payment {} names a missing subscription", initial.payment_id)).into()
-        );
-    };
-    if sub.status.is_final() {
-        tracing::warn!(%subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
-    }
+/// Money under a new ref for a payment already settled, recorded as a new payment linked to the
+/// first: a subscription renewal (`<uid>/renewal/<n>`), or a repeat purchase (`<uid>/repeat/<ref>`).
+/// A review (200) makes it PENDING_REVIEW; its 201 then finds it by ref.
+async fn renew(
+    conn: &mut AnyConnection,
+    initial: &Payment,
+    outcome: PaymentOutcome,
+    notice: &Notice,
+) -> Result<Applied, NotificationError> {
     let now = now_ms();
-    let number = sub.renewals + 1;
-    let renewal = Payment {
+    let subscription = match &initial.subscription_id {
+        Some(id) => Some(subscriptions::get(conn, id).await?.ok_or_else(|| {
+            PaymentError::Corrupt(format!("payment {} names a missing subscription", initial.payment_id))
+        })?),
+        None => None,
+    };
+    let merchant_uid = match &subscription {
+        Some(sub) => format!("{}/renewal/{}", initial.merchant_uid, sub.renewals + 1),
+        None => {
+            tracing::warn!(payment_id = %initial.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded");
+            format!("{}/repeat/{}", initial.merchant_uid, notice.provider_ref)
+        }
+    };
+    let reviewing = outcome == PaymentOutcome::ReviewStarted;
+    let payment = Payment {
         payment_id: super::model::new_payment_id(),
-        merchant_uid: format!("{}/renewal/{number}", initial.merchant_uid),
-        status: PaymentStatus::Paid,
+        merchant_uid,
+        status: if reviewing { PaymentStatus::PendingReview } else { PaymentStatus::Paid },
         provider_ref: Some(notice.provider_ref.clone()),
         test: notice.test,
         redirect_url: String::new(),
@@ -291,23 +314,30 @@ async fn renew(conn: &mut AnyConnection, initial: &Payment, notice: &Notice) -> 
         version: 1,
         created_at: now,
         updated_at: now,
-        paid_at: Some(now),
+        paid_at: if reviewing { None } else { Some(now) },
         failed_at: None,
         cancelled_at: None,
         ..initial.clone()
     };
-    repo::insert_in_tx(conn, &renewal).await?;
-    let renewed = subscriptions::Subscription {
-        renewals: number,
-        status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
-        updated_at: now,
-        ..sub.clone()
-    };
-    if !subscriptions::update(conn, &sub, &renewed).await? {
-        return Err(NotificationError::Concurrent);
+    repo::insert_in_tx(conn, &payment).await?;
+    let mut detail = None;
+    if let Some(sub) = subscription {
+        if sub.status.is_final() {
+            tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
+        }
+        let renewed = subscriptions::Subscription {
+            renewals: sub.renewals + 1,
+            status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
+            updated_at: now,
+            ..sub.clone()
+        };
+        if !subscriptions::update(conn, &sub, &renewed).await? {
+            return Err(NotificationError::Concurrent);
+        }
+        detail = Some(events::detail(&renewed));
     }
-    let event_id = events::append(conn, &renewal, "payment.paid", Some(&events::detail(&renewed))).await?;
-    Ok(Applied::Changed { payment: Box::new(renewal), event_id })
+    let event_id = events::append(conn, &payment, outcome.event_kind(), detail.as_ref()).await?;
+    Ok(Applied::Changed { payment: Box::new(payment), event_id })
 }
 
 async fn reverse(

@@ -450,3 +450,57 @@ async fn payment_methods_are_signed_and_cached() {
         .unwrap_err();
     assert!(status.message().contains("channel_key"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_under_a_new_ref_is_recorded_never_dropped() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
+    let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
+    let send = |payment_id: &str, pingback_type: &str, reference: &str| {
+        let query = signed_pingback_query(
+            &[
+                ("uid", "user-40012"),
+                ("goodsid", payment_id),
+                ("slength", ""),
+                ("speriod", ""),
+                ("type", pingback_type),
+                ("ref", reference),
+                ("is_test", "1"),
+            ],
+            SECRET_KEY,
+            3,
+        );
+        let url = format!("{pingback_url}?{query}");
+        async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    // A one-time payment paid, then paid again under another ref: a second payment, not silence.
+    let (once, _) = w.paid("order-once", 500).await;
+    assert_eq!(send(&once, "0", "b-second").await, "OK");
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("order-once/repeat/b-second".into()));
+    let repeat = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
+    assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
+    assert_eq!(send(&once, "0", "b-second").await, "OK", "the replay is a duplicate");
+    let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.payments.len(), 2);
+
+    // A subscription renewal that goes through review: PENDING_REVIEW, then PAID by its 201.
+    let mut request = checkout_request("main", "sub-1");
+    request.subscription =
+        Some(pb::SubscriptionTerms { period_length: 1, period_type: "week".into(), recurring: true });
+    let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+    assert_eq!(send(&session.payment_id, "0", "b-first").await, "OK");
+    assert_eq!(send(&session.payment_id, "200", "b-renew").await, "OK");
+    let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("sub-1/renewal/1".into()));
+    let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
+    assert_eq!(renewal.status, PaymentStatus::PendingReview as i32);
+    assert_eq!(send(&session.payment_id, "201", "b-renew").await, "OK");
+    let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
+    assert_eq!(
+        (renewal.status, renewal.subscription_id.as_str()),
+        (PaymentStatus::Paid as i32, session.subscription_id.as_str())
+    );
+
+    // A valid pingback for a payment paygate does not know is refused (Paymentwall retries it).
+    let answer = send("pay_unknown", "0", "b-unknown").await;
+    assert!(answer.contains("no such payment"), "{answer}");
+    let _ = &w.db;
+}
