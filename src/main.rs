@@ -64,9 +64,14 @@ fn main() -> ExitCode {
     };
     let is_serve = matches!(cli.command, Command::Serve);
     if let Command::Watch(args) = cli.command {
-        telemetry::init(settings.log_format, &settings.log_level, true);
         let _ = rustls::crypto::ring::default_provider().install_default();
-        return match tokio::runtime::Runtime::new().map(|rt| rt.block_on(watch::run(args))) {
+        let run = |rt: tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let _telemetry = telemetry::init(settings.log_format, &settings.log_level, true);
+                watch::run(args).await
+            })
+        };
+        return match tokio::runtime::Runtime::new().map(run) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) => {
                 eprintln!("paygate watch: {e}");
@@ -78,7 +83,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init(settings.log_format, &settings.log_level, !is_serve);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -89,6 +93,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Kept until the command ends, so exported spans are flushed.
+        let _telemetry = telemetry::init(settings.log_format, &settings.log_level, !is_serve);
         match cli.command {
             Command::Serve => app::serve(settings).await.map_err(|e| e.to_string()),
             Command::Migrate => {

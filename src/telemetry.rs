@@ -1,29 +1,132 @@
-//! Logging: `tracing` events as JSON lines (default) or human-readable text.
-
-use tracing_subscriber::{EnvFilter, fmt};
-
-use crate::config::LogFormat;
-
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level.
-/// `to_stderr` keeps stdout clean for commands whose output is data (admin commands).
-pub fn init(format: LogFormat, level: &str, to_stderr: bool) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(false);
-    let result = match (format, to_stderr) {
-        (LogFormat::Json, false) => builder.json().flatten_event(true).try_init(),
-        (LogFormat::Json, true) => builder.json().flatten_event(true).with_writer(std::io::stderr).try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
-        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).try_init(),
-    };
-    // A second init (tests that call `serve` twice in one process) keeps the first subscriber.
-    let _ = result;
-}
+//! Telemetry: `tracing` events as JSON lines (default) or text; spans exported over OTLP (gRPC)
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables apply), with W3C
+//! trace context taken from incoming requests and passed on to outgoing ones; Prometheus metrics.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::LogFormat;
+
+/// Flushes exported spans when dropped (at exit).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level.
+/// `to_stderr` keeps stdout clean for commands whose output is data (admin commands).
+/// Call inside a Tokio runtime: the span exporter runs on it.
+pub fn init(format: LogFormat, level: &str, to_stderr: bool) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = move || -> Box<dyn std::io::Write> {
+        if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
+    };
+    let logs = match format {
+        LogFormat::Json => fmt::layer().json().flatten_event(true).with_target(false).with_writer(writer).boxed(),
+        LogFormat::Text => fmt::layer().with_target(false).with_writer(writer).boxed(),
+    };
+    let provider = otlp_provider();
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("paygate")));
+    // A second init (tests that run commands in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
+    TelemetryGuard { provider }
+}
+
+/// The OTLP span pipeline, when an endpoint is configured; nothing (and no noise) otherwise.
+fn otlp_provider() -> Option<SdkTracerProvider> {
+    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    if !configured {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("paygate: OTLP exporter not started: {e}");
+            return None;
+        }
+    };
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name("paygate").build())
+        .build();
+    global::set_tracer_provider(provider.clone());
+    Some(provider)
+}
+
+/// Reads W3C trace context from request headers (gRPC metadata are HTTP/2 headers).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Makes `span` a child of the trace context the caller sent, if any, and records its trace id
+/// (the `trace_id` field) so log lines within it carry it, exported or not.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use opentelemetry::trace::TraceContextExt;
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(parent);
+    let exported = span.context().span().span_context().trace_id();
+    let trace_id = if exported != opentelemetry::trace::TraceId::INVALID {
+        Some(exported.to_string())
+    } else {
+        // Not exporting: still log the caller's trace id from its `traceparent`.
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1))
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned)
+    };
+    if let Some(trace_id) = trace_id {
+        span.record("trace_id", trace_id.as_str());
+    }
+}
+
+/// Trace context headers for an outgoing request made within the current span.
+pub fn outgoing_trace_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    let context = tracing::Span::current().context();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(&mut headers)));
+    headers
+}
 
 /// Installs the Prometheus recorder once per process and returns its handle for `/metrics`.
 pub fn metrics() -> Option<PrometheusHandle> {

@@ -1,4 +1,5 @@
-//! RPC metrics as a tower layer: `paygate_grpc_requests_total{method, code}` and
+//! Per-RPC observability as a tower layer: a server span (continuing the caller's W3C trace
+//! context) and the metrics `paygate_grpc_requests_total{method, code}` and
 //! `paygate_grpc_request_duration_seconds{method}` (until the response headers, which for a stream
 //! is when it opens).
 
@@ -10,6 +11,7 @@ use std::{
 
 use tonic::body::Body;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 #[derive(Clone, Default)]
 pub struct MetricsLayer;
@@ -56,13 +58,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let method = method_label(request.uri().path());
         let started = Instant::now();
+        let span = tracing::info_span!(
+            "rpc", otel.name = %method, otel.kind = "server", rpc.system = "grpc", rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty, payment_id = tracing::field::Empty,
+            channel_key = tracing::field::Empty, trace_id = tracing::field::Empty
+        );
+        crate::telemetry::continue_trace(&span, request.headers());
+        let record = span.clone();
         Box::pin(async move {
-            let response = inner.call(request).await;
+            let response = inner.call(request).instrument(span).await;
             // An error status is in the headers ("trailers-only"); a success's comes later as 0.
             let code = match &response {
                 Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned(),
                 Err(_) => "transport_error".to_owned(),
             };
+            record.record("rpc.grpc.status_code", code.as_str());
             metrics::histogram!("paygate_grpc_request_duration_seconds", "method" => method.clone())
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("paygate_grpc_requests_total", "method" => method, "code" => code).increment(1);

@@ -97,6 +97,9 @@ impl PaymentService for PaymentsApi {
             request_hash,
         };
         let session = checkout::create(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
+        let span = tracing::Span::current();
+        span.record("payment_id", session.payment.payment_id.as_str());
+        span.record("channel_key", session.payment.channel_key.as_str());
         tracing::info!(payment_id = %session.payment.payment_id, channel_key = %session.payment.channel_key, "checkout created");
         Ok(Response::new(pb::CheckoutSession {
             payment_id: session.payment.payment_id,

@@ -117,9 +117,11 @@ pub async fn paymentwall(
 ) -> Response {
     let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
     let span = tracing::info_span!(
-        "pingback", provider = "paymentwall", %channel_key, %source,
-        pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty
+        "pingback", otel.kind = "server", provider = "paymentwall", %channel_key, %source,
+        pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty,
+        payment_id = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty
     );
+    crate::telemetry::continue_trace(&span, &headers);
     let query = query.unwrap_or_default();
     let pingback_type = pingback_type_label(&query);
     let work = handle(&state, &channel_key, source, query);
@@ -131,6 +133,10 @@ pub async fn paymentwall(
                 Applied::Duplicate => "duplicate",
             };
             metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => outcome).increment(1);
+            span.record("outcome", outcome);
+            if let Applied::Changed { payment, .. } = &applied {
+                span.record("payment_id", payment.payment_id.as_str());
+            }
             span.in_scope(|| match &applied {
                 Applied::Changed { payment, event_id } => tracing::info!(
                     payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied"
@@ -143,6 +149,7 @@ pub async fn paymentwall(
         Ok(Err(err)) => {
             metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => err.outcome_label())
                 .increment(1);
+            span.record("outcome", err.outcome_label());
             span.in_scope(|| match &err {
                 PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
                     tracing::error!(error = %err, "pingback failed")

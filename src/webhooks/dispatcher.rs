@@ -97,7 +97,11 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, delivery: Delivery) {
-        let result = self.try_deliver(&delivery).await;
+        let span = tracing::info_span!(
+            "webhook.delivery", otel.kind = "client", delivery_id = %delivery.delivery_id,
+            event_type = %delivery.event_type, payment_id = delivery.payment_id.as_deref().unwrap_or("")
+        );
+        let result = tracing::Instrument::instrument(self.try_deliver(&delivery), span).await;
         if let Err(e) = result {
             tracing::warn!(delivery_id = %delivery.delivery_id, error = %e, "webhook delivery not settled; retried after its claim runs out");
         }
@@ -127,6 +131,7 @@ impl Dispatcher {
         let response = self
             .http
             .post(&endpoint.url)
+            .headers(crate::telemetry::outgoing_trace_headers())
             .header("content-type", "application/json")
             .header("webhook-id", &delivery.delivery_id)
             .header("webhook-timestamp", timestamp.to_string())

@@ -130,3 +130,129 @@ async fn sigterm_ends_streams_finishes_the_pingback_in_flight_and_exits_zero() {
         1
     );
 }
+
+/// A real OTLP trace receiver: collects every exported span.
+mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+        trace::v1::Span,
+    };
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone, Default)]
+    pub struct Collector(pub Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            let mut spans = self.0.lock().unwrap();
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans);
+                }
+            }
+            Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    pub async fn start() -> (String, Collector) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        (format!("http://{addr}"), collector)
+    }
+
+    pub fn attribute(span: &Span, key: &str) -> Option<String> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        span.attributes.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            other => Some(format!("{other:?}")),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
+    use std::time::Duration;
+
+    let (endpoint, collector) = otlp::start().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+
+    // The client's own trace, as W3C trace context in the gRPC metadata.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(checkout_request("main", "order-traced"));
+    request.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    let session = payments.create_checkout_session(request).await.unwrap().into_inner();
+    let query = signed_pingback_query(
+        &[
+            ("uid", "user-40012"),
+            ("goodsid", &session.payment_id),
+            ("slength", ""),
+            ("speriod", ""),
+            ("type", "0"),
+            ("ref", "b-traced"),
+            ("is_test", "1"),
+        ],
+        SECRET_KEY,
+        3,
+    );
+    let response =
+        http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "OK");
+
+    let mut checkout_span = None;
+    let mut pingback_span = None;
+    for _ in 0..200 {
+        {
+            let spans = collector.0.lock().unwrap();
+            checkout_span = spans
+                .iter()
+                .find(|s| {
+                    otlp::attribute(s, "rpc.method").as_deref()
+                        == Some("paygate.v1.PaymentService/CreateCheckoutSession")
+                })
+                .cloned();
+            pingback_span = spans
+                .iter()
+                .find(|s| s.name == "pingback" && otlp::attribute(s, "provider_ref").as_deref() == Some("b-traced"))
+                .cloned();
+        }
+        if checkout_span.is_some() && pingback_span.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let checkout_span = checkout_span.expect("the checkout's span was exported");
+    assert_eq!(hex::encode(&checkout_span.trace_id), trace_id, "the caller's trace continues");
+    assert_eq!(otlp::attribute(&checkout_span, "payment_id").as_deref(), Some(session.payment_id.as_str()));
+    let pingback_span = pingback_span.expect("the pingback's span was exported");
+    assert_eq!(otlp::attribute(&pingback_span, "payment_id").as_deref(), Some(session.payment_id.as_str()));
+    assert_eq!(otlp::attribute(&pingback_span, "outcome").as_deref(), Some("applied"));
+    let exported = format!("{:?}", collector.0.lock().unwrap());
+    assert!(!exported.contains(SECRET_KEY), "no secret in any span");
+    // The log line of the checkout carries the caller's trace id.
+    let logs = gate.process.logs();
+    let line = logs.iter().find(|l| l.contains("checkout created")).expect("checkout log line");
+    assert!(line.contains(trace_id), "{line}");
+}
