@@ -55,7 +55,7 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
-        let stream = super::watch::watch(self.db.clone(), &self.hub, caller, request.into_inner())?;
+        let stream = super::watch::watch(self.db.clone(), &self.hub, caller, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 

@@ -47,7 +47,7 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
     }
 }
 
-pub fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest) -> Result<EventStream, Status> {
+pub async fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest) -> Result<EventStream, Status> {
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
     let mut statuses = std::collections::HashSet::new();
@@ -81,6 +81,14 @@ pub fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest
         Some(cursor) => Phase::Replay(cursor),
         None => Phase::Snapshots(0),
     };
+    // Without a cursor the stream starts after everything committed now, even what the hub has
+    // not delivered yet (its tailer may lag a moment behind the log).
+    let last = match resume_after {
+        Some(cursor) => cursor,
+        None => {
+            start.max(log::head(&db).await.map_err(|e| Status::unavailable(format!("cannot read the event log: {e}")))?)
+        }
+    };
     let state = Watch {
         db,
         merchant_id: caller.merchant_id,
@@ -88,7 +96,7 @@ pub fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest
         payment_ids: r.payment_ids,
         subscription,
         start,
-        last: resume_after.unwrap_or(start),
+        last,
         pending: VecDeque::new(),
         phase,
     };
