@@ -72,6 +72,7 @@ pub async fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsR
         merchant_uids: r.merchant_uids.iter().cloned().collect(),
         statuses,
     };
+    let filter = Arc::new(filter);
     let subscription = hub.subscribe(&caller.merchant_id, filter.clone()).map_err(|e| match e {
         SubscribeError::Closed => Status::unavailable(e.to_string()),
         SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
@@ -116,7 +117,7 @@ enum Phase {
 struct Watch {
     db: Db,
     merchant_id: String,
-    filter: Filter,
+    filter: Arc<Filter>,
     payment_ids: Vec<String>,
     subscription: Subscription,
     start: Position,
@@ -136,7 +137,9 @@ impl Watch {
             match self.phase {
                 Phase::Ended => return None,
                 Phase::Replay(position) if position >= self.start => self.phase = Phase::Live,
-                Phase::Replay(position) => match log::read_after(&self.db, position, REPLAY_PAGE).await {
+                // Boxed: the stream's waiting state is sized by its largest await, and the live
+                // phase (almost all of a stream's life) should not carry a database call's size.
+                Phase::Replay(position) => match Box::pin(log::read_after(&self.db, position, REPLAY_PAGE)).await {
                     Ok((events, _)) if events.is_empty() => self.phase = Phase::Live,
                     Ok((events, _)) => {
                         let mut reached = position;
@@ -156,9 +159,8 @@ impl Watch {
                 Phase::Snapshots(n) if n >= self.payment_ids.len() => self.phase = Phase::Live,
                 Phase::Snapshots(n) => {
                     self.phase = Phase::Snapshots(n + 1);
-                    let Ok(payment) =
-                        repo::get(&self.db, &self.merchant_id, Lookup::PaymentId(&self.payment_ids[n])).await
-                    else {
+                    let lookup = Lookup::PaymentId(&self.payment_ids[n]);
+                    let Ok(payment) = Box::pin(repo::get(&self.db, &self.merchant_id, lookup)).await else {
                         continue;
                     };
                     if !self.filter.statuses.is_empty() && !self.filter.statuses.contains(&payment.status) {

@@ -122,7 +122,7 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscribe(self: &Arc<Self>, merchant_id: &str, filter: Filter) -> Result<Subscription, SubscribeError> {
+    pub fn subscribe(self: &Arc<Self>, merchant_id: &str, filter: Arc<Filter>) -> Result<Subscription, SubscribeError> {
         let (tx, rx) = mpsc::channel(self.buffer);
         let ended = Arc::new(OnceLock::new());
         let mut state = self.lock();
@@ -136,10 +136,9 @@ impl Hub {
         *open += 1;
         let id = state.next_id;
         state.next_id += 1;
-        state.subscribers.insert(
-            id,
-            Subscriber { merchant_id: merchant_id.to_owned(), filter: Arc::new(filter), tx, ended: ended.clone() },
-        );
+        state
+            .subscribers
+            .insert(id, Subscriber { merchant_id: merchant_id.to_owned(), filter, tx, ended: ended.clone() });
         metrics::gauge!("paygate_open_streams").increment(1.0);
         Ok(Subscription { rx, start: state.position, ended, hub: self.clone(), id })
     }
