@@ -166,10 +166,6 @@ impl Hub {
         metrics::gauge!("paygate_open_streams").set(0.0);
     }
 
-    pub fn open_streams(&self) -> usize {
-        self.lock().subscribers.len()
-    }
-
     /// Hands events (in log order) to every matching subscriber and advances the hub's position.
     fn deliver(&self, events: &[Arc<Event>]) {
         let mut state = self.lock();

@@ -41,6 +41,14 @@ fn unreachable(e: reqwest::Error) -> ProviderError {
     }
 }
 
+/// Sends a request carrying the current trace context; returns the status and body.
+async fn exchange(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String), ProviderError> {
+    let response = request.headers(crate::telemetry::outgoing_trace_headers()).send().await.map_err(unreachable)?;
+    let status = response.status();
+    let body = response.text().await.map_err(unreachable)?;
+    Ok((status, body))
+}
+
 #[derive(Deserialize)]
 struct TicketAnswer {
     result: i64,
@@ -70,7 +78,7 @@ fn ticket_form(
     signed(config, params)
 }
 
-#[tracing::instrument(name = "paymentwall.ticket", skip_all, fields(otel.kind = "client", provider_ref))]
+#[tracing::instrument(name = "paymentwall.ticket", skip_all, fields(otel.kind = "client", provider_ref = %provider_ref))]
 pub async fn send_ticket(
     config: &PaymentwallConfig,
     provider_ref: &str,
@@ -81,15 +89,7 @@ pub async fn send_ticket(
 ) -> Result<(), ProviderError> {
     let form = ticket_form(config, provider_ref, uid, ticket, message, test);
     let url = format!("{}/developers/api/ticket", config.api_base_url);
-    let response = http()
-        .post(url)
-        .headers(crate::telemetry::outgoing_trace_headers())
-        .form(&form)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let status = response.status();
-    let body = response.text().await.map_err(unreachable)?;
+    let (status, body) = exchange(http().post(url).form(&form)).await?;
     let answer: TicketAnswer = serde_json::from_str(&body)
         .map_err(|_| ProviderError::BadAnswer(format!("HTTP {status}, not a ticket answer")))?;
     if answer.result == 1 {
@@ -112,22 +112,14 @@ fn payment_systems_query(config: &PaymentwallConfig, country_code: &str) -> Vec<
     signed(config, vec![("key", config.project_key.clone()), ("country_code", country_code.to_owned())])
 }
 
-#[tracing::instrument(name = "paymentwall.payment_systems", skip_all, fields(otel.kind = "client", country_code))]
+#[tracing::instrument(name = "paymentwall.payment_systems", skip_all, fields(otel.kind = "client", country_code = %country_code))]
 pub async fn payment_systems(
     config: &PaymentwallConfig,
     country_code: &str,
 ) -> Result<Vec<PaymentMethod>, ProviderError> {
     let params = payment_systems_query(config, country_code);
     let url = format!("{}/api/payment-systems/", config.api_base_url);
-    let response = http()
-        .get(url)
-        .headers(crate::telemetry::outgoing_trace_headers())
-        .query(&params)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let status = response.status();
-    let body = response.text().await.map_err(unreachable)?;
+    let (status, body) = exchange(http().get(url).query(&params)).await?;
     let systems: Vec<PaymentSystem> = serde_json::from_str(&body).map_err(|_| {
         let detail = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -149,7 +141,7 @@ struct StatusAnswer {
     risk: String,
 }
 
-#[tracing::instrument(name = "paymentwall.payment_status", skip_all, fields(otel.kind = "client", payment_id))]
+#[tracing::instrument(name = "paymentwall.payment_status", skip_all, fields(otel.kind = "client", payment_id = %payment_id))]
 /// Asks about a payment by its ref when known, else by buyer uid and our payment id
 /// (`ag_external_id`), which is how a payment whose pingback never came can be found.
 pub async fn payment_status(
@@ -167,14 +159,7 @@ pub async fn payment_status(
         }
     }
     let url = format!("{}/api/rest/payment", config.api_base_url);
-    let response = http()
-        .get(url)
-        .headers(crate::telemetry::outgoing_trace_headers())
-        .query(&signed(config, params))
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let body = response.text().await.map_err(unreachable)?;
+    let (_, body) = exchange(http().get(url).query(&signed(config, params))).await?;
     let answer: StatusAnswer =
         serde_json::from_str(&body).map_err(|_| ProviderError::BadAnswer("not a payment status".into()))?;
     if answer.object != "payment" {

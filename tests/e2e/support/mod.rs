@@ -312,18 +312,6 @@ impl Simulator {
         self.http.get(url).send().await.expect("sim reachable").json().await.expect("JSON")
     }
 
-    /// Waits until the session's pingback number `index` has at least `attempts` attempts.
-    pub async fn wait_attempts(&self, id: &str, index: usize, attempts: usize) -> serde_json::Value {
-        for _ in 0..400 {
-            let session = self.session(id).await;
-            if session["pingbacks"][index]["attempts"].as_array().map_or(0, Vec::len) >= attempts {
-                return session;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("pingback {index} of {id} never made {attempts} attempts: {}", self.session(id).await);
-    }
-
     /// Waits until the session's pingback number `index` was answered `OK`.
     pub async fn wait_delivered(&self, id: &str, index: usize) -> serde_json::Value {
         for _ in 0..400 {
@@ -476,14 +464,9 @@ pub fn query_param(redirect_url: &str, name: &str) -> Option<String> {
     url::Url::parse(redirect_url).ok()?.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-/// The value of a metric line (`name{labels} value`) in Prometheus text, summed over label sets.
+/// The value of a metric in Prometheus text, summed over its label sets.
 pub async fn metric(gate: &Paygate, name: &str) -> f64 {
-    let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_series(gate, name, &[]).await
 }
 
 impl Process {
@@ -598,12 +581,11 @@ where
     panic!("condition not met within 10 s");
 }
 
-/// The value of one metric series (`name{labels} value`) whose labels include all of `labels`;
-/// 0 when the series does not exist yet.
+/// The value of a metric's series whose labels include all of `labels` (summed); 0 when none exists yet.
 pub async fn metric_series(gate: &Paygate, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| !l.starts_with('#') && l.split([' ', '{']).next() == Some(name))
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
