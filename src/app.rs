@@ -15,11 +15,15 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
 
 use crate::{
-    api::{self, auth::AuthLayer},
+    api::{
+        self,
+        auth::{AuthLayer, AuthSettings},
+    },
     channels::{self, ChannelCache, Channels, crypto::MasterKeys},
     config::Settings,
     events::{Hub, bridge::Bridge},
     ingest,
+    merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
     payments::{
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
@@ -32,6 +36,7 @@ use crate::{
         },
     },
     providers,
+    ratelimit::{Limiter, Rate},
     store::{
         Db, StoreError,
         redis::{RedisError, RedisHandle},
@@ -62,6 +67,8 @@ pub enum AppError {
     GraceExceeded,
     #[error("event log: {0}")]
     Events(String),
+    #[error("{0}")]
+    Config(&'static str),
 }
 
 /// What request handlers share.
@@ -72,6 +79,8 @@ pub struct AppState {
     pub channels: Channels,
     pub redis: Option<RedisHandle>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Refused pingbacks per source address.
+    pub pingback_refusals: Option<Limiter>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -97,6 +106,24 @@ pub fn connect_redis(settings: &Settings) -> Result<Option<RedisHandle>, AppErro
     })
 }
 
+/// Merchants, with the verified-key cache over the database and (when configured) Redis.
+pub fn merchants(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Merchants {
+    Merchants::new(db.clone(), KeyCache::new(db.clone(), redis, ms(settings.auth_cache_ttl_ms.max(1))))
+}
+
+/// The admin token must be long, and must not be mistakable for an API key.
+fn check_admin_token(settings: &Settings) -> Result<(), AppError> {
+    match settings.admin_token.as_ref().map(|t| t.expose_secret()) {
+        Some(token) if token.starts_with(KEY_PREFIX) => {
+            Err(AppError::Config("PAYGATE_ADMIN_TOKEN must not start with pgk_ (the API key prefix)"))
+        }
+        Some(token) if !token.is_empty() && token.len() < 16 => {
+            Err(AppError::Config("PAYGATE_ADMIN_TOKEN must be at least 16 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The channel cache over the database and (when configured) Redis, after checking that the
 /// master key opens every stored secret.
 pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Result<ChannelCache, AppError> {
@@ -118,25 +145,43 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     if settings.migrate_on_start {
         db.migrate().await?;
     }
+    check_admin_token(&settings)?;
     let redis = connect_redis(&settings)?;
     let cache = channel_cache(&settings, &db, redis.clone()).await?;
     let channels = Channels::new(db.clone(), cache.clone());
+    let merchants = merchants(&settings, &db, redis.clone());
+    let rate = |per_second, burst| Rate { per_second, burst };
+    let per_key_limit =
+        Limiter::new("api_key", rate(settings.api_rate_limit_per_second, settings.api_rate_limit_burst), redis.clone());
+    let pingback_refusals = Limiter::new(
+        "pingback_refusals",
+        rate(settings.pingback_refusal_rate_per_second, settings.pingback_refusal_burst),
+        redis.clone(),
+    );
     let grpc_listener = bind(settings.grpc_addr).await?;
     let http_listener = bind(settings.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.grpc_addr, source })?;
     let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.http_addr, source })?;
 
-    let admin_token = settings.admin_token.clone();
+    let auth = AuthSettings {
+        merchants: merchants.clone(),
+        admin_token: settings.admin_token.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        per_key_limit: per_key_limit.clone(),
+    };
     let state = AppState {
         db: db.clone(),
         settings: Arc::new(settings),
         channels: channels.clone(),
         redis,
         metrics,
+        pingback_refusals: pingback_refusals.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     cache.spawn_background(stop_rx.clone());
+    merchants.key_cache().spawn_background(stop_rx.clone());
+    spawn_limiter_upkeep([per_key_limit, pingback_refusals].into_iter().flatten().collect(), stop_rx.clone());
     let s = &state.settings;
     providers::init_http(
         ms(s.provider_connect_timeout_ms),
@@ -193,11 +238,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(ms(state.settings.http2_keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(state.settings.http2_keepalive_timeout_ms)))
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(api::metrics::MetricsLayer)
-                .layer(AuthLayer::new(db.clone(), admin_token)),
-        )
+        .layer(tower::ServiceBuilder::new().layer(api::metrics::MetricsLayer).layer(AuthLayer::new(auth)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -209,7 +250,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             state.settings.idempotency_lease_ms as i64,
         )))
         .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
-        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone())))
+        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants)))
         .add_service(WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
             db.clone(),
             cache.keys_arc(),
@@ -259,6 +300,19 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     http_result.map_err(AppError::Http)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Local rate-limit buckets of keys and addresses no longer seen are dropped once a minute.
+fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => limiters.iter().for_each(Limiter::shrink),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
 }
 
 fn ms(millis: u64) -> Duration {

@@ -57,7 +57,19 @@ pub struct Settings {
     pub channel_cache_capacity: u64,
     /// Token for the admin RPCs.
     pub admin_token: Option<SecretString>,
-    /// Proxies (CIDR blocks) whose `X-Forwarded-For` is believed when checking pingback sources.
+    /// How long a verified API key is trusted without asking the database. Revocation reaches
+    /// every replica through Redis at once; with Redis down, within this time.
+    pub auth_cache_ttl_ms: u64,
+    /// Per API key, shared by every replica through Redis: requests per second and burst. 0: off.
+    pub api_rate_limit_per_second: u32,
+    pub api_rate_limit_burst: u32,
+    /// Per source address: refused pingbacks (bad signature, unknown channel, source not allowed,
+    /// malformed) per second and burst before further refusals are answered 429. Valid pingbacks
+    /// are never limited. 0: off.
+    pub pingback_refusal_rate_per_second: u32,
+    pub pingback_refusal_burst: u32,
+    /// Proxies (CIDR blocks) whose `X-Forwarded-For` is believed: for pingback sources and for
+    /// the caller address of gRPC calls (API allowlists, audit entries).
     #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
@@ -123,6 +135,11 @@ impl Default for Settings {
             channel_cache_ttl_ms: 30_000,
             channel_cache_capacity: 10_000,
             admin_token: None,
+            auth_cache_ttl_ms: 10_000,
+            api_rate_limit_per_second: 100,
+            api_rate_limit_burst: 200,
+            pingback_refusal_rate_per_second: 5,
+            pingback_refusal_burst: 20,
             trusted_proxies: Vec::new(),
             pingback_timeout_ms: 10_000,
             provider_allow_private_targets: false,
@@ -168,6 +185,11 @@ struct PlainDefaults {
     redis_timeout_ms: u64,
     channel_cache_ttl_ms: u64,
     channel_cache_capacity: u64,
+    auth_cache_ttl_ms: u64,
+    api_rate_limit_per_second: u32,
+    api_rate_limit_burst: u32,
+    pingback_refusal_rate_per_second: u32,
+    pingback_refusal_burst: u32,
     pingback_timeout_ms: u64,
     provider_allow_private_targets: bool,
     provider_connect_timeout_ms: u64,
@@ -220,6 +242,11 @@ impl Settings {
             redis_timeout_ms: d.redis_timeout_ms,
             channel_cache_ttl_ms: d.channel_cache_ttl_ms,
             channel_cache_capacity: d.channel_cache_capacity,
+            auth_cache_ttl_ms: d.auth_cache_ttl_ms,
+            api_rate_limit_per_second: d.api_rate_limit_per_second,
+            api_rate_limit_burst: d.api_rate_limit_burst,
+            pingback_refusal_rate_per_second: d.pingback_refusal_rate_per_second,
+            pingback_refusal_burst: d.pingback_refusal_burst,
             pingback_timeout_ms: d.pingback_timeout_ms,
             provider_allow_private_targets: d.provider_allow_private_targets,
             provider_connect_timeout_ms: d.provider_connect_timeout_ms,
@@ -290,7 +317,7 @@ fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D
         .iter()
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| crate::ingest::parse_cidr(s).map_err(serde::de::Error::custom))
+        .map(|s| crate::net::parse_cidr(s).map_err(serde::de::Error::custom))
         .collect()
 }
 

@@ -10,7 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     channels::ChannelError,
-    ingest::PingbackError,
+    ingest::{PingbackError, pingback::retry_after_secs},
     merchants::{AuthError, MerchantError},
     payments::PaymentError,
     store::StoreError,
@@ -104,6 +104,7 @@ impl From<ChannelError> for Status {
             ChannelError::NotFound => Status::not_found("channel not found"),
             ChannelError::KeyTaken => Status::already_exists("channel_key: a channel with this key already exists"),
             ChannelError::Conflict => Status::aborted(err.to_string()),
+            ChannelError::NotOwner { .. } => Status::permission_denied(err.to_string()),
             ChannelError::Store(store) => store.into(),
             ChannelError::Crypto(problem) => {
                 tracing::error!(%problem, "channel secret cannot be decrypted");
@@ -149,8 +150,11 @@ impl From<PaymentError> for Status {
 impl From<MerchantError> for Status {
     fn from(err: MerchantError) -> Self {
         match err {
-            MerchantError::NotFound => Status::not_found("merchant not found"),
-            MerchantError::NestedSubMerchant(_) => Status::failed_precondition(err.to_string()),
+            MerchantError::NotFound | MerchantError::KeyNotFound => Status::not_found(err.to_string()),
+            MerchantError::NestedSubMerchant(_) | MerchantError::WouldLockOut(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            MerchantError::AdminOnly(_) => Status::permission_denied(err.to_string()),
             MerchantError::Invalid(invalid) => invalid.into(),
             MerchantError::Store(store) => store.into(),
         }
@@ -174,9 +178,19 @@ impl From<WebhookError> for Status {
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::Missing | AuthError::Malformed | AuthError::UnknownKey => {
-                Status::unauthenticated(err.to_string())
+            AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::UnknownKey
+            | AuthError::Revoked(_)
+            | AuthError::Expired(_) => Status::unauthenticated(err.to_string()),
+            AuthError::AddressNotAllowed(_) | AuthError::AdminTokenNotAKey => {
+                Status::permission_denied(err.to_string())
             }
+            AuthError::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             AuthError::Store(store) => store.into(),
         }
     }
@@ -199,6 +213,10 @@ impl IntoResponse for PingbackError {
             }
             PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
+            }
+            PingbackError::RateLimited { retry_after, .. } => {
+                let headers = [(http::header::RETRY_AFTER, retry_after_secs(*retry_after).to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, format!("{self}\n")).into_response();
             }
         };
         (status, format!("{}\n", self.public_reason())).into_response()

@@ -4,15 +4,18 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod channels;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod merchants;
+pub mod net;
 pub mod payments;
 pub mod proto;
 pub mod providers;
+pub mod ratelimit;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

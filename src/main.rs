@@ -7,9 +7,15 @@ mod watch;
 use clap::{Parser, Subcommand};
 use paygate::{
     app,
+    audit::Actor,
     channels::{self, crypto::MasterKeys},
     config::Settings,
-    merchants, telemetry,
+    merchants::{
+        ApiKey,
+        keys::{ListFilter, NewApiKey},
+    },
+    store::now_ms,
+    telemetry,
 };
 
 #[derive(Parser)]
@@ -45,12 +51,51 @@ enum Admin {
         #[arg(long)]
         parent: Option<String>,
     },
+    /// Create another API key for a merchant; prints {"key_id", "api_key", ...} as JSON. The key is
+    /// shown this once.
+    CreateApiKey {
+        #[arg(long)]
+        merchant: String,
+        /// What the key is for, shown in listings.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Make the key expire after this long, e.g. "90d" or "12h".
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+    },
+    /// List a merchant's API keys as JSON lines (never the keys themselves).
+    ListApiKeys {
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke an API key by id. Every replica refuses it within a second (Redis) or
+    /// PAYGATE_AUTH_CACHE_TTL_MS (no Redis reachable).
+    RevokeApiKey {
+        #[arg(long)]
+        key_id: String,
+    },
     /// Print a new random master key (base64) for PAYGATE_MASTER_KEY.
     GenerateMasterKey,
     /// Re-encrypt every channel secret under the current master key. Run with the new key as
     /// PAYGATE_MASTER_KEY and the old one in PAYGATE_PREVIOUS_MASTER_KEYS; afterwards the old key
     /// can be removed from the configuration.
     RotateMasterKey,
+}
+
+/// An API key as the admin commands print it (never the key itself).
+fn key_json(key: &ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "key_id": key.key_id,
+        "merchant_id": key.merchant_id,
+        "name": key.name,
+        "key_prefix": key.key_prefix,
+        "created_at_ms": key.created_at,
+        "expires_at_ms": key.expires_at,
+        "last_used_at_ms": key.last_used_at,
+        "revoked_at_ms": key.revoked_at,
+    })
 }
 
 fn main() -> ExitCode {
@@ -112,12 +157,45 @@ fn main() -> ExitCode {
                 if settings.migrate_on_start {
                     db.migrate().await.map_err(|e| e.to_string())?;
                 }
+                let redis = app::connect_redis(&settings).map_err(|e| e.to_string())?;
+                let merchants = app::merchants(&settings, &db, redis.clone());
+                let cli = Actor::cli();
                 match admin {
                     Admin::CreateMerchant { name, parent } => {
-                        let created = merchants::create_merchant(&db, &name, parent.as_deref())
+                        let created = merchants
+                            .create_merchant(&cli, &name, parent.as_deref())
                             .await
                             .map_err(|e| e.to_string())?;
                         println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
+                    }
+                    Admin::CreateApiKey { merchant, name, expires_in } => {
+                        let expires_at = expires_in.map(|d| now_ms() + d.as_millis() as i64);
+                        let new = NewApiKey { name, expires_at };
+                        let created =
+                            merchants.create_api_key(&cli, &merchant, &new).await.map_err(|e| e.to_string())?;
+                        let mut json = key_json(&created.key);
+                        json["api_key"] = created.secret.into();
+                        println!("{json}");
+                    }
+                    Admin::ListApiKeys { merchant, include_revoked } => {
+                        let mut after_key_id = None;
+                        loop {
+                            let filter =
+                                ListFilter { merchant_id: merchant.clone(), include_revoked, after_key_id, limit: 100 };
+                            let page = merchants.list_api_keys(&filter).await.map_err(|e| e.to_string())?;
+                            for key in &page {
+                                println!("{}", key_json(key));
+                            }
+                            match page.last() {
+                                Some(last) if page.len() == 100 => after_key_id = Some(last.key_id.clone()),
+                                _ => break,
+                            }
+                        }
+                    }
+                    Admin::RevokeApiKey { key_id } => {
+                        let key = merchants.get_api_key(&key_id).await.map_err(|e| e.to_string())?;
+                        let revoked = merchants.revoke_api_key(&cli, &key).await.map_err(|e| e.to_string())?;
+                        println!("{}", key_json(&revoked));
                     }
                     Admin::RotateMasterKey => {
                         let redis = app::connect_redis(&settings).map_err(|e| e.to_string())?;

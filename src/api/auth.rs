@@ -1,33 +1,47 @@
-//! Authentication as a tower layer: every RPC needs `authorization: Bearer <api key>`, except
-//! health checks and reflection, which load balancers and `grpcurl` call without credentials, and
-//! the admin service, which needs the admin token instead.
+//! Authentication as a tower layer. Every RPC needs `authorization: Bearer <credential>`, except
+//! health checks and reflection, which load balancers and `grpcurl` call without credentials.
+//! The credential is the admin token (MerchantService only) or a merchant's API key, which must be
+//! live, used from an address its merchant's allowlist admits, and within its rate limit.
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use std::sync::Arc;
-
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-use tonic::{Status, body::Body};
+use tonic::{Status, body::Body, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
-use crate::{merchants, store::Db};
+use crate::{
+    merchants::{self, AuthError, Merchants, Principal},
+    net::client_ip,
+    ratelimit::Limiter,
+};
 
 const PUBLIC_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/grpc.reflection.v1.", "/grpc.reflection.v1alpha."];
-const ADMIN_PREFIX: &str = "/paygate.v1.MerchantService/";
+const MERCHANT_SERVICE: &str = "/paygate.v1.MerchantService/";
+
+/// What the layer needs, shared by every connection.
+pub struct AuthSettings {
+    pub merchants: Merchants,
+    pub admin_token: Option<SecretString>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub per_key_limit: Option<Limiter>,
+}
 
 #[derive(Clone)]
 pub struct AuthLayer {
-    db: Db,
-    admin_token: Option<Arc<SecretString>>,
+    settings: Arc<AuthSettings>,
 }
 
 impl AuthLayer {
-    pub fn new(db: Db, admin_token: Option<SecretString>) -> Self {
-        Self { db, admin_token: admin_token.filter(|t| !t.expose_secret().is_empty()).map(Arc::new) }
+    pub fn new(mut settings: AuthSettings) -> Self {
+        settings.admin_token = settings.admin_token.filter(|t| !t.expose_secret().is_empty());
+        Self { settings: Arc::new(settings) }
     }
 }
 
@@ -35,26 +49,43 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, db: self.db.clone(), admin_token: self.admin_token.clone() }
+        Auth { inner, settings: self.settings.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    db: Db,
-    admin_token: Option<Arc<SecretString>>,
+    settings: Arc<AuthSettings>,
 }
 
-fn admin_check(expected: Option<&SecretString>, authorization: Option<&str>) -> Result<(), Status> {
-    let Some(expected) = expected else {
-        return Err(Status::permission_denied("admin RPCs are disabled: set PAYGATE_ADMIN_TOKEN"));
-    };
-    let token = merchants::bearer_token(authorization).map_err(Status::from)?;
-    if bool::from(token.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated("invalid admin token"))
+impl AuthSettings {
+    fn is_admin_token(&self, token: &str) -> bool {
+        self.admin_token.as_ref().is_some_and(|t| bool::from(token.as_bytes().ct_eq(t.expose_secret().as_bytes())))
+    }
+
+    /// Who is calling, or why not.
+    async fn principal(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let token = merchants::bearer_token(authorization)?;
+        if self.is_admin_token(token) {
+            return if path.starts_with(MERCHANT_SERVICE) {
+                Ok(Principal::Admin { address })
+            } else {
+                Err(AuthError::AdminTokenNotAKey)
+            };
+        }
+        let caller = self.merchants.authenticate(token, address).await?;
+        if let Some(limiter) = &self.per_key_limit
+            && let Err(retry_after) = limiter.check(&caller.key_id).await
+        {
+            return Err(AuthError::RateLimited { key_id: caller.key_id, retry_after });
+        }
+        Ok(Principal::Merchant(caller))
     }
 }
 
@@ -76,23 +107,25 @@ where
         // The readied service goes into the future; a fresh clone stays behind (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let db = self.db.clone();
-        let admin_token = self.admin_token.clone();
+        let settings = self.settings.clone();
         Box::pin(async move {
             let path = request.uri().path();
             if PUBLIC_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
                 return inner.call(request).await;
             }
+            let peer = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            let address = client_ip::resolve(peer, request.headers(), &settings.trusted_proxies);
             let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-            if path.starts_with(ADMIN_PREFIX) {
-                return match admin_check(admin_token.as_deref(), authorization) {
-                    Ok(()) => inner.call(request).await,
-                    Err(status) => Ok(status.into_http()),
-                };
-            }
-            match merchants::authenticate(&db, authorization).await {
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
+            match settings.principal(path, authorization, address).await {
+                Ok(principal) => {
+                    if let Principal::Merchant(caller) = &principal {
+                        request.extensions_mut().insert(caller.clone());
+                    }
+                    request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
                 Err(err) => Ok(Status::from(err).into_http()),

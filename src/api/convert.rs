@@ -174,6 +174,7 @@ pub fn channel(c: &Channel) -> pb::Channel {
         updated_at: Some(timestamp(c.updated_at)),
         pingback_path,
         merchant_id: c.merchant_id,
+        owner_merchant_id: c.owner_id,
         version: c.version,
         disabled_at: c.disabled_at.map(timestamp),
     }

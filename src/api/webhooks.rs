@@ -79,9 +79,16 @@ impl WebhookService for WebhooksApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         endpoints::validate(&r.url, &r.event_types, self.allow_internal_targets)?;
-        let (saved, secret) =
-            endpoints::set(&self.db, &self.keys, &caller.merchant_id, &r.url, r.event_types, self.rotation_overlap_ms)
-                .await?;
+        let (saved, secret) = endpoints::set(
+            &self.db,
+            &self.keys,
+            &caller.actor(),
+            &caller.merchant_id,
+            &r.url,
+            r.event_types,
+            self.rotation_overlap_ms,
+        )
+        .await?;
         tracing::info!(merchant_id = %caller.merchant_id, "webhook endpoint set");
         Ok(Response::new(endpoint(&saved, secret)))
     }

@@ -17,6 +17,7 @@ use self::{
     repo::{ListFilter, StoredChannel},
 };
 use crate::{
+    audit::{self, Action, Actor},
     error::{InvalidArgument, Violations},
     merchants::Caller,
     store::{Db, StoreError, now_ms},
@@ -32,6 +33,9 @@ pub enum ChannelError {
     KeyTaken,
     #[error("the channel changed while this update ran; read it again and retry")]
     Conflict,
+    /// A sub-merchant may use a channel its parent assigned to it, never change or delete it.
+    #[error("channel {channel_key} belongs to merchant {owner_id}; only its owner may change or delete it")]
+    NotOwner { channel_key: String, owner_id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("channel secret: {0}")]
@@ -48,6 +52,9 @@ impl ChannelError {
             Self::NotFound => Self::NotFound,
             Self::KeyTaken => Self::KeyTaken,
             Self::Conflict => Self::Conflict,
+            Self::NotOwner { channel_key, owner_id } => {
+                Self::NotOwner { channel_key: channel_key.clone(), owner_id: owner_id.clone() }
+            }
             Self::Store(StoreError::Unavailable(inner)) => {
                 Self::Store(StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())))
             }
@@ -106,10 +113,15 @@ impl Channels {
     }
 
     pub async fn create(&self, caller: &Caller, mut new: NewChannel) -> Result<Channel, ChannelError> {
-        let owner = owner(caller, std::mem::take(&mut new.sub_merchant_id), "sub_merchant_id")?;
-        let channel = new.validate(&owner, now_ms())?;
+        let fields = new.given_fields();
+        let user = owner(caller, std::mem::take(&mut new.sub_merchant_id), "sub_merchant_id")?;
+        let mut channel = new.validate(&user, now_ms())?;
+        channel.owner_id = caller.merchant_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
-        repo::insert(&self.db, &stored).await?;
+        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        repo::insert(&mut tx, &stored).await?;
+        audited(&mut tx, &caller.actor(), Action::ChannelCreated, &channel, &fields).await?;
+        tx.commit().await.map_err(StoreError::from)?;
         self.cache.written(Some(&stored), &stored.channel_key).await;
         Ok(channel)
     }
@@ -129,7 +141,7 @@ impl Channels {
         channel_key: &str,
         patch: ChannelPatch,
     ) -> Result<Channel, ChannelError> {
-        let current = self.get(caller, channel_key).await?;
+        let current = self.owned(caller, channel_key).await?;
         let mut v = Violations::default();
         if patch.paths.is_empty() {
             v.add("update_mask", "name at least one field to change");
@@ -188,17 +200,25 @@ impl Channels {
         channel.version = current.version + 1;
         channel.created_at = current.created_at;
         channel.disabled_at = current.disabled_at;
+        channel.owner_id = current.owner_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
-        if !repo::update(&self.db, &stored).await? {
+        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        if !repo::update(&mut tx, &stored).await? {
             return Err(ChannelError::Conflict);
         }
+        let fields: Vec<&str> = patch.paths.iter().map(String::as_str).collect();
+        audited(&mut tx, &caller.actor(), Action::ChannelUpdated, &channel, &fields).await?;
+        tx.commit().await.map_err(StoreError::from)?;
         self.cache.written(Some(&stored), channel_key).await;
         Ok(channel)
     }
 
     pub async fn delete(&self, caller: &Caller, channel_key: &str) -> Result<Deleted, ChannelError> {
-        let current = self.get(caller, channel_key).await?;
-        if repo::erase_if_unused(&self.db, channel_key).await? {
+        let current = self.owned(caller, channel_key).await?;
+        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        if repo::erase_if_unused(&mut tx, channel_key).await? {
+            audited(&mut tx, &caller.actor(), Action::ChannelDeleted, &current, &["erased"]).await?;
+            tx.commit().await.map_err(StoreError::from)?;
             self.cache.written(None, channel_key).await;
             return Ok(Deleted::Erased);
         }
@@ -208,12 +228,24 @@ impl Channels {
             channel.updated_at = now_ms();
             channel.disabled_at = Some(channel.updated_at);
             let stored = StoredChannel::seal(&channel, self.keys());
-            if !repo::update(&self.db, &stored).await? {
+            if !repo::update(&mut tx, &stored).await? {
                 return Err(ChannelError::Conflict);
             }
+            audited(&mut tx, &caller.actor(), Action::ChannelDeleted, &channel, &["disabled_at"]).await?;
+            tx.commit().await.map_err(StoreError::from)?;
             self.cache.written(Some(&stored), channel_key).await;
         }
         Ok(Deleted::Disabled)
+    }
+
+    /// A channel the caller may change: one its merchant (or a sub-merchant of it) created.
+    async fn owned(&self, caller: &Caller, channel_key: &str) -> Result<Channel, ChannelError> {
+        let channel = self.get(caller, channel_key).await?;
+        if caller.acts_for(&channel.owner_id) {
+            Ok(channel)
+        } else {
+            Err(ChannelError::NotOwner { channel_key: channel.channel_key, owner_id: channel.owner_id })
+        }
     }
 
     /// For a checkout: a channel the caller acts for (cached).
@@ -226,6 +258,24 @@ impl Channels {
     pub async fn for_callback(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {
         self.cache.get(channel_key).await
     }
+}
+
+/// Records a channel change in its transaction: who, which channel, which fields (never values).
+async fn audited(
+    conn: &mut sqlx::AnyConnection,
+    actor: &Actor,
+    action: Action,
+    channel: &Channel,
+    fields: &[&str],
+) -> Result<(), StoreError> {
+    let entry = audit::Entry {
+        actor,
+        action,
+        merchant_id: Some(&channel.owner_id),
+        target: &channel.channel_key,
+        changed_fields: fields,
+    };
+    audit::record(conn, &entry, now_ms()).await
 }
 
 /// The merchant a new or reassigned channel belongs to: the caller, or one of its sub-merchants.
@@ -271,7 +321,17 @@ pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, 
         }
         let secret = keys.decrypt(channel_key, old).map_err(|e| format!("channel {channel_key}: {e}"))?;
         let new = keys.encrypt(channel_key, &secret);
-        if repo::replace_secret(db, channel_key, old, &new).await.map_err(|e| e.to_string())? {
+        let mut tx = db.pool().begin().await.map_err(|e| e.to_string())?;
+        if repo::replace_secret(&mut tx, channel_key, old, &new).await.map_err(|e| e.to_string())? {
+            let entry = audit::Entry {
+                actor: &Actor::cli(),
+                action: Action::MasterKeyRotated,
+                merchant_id: None,
+                target: channel_key,
+                changed_fields: &["paymentwall.secret_key"],
+            };
+            audit::record(&mut tx, &entry, now_ms()).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
             let stored = repo::get(db, channel_key).await.map_err(|e| e.to_string())?;
             cache.written(stored.as_ref(), channel_key).await;
             rotated += 1;

@@ -5,7 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     error::Violations,
-    ingest::parse_cidr,
+    net::parse_cidr,
     providers::paymentwall::{self, SignVersion},
 };
 
@@ -65,8 +65,10 @@ pub struct PaymentwallConfig {
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub channel_key: String,
-    /// The owner: the merchant, or the sub-merchant the channel is assigned to.
+    /// Who uses it: the owner, or the sub-merchant the owner assigned it to.
     pub merchant_id: String,
+    /// The merchant that created it: only the owner (or the owner's parent) may change or delete it.
+    pub owner_id: String,
     pub name: String,
     pub provider: Provider,
     pub mode: ChannelMode,
@@ -114,6 +116,26 @@ pub const MAX_NAME: usize = 128;
 pub const DEFAULT_WIDGET: &str = "p1_1";
 
 impl NewChannel {
+    /// The proto paths of the fields a create request sets, for the audit trail (never values).
+    pub fn given_fields(&self) -> Vec<&'static str> {
+        let mut fields = vec!["channel_key", "name", "provider", "mode"];
+        if !self.sub_merchant_id.is_empty() {
+            fields.push("sub_merchant_id");
+        }
+        if let Some(pw) = &self.paymentwall {
+            let given = [
+                ("paymentwall.project_key", !pw.project_key.is_empty()),
+                ("paymentwall.secret_key", !pw.secret_key.expose_secret().is_empty()),
+                ("paymentwall.widget", !pw.widget.is_empty()),
+                ("paymentwall.sign_version", pw.sign_version != 0),
+                ("paymentwall.pingback_allowlist", !pw.pingback_allowlist.is_empty()),
+                ("paymentwall.api_base_url", !pw.api_base_url.is_empty()),
+            ];
+            fields.extend(given.into_iter().filter(|(_, set)| *set).map(|(name, _)| name));
+        }
+        fields
+    }
+
     /// Checks every field and fills defaults, giving the channel to store. Nothing is stored by this.
     pub fn validate(self, merchant_id: &str, now: i64) -> Result<Channel, crate::error::InvalidArgument> {
         let mut v = Violations::default();
@@ -151,6 +173,8 @@ impl NewChannel {
         Ok(Channel {
             channel_key,
             merchant_id: merchant_id.to_owned(),
+            // The caller's to set when the creator is not who uses it.
+            owner_id: merchant_id.to_owned(),
             name: self.name,
             provider,
             mode,

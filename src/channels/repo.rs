@@ -3,16 +3,16 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider, crypto::MasterKeys};
 use crate::{
-    ingest::parse_cidr,
+    net::parse_cidr,
     providers::paymentwall::SignVersion,
     store::{Db, StoreError},
 };
 
-const COLUMNS: &str = "channel_key, merchant_id, name, provider, mode, project_key, secret_ciphertext, widget, \
+const COLUMNS: &str = "channel_key, merchant_id, owner_id, name, provider, mode, project_key, secret_ciphertext, widget, \
     sign_version, pingback_allowlist, api_base_url, version, created_at, updated_at, disabled_at";
 
 /// Merchants a caller acts for: itself and its sub-merchants.
@@ -22,6 +22,9 @@ const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE 
 pub struct StoredChannel {
     pub channel_key: String,
     pub merchant_id: String,
+    /// Absent in copies cached by an older version; ownership is always decided from the database.
+    #[serde(default)]
+    pub owner_id: String,
     pub name: String,
     pub provider: String,
     pub mode: String,
@@ -42,6 +45,7 @@ impl StoredChannel {
         Self {
             channel_key: c.channel_key.clone(),
             merchant_id: c.merchant_id.clone(),
+            owner_id: c.owner_id.clone(),
             name: c.name.clone(),
             provider: c.provider.as_str().to_owned(),
             mode: c.mode.as_str().to_owned(),
@@ -73,6 +77,7 @@ impl StoredChannel {
         Ok(Channel {
             channel_key: self.channel_key.clone(),
             merchant_id: self.merchant_id.clone(),
+            owner_id: if self.owner_id.is_empty() { self.merchant_id.clone() } else { self.owner_id.clone() },
             name: self.name.clone(),
             provider: Provider::parse(&self.provider).ok_or_else(|| corrupt("provider", &"unknown"))?,
             mode: ChannelMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &"unknown"))?,
@@ -92,14 +97,15 @@ impl StoredChannel {
     }
 }
 
-pub async fn insert(db: &Db, c: &StoredChannel) -> Result<(), ChannelError> {
+pub async fn insert(conn: &mut AnyConnection, c: &StoredChannel) -> Result<(), ChannelError> {
     let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
     let sql = format!(
-        "INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        "INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     );
     let result = sqlx::query(&sql)
         .bind(&c.channel_key)
         .bind(&c.merchant_id)
+        .bind(&c.owner_id)
         .bind(&c.name)
         .bind(&c.provider)
         .bind(&c.mode)
@@ -113,7 +119,7 @@ pub async fn insert(db: &Db, c: &StoredChannel) -> Result<(), ChannelError> {
         .bind(c.created_at)
         .bind(c.updated_at)
         .bind(c.disabled_at)
-        .execute(db.pool())
+        .execute(conn)
         .await;
     match result.map_err(StoreError::from) {
         Ok(_) => Ok(()),
@@ -123,7 +129,7 @@ pub async fn insert(db: &Db, c: &StoredChannel) -> Result<(), ChannelError> {
 }
 
 /// Writes `c` (whose version is already bumped) only if the row is still at `c.version - 1`.
-pub async fn update(db: &Db, c: &StoredChannel) -> Result<bool, ChannelError> {
+pub async fn update(conn: &mut AnyConnection, c: &StoredChannel) -> Result<bool, ChannelError> {
     let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
     let done = sqlx::query(
         "UPDATE channels SET merchant_id = $1, name = $2, mode = $3, project_key = $4, secret_ciphertext = $5, \
@@ -144,21 +150,21 @@ pub async fn update(db: &Db, c: &StoredChannel) -> Result<bool, ChannelError> {
     .bind(c.disabled_at)
     .bind(&c.channel_key)
     .bind(c.version - 1)
-    .execute(db.pool())
+    .execute(conn)
     .await
     .map_err(StoreError::from)?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Erases a channel nothing refers to. False when payments or pingbacks refer to it.
-pub async fn erase_if_unused(db: &Db, channel_key: &str) -> Result<bool, ChannelError> {
+pub async fn erase_if_unused(conn: &mut AnyConnection, channel_key: &str) -> Result<bool, ChannelError> {
     let done = sqlx::query(
         "DELETE FROM channels WHERE channel_key = $1 \
          AND NOT EXISTS (SELECT 1 FROM payments WHERE channel_key = $1) \
          AND NOT EXISTS (SELECT 1 FROM pingbacks WHERE channel_key = $1)",
     )
     .bind(channel_key)
-    .execute(db.pool())
+    .execute(conn)
     .await
     .map_err(StoreError::from)?;
     Ok(done.rows_affected() == 1)
@@ -241,7 +247,12 @@ pub async fn all_secrets(db: &Db) -> Result<Vec<(String, String)>, ChannelError>
 
 /// Replaces one encrypted secret if it is still `old` (key rotation). The version is bumped so
 /// cached copies holding the old ciphertext are replaced.
-pub async fn replace_secret(db: &Db, channel_key: &str, old: &str, new: &str) -> Result<bool, ChannelError> {
+pub async fn replace_secret(
+    conn: &mut AnyConnection,
+    channel_key: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, ChannelError> {
     let done = sqlx::query(
         "UPDATE channels SET secret_ciphertext = $1, version = version + 1 \
          WHERE channel_key = $2 AND secret_ciphertext = $3",
@@ -249,7 +260,7 @@ pub async fn replace_secret(db: &Db, channel_key: &str, old: &str, new: &str) ->
     .bind(new)
     .bind(channel_key)
     .bind(old)
-    .execute(db.pool())
+    .execute(conn)
     .await
     .map_err(StoreError::from)?;
     Ok(done.rows_affected() == 1)
@@ -262,6 +273,10 @@ fn from_row(row: &AnyRow) -> Result<StoredChannel, ChannelError> {
     Ok(StoredChannel {
         channel_key: s("channel_key")?,
         merchant_id: s("merchant_id")?,
+        owner_id: row
+            .try_get::<Option<String>, _>("owner_id")
+            .map_err(|e| corrupt("owner_id", &e))?
+            .unwrap_or_default(),
         name: s("name")?,
         provider: s("provider")?,
         mode: s("mode")?,

@@ -2,7 +2,10 @@
 //! address -> verify signature -> refuse test pingbacks on LIVE channels -> store and apply in one
 //! transaction -> answer `OK`. Only a committed (or already committed) pingback is answered `OK`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use axum::{
     extract::{ConnectInfo, Path, RawQuery, State},
@@ -12,10 +15,10 @@ use axum::{
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
-use super::client_ip;
 use crate::{
     app::AppState,
     channels::{ChannelError, ChannelMode},
+    net::client_ip,
     payments::notifications::{self, Applied, Notice, NotificationError, RawNotification},
     providers::paymentwall::{
         SignVersion,
@@ -50,6 +53,14 @@ pub enum PingbackError {
     Channel(ChannelError),
     #[error("{0}")]
     Corrupt(String),
+    /// Too many refused pingbacks from this source; answered 429 instead of the refusal itself.
+    #[error("too many refused pingbacks from this address; retry in {} s", retry_after_secs(*.retry_after))]
+    RateLimited { retry_after: Duration, refused: Box<PingbackError> },
+}
+
+/// Whole seconds for `Retry-After`, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 /// The pingback's `type` as a metric label: only the types Paymentwall defines, else "other".
@@ -71,7 +82,22 @@ impl PingbackError {
             Self::PaymentNotFound => "unknown_payment",
             Self::Timeout | Self::Busy | Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) | Self::Channel(_) | Self::Corrupt(_) => "error",
+            Self::RateLimited { .. } => "rate_limited",
         }
+    }
+
+    /// Refused for something the sender did (not an outage, not a valid pingback we cannot
+    /// place): what the per-source limit counts.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownChannel
+                | Self::SourceNotAllowed(_)
+                | Self::Malformed(_)
+                | Self::BadSignature
+                | Self::SignVersionNotAccepted(_)
+                | Self::TestOnLiveChannel
+        )
     }
 
     /// The one line the provider sees. Internal detail stays in the log.
@@ -147,6 +173,14 @@ pub async fn paymentwall(
             (StatusCode::OK, "OK").into_response()
         }
         Ok(Err(err)) => {
+            // Valid pingbacks never reach here, so a flood of forged ones cannot slow them down.
+            let err = match &state.pingback_refusals {
+                Some(limiter) if err.is_refusal() => match limiter.check(&source.to_string()).await {
+                    Ok(()) => err,
+                    Err(retry_after) => PingbackError::RateLimited { retry_after, refused: Box::new(err) },
+                },
+                _ => err,
+            };
             metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => err.outcome_label())
                 .increment(1);
             span.record("outcome", err.outcome_label());
@@ -154,6 +188,8 @@ pub async fn paymentwall(
                 PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
                     tracing::error!(error = %err, "pingback failed")
                 }
+                // A flood is counted by the metric, not written line by line.
+                PingbackError::RateLimited { .. } => tracing::debug!(error = %err, "pingback refused"),
                 _ => tracing::warn!(error = %err, "pingback refused"),
             });
             err.into_response()

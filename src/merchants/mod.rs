@@ -1,18 +1,22 @@
-//! Merchants (tenants), their sub-merchants, and API keys. Keys are shown once and stored as
-//! SHA-256 digests: they are long random strings, so a fast hash is enough and a lookup stays one
-//! indexed read.
+//! Merchants (tenants) and their sub-merchants, with everything that decides who may act for
+//! them: API keys (`keys`), the API allowlist (`allowlist`) and the verified-key cache that makes
+//! authentication cost no database query per RPC (`key_cache`). Every change is audited.
 
-use rand::{Rng, distr::Alphanumeric};
-use sha2::{Digest, Sha256};
+pub mod allowlist;
+pub mod key_cache;
+pub mod keys;
+
+use std::{net::IpAddr, time::Duration};
+
 use sqlx::Row;
 
+pub use self::{allowlist::Allowlist, key_cache::KeyCache, keys::ApiKey};
 use crate::{
+    audit::{self, Action, Actor},
     error::InvalidArgument,
     store::{Db, StoreError, now_ms},
 };
 
-const KEY_PREFIX: &str = "pgk_";
-const KEY_RANDOM_CHARS: usize = 32; // 62^32 ~ 2^190
 pub const MAX_NAME: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,17 @@ pub enum AuthError {
     Malformed,
     #[error("invalid API key")]
     UnknownKey,
+    #[error("API key {0} has been revoked")]
+    Revoked(String),
+    #[error("API key {0} has expired")]
+    Expired(String),
+    /// Names the caller's address and nothing about the list.
+    #[error("caller address {0} is not allowed to use this merchant's API keys")]
+    AddressNotAllowed(IpAddr),
+    #[error("the admin token is accepted by MerchantService only; call this RPC with a merchant API key")]
+    AdminTokenNotAKey,
+    #[error("rate limit of API key {key_id} exceeded; retry in {} ms", retry_after.as_millis())]
+    RateLimited { key_id: String, retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -31,8 +46,17 @@ pub enum AuthError {
 pub enum MerchantError {
     #[error("merchant not found")]
     NotFound,
+    #[error("API key not found")]
+    KeyNotFound,
     #[error("{0} is a sub-merchant; a sub-merchant cannot have sub-merchants")]
     NestedSubMerchant(String),
+    #[error("{0} needs the admin token")]
+    AdminOnly(&'static str),
+    #[error(
+        "this list does not include your address {0}: calls with this merchant's keys from it would be refused. \
+         Add a block that contains it, or set the list with the admin token"
+    )]
+    WouldLockOut(IpAddr),
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
     #[error(transparent)]
@@ -51,11 +75,65 @@ pub struct Caller {
     pub merchant_id: String,
     /// The merchant itself and its sub-merchants: everything this key may act for.
     pub scope: Vec<String>,
+    /// The API key used.
+    pub key_id: String,
+    /// Where the call came from (the TCP peer, or X-Forwarded-For from a trusted proxy).
+    pub address: IpAddr,
 }
 
 impl Caller {
     pub fn acts_for(&self, merchant_id: &str) -> bool {
         self.scope.iter().any(|m| m == merchant_id)
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor::api_key(&self.key_id, self.address)
+    }
+}
+
+/// Who is calling a MerchantService RPC: the operator with the admin token, or a merchant's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin { address: IpAddr },
+    Merchant(Caller),
+}
+
+impl Principal {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Self::Admin { address } => Actor::admin(address),
+            Self::Merchant(caller) => caller.actor(),
+        }
+    }
+
+    pub fn require_admin(&self, rpc: &'static str) -> Result<(), MerchantError> {
+        match self {
+            Self::Admin { .. } => Ok(()),
+            Self::Merchant(_) => Err(MerchantError::AdminOnly(rpc)),
+        }
+    }
+
+    /// The merchant an RPC's `merchant_id` names: a key may name its own merchant (the default
+    /// when empty) or one of its sub-merchants; anything else reads as not found. The admin must
+    /// name one.
+    pub fn target(&self, merchant_id: &str) -> Result<String, MerchantError> {
+        match self {
+            Self::Admin { .. } if merchant_id.is_empty() => {
+                Err(InvalidArgument::single("merchant_id", "is required with the admin token").into())
+            }
+            Self::Admin { .. } => Ok(merchant_id.to_owned()),
+            Self::Merchant(caller) if merchant_id.is_empty() => Ok(caller.merchant_id.clone()),
+            Self::Merchant(caller) if caller.acts_for(merchant_id) => Ok(merchant_id.to_owned()),
+            Self::Merchant(_) => Err(MerchantError::NotFound),
+        }
+    }
+
+    /// Whether the principal may see `merchant_id`'s records.
+    pub fn sees(&self, merchant_id: &str) -> bool {
+        match self {
+            Self::Admin { .. } => true,
+            Self::Merchant(caller) => caller.acts_for(merchant_id),
+        }
     }
 }
 
@@ -64,91 +142,149 @@ pub struct CreatedMerchant {
     pub merchant_id: String,
     /// Shown once; only its digest is stored.
     pub api_key: String,
+    pub key_id: String,
 }
 
-/// A merchant (or, with `parent_id`, a sub-merchant) and its first API key.
-pub async fn create_merchant(db: &Db, name: &str, parent_id: Option<&str>) -> Result<CreatedMerchant, MerchantError> {
+/// The merchant capability: tenants, their keys and allowlists, and authentication.
+#[derive(Clone)]
+pub struct Merchants {
+    db: Db,
+    keys: KeyCache,
+}
+
+impl Merchants {
+    pub fn new(db: Db, keys: KeyCache) -> Self {
+        Self { db, keys }
+    }
+
+    pub fn key_cache(&self) -> &KeyCache {
+        &self.keys
+    }
+
+    /// A merchant (or, with `parent_id`, a sub-merchant) and its first API key, named "initial".
+    pub async fn create_merchant(
+        &self,
+        actor: &Actor,
+        name: &str,
+        parent_id: Option<&str>,
+    ) -> Result<CreatedMerchant, MerchantError> {
+        let name = validate_name("name", name)?;
+        if let Some(parent) = parent_id {
+            let row = sqlx::query("SELECT parent_id FROM merchants WHERE merchant_id = $1")
+                .bind(parent)
+                .fetch_optional(self.db.pool())
+                .await?
+                .ok_or(MerchantError::NotFound)?;
+            if row.try_get::<Option<String>, _>("parent_id")?.is_some() {
+                return Err(MerchantError::NestedSubMerchant(parent.to_owned()));
+            }
+        }
+        let merchant_id = format!("mer_{}", ulid::Ulid::new());
+        let now = now_ms();
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("INSERT INTO merchants (merchant_id, name, parent_id, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&merchant_id)
+            .bind(name)
+            .bind(parent_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let action = if parent_id.is_some() { Action::SubMerchantCreated } else { Action::MerchantCreated };
+        let entry = audit::Entry {
+            actor,
+            action,
+            merchant_id: Some(&merchant_id),
+            target: &merchant_id,
+            changed_fields: &["name", "parent_merchant_id"][..if parent_id.is_some() { 2 } else { 1 }],
+        };
+        audit::record(&mut tx, &entry, now).await?;
+        let created = keys::insert(&mut tx, actor, &merchant_id, &keys::NewApiKey::named("initial"), now).await?;
+        tx.commit().await?;
+        if parent_id.is_some() {
+            // The parent's cached keys must start acting for the new sub-merchant.
+            self.keys.invalidate().await;
+        }
+        Ok(CreatedMerchant { merchant_id, api_key: created.secret, key_id: created.key.key_id })
+    }
+
+    pub async fn create_api_key(
+        &self,
+        actor: &Actor,
+        merchant_id: &str,
+        new: &keys::NewApiKey,
+    ) -> Result<keys::CreatedApiKey, MerchantError> {
+        let now = now_ms();
+        new.validate(now)?;
+        let mut tx = self.db.pool().begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM merchants WHERE merchant_id = $1")
+            .bind(merchant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(MerchantError::NotFound);
+        }
+        let created = keys::insert(&mut tx, actor, merchant_id, new, now).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    pub async fn list_api_keys(&self, filter: &keys::ListFilter) -> Result<Vec<ApiKey>, MerchantError> {
+        Ok(keys::list(&self.db, filter).await?)
+    }
+
+    pub async fn get_api_key(&self, key_id: &str) -> Result<ApiKey, MerchantError> {
+        keys::get(&self.db, key_id).await?.ok_or(MerchantError::KeyNotFound)
+    }
+
+    /// Revokes a key (again: a no-op). Every replica refuses it once this returns and the
+    /// invalidation reached it: milliseconds with Redis, the cache TTL without.
+    pub async fn revoke_api_key(&self, actor: &Actor, key: &ApiKey) -> Result<ApiKey, MerchantError> {
+        let now = now_ms();
+        let mut tx = self.db.pool().begin().await?;
+        let revoked = keys::revoke(&mut tx, &key.key_id, now).await?;
+        if revoked {
+            let entry = audit::Entry {
+                actor,
+                action: Action::ApiKeyRevoked,
+                merchant_id: Some(&key.merchant_id),
+                target: &key.key_id,
+                changed_fields: &["revoked_at"],
+            };
+            audit::record(&mut tx, &entry, now).await?;
+        }
+        tx.commit().await?;
+        self.keys.invalidate().await;
+        self.get_api_key(&key.key_id).await
+    }
+
+    pub async fn get_allowlist(&self, merchant_id: &str) -> Result<Allowlist, MerchantError> {
+        allowlist::get(&self.db, merchant_id).await
+    }
+
+    pub async fn set_allowlist(
+        &self,
+        actor: &Actor,
+        merchant_id: &str,
+        blocks: &[ipnet::IpNet],
+    ) -> Result<Allowlist, MerchantError> {
+        allowlist::set(&self.db, actor, merchant_id, blocks).await?;
+        self.keys.invalidate().await;
+        self.get_allowlist(merchant_id).await
+    }
+
+    /// Resolves a bearer API key used from `address` to the merchant it acts for.
+    pub async fn authenticate(&self, api_key: &str, address: IpAddr) -> Result<Caller, AuthError> {
+        self.keys.authenticate(api_key, address).await
+    }
+}
+
+fn validate_name<'a>(field: &str, name: &'a str) -> Result<&'a str, InvalidArgument> {
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(InvalidArgument::single("name", format!("must be 1 to {MAX_NAME} printable characters")).into());
+        return Err(InvalidArgument::single(field, format!("must be 1 to {MAX_NAME} printable characters")));
     }
-    if let Some(parent) = parent_id {
-        let row = sqlx::query("SELECT parent_id FROM merchants WHERE merchant_id = $1")
-            .bind(parent)
-            .fetch_optional(db.pool())
-            .await?
-            .ok_or(MerchantError::NotFound)?;
-        if row.try_get::<Option<String>, _>("parent_id")?.is_some() {
-            return Err(MerchantError::NestedSubMerchant(parent.to_owned()));
-        }
-    }
-    let merchant_id = format!("mer_{}", ulid::Ulid::new());
-    let now = now_ms();
-    let mut tx = db.pool().begin().await?;
-    sqlx::query("INSERT INTO merchants (merchant_id, name, parent_id, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&merchant_id)
-        .bind(name)
-        .bind(parent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    let api_key = insert_api_key(&mut tx, &merchant_id, now).await?;
-    tx.commit().await?;
-    Ok(CreatedMerchant { merchant_id, api_key })
-}
-
-/// Another API key for an existing merchant.
-pub async fn create_api_key(db: &Db, merchant_id: &str) -> Result<String, MerchantError> {
-    let mut tx = db.pool().begin().await?;
-    let exists = sqlx::query("SELECT 1 FROM merchants WHERE merchant_id = $1")
-        .bind(merchant_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_none() {
-        return Err(MerchantError::NotFound);
-    }
-    let key = insert_api_key(&mut tx, merchant_id, now_ms()).await?;
-    tx.commit().await?;
-    Ok(key)
-}
-
-async fn insert_api_key(conn: &mut sqlx::AnyConnection, merchant_id: &str, now: i64) -> Result<String, sqlx::Error> {
-    let api_key = new_api_key();
-    sqlx::query("INSERT INTO api_keys (key_id, merchant_id, key_hash, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(format!("key_{}", ulid::Ulid::new()))
-        .bind(merchant_id)
-        .bind(digest(&api_key))
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(api_key)
-}
-
-/// Resolves `authorization` metadata to the merchant it acts for.
-pub async fn authenticate(db: &Db, authorization: Option<&str>) -> Result<Caller, AuthError> {
-    let key = bearer_token(authorization)?;
-    if !key.starts_with(KEY_PREFIX) {
-        return Err(AuthError::UnknownKey);
-    }
-    // One read: the key's merchant and every merchant it acts for (itself and its sub-merchants).
-    let rows = sqlx::query(
-        "SELECT k.merchant_id AS merchant_id, m.merchant_id AS member FROM api_keys k \
-         JOIN merchants m ON m.merchant_id = k.merchant_id OR m.parent_id = k.merchant_id \
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-    )
-    .bind(digest(key))
-    .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
-    let first = rows.first().ok_or(AuthError::UnknownKey)?;
-    let merchant_id: String = first.try_get("merchant_id").map_err(StoreError::from)?;
-    let scope = rows
-        .iter()
-        .map(|r| r.try_get::<String, _>("member"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from)?;
-    Ok(Caller { merchant_id, scope })
+    Ok(name)
 }
 
 /// The token of `Bearer <token>`.
@@ -162,27 +298,9 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
         .ok_or(AuthError::Malformed)
 }
 
-fn new_api_key() -> String {
-    let random: String = rand::rng().sample_iter(Alphanumeric).take(KEY_RANDOM_CHARS).map(char::from).collect();
-    format!("{KEY_PREFIX}{random}")
-}
-
-fn digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_long_random_and_distinct() {
-        let (a, b) = (new_api_key(), new_api_key());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), KEY_PREFIX.len() + KEY_RANDOM_CHARS);
-        assert_ne!(digest(&a), digest(&b));
-        assert!(!digest(&a).contains(&a[KEY_PREFIX.len()..]));
-    }
 
     #[test]
     fn bearer_tokens_are_parsed_strictly() {
@@ -190,5 +308,28 @@ mod tests {
         assert!(matches!(bearer_token(None), Err(AuthError::Missing)));
         assert!(matches!(bearer_token(Some("Basic abc")), Err(AuthError::Malformed)));
         assert!(matches!(bearer_token(Some("Bearer ")), Err(AuthError::Malformed)));
+    }
+
+    fn caller(merchant_id: &str, scope: &[&str]) -> Caller {
+        Caller {
+            merchant_id: merchant_id.into(),
+            scope: scope.iter().map(|s| s.to_string()).collect(),
+            key_id: "key_1".into(),
+            address: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_key_targets_itself_and_its_sub_merchants_only() {
+        let parent = Principal::Merchant(caller("mer_p", &["mer_p", "mer_s"]));
+        assert_eq!(parent.target("").unwrap(), "mer_p");
+        assert_eq!(parent.target("mer_s").unwrap(), "mer_s");
+        assert!(matches!(parent.target("mer_other"), Err(MerchantError::NotFound)));
+        let sub = Principal::Merchant(caller("mer_s", &["mer_s"]));
+        assert!(matches!(sub.target("mer_p"), Err(MerchantError::NotFound)));
+        let admin = Principal::Admin { address: "127.0.0.1".parse().unwrap() };
+        assert_eq!(admin.target("mer_any").unwrap(), "mer_any");
+        assert!(matches!(admin.target(""), Err(MerchantError::Invalid(_))));
+        assert!(matches!(sub.require_admin("CreateMerchant"), Err(MerchantError::AdminOnly(_))));
     }
 }

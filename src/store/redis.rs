@@ -102,6 +102,37 @@ impl RedisHandle {
         .await
     }
 
+    /// Takes one token from the bucket at `key` (refilled at `rate_per_sec` up to `burst`,
+    /// timed by Redis's clock so replicas agree). Returns `None` when a token was taken, else how
+    /// long until one will be there.
+    pub async fn take_token(&self, key: &str, rate_per_sec: u32, burst: u32) -> Result<Option<Duration>, RedisError> {
+        static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                r"local rate = tonumber(ARGV[1])
+                  local burst = tonumber(ARGV[2])
+                  local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+                  local tokens = tonumber(state[1])
+                  local at = tonumber(state[2])
+                  if tokens == nil or at == nil then tokens = burst; at = now end
+                  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+                  local wait = 0
+                  if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+                  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+                  redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+                  return wait",
+            )
+        });
+        let key = key.to_owned();
+        let wait_ms = self
+            .call("rate_limit", |mut c| async move {
+                SCRIPT.key(key).arg(rate_per_sec).arg(burst).invoke_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
+    }
+
     pub async fn publish(&self, channel: &str, message: &str) -> Result<(), RedisError> {
         let (channel, message) = (channel.to_owned(), message.to_owned());
         self.call("publish", |mut c| async move { c.publish::<_, _, i64>(channel, message).await.map(|_| ()) }).await

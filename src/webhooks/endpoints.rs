@@ -9,6 +9,7 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{WebhookError, signature};
 use crate::{
+    audit::{self, Action, Actor},
     channels::crypto::MasterKeys,
     error::{InvalidArgument, Violations},
     store::{Db, StoreError, now_ms},
@@ -96,6 +97,7 @@ pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Resu
 pub async fn set(
     db: &Db,
     keys: &MasterKeys,
+    actor: &Actor,
     merchant_id: &str,
     url: &str,
     event_types: Vec<String>,
@@ -108,7 +110,7 @@ pub async fn set(
         created_at: now,
         expires_at: None,
     }];
-    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = db.pool().begin().await.map_err(StoreError::from)?;
     let existing = get(&mut conn, merchant_id).await?;
     if let Some(previous) = existing.as_ref().and_then(|e| e.secrets.first()) {
         secrets.push(StoredSecret { expires_at: Some(now + rotation_overlap_ms), ..previous.clone() });
@@ -129,6 +131,15 @@ pub async fn set(
     .await
     .map_err(StoreError::from)?;
     let endpoint = get(&mut conn, merchant_id).await?.ok_or(WebhookError::NotFound)?;
+    let entry = audit::Entry {
+        actor,
+        action: Action::WebhookEndpointSet,
+        merchant_id: Some(merchant_id),
+        target: merchant_id,
+        changed_fields: &["url", "event_types", "signing_secret"],
+    };
+    audit::record(&mut conn, &entry, now).await?;
+    conn.commit().await.map_err(StoreError::from)?;
     Ok((endpoint, secret))
 }
 

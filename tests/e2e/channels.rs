@@ -58,7 +58,7 @@ async fn the_channel_api_scopes_updates_and_deletes() {
         .into_inner();
     let mut not_admin = MerchantServiceClient::with_interceptor(gate.grpc().await, Bearer::new(&key_a));
     let status = not_admin.create_merchant(pb::CreateMerchantRequest { name: "x".into() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut s = gate.channels(&sub.api_key).await;
 
     // Bad input names the field, and stores nothing.

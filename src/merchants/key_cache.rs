@@ -1,0 +1,261 @@
+//! Verified API keys, cached so that authentication costs no database query per RPC. Revocation
+//! beats the cache: every change that can refuse a key (revoke, allowlist, sub-merchants) drops
+//! the whole in-process cache here and, through Redis pub/sub, on every replica.
+//!
+//! Staleness bounds, for a replica other than the writer: with Redis up, the pub/sub delivery time
+//! (milliseconds); with Redis down or the announcement lost, the cache TTL (`auth_cache_ttl_ms`).
+//! A replica that (re)subscribes drops its cache, since it may have missed announcements.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use moka::future::Cache;
+use sqlx::Row;
+
+use super::{
+    AuthError, Caller, allowlist,
+    keys::{self, KEY_PREFIX},
+};
+use crate::store::{Db, StoreError, now_ms, redis::RedisHandle};
+
+const INVALIDATION_CHANNEL: &str = "api_keys:invalidate";
+/// `last_used_at` is written at most this often per key and replica.
+const TOUCH_EVERY_MS: i64 = 60_000;
+/// Longer than any key this server issues: refused before hashing or lookup.
+const MAX_KEY_LEN: usize = 64;
+
+/// A key as verified against the database: enough to decide every later call without it.
+struct VerifiedKey {
+    key_id: String,
+    merchant_id: String,
+    scope: Vec<String>,
+    expires_at: Option<i64>,
+    revoked: bool,
+    allowlist: Vec<IpNet>,
+    last_touched: AtomicI64,
+}
+
+#[derive(Clone)]
+pub struct KeyCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    redis: Option<RedisHandle>,
+    /// Keyed by the key's digest; `None` remembers a digest that matches no key (keys are made
+    /// server-side at random, so a digest unknown now can never become a key later).
+    local: Cache<String, Option<Arc<VerifiedKey>>>,
+    ttl: Duration,
+    /// Counts invalidations: a load that saw one happen meanwhile does not keep its result.
+    invalidations: AtomicU64,
+}
+
+impl KeyCache {
+    pub fn new(db: Db, redis: Option<RedisHandle>, ttl: Duration) -> Self {
+        let local = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        Self { inner: Arc::new(Inner { db, redis, local, ttl, invalidations: AtomicU64::new(0) }) }
+    }
+
+    pub async fn authenticate(&self, api_key: &str, address: IpAddr) -> Result<Caller, AuthError> {
+        if !api_key.starts_with(KEY_PREFIX) || api_key.len() > MAX_KEY_LEN {
+            return Err(AuthError::UnknownKey);
+        }
+        let key = self.verified(&keys::digest(api_key)).await?.ok_or(AuthError::UnknownKey)?;
+        let now = now_ms();
+        decide(&key, address, now)?;
+        self.touch(&key, now);
+        Ok(Caller {
+            merchant_id: key.merchant_id.clone(),
+            scope: key.scope.clone(),
+            key_id: key.key_id.clone(),
+            address,
+        })
+    }
+
+    async fn verified(&self, digest: &str) -> Result<Option<Arc<VerifiedKey>>, AuthError> {
+        if let Some(found) = self.inner.local.get(digest).await {
+            metrics::counter!("paygate_auth_cache_requests_total", "result" => "hit").increment(1);
+            return Ok(found);
+        }
+        metrics::counter!("paygate_auth_cache_requests_total", "result" => "miss").increment(1);
+        let seen = self.inner.invalidations.load(Ordering::SeqCst);
+        let inner = self.inner.clone();
+        let owned = digest.to_owned();
+        let loaded = self
+            .inner
+            .local
+            .try_get_with(digest.to_owned(), async move { load(&inner.db, &owned).await })
+            .await
+            .map_err(|e| match &*e {
+                StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
+                other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
+            })?;
+        // An invalidation raced the load: the result may predate the change, so it is not kept.
+        if self.inner.invalidations.load(Ordering::SeqCst) != seen {
+            self.inner.local.invalidate(digest).await;
+        }
+        Ok(loaded)
+    }
+
+    fn touch(&self, key: &Arc<VerifiedKey>, now: i64) {
+        let last = key.last_touched.load(Ordering::Relaxed);
+        if now - last < TOUCH_EVERY_MS
+            || key.last_touched.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let (db, key_id) = (self.inner.db.clone(), key.key_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = keys::touch(&db, &key_id, now).await {
+                tracing::debug!(%key_id, error = %e, "could not record the key's last use");
+            }
+        });
+    }
+
+    fn drop_local(&self) {
+        self.inner.invalidations.fetch_add(1, Ordering::SeqCst);
+        self.inner.local.invalidate_all();
+    }
+
+    /// After a committed change that may refuse a key: drop every cached key here and on every
+    /// replica. An announcement Redis did not take is retried for as long as it could still matter.
+    pub async fn invalidate(&self) {
+        self.drop_local();
+        metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "write").increment(1);
+        let Some(redis) = self.inner.redis.clone() else { return };
+        if redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_ok() {
+            return;
+        }
+        let ttl = self.inner.ttl;
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + ttl;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Follows other replicas' invalidations until `shutdown`. Without Redis there is nothing to follow.
+    pub fn spawn_background(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Some(redis) = self.inner.redis.clone() else { return };
+        let cache = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cache.follow_invalidations(redis) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    async fn follow_invalidations(&self, redis: RedisHandle) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match redis.subscribe(INVALIDATION_CHANNEL).await {
+                Ok(pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    self.drop_local();
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        self.drop_local();
+                        metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "remote").increment(1);
+                    }
+                    self.drop_local();
+                    tracing::warn!("api key cache: invalidation subscription lost; entries now live at most their TTL");
+                }
+                Err(e) => tracing::debug!(error = %e, "api key cache: cannot subscribe yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Whether a verified key may make this call now.
+fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError> {
+    if key.revoked {
+        return Err(AuthError::Revoked(key.key_id.clone()));
+    }
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return Err(AuthError::Expired(key.key_id.clone()));
+    }
+    if !allowlist::allows(&key.allowlist, address) {
+        return Err(AuthError::AddressNotAllowed(address.to_canonical()));
+    }
+    Ok(())
+}
+
+/// The key with this digest, its merchant's scope and the allowlist that applies to it.
+async fn load(db: &Db, digest: &str) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, k.expires_at AS expires_at, \
+         k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, m.api_allowlist AS own, \
+         p.api_allowlist AS parent_list FROM api_keys k JOIN merchants m ON m.merchant_id = k.merchant_id \
+         LEFT JOIN merchants p ON p.merchant_id = m.parent_id WHERE k.key_hash = $1",
+    )
+    .bind(digest)
+    .fetch_optional(db.pool())
+    .await?
+    else {
+        return Ok(None);
+    };
+    let merchant_id: String = row.try_get("merchant_id")?;
+    let scope = sqlx::query("SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1")
+        .bind(&merchant_id)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("merchant_id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let own = allowlist::decode(row.try_get::<Option<String>, _>("own")?.as_deref());
+    let parent = allowlist::decode(row.try_get::<Option<String>, _>("parent_list")?.as_deref());
+    Ok(Some(Arc::new(VerifiedKey {
+        key_id: row.try_get("key_id")?,
+        merchant_id,
+        scope,
+        expires_at: row.try_get("expires_at")?,
+        revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+        allowlist: allowlist::effective(&own, &parent).to_vec(),
+        last_touched: AtomicI64::new(row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0)),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revoked: bool, expires_at: Option<i64>, allowlist: &[&str]) -> VerifiedKey {
+        VerifiedKey {
+            key_id: "key_1".into(),
+            merchant_id: "mer_1".into(),
+            scope: vec!["mer_1".into()],
+            expires_at,
+            revoked,
+            allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
+            last_touched: AtomicI64::new(0),
+        }
+    }
+
+    #[test]
+    fn revoked_expired_and_outside_keys_are_refused_in_that_order() {
+        let here: IpAddr = "127.0.0.2".parse().unwrap();
+        let elsewhere: IpAddr = "127.0.0.3".parse().unwrap();
+        assert!(decide(&key(false, None, &[]), elsewhere, 10).is_ok());
+        assert!(decide(&key(false, Some(11), &["127.0.0.2/32"]), here, 10).is_ok());
+        assert!(matches!(decide(&key(true, Some(5), &[]), here, 10), Err(AuthError::Revoked(_))));
+        assert!(matches!(decide(&key(false, Some(10), &[]), here, 10), Err(AuthError::Expired(_))));
+        let refused = decide(&key(false, None, &["127.0.0.2/32"]), elsewhere, 10).unwrap_err();
+        assert_eq!(refused.to_string(), "caller address 127.0.0.3 is not allowed to use this merchant's API keys");
+    }
+}

@@ -1,0 +1,56 @@
+//! Network rules shared by the edges and the domain: CIDR notation, and who a caller is.
+
+pub mod client_ip;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Parses `10.0.0.0/8`, or a bare address as a /32 or /128 (pingback sources, trusted proxies).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("{s:?} is not a CIDR block or IP address"))
+}
+
+/// Parses a CIDR block strictly (RFC 4632): a prefix length is required and the address must be
+/// the network's first, so what is stored is what the person meant. Errors show the form to write.
+pub fn parse_cidr_block(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        return Err(format!("{s:?} is an address, not a CIDR block: write {s}/{bits} for this address alone"));
+    }
+    let net = s.parse::<IpNet>().map_err(|_| {
+        format!("{s:?} is not a CIDR block (write a network and prefix length, e.g. 203.0.113.0/24 or 2001:db8::/32)")
+    })?;
+    if net.trunc() != net {
+        return Err(format!("{s:?} has bits set past its prefix length: write {}", net.trunc()));
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_are_parsed_strictly_with_the_form_to_write() {
+        assert_eq!(parse_cidr_block("203.0.113.0/24").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(parse_cidr_block(" 2001:db8::/32 ").unwrap().to_string(), "2001:db8::/32");
+        let bare = parse_cidr_block("203.0.113.7").unwrap_err();
+        assert!(bare.contains("write 203.0.113.7/32"), "{bare}");
+        assert!(parse_cidr_block("2001:db8::1").unwrap_err().contains("2001:db8::1/128"));
+        assert!(parse_cidr_block("10.1.2.3/8").unwrap_err().contains("write 10.0.0.0/8"));
+        assert!(parse_cidr_block("10.0.0.0/33").is_err());
+        assert!(parse_cidr_block("example.com/24").is_err());
+    }
+
+    #[test]
+    fn lenient_cidrs_take_bare_addresses() {
+        assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+    }
+}
