@@ -110,6 +110,14 @@ pub struct AuditEvent {
     pub created_at: i64,
 }
 
+/// Ids sort in the order this process made them, even within one millisecond (a change that
+/// writes two entries lists them in order).
+fn next_id() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 /// Appends `entry` in the caller's transaction.
 pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> Result<(), StoreError> {
     let fields = serde_json::to_string(entry.changed_fields).unwrap_or_else(|_| "[]".to_owned());
@@ -117,7 +125,7 @@ pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> Re
         "INSERT INTO audit_events (audit_id, merchant_id, actor, action, target, changed_fields, address, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(format!("aud_{}", ulid::Ulid::new()))
+    .bind(format!("aud_{}", next_id()))
     .bind(entry.merchant_id)
     .bind(&entry.actor.id)
     .bind(entry.action.as_str())

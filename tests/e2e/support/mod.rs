@@ -15,7 +15,8 @@ use std::{
 };
 
 use paygate::proto::v1::{
-    self as pb, channel_service_client::ChannelServiceClient, payment_service_client::PaymentServiceClient,
+    self as pb, channel_service_client::ChannelServiceClient, merchant_service_client::MerchantServiceClient,
+    payment_service_client::PaymentServiceClient,
 };
 use sqlx::{AnyPool, Connection, Executor, PgConnection, Row};
 use tonic::{
@@ -30,6 +31,7 @@ pub const SECRET_KEY: &str = "a7408723eaf4bfa2e3ac49b3cb695046";
 
 pub type Payments = PaymentServiceClient<InterceptedService<Channel, Bearer>>;
 pub type Channels = ChannelServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Merchants = MerchantServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub fn postgres_admin_url() -> String {
     std::env::var("PAYGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -199,6 +201,21 @@ impl Paygate {
         Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.expect("gRPC connect")
     }
 
+    /// A connection whose source address is `local` (any 127.0.0.0/8 address works on Linux), so
+    /// tests can call as distinct hosts.
+    pub async fn grpc_from(&self, local: &str) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .local_address(Some(local.parse().expect("an IP address")))
+            .connect()
+            .await
+            .expect("gRPC connect")
+    }
+
+    pub async fn merchants(&self, credential: &str) -> Merchants {
+        MerchantServiceClient::with_interceptor(self.grpc().await, Bearer::new(credential))
+    }
+
     pub async fn payments(&self, api_key: &str) -> Payments {
         PaymentServiceClient::with_interceptor(self.grpc().await, Bearer::new(api_key))
     }
@@ -237,17 +254,28 @@ pub fn create_merchant(db: &TestDb, name: &str) -> (String, String) {
 }
 
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer {
+    authorization: MetadataValue<tonic::metadata::Ascii>,
+    forwarded_for: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl Bearer {
     pub fn new(api_key: &str) -> Self {
-        Self(format!("Bearer {api_key}").parse().expect("ascii key"))
+        Self { authorization: format!("Bearer {api_key}").parse().expect("ascii key"), forwarded_for: None }
+    }
+
+    /// Also sends `x-forwarded-for`, as a proxy (or someone pretending to be one) would.
+    pub fn forwarded_for(api_key: &str, chain: &str) -> Self {
+        Self { forwarded_for: Some(chain.parse().expect("ascii")), ..Self::new(api_key) }
     }
 }
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.authorization.clone());
+        if let Some(chain) = &self.forwarded_for {
+            request.metadata_mut().insert("x-forwarded-for", chain.clone());
+        }
         Ok(request)
     }
 }
