@@ -246,11 +246,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             db.clone(),
             channels.clone(),
             hub.clone(),
+            merchants.key_cache().clone(),
             PaymentMethods::new(ms(state.settings.payment_methods_cache_ttl_ms)),
             state.settings.idempotency_lease_ms as i64,
         )))
         .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
-        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants)))
+        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants.clone())))
         .add_service(WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
             db.clone(),
             cache.keys_arc(),

@@ -11,6 +11,7 @@ use crate::{
     channels::Channels,
     error::{InvalidArgument, Violations},
     events::Hub,
+    merchants::KeyCache,
     payments::{
         cancellations,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
@@ -27,14 +28,22 @@ pub struct PaymentsApi {
     db: Db,
     channels: Channels,
     hub: Arc<Hub>,
+    keys: KeyCache,
     methods: PaymentMethods,
     /// How long an idempotency key's in-flight request holds it.
     idempotency_lease_ms: i64,
 }
 
 impl PaymentsApi {
-    pub fn new(db: Db, channels: Channels, hub: Arc<Hub>, methods: PaymentMethods, idempotency_lease_ms: i64) -> Self {
-        Self { db, channels, hub, methods, idempotency_lease_ms }
+    pub fn new(
+        db: Db,
+        channels: Channels,
+        hub: Arc<Hub>,
+        keys: KeyCache,
+        methods: PaymentMethods,
+        idempotency_lease_ms: i64,
+    ) -> Self {
+        Self { db, channels, hub, keys, methods, idempotency_lease_ms }
     }
 }
 
@@ -55,7 +64,8 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
-        let stream = super::watch::watch(self.db.clone(), &self.hub, caller, request.into_inner()).await?;
+        let stream =
+            super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 

@@ -13,7 +13,7 @@ use crate::{
         hub::{Ended, SubscribeError, Subscription},
         log,
     },
-    merchants::Caller,
+    merchants::{Caller, KeyCache},
     payments::repo::{self, Lookup},
     proto::v1 as pb,
     store::Db,
@@ -47,7 +47,13 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
     }
 }
 
-pub async fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsRequest) -> Result<EventStream, Status> {
+pub async fn watch(
+    db: Db,
+    hub: &Arc<Hub>,
+    keys: KeyCache,
+    caller: Caller,
+    r: pb::WatchPaymentsRequest,
+) -> Result<EventStream, Status> {
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
     let mut statuses = std::collections::HashSet::new();
@@ -92,6 +98,8 @@ pub async fn watch(db: Db, hub: &Arc<Hub>, caller: Caller, r: pb::WatchPaymentsR
     };
     let state = Watch {
         db,
+        keys,
+        key_id: caller.key_id,
         merchant_id: caller.merchant_id,
         filter,
         payment_ids: r.payment_ids,
@@ -116,6 +124,9 @@ enum Phase {
 
 struct Watch {
     db: Db,
+    /// A stream outlives the call that opened it: its key is checked again before every event.
+    keys: KeyCache,
+    key_id: String,
     merchant_id: String,
     filter: Arc<Filter>,
     payment_ids: Vec<String>,
@@ -128,9 +139,19 @@ struct Watch {
 }
 
 impl Watch {
+    /// Ends the stream when its key was revoked or expired since it opened.
+    async fn refused(&mut self) -> Option<Status> {
+        let refusal = Box::pin(self.keys.refusal(&self.key_id)).await?;
+        self.phase = Phase::Ended;
+        Some(Status::from(refusal))
+    }
+
     async fn next(mut self) -> Option<(Result<pb::PaymentEvent, Status>, Self)> {
         loop {
             if let Some((position, event)) = self.pending.pop_front() {
+                if let Some(status) = self.refused().await {
+                    return Some((Err(status), self));
+                }
                 self.last = position;
                 return Some((Ok(event), self));
             }
@@ -179,6 +200,9 @@ impl Watch {
                     // A cursor from a replica that was ahead of this one: skip what the client has.
                     Some(event) if event.position <= self.last => continue,
                     Some(event) => {
+                        if let Some(status) = self.refused().await {
+                            return Some((Err(status), self));
+                        }
                         self.last = event.position;
                         return Some((Ok(to_proto(&event)), self));
                     }

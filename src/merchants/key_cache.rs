@@ -32,6 +32,13 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 /// Longer than any key this server issues: refused before hashing or lookup.
 const MAX_KEY_LEN: usize = 64;
 
+/// What a long-lived session re-checks about the key it was opened with.
+#[derive(Debug, Clone, Copy)]
+struct KeyState {
+    revoked: bool,
+    expires_at: Option<i64>,
+}
+
 /// A key as verified against the database: enough to decide every later call without it.
 struct VerifiedKey {
     key_id: String,
@@ -54,6 +61,8 @@ struct Inner {
     /// Keyed by the key's digest; `None` remembers a digest that matches no key (keys are made
     /// server-side at random, so a digest unknown now can never become a key later).
     local: Cache<String, Option<Arc<VerifiedKey>>>,
+    /// Revocation and expiry by key id, for sessions that outlive one call (open streams).
+    by_id: Cache<String, KeyState>,
     ttl: Duration,
     /// Counts invalidations: a load that saw one happen meanwhile does not keep its result.
     invalidations: AtomicU64,
@@ -62,7 +71,8 @@ struct Inner {
 impl KeyCache {
     pub fn new(db: Db, redis: Option<RedisHandle>, ttl: Duration) -> Self {
         let local = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        Self { inner: Arc::new(Inner { db, redis, local, ttl, invalidations: AtomicU64::new(0) }) }
+        let by_id = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        Self { inner: Arc::new(Inner { db, redis, local, by_id, ttl, invalidations: AtomicU64::new(0) }) }
     }
 
     pub async fn authenticate(&self, api_key: &str, address: IpAddr) -> Result<Caller, AuthError> {
@@ -106,6 +116,31 @@ impl KeyCache {
         Ok(loaded)
     }
 
+    /// Why a key that authenticated earlier must not go on (revoked or expired since), for open
+    /// streams. Within the same bounds as `authenticate`. A database that cannot answer does not
+    /// end a session it already admitted.
+    pub async fn refusal(&self, key_id: &str) -> Option<AuthError> {
+        let state = match self.inner.by_id.get(key_id).await {
+            Some(state) => state,
+            None => {
+                let seen = self.inner.invalidations.load(Ordering::SeqCst);
+                let state = keys::state(&self.inner.db, key_id).await.ok()?;
+                let state = KeyState { revoked: state.0, expires_at: state.1 };
+                if self.inner.invalidations.load(Ordering::SeqCst) == seen {
+                    self.inner.by_id.insert(key_id.to_owned(), state).await;
+                }
+                state
+            }
+        };
+        if state.revoked {
+            Some(AuthError::Revoked(key_id.to_owned()))
+        } else if state.expires_at.is_some_and(|at| at <= now_ms()) {
+            Some(AuthError::Expired(key_id.to_owned()))
+        } else {
+            None
+        }
+    }
+
     fn touch(&self, key: &Arc<VerifiedKey>, now: i64) {
         let last = key.last_touched.load(Ordering::Relaxed);
         if now - last < TOUCH_EVERY_MS
@@ -124,6 +159,7 @@ impl KeyCache {
     fn drop_local(&self) {
         self.inner.invalidations.fetch_add(1, Ordering::SeqCst);
         self.inner.local.invalidate_all();
+        self.inner.by_id.invalidate_all();
     }
 
     /// After a committed change that may refuse a key: drop every cached key here and on every

@@ -147,6 +147,18 @@ pub(super) async fn revoke(conn: &mut AnyConnection, key_id: &str, now: i64) -> 
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether the key is revoked, and when it expires; a key that no longer exists reads as revoked.
+pub(super) async fn state(db: &Db, key_id: &str) -> Result<(bool, Option<i64>), StoreError> {
+    let row = sqlx::query("SELECT revoked_at, expires_at FROM api_keys WHERE key_id = $1")
+        .bind(key_id)
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        None => Ok((true, None)),
+        Some(row) => Ok((row.try_get::<Option<i64>, _>("revoked_at")?.is_some(), row.try_get("expires_at")?)),
+    }
+}
+
 /// Records that the key was used (best effort, off the request path).
 pub(super) async fn touch(db: &Db, key_id: &str, at: i64) -> Result<(), StoreError> {
     sqlx::query(

@@ -623,3 +623,29 @@ async fn every_admin_and_credential_action_is_audited_with_actor_and_address_and
         assert!(!logs.contains(secret), "a log line holds a secret");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_when_its_key_is_revoked() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let made = gate.merchants(&key).await.create_api_key(new_key("watcher")).await.unwrap().into_inner();
+    let mut watcher = gate.payments(&made.api_key).await;
+    let mut stream = watcher.watch_payments(pb::WatchPaymentsRequest::default()).await.unwrap().into_inner();
+    let mut payments = gate.payments(&key).await;
+
+    // Live while the key is.
+    let first = checkout_and_pay(&gate, &mut payments, "order-1").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.payment.unwrap().payment_id, first);
+
+    // Revoked: the next event ends the stream instead of reaching it.
+    let revoke = pb::RevokeApiKeyRequest { key_id: made.key.unwrap().key_id };
+    gate.merchants(&key).await.revoke_api_key(revoke).await.unwrap();
+    checkout_and_pay(&gate, &mut payments, "order-2").await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+}

@@ -246,6 +246,14 @@ async fn secrets_are_encrypted_at_rest_and_the_master_key_rotates() {
         .unwrap();
     assert_ne!(rotated, stored);
     assert!(rotated.starts_with(&format!("pgenc:v1:{}:", report["key_id"].as_str().unwrap())));
+    // Audited in the same transaction, deployment-wide, by the CLI.
+    let audited: (String, String, Option<String>, String) = sqlx::query_as(
+        "SELECT actor, target, merchant_id, changed_fields FROM audit_events WHERE action = 'master_key.rotated'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, ("cli".into(), "main".into(), None, r#"["paymentwall.secret_key"]"#.into()));
     pool.close().await;
 
     // The new key alone opens everything: checkouts are signed with the original secret.
