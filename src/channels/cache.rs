@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use moka::future::Cache;
 
 use super::{
@@ -24,7 +23,7 @@ use super::{
 };
 use crate::store::{
     Db,
-    redis::{RedisError, RedisHandle},
+    redis::{Followed, RedisError, RedisHandle},
 };
 
 const INVALIDATION_CHANNEL: &str = "channels:invalidate";
@@ -147,33 +146,30 @@ impl ChannelCache {
     }
 
     async fn follow_invalidations(&self, redis: RedisHandle) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match redis.subscribe(INVALIDATION_CHANNEL).await {
-                Ok(pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    // Announcements may have been missed while unsubscribed.
-                    self.drop_local(None).await;
-                    metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "resync").increment(1);
-                    metrics::gauge!("paygate_channel_cache_subscribed").set(1.0);
-                    tracing::info!("channel cache: following invalidations");
-                    let mut messages = pubsub.into_on_message();
-                    while let Some(message) = messages.next().await {
-                        if let Ok(channel_key) = message.get_payload::<String>() {
-                            self.drop_local(Some(&channel_key)).await;
-                            metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "remote")
-                                .increment(1);
-                        }
+        redis
+            .follow(INVALIDATION_CHANNEL, |followed| async move {
+                match followed {
+                    Followed::Subscribed => {
+                        // Announcements may have been missed while unsubscribed.
+                        self.drop_local(None).await;
+                        metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "resync")
+                            .increment(1);
+                        metrics::gauge!("paygate_channel_cache_subscribed").set(1.0);
+                        tracing::info!("channel cache: following invalidations");
                     }
-                    metrics::gauge!("paygate_channel_cache_subscribed").set(0.0);
-                    self.drop_local(None).await;
-                    tracing::warn!("channel cache: invalidation subscription lost; serving from the database");
+                    Followed::Message(channel_key) => {
+                        self.drop_local(Some(&channel_key)).await;
+                        metrics::counter!("paygate_channel_cache_invalidations_total", "source" => "remote")
+                            .increment(1);
+                    }
+                    Followed::Lost => {
+                        metrics::gauge!("paygate_channel_cache_subscribed").set(0.0);
+                        self.drop_local(None).await;
+                        tracing::warn!("channel cache: invalidation subscription lost; serving from the database");
+                    }
                 }
-                Err(e) => tracing::debug!(error = %e, "channel cache: cannot subscribe yet"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+            })
+            .await
     }
 
     async fn replay_pending(&self) {

@@ -2,13 +2,12 @@
 //! (not the events: the database log is the truth), and every replica's tailer reads the log. A
 //! lost message only delays delivery until the tailer's next poll.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::Hub;
-use crate::store::redis::RedisHandle;
+use crate::store::redis::{Followed, RedisHandle};
 
 const CHANNEL: &str = "events";
 
@@ -31,22 +30,16 @@ impl Bridge {
     pub fn spawn_listener(&self, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         let redis = self.redis.clone();
         tokio::spawn(async move {
-            let listen = async {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    if let Ok(pubsub) = redis.subscribe(CHANNEL).await {
-                        backoff = Duration::from_millis(100);
-                        hub.notify_remote(); // whatever was announced while unsubscribed
-                        let mut messages = pubsub.into_on_message();
-                        while messages.next().await.is_some() {
-                            hub.notify_remote();
-                        }
-                        tracing::warn!("event bridge: redis subscription lost; polling the database meanwhile");
+            let listen = redis.follow(CHANNEL, |followed| {
+                match followed {
+                    // On (re)subscribing too: whatever was announced while unsubscribed.
+                    Followed::Subscribed | Followed::Message(_) => hub.notify_remote(),
+                    Followed::Lost => {
+                        tracing::warn!("event bridge: redis subscription lost; polling the database meanwhile")
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-            };
+                std::future::ready(())
+            });
             tokio::select! {
                 _ = listen => {}
                 _ = shutdown.wait_for(|stop| *stop) => {}

@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use ipnet::IpNet;
 use moka::future::Cache;
 use sqlx::Row;
@@ -24,7 +23,10 @@ use super::{
     AuthError, Caller, allowlist,
     keys::{self, KEY_PREFIX},
 };
-use crate::store::{Db, StoreError, now_ms, redis::RedisHandle};
+use crate::store::{
+    Db, StoreError, now_ms,
+    redis::{Followed, RedisHandle},
+};
 
 const INVALIDATION_CHANNEL: &str = "api_keys:invalidate";
 /// `last_used_at` is written at most this often per key and replica.
@@ -196,25 +198,22 @@ impl KeyCache {
     }
 
     async fn follow_invalidations(&self, redis: RedisHandle) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match redis.subscribe(INVALIDATION_CHANNEL).await {
-                Ok(pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    self.drop_local();
-                    let mut messages = pubsub.into_on_message();
-                    while messages.next().await.is_some() {
-                        self.drop_local();
-                        metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "remote").increment(1);
+        redis
+            .follow(INVALIDATION_CHANNEL, |followed| {
+                // Resubscribed: announcements may have been missed meanwhile, so everything goes.
+                self.drop_local();
+                match followed {
+                    Followed::Message(_) => {
+                        metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "remote").increment(1)
                     }
-                    self.drop_local();
-                    tracing::warn!("api key cache: invalidation subscription lost; entries now live at most their TTL");
+                    Followed::Lost => tracing::warn!(
+                        "api key cache: invalidation subscription lost; entries now live at most their TTL"
+                    ),
+                    Followed::Subscribed => {}
                 }
-                Err(e) => tracing::debug!(error = %e, "api key cache: cannot subscribe yet"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+                std::future::ready(())
+            })
+            .await
     }
 }
 

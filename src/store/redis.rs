@@ -10,12 +10,21 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use redis::{
     AsyncCommands, Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig, PubSub},
 };
 
 use super::now_ms;
+
+/// What `RedisHandle::follow` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    Subscribed,
+    Message(String),
+    Lost,
+}
 
 /// How long Redis is skipped after a failed call.
 const BACKOFF_MS: i64 = 1_000;
@@ -144,6 +153,29 @@ impl RedisHandle {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(RedisError::Timeout),
+        }
+    }
+
+    /// Follows `channel` (prefixed) for as long as the future runs, resubscribing with backoff
+    /// after a lost connection. `on` hears of each (re)subscription (announcements may have been
+    /// missed before it), each message, and each loss.
+    pub async fn follow<F: Future<Output = ()>>(&self, channel: &str, mut on: impl FnMut(Followed) -> F) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.subscribe(channel).await {
+                Ok(pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    on(Followed::Subscribed).await;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        on(Followed::Message(message.get_payload::<String>().unwrap_or_default())).await;
+                    }
+                    on(Followed::Lost).await;
+                }
+                Err(e) => tracing::debug!(channel, error = %e, "redis: cannot subscribe yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
