@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::ListenerExt;
+use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
@@ -24,6 +24,7 @@ use crate::{
     events::{Hub, bridge::Bridge},
     ingest,
     merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
+    net::conn::{ConnectionCap, Guarded},
     payments::{
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
@@ -235,43 +236,54 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let s = &state.settings;
+    let max_message = s.grpc_max_message_bytes;
     let grpc = Server::builder()
-        .http2_keepalive_interval(Some(ms(state.settings.http2_keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(state.settings.http2_keepalive_timeout_ms)))
+        .http2_keepalive_interval(Some(ms(s.http2_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(s.http2_keepalive_timeout_ms)))
+        .max_concurrent_streams(s.grpc_max_concurrent_streams.max(1))
+        .concurrency_limit_per_connection(s.grpc_max_in_flight_per_connection.max(1))
         .layer(tower::ServiceBuilder::new().layer(api::metrics::MetricsLayer).layer(AuthLayer::new(auth)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentServiceServer::new(api::payments::PaymentsApi::new(
-            db.clone(),
-            channels.clone(),
-            hub.clone(),
-            merchants.key_cache().clone(),
-            PaymentMethods::new(ms(state.settings.payment_methods_cache_ttl_ms)),
-            state.settings.idempotency_lease_ms as i64,
-        )))
-        .add_service(ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)))
-        .add_service(MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants.clone())))
-        .add_service(WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
-            db.clone(),
-            cache.keys_arc(),
-            webhook_settings.allow_internal_targets,
-            webhook_settings.rotation_overlap.as_millis() as i64,
-        )))
-        // Small stream frames go out at once, not after Nagle's delay.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
-    let http_listener = http_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http =
-        axum::serve(http_listener, ingest::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stopped(stop_rx));
+        .add_service(
+            PaymentServiceServer::new(api::payments::PaymentsApi::new(
+                db.clone(),
+                channels.clone(),
+                hub.clone(),
+                merchants.key_cache().clone(),
+                PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
+                s.idempotency_lease_ms as i64,
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
+                db.clone(),
+                cache.keys_arc(),
+                webhook_settings.allow_internal_targets,
+                webhook_settings.rotation_overlap.as_millis() as i64,
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(guarded_incoming(grpc_listener, s), stopped(stop_rx.clone()));
+    let limits = ingest::server::HttpLimits {
+        max_connections: s.http_max_connections,
+        header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
+        request_timeout: ms(s.http_request_timeout_ms.max(1)),
+    };
+    let http = ingest::server::serve(http_listener, ingest::router(state.clone()), limits, stopped(stop_rx));
 
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let http = tokio::spawn(http);
     tracing::info!(%grpc_addr, %http_addr, "paygate ready");
 
     shutdown_signal().await;
@@ -289,7 +301,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let grace = ms(state.settings.shutdown_grace_ms);
     let drained = tokio::time::timeout(grace, async {
         let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
-        (grpc_result.unwrap_or(Ok(())), http_result.unwrap_or(Ok(())))
+        (grpc_result.unwrap_or(Ok(())), http_result)
     })
     .await;
     let Ok((grpc_result, http_result)) = drained else {
@@ -298,9 +310,24 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     };
     db.close().await;
     grpc_result?;
-    http_result.map_err(AppError::Http)?;
+    http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// gRPC connections as they are accepted: capped in number, each with a deadline for its first
+/// bytes, and with Nagle off so small stream frames go out at once.
+fn guarded_incoming(
+    listener: TcpListener,
+    settings: &Settings,
+) -> impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + use<> {
+    let cap = ConnectionCap::new(settings.grpc_max_connections);
+    let handshake = ms(settings.grpc_handshake_timeout_ms.max(1));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    incoming.then(move |accepted| {
+        let cap = cap.clone();
+        async move { Ok(Guarded::new(accepted?, handshake, cap.slot().await)) }
+    })
 }
 
 /// Local rate-limit buckets of keys and addresses no longer seen are dropped once a minute.

@@ -74,6 +74,20 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
     pub pingback_timeout_ms: u64,
+    /// The public HTTP port: open connections at most; a request head must arrive within the
+    /// header timeout (of the connection opening or the previous response, so idle keep-alive
+    /// connections close then too); a whole request must be answered within the request timeout.
+    pub http_max_connections: usize,
+    pub http_header_read_timeout_ms: u64,
+    pub http_request_timeout_ms: u64,
+    /// The gRPC port: open connections at most; a new connection must send its first bytes (the
+    /// HTTP/2 preface) within the handshake timeout; concurrent HTTP/2 streams and in-flight
+    /// requests per connection; the largest request message accepted.
+    pub grpc_max_connections: usize,
+    pub grpc_handshake_timeout_ms: u64,
+    pub grpc_max_concurrent_streams: u32,
+    pub grpc_max_in_flight_per_connection: usize,
+    pub grpc_max_message_bytes: usize,
     /// Let provider API calls (a channel's `api_base_url`) reach loopback, private and link-local
     /// addresses: for the simulator in tests and local runs.
     pub provider_allow_private_targets: bool,
@@ -142,6 +156,14 @@ impl Default for Settings {
             pingback_refusal_burst: 20,
             trusted_proxies: Vec::new(),
             pingback_timeout_ms: 10_000,
+            http_max_connections: 1_024,
+            http_header_read_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+            grpc_max_connections: 1_024,
+            grpc_handshake_timeout_ms: 5_000,
+            grpc_max_concurrent_streams: 200,
+            grpc_max_in_flight_per_connection: 256,
+            grpc_max_message_bytes: 1_048_576,
             provider_allow_private_targets: false,
             provider_connect_timeout_ms: 3_000,
             provider_timeout_ms: 10_000,
@@ -191,6 +213,14 @@ struct PlainDefaults {
     pingback_refusal_rate_per_second: u32,
     pingback_refusal_burst: u32,
     pingback_timeout_ms: u64,
+    http_max_connections: usize,
+    http_header_read_timeout_ms: u64,
+    http_request_timeout_ms: u64,
+    grpc_max_connections: usize,
+    grpc_handshake_timeout_ms: u64,
+    grpc_max_concurrent_streams: u32,
+    grpc_max_in_flight_per_connection: usize,
+    grpc_max_message_bytes: usize,
     provider_allow_private_targets: bool,
     provider_connect_timeout_ms: u64,
     provider_timeout_ms: u64,
@@ -248,6 +278,14 @@ impl Settings {
             pingback_refusal_rate_per_second: d.pingback_refusal_rate_per_second,
             pingback_refusal_burst: d.pingback_refusal_burst,
             pingback_timeout_ms: d.pingback_timeout_ms,
+            http_max_connections: d.http_max_connections,
+            http_header_read_timeout_ms: d.http_header_read_timeout_ms,
+            http_request_timeout_ms: d.http_request_timeout_ms,
+            grpc_max_connections: d.grpc_max_connections,
+            grpc_handshake_timeout_ms: d.grpc_handshake_timeout_ms,
+            grpc_max_concurrent_streams: d.grpc_max_concurrent_streams,
+            grpc_max_in_flight_per_connection: d.grpc_max_in_flight_per_connection,
+            grpc_max_message_bytes: d.grpc_max_message_bytes,
             provider_allow_private_targets: d.provider_allow_private_targets,
             provider_connect_timeout_ms: d.provider_connect_timeout_ms,
             provider_timeout_ms: d.provider_timeout_ms,

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod pingback;
+pub mod server;
 
 use axum::{Router, routing::get};
 

@@ -1,6 +1,7 @@
 //! Network rules shared by the edges and the domain: CIDR notation, and who a caller is.
 
 pub mod client_ip;
+pub mod conn;
 
 use std::net::IpAddr;
 

@@ -10,6 +10,7 @@ mod checkout;
 mod db_outage;
 mod event_log;
 mod lifecycle;
+mod limits;
 mod operations;
 mod streams;
 mod webhooks;

@@ -1,0 +1,76 @@
+//! The HTTP server of the public port, with the limits a port facing the internet needs: a cap
+//! on open connections, a deadline for each request's head (which also closes idle keep-alive
+//! connections), and a deadline for the whole request.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::net::conn::{ConnectionCap, Guarded};
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Open connections at most; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request's head must arrive within this, counted from when the connection opened or
+    /// its previous response was sent: slow headers and idle keep-alive connections end here.
+    pub header_read_timeout: Duration,
+    /// A whole request must be answered within this (408 otherwise).
+    pub request_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: impl Future<Output = ()>) {
+    let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        http::StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    let cap = ConnectionCap::new(limits.max_connections);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = cap.slot() => slot,
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = router.clone().map_request(move |mut request: http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            request
+        });
+        // Before hyper's header timer runs, the protocol is told from the first bytes: a
+        // connection that sends none is cut by the same deadline.
+        let io = Guarded::new(tcp, limits.header_read_timeout, slot);
+        let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
