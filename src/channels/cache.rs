@@ -46,6 +46,37 @@ struct Inner {
     invalidations: std::sync::atomic::AtomicU64,
 }
 
+/// A channel as Redis holds it: the stored form (secret encrypted) with a tag under the master
+/// key, so a forged or altered copy (another merchant, another secret) is never believed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cached {
+    #[serde(flatten)]
+    channel: StoredChannel,
+    tag: String,
+}
+
+const TAG_PURPOSE: &str = "channel cache v1";
+
+impl Cached {
+    fn seal(channel: &StoredChannel, keys: &MasterKeys) -> Option<String> {
+        let body = serde_json::to_vec(channel).ok()?;
+        serde_json::to_string(&Cached { channel: channel.clone(), tag: keys.tag(TAG_PURPOSE, &body) }).ok()
+    }
+
+    /// The channel, when the copy carries a valid tag.
+    fn open(json: &str, keys: &MasterKeys) -> Option<StoredChannel> {
+        let cached: Cached = serde_json::from_str(json).ok()?;
+        let body = serde_json::to_vec(&cached.channel).ok()?;
+        if keys.verify_tag(TAG_PURPOSE, &body, &cached.tag) {
+            Some(cached.channel)
+        } else {
+            metrics::counter!("paygate_channel_cache_rejected_total").increment(1);
+            tracing::warn!(channel_key = %cached.channel.channel_key, "a channel copy in redis failed its tag check; ignored");
+            None
+        }
+    }
+}
+
 /// A tombstone in Redis for an erased channel, so a slow reader cannot put the old row back.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Tombstone {
@@ -200,9 +231,10 @@ impl Inner {
         if let Some(redis) = &self.redis
             && let Ok(Some(json)) = redis.get(&Self::redis_key(redis, channel_key)).await
         {
-            // A tombstone, or a copy this replica cannot read (say, mid key rotation): the database decides.
-            if let Ok(channel) = serde_json::from_str::<StoredChannel>(&json).map(|s| s.open(&self.keys))
-                && let Ok(channel) = channel
+            // A tombstone, a copy whose tag fails, or one this replica cannot read (say, mid key
+            // rotation): the database decides.
+            if let Some(stored) = Cached::open(&json, &self.keys)
+                && let Ok(channel) = stored.open(&self.keys)
             {
                 metrics::counter!("paygate_channel_cache_requests_total", "result" => "redis_hit").increment(1);
                 return Ok(channel);
@@ -210,7 +242,7 @@ impl Inner {
         }
         let stored = repo::get(&self.db, channel_key).await?.ok_or(ChannelError::NotFound)?;
         if let Some(redis) = &self.redis
-            && let Ok(json) = serde_json::to_string(&stored)
+            && let Some(json) = Cached::seal(&stored, &self.keys)
         {
             // Best effort: a failure only means the next replica also reads the database.
             let _ = redis.set_if_newer(&Self::redis_key(redis, channel_key), &json, stored.version, REDIS_TTL).await;
@@ -222,7 +254,7 @@ impl Inner {
         let Some(redis) = &self.redis else { return Ok(()) };
         let key = Self::redis_key(redis, channel_key);
         let (json, version) = match stored {
-            Some(stored) => (serde_json::to_string(stored).unwrap_or_default(), stored.version),
+            Some(stored) => (Cached::seal(stored, &self.keys).unwrap_or_default(), stored.version),
             None => {
                 let tombstone = Tombstone { version: i64::MAX, erased: true };
                 (serde_json::to_string(&tombstone).unwrap_or_default(), i64::MAX)

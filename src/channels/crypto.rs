@@ -43,6 +43,8 @@ pub enum CryptoError {
 struct MasterKey {
     id: String,
     cipher: Aes256Gcm,
+    /// Derived from the master key, for authenticating records kept outside the database.
+    mac_key: [u8; 32],
 }
 
 impl MasterKey {
@@ -50,7 +52,8 @@ impl MasterKey {
         let cipher = Aes256Gcm::new_from_slice(bytes).ok()?;
         // A short digest names the key in stored rows and messages without revealing it.
         let digest = Sha256::new().chain_update(b"paygate master key id:").chain_update(bytes).finalize();
-        Some(Self { id: hex::encode(&digest[..4]), cipher })
+        let mac_key = Sha256::new().chain_update(b"paygate cache mac key:").chain_update(bytes).finalize().into();
+        Some(Self { id: hex::encode(&digest[..4]), cipher, mac_key })
     }
 
     fn from_base64(encoded: &str, what: &'static str) -> Result<Self, KeyError> {
@@ -132,6 +135,32 @@ impl MasterKeys {
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: channel_key.as_bytes() })
             .map_err(|_| CryptoError::Decrypt(key_id.to_owned()))?;
         String::from_utf8(plain).map(SecretString::from).map_err(|_| CryptoError::Decrypt(key_id.to_owned()))
+    }
+
+    /// An HMAC-SHA256 tag over `data` for `purpose`, under the current key: "<key id>:<hex>". For
+    /// records paygate keeps outside the database (the Redis channel cache), so that write access
+    /// to that store alone cannot change what paygate believes.
+    pub fn tag(&self, purpose: &str, data: &[u8]) -> String {
+        format!("{}:{}", self.current.id, hex::encode(Self::hmac(&self.current, purpose, data)))
+    }
+
+    /// Whether `tag` is `data`'s tag for `purpose` under a configured key (constant time).
+    pub fn verify_tag(&self, purpose: &str, data: &[u8], tag: &str) -> bool {
+        let Some((key_id, hex_tag)) = tag.split_once(':') else { return false };
+        let Some(key) = std::iter::once(&self.current).chain(&self.previous).find(|k| k.id == key_id) else {
+            return false;
+        };
+        let Ok(given) = hex::decode(hex_tag) else { return false };
+        bool::from(subtle::ConstantTimeEq::ct_eq(Self::hmac(key, purpose, data).as_slice(), given.as_slice()))
+    }
+
+    fn hmac(key: &MasterKey, purpose: &str, data: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.mac_key).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
     }
 
     /// True when `stored` was written under a key other than the current one.

@@ -64,13 +64,13 @@ pub fn check_url(raw: &str, allow_internal: bool) -> Result<url::Url, String> {
     match url.host() {
         None => return Err("has no host".into()),
         Some(url::Host::Ipv4(ip)) if !allow_internal && is_internal(IpAddr::V4(ip)) => {
-            return Err(format!("points at an internal address ({ip}); webhooks go to public addresses"));
+            return Err(format!("points at an internal address ({ip}); paygate calls only public addresses"));
         }
         Some(url::Host::Ipv6(ip)) if !allow_internal && is_internal(IpAddr::V6(ip)) => {
-            return Err(format!("points at an internal address ({ip}); webhooks go to public addresses"));
+            return Err(format!("points at an internal address ({ip}); paygate calls only public addresses"));
         }
         Some(url::Host::Domain(d)) if !allow_internal && (d == "localhost" || d.ends_with(".localhost")) => {
-            return Err("points at localhost; webhooks go to public addresses".into());
+            return Err("points at localhost; paygate calls only public addresses".into());
         }
         _ => {}
     }

@@ -9,6 +9,7 @@ mod channels;
 mod checkout;
 mod db_outage;
 mod event_log;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod operations;

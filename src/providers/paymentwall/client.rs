@@ -43,7 +43,13 @@ fn unreachable(e: reqwest::Error) -> ProviderError {
 
 /// Sends a request carrying the current trace context; returns the status and body.
 async fn exchange(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String), ProviderError> {
-    let response = request.headers(crate::telemetry::outgoing_trace_headers()).send().await.map_err(unreachable)?;
+    let (client, request) = request.headers(crate::telemetry::outgoing_trace_headers()).build_split();
+    let request = request.map_err(unreachable)?;
+    // Checked on every call, not only when the channel was stored: the rule may have changed
+    // since, and a literal address never reaches the resolver that filters names.
+    super::super::check_base_url(request.url().as_str())
+        .map_err(|e| ProviderError::Unreachable(format!("the channel's api_base_url {e}")))?;
+    let response = client.execute(request).await.map_err(unreachable)?;
     let status = response.status();
     let body = response.text().await.map_err(unreachable)?;
     Ok((status, body))

@@ -1,0 +1,60 @@
+//! Hostile input and hostile neighbours: what a client, a provider or someone with write access
+//! to Redis can send must never produce an internal error or change what paygate believes.
+
+use paygate::proto::v1 as pb;
+use tonic::Code;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_forged_in_redis_is_not_believed() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let redis = RedisServer::start();
+    let sim = Simulator::start();
+    let (_, key_a) = create_merchant(&db, "Acme");
+    let (merchant_b, key_b) = create_merchant(&db, "Mallory");
+    let prefix = format!("t{}:", ulid::Ulid::new());
+    let redis_url = redis.url();
+    let env = [("PAYGATE_REDIS_URL", redis_url.as_str()), ("PAYGATE_REDIS_KEY_PREFIX", prefix.as_str())];
+    let a = Paygate::start(&db, &env);
+    a.channels(&key_a).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    a.payments(&key_a).await.create_checkout_session(checkout_request("main", "o-1")).await.unwrap();
+
+    // Someone who can write to Redis (but not the database) hands A's channel to B.
+    let cache_key = format!("{prefix}channel:main");
+    let mut copy: serde_json::Value = serde_json::from_str(&redis.get(&cache_key).await.expect("cached")).unwrap();
+    assert!(copy["tag"].is_string(), "the cached copy carries a tag: {copy}");
+    copy["merchant_id"] = merchant_b.clone().into();
+    copy["version"] = (copy["version"].as_i64().unwrap() + 100).into();
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg(&cache_key).arg(copy.to_string()).query_async(&mut conn).await.unwrap();
+
+    // A replica that starts now reads Redis first, rejects the copy, and asks the database.
+    let b = Paygate::start(&db, &env);
+    let status = b.payments(&key_b).await.create_checkout_session(checkout_request("main", "o-2")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "B must not use A's channel: {status:?}");
+    assert!(status.message().contains("no channel with this key"), "{status:?}");
+    b.payments(&key_a).await.create_checkout_session(checkout_request("main", "o-3")).await.unwrap();
+    assert!(metric(&b, "paygate_channel_cache_rejected_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_calls_check_the_base_url_on_every_call() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    // Stored while internal targets were allowed (the harness allows them for the simulator)...
+    let gate = Paygate::start(&db, &[]);
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url("/pingback/paymentwall/main"), 3).await;
+    gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let methods = pb::ListPaymentMethodsRequest { channel_key: "main".into(), country_code: "US".into() };
+    gate.payments(&key).await.list_payment_methods(methods.clone()).await.expect("allowed: the simulator answers");
+    drop(gate);
+
+    // ...and called after the rule changed: refused before anything leaves.
+    let gate = Paygate::start(&db, &[("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "false")]);
+    let status = gate.payments(&key).await.list_payment_methods(methods).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("internal address"), "{status:?}");
+}
