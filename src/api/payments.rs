@@ -203,6 +203,34 @@ impl PaymentService for PaymentsApi {
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
     }
 
+    async fn resolve_cancellation(
+        &self,
+        request: Request<pb::ResolveCancellationRequest>,
+    ) -> Result<Response<pb::Cancellation>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if r.cancellation_id.is_empty() {
+            v.add("cancellation_id", "is required");
+        }
+        let resolution = match pb::Resolution::try_from(r.resolution) {
+            Ok(pb::Resolution::Succeeded) => Some(refunds::Resolution::Succeeded),
+            Ok(pb::Resolution::Failed) => Some(refunds::Resolution::Failed),
+            _ => None,
+        };
+        if resolution.is_none() {
+            v.add("resolution", "must be RESOLUTION_SUCCEEDED or RESOLUTION_FAILED");
+        }
+        if r.note.chars().count() > refunds::MAX_REASON || r.note.chars().any(char::is_control) {
+            v.add("note", format!("must be at most {} printable characters", refunds::MAX_REASON));
+        }
+        v.check()?;
+        let resolution = resolution.expect("checked above");
+        let cancellation = refunds::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
+        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+    }
+
     async fn cancel_subscription(
         &self,
         request: Request<pb::CancelSubscriptionRequest>,

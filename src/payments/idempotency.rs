@@ -114,6 +114,23 @@ pub async fn finish(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(),
     Ok(())
 }
 
+/// Forgets a key whose request made something that came to nothing (a refund the provider refused
+/// or never received), in the transaction that records so: a retry runs the request again, as if
+/// it were new.
+pub async fn forget(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(), PaymentError> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND operation = $2 AND idempotency_key = $3 \
+         AND state = 'in_progress'",
+    )
+    .bind(key.merchant_id)
+    .bind(key.operation)
+    .bind(key.key)
+    .execute(conn)
+    .await
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
 /// Forgets a key whose request failed before it made anything, so a retry runs it again. A key
 /// that already made a resource stays: a retry takes it over and finishes that resource.
 pub async fn release(db: &Db, key: &Key<'_>) {

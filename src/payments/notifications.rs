@@ -221,17 +221,11 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
         }
         ProviderEvent::Reversal { reason } => reverse(conn, &current, notice, reason).await,
         ProviderEvent::RefundConfirmed => {
-            let mut applied = Applied::Unchanged;
-            let mut payment = current;
-            // The status API says "refunded", not how much: each request counts with its own amount.
-            while payment.pending_cancel_amount > 0 {
-                applied = reverse(conn, &payment, notice, 10).await?;
-                match &applied {
-                    Applied::Changed { payment: p, .. } => payment = (**p).clone(),
-                    _ => break,
-                }
-            }
-            Ok(applied)
+            let Some((next, kind, cancellation)) = refunds::apply_refund_confirmed(conn, &current).await? else {
+                return Ok(Applied::Unchanged);
+            };
+            let event_id = events::append(conn, &next, kind, Some(&events::detail(&cancellation))).await?;
+            Ok(Applied::Changed { payment: Box::new(next), event_id })
         }
         ProviderEvent::SubscriptionEnded(end) => end_subscription(conn, &current, end).await,
     }

@@ -22,14 +22,43 @@ impl World {
     async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
         let db = TestDb::new(backend).await;
         let sim = Simulator::start();
+        Self::start_with(db, sim, env, None).await
+    }
+
+    /// On `db`, with the channel's provider calls going to `api_base_url` (default: the simulator).
+    async fn start_with(db: TestDb, sim: Simulator, env: &[(&str, &str)], api_base_url: Option<String>) -> Self {
         let (_, api_key) = create_merchant(&db, "Acme");
         let gate = Paygate::start(&db, env);
         let mut channels = gate.channels(&api_key).await;
-        let channel =
-            channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap().into_inner();
+        let mut request = channel_request(&sim, "main", pb::ChannelMode::Test);
+        if let Some(url) = api_base_url {
+            request.paymentwall.as_mut().unwrap().api_base_url = url;
+        }
+        let channel = channels.create_channel(request).await.unwrap().into_inner();
         sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.pingback_path), 3).await;
         let payments = gate.payments(&api_key).await;
         Self { db, sim, gate, api_key, payments }
+    }
+
+    /// paygate killed -9 and started again on the same database with `env`.
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.gate.process.kill9();
+        self.gate = Paygate::start(&self.db, env);
+        self.sim.add_project(PROJECT_KEY, SECRET_KEY, &self.gate.http_url("/pingback/paymentwall/main"), 3).await;
+        self.payments = self.gate.payments(&self.api_key).await;
+    }
+
+    /// The one cancellation's (status, ticket_state) as stored.
+    async fn stored_ticket(&self, payment_id: &str) -> (String, String) {
+        let pool = self.db.pool().await;
+        let row = sqlx::query("SELECT status, ticket_state FROM cancellations WHERE payment_id = $1")
+            .bind(payment_id)
+            .fetch_one(&pool)
+            .await
+            .expect("one cancellation");
+        pool.close().await;
+        use sqlx::Row;
+        (row.get::<String, _>(0), row.get::<Option<String>, _>(1).unwrap_or_default())
     }
 
     /// A checkout for `amount_minor` USD, opened on the simulator; returns (payment id, sim session).
@@ -393,6 +422,11 @@ async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
     tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
     let retried = payments.refund_payment(refund(&crashed, Some(250), "refund-crash")).await.unwrap().into_inner();
     assert_eq!(money(&retried.amount), 250);
+    // Its ticket may have arrived: never reported accepted, unless the provider's answer settled it.
+    assert!(
+        [CancellationStatus::OutcomeUnknown as i32, CancellationStatus::Succeeded as i32].contains(&retried.status),
+        "{retried:?}"
+    );
     let w = World { db, sim, gate, api_key, payments: payments.clone() };
     tokio::time::sleep(Duration::from_millis(1600)).await; // the first ticket's answer has come and gone
     assert_eq!(w.tickets().await, 2, "no duplicate ticket");
@@ -503,4 +537,210 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let answer = send("pay_unknown", "0", "b-unknown").await;
     assert!(answer.contains("no such payment"), "{answer}");
     let _ = &w.db;
+}
+
+const LEASE: [(&str, &str); 1] = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
+
+async fn wait_for_cancellation(
+    payments: &mut Payments,
+    payment_id: &str,
+    status: CancellationStatus,
+    within: Duration,
+) -> pb::Payment {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let p = get_payment(payments, payment_id).await;
+        if p.cancellations.first().is_some_and(|c| c.status == status as i32) {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "cancellation never reached {status:?}: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 11 item 1: paygate killed -9 the moment the refund's reservation commits. No ticket left;
+/// the retry with the same key sends it (once) and only then answers accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_killed_as_its_reservation_commits_is_sent_by_the_retry() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let target = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+    let proxy = crate::support::proxy::TcpProxy::start(target.parse().unwrap()).await;
+    // In clear text, so the proxy can see the statements go by.
+    let proxied_url = format!("{}?sslmode=disable", db.url.replacen(&target, &proxy.addr.to_string(), 1));
+    let env = [LEASE[0], ("PAYGATE_DATABASE_URL", proxied_url.as_str())];
+    let mut w = World::start_with(db, Simulator::start(), &env, None).await;
+    let (payment_id, _) = w.paid("order-commit-kill", 1000).await;
+
+    let committed = proxy.trap_commit_after("INSERT INTO cancellations");
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        let request = refund(&payment_id, Some(400), "refund-commit-kill");
+        async move { client.refund_payment(request).await }
+    });
+    if tokio::time::timeout(Duration::from_secs(10), committed).await.is_err() {
+        panic!("no commit seen; the call: {:?}", in_flight.await);
+    }
+    w.gate.process.kill9();
+    assert!(in_flight.await.unwrap().is_err(), "the caller got no answer");
+    assert_eq!(w.tickets().await, 0, "killed before the ticket left");
+    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "UNSENT".into()), "the reservation is there");
+
+    w.restart(&LEASE).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
+    let c = w.payments.refund_payment(refund(&payment_id, Some(400), "refund-commit-kill")).await.unwrap().into_inner();
+    assert_eq!(w.tickets().await, 1, "the retry sent the ticket the crash never sent");
+    assert_eq!((c.status, c.ticket_state), (CancellationStatus::Requested as i32, pb::TicketState::Accepted as i32));
+    assert!(c.ticket_accepted_at.is_some());
+    assert_eq!(money(&c.amount), 400);
+    let again = w.payments.refund_payment(refund(&payment_id, Some(400), "refund-commit-kill")).await.unwrap();
+    assert_eq!(again.into_inner().cancellation_id, c.cancellation_id);
+    let p = wait_for_status(&mut w.payments, &payment_id, PaymentStatus::PartialCancelled).await;
+    assert_eq!((money(&p.cancelled_amount), money(&p.refundable_amount)), (400, 600));
+    assert_eq!(p.cancellations.len(), 1);
+    assert_eq!(w.tickets().await, 1, "one ticket in all");
+}
+
+/// Issue 11 item 1: paygate killed -9 while the ticket is at the provider, which hangs on it. The
+/// retry never resends it and answers OUTCOME_UNKNOWN; GetPayment and the metrics show it; the
+/// sweep settles it once the provider's payment status says refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_killed_during_its_send_is_outcome_unknown_until_the_sweep_settles_it() {
+    let mut w = World::start(Backend::Postgres, &LEASE).await;
+    let (payment_id, _) = w.paid("order-send-kill", 1000).await;
+    // The provider takes 10 s over the ticket, then refunds (and sends no pingback).
+    w.behave(serde_json::json!({ "ticket_delay_ms": 10000, "ticket_pingbacks": false })).await;
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        let request = refund(&payment_id, None, "refund-send-kill");
+        async move { client.refund_payment(request).await }
+    });
+    wait_until(|| async { w.tickets().await == 1 }).await;
+    w.restart(&LEASE).await;
+    assert!(in_flight.await.unwrap().is_err());
+    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "SENDING".into()));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c = w.payments.refund_payment(refund(&payment_id, None, "refund-send-kill")).await.unwrap().into_inner();
+    assert_eq!(
+        (c.status, c.ticket_state),
+        (CancellationStatus::OutcomeUnknown as i32, pb::TicketState::OutcomeUnknown as i32),
+        "not reported accepted: {c:?}"
+    );
+    assert!(c.ticket_accepted_at.is_none());
+    assert_eq!(money(&c.amount), 1000);
+    assert_eq!(w.tickets().await, 1, "a ticket that may have arrived is never sent again");
+    let again = w.payments.refund_payment(refund(&payment_id, None, "refund-send-kill")).await.unwrap().into_inner();
+    assert_eq!((again.cancellation_id, again.status), (c.cancellation_id.clone(), c.status));
+    let p = get_payment(&mut w.payments, &payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 0), "the amount stays reserved");
+    assert_eq!(p.cancellations[0].status, CancellationStatus::OutcomeUnknown as i32);
+    assert_eq!(metric_series(&w.gate, "paygate_refund_tickets_total", &[("outcome", "unknown")]).await, 1.0);
+    assert_eq!(w.tickets().await, 1);
+
+    // A sweeping replica: it sees the unknown outcome and settles it when the provider refunded.
+    let sweep = [
+        LEASE[0],
+        ("PAYGATE_SWEEP_INTERVAL_MS", "200"),
+        ("PAYGATE_SWEEP_PENDING_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "300"),
+    ];
+    w.restart(&sweep).await;
+    let gate = &w.gate;
+    wait_until(|| async { metric(gate, "paygate_refunds_outcome_unknown").await == 1.0 }).await;
+    let p = wait_for_cancellation(&mut w.payments, &payment_id, CancellationStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!((p.status, money(&p.cancelled_amount)), (PaymentStatus::Cancelled as i32, 1000));
+    let gate = &w.gate;
+    wait_until(|| async { metric(gate, "paygate_refunds_outcome_unknown").await == 0.0 }).await;
+    assert_eq!(w.tickets().await, 1, "one ticket in all");
+}
+
+/// Issue 11 item 1: no clear answer on the first call (the provider's answer times out): the
+/// caller gets OUTCOME_UNKNOWN, not "accepted"; an operator resolves it either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclear_ticket_answer_is_outcome_unknown_and_an_operator_resolves_it() {
+    let env = [("PAYGATE_PROVIDER_TIMEOUT_MS", "500")];
+    let mut w = World::start(Backend::Sqlite, &env).await;
+    let (refused, _) = w.paid("order-unclear-1", 800).await;
+    let (refunded, _) = w.paid("order-unclear-2", 600).await;
+    // Paymentwall answers too late, and in the end says no.
+    w.behave(serde_json::json!({ "ticket_delay_ms": 1500, "refuse_tickets": "Transaction is disputed" })).await;
+    let c = w.payments.refund_payment(refund(&refused, None, "")).await.unwrap().into_inner();
+    assert_eq!(c.status, CancellationStatus::OutcomeUnknown as i32, "{c:?}");
+    let p = get_payment(&mut w.payments, &refused).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 0));
+
+    let resolve = |id: &str, resolution: pb::Resolution| pb::ResolveCancellationRequest {
+        cancellation_id: id.into(),
+        resolution: resolution as i32,
+        note: "checked in the Paymentwall merchant area".into(),
+    };
+    let status = w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Unspecified)).await;
+    let status = status.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("resolution"), "{}", status.message());
+    let status = w.payments.resolve_cancellation(resolve("can_nope", pb::Resolution::Failed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let failed = w
+        .payments
+        .resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Failed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.status, CancellationStatus::Failed as i32);
+    assert!(failed.failure.contains("merchant area"), "{}", failed.failure);
+    let p = get_payment(&mut w.payments, &refused).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 800), "refundable again");
+    let same = w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Failed)).await.unwrap();
+    assert_eq!(same.into_inner().status, CancellationStatus::Failed as i32, "resolving again answers the same");
+    let status =
+        w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Succeeded)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+
+    // The other: Paymentwall did refund it (its pingback never came); the operator says so.
+    w.behave(serde_json::json!({ "ticket_delay_ms": 1500, "ticket_pingbacks": false })).await;
+    let c = w.payments.refund_payment(refund(&refunded, Some(200), "")).await.unwrap().into_inner();
+    assert_eq!(c.status, CancellationStatus::OutcomeUnknown as i32);
+    let done = w
+        .payments
+        .resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.status, CancellationStatus::Succeeded as i32);
+    let p = get_payment(&mut w.payments, &refunded).await;
+    assert_eq!(
+        (p.status, money(&p.cancelled_amount), money(&p.refundable_amount)),
+        (PaymentStatus::PartialCancelled as i32, 200, 400)
+    );
+}
+
+/// Issue 11 item 2: the provider cannot be reached, then can. The retry with the same key runs
+/// the refund again (no ABORTED "in progress", no FAILED answer, the ticket goes out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_after_a_provider_outage_runs_again() {
+    let sim = Simulator::start();
+    let front = crate::support::proxy::TcpProxy::start(sim.addr).await;
+    let front_addr = front.addr;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut w = World::start_with(db, sim, &LEASE, Some(format!("http://{front_addr}"))).await;
+    let (payment_id, _) = w.paid("order-outage", 900).await;
+    drop(front); // Paymentwall unreachable: connections refused
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let status = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("nothing was changed"), "{}", status.message());
+    let p = get_payment(&mut w.payments, &payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 900));
+
+    let _back = crate::support::proxy::TcpProxy::start_on(front_addr, w.sim.addr).await;
+    let c = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap().into_inner();
+    assert_eq!((c.status, c.ticket_state), (CancellationStatus::Requested as i32, pb::TicketState::Accepted as i32));
+    assert_eq!(w.tickets().await, 1);
+    let p = wait_for_status(&mut w.payments, &payment_id, PaymentStatus::Cancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 900);
+    let again = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap();
+    assert_eq!(again.into_inner().cancellation_id, c.cancellation_id, "the key now names the refund that ran");
 }
