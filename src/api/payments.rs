@@ -246,7 +246,15 @@ impl PaymentService for PaymentsApi {
         }
         v.check()?;
         let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
-        let sub = subscriptions::cancel(&self.db, &self.channels, &caller, &r.subscription_id, reason).await?;
+        let sub = subscriptions::cancel(
+            &self.db,
+            &self.channels,
+            &caller,
+            &r.subscription_id,
+            reason,
+            self.idempotency_lease_ms,
+        )
+        .await?;
         Ok(Response::new(convert::subscription(sub)))
     }
 

@@ -744,3 +744,38 @@ async fn a_refund_retried_after_a_provider_outage_runs_again() {
     let again = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap();
     assert_eq!(again.into_inner().cancellation_id, c.cancellation_id, "the key now names the refund that ran");
 }
+
+/// Issue 11 item 3: eight concurrent CancelSubscription calls send one stop-recurring ticket and
+/// record one `subscription.cancel_requested` event, on both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscription_cancels_send_one_ticket_and_one_event() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let mut w = World::start(backend, &[]).await;
+        let mut request = checkout_request("main", "gold-weekly");
+        request.subscription =
+            Some(pb::SubscriptionTerms { period_length: 1, period_type: "week".into(), recurring: true });
+        let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+        let sim_session = w.sim.open(&session.redirect_url).await;
+        w.sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+        wait_for_status(&mut w.payments, &session.payment_id, PaymentStatus::Paid).await;
+        // A slow ticket answer keeps every caller inside the window.
+        w.behave(serde_json::json!({ "ticket_delay_ms": 300 })).await;
+        let cancel =
+            pb::CancelSubscriptionRequest { subscription_id: session.subscription_id.clone(), reason: "moving".into() };
+        let racing = (0..8).map(|_| {
+            let mut client = w.payments.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { client.cancel_subscription(cancel).await })
+        });
+        for result in futures_util::future::join_all(racing).await {
+            let sub = result.unwrap().unwrap_or_else(|s| panic!("{backend:?}: {s:?}")).into_inner();
+            assert!(sub.cancel_requested_at.is_some(), "{backend:?}: every caller sees the request: {sub:?}");
+        }
+        assert_eq!(w.tickets().await, 1, "{backend:?}: one stop-recurring ticket");
+        let events =
+            "SELECT COUNT(*) FROM payment_events WHERE payment_id = $1 AND kind = 'subscription.cancel_requested'";
+        assert_eq!(w.db.count(events, &session.payment_id).await, 1, "{backend:?}: one event");
+        let session = w.sim.session(&sim_session).await;
+        assert_eq!(session["tickets"].as_array().unwrap().len(), 1, "{backend:?}");
+    }
+}
