@@ -107,6 +107,21 @@ pub async fn get_in_tx(conn: &mut AnyConnection, payment_id: &str) -> Result<Opt
     row.as_ref().map(from_row).transpose()
 }
 
+/// True when `merchant_id` already has a payment with this `merchant_uid`.
+pub async fn merchant_uid_taken(
+    conn: &mut AnyConnection,
+    merchant_id: &str,
+    merchant_uid: &str,
+) -> Result<bool, PaymentError> {
+    let row = sqlx::query("SELECT 1 FROM payments WHERE merchant_id = $1 AND merchant_uid = $2")
+        .bind(merchant_id)
+        .bind(merchant_uid)
+        .fetch_optional(conn)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(row.is_some())
+}
+
 /// The payment of a subscription made by a renewal with this provider ref, if any.
 pub async fn find_by_provider_ref(
     conn: &mut AnyConnection,

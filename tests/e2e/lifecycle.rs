@@ -324,7 +324,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
     for n in 1..=2 {
         let renewal = w.sim.control(&format!("/sessions/{sim_session}/renew"), None).await;
         let reference = renewal["reference"].as_str().unwrap().to_owned();
-        let uid = format!("gold-monthly/renewal/{n}");
+        let uid = format!("~gold-monthly/renewal/{n}");
         wait_until(|| {
             let mut payments = w.payments.clone();
             let uid = uid.clone();
@@ -345,7 +345,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
 
     // Refunding a renewal reverses that renewal, not the subscription's first payment (the type 2
     // names the first payment as goodsid and the renewal by its ref).
-    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("gold-monthly/renewal/2".into()));
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~gold-monthly/renewal/2".into()));
     let second = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     w.payments.refund_payment(refund(&second.payment_id, None, "")).await.unwrap();
     wait_for_status(&mut w.payments, &second.payment_id, PaymentStatus::Cancelled).await;
@@ -509,7 +509,7 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     // A one-time payment paid, then paid again under another ref: a second payment, not silence.
     let (once, _) = w.paid("order-once", 500).await;
     assert_eq!(send(&once, "0", "b-second").await, "OK");
-    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("order-once/repeat/b-second".into()));
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~order-once/repeat/b-second".into()));
     let repeat = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
     assert_eq!(send(&once, "0", "b-second").await, "OK", "the replay is a duplicate");
@@ -523,7 +523,7 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
     assert_eq!(send(&session.payment_id, "0", "b-first").await, "OK");
     assert_eq!(send(&session.payment_id, "200", "b-renew").await, "OK");
-    let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("sub-1/renewal/1".into()));
+    let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("~sub-1/renewal/1".into()));
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(renewal.status, PaymentStatus::PendingReview as i32);
     assert_eq!(send(&session.payment_id, "201", "b-renew").await, "OK");
@@ -777,5 +777,83 @@ async fn concurrent_subscription_cancels_send_one_ticket_and_one_event() {
         assert_eq!(w.db.count(events, &session.payment_id).await, 1, "{backend:?}: one event");
         let session = w.sim.session(&sim_session).await;
         assert_eq!(session["tickets"].as_array().unwrap().len(), 1, "{backend:?}");
+    }
+}
+
+/// Issue 11 item 5: a merchant's own `merchant_uid` that looks like a generated one does not stop
+/// the later repeat or renewal payment from being recorded: generated ones live under `~`, which
+/// merchants may not use; one stored before that rule is stepped around, never failed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_payments_never_collide_with_merchant_uids() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let mut w = World::start(backend, &[]).await;
+        let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
+        let send = |payment_id: &str, reference: &str| {
+            let query = signed_pingback_query(
+                &[
+                    ("uid", "user-40012"),
+                    ("goodsid", payment_id),
+                    ("slength", ""),
+                    ("speriod", ""),
+                    ("type", "0"),
+                    ("ref", reference),
+                    ("is_test", "1"),
+                ],
+                SECRET_KEY,
+                3,
+            );
+            let url = format!("{pingback_url}?{query}");
+            async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
+        };
+        let by_uid = |uid: &str| pb::GetPaymentRequest {
+            lookup: Some(pb::get_payment_request::Lookup::MerchantUid(uid.into())),
+        };
+        let status =
+            w.payments.create_checkout_session(checkout_request("main", "~order-x/repeat/b-2")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("merchant_uid"), "{}", status.message());
+
+        // The merchant's own ids, shaped like the generated ones of before.
+        let squatter = w.payments.create_checkout_session(checkout_request("main", "order-x/repeat/b-2")).await;
+        let squatter = squatter.unwrap().into_inner();
+        let renewal_squatter = w.payments.create_checkout_session(checkout_request("main", "sub-x/renewal/1")).await;
+        let renewal_squatter = renewal_squatter.unwrap().into_inner();
+
+        let once = w.payments.create_checkout_session(checkout_request("main", "order-x")).await.unwrap().into_inner();
+        assert_eq!(send(&once.payment_id, "b-1").await, "OK");
+        assert_eq!(send(&once.payment_id, "b-2").await, "OK", "{backend:?}: the repeat is recorded");
+        let repeat = w.payments.get_payment(by_uid("~order-x/repeat/b-2")).await.unwrap().into_inner();
+        assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-2"));
+        assert_eq!(get_payment(&mut w.payments, &squatter.payment_id).await.status, PaymentStatus::Ready as i32);
+
+        let mut request = checkout_request("main", "sub-x");
+        request.subscription =
+            Some(pb::SubscriptionTerms { period_length: 1, period_type: "month".into(), recurring: true });
+        let sub = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+        assert_eq!(send(&sub.payment_id, "s-1").await, "OK");
+        assert_eq!(send(&sub.payment_id, "s-2").await, "OK", "{backend:?}: the renewal is recorded");
+        let renewal = w.payments.get_payment(by_uid("~sub-x/renewal/1")).await.unwrap().into_inner();
+        assert_eq!(
+            (renewal.provider_ref.as_str(), renewal.subscription_id.as_str()),
+            ("s-2", sub.subscription_id.as_str())
+        );
+        assert_eq!(
+            get_payment(&mut w.payments, &renewal_squatter.payment_id).await.status,
+            PaymentStatus::Ready as i32
+        );
+
+        // A payment stored before the rule holding the next generated id: stepped around.
+        let pool = w.db.pool().await;
+        sqlx::query("UPDATE payments SET merchant_uid = '~sub-x/renewal/2' WHERE payment_id = $1")
+            .bind(&renewal_squatter.payment_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        assert_eq!(send(&sub.payment_id, "s-3").await, "OK", "{backend:?}: never fails over an old id");
+        let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+        let second = all.payments.iter().find(|p| p.provider_ref == "s-3").expect("the second renewal");
+        assert!(second.merchant_uid.starts_with("~sub-x/renewal/2/pay_"), "{}", second.merchant_uid);
+        assert_eq!(second.subscription_id, sub.subscription_id);
     }
 }
