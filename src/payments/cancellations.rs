@@ -158,7 +158,8 @@ pub async fn move_ticket(
     // `from` holds only the enum's constant names, never input.
     let (sent_at, accepted_at) = match to {
         TicketState::Sending => ("$1", "ticket_accepted_at"),
-        TicketState::Accepted => ("ticket_sent_at", "$1"),
+        // A repeated acceptance (a take-over finishing it) keeps the first time.
+        TicketState::Accepted => ("ticket_sent_at", "COALESCE(ticket_accepted_at, $1)"),
         _ => ("ticket_sent_at", "ticket_accepted_at"),
     };
     let done = sqlx::query(&format!(
