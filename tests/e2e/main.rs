@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod channels;
 mod checkout;
+mod crash_storm;
 mod db_outage;
 mod event_log;
 mod lifecycle;
