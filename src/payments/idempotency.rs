@@ -114,20 +114,21 @@ pub async fn finish(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(),
     Ok(())
 }
 
-/// Forgets a key whose request made something that came to nothing (a refund the provider refused
-/// or never received), in the transaction that records so: a retry runs the request again, as if
-/// it were new.
-pub async fn forget(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(), PaymentError> {
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND operation = $2 AND idempotency_key = $3 \
-         AND state = 'in_progress'",
-    )
-    .bind(key.merchant_id)
-    .bind(key.operation)
-    .bind(key.key)
-    .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+/// Forgets the in-progress key (if any) whose request made `resource_id`, when that came to
+/// nothing (a refund the provider refused or never received), in the transaction that records
+/// so: a retry runs the request again, as if it were new. Whoever settled it (the first worker,
+/// a take-over, the sweep) need not know the key.
+pub async fn forget_resource(
+    conn: &mut sqlx::AnyConnection,
+    operation: &str,
+    resource_id: &str,
+) -> Result<(), PaymentError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE operation = $1 AND resource_id = $2 AND state = 'in_progress'")
+        .bind(operation)
+        .bind(resource_id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?;
     Ok(())
 }
 

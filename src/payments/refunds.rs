@@ -32,6 +32,8 @@ use crate::{
 };
 
 pub const MAX_REASON: usize = 255;
+/// The idempotency keys' operation name.
+const OPERATION: &str = "RefundPayment";
 const CAS_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Default)]
@@ -79,7 +81,7 @@ pub async fn refund(
     validate(&req).check()?;
     let key = (!req.idempotency_key.is_empty()).then(|| Key {
         merchant_id: &caller.merchant_id,
-        operation: "RefundPayment",
+        operation: OPERATION,
         key: &req.idempotency_key,
     });
     let claim = match &key {
@@ -223,7 +225,7 @@ pub async fn send(
             tracing::warn!(payment_id = %payment.payment_id, cancellation_id = %id, %problem, "refund ticket not accepted");
             let outcome = if matches!(problem, ProviderError::Refused(_)) { "refused" } else { "unreachable" };
             metrics::counter!("paygate_refund_tickets_total", "outcome" => outcome).increment(1);
-            release(db, cancellation, &problem.to_string(), key, None).await?;
+            release(db, cancellation, &problem.to_string(), None).await?;
             return Err(problem.into());
         }
     }
@@ -353,14 +355,14 @@ pub async fn mark_unknown(db: &Db, cancellation: &Cancellation, key: Option<&Key
 }
 
 /// The ticket was not accepted (or an operator says the provider never acted on it): the
-/// cancellation fails and its amount is refundable again. Nothing was done, so the idempotency
-/// key is forgotten in the same transaction: a retry runs the refund again. With `only_if`, the
-/// ticket must still be in that state.
+/// cancellation fails and its amount is refundable again. Nothing was done, so an idempotency
+/// key still in progress on it is forgotten in the same transaction: a retry runs the refund
+/// again. (An operator's decision comes after the key was done: a retry answers with it.) With
+/// `only_if`, the ticket must still be in that state.
 async fn release(
     db: &Db,
     cancellation: &Cancellation,
     failure: &str,
-    key: Option<&Key<'_>>,
     only_if: Option<TicketState>,
 ) -> Result<bool, PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
@@ -395,9 +397,7 @@ async fn release(
         if settled {
             events::append(&mut tx, &next, "payment.partially_cancelled", Some(&events::detail(&failed))).await?;
         }
-        if let Some(key) = key {
-            idempotency::forget(&mut tx, key).await?;
-        }
+        idempotency::forget_resource(&mut tx, OPERATION, &cancellation.cancellation_id).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if settled {
             db.signal_commit();
@@ -445,7 +445,7 @@ pub async fn resolve(
     let applied = match resolution {
         Resolution::Failed => {
             let failure = format!("resolved by an operator: the provider did not refund it. {note}");
-            release(db, &c, failure.trim(), None, Some(TicketState::Unknown)).await?
+            release(db, &c, failure.trim(), Some(TicketState::Unknown)).await?
         }
         Resolution::Succeeded => confirm_unknown(db, &c).await?,
     };
