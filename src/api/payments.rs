@@ -12,7 +12,6 @@ use crate::{
     error::{InvalidArgument, Violations},
     events::Hub,
     payments::{
-        cancellations,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
         methods::PaymentMethods,
         refunds::{self, RefundRequest},
@@ -20,7 +19,7 @@ use crate::{
         subscriptions,
     },
     proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
-    store::{Db, StoreError},
+    store::Db,
 };
 
 pub struct PaymentsApi {
@@ -117,9 +116,7 @@ impl PaymentService for PaymentsApi {
             Some(get_payment_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => Lookup::MerchantUid(uid),
             _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
         };
-        let payment = repo::get(&self.db, &caller.merchant_id, lookup).await?;
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        let cancellations = cancellations::for_payment(&mut conn, &payment.payment_id).await?;
+        let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);
         out.cancellations = cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();

@@ -541,6 +541,72 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
 
 const LEASE: [(&str, &str); 1] = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
 
+/// A World whose paygate reaches PostgreSQL through a proxy the test controls.
+async fn behind_a_database_proxy(env: &[(&str, &str)]) -> (World, crate::support::proxy::TcpProxy) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let target = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+    let proxy = crate::support::proxy::TcpProxy::start(target.parse().unwrap()).await;
+    // In clear text, so the proxy can see the statements go by.
+    let proxied_url = format!("{}?sslmode=disable", db.url.replacen(&target, &proxy.addr.to_string(), 1));
+    let mut env = env.to_vec();
+    env.push(("PAYGATE_DATABASE_URL", proxied_url.as_str()));
+    (World::start_with(db, Simulator::start(), &env, None).await, proxy)
+}
+
+/// Sends `request` and kills paygate -9 the moment its reservation commits; checks that the
+/// reservation is stored and no ticket left.
+async fn killed_at_the_reservation_commit(
+    w: &mut World,
+    proxy: &crate::support::proxy::TcpProxy,
+    request: pb::RefundPaymentRequest,
+) {
+    let committed = proxy.trap_commit_after("INSERT INTO cancellations");
+    let payment_id = request.payment_id.clone();
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        async move { client.refund_payment(request).await }
+    });
+    if tokio::time::timeout(Duration::from_secs(10), committed).await.is_err() {
+        panic!("no commit seen; the call: {:?}", in_flight.await);
+    }
+    w.gate.process.kill9();
+    assert!(in_flight.await.unwrap().is_err(), "the caller got no answer");
+    assert_eq!(w.tickets().await, 0, "killed before the ticket left");
+    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "UNSENT".into()), "the reservation is there");
+}
+
+/// Issue 11 items 1 and 2: a reservation whose worker died is sent by the sweep; the provider
+/// refuses it, which changed nothing, so the caller's retry with the same key runs the refund
+/// again (and is refused again) instead of answering OK with a FAILED cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_the_sweep_sent_and_the_provider_refused_runs_again_on_retry() {
+    let (mut w, proxy) = behind_a_database_proxy(&LEASE).await;
+    let (payment_id, _) = w.paid("order-sweep-refused", 700).await;
+    let request = refund(&payment_id, None, "refund-sweep-refused");
+    killed_at_the_reservation_commit(&mut w, &proxy, request.clone()).await;
+    w.behave(serde_json::json!({ "refuse_tickets": "Refund window has passed" })).await;
+    let sweep = [
+        LEASE[0],
+        ("PAYGATE_SWEEP_INTERVAL_MS", "200"),
+        ("PAYGATE_SWEEP_PENDING_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "300"),
+    ];
+    w.restart(&sweep).await;
+    let p =
+        wait_for_cancellation(&mut w.payments, &payment_id, CancellationStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(w.tickets().await, 1, "the sweep sent the ticket the crash never sent");
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 700));
+    let status = w.payments.refund_payment(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("Refund window has passed"), "{}", status.message());
+    assert_eq!(w.tickets().await, 2, "the retry ran the refund again");
+    w.behave(serde_json::json!({})).await;
+    let c = w.payments.refund_payment(request).await.unwrap().into_inner();
+    assert_eq!(c.ticket_state, pb::TicketState::Accepted as i32);
+    wait_for_status(&mut w.payments, &payment_id, PaymentStatus::Cancelled).await;
+}
+
 async fn wait_for_cancellation(
     payments: &mut Payments,
     payment_id: &str,
@@ -562,29 +628,9 @@ async fn wait_for_cancellation(
 /// the retry with the same key sends it (once) and only then answers accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_killed_as_its_reservation_commits_is_sent_by_the_retry() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let target = url::Url::parse(&db.url).unwrap();
-    let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
-    let proxy = crate::support::proxy::TcpProxy::start(target.parse().unwrap()).await;
-    // In clear text, so the proxy can see the statements go by.
-    let proxied_url = format!("{}?sslmode=disable", db.url.replacen(&target, &proxy.addr.to_string(), 1));
-    let env = [LEASE[0], ("PAYGATE_DATABASE_URL", proxied_url.as_str())];
-    let mut w = World::start_with(db, Simulator::start(), &env, None).await;
+    let (mut w, proxy) = behind_a_database_proxy(&LEASE).await;
     let (payment_id, _) = w.paid("order-commit-kill", 1000).await;
-
-    let committed = proxy.trap_commit_after("INSERT INTO cancellations");
-    let in_flight = tokio::spawn({
-        let mut client = w.payments.clone();
-        let request = refund(&payment_id, Some(400), "refund-commit-kill");
-        async move { client.refund_payment(request).await }
-    });
-    if tokio::time::timeout(Duration::from_secs(10), committed).await.is_err() {
-        panic!("no commit seen; the call: {:?}", in_flight.await);
-    }
-    w.gate.process.kill9();
-    assert!(in_flight.await.unwrap().is_err(), "the caller got no answer");
-    assert_eq!(w.tickets().await, 0, "killed before the ticket left");
-    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "UNSENT".into()), "the reservation is there");
+    killed_at_the_reservation_commit(&mut w, &proxy, refund(&payment_id, Some(400), "refund-commit-kill")).await;
 
     w.restart(&LEASE).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
@@ -855,5 +901,48 @@ async fn generated_payments_never_collide_with_merchant_uids() {
         let second = all.payments.iter().find(|p| p.provider_ref == "s-3").expect("the second renewal");
         assert!(second.merchant_uid.starts_with("~sub-x/renewal/2/pay_"), "{}", second.merchant_uid);
         assert_eq!(second.subscription_id, sub.subscription_id);
+    }
+}
+
+/// GetPayment reads the payment and its cancellations from one snapshot: while refunds are
+/// reserved, confirmed and released, every read adds up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_payment_always_adds_up_while_refunds_move() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let (payment_id, _) = w.paid("order-books", 999).await;
+    w.behave(serde_json::json!({ "ticket_pingback_delay_ms": 0 })).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut client, payment_id, stop) = (w.payments.clone(), payment_id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = get_payment(&mut client, &payment_id).await;
+                    let sum = |status: CancellationStatus| -> i64 {
+                        p.cancellations.iter().filter(|c| c.status == status as i32).map(|c| money(&c.amount)).sum()
+                    };
+                    let (cancelled, open) = (sum(CancellationStatus::Succeeded), sum(CancellationStatus::Requested));
+                    if money(&p.cancelled_amount) != cancelled || money(&p.refundable_amount) != 999 - cancelled - open
+                    {
+                        return Err(format!("the books do not add up: {p:?}"));
+                    }
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        })
+        .collect();
+    for _ in 0..15 {
+        w.payments.refund_payment(refund(&payment_id, Some(10), "")).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while money(&get_payment(&mut w.payments, &payment_id).await.cancelled_amount) < 150 {
+        assert!(std::time::Instant::now() < deadline, "the refunds were never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.unwrap().unwrap_or_else(|problem| panic!("{problem}")) > 0);
     }
 }
