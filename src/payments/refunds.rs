@@ -130,7 +130,7 @@ pub enum TakeOver {
     InFlight,
 }
 
-/// Decides a take-over from the request's state; `sending_since` is when its send started.
+/// Decides a take-over from the request's state (`updated_at` of a SENDING ticket is when its send started).
 pub fn take_over_action(c: &Cancellation, now: i64, lease_ms: i64) -> TakeOver {
     if c.status != CancellationStatus::Requested {
         return TakeOver::Answer;

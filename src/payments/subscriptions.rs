@@ -224,38 +224,42 @@ pub async fn cancel(
         release_cancel_ticket(db, subscription_id, claim).await;
         return Err(e.into());
     }
-    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
-    let now = now_ms();
-    let recorded = sqlx::query(
-        "UPDATE subscriptions SET cancel_requested_at = $1, cancel_ticket_started_at = NULL, updated_at = $1 \
-         WHERE subscription_id = $2 AND cancel_requested_at IS NULL",
-    )
-    .bind(now)
-    .bind(subscription_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?
-    .rows_affected()
-        == 1;
-    let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
-    if recorded {
-        // Writing the payment row orders this event after (or before) any pingback on the payment.
-        let payment = repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let payment = payment.next_version(now);
-        if !repo::update(&mut tx, &payment).await? {
-            return Err(PaymentError::Concurrent);
-        }
-        crate::events::append(
-            &mut tx,
-            &payment,
-            "subscription.cancel_requested",
-            Some(&crate::events::detail(&requested)),
+    // The ticket is out: record it (retrying the compare-and-set on the payment a pingback may race).
+    for _ in 0..16 {
+        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let now = now_ms();
+        let recorded = sqlx::query(
+            "UPDATE subscriptions SET cancel_requested_at = $1, cancel_ticket_started_at = NULL, updated_at = $1 \
+             WHERE subscription_id = $2 AND cancel_requested_at IS NULL",
         )
-        .await?;
+        .bind(now)
+        .bind(subscription_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+            == 1;
+        let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
+        if recorded {
+            // Writing the payment row orders this event after (or before) any pingback on the payment.
+            let payment = repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
+            let payment = payment.next_version(now);
+            if !repo::update(&mut tx, &payment).await? {
+                continue;
+            }
+            crate::events::append(
+                &mut tx,
+                &payment,
+                "subscription.cancel_requested",
+                Some(&crate::events::detail(&requested)),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        db.signal_commit();
+        return Ok(requested);
     }
-    tx.commit().await.map_err(StoreError::from)?;
-    db.signal_commit();
-    Ok(requested)
+    Err(PaymentError::Concurrent)
 }
 
 /// Claims the stop-recurring send; a claim started before `stale_before` is a dead worker's.
