@@ -126,9 +126,10 @@ impl From<PaymentError> for Status {
             PaymentError::MerchantUidTaken => {
                 Status::already_exists("merchant_uid: a payment with this merchant_uid already exists")
             }
-            PaymentError::NotRefundable(_) | PaymentError::NotCancellable(_) | PaymentError::ProviderRefused(_) => {
-                Status::failed_precondition(err.to_string())
-            }
+            PaymentError::NotRefundable(_)
+            | PaymentError::NotCancellable(_)
+            | PaymentError::NotResolvable(_)
+            | PaymentError::ProviderRefused(_) => Status::failed_precondition(err.to_string()),
             PaymentError::ProviderUnavailable(_) => Status::unavailable(err.to_string()),
             PaymentError::IdempotencyMismatch | PaymentError::IdempotencyInFlight | PaymentError::Concurrent => {
                 Status::aborted(err.to_string())

@@ -6,7 +6,7 @@ use crate::{
     channels::{Channel, ChannelMode, Provider},
     payments::{
         Payment, PaymentStatus,
-        cancellations::{Cancellation, CancellationStatus, Trigger},
+        cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
         subscriptions::{Subscription, SubscriptionStatus},
     },
     proto::v1 as pb,
@@ -89,6 +89,10 @@ pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
         Trigger::Provider => pb::CancellationTrigger::Provider,
     };
     let status = match c.status {
+        // Open, but not "requested" as far as anyone can tell: the caller must see it.
+        CancellationStatus::Requested if c.ticket == Some(TicketState::Unknown) => {
+            pb::CancellationStatus::OutcomeUnknown
+        }
         CancellationStatus::Requested => pb::CancellationStatus::Requested,
         CancellationStatus::Succeeded => pb::CancellationStatus::Succeeded,
         CancellationStatus::Failed => pb::CancellationStatus::Failed,
@@ -104,6 +108,14 @@ pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
         failure: c.failure.unwrap_or_default(),
         created_at: Some(timestamp(c.created_at)),
         completed_at: c.completed_at.map(timestamp),
+        ticket_state: match c.ticket {
+            None => pb::TicketState::Unspecified,
+            Some(TicketState::Unsent) => pb::TicketState::NotSent,
+            Some(TicketState::Sending) => pb::TicketState::Sending,
+            Some(TicketState::Accepted) => pb::TicketState::Accepted,
+            Some(TicketState::Unknown) => pb::TicketState::OutcomeUnknown,
+        } as i32,
+        ticket_accepted_at: c.ticket_accepted_at.map(timestamp),
     }
 }
 

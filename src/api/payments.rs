@@ -13,7 +13,6 @@ use crate::{
     events::Hub,
     merchants::KeyCache,
     payments::{
-        cancellations,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
         methods::PaymentMethods,
         refunds::{self, RefundRequest},
@@ -21,7 +20,7 @@ use crate::{
         subscriptions,
     },
     proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
-    store::{Db, StoreError},
+    store::Db,
 };
 
 pub struct PaymentsApi {
@@ -127,9 +126,7 @@ impl PaymentService for PaymentsApi {
             Some(get_payment_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => Lookup::MerchantUid(uid),
             _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
         };
-        let payment = repo::get(&self.db, &caller.merchant_id, lookup).await?;
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        let cancellations = cancellations::for_payment(&mut conn, &payment.payment_id).await?;
+        let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);
         out.cancellations = cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();
@@ -213,6 +210,34 @@ impl PaymentService for PaymentsApi {
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
     }
 
+    async fn resolve_cancellation(
+        &self,
+        request: Request<pb::ResolveCancellationRequest>,
+    ) -> Result<Response<pb::Cancellation>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if r.cancellation_id.is_empty() {
+            v.add("cancellation_id", "is required");
+        }
+        let resolution = match pb::Resolution::try_from(r.resolution) {
+            Ok(pb::Resolution::Succeeded) => Some(refunds::Resolution::Succeeded),
+            Ok(pb::Resolution::Failed) => Some(refunds::Resolution::Failed),
+            _ => None,
+        };
+        if resolution.is_none() {
+            v.add("resolution", "must be RESOLUTION_SUCCEEDED or RESOLUTION_FAILED");
+        }
+        if r.note.chars().count() > refunds::MAX_REASON || r.note.chars().any(char::is_control) {
+            v.add("note", format!("must be at most {} printable characters", refunds::MAX_REASON));
+        }
+        v.check()?;
+        let resolution = resolution.expect("checked above");
+        let cancellation = refunds::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
+        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+    }
+
     async fn cancel_subscription(
         &self,
         request: Request<pb::CancelSubscriptionRequest>,
@@ -228,7 +253,15 @@ impl PaymentService for PaymentsApi {
         }
         v.check()?;
         let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
-        let sub = subscriptions::cancel(&self.db, &self.channels, &caller, &r.subscription_id, reason).await?;
+        let sub = subscriptions::cancel(
+            &self.db,
+            &self.channels,
+            &caller,
+            &r.subscription_id,
+            reason,
+            self.idempotency_lease_ms,
+        )
+        .await?;
         Ok(Response::new(convert::subscription(sub)))
     }
 

@@ -28,32 +28,37 @@ impl WebhooksApi {
         Self { db, keys, allow_internal_targets, rotation_overlap_ms }
     }
 
+    /// A delivery as stored now, with its attempts from the same snapshot.
     async fn delivery(&self, d: Delivery) -> Result<pb::WebhookDelivery, Status> {
-        let attempts = outbox::attempts(&self.db, &d.delivery_id).await?;
-        let status = match d.status {
-            DeliveryStatus::Pending => pb::WebhookDeliveryStatus::Pending,
-            DeliveryStatus::Succeeded => pb::WebhookDeliveryStatus::Succeeded,
-            DeliveryStatus::Failed => pb::WebhookDeliveryStatus::Failed,
-        };
-        Ok(pb::WebhookDelivery {
-            delivery_id: d.delivery_id,
-            event_type: d.event_type,
-            payment_id: d.payment_id.unwrap_or_default(),
-            status: status as i32,
-            attempts: attempts
-                .into_iter()
-                .map(|a| pb::WebhookAttempt {
-                    attempt: a.attempt as u32,
-                    status_code: a.status_code.unwrap_or_default() as u32,
-                    error: a.error.unwrap_or_default(),
-                    latency_ms: a.latency_ms as u32,
-                    at: Some(convert::timestamp(a.at)),
-                })
-                .collect(),
-            next_attempt_at: (d.status == DeliveryStatus::Pending).then(|| convert::timestamp(d.next_attempt_at)),
-            created_at: Some(convert::timestamp(d.created_at)),
-            payload: d.payload,
-        })
+        let (d, attempts) = outbox::get(&self.db, &d.merchant_id, &d.delivery_id).await?;
+        Ok(delivery(d, attempts))
+    }
+}
+
+fn delivery(d: Delivery, attempts: Vec<outbox::Attempt>) -> pb::WebhookDelivery {
+    let status = match d.status {
+        DeliveryStatus::Pending => pb::WebhookDeliveryStatus::Pending,
+        DeliveryStatus::Succeeded => pb::WebhookDeliveryStatus::Succeeded,
+        DeliveryStatus::Failed => pb::WebhookDeliveryStatus::Failed,
+    };
+    pb::WebhookDelivery {
+        delivery_id: d.delivery_id,
+        event_type: d.event_type,
+        payment_id: d.payment_id.unwrap_or_default(),
+        status: status as i32,
+        attempts: attempts
+            .into_iter()
+            .map(|a| pb::WebhookAttempt {
+                attempt: a.attempt as u32,
+                status_code: a.status_code.unwrap_or_default() as u32,
+                error: a.error.unwrap_or_default(),
+                latency_ms: a.latency_ms as u32,
+                at: Some(convert::timestamp(a.at)),
+            })
+            .collect(),
+        next_attempt_at: (d.status == DeliveryStatus::Pending).then(|| convert::timestamp(d.next_attempt_at)),
+        created_at: Some(convert::timestamp(d.created_at)),
+        payload: d.payload,
     }
 }
 
@@ -132,14 +137,11 @@ impl WebhookService for WebhooksApi {
         let mut rows = outbox::list(&self.db, &caller.merchant_id, before, limit + 1).await?;
         let next_page_token = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
-            rows.last().map(|(seq, _)| convert::page_token::encode(&seq.to_string())).unwrap_or_default()
+            rows.last().map(|(seq, _, _)| convert::page_token::encode(&seq.to_string())).unwrap_or_default()
         } else {
             String::new()
         };
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for (_, d) in rows {
-            deliveries.push(self.delivery(d).await?);
-        }
+        let deliveries = rows.into_iter().map(|(_, d, attempts)| delivery(d, attempts)).collect();
         Ok(Response::new(pb::ListWebhookDeliveriesResponse { deliveries, next_page_token }))
     }
 

@@ -1,11 +1,17 @@
 //! Cancellations: refunds the merchant asked for, and reversals the provider reported on its own
 //! (chargebacks, fraud). Rows move REQUESTED -> SUCCEEDED | FAILED and never back.
+//!
+//! A merchant's request also records its ticket to the provider, as its own steps, so that a crash
+//! at any point leaves a state that says what is known: UNSENT -> SENDING (written before the
+//! request leaves) -> ACCEPTED, or UNKNOWN when no clear answer came back. UNKNOWN moves on only
+//! to ACCEPTED (a late answer) or to the request's end (the provider's confirmation, the sweep, an
+//! operator).
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::PaymentError;
-use crate::store::StoreError;
+use crate::store::{Db, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -35,6 +41,28 @@ macro_rules! string_enum {
         }
     };
 }
+/// Where a merchant request's ticket to the provider stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TicketState {
+    /// Reserved; the ticket has not left.
+    Unsent,
+    /// The ticket is leaving (or left); no answer recorded yet.
+    Sending,
+    /// The provider accepted it.
+    Accepted,
+    /// It went out and no clear answer came back: the provider may or may not have it.
+    Unknown,
+}
+
+impl TicketState {
+    /// The ticket may have reached the provider, so the provider's confirmation can be about it.
+    pub fn may_have_reached_provider(self) -> bool {
+        !matches!(self, Self::Unsent)
+    }
+}
+
+string_enum!(TicketState { Unsent => "UNSENT", Sending => "SENDING", Accepted => "ACCEPTED", Unknown => "UNKNOWN" });
 string_enum!(Trigger { MerchantRequest => "MERCHANT_REQUEST", Chargeback => "CHARGEBACK", Provider => "PROVIDER" });
 string_enum!(CancellationStatus { Requested => "REQUESTED", Succeeded => "SUCCEEDED", Failed => "FAILED" });
 
@@ -51,6 +79,9 @@ pub struct Cancellation {
     /// The provider's reason code (Paymentwall: the `reason` of the type 2 pingback).
     pub provider_reason: Option<i64>,
     pub failure: Option<String>,
+    /// Merchant requests only.
+    pub ticket: Option<TicketState>,
+    pub ticket_accepted_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub completed_at: Option<i64>,
@@ -61,11 +92,11 @@ pub fn new_cancellation_id() -> String {
 }
 
 const COLUMNS: &str = "cancellation_id, payment_id, merchant_id, amount_minor, reason, trigger, status, \
-    provider_reason, failure, created_at, updated_at, completed_at";
+    provider_reason, failure, created_at, updated_at, completed_at, ticket_state, ticket_accepted_at";
 
 pub async fn insert(conn: &mut AnyConnection, c: &Cancellation) -> Result<(), PaymentError> {
     sqlx::query(&format!(
-        "INSERT INTO cancellations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "INSERT INTO cancellations ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&c.cancellation_id)
     .bind(&c.payment_id)
@@ -79,6 +110,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &Cancellation) -> Result<(), Pa
     .bind(c.created_at)
     .bind(c.updated_at)
     .bind(c.completed_at)
+    .bind(c.ticket.map(TicketState::as_str))
+    .bind(c.ticket_accepted_at)
     .execute(conn)
     .await
     .map_err(StoreError::from)?;
@@ -112,17 +145,85 @@ pub async fn get(conn: &mut AnyConnection, cancellation_id: &str) -> Result<Opti
     row.as_ref().map(from_row).transpose()
 }
 
-/// Records that the provider accepted the cancellation's ticket.
-pub async fn accepted(conn: &mut AnyConnection, cancellation_id: &str, at: i64) -> Result<(), PaymentError> {
-    sqlx::query(
-        "UPDATE cancellations SET ticket_accepted_at = $1 WHERE cancellation_id = $2 AND ticket_accepted_at IS NULL",
-    )
+/// Moves an open request's ticket from one of `from` to `to` (compare-and-set); false when it
+/// was not there (another worker moved it, or the request ended meanwhile).
+pub async fn move_ticket(
+    conn: &mut AnyConnection,
+    cancellation_id: &str,
+    from: &[TicketState],
+    to: TicketState,
+    at: i64,
+) -> Result<bool, PaymentError> {
+    let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    // `from` holds only the enum's constant names, never input.
+    let (sent_at, accepted_at) = match to {
+        TicketState::Sending => ("$1", "ticket_accepted_at"),
+        // A repeated acceptance (a take-over finishing it) keeps the first time.
+        TicketState::Accepted => ("ticket_sent_at", "COALESCE(ticket_accepted_at, $1)"),
+        _ => ("ticket_sent_at", "ticket_accepted_at"),
+    };
+    let done = sqlx::query(&format!(
+        "UPDATE cancellations SET ticket_state = $2, ticket_sent_at = {sent_at}, ticket_accepted_at = {accepted_at}, \
+         updated_at = $1 WHERE cancellation_id = $3 AND status = 'REQUESTED' AND ticket_state IN ({})",
+        from.join(", ")
+    ))
     .bind(at)
+    .bind(to.as_str())
     .bind(cancellation_id)
     .execute(conn)
     .await
     .map_err(StoreError::from)?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// Open requests whose ticket needs the sweep: never sent, or sent with no answer, last touched
+/// before `stale_before` and not checked recently. Each is claimed (its `check_after` moved to
+/// `claim_until`) by a compare-and-set, so replicas never share one.
+pub async fn claim_stale_tickets(
+    db: &Db,
+    stale_before: i64,
+    now: i64,
+    claim_until: i64,
+    limit: u32,
+) -> Result<Vec<Cancellation>, PaymentError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM cancellations WHERE status = 'REQUESTED' \
+         AND ticket_state IN ('UNSENT', 'SENDING', 'UNKNOWN') AND updated_at <= $1 \
+         AND (check_after IS NULL OR check_after <= $2) ORDER BY updated_at LIMIT $3"
+    ))
+    .bind(stale_before)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let mut claimed = Vec::new();
+    for c in rows.iter().map(from_row) {
+        let c = c?;
+        let done = sqlx::query(
+            "UPDATE cancellations SET check_after = $1 WHERE cancellation_id = $2 \
+             AND (check_after IS NULL OR check_after <= $3)",
+        )
+        .bind(claim_until)
+        .bind(&c.cancellation_id)
+        .bind(now)
+        .execute(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        if done.rows_affected() == 1 {
+            claimed.push(c);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Open requests whose outcome at the provider is unknown (the metric's source).
+pub async fn count_unknown(db: &Db) -> Result<i64, PaymentError> {
+    let row = sqlx::query("SELECT COUNT(*) FROM cancellations WHERE status = 'REQUESTED' AND ticket_state = 'UNKNOWN'")
+        .fetch_one(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+    row.try_get::<i64, _>(0).map_err(|e| StoreError::from(e).into())
 }
 
 /// Requested cancellations of a payment, those whose ticket the provider accepted first, then by age.
@@ -165,6 +266,11 @@ fn from_row(row: &AnyRow) -> Result<Cancellation, PaymentError> {
         status: CancellationStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
         provider_reason: on("provider_reason")?,
         failure: row.try_get::<Option<String>, _>("failure").map_err(|e| corrupt("failure", &e))?,
+        ticket: match row.try_get::<Option<String>, _>("ticket_state").map_err(|e| corrupt("ticket_state", &e))? {
+            Some(s) => Some(TicketState::parse(&s).ok_or_else(|| corrupt("ticket_state", &"unknown"))?),
+            None => None,
+        },
+        ticket_accepted_at: on("ticket_accepted_at")?,
         created_at: n("created_at")?,
         updated_at: n("updated_at")?,
         completed_at: on("completed_at")?,

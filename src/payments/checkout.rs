@@ -203,6 +203,15 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
         v.add("channel_key", "is required");
     }
     required_text(&mut v, "merchant_uid", &req.merchant_uid, MAX_MERCHANT_UID);
+    if req.merchant_uid.starts_with(super::notifications::GENERATED_UID_PREFIX) {
+        v.add(
+            "merchant_uid",
+            format!(
+                "must not start with '{}' (reserved for renewals and repeat payments paygate records)",
+                super::notifications::GENERATED_UID_PREFIX
+            ),
+        );
+    }
     match &req.amount {
         None => v.add("amount", "is required"),
         Some((minor, currency)) => {
@@ -356,6 +365,7 @@ mod tests {
             ("amount.currency", Box::new(|r| r.amount = Some((100, "ABC".into())))),
             ("order_name", Box::new(|r| r.order_name = "x".repeat(257))),
             ("merchant_uid", Box::new(|r| r.merchant_uid = String::new())),
+            ("merchant_uid", Box::new(|r| r.merchant_uid = "~order-1/renewal/1".into())),
             ("customer.email", Box::new(|r| r.customer_email = "nope".into())),
             ("success_url", Box::new(|r| r.success_url = "javascript:alert(1)".into())),
             ("country_code", Box::new(|r| r.country_code = "kor".into())),

@@ -114,6 +114,24 @@ pub async fn finish(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(),
     Ok(())
 }
 
+/// Forgets the in-progress key (if any) whose request made `resource_id`, when that came to
+/// nothing (a refund the provider refused or never received), in the transaction that records
+/// so: a retry runs the request again, as if it were new. Whoever settled it (the first worker,
+/// a take-over, the sweep) need not know the key.
+pub async fn forget_resource(
+    conn: &mut sqlx::AnyConnection,
+    operation: &str,
+    resource_id: &str,
+) -> Result<(), PaymentError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE operation = $1 AND resource_id = $2 AND state = 'in_progress'")
+        .bind(operation)
+        .bind(resource_id)
+        .execute(conn)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(())
+}
+
 /// Forgets a key whose request failed before it made anything, so a retry runs it again. A key
 /// that already made a resource stays: a retry takes it over and finishes that resource.
 pub async fn release(db: &Db, key: &Key<'_>) {

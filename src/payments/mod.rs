@@ -31,6 +31,9 @@ pub enum PaymentError {
     NotRefundable(String),
     #[error("{0}")]
     NotCancellable(String),
+    /// ResolveCancellation on a cancellation whose outcome is known.
+    #[error("{0}")]
+    NotResolvable(String),
     #[error("the provider refused: {0}")]
     ProviderRefused(String),
     #[error("the provider cannot be reached ({0}); nothing was changed")]

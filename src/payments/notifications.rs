@@ -221,17 +221,11 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
         }
         ProviderEvent::Reversal { reason } => reverse(conn, &current, notice, reason).await,
         ProviderEvent::RefundConfirmed => {
-            let mut applied = Applied::Unchanged;
-            let mut payment = current;
-            // The status API says "refunded", not how much: each request counts with its own amount.
-            while payment.pending_cancel_amount > 0 {
-                applied = reverse(conn, &payment, notice, 10).await?;
-                match &applied {
-                    Applied::Changed { payment: p, .. } => payment = (**p).clone(),
-                    _ => break,
-                }
-            }
-            Ok(applied)
+            let Some((next, kind, cancellation)) = refunds::apply_refund_confirmed(conn, &current).await? else {
+                return Ok(Applied::Unchanged);
+            };
+            let event_id = events::append(conn, &next, kind, Some(&events::detail(&cancellation))).await?;
+            Ok(Applied::Changed { payment: Box::new(next), event_id })
         }
         ProviderEvent::SubscriptionEnded(end) => end_subscription(conn, &current, end).await,
     }
@@ -278,8 +272,29 @@ async fn settle(
     Ok(Applied::Changed { payment: Box::new(next), event_id })
 }
 
+/// The `merchant_uid` namespace of payments paygate records itself: a leading `~`, which a
+/// merchant's own `merchant_uid` may not have (checkout refuses it), so the two never collide.
+pub const GENERATED_UID_PREFIX: char = '~';
+
+/// A payment paygate records itself, named after the payment it follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generated<'a> {
+    /// The n-th renewal of a subscription.
+    Renewal(i64),
+    /// Money taken again under this provider ref for a one-time payment.
+    Repeat(&'a str),
+}
+
+/// `~<uid>/renewal/<n>` or `~<uid>/repeat/<ref>`.
+pub fn generated_merchant_uid(original: &str, generated: Generated<'_>) -> String {
+    match generated {
+        Generated::Renewal(n) => format!("{GENERATED_UID_PREFIX}{original}/renewal/{n}"),
+        Generated::Repeat(provider_ref) => format!("{GENERATED_UID_PREFIX}{original}/repeat/{provider_ref}"),
+    }
+}
+
 /// Money under a new ref for a payment already settled, recorded as a new payment linked to the
-/// first: a subscription renewal (`<uid>/renewal/<n>`), or a repeat purchase (`<uid>/repeat/<ref>`).
+/// first: a subscription renewal (`~<uid>/renewal/<n>`), or a repeat purchase (`~<uid>/repeat/<ref>`).
 /// A review (200) makes it PENDING_REVIEW; its 201 then finds it by ref.
 async fn renew(
     conn: &mut AnyConnection,
@@ -295,15 +310,22 @@ async fn renew(
         None => None,
     };
     let merchant_uid = match &subscription {
-        Some(sub) => format!("{}/renewal/{}", initial.merchant_uid, sub.renewals + 1),
+        Some(sub) => generated_merchant_uid(&initial.merchant_uid, Generated::Renewal(sub.renewals + 1)),
         None => {
             tracing::warn!(payment_id = %initial.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded");
-            format!("{}/repeat/{}", initial.merchant_uid, notice.provider_ref)
+            generated_merchant_uid(&initial.merchant_uid, Generated::Repeat(&notice.provider_ref))
         }
+    };
+    let payment_id = super::model::new_payment_id();
+    // Only a payment stored before the namespace existed can hold it: never fail over it.
+    let merchant_uid = if repo::merchant_uid_taken(conn, &initial.merchant_id, &merchant_uid).await? {
+        format!("{merchant_uid}/{payment_id}")
+    } else {
+        merchant_uid
     };
     let reviewing = outcome == PaymentOutcome::ReviewStarted;
     let payment = Payment {
-        payment_id: super::model::new_payment_id(),
+        payment_id,
         merchant_uid,
         status: if reviewing { PaymentStatus::PendingReview } else { PaymentStatus::Paid },
         provider_ref: Some(notice.provider_ref.clone()),
@@ -377,4 +399,19 @@ async fn end_subscription(
     }
     let event_id = events::append(conn, initial, end.event_kind(), Some(&events::detail(&ended))).await?;
     Ok(Applied::Changed { payment: Box::new(initial.clone()), event_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_live_in_their_own_namespace() {
+        assert_eq!(generated_merchant_uid("gold", Generated::Renewal(2)), "~gold/renewal/2");
+        assert_eq!(generated_merchant_uid("order-1", Generated::Repeat("b77")), "~order-1/repeat/b77");
+        // What a merchant can choose (no leading '~') is never what paygate generates.
+        let merchant_chosen = "gold/renewal/2";
+        assert_ne!(generated_merchant_uid("gold", Generated::Renewal(2)), merchant_chosen);
+        assert!(generated_merchant_uid(merchant_chosen, Generated::Renewal(1)).starts_with(GENERATED_UID_PREFIX));
+    }
 }

@@ -2,21 +2,28 @@
 //!
 //! A refund is reserved before the provider is asked: the requested amount joins the payment's
 //! `pending_cancel_amount` in a compare-and-set on the payment's version, so concurrent refunds of
-//! one payment are serialized and can never together exceed what was paid. Then the ticket goes
-//! out. Accepted: the payment shows CANCEL_PENDING until the provider confirms. Refused or
-//! unreachable: the reservation is released and the cancellation is recorded as FAILED; the
-//! payment's status never moved, so nothing a subscriber saw goes backwards.
+//! one payment are serialized and can never together exceed what was paid. The reservation commits
+//! with its ticket UNSENT; the ticket is marked SENDING (committed) before it leaves. So a crash at
+//! any point leaves a state that says what is known, and a take-over (a retry with the same key
+//! after its lease, or the sweep) acts on it: an UNSENT ticket is sent then; a SENDING one may have
+//! reached the provider, so it is never sent again and becomes OUTCOME_UNKNOWN, which the sweep
+//! (asking the provider) or an operator (`ResolveCancellation`) settles.
+//!
+//! A refund is reported accepted only when the provider accepted it: then the payment shows
+//! CANCEL_PENDING until the provider confirms. Refused or unreachable: the reservation is released,
+//! the cancellation is recorded as FAILED and the idempotency key is forgotten (nothing was done,
+//! so a retry runs the refund again); the payment's status never moved.
 
 use sqlx::AnyConnection;
 
 use super::{
     Payment, PaymentError, PaymentStatus,
-    cancellations::{self, Cancellation, CancellationStatus, Trigger, new_cancellation_id},
+    cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
     idempotency::{self, Claim, Key},
     repo::{self, Lookup},
 };
 use crate::{
-    channels::Channels,
+    channels::{Channel, Channels},
     error::Violations,
     events,
     merchants::Caller,
@@ -25,6 +32,8 @@ use crate::{
 };
 
 pub const MAX_REASON: usize = 255;
+/// The idempotency keys' operation name.
+const OPERATION: &str = "RefundPayment";
 const CAS_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Default)]
@@ -72,7 +81,7 @@ pub async fn refund(
     validate(&req).check()?;
     let key = (!req.idempotency_key.is_empty()).then(|| Key {
         merchant_id: &caller.merchant_id,
-        operation: "RefundPayment",
+        operation: OPERATION,
         key: &req.idempotency_key,
     });
     let claim = match &key {
@@ -81,7 +90,9 @@ pub async fn refund(
     };
     let result = match claim {
         Claim::Done(cancellation_id) => read(db, caller, &cancellation_id).await,
-        Claim::TakenOver(Some(cancellation_id)) => resume(db, caller, &cancellation_id, key.as_ref()).await,
+        Claim::TakenOver(Some(cancellation_id)) => {
+            take_over(db, channels, caller, &cancellation_id, key.as_ref(), lease_ms).await
+        }
         Claim::New | Claim::TakenOver(None) => request(db, channels, caller, &req, key.as_ref()).await,
     };
     if result.is_err()
@@ -94,25 +105,71 @@ pub async fn refund(
 
 /// A cancellation the caller may see.
 async fn read(db: &Db, caller: &Caller, cancellation_id: &str) -> Result<Cancellation, PaymentError> {
-    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
-    let c = cancellations::get(&mut conn, cancellation_id).await?.ok_or(PaymentError::NotFound)?;
+    let c = get(db, cancellation_id).await?;
     if caller.acts_for(&c.merchant_id) { Ok(c) } else { Err(PaymentError::NotFound) }
 }
 
-/// A retry after the first attempt died mid-way: its ticket may have gone out, so none is sent
-/// again; the cancellation stands as requested and the provider's answer settles it.
-async fn resume(
+async fn get(db: &Db, cancellation_id: &str) -> Result<Cancellation, PaymentError> {
+    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    cancellations::get(&mut conn, cancellation_id).await?.ok_or(PaymentError::NotFound)
+}
+
+/// What a take-over does with a request whose first worker stopped (its lease ran out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Nothing is open any more (or the outcome is already recorded): answer with what is there.
+    Answer,
+    /// The ticket never left: send it now.
+    Send,
+    /// The ticket may have reached the provider and no answer was recorded: never send it again;
+    /// the outcome is unknown.
+    MarkUnknown,
+    /// The provider accepted it; make sure the payment shows it.
+    FinishAccepted,
+    /// Another worker is sending it right now.
+    InFlight,
+}
+
+/// Decides a take-over from the request's state (`updated_at` of a SENDING ticket is when its send started).
+pub fn take_over_action(c: &Cancellation, now: i64, lease_ms: i64) -> TakeOver {
+    if c.status != CancellationStatus::Requested {
+        return TakeOver::Answer;
+    }
+    match c.ticket {
+        Some(TicketState::Unsent) => TakeOver::Send,
+        // A send still within its lease may be another live worker's (the sweep's): wait for it.
+        Some(TicketState::Sending) if c.updated_at + lease_ms > now => TakeOver::InFlight,
+        Some(TicketState::Sending) => TakeOver::MarkUnknown,
+        Some(TicketState::Accepted) => TakeOver::FinishAccepted,
+        Some(TicketState::Unknown) | None => TakeOver::Answer,
+    }
+}
+
+/// A retry with the same key after the first attempt stopped mid-way.
+async fn take_over(
     db: &Db,
+    channels: &Channels,
     caller: &Caller,
     cancellation_id: &str,
     key: Option<&Key<'_>>,
+    lease_ms: i64,
 ) -> Result<Cancellation, PaymentError> {
     let c = read(db, caller, cancellation_id).await?;
-    if c.status == CancellationStatus::Requested {
-        mark_pending(db, &c, key).await?;
-    } else if let Some(key) = key {
-        let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
-        idempotency::finish(&mut conn, key).await?;
+    match take_over_action(&c, now_ms(), lease_ms) {
+        TakeOver::Send => {
+            let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&c.payment_id)).await?;
+            let channel = channels.for_caller(caller, &payment.channel_key).await?;
+            return send(db, &channel, &payment, &c, key).await;
+        }
+        TakeOver::MarkUnknown => mark_unknown(db, &c, key).await?,
+        TakeOver::FinishAccepted => accept(db, &c, key).await?,
+        TakeOver::InFlight => return Err(PaymentError::IdempotencyInFlight),
+        TakeOver::Answer => {
+            if let Some(key) = key {
+                let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+                idempotency::finish(&mut conn, key).await?;
+            }
+        }
     }
     read(db, caller, cancellation_id).await
 }
@@ -127,32 +184,56 @@ async fn request(
     let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await?;
     let channel = channels.for_caller(caller, &payment.channel_key).await?;
     let (payment, cancellation) = reserve(db, &payment.payment_id, req, key).await?;
-    let amount = cancellation.amount_minor.unwrap_or_default();
-    let provider = providers::for_channel(&channel);
-    match provider.request_refund(&channel, &payment, amount, req.reason.trim()).await {
-        Ok(()) => {
-            mark_pending(db, &cancellation, key).await?;
-            tracing::info!(payment_id = %payment.payment_id, cancellation_id = %cancellation.cancellation_id, amount, "refund requested");
-            let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
-            cancellations::get(&mut conn, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)
-        }
-        Err(ProviderError::BadAnswer(detail)) => {
-            // The ticket may have been accepted: releasing the amount could refund it twice. It
-            // stays requested; the provider's notification (or the sweep) settles it.
-            tracing::warn!(payment_id = %payment.payment_id, %detail, "refund ticket outcome unknown; kept as requested");
-            mark_pending(db, &cancellation, key).await?;
-            let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
-            cancellations::get(&mut conn, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)
-        }
-        Err(problem) => {
-            tracing::warn!(payment_id = %payment.payment_id, %problem, "refund ticket not accepted");
-            release(db, &cancellation, &problem.to_string()).await?;
-            Err(problem.into())
-        }
-    }
+    send(db, &channel, &payment, &cancellation, key).await
 }
 
-/// Adds the refund to the payment's pending amount and records the cancellation, atomically.
+/// Sends the ticket of a reserved request (ticket UNSENT) and records what came of it. Used by
+/// the first attempt, by a take-over and by the sweep; the UNSENT -> SENDING compare-and-set
+/// makes sure only one of them sends it.
+pub async fn send(
+    db: &Db,
+    channel: &Channel,
+    payment: &Payment,
+    cancellation: &Cancellation,
+    key: Option<&Key<'_>>,
+) -> Result<Cancellation, PaymentError> {
+    let id = &cancellation.cancellation_id;
+    {
+        let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+        let started =
+            cancellations::move_ticket(&mut conn, id, &[TicketState::Unsent], TicketState::Sending, now_ms()).await?;
+        if !started {
+            // Someone else sends it, or the request ended meanwhile: report what is there.
+            return get(db, id).await;
+        }
+    }
+    let amount = cancellation.amount_minor.unwrap_or_default();
+    let provider = providers::for_channel(channel);
+    match provider.request_refund(channel, payment, amount, &cancellation.reason).await {
+        Ok(()) => {
+            accept(db, cancellation, key).await?;
+            metrics::counter!("paygate_refund_tickets_total", "outcome" => "accepted").increment(1);
+            tracing::info!(payment_id = %payment.payment_id, cancellation_id = %id, amount, "refund requested");
+        }
+        Err(ProviderError::BadAnswer(detail)) => {
+            // The ticket may have been accepted: releasing the amount could refund it twice, and
+            // sending it again could too. Its outcome is unknown until the provider or an operator says.
+            tracing::warn!(payment_id = %payment.payment_id, cancellation_id = %id, %detail, "refund ticket outcome unknown");
+            mark_unknown(db, cancellation, key).await?;
+        }
+        Err(problem) => {
+            tracing::warn!(payment_id = %payment.payment_id, cancellation_id = %id, %problem, "refund ticket not accepted");
+            let outcome = if matches!(problem, ProviderError::Refused(_)) { "refused" } else { "unreachable" };
+            metrics::counter!("paygate_refund_tickets_total", "outcome" => outcome).increment(1);
+            release(db, cancellation, &problem.to_string(), None).await?;
+            return Err(problem.into());
+        }
+    }
+    get(db, id).await
+}
+
+/// Adds the refund to the payment's pending amount and records the cancellation (ticket UNSENT),
+/// atomically.
 async fn reserve(
     db: &Db,
     payment_id: &str,
@@ -162,35 +243,7 @@ async fn reserve(
     for _ in 0..CAS_ATTEMPTS {
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, payment_id).await?.ok_or(PaymentError::NotFound)?;
-        if !matches!(
-            current.status,
-            PaymentStatus::Paid | PaymentStatus::PartialCancelled | PaymentStatus::CancelPending
-        ) {
-            return Err(PaymentError::NotRefundable(format!(
-                "the payment is {}; only a paid payment can be refunded",
-                current.status
-            )));
-        }
-        if current.provider_ref.is_none() {
-            return Err(PaymentError::NotRefundable("the provider has not reported this payment's reference".into()));
-        }
-        let refundable = current.refundable();
-        if let Some(expected) = req.expected_refundable_amount
-            && expected != refundable
-        {
-            return Err(PaymentError::NotRefundable(format!(
-                "expected_refundable_amount is {expected} but {refundable} is refundable"
-            )));
-        }
-        if refundable <= 0 {
-            return Err(PaymentError::NotRefundable("nothing is left to refund".into()));
-        }
-        let amount = req.amount_minor.unwrap_or(refundable);
-        if amount > refundable {
-            return Err(PaymentError::NotRefundable(format!(
-                "amount {amount} exceeds the refundable amount {refundable}"
-            )));
-        }
+        let amount = refundable_amount(&current, req.amount_minor, req.expected_refundable_amount)?;
         let now = now_ms();
         let mut next = current.next_version(now);
         next.pending_cancel_amount += amount;
@@ -207,6 +260,8 @@ async fn reserve(
             status: CancellationStatus::Requested,
             provider_reason: None,
             failure: None,
+            ticket: Some(TicketState::Unsent),
+            ticket_accepted_at: None,
             created_at: now,
             updated_at: now,
             completed_at: None,
@@ -221,18 +276,48 @@ async fn reserve(
     Err(PaymentError::Concurrent)
 }
 
-/// The provider accepted the ticket: the payment shows CANCEL_PENDING (unless the provider's
-/// confirmation already arrived).
-async fn mark_pending(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
+/// How much a refund of `requested` (`None`: all that is left) takes from `current`, or why not.
+pub fn refundable_amount(
+    current: &Payment,
+    requested: Option<i64>,
+    expected_refundable: Option<i64>,
+) -> Result<i64, PaymentError> {
+    if !matches!(current.status, PaymentStatus::Paid | PaymentStatus::PartialCancelled | PaymentStatus::CancelPending) {
+        return Err(PaymentError::NotRefundable(format!(
+            "the payment is {}; only a paid payment can be refunded",
+            current.status
+        )));
+    }
+    if current.provider_ref.is_none() {
+        return Err(PaymentError::NotRefundable("the provider has not reported this payment's reference".into()));
+    }
+    let refundable = current.refundable();
+    if let Some(expected) = expected_refundable
+        && expected != refundable
+    {
+        return Err(PaymentError::NotRefundable(format!(
+            "expected_refundable_amount is {expected} but {refundable} is refundable"
+        )));
+    }
+    if refundable <= 0 {
+        return Err(PaymentError::NotRefundable("nothing is left to refund".into()));
+    }
+    let amount = requested.unwrap_or(refundable);
+    if amount > refundable {
+        return Err(PaymentError::NotRefundable(format!("amount {amount} exceeds the refundable amount {refundable}")));
+    }
+    Ok(amount)
+}
+
+/// The provider accepted the ticket (now, or a late answer after it was marked unknown): the
+/// payment shows CANCEL_PENDING (unless the provider's confirmation already arrived).
+async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let still_requested = cancellations::get(&mut tx, &cancellation.cancellation_id)
-            .await?
-            .is_some_and(|c| c.status == CancellationStatus::Requested);
-        if still_requested {
-            cancellations::accepted(&mut tx, &cancellation.cancellation_id, now_ms()).await?;
-        }
+        let id = &cancellation.cancellation_id;
+        let from = [TicketState::Sending, TicketState::Unknown, TicketState::Accepted];
+        let still_requested = cancellations::move_ticket(&mut tx, id, &from, TicketState::Accepted, now_ms()).await?;
         if still_requested && current.status != PaymentStatus::CancelPending {
             let mut next = current.next_version(now_ms());
             next.status = PaymentStatus::CancelPending;
@@ -251,21 +336,52 @@ async fn mark_pending(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>
     Err(PaymentError::Concurrent)
 }
 
-/// The ticket was not accepted: the cancellation fails and its amount is refundable again.
-async fn release(db: &Db, cancellation: &Cancellation, failure: &str) -> Result<(), PaymentError> {
+/// The ticket went out and no clear answer came back (or its sender died): OUTCOME_UNKNOWN. The
+/// amount stays reserved and the key is done: a retry answers with this state, never a resend.
+pub async fn mark_unknown(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
+    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    let id = &cancellation.cancellation_id;
+    let marked =
+        cancellations::move_ticket(&mut tx, id, &[TicketState::Sending], TicketState::Unknown, now_ms()).await?;
+    if let Some(key) = key {
+        idempotency::finish(&mut tx, key).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    if marked {
+        metrics::counter!("paygate_refund_tickets_total", "outcome" => "unknown").increment(1);
+        tracing::warn!(cancellation_id = %id, payment_id = %cancellation.payment_id, "refund outcome unknown; the sweep asks the provider, or an operator resolves it");
+    }
+    Ok(())
+}
+
+/// The ticket was not accepted (or an operator says the provider never acted on it): the
+/// cancellation fails and its amount is refundable again. Nothing was done, so an idempotency
+/// key still in progress on it is forgotten in the same transaction: a retry runs the refund
+/// again. (An operator's decision comes after the key was done: a retry answers with it.) With
+/// `only_if`, the ticket must still be in that state.
+async fn release(
+    db: &Db,
+    cancellation: &Cancellation,
+    failure: &str,
+    only_if: Option<TicketState>,
+) -> Result<bool, PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
+        let stored = cancellations::get(&mut tx, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
+        if only_if.is_some_and(|state| stored.ticket != Some(state)) {
+            return Ok(false);
+        }
         let now = now_ms();
         let failed = Cancellation {
             status: CancellationStatus::Failed,
             failure: Some(failure.to_owned()),
             updated_at: now,
             completed_at: Some(now),
-            ..cancellation.clone()
+            ..stored
         };
         if !cancellations::finish(&mut tx, &failed).await? {
-            return Ok(()); // settled meanwhile by the provider's own notification
+            return Ok(false); // settled meanwhile by the provider's own notification
         }
         let mut next = current.next_version(now);
         next.pending_cancel_amount -= cancellation.amount_minor.unwrap_or_default();
@@ -281,13 +397,159 @@ async fn release(db: &Db, cancellation: &Cancellation, failure: &str) -> Result<
         if settled {
             events::append(&mut tx, &next, "payment.partially_cancelled", Some(&events::detail(&failed))).await?;
         }
+        idempotency::forget_resource(&mut tx, OPERATION, &cancellation.cancellation_id).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if settled {
             db.signal_commit();
         }
-        return Ok(());
+        return Ok(true);
     }
     Err(PaymentError::Concurrent)
+}
+
+/// How an operator settles a cancellation whose outcome is unknown, after checking with the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The provider refunded it.
+    Succeeded,
+    /// The provider has no such refund: the amount is refundable again.
+    Failed,
+}
+
+/// `ResolveCancellation`: only a cancellation in OUTCOME_UNKNOWN can be resolved; resolving it
+/// again the same way answers the same (idempotent), another way is refused.
+pub async fn resolve(
+    db: &Db,
+    caller: &Caller,
+    cancellation_id: &str,
+    resolution: Resolution,
+    note: &str,
+) -> Result<Cancellation, PaymentError> {
+    let c = read(db, caller, cancellation_id).await?;
+    let wanted = match resolution {
+        Resolution::Succeeded => CancellationStatus::Succeeded,
+        Resolution::Failed => CancellationStatus::Failed,
+    };
+    let unknown = c.status == CancellationStatus::Requested && c.ticket == Some(TicketState::Unknown);
+    if !unknown {
+        if c.status == wanted && c.trigger == Trigger::MerchantRequest {
+            return Ok(c);
+        }
+        return Err(PaymentError::NotResolvable(format!(
+            "the cancellation is {} (ticket {}); only one whose outcome is unknown can be resolved",
+            c.status.as_str(),
+            c.ticket.map_or("none", TicketState::as_str)
+        )));
+    }
+    let note = note.trim();
+    let applied = match resolution {
+        Resolution::Failed => {
+            let failure = format!("resolved by an operator: the provider did not refund it. {note}");
+            release(db, &c, failure.trim(), Some(TicketState::Unknown)).await?
+        }
+        Resolution::Succeeded => confirm_unknown(db, &c).await?,
+    };
+    tracing::info!(cancellation_id, ?resolution, applied, "cancellation resolved by an operator");
+    let c = read(db, caller, cancellation_id).await?;
+    if !applied && c.status != wanted {
+        return Err(PaymentError::NotResolvable(format!(
+            "the cancellation changed meanwhile; it is now {}",
+            c.status.as_str()
+        )));
+    }
+    Ok(c)
+}
+
+/// An operator says the provider refunded a request whose outcome was unknown.
+async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let current = repo::get_in_tx(&mut tx, &c.payment_id).await?.ok_or(PaymentError::NotFound)?;
+        let stored = cancellations::get(&mut tx, &c.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
+        if stored.status != CancellationStatus::Requested || stored.ticket != Some(TicketState::Unknown) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let done =
+            Cancellation { status: CancellationStatus::Succeeded, updated_at: now, completed_at: Some(now), ..stored };
+        if !cancellations::finish(&mut tx, &done).await? {
+            return Ok(false);
+        }
+        let (next, kind) = after_confirming(&current, &[c.amount_minor.unwrap_or_default()], now);
+        if !repo::update(&mut tx, &next).await? {
+            continue;
+        }
+        events::append(&mut tx, &next, kind, Some(&events::detail(&done))).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        db.signal_commit();
+        return Ok(true);
+    }
+    Err(PaymentError::Concurrent)
+}
+
+/// The payment after the provider confirmed requests of these amounts, and the event kind.
+pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Payment, &'static str) {
+    let mut next = current.next_version(now);
+    for amount in amounts {
+        next.pending_cancel_amount -= amount;
+        next.cancelled_amount += amount;
+    }
+    next.status = status_by_amounts(&next);
+    if next.status == PaymentStatus::Cancelled {
+        next.cancelled_at = Some(now);
+    }
+    let kind =
+        if next.status == PaymentStatus::Cancelled { "payment.cancelled" } else { "payment.partially_cancelled" };
+    (next, kind)
+}
+
+/// A payment's status from its amounts once a reversal is applied.
+fn status_by_amounts(p: &Payment) -> PaymentStatus {
+    if p.cancelled_amount >= p.amount_minor {
+        PaymentStatus::Cancelled
+    } else if p.pending_cancel_amount > 0 {
+        PaymentStatus::CancelPending
+    } else {
+        PaymentStatus::PartialCancelled
+    }
+}
+
+/// What a provider's reversal (Paymentwall type 2) does, decided from the payment and its open
+/// requests (accepted tickets first, then oldest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversalPlan {
+    /// Nothing (the payment is already fully reversed, or failed).
+    Nothing,
+    /// Confirms these open requests (indexes into the list given), each with its own amount.
+    Confirm(Vec<usize>),
+    /// A partial reversal nobody asked for: recorded without an amount.
+    UnaskedPartial,
+    /// Everything not yet reversed goes; every open request is moot and fails.
+    Whole,
+}
+
+/// A refund reason (9 full, 10 partial) confirms requests whose ticket may have reached the
+/// provider: reason 10 the first of them, reason 9 all of them. A request whose ticket never left
+/// is never confirmed by a notification (the provider cannot be confirming it). Anything else
+/// (a chargeback, fraud, a refund nobody asked paygate for) reverses everything not yet reversed.
+pub fn plan_reversal(current: &Payment, reason: u32, open: &[Cancellation]) -> ReversalPlan {
+    use PaymentStatus as S;
+    if matches!(current.status, S::Cancelled | S::Failed) {
+        return ReversalPlan::Nothing;
+    }
+    let sent: Vec<usize> = open
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.ticket.is_none_or(TicketState::may_have_reached_provider))
+        .map(|(i, _)| i)
+        .collect();
+    match reason {
+        9 | 10 if !sent.is_empty() => ReversalPlan::Confirm(if reason == 9 { sent } else { sent[..1].to_vec() }),
+        10 if matches!(current.status, S::Paid | S::PartialCancelled | S::CancelPending) => {
+            ReversalPlan::UnaskedPartial
+        }
+        _ => ReversalPlan::Whole,
+    }
 }
 
 /// Paymentwall's reason codes on a negative (type 2) pingback.
@@ -302,82 +564,90 @@ fn trigger_for(reason: u32) -> Trigger {
 /// or completed. `None`: nothing to do (the payment is already fully reversed, or never paid).
 pub type Reversal = Option<(Payment, &'static str, Cancellation)>;
 
-/// Applies a provider reversal (Paymentwall type 2) inside the caller's transaction.
-///
-/// With a refund requested by the merchant pending, a refund reason (9 full, 10 partial) confirms
-/// the oldest request with its amount. Anything else (a chargeback, fraud, or a refund nobody asked
-/// paygate for) reverses everything not yet reversed; pending requests are then moot and fail.
-/// A partial reversal nobody asked for has no amount (the pingback carries none).
+/// Applies a provider reversal (Paymentwall type 2) inside the caller's transaction, as
+/// `plan_reversal` decides.
 pub async fn apply_reversal(
     conn: &mut AnyConnection,
     current: &Payment,
     reason: u32,
 ) -> Result<Reversal, PaymentError> {
-    use PaymentStatus as S;
-    if matches!(current.status, S::Cancelled | S::Failed) {
-        return Ok(None);
-    }
-    let now = now_ms();
-    let pending = cancellations::requested(conn, &current.payment_id).await?;
-    let pending: Vec<&Cancellation> = pending.iter().collect();
-    let mut next = current.next_version(now);
-    let completed;
-    if matches!(reason, 9 | 10) && !pending.is_empty() {
-        // Reason 10 confirms one request (accepted tickets first); reason 9 says everything
-        // requested was refunded.
-        let confirmed = if reason == 9 { &pending[..] } else { &pending[..1] };
-        let mut last = None;
-        for request in confirmed {
-            let amount = request.amount_minor.unwrap_or_default();
-            let done = Cancellation {
-                status: CancellationStatus::Succeeded,
-                provider_reason: Some(i64::from(reason)),
-                updated_at: now,
-                completed_at: Some(now),
-                ..(*request).clone()
-            };
-            cancellations::finish(conn, &done).await?;
-            next.pending_cancel_amount -= amount;
-            next.cancelled_amount += amount;
-            last = Some(done);
-        }
-        completed = last.expect("at least one request confirmed");
-    } else if reason == 10 && matches!(current.status, S::Paid | S::PartialCancelled | S::CancelPending) {
-        completed = new_reversal(current, None, reason, now);
-        cancellations::insert(conn, &completed).await?;
-    } else {
-        // A whole reversal: everything not yet reversed goes, including what was never marked paid
-        // (a reversal that overtook its payment's completion).
-        for request in &pending {
-            let moot = Cancellation {
-                status: CancellationStatus::Failed,
-                failure: Some("superseded by a reversal from the provider".into()),
-                updated_at: now,
-                completed_at: Some(now),
-                ..(*request).clone()
-            };
-            cancellations::finish(conn, &moot).await?;
-        }
-        let remaining = current.amount_minor - current.cancelled_amount;
-        completed = new_reversal(current, Some(remaining), reason, now);
-        cancellations::insert(conn, &completed).await?;
-        next.pending_cancel_amount = 0;
-        next.cancelled_amount = current.amount_minor;
-    }
-    next.status = if next.cancelled_amount >= next.amount_minor {
-        S::Cancelled
-    } else if next.pending_cancel_amount > 0 {
-        S::CancelPending
-    } else {
-        S::PartialCancelled
+    let open = cancellations::requested(conn, &current.payment_id).await?;
+    let plan = plan_reversal(current, reason, &open);
+    apply_plan(conn, current, plan, &open, Some(reason)).await
+}
+
+/// The provider says (payment status API) the payment was refunded, not how much: every open
+/// request whose ticket may have reached it is confirmed with its own amount.
+pub async fn apply_refund_confirmed(conn: &mut AnyConnection, current: &Payment) -> Result<Reversal, PaymentError> {
+    let open = cancellations::requested(conn, &current.payment_id).await?;
+    let plan = match plan_reversal(current, 9, &open) {
+        plan @ ReversalPlan::Confirm(_) => plan,
+        _ => ReversalPlan::Nothing,
     };
-    if next.status == S::Cancelled {
-        next.cancelled_at = Some(now);
-    }
-    let kind = match next.status {
-        S::Cancelled => "payment.cancelled",
-        S::CancelPending => "payment.partially_cancelled",
-        _ => "payment.partially_cancelled",
+    apply_plan(conn, current, plan, &open, None).await
+}
+
+async fn apply_plan(
+    conn: &mut AnyConnection,
+    current: &Payment,
+    plan: ReversalPlan,
+    open: &[Cancellation],
+    reason: Option<u32>,
+) -> Result<Reversal, PaymentError> {
+    let now = now_ms();
+    let provider_reason = reason.map(i64::from);
+    let (next, kind, completed) = match plan {
+        ReversalPlan::Nothing => return Ok(None),
+        ReversalPlan::Confirm(indexes) => {
+            let mut amounts = Vec::new();
+            let mut last = None;
+            for request in indexes.iter().map(|&i| &open[i]) {
+                let done = Cancellation {
+                    status: CancellationStatus::Succeeded,
+                    provider_reason,
+                    updated_at: now,
+                    completed_at: Some(now),
+                    ..request.clone()
+                };
+                if cancellations::finish(conn, &done).await? {
+                    amounts.push(request.amount_minor.unwrap_or_default());
+                    last = Some(done);
+                }
+            }
+            let Some(completed) = last else { return Err(PaymentError::Concurrent) };
+            let (next, kind) = after_confirming(current, &amounts, now);
+            (next, kind, completed)
+        }
+        ReversalPlan::UnaskedPartial => {
+            let completed = new_reversal(current, None, reason.unwrap_or(10), now);
+            cancellations::insert(conn, &completed).await?;
+            let mut next = current.next_version(now);
+            next.status = status_by_amounts(&next);
+            (next, "payment.partially_cancelled", completed)
+        }
+        ReversalPlan::Whole => {
+            // A whole reversal: everything not yet reversed goes, including what was never marked
+            // paid (a reversal that overtook its payment's completion).
+            for request in open {
+                let moot = Cancellation {
+                    status: CancellationStatus::Failed,
+                    failure: Some("superseded by a reversal from the provider".into()),
+                    updated_at: now,
+                    completed_at: Some(now),
+                    ..request.clone()
+                };
+                cancellations::finish(conn, &moot).await?;
+            }
+            let remaining = current.amount_minor - current.cancelled_amount;
+            let completed = new_reversal(current, Some(remaining), reason.unwrap_or(0), now);
+            cancellations::insert(conn, &completed).await?;
+            let mut next = current.next_version(now);
+            next.pending_cancel_amount = 0;
+            next.cancelled_amount = current.amount_minor;
+            next.status = PaymentStatus::Cancelled;
+            next.cancelled_at = Some(now);
+            (next, "payment.cancelled", completed)
+        }
     };
     if !repo::update(conn, &next).await? {
         return Err(PaymentError::Concurrent);
@@ -396,6 +666,8 @@ fn new_reversal(current: &Payment, amount: Option<i64>, reason: u32, now: i64) -
         status: CancellationStatus::Succeeded,
         provider_reason: Some(i64::from(reason)),
         failure: None,
+        ticket: None,
+        ticket_accepted_at: None,
         created_at: now,
         updated_at: now,
         completed_at: Some(now),
@@ -415,5 +687,120 @@ fn reason_text(reason: u32) -> &'static str {
         9 => "cancelled order (refund)",
         10 => "partially reversed transaction",
         _ => "reversed by the provider",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64) -> Payment {
+        Payment {
+            payment_id: "pay_1".into(),
+            merchant_id: "mer_1".into(),
+            channel_key: "ch_1".into(),
+            merchant_uid: "order-1".into(),
+            amount_minor: amount,
+            currency: "USD".into(),
+            order_name: "Gold".into(),
+            customer_uid: "u".into(),
+            customer_email: String::new(),
+            payment_method: "all".into(),
+            widget: "p1_1".into(),
+            success_url: String::new(),
+            failure_url: String::new(),
+            country_code: String::new(),
+            language: String::new(),
+            custom_params: BTreeMap::new(),
+            status,
+            provider_ref: Some("b1".into()),
+            test: true,
+            redirect_url: String::new(),
+            subscription_id: None,
+            cancelled_amount: cancelled,
+            pending_cancel_amount: pending,
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+            paid_at: Some(0),
+            failed_at: None,
+            cancelled_at: None,
+        }
+    }
+
+    fn request(amount: i64, ticket: TicketState, updated_at: i64) -> Cancellation {
+        Cancellation {
+            cancellation_id: format!("can_{amount}"),
+            payment_id: "pay_1".into(),
+            merchant_id: "mer_1".into(),
+            amount_minor: Some(amount),
+            reason: "asked".into(),
+            trigger: Trigger::MerchantRequest,
+            status: CancellationStatus::Requested,
+            provider_reason: None,
+            failure: None,
+            ticket: Some(ticket),
+            ticket_accepted_at: None,
+            created_at: 0,
+            updated_at,
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_take_over_sends_only_what_never_left() {
+        let lease = 1000;
+        let action = |ticket, updated_at| take_over_action(&request(100, ticket, updated_at), 5000, lease);
+        assert_eq!(action(TicketState::Unsent, 0), TakeOver::Send);
+        assert_eq!(action(TicketState::Sending, 0), TakeOver::MarkUnknown, "may have reached the provider");
+        assert_eq!(action(TicketState::Sending, 4500), TakeOver::InFlight, "another worker is still on it");
+        assert_eq!(action(TicketState::Accepted, 0), TakeOver::FinishAccepted);
+        assert_eq!(action(TicketState::Unknown, 0), TakeOver::Answer, "never sent again");
+        let mut done = request(100, TicketState::Unsent, 0);
+        done.status = CancellationStatus::Failed;
+        assert_eq!(take_over_action(&done, 5000, lease), TakeOver::Answer);
+    }
+
+    #[test]
+    fn a_confirmation_never_matches_a_ticket_that_never_left() {
+        let paid = payment(PaymentStatus::CancelPending, 1000, 0, 300);
+        let open = [request(100, TicketState::Unsent, 0), request(200, TicketState::Accepted, 0)];
+        assert_eq!(plan_reversal(&paid, 10, &open), ReversalPlan::Confirm(vec![1]));
+        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Confirm(vec![1]));
+        // Only an unsent request open: a refund nobody asked the provider for.
+        let open = [request(100, TicketState::Unsent, 0)];
+        assert_eq!(plan_reversal(&paid, 10, &open), ReversalPlan::UnaskedPartial);
+        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Whole);
+        // Sent with an unknown outcome, or still sending: the provider may be confirming it.
+        let open = [request(100, TicketState::Unknown, 0), request(50, TicketState::Sending, 0)];
+        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Confirm(vec![0, 1]));
+        assert_eq!(plan_reversal(&paid, 1, &open), ReversalPlan::Whole, "a chargeback takes everything");
+        let gone = payment(PaymentStatus::Cancelled, 1000, 1000, 0);
+        assert_eq!(plan_reversal(&gone, 9, &open), ReversalPlan::Nothing);
+    }
+
+    #[test]
+    fn confirmed_amounts_move_from_pending_to_cancelled() {
+        let p = payment(PaymentStatus::CancelPending, 1000, 0, 700);
+        let (next, kind) = after_confirming(&p, &[300], 9);
+        assert_eq!((next.cancelled_amount, next.pending_cancel_amount), (300, 400));
+        assert_eq!((next.status, kind), (PaymentStatus::CancelPending, "payment.partially_cancelled"));
+        let (next, kind) = after_confirming(&next, &[400], 10);
+        assert_eq!((next.status, next.pending_cancel_amount), (PaymentStatus::PartialCancelled, 0));
+        assert_eq!(kind, "payment.partially_cancelled");
+        let (next, kind) = after_confirming(&p, &[700, 300], 11);
+        assert_eq!((next.status, next.cancelled_at, kind), (PaymentStatus::Cancelled, Some(11), "payment.cancelled"));
+    }
+
+    #[test]
+    fn a_refund_takes_at_most_what_is_left() {
+        let p = payment(PaymentStatus::PartialCancelled, 1000, 300, 200);
+        assert_eq!(refundable_amount(&p, None, None).unwrap(), 500);
+        assert_eq!(refundable_amount(&p, Some(500), Some(500)).unwrap(), 500);
+        assert!(refundable_amount(&p, Some(501), None).is_err());
+        assert!(refundable_amount(&p, Some(1), Some(499)).is_err());
+        assert!(refundable_amount(&payment(PaymentStatus::Ready, 1000, 0, 0), None, None).is_err());
     }
 }

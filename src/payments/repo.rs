@@ -100,11 +100,55 @@ pub async fn get(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Payme
     row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
 }
 
+/// A payment (as `get` finds it) and its cancellations, oldest first, read from one snapshot: the
+/// amounts and the cancellations that make them up always agree.
+pub async fn get_with_cancellations(
+    db: &Db,
+    merchant_id: &str,
+    lookup: Lookup<'_>,
+) -> Result<(Payment, Vec<super::cancellations::Cancellation>), PaymentError> {
+    let (column, value) = match lookup {
+        Lookup::PaymentId(id) => ("payment_id", id),
+        Lookup::MerchantUid(uid) => ("merchant_uid", uid),
+    };
+    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    // PostgreSQL's default gives each statement its own snapshot; SQLite's read transaction is one already.
+    if db.backend() == crate::store::Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    let sql =
+        format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND {column} = $2 ORDER BY payment_id DESC LIMIT 1");
+    let row =
+        sqlx::query(&sql).bind(merchant_id).bind(value).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
+    let payment = row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)?;
+    let cancellations = super::cancellations::for_payment(&mut tx, &payment.payment_id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((payment, cancellations))
+}
+
 /// Any merchant's payment by id, inside a transaction or on the pool.
 pub async fn get_in_tx(conn: &mut AnyConnection, payment_id: &str) -> Result<Option<Payment>, PaymentError> {
     let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1");
     let row = sqlx::query(&sql).bind(payment_id).fetch_optional(conn).await.map_err(StoreError::from)?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// True when `merchant_id` already has a payment with this `merchant_uid`.
+pub async fn merchant_uid_taken(
+    conn: &mut AnyConnection,
+    merchant_id: &str,
+    merchant_uid: &str,
+) -> Result<bool, PaymentError> {
+    let row = sqlx::query("SELECT 1 FROM payments WHERE merchant_id = $1 AND merchant_uid = $2")
+        .bind(merchant_id)
+        .bind(merchant_uid)
+        .fetch_optional(conn)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(row.is_some())
 }
 
 /// The payment of a subscription made by a renewal with this provider ref, if any.

@@ -111,11 +111,12 @@ pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), Pa
     Ok(())
 }
 
-/// Writes the mutable fields if the row still has `previous`'s status and renewal count.
+/// Writes the mutable fields if the row still has `previous`'s status and renewal count. A
+/// cancel request, once recorded, stays (a writer holding an older copy cannot clear it).
 pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subscription) -> Result<bool, PaymentError> {
     let done = sqlx::query(
-        "UPDATE subscriptions SET status = $1, renewals = $2, cancel_requested_at = $3, ended_at = $4, updated_at = $5 \
-         WHERE subscription_id = $6 AND status = $7 AND renewals = $8",
+        "UPDATE subscriptions SET status = $1, renewals = $2, cancel_requested_at = COALESCE(cancel_requested_at, $3), \
+         ended_at = $4, updated_at = $5 WHERE subscription_id = $6 AND status = $7 AND renewals = $8",
     )
     .bind(s.status.as_str())
     .bind(s.renewals)
@@ -179,47 +180,120 @@ fn from_row(row: &AnyRow) -> Result<Subscription, PaymentError> {
 /// CancelSubscription: asks the provider to stop recurring billing. The subscription reads
 /// CANCELLED when the provider confirms (Paymentwall type 12); until then `cancel_requested_at`
 /// says it was asked. Asking again is harmless.
+///
+/// One ticket and one `subscription.cancel_requested` event whatever the concurrency: a caller
+/// first claims the send (`cancel_ticket_started_at`, compare-and-set); the others wait for its
+/// outcome (up to `lease_ms`, after which a claim counts as a dead worker's and may be taken).
+/// A ticket that was not accepted clears the claim, so a later call tries again.
 pub async fn cancel(
     db: &Db,
     channels: &crate::channels::Channels,
     caller: &crate::merchants::Caller,
     subscription_id: &str,
     reason: &str,
+    lease_ms: i64,
 ) -> Result<Subscription, PaymentError> {
     use crate::{
         payments::repo::{self, Lookup},
         providers,
         store::now_ms,
     };
-    let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
-    if sub.status.is_final() || sub.cancel_requested_at.is_some() {
-        return Ok(sub);
+    let give_up_at = now_ms() + lease_ms;
+    let (initial, claim) = loop {
+        let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
+        if sub.status.is_final() || sub.cancel_requested_at.is_some() {
+            return Ok(sub);
+        }
+        let initial = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&sub.initial_payment_id)).await?;
+        if initial.provider_ref.is_none() {
+            return Err(PaymentError::NotCancellable(
+                "the subscription was never paid; there is no billing to stop".into(),
+            ));
+        }
+        let now = now_ms();
+        if claim_cancel_ticket(db, subscription_id, now, now - lease_ms).await? {
+            break (initial, now);
+        }
+        if now >= give_up_at {
+            return Err(PaymentError::Concurrent);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let channel = channels.for_caller(caller, &initial.channel_key).await?;
+    if let Err(e) = providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await {
+        release_cancel_ticket(db, subscription_id, claim).await;
+        return Err(e.into());
     }
-    let initial = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&sub.initial_payment_id)).await?;
-    if initial.provider_ref.is_none() {
-        return Err(PaymentError::NotCancellable(
-            "the subscription was never paid; there is no billing to stop".into(),
-        ));
+    // The ticket is out: record it (retrying the compare-and-set on the payment a pingback may race).
+    for _ in 0..16 {
+        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let now = now_ms();
+        let recorded = sqlx::query(
+            "UPDATE subscriptions SET cancel_requested_at = $1, cancel_ticket_started_at = NULL, updated_at = $1 \
+             WHERE subscription_id = $2 AND cancel_requested_at IS NULL",
+        )
+        .bind(now)
+        .bind(subscription_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected()
+            == 1;
+        let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
+        if recorded {
+            // Writing the payment row orders this event after (or before) any pingback on the payment.
+            let payment = repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
+            let payment = payment.next_version(now);
+            if !repo::update(&mut tx, &payment).await? {
+                continue;
+            }
+            crate::events::append(
+                &mut tx,
+                &payment,
+                "subscription.cancel_requested",
+                Some(&crate::events::detail(&requested)),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        db.signal_commit();
+        return Ok(requested);
     }
-    let channel = channels.for_caller(caller, &sub.channel_key).await?;
-    providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await?;
-    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
-    let current = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
-    let now = now_ms();
-    let requested = Subscription { cancel_requested_at: Some(now), updated_at: now, ..current.clone() };
-    if !update(&mut tx, &current, &requested).await? {
-        return Err(PaymentError::Concurrent);
+    Err(PaymentError::Concurrent)
+}
+
+/// Claims the stop-recurring send; a claim started before `stale_before` is a dead worker's.
+async fn claim_cancel_ticket(
+    db: &Db,
+    subscription_id: &str,
+    now: i64,
+    stale_before: i64,
+) -> Result<bool, PaymentError> {
+    let done = sqlx::query(
+        "UPDATE subscriptions SET cancel_ticket_started_at = $1 WHERE subscription_id = $2 \
+         AND cancel_requested_at IS NULL AND status IN ('PENDING', 'ACTIVE') \
+         AND (cancel_ticket_started_at IS NULL OR cancel_ticket_started_at < $3)",
+    )
+    .bind(now)
+    .bind(subscription_id)
+    .bind(stale_before)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The ticket was not accepted: the next call may try again (the claim also runs out on its own).
+async fn release_cancel_ticket(db: &Db, subscription_id: &str, claim: i64) {
+    let result = sqlx::query(
+        "UPDATE subscriptions SET cancel_ticket_started_at = NULL WHERE subscription_id = $1 \
+         AND cancel_ticket_started_at = $2",
+    )
+    .bind(subscription_id)
+    .bind(claim)
+    .execute(db.pool())
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, subscription_id, "could not release a cancel claim; it runs out on its own");
     }
-    // Writing the payment row orders this event after (or before) any pingback on the payment.
-    let payment =
-        crate::payments::repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
-    let payment = payment.next_version(now);
-    if !crate::payments::repo::update(&mut tx, &payment).await? {
-        return Err(PaymentError::Concurrent);
-    }
-    crate::events::append(&mut tx, &payment, "subscription.cancel_requested", Some(&crate::events::detail(&requested)))
-        .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    db.signal_commit();
-    Ok(requested)
 }

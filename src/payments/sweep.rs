@@ -4,15 +4,23 @@
 //! path as a pingback. Claims are compare-and-set on the payment's `check_after`, so replicas never
 //! ask about the same payment at once, and a checked payment is not asked about again before
 //! `recheck`.
+//!
+//! It also takes over refund tickets nobody is working on (their worker died; last touched more
+//! than `pending_after` ago, so it must exceed the provider call timeout): one never sent is sent
+//! now; one whose send started is never sent again but becomes OUTCOME_UNKNOWN; one whose outcome
+//! is unknown is settled when the provider's payment status says it was refunded (else it stays,
+//! counted by the gauge `paygate_refunds_outcome_unknown`, for the next pass or an operator).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::{
-    PaymentOutcome, PaymentStatus, idempotency,
+    PaymentOutcome, PaymentStatus,
+    cancellations::{self, TicketState},
+    idempotency,
     notifications::{self, Notice, ProviderEvent},
-    repo,
+    refunds, repo,
 };
 use crate::{
     channels::Channels,
@@ -94,6 +102,76 @@ pub async fn run_once(db: &Db, channels: &Channels, s: &SweepSettings) -> Result
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: could not apply"),
+        }
+    }
+    repaired += sweep_tickets(db, channels, s).await?;
+    let unknown = cancellations::count_unknown(db).await?;
+    metrics::gauge!("paygate_refunds_outcome_unknown").set(unknown as f64);
+    Ok(repaired)
+}
+
+/// Refund tickets whose worker is gone; returns how many requests moved on.
+async fn sweep_tickets(db: &Db, channels: &Channels, s: &SweepSettings) -> Result<usize, super::PaymentError> {
+    let now = now_ms();
+    let ms = |d: Duration| d.as_millis() as i64;
+    let stale =
+        cancellations::claim_stale_tickets(db, now - ms(s.pending_after), now, now + ms(s.recheck), BATCH).await?;
+    let mut repaired = 0;
+    for c in stale {
+        let payment = {
+            let mut conn = db.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+            repo::get_in_tx(&mut conn, &c.payment_id).await?
+        };
+        let Some(payment) = payment else { continue };
+        let channel = match channels.for_callback(&payment.channel_key).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: channel unavailable");
+                continue;
+            }
+        };
+        match c.ticket {
+            Some(TicketState::Unsent) => {
+                // Reserved and never sent (its worker died before the send): send it now.
+                match refunds::send(db, &channel, &payment, &c, None).await {
+                    Ok(sent) => {
+                        tracing::info!(cancellation_id = %c.cancellation_id, ticket = ?sent.ticket, "sweep sent a refund ticket nobody sent");
+                        repaired += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: refund ticket not accepted")
+                    }
+                }
+                continue;
+            }
+            Some(TicketState::Sending) => refunds::mark_unknown(db, &c, None).await?,
+            Some(TicketState::Unknown) => {}
+            _ => continue,
+        }
+        let remote = match providers::for_channel(&channel).payment_status(&channel, &payment).await {
+            Ok(Some(remote)) => remote,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: payment status unavailable");
+                continue;
+            }
+        };
+        if !remote.refunded {
+            continue; // not (yet) refunded there: ask again after `recheck`, or an operator decides
+        }
+        let notice = Notice {
+            payment_id: payment.payment_id.clone(),
+            provider_ref: remote.provider_ref,
+            event: ProviderEvent::RefundConfirmed,
+            test: payment.test,
+        };
+        match notifications::apply_learned(db, &payment.channel_key, &notice).await {
+            Ok(notifications::Applied::Changed { .. }) => {
+                tracing::info!(cancellation_id = %c.cancellation_id, "sweep settled a refund whose outcome was unknown");
+                repaired += 1;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: could not apply"),
         }
     }
     Ok(repaired)

@@ -14,7 +14,8 @@ use super::{Project, Session, SessionStatus, Sim, page, pingbacks, signature};
 
 pub fn router(sim: Sim) -> Router {
     Router::new()
-        .route("/api/subscription", get(widget))
+        .route("/api/subscription", get(widget_subscription))
+        .route("/api/cart", get(widget_cart))
         .route("/sim/sessions/{id}/pay", post(page_pay))
         .route("/sim/sessions/{id}/decline", post(page_decline))
         .route("/control/projects", post(add_project))
@@ -44,8 +45,23 @@ fn refused((status, message): Refusal) -> Response {
     error(status, message)
 }
 
-/// `GET /api/subscription`: verify the merchant's signature, open a session, show the page.
-async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
+/// Which endpoint serves a Digital Goods widget, as Paymentwall routes them (written apart from
+/// the gateway's rule on purpose): `w...`, `s...` and `mw...` codes are cart widgets.
+fn serves_cart(widget: &str) -> bool {
+    matches!(widget.as_bytes(), [b'w', ..] | [b's', ..] | [b'm', b'w', ..])
+}
+
+async fn widget_subscription(state: State<Sim>, query: RawQuery) -> Response {
+    widget(state, query, false).await
+}
+
+async fn widget_cart(state: State<Sim>, query: RawQuery) -> Response {
+    widget(state, query, true).await
+}
+
+/// `GET /api/subscription` and `/api/cart`: check the widget is asked for on its own endpoint,
+/// verify the merchant's signature, open a session, show the page.
+async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery, cart: bool) -> Response {
     let params: Vec<(String, String)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
     let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -53,6 +69,12 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery) -> Response {
         if get(required).is_none_or(|v| v.is_empty()) {
             return error(StatusCode::BAD_REQUEST, format!("missing parameter {required}"));
         }
+    }
+    let widget_code = get("widget").unwrap_or_default();
+    if serves_cart(&widget_code) != cart {
+        let (wanted, asked) =
+            if cart { ("/api/subscription", "/api/cart") } else { ("/api/cart", "/api/subscription") };
+        return error(StatusCode::BAD_REQUEST, format!("widget {widget_code} is served by {wanted}, not {asked}"));
     }
     let key = get("key").unwrap_or_default();
     let Some(project) = sim.lock().projects.get(&key).cloned() else {
@@ -243,4 +265,15 @@ async fn add_project(State(sim): State<Sim>, Json(project): Json<Project>) -> St
     }
     sim.lock().projects.insert(project.key.clone(), project);
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves_cart;
+
+    #[test]
+    fn cart_widgets_are_the_w_s_and_mw_codes() {
+        assert!(serves_cart("w1") && serves_cart("s1_1") && serves_cart("mw2"));
+        assert!(!serves_cart("p1_1") && !serves_cart("pw") && !serves_cart("m1") && !serves_cart(""));
+    }
 }

@@ -243,44 +243,65 @@ pub async fn fail_unsent(db: &Db, delivery_id: &str, reason: &str) -> Result<(),
     Ok(())
 }
 
-/// A merchant's deliveries, newest first, before `before_seq` (the page cursor).
+/// A merchant's deliveries, newest first, before `before_seq` (the page cursor), each with its
+/// attempts. One statement reads both, so they come from one snapshot: a delivery never shows
+/// as pending next to the attempt that settled it (or settled without it).
 pub async fn list(
     db: &Db,
     merchant_id: &str,
     before_seq: Option<i64>,
     limit: u32,
-) -> Result<Vec<(i64, Delivery)>, WebhookError> {
-    let rows = sqlx::query(&format!(
-        "SELECT seq, {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-    ))
-    .bind(merchant_id)
-    .bind(before_seq.unwrap_or(i64::MAX))
-    .bind(i64::from(limit))
-    .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
-    rows.iter().map(|r| Ok((r.try_get::<i64, _>("seq").map_err(StoreError::from)?, from_row(r)?))).collect()
+) -> Result<Vec<(i64, Delivery, Vec<Attempt>)>, WebhookError> {
+    let sql = format!(
+        "SELECT d.*, a.attempt AS a_attempt, a.status_code AS a_status_code, a.error AS a_error, \
+         a.latency_ms AS a_latency_ms, a.at AS a_at FROM \
+         (SELECT seq, {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) d \
+         LEFT JOIN webhook_attempts a ON a.delivery_id = d.delivery_id ORDER BY d.seq DESC, a.attempt"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(merchant_id)
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+    with_attempts(&rows)
 }
 
-pub async fn attempts(db: &Db, delivery_id: &str) -> Result<Vec<Attempt>, WebhookError> {
-    let rows = sqlx::query(
-        "SELECT attempt, status_code, error, latency_ms, at FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
-    )
-    .bind(delivery_id)
-    .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
-    rows.iter()
-        .map(|r| {
-            Ok(Attempt {
-                attempt: r.try_get("attempt").map_err(StoreError::from)?,
-                status_code: r.try_get("status_code").map_err(StoreError::from)?,
-                error: r.try_get("error").map_err(StoreError::from)?,
-                latency_ms: r.try_get("latency_ms").map_err(StoreError::from)?,
-                at: r.try_get("at").map_err(StoreError::from)?,
-            })
-        })
-        .collect()
+/// One delivery of a merchant with its attempts, read as one snapshot (see `list`).
+pub async fn get(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<(Delivery, Vec<Attempt>), WebhookError> {
+    let sql = format!(
+        "SELECT d.*, a.attempt AS a_attempt, a.status_code AS a_status_code, a.error AS a_error, \
+         a.latency_ms AS a_latency_ms, a.at AS a_at FROM \
+         (SELECT seq, {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 AND delivery_id = $2) d \
+         LEFT JOIN webhook_attempts a ON a.delivery_id = d.delivery_id ORDER BY a.attempt"
+    );
+    let rows =
+        sqlx::query(&sql).bind(merchant_id).bind(delivery_id).fetch_all(db.pool()).await.map_err(StoreError::from)?;
+    let (_, delivery, attempts) = with_attempts(&rows)?.into_iter().next().ok_or(WebhookError::NotFound)?;
+    Ok((delivery, attempts))
+}
+
+/// Folds joined rows (a delivery repeated once per attempt, or once with no attempt) into deliveries.
+fn with_attempts(rows: &[AnyRow]) -> Result<Vec<(i64, Delivery, Vec<Attempt>)>, WebhookError> {
+    let mut out: Vec<(i64, Delivery, Vec<Attempt>)> = Vec::new();
+    for row in rows {
+        let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
+        if out.last().is_none_or(|(last, _, _)| *last != seq) {
+            out.push((seq, from_row(row)?, Vec::new()));
+        }
+        let attempt: Option<i64> = row.try_get("a_attempt").map_err(StoreError::from)?;
+        if let (Some(attempt), Some((_, _, attempts))) = (attempt, out.last_mut()) {
+            attempts.push(Attempt {
+                attempt,
+                status_code: row.try_get("a_status_code").map_err(StoreError::from)?,
+                error: row.try_get("a_error").map_err(StoreError::from)?,
+                latency_ms: row.try_get("a_latency_ms").map_err(StoreError::from)?,
+                at: row.try_get("a_at").map_err(StoreError::from)?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Sends a delivery again (same `webhook-id`), now.

@@ -252,3 +252,44 @@ async fn reflected_services(gate: &Paygate) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Issue 11 item 4: a cart widget (`w`, `s`, `mw` codes) is served by `/api/cart`, every other
+/// code by `/api/subscription`, as the Paymentwall SDKs build it; the simulator refuses a widget
+/// asked for on the other endpoint, and pays a cart-widget checkout end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_widget_goes_to_its_own_endpoint() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    let channel = gate
+        .channels(&api_key)
+        .await
+        .create_channel(channel_request(&sim, "main", pb::ChannelMode::Test))
+        .await
+        .unwrap()
+        .into_inner();
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.pingback_path), 3).await;
+    let mut payments = gate.payments(&api_key).await;
+    let http = http_client();
+    for (widget, path, other) in [
+        ("s1_1", "/api/cart", "/api/subscription"),
+        ("mw1", "/api/cart", "/api/subscription"),
+        ("p1_1", "/api/subscription", "/api/cart"),
+    ] {
+        let mut request = checkout_request("main", &format!("order-{widget}"));
+        request.widget = widget.into();
+        let session = payments.create_checkout_session(request).await.unwrap().into_inner();
+        let url = url::Url::parse(&session.redirect_url).unwrap();
+        assert_eq!(url.path(), path, "{widget}");
+        assert!(signed_with(&session.redirect_url, SECRET_KEY));
+        let mut wrong = url.clone();
+        wrong.set_path(other);
+        let response = http.get(wrong.as_str()).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{widget} on {other}");
+        assert!(response.text().await.unwrap().contains(&format!("served by {path}")));
+        let sim_session = sim.open(&session.redirect_url).await;
+        sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+        wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
+    }
+}

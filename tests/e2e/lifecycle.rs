@@ -22,14 +22,43 @@ impl World {
     async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
         let db = TestDb::new(backend).await;
         let sim = Simulator::start();
+        Self::start_with(db, sim, env, None).await
+    }
+
+    /// On `db`, with the channel's provider calls going to `api_base_url` (default: the simulator).
+    async fn start_with(db: TestDb, sim: Simulator, env: &[(&str, &str)], api_base_url: Option<String>) -> Self {
         let (_, api_key) = create_merchant(&db, "Acme");
         let gate = Paygate::start(&db, env);
         let mut channels = gate.channels(&api_key).await;
-        let channel =
-            channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap().into_inner();
+        let mut request = channel_request(&sim, "main", pb::ChannelMode::Test);
+        if let Some(url) = api_base_url {
+            request.paymentwall.as_mut().unwrap().api_base_url = url;
+        }
+        let channel = channels.create_channel(request).await.unwrap().into_inner();
         sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.pingback_path), 3).await;
         let payments = gate.payments(&api_key).await;
         Self { db, sim, gate, api_key, payments }
+    }
+
+    /// paygate killed -9 and started again on the same database with `env`.
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        self.gate.process.kill9();
+        self.gate = Paygate::start(&self.db, env);
+        self.sim.add_project(PROJECT_KEY, SECRET_KEY, &self.gate.http_url("/pingback/paymentwall/main"), 3).await;
+        self.payments = self.gate.payments(&self.api_key).await;
+    }
+
+    /// The one cancellation's (status, ticket_state) as stored.
+    async fn stored_ticket(&self, payment_id: &str) -> (String, String) {
+        let pool = self.db.pool().await;
+        let row = sqlx::query("SELECT status, ticket_state FROM cancellations WHERE payment_id = $1")
+            .bind(payment_id)
+            .fetch_one(&pool)
+            .await
+            .expect("one cancellation");
+        pool.close().await;
+        use sqlx::Row;
+        (row.get::<String, _>(0), row.get::<Option<String>, _>(1).unwrap_or_default())
     }
 
     /// A checkout for `amount_minor` USD, opened on the simulator; returns (payment id, sim session).
@@ -295,7 +324,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
     for n in 1..=2 {
         let renewal = w.sim.control(&format!("/sessions/{sim_session}/renew"), None).await;
         let reference = renewal["reference"].as_str().unwrap().to_owned();
-        let uid = format!("gold-monthly/renewal/{n}");
+        let uid = format!("~gold-monthly/renewal/{n}");
         wait_until(|| {
             let mut payments = w.payments.clone();
             let uid = uid.clone();
@@ -316,7 +345,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
 
     // Refunding a renewal reverses that renewal, not the subscription's first payment (the type 2
     // names the first payment as goodsid and the renewal by its ref).
-    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("gold-monthly/renewal/2".into()));
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~gold-monthly/renewal/2".into()));
     let second = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     w.payments.refund_payment(refund(&second.payment_id, None, "")).await.unwrap();
     wait_for_status(&mut w.payments, &second.payment_id, PaymentStatus::Cancelled).await;
@@ -393,6 +422,11 @@ async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
     tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
     let retried = payments.refund_payment(refund(&crashed, Some(250), "refund-crash")).await.unwrap().into_inner();
     assert_eq!(money(&retried.amount), 250);
+    // Its ticket may have arrived: never reported accepted, unless the provider's answer settled it.
+    assert!(
+        [CancellationStatus::OutcomeUnknown as i32, CancellationStatus::Succeeded as i32].contains(&retried.status),
+        "{retried:?}"
+    );
     let w = World { db, sim, gate, api_key, payments: payments.clone() };
     tokio::time::sleep(Duration::from_millis(1600)).await; // the first ticket's answer has come and gone
     assert_eq!(w.tickets().await, 2, "no duplicate ticket");
@@ -475,7 +509,7 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     // A one-time payment paid, then paid again under another ref: a second payment, not silence.
     let (once, _) = w.paid("order-once", 500).await;
     assert_eq!(send(&once, "0", "b-second").await, "OK");
-    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("order-once/repeat/b-second".into()));
+    let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~order-once/repeat/b-second".into()));
     let repeat = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
     assert_eq!(send(&once, "0", "b-second").await, "OK", "the replay is a duplicate");
@@ -489,7 +523,7 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
     assert_eq!(send(&session.payment_id, "0", "b-first").await, "OK");
     assert_eq!(send(&session.payment_id, "200", "b-renew").await, "OK");
-    let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("sub-1/renewal/1".into()));
+    let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("~sub-1/renewal/1".into()));
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(renewal.status, PaymentStatus::PendingReview as i32);
     assert_eq!(send(&session.payment_id, "201", "b-renew").await, "OK");
@@ -503,4 +537,412 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let answer = send("pay_unknown", "0", "b-unknown").await;
     assert!(answer.contains("no such payment"), "{answer}");
     let _ = &w.db;
+}
+
+const LEASE: [(&str, &str); 1] = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
+
+/// A World whose paygate reaches PostgreSQL through a proxy the test controls.
+async fn behind_a_database_proxy(env: &[(&str, &str)]) -> (World, crate::support::proxy::TcpProxy) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let target = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+    let proxy = crate::support::proxy::TcpProxy::start(target.parse().unwrap()).await;
+    // In clear text, so the proxy can see the statements go by.
+    let proxied_url = format!("{}?sslmode=disable", db.url.replacen(&target, &proxy.addr.to_string(), 1));
+    let mut env = env.to_vec();
+    env.push(("PAYGATE_DATABASE_URL", proxied_url.as_str()));
+    (World::start_with(db, Simulator::start(), &env, None).await, proxy)
+}
+
+/// Sends `request` and kills paygate -9 the moment its reservation commits; checks that the
+/// reservation is stored and no ticket left.
+async fn killed_at_the_reservation_commit(
+    w: &mut World,
+    proxy: &crate::support::proxy::TcpProxy,
+    request: pb::RefundPaymentRequest,
+) {
+    let committed = proxy.trap_commit_after("INSERT INTO cancellations");
+    let payment_id = request.payment_id.clone();
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        async move { client.refund_payment(request).await }
+    });
+    if tokio::time::timeout(Duration::from_secs(10), committed).await.is_err() {
+        panic!("no commit seen; the call: {:?}", in_flight.await);
+    }
+    w.gate.process.kill9();
+    assert!(in_flight.await.unwrap().is_err(), "the caller got no answer");
+    assert_eq!(w.tickets().await, 0, "killed before the ticket left");
+    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "UNSENT".into()), "the reservation is there");
+}
+
+/// Issue 11 items 1 and 2: a reservation whose worker died is sent by the sweep; the provider
+/// refuses it, which changed nothing, so the caller's retry with the same key runs the refund
+/// again (and is refused again) instead of answering OK with a FAILED cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_the_sweep_sent_and_the_provider_refused_runs_again_on_retry() {
+    let (mut w, proxy) = behind_a_database_proxy(&LEASE).await;
+    let (payment_id, _) = w.paid("order-sweep-refused", 700).await;
+    let request = refund(&payment_id, None, "refund-sweep-refused");
+    killed_at_the_reservation_commit(&mut w, &proxy, request.clone()).await;
+    w.behave(serde_json::json!({ "refuse_tickets": "Refund window has passed" })).await;
+    let sweep = [
+        LEASE[0],
+        ("PAYGATE_SWEEP_INTERVAL_MS", "200"),
+        ("PAYGATE_SWEEP_PENDING_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "300"),
+    ];
+    w.restart(&sweep).await;
+    let p =
+        wait_for_cancellation(&mut w.payments, &payment_id, CancellationStatus::Failed, Duration::from_secs(10)).await;
+    assert_eq!(w.tickets().await, 1, "the sweep sent the ticket the crash never sent");
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 700));
+    let status = w.payments.refund_payment(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("Refund window has passed"), "{}", status.message());
+    assert_eq!(w.tickets().await, 2, "the retry ran the refund again");
+    w.behave(serde_json::json!({})).await;
+    let c = w.payments.refund_payment(request).await.unwrap().into_inner();
+    assert_eq!(c.ticket_state, pb::TicketState::Accepted as i32);
+    wait_for_status(&mut w.payments, &payment_id, PaymentStatus::Cancelled).await;
+}
+
+async fn wait_for_cancellation(
+    payments: &mut Payments,
+    payment_id: &str,
+    status: CancellationStatus,
+    within: Duration,
+) -> pb::Payment {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let p = get_payment(payments, payment_id).await;
+        if p.cancellations.first().is_some_and(|c| c.status == status as i32) {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "cancellation never reached {status:?}: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 11 item 1: paygate killed -9 the moment the refund's reservation commits. No ticket left;
+/// the retry with the same key sends it (once) and only then answers accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_killed_as_its_reservation_commits_is_sent_by_the_retry() {
+    let (mut w, proxy) = behind_a_database_proxy(&LEASE).await;
+    let (payment_id, _) = w.paid("order-commit-kill", 1000).await;
+    killed_at_the_reservation_commit(&mut w, &proxy, refund(&payment_id, Some(400), "refund-commit-kill")).await;
+
+    w.restart(&LEASE).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the dead request's lease runs out
+    let c = w.payments.refund_payment(refund(&payment_id, Some(400), "refund-commit-kill")).await.unwrap().into_inner();
+    assert_eq!(w.tickets().await, 1, "the retry sent the ticket the crash never sent");
+    assert_eq!((c.status, c.ticket_state), (CancellationStatus::Requested as i32, pb::TicketState::Accepted as i32));
+    assert!(c.ticket_accepted_at.is_some());
+    assert_eq!(money(&c.amount), 400);
+    let again = w.payments.refund_payment(refund(&payment_id, Some(400), "refund-commit-kill")).await.unwrap();
+    assert_eq!(again.into_inner().cancellation_id, c.cancellation_id);
+    let p = wait_for_status(&mut w.payments, &payment_id, PaymentStatus::PartialCancelled).await;
+    assert_eq!((money(&p.cancelled_amount), money(&p.refundable_amount)), (400, 600));
+    assert_eq!(p.cancellations.len(), 1);
+    assert_eq!(w.tickets().await, 1, "one ticket in all");
+}
+
+/// Issue 11 item 1: paygate killed -9 while the ticket is at the provider, which hangs on it. The
+/// retry never resends it and answers OUTCOME_UNKNOWN; GetPayment and the metrics show it; the
+/// sweep settles it once the provider's payment status says refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_killed_during_its_send_is_outcome_unknown_until_the_sweep_settles_it() {
+    let mut w = World::start(Backend::Postgres, &LEASE).await;
+    let (payment_id, _) = w.paid("order-send-kill", 1000).await;
+    // The provider takes 10 s over the ticket, then refunds (and sends no pingback).
+    w.behave(serde_json::json!({ "ticket_delay_ms": 10000, "ticket_pingbacks": false })).await;
+    let in_flight = tokio::spawn({
+        let mut client = w.payments.clone();
+        let request = refund(&payment_id, None, "refund-send-kill");
+        async move { client.refund_payment(request).await }
+    });
+    wait_until(|| async { w.tickets().await == 1 }).await;
+    w.restart(&LEASE).await;
+    assert!(in_flight.await.unwrap().is_err());
+    assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "SENDING".into()));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c = w.payments.refund_payment(refund(&payment_id, None, "refund-send-kill")).await.unwrap().into_inner();
+    assert_eq!(
+        (c.status, c.ticket_state),
+        (CancellationStatus::OutcomeUnknown as i32, pb::TicketState::OutcomeUnknown as i32),
+        "not reported accepted: {c:?}"
+    );
+    assert!(c.ticket_accepted_at.is_none());
+    assert_eq!(money(&c.amount), 1000);
+    assert_eq!(w.tickets().await, 1, "a ticket that may have arrived is never sent again");
+    let again = w.payments.refund_payment(refund(&payment_id, None, "refund-send-kill")).await.unwrap().into_inner();
+    assert_eq!((again.cancellation_id, again.status), (c.cancellation_id.clone(), c.status));
+    let p = get_payment(&mut w.payments, &payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 0), "the amount stays reserved");
+    assert_eq!(p.cancellations[0].status, CancellationStatus::OutcomeUnknown as i32);
+    assert_eq!(metric_series(&w.gate, "paygate_refund_tickets_total", &[("outcome", "unknown")]).await, 1.0);
+    assert_eq!(w.tickets().await, 1);
+
+    // A sweeping replica: it sees the unknown outcome and settles it when the provider refunded.
+    let sweep = [
+        LEASE[0],
+        ("PAYGATE_SWEEP_INTERVAL_MS", "200"),
+        ("PAYGATE_SWEEP_PENDING_AFTER_MS", "300"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "300"),
+    ];
+    w.restart(&sweep).await;
+    let gate = &w.gate;
+    wait_until(|| async { metric(gate, "paygate_refunds_outcome_unknown").await == 1.0 }).await;
+    let p = wait_for_cancellation(&mut w.payments, &payment_id, CancellationStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!((p.status, money(&p.cancelled_amount)), (PaymentStatus::Cancelled as i32, 1000));
+    let gate = &w.gate;
+    wait_until(|| async { metric(gate, "paygate_refunds_outcome_unknown").await == 0.0 }).await;
+    assert_eq!(w.tickets().await, 1, "one ticket in all");
+}
+
+/// Issue 11 item 1: no clear answer on the first call (the provider's answer times out): the
+/// caller gets OUTCOME_UNKNOWN, not "accepted"; an operator resolves it either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclear_ticket_answer_is_outcome_unknown_and_an_operator_resolves_it() {
+    let env = [("PAYGATE_PROVIDER_TIMEOUT_MS", "500")];
+    let mut w = World::start(Backend::Sqlite, &env).await;
+    let (refused, _) = w.paid("order-unclear-1", 800).await;
+    let (refunded, _) = w.paid("order-unclear-2", 600).await;
+    // Paymentwall answers too late, and in the end says no.
+    w.behave(serde_json::json!({ "ticket_delay_ms": 1500, "refuse_tickets": "Transaction is disputed" })).await;
+    let c = w.payments.refund_payment(refund(&refused, None, "")).await.unwrap().into_inner();
+    assert_eq!(c.status, CancellationStatus::OutcomeUnknown as i32, "{c:?}");
+    let p = get_payment(&mut w.payments, &refused).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 0));
+
+    let resolve = |id: &str, resolution: pb::Resolution| pb::ResolveCancellationRequest {
+        cancellation_id: id.into(),
+        resolution: resolution as i32,
+        note: "checked in the Paymentwall merchant area".into(),
+    };
+    let status = w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Unspecified)).await;
+    let status = status.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("resolution"), "{}", status.message());
+    let status = w.payments.resolve_cancellation(resolve("can_nope", pb::Resolution::Failed)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let failed = w
+        .payments
+        .resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Failed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.status, CancellationStatus::Failed as i32);
+    assert!(failed.failure.contains("merchant area"), "{}", failed.failure);
+    let p = get_payment(&mut w.payments, &refused).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 800), "refundable again");
+    let same = w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Failed)).await.unwrap();
+    assert_eq!(same.into_inner().status, CancellationStatus::Failed as i32, "resolving again answers the same");
+    let status =
+        w.payments.resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Succeeded)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+
+    // The other: Paymentwall did refund it (its pingback never came); the operator says so.
+    w.behave(serde_json::json!({ "ticket_delay_ms": 1500, "ticket_pingbacks": false })).await;
+    let c = w.payments.refund_payment(refund(&refunded, Some(200), "")).await.unwrap().into_inner();
+    assert_eq!(c.status, CancellationStatus::OutcomeUnknown as i32);
+    let done = w
+        .payments
+        .resolve_cancellation(resolve(&c.cancellation_id, pb::Resolution::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.status, CancellationStatus::Succeeded as i32);
+    let p = get_payment(&mut w.payments, &refunded).await;
+    assert_eq!(
+        (p.status, money(&p.cancelled_amount), money(&p.refundable_amount)),
+        (PaymentStatus::PartialCancelled as i32, 200, 400)
+    );
+}
+
+/// Issue 11 item 2: the provider cannot be reached, then can. The retry with the same key runs
+/// the refund again (no ABORTED "in progress", no FAILED answer, the ticket goes out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_after_a_provider_outage_runs_again() {
+    let sim = Simulator::start();
+    let front = crate::support::proxy::TcpProxy::start(sim.addr).await;
+    let front_addr = front.addr;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut w = World::start_with(db, sim, &LEASE, Some(format!("http://{front_addr}"))).await;
+    let (payment_id, _) = w.paid("order-outage", 900).await;
+    drop(front); // Paymentwall unreachable: connections refused
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let status = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("nothing was changed"), "{}", status.message());
+    let p = get_payment(&mut w.payments, &payment_id).await;
+    assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 900));
+
+    let _back = crate::support::proxy::TcpProxy::start_on(front_addr, w.sim.addr).await;
+    let c = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap().into_inner();
+    assert_eq!((c.status, c.ticket_state), (CancellationStatus::Requested as i32, pb::TicketState::Accepted as i32));
+    assert_eq!(w.tickets().await, 1);
+    let p = wait_for_status(&mut w.payments, &payment_id, PaymentStatus::Cancelled).await;
+    assert_eq!(money(&p.cancelled_amount), 900);
+    let again = w.payments.refund_payment(refund(&payment_id, None, "refund-outage")).await.unwrap();
+    assert_eq!(again.into_inner().cancellation_id, c.cancellation_id, "the key now names the refund that ran");
+}
+
+/// Issue 11 item 3: eight concurrent CancelSubscription calls send one stop-recurring ticket and
+/// record one `subscription.cancel_requested` event, on both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscription_cancels_send_one_ticket_and_one_event() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let mut w = World::start(backend, &[]).await;
+        let mut request = checkout_request("main", "gold-weekly");
+        request.subscription =
+            Some(pb::SubscriptionTerms { period_length: 1, period_type: "week".into(), recurring: true });
+        let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+        let sim_session = w.sim.open(&session.redirect_url).await;
+        w.sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+        wait_for_status(&mut w.payments, &session.payment_id, PaymentStatus::Paid).await;
+        // A slow ticket answer keeps every caller inside the window.
+        w.behave(serde_json::json!({ "ticket_delay_ms": 300 })).await;
+        let cancel =
+            pb::CancelSubscriptionRequest { subscription_id: session.subscription_id.clone(), reason: "moving".into() };
+        let racing = (0..8).map(|_| {
+            let mut client = w.payments.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { client.cancel_subscription(cancel).await })
+        });
+        for result in futures_util::future::join_all(racing).await {
+            let sub = result.unwrap().unwrap_or_else(|s| panic!("{backend:?}: {s:?}")).into_inner();
+            assert!(sub.cancel_requested_at.is_some(), "{backend:?}: every caller sees the request: {sub:?}");
+        }
+        assert_eq!(w.tickets().await, 1, "{backend:?}: one stop-recurring ticket");
+        let events =
+            "SELECT COUNT(*) FROM payment_events WHERE payment_id = $1 AND kind = 'subscription.cancel_requested'";
+        assert_eq!(w.db.count(events, &session.payment_id).await, 1, "{backend:?}: one event");
+        let session = w.sim.session(&sim_session).await;
+        assert_eq!(session["tickets"].as_array().unwrap().len(), 1, "{backend:?}");
+    }
+}
+
+/// Issue 11 item 5: a merchant's own `merchant_uid` that looks like a generated one does not stop
+/// the later repeat or renewal payment from being recorded: generated ones live under `~`, which
+/// merchants may not use; one stored before that rule is stepped around, never failed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_payments_never_collide_with_merchant_uids() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let mut w = World::start(backend, &[]).await;
+        let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
+        let send = |payment_id: &str, reference: &str| {
+            let query = signed_pingback_query(
+                &[
+                    ("uid", "user-40012"),
+                    ("goodsid", payment_id),
+                    ("slength", ""),
+                    ("speriod", ""),
+                    ("type", "0"),
+                    ("ref", reference),
+                    ("is_test", "1"),
+                ],
+                SECRET_KEY,
+                3,
+            );
+            let url = format!("{pingback_url}?{query}");
+            async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
+        };
+        let by_uid = |uid: &str| pb::GetPaymentRequest {
+            lookup: Some(pb::get_payment_request::Lookup::MerchantUid(uid.into())),
+        };
+        let status =
+            w.payments.create_checkout_session(checkout_request("main", "~order-x/repeat/b-2")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("merchant_uid"), "{}", status.message());
+
+        // The merchant's own ids, shaped like the generated ones of before.
+        let squatter = w.payments.create_checkout_session(checkout_request("main", "order-x/repeat/b-2")).await;
+        let squatter = squatter.unwrap().into_inner();
+        let renewal_squatter = w.payments.create_checkout_session(checkout_request("main", "sub-x/renewal/1")).await;
+        let renewal_squatter = renewal_squatter.unwrap().into_inner();
+
+        let once = w.payments.create_checkout_session(checkout_request("main", "order-x")).await.unwrap().into_inner();
+        assert_eq!(send(&once.payment_id, "b-1").await, "OK");
+        assert_eq!(send(&once.payment_id, "b-2").await, "OK", "{backend:?}: the repeat is recorded");
+        let repeat = w.payments.get_payment(by_uid("~order-x/repeat/b-2")).await.unwrap().into_inner();
+        assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-2"));
+        assert_eq!(get_payment(&mut w.payments, &squatter.payment_id).await.status, PaymentStatus::Ready as i32);
+
+        let mut request = checkout_request("main", "sub-x");
+        request.subscription =
+            Some(pb::SubscriptionTerms { period_length: 1, period_type: "month".into(), recurring: true });
+        let sub = w.payments.create_checkout_session(request).await.unwrap().into_inner();
+        assert_eq!(send(&sub.payment_id, "s-1").await, "OK");
+        assert_eq!(send(&sub.payment_id, "s-2").await, "OK", "{backend:?}: the renewal is recorded");
+        let renewal = w.payments.get_payment(by_uid("~sub-x/renewal/1")).await.unwrap().into_inner();
+        assert_eq!(
+            (renewal.provider_ref.as_str(), renewal.subscription_id.as_str()),
+            ("s-2", sub.subscription_id.as_str())
+        );
+        assert_eq!(
+            get_payment(&mut w.payments, &renewal_squatter.payment_id).await.status,
+            PaymentStatus::Ready as i32
+        );
+
+        // A payment stored before the rule holding the next generated id: stepped around.
+        let pool = w.db.pool().await;
+        sqlx::query("UPDATE payments SET merchant_uid = '~sub-x/renewal/2' WHERE payment_id = $1")
+            .bind(&renewal_squatter.payment_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        assert_eq!(send(&sub.payment_id, "s-3").await, "OK", "{backend:?}: never fails over an old id");
+        let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+        let second = all.payments.iter().find(|p| p.provider_ref == "s-3").expect("the second renewal");
+        assert!(second.merchant_uid.starts_with("~sub-x/renewal/2/pay_"), "{}", second.merchant_uid);
+        assert_eq!(second.subscription_id, sub.subscription_id);
+    }
+}
+
+/// GetPayment reads the payment and its cancellations from one snapshot: while refunds are
+/// reserved, confirmed and released, every read adds up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_payment_always_adds_up_while_refunds_move() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let (payment_id, _) = w.paid("order-books", 999).await;
+    w.behave(serde_json::json!({ "ticket_pingback_delay_ms": 0 })).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut client, payment_id, stop) = (w.payments.clone(), payment_id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = get_payment(&mut client, &payment_id).await;
+                    let sum = |status: CancellationStatus| -> i64 {
+                        p.cancellations.iter().filter(|c| c.status == status as i32).map(|c| money(&c.amount)).sum()
+                    };
+                    let (cancelled, open) = (sum(CancellationStatus::Succeeded), sum(CancellationStatus::Requested));
+                    if money(&p.cancelled_amount) != cancelled || money(&p.refundable_amount) != 999 - cancelled - open
+                    {
+                        return Err(format!("the books do not add up: {p:?}"));
+                    }
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        })
+        .collect();
+    for _ in 0..15 {
+        w.payments.refund_payment(refund(&payment_id, Some(10), "")).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while money(&get_payment(&mut w.payments, &payment_id).await.cancelled_amount) < 150 {
+        assert!(std::time::Instant::now() < deadline, "the refunds were never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.await.unwrap().unwrap_or_else(|problem| panic!("{problem}")) > 0);
+    }
 }

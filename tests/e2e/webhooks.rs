@@ -37,6 +37,33 @@ async fn deliveries(client: &mut Webhooks) -> Vec<pb::WebhookDelivery> {
     client.list_webhook_deliveries(pb::ListWebhookDeliveriesRequest::default()).await.unwrap().into_inner().deliveries
 }
 
+/// What the log must never show: a delivery and its attempts that disagree.
+fn inconsistency(d: &pb::WebhookDelivery) -> Option<String> {
+    let ok = |a: &pb::WebhookAttempt| (200..300).contains(&a.status_code);
+    let last = d.attempts.last();
+    let bad = match d.status {
+        s if s == WebhookDeliveryStatus::Pending as i32 => d.attempts.iter().any(ok),
+        s if s == WebhookDeliveryStatus::Succeeded as i32 => !last.is_some_and(ok),
+        _ => false,
+    };
+    bad.then(|| format!("{} is {:?} with attempts {:?}", d.delivery_id, d.status, d.attempts))
+}
+
+/// The log once `count` deliveries are listed and none is pending, each checked for consistency.
+async fn settled(client: &mut Webhooks, count: usize) -> Vec<pb::WebhookDelivery> {
+    for _ in 0..400 {
+        let log = deliveries(client).await;
+        if let Some(problem) = log.iter().find_map(inconsistency) {
+            panic!("inconsistent delivery log: {problem}");
+        }
+        if log.len() >= count && log.iter().all(|d| d.status != WebhookDeliveryStatus::Pending as i32) {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the delivery log never settled: {:?}", deliveries(client).await);
+}
+
 fn types(received: &[serde_json::Value]) -> Vec<String> {
     received.iter().map(|r| r["type"].as_str().unwrap().to_owned()).collect()
 }
@@ -107,8 +134,9 @@ async fn a_paid_then_refunded_payment_sends_signed_webhooks_in_order() {
     assert!(received.iter().any(|r| r["payment_id"] == with_new.as_str()), "verified with the new secret");
     assert_eq!(receiver.received().await["invalid"], 0);
 
-    // The delivery log: every delivery succeeded on its first attempt with 200.
-    let log = deliveries(&mut hooks).await;
+    // The delivery log: every delivery succeeded on its first attempt with 200. The receiver may
+    // have the last one before paygate recorded the answer: wait until it did.
+    let log = settled(&mut hooks, 7).await;
     assert_eq!(log.len(), 7);
     for d in &log {
         assert_eq!(d.status, WebhookDeliveryStatus::Succeeded as i32, "{d:?}");
@@ -270,4 +298,52 @@ async fn internal_targets_are_refused() {
     assert!(status.message().contains("event_types[0]"));
     let status = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "nothing was stored");
+}
+
+/// Issue 11 item 6: the delivery log, read while deliveries are being made, always shows each
+/// delivery with the attempts of the same moment (never "pending" next to a 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_never_shows_a_delivery_apart_from_its_attempts() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    receiver.trust(&[&secret]).await;
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two readers list as fast as they can while the deliveries settle.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut hooks = hooks.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for d in deliveries(&mut hooks).await {
+                        if let Some(problem) = inconsistency(&d) {
+                            return Err(problem);
+                        }
+                    }
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        })
+        .collect();
+    const PAYMENTS: usize = 30;
+    for n in 0..PAYMENTS {
+        checkout_and_pay(&gate, &mut payments, &format!("order-{n}")).await;
+    }
+    receiver.wait_for(PAYMENTS).await;
+    let log = settled(&mut hooks, PAYMENTS).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        let reads = reader.await.unwrap().unwrap_or_else(|problem| panic!("inconsistent delivery log: {problem}"));
+        assert!(reads > 0);
+    }
+    assert!(log.iter().all(|d| d.attempts.iter().map(|a| a.status_code).collect::<Vec<_>>() == [200]));
 }

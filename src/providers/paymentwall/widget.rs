@@ -1,4 +1,5 @@
-//! The hosted checkout ("widget") URL: `GET {api_base_url}/api/subscription?...&sign=...`.
+//! The hosted checkout ("widget") URL: `GET {api_base_url}/api/subscription?...&sign=...`, or
+//! `/api/cart` for the widgets Paymentwall serves there.
 
 use secrecy::ExposeSecret;
 
@@ -38,6 +39,13 @@ const RESERVED: &[&str] = &[
 
 pub fn is_reserved_param(name: &str) -> bool {
     RESERVED.contains(&name)
+}
+
+/// The path that serves a Digital Goods widget, by the official SDKs' rule
+/// (`Widget.build_controller`): codes starting with `w`, `s` or `mw` are served by `/api/cart`,
+/// every other code by `/api/subscription`.
+pub fn widget_path(widget: &str) -> &'static str {
+    if ["w", "s", "mw"].iter().any(|prefix| widget.starts_with(prefix)) { "/api/cart" } else { "/api/subscription" }
 }
 
 /// Builds and signs the widget URL. `ag_external_id` is the payment id, which Paymentwall sends
@@ -93,7 +101,7 @@ pub fn checkout_url(
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.extend_pairs(params.iter().copied());
     query.append_pair("sign", &sign);
-    Ok(format!("{}/api/subscription?{}", config.api_base_url, query.finish()))
+    Ok(format!("{}{}?{}", config.api_base_url, widget_path(&payment.widget), query.finish()))
 }
 
 #[cfg(test)]
@@ -148,6 +156,20 @@ mod tests {
             failed_at: None,
             cancelled_at: None,
         }
+    }
+
+    #[test]
+    fn the_widget_code_picks_the_path_as_the_sdks_do() {
+        for code in ["w1", "w", "s1_1", "s3", "mw1", "mw"] {
+            assert_eq!(widget_path(code), "/api/cart", "{code}");
+        }
+        for code in ["p1_1", "p10", "pw", "t3_1", "m2", "fp1", "", "ps1"] {
+            assert_eq!(widget_path(code), "/api/subscription", "{code}");
+        }
+        let mut cart = payment();
+        cart.widget = "s1".into();
+        let url = checkout_url(&config(SignVersion::V3), &cart, None, 1_700_000_000).expect("url");
+        assert_eq!(url::Url::parse(&url).unwrap().path(), "/api/cart");
     }
 
     #[test]

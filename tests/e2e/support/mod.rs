@@ -502,6 +502,16 @@ impl Process {
         self.child.id()
     }
 
+    /// SIGKILL by PID, now, and waits until it is gone (a crash: nothing gets to finish).
+    pub fn kill9(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return; // gone already
+        }
+        let status = Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -9 {}", self.child.id());
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (up to `within`) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
