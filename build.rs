@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Ordered maps encode deterministically, so a request's fingerprint (idempotency) is stable.
         .btree_map(".")
+        // Undecodable requests are INVALID_ARGUMENT (the sender's mistake), not INTERNAL.
+        .codec_path("crate::proto::codec::StrictCodec")
         .file_descriptor_set_path(out_dir.join("paygate_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto"), include])?;
     Ok(())

@@ -58,3 +58,68 @@ async fn provider_calls_check_the_base_url_on_every_call() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("internal address"), "{status:?}");
 }
+
+/// Sends bytes as they are, as a broken or hostile client would.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = prost::bytes::Buf::copy_to_bytes(buf, prost::bytes::Buf::remaining(buf));
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_invalid_argument() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("bad UTF-8 in a string", vec![0x0a, 0x02, 0xff, 0xfe]),
+        ("a field longer than the message", vec![0x0a, 0x10, b'a']),
+        ("an invalid wire type", vec![0x0f, 0x01]),
+        ("a length that overflows", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        ("a truncated varint", vec![0x10, 0xff]),
+    ];
+    for (what, bytes) in cases {
+        let mut grpc = tonic::client::Grpc::new(gate.grpc().await);
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(bytes);
+        request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let path = http::uri::PathAndQuery::from_static("/paygate.v1.PaymentService/GetPayment");
+        let status = grpc.unary(request, path, RawCodec).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains("GetPaymentRequest"), "{what}: {status:?}");
+    }
+}

@@ -184,7 +184,10 @@ impl Paygate {
             // As if behind an ingress on loopback: tests can present X-Forwarded-For like a proxy.
             .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
             // The simulator (a channel's api_base_url) listens on loopback.
-            .env("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true");
+            .env("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true")
+            // Tests poll as fast as they like; the rate-limit tests set their own limits.
+            .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "100000")
+            .env("PAYGATE_API_RATE_LIMIT_BURST", "100000");
         for (k, v) in env {
             cmd.env(k, v);
         }
