@@ -1,13 +1,6 @@
 //! Wiring: settings -> database -> services -> the gRPC and HTTP servers; graceful shutdown.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
@@ -22,7 +15,7 @@ use crate::{
     channels::{self, ChannelCache, Channels, crypto::MasterKeys},
     config::Settings,
     events::{Hub, bridge::Bridge},
-    ingest,
+    ingest::{self, AppState},
     merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
     net::conn::{ConnectionCap, Guarded},
     payments::{
@@ -70,29 +63,6 @@ pub enum AppError {
     Events(String),
     #[error("{0}")]
     Config(&'static str),
-}
-
-/// What request handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub settings: Arc<Settings>,
-    pub channels: Channels,
-    pub redis: Option<RedisHandle>,
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Refused pingbacks per source address.
-    pub pingback_refusals: Option<Limiter>,
-    shutting_down: Arc<AtomicBool>,
-}
-
-impl AppState {
-    pub fn pingback_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.pingback_timeout_ms)
-    }
-
-    pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
 }
 
 pub async fn connect_db(settings: &Settings) -> Result<Db, StoreError> {
@@ -177,7 +147,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         redis,
         metrics,
         pingback_refusals: pingback_refusals.clone(),
-        shutting_down: Arc::new(AtomicBool::new(false)),
+        shutting_down: Default::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     cache.spawn_background(stop_rx.clone());
@@ -288,7 +258,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: refusing new work, finishing in-flight requests");
-    state.shutting_down.store(true, Ordering::Relaxed);
+    state.begin_shutdown();
     health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
     health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
     health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;

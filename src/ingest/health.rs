@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::app::AppState;
+use super::AppState;
 
 pub async fn healthz() -> &'static str {
     "ok\n"

@@ -4,11 +4,47 @@ pub mod health;
 pub mod pingback;
 pub mod server;
 
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
 use axum::{Router, routing::get};
 
 pub use pingback::PingbackError;
 
-use crate::app::AppState;
+use crate::{channels::Channels, config::Settings, ratelimit::Limiter, store::Db, store::redis::RedisHandle};
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub channels: Channels,
+    pub redis: Option<RedisHandle>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Refused pingbacks per source address.
+    pub pingback_refusals: Option<Limiter>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn pingback_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.pingback_timeout_ms)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// From now on `/readyz` answers not ready, so load balancers stop sending traffic.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

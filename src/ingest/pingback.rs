@@ -15,8 +15,8 @@ use axum::{
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
+use super::AppState;
 use crate::{
-    app::AppState,
     channels::{ChannelError, ChannelMode},
     net::client_ip,
     payments::notifications::{self, Applied, Notice, NotificationError, RawNotification},
