@@ -264,7 +264,7 @@ async fn main() {
     admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
     let base = admin_url.split('?').next().unwrap();
     let db_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let key = paygate::channels::crypto::MasterKeys::generate();
+    let key = paygate::secrets::MasterKeys::generate();
     let prefix = format!("bench{}:", ulid::Ulid::new());
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));

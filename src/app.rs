@@ -12,7 +12,7 @@ use crate::{
         self,
         auth::{AuthLayer, AuthSettings},
     },
-    channels::{self, ChannelCache, Channels, crypto::MasterKeys},
+    channels::{self, ChannelCache, Channels},
     config::Settings,
     events::{Hub, bridge::Bridge},
     ingest::{self, AppState},
@@ -31,6 +31,7 @@ use crate::{
     },
     providers,
     ratelimit::{Limiter, Rate},
+    secrets::{KeySources, MasterKeys},
     store::{
         Db, StoreError,
         redis::{RedisError, RedisHandle},
@@ -52,7 +53,7 @@ pub enum AppError {
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("master key: {0}")]
-    MasterKey(#[from] channels::crypto::KeyError),
+    MasterKey(#[from] crate::secrets::KeyError),
     #[error("{0}")]
     WrongMasterKey(String),
     #[error("PAYGATE_REDIS_URL: {0}")]
@@ -98,7 +99,12 @@ fn check_admin_token(settings: &Settings) -> Result<(), AppError> {
 /// The channel cache over the database and (when configured) Redis, after checking that the
 /// master key opens every stored secret.
 pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Result<ChannelCache, AppError> {
-    let keys = MasterKeys::load(settings)?;
+    let keys = MasterKeys::load(&KeySources {
+        master_key: settings.master_key.as_ref(),
+        master_key_file: settings.master_key_file.as_deref(),
+        previous: settings.previous_master_keys.as_ref(),
+        embedded_database: settings.sqlite_path(),
+    })?;
     channels::verify_master_key(db, &keys).await.map_err(AppError::WrongMasterKey)?;
     Ok(ChannelCache::new(
         db.clone(),

@@ -16,6 +16,7 @@ pub mod payments;
 pub mod proto;
 pub mod providers;
 pub mod ratelimit;
+pub mod secrets;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

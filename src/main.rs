@@ -8,12 +8,13 @@ use clap::{Parser, Subcommand};
 use paygate::{
     app,
     audit::Actor,
-    channels::{self, crypto::MasterKeys},
+    channels,
     config::Settings,
     merchants::{
         ApiKey,
         keys::{ListFilter, NewApiKey},
     },
+    secrets::MasterKeys,
     store::now_ms,
     telemetry,
 };

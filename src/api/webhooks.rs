@@ -6,9 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
 use crate::{
-    channels::crypto::MasterKeys,
     error::InvalidArgument,
     proto::v1::{self as pb, webhook_service_server::WebhookService},
+    secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
     webhooks::{
         endpoints::{self, Endpoint},

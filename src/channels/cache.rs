@@ -18,9 +18,9 @@ use moka::future::Cache;
 
 use super::{
     Channel, ChannelError,
-    crypto::MasterKeys,
     repo::{self, StoredChannel},
 };
+use crate::secrets::MasterKeys;
 use crate::store::{
     Db,
     redis::{Followed, RedisError, RedisHandle},

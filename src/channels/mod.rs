@@ -2,7 +2,6 @@
 //! of its sub-merchants. Secrets are encrypted at rest (`crypto`), configs are cached (`cache`).
 
 pub mod cache;
-pub mod crypto;
 pub mod model;
 pub mod repo;
 
@@ -12,7 +11,6 @@ pub use cache::ChannelCache;
 pub use model::{Channel, ChannelMode, NewChannel, PaymentwallConfig, Provider};
 
 use self::{
-    crypto::{CryptoError, MasterKeys},
     model::NewPaymentwall,
     repo::{ListFilter, StoredChannel},
 };
@@ -20,6 +18,7 @@ use crate::{
     audit::{self, Action, Actor},
     error::{InvalidArgument, Violations},
     merchants::Caller,
+    secrets::{CryptoError, MasterKeys},
     store::{Db, StoreError, now_ms},
 };
 

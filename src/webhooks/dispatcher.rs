@@ -18,7 +18,7 @@ use super::{
     signature, target,
 };
 use crate::{
-    channels::crypto::MasterKeys,
+    secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
 };
 

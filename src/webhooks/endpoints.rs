@@ -10,8 +10,8 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 use super::{WebhookError, signature};
 use crate::{
     audit::{self, Action, Actor},
-    channels::crypto::MasterKeys,
     error::{InvalidArgument, Violations},
+    secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
 };
 

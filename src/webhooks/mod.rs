@@ -8,7 +8,7 @@ pub mod outbox;
 pub mod signature;
 pub mod target;
 
-use crate::{channels::crypto::CryptoError, error::InvalidArgument, store::StoreError};
+use crate::{error::InvalidArgument, secrets::CryptoError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {

@@ -207,7 +207,7 @@ async fn secrets_are_encrypted_at_rest_and_the_master_key_rotates() {
     let sim = Simulator::start();
     let (_, api_key) = create_merchant(&db, "Acme");
     let old_key = db.master_key.clone().unwrap();
-    let new_key = paygate::channels::crypto::MasterKeys::generate();
+    let new_key = paygate::secrets::MasterKeys::generate();
 
     let gate = Paygate::start(&db, &[]);
     gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
@@ -269,7 +269,7 @@ async fn secrets_are_encrypted_at_rest_and_the_master_key_rotates() {
     drop(gate);
 
     // The old key, or any other, now fails at start-up with a clear message.
-    for wrong in [old_key, paygate::channels::crypto::MasterKeys::generate()] {
+    for wrong in [old_key, paygate::secrets::MasterKeys::generate()] {
         let out = paygate_command(&db, workdir.path())
             .arg("serve")
             .env("PAYGATE_MASTER_KEY", &wrong)

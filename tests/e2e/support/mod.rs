@@ -61,7 +61,7 @@ impl TestDb {
                 let mut admin = PgConnection::connect(&postgres_admin_url()).await.expect("connect to PostgreSQL");
                 admin.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create test database");
                 let url = with_database(&postgres_admin_url(), &name);
-                let master_key = Some(paygate::channels::crypto::MasterKeys::generate());
+                let master_key = Some(paygate::secrets::MasterKeys::generate());
                 Self { backend, url, master_key, pg_name: Some(name), _dir: None }
             }
             Backend::Sqlite => {

@@ -1,4 +1,4 @@
-//! Channel secrets at rest: AES-256-GCM under a master key from configuration. The stored form
+//! Secrets at rest (channel secret keys, webhook signing secrets): AES-256-GCM under a master key from configuration. The stored form
 //! names the key that wrote it (`pgenc:v1:<key id>:<base64 nonce+ciphertext>`), so a master key can
 //! be rotated: old keys stay readable while listed as previous keys, and `paygate admin
 //! rotate-master-key` re-encrypts everything under the current one. The channel key is bound in as
@@ -13,8 +13,6 @@ use aes_gcm::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-
-use crate::config::Settings;
 
 const PREFIX: &str = "pgenc:v1:";
 
@@ -77,17 +75,29 @@ impl std::fmt::Debug for MasterKeys {
     }
 }
 
+/// Where the master keys come from, as configured.
+pub struct KeySources<'a> {
+    /// `PAYGATE_MASTER_KEY`: base64 of 32 bytes.
+    pub master_key: Option<&'a SecretString>,
+    /// `PAYGATE_MASTER_KEY_FILE`: a file holding it.
+    pub master_key_file: Option<&'a Path>,
+    /// `PAYGATE_PREVIOUS_MASTER_KEYS`: comma-separated, readable during a rotation.
+    pub previous: Option<&'a SecretString>,
+    /// The embedded SQLite database: without a key configured, one is generated beside it.
+    pub embedded_database: Option<PathBuf>,
+}
+
 impl MasterKeys {
-    /// From configuration: `master_key`, else `master_key_file`, else (SQLite only) a key file
-    /// beside the database, generated on first use.
-    pub fn load(settings: &Settings) -> Result<Self, KeyError> {
-        let current = match (&settings.master_key, &settings.master_key_file, settings.sqlite_path()) {
+    /// The configured key, else the key file, else (SQLite only) a key file beside the database,
+    /// generated on first use.
+    pub fn load(sources: &KeySources<'_>) -> Result<Self, KeyError> {
+        let current = match (sources.master_key, sources.master_key_file, &sources.embedded_database) {
             (Some(key), _, _) => MasterKey::from_base64(key.expose_secret(), "PAYGATE_MASTER_KEY")?,
             (None, Some(path), _) => MasterKey::from_base64(&read_key_file(path)?, "PAYGATE_MASTER_KEY_FILE")?,
-            (None, None, Some(db_path)) => embedded_key(&db_path)?,
+            (None, None, Some(db_path)) => embedded_key(db_path)?,
             (None, None, None) => return Err(KeyError::Missing),
         };
-        let previous = match &settings.previous_master_keys {
+        let previous = match sources.previous {
             Some(list) => list
                 .expose_secret()
                 .split(',')
