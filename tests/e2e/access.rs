@@ -406,7 +406,7 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
     let env = [
         ("PAYGATE_REDIS_URL", redis_url.as_str()),
         ("PAYGATE_REDIS_KEY_PREFIX", prefix.as_str()),
-        ("PAYGATE_API_RATE_LIMIT_PER_SECOND", "5"),
+        ("PAYGATE_API_RATE_LIMIT_PER_SECOND", "1"),
         ("PAYGATE_API_RATE_LIMIT_BURST", "10"),
         ("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "1"),
         ("PAYGATE_PINGBACK_REFUSAL_BURST", "5"),
@@ -432,8 +432,8 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // Burst 10 plus what 5/s refills meanwhile; two separate buckets would allow 20 and more.
-    let allowed = 10.0 + 5.0 * elapsed + 1.0;
+    // Burst 10 plus what 1/s refills meanwhile; two separate buckets would allow 20 and more.
+    let allowed = 10.0 + elapsed + 1.0;
     println!("{ok} allowed, {limited} limited in {elapsed:.2} s (shared bucket allows {allowed:.1})");
     assert!(f64::from(ok) <= allowed && ok < 20, "{ok} calls passed; the replicas do not share the limit");
     assert!(metric_series(&a, "paygate_rate_limited_total", &[("scope", "api_key")]).await >= 1.0);
@@ -447,6 +447,7 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
     channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
     let http = http_client();
     let (mut forbidden, mut too_many, mut valid_ok) = (0, 0, 0);
+    let flood_started = Instant::now();
     for i in 0..30 {
         let forged = signed_pingback_query(
             &[("uid", "u"), ("goodsid", "pay_x"), ("type", "0"), ("ref", &format!("f{i}")), ("is_test", "1")],
@@ -494,7 +495,9 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
         }
     }
     println!("forged: {forbidden} answered 403, {too_many} answered 429; valid: {valid_ok} OK");
-    assert!((5..=10).contains(&forbidden), "{forbidden}");
+    // The burst of 5, plus one a second refilled while the flood ran (a slow machine runs it longer).
+    let refilled = flood_started.elapsed().as_secs() as usize + 1;
+    assert!(forbidden >= 5 && forbidden <= 5 + refilled, "{forbidden} refusals in {:?}", flood_started.elapsed());
     assert!(too_many >= 15, "{too_many}");
     assert_eq!(valid_ok, 6);
     assert!(metric_series(&a, "paygate_rate_limited_total", &[("scope", "pingback_refusals")]).await >= 15.0);
