@@ -27,7 +27,7 @@ pub const MAX_FILTER_IDS: usize = 1000;
 fn to_proto(event: &Event) -> pb::PaymentEvent {
     pb::PaymentEvent {
         event_id: event.position.to_string(),
-        kind: event.kind.clone(),
+        kind: event.kind.as_str().to_owned(),
         payment: Some(convert::payment(event.payment.clone())),
         created_at: Some(convert::timestamp(event.created_at)),
         snapshot: false,

@@ -105,7 +105,10 @@ fn from_row(row: &AnyRow) -> Result<Event, PaymentError> {
             txid: row.try_get("txid").map_err(|e| corrupt("txid", &e))?,
             id: row.try_get("event_id").map_err(|e| corrupt("event_id", &e))?,
         },
-        kind: row.try_get("kind").map_err(|e| corrupt("kind", &e))?,
+        kind: {
+            let kind: String = row.try_get("kind").map_err(|e| corrupt("kind", &e))?;
+            super::EventKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?
+        },
         payment: serde_json::from_str(&snapshot).map_err(|e| corrupt("snapshot", &e))?,
         detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
         created_at: row.try_get("created_at").map_err(|e| corrupt("created_at", &e))?,

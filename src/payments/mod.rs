@@ -65,3 +65,25 @@ impl From<ProviderError> for PaymentError {
         }
     }
 }
+
+impl From<sqlx::Error> for PaymentError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// Records a change in the caller's transaction: its event in the log and the webhook that
+/// announces it, so neither commits without the other. Returns the event's id.
+pub async fn record(
+    conn: &mut sqlx::AnyConnection,
+    payment: &Payment,
+    kind: crate::events::EventKind,
+    detail: Option<&crate::events::EventDetail>,
+) -> Result<i64, PaymentError> {
+    let position = crate::events::append(conn, payment, kind, detail).await?;
+    crate::webhooks::outbox::enqueue(conn, payment, kind, position, detail).await.map_err(|e| match e {
+        crate::webhooks::WebhookError::Store(store) => PaymentError::Store(store),
+        other => PaymentError::Corrupt(other.to_string()),
+    })?;
+    Ok(position.id)
+}

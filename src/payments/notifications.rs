@@ -11,7 +11,7 @@ use super::{
     subscriptions::{self, SubscriptionEnd, SubscriptionStatus},
 };
 use crate::{
-    events,
+    events::EventDetail,
     store::{Db, StoreError, now_ms},
 };
 
@@ -224,7 +224,7 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
             let Some((next, kind, cancellation)) = refunds::apply_refund_confirmed(conn, &current).await? else {
                 return Ok(Applied::Unchanged);
             };
-            let event_id = events::append(conn, &next, kind, Some(&events::detail(&cancellation))).await?;
+            let event_id = super::record(conn, &next, kind, Some(&EventDetail::cancellation(&cancellation))).await?;
             Ok(Applied::Changed { payment: Box::new(next), event_id })
         }
         ProviderEvent::SubscriptionEnded(end) => end_subscription(conn, &current, end).await,
@@ -266,9 +266,9 @@ async fn settle(
         if !subscriptions::update(conn, &sub, &active).await? {
             return Err(NotificationError::Concurrent);
         }
-        detail = Some(events::detail(&active));
+        detail = Some(EventDetail::subscription(&active));
     }
-    let event_id = events::append(conn, &next, outcome.event_kind(), detail.as_ref()).await?;
+    let event_id = super::record(conn, &next, outcome.event_kind(), detail.as_ref()).await?;
     Ok(Applied::Changed { payment: Box::new(next), event_id })
 }
 
@@ -356,9 +356,9 @@ async fn renew(
         if !subscriptions::update(conn, &sub, &renewed).await? {
             return Err(NotificationError::Concurrent);
         }
-        detail = Some(events::detail(&renewed));
+        detail = Some(EventDetail::subscription(&renewed));
     }
-    let event_id = events::append(conn, &payment, outcome.event_kind(), detail.as_ref()).await?;
+    let event_id = super::record(conn, &payment, outcome.event_kind(), detail.as_ref()).await?;
     Ok(Applied::Changed { payment: Box::new(payment), event_id })
 }
 
@@ -377,7 +377,7 @@ async fn reverse(
     let Some((next, kind, cancellation)) = refunds::apply_reversal(conn, &current, reason).await? else {
         return Ok(Applied::Unchanged);
     };
-    let event_id = events::append(conn, &next, kind, Some(&events::detail(&cancellation))).await?;
+    let event_id = super::record(conn, &next, kind, Some(&EventDetail::cancellation(&cancellation))).await?;
     Ok(Applied::Changed { payment: Box::new(next), event_id })
 }
 
@@ -397,7 +397,7 @@ async fn end_subscription(
     if !subscriptions::update(conn, &sub, &ended).await? {
         return Err(NotificationError::Concurrent);
     }
-    let event_id = events::append(conn, initial, end.event_kind(), Some(&events::detail(&ended))).await?;
+    let event_id = super::record(conn, initial, end.event_kind(), Some(&EventDetail::subscription(&ended))).await?;
     Ok(Applied::Changed { payment: Box::new(initial.clone()), event_id })
 }
 

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     channels::{Channel, Channels},
     error::Violations,
-    events,
+    events::{EventDetail, EventKind},
     merchants::Caller,
     providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},
@@ -324,7 +324,13 @@ async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> 
             if !repo::update(&mut tx, &next).await? {
                 continue;
             }
-            events::append(&mut tx, &next, "payment.cancel_pending", Some(&events::detail(cancellation))).await?;
+            super::record(
+                &mut tx,
+                &next,
+                EventKind::PaymentCancelPending,
+                Some(&EventDetail::cancellation(cancellation)),
+            )
+            .await?;
         }
         if let Some(key) = key {
             idempotency::finish(&mut tx, key).await?;
@@ -395,7 +401,13 @@ async fn release(
             continue;
         }
         if settled {
-            events::append(&mut tx, &next, "payment.partially_cancelled", Some(&events::detail(&failed))).await?;
+            super::record(
+                &mut tx,
+                &next,
+                EventKind::PaymentPartiallyCancelled,
+                Some(&EventDetail::cancellation(&failed)),
+            )
+            .await?;
         }
         idempotency::forget_resource(&mut tx, OPERATION, &cancellation.cancellation_id).await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -479,7 +491,7 @@ async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError
         if !repo::update(&mut tx, &next).await? {
             continue;
         }
-        events::append(&mut tx, &next, kind, Some(&events::detail(&done))).await?;
+        super::record(&mut tx, &next, kind, Some(&EventDetail::cancellation(&done))).await?;
         tx.commit().await.map_err(StoreError::from)?;
         db.signal_commit();
         return Ok(true);
@@ -488,7 +500,7 @@ async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError
 }
 
 /// The payment after the provider confirmed requests of these amounts, and the event kind.
-pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Payment, &'static str) {
+pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Payment, EventKind) {
     let mut next = current.next_version(now);
     for amount in amounts {
         next.pending_cancel_amount -= amount;
@@ -498,8 +510,11 @@ pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Paymen
     if next.status == PaymentStatus::Cancelled {
         next.cancelled_at = Some(now);
     }
-    let kind =
-        if next.status == PaymentStatus::Cancelled { "payment.cancelled" } else { "payment.partially_cancelled" };
+    let kind = if next.status == PaymentStatus::Cancelled {
+        EventKind::PaymentCancelled
+    } else {
+        EventKind::PaymentPartiallyCancelled
+    };
     (next, kind)
 }
 
@@ -562,7 +577,7 @@ fn trigger_for(reason: u32) -> Trigger {
 
 /// What a reversal did: the payment after it, the event kind, and the cancellation it recorded
 /// or completed. `None`: nothing to do (the payment is already fully reversed, or never paid).
-pub type Reversal = Option<(Payment, &'static str, Cancellation)>;
+pub type Reversal = Option<(Payment, EventKind, Cancellation)>;
 
 /// Applies a provider reversal (Paymentwall type 2) inside the caller's transaction, as
 /// `plan_reversal` decides.
@@ -623,7 +638,7 @@ async fn apply_plan(
             cancellations::insert(conn, &completed).await?;
             let mut next = current.next_version(now);
             next.status = status_by_amounts(&next);
-            (next, "payment.partially_cancelled", completed)
+            (next, EventKind::PaymentPartiallyCancelled, completed)
         }
         ReversalPlan::Whole => {
             // A whole reversal: everything not yet reversed goes, including what was never marked
@@ -646,7 +661,7 @@ async fn apply_plan(
             next.cancelled_amount = current.amount_minor;
             next.status = PaymentStatus::Cancelled;
             next.cancelled_at = Some(now);
-            (next, "payment.cancelled", completed)
+            (next, EventKind::PaymentCancelled, completed)
         }
     };
     if !repo::update(conn, &next).await? {
@@ -786,12 +801,15 @@ mod tests {
         let p = payment(PaymentStatus::CancelPending, 1000, 0, 700);
         let (next, kind) = after_confirming(&p, &[300], 9);
         assert_eq!((next.cancelled_amount, next.pending_cancel_amount), (300, 400));
-        assert_eq!((next.status, kind), (PaymentStatus::CancelPending, "payment.partially_cancelled"));
+        assert_eq!((next.status, kind), (PaymentStatus::CancelPending, EventKind::PaymentPartiallyCancelled));
         let (next, kind) = after_confirming(&next, &[400], 10);
         assert_eq!((next.status, next.pending_cancel_amount), (PaymentStatus::PartialCancelled, 0));
-        assert_eq!(kind, "payment.partially_cancelled");
+        assert_eq!(kind, EventKind::PaymentPartiallyCancelled);
         let (next, kind) = after_confirming(&p, &[700, 300], 11);
-        assert_eq!((next.status, next.cancelled_at, kind), (PaymentStatus::Cancelled, Some(11), "payment.cancelled"));
+        assert_eq!(
+            (next.status, next.cancelled_at, kind),
+            (PaymentStatus::Cancelled, Some(11), EventKind::PaymentCancelled)
+        );
     }
 
     #[test]

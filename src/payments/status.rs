@@ -3,6 +3,8 @@
 
 use std::{fmt, str::FromStr};
 
+use crate::events::EventKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {
     Ready,
@@ -66,11 +68,11 @@ pub enum PaymentOutcome {
 
 impl PaymentOutcome {
     /// The event kind recorded when this outcome changes a payment.
-    pub fn event_kind(self) -> &'static str {
+    pub fn event_kind(self) -> EventKind {
         match self {
-            Self::Completed | Self::ReviewAccepted => "payment.paid",
-            Self::ReviewStarted => "payment.pending_review",
-            Self::Declined => "payment.failed",
+            Self::Completed | Self::ReviewAccepted => EventKind::PaymentPaid,
+            Self::ReviewStarted => EventKind::PaymentPendingReview,
+            Self::Declined => EventKind::PaymentFailed,
         }
     }
 }

@@ -5,7 +5,10 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::PaymentError;
-use crate::store::{Db, StoreError};
+use crate::{
+    events::{EventDetail, EventKind},
+    store::{Db, StoreError},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -57,11 +60,11 @@ impl SubscriptionEnd {
         }
     }
 
-    pub fn event_kind(self) -> &'static str {
+    pub fn event_kind(self) -> EventKind {
         match self {
-            Self::Cancelled => "subscription.cancelled",
-            Self::Expired => "subscription.expired",
-            Self::PaymentFailed => "subscription.payment_failed",
+            Self::Cancelled => EventKind::SubscriptionCancelled,
+            Self::Expired => EventKind::SubscriptionExpired,
+            Self::PaymentFailed => EventKind::SubscriptionPaymentFailed,
         }
     }
 }
@@ -247,11 +250,11 @@ pub async fn cancel(
             if !repo::update(&mut tx, &payment).await? {
                 continue;
             }
-            crate::events::append(
+            super::record(
                 &mut tx,
                 &payment,
-                "subscription.cancel_requested",
-                Some(&crate::events::detail(&requested)),
+                EventKind::SubscriptionCancelRequested,
+                Some(&EventDetail::subscription(&requested)),
             )
             .await?;
         }

@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{WebhookError, endpoints};
 use crate::{
-    events::Position,
+    events::{EventDetail, EventKind, Position},
     payments::Payment,
     store::{Backend, Db, StoreError, now_ms},
 };
@@ -72,25 +72,21 @@ fn rfc3339(ms: i64) -> String {
 pub async fn enqueue(
     conn: &mut AnyConnection,
     payment: &Payment,
-    event_type: &str,
+    kind: EventKind,
     position: Position,
-    detail: Option<&serde_json::Value>,
+    detail: Option<&EventDetail>,
 ) -> Result<(), WebhookError> {
+    let event_type = kind.as_str();
     let Some(endpoint) = endpoints::for_merchant(conn, &payment.merchant_id).await? else { return Ok(()) };
     if endpoint.disabled_at.is_some() || !endpoint.wants(event_type) {
         return Ok(());
     }
     let now = now_ms();
     let mut data = serde_json::json!({ "event_id": position.to_string(), "payment": payment });
-    if let Some(detail) = detail {
-        let key = if event_type.starts_with("subscription.")
-            || detail.get("subscription_id").is_some() && detail.get("cancellation_id").is_none()
-        {
-            "subscription"
-        } else {
-            "cancellation"
-        };
-        data[key] = detail.clone();
+    match detail {
+        Some(EventDetail::Cancellation(value)) => data["cancellation"] = value.clone(),
+        Some(EventDetail::Subscription(value)) => data["subscription"] = value.clone(),
+        None => {}
     }
     let payload = serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data });
     insert(conn, &endpoint.merchant_id, Some(&payment.payment_id), event_type, &payload.to_string(), now).await

@@ -83,7 +83,7 @@ async fn prove_gapless(backend: Backend) {
                 let p = payment("m", n);
                 for _ in 0..EVENTS_PER_WRITER {
                     let mut tx = db.pool().begin().await.unwrap();
-                    events::append(&mut tx, &p, "payment.paid", None).await.unwrap();
+                    events::append(&mut tx, &p, events::EventKind::PaymentPaid, None).await.unwrap();
                     // Hold the transaction open a random while: later ids commit first.
                     let hold = rand::rng().random_range(0..4);
                     tokio::time::sleep(Duration::from_millis(hold)).await;
