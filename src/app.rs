@@ -17,7 +17,7 @@ use crate::{
     events::{Hub, bridge::Bridge},
     ingest::{self, AppState},
     merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
-    net::conn::{ConnectionCap, Guarded},
+    net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
@@ -302,7 +302,7 @@ fn guarded_incoming(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     incoming.then(move |accepted| {
         let cap = cap.clone();
-        async move { Ok(Guarded::new(accepted?, handshake, cap.slot().await)) }
+        async move { Ok(Guarded::new(accepted?, handshake, HTTP2_PREFACE_LEN, cap.slot().await)) }
     })
 }
 

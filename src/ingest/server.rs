@@ -5,10 +5,10 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
@@ -35,9 +35,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
     ));
     let cap = ConnectionCap::new(limits.max_connections);
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/1.1 only: what providers, probes and Prometheus speak. Its head timer runs from the
+    // first byte the connection is waiting for, so a client that sends nothing, a byte, or a
+    // trickle, and an idle keep-alive connection, all end at the deadline.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -61,10 +63,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
             request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             request
         });
-        // Before hyper's header timer runs, the protocol is told from the first bytes: a
-        // connection that sends none is cut by the same deadline.
-        let io = Guarded::new(tcp, limits.header_read_timeout, slot);
-        let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)).into_owned();
+        let io = Guarded::new(tcp, limits.header_read_timeout, 0, slot);
+        let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -72,5 +72,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
             }
         });
     }
+    // New connections are refused while open requests finish.
+    drop(listener);
     graceful.shutdown().await;
 }

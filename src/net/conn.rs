@@ -33,17 +33,25 @@ impl ConnectionCap {
     }
 }
 
-/// A connection that must deliver its first bytes within a deadline, and holds a slot of its
-/// server's connection cap while open.
+/// A connection that must deliver its first `min_bytes` within a deadline (the 24-byte HTTP/2
+/// preface a gRPC client sends at once: one byte and silence must not hold a slot), and holds a
+/// slot of its server's connection cap while open.
 pub struct Guarded<IO> {
     io: IO,
     first_bytes_by: Option<Pin<Box<Sleep>>>,
+    /// Bytes still due before the deadline is lifted.
+    owed: usize,
     _slot: OwnedSemaphorePermit,
 }
 
+/// The HTTP/2 connection preface: what a gRPC client sends first.
+pub const HTTP2_PREFACE_LEN: usize = 24;
+
 impl<IO> Guarded<IO> {
-    pub fn new(io: IO, first_bytes_within: Duration, slot: OwnedSemaphorePermit) -> Self {
-        Self { io, first_bytes_by: Some(Box::pin(tokio::time::sleep(first_bytes_within))), _slot: slot }
+    /// With `min_bytes` 0 the connection only holds its slot.
+    pub fn new(io: IO, within: Duration, min_bytes: usize, slot: OwnedSemaphorePermit) -> Self {
+        let first_bytes_by = (min_bytes > 0).then(|| Box::pin(tokio::time::sleep(within)));
+        Self { io, first_bytes_by, owed: min_bytes, _slot: slot }
     }
 
     pub fn get_ref(&self) -> &IO {
@@ -57,7 +65,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         let this = &mut *self;
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
+                this.owed = this.owed.saturating_sub(buf.filled().len() - before);
+                if this.owed == 0 {
                     this.first_bytes_by = None;
                 }
                 Poll::Ready(result)
@@ -122,16 +131,24 @@ mod tests {
     async fn a_silent_connection_times_out_and_a_talking_one_does_not() {
         let cap = ConnectionCap::new(2);
         let (client, server) = tokio::io::duplex(64);
-        let mut guarded = Guarded::new(server, Duration::from_millis(50), cap.slot().await);
+        let mut guarded = Guarded::new(server, Duration::from_millis(50), 4, cap.slot().await);
         let mut buf = [0u8; 8];
         let err = guarded.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop((client, guarded));
 
+        // A byte is not enough: the deadline holds until the bytes owed have come.
         let (mut client, server) = tokio::io::duplex(64);
-        let mut guarded = Guarded::new(server, Duration::from_millis(50), cap.slot().await);
-        client.write_all(b"PRI").await.unwrap();
-        assert_eq!(guarded.read(&mut buf).await.unwrap(), 3);
+        let mut guarded = Guarded::new(server, Duration::from_millis(50), 4, cap.slot().await);
+        client.write_all(b"P").await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(guarded.read(&mut buf).await.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        drop((client, guarded));
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut guarded = Guarded::new(server, Duration::from_millis(50), 4, cap.slot().await);
+        client.write_all(b"PRI *").await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 5);
         // Past the deadline, a quiet but started connection is left alone.
         tokio::time::sleep(Duration::from_millis(80)).await;
         let pending = tokio::time::timeout(Duration::from_millis(50), guarded.read(&mut buf)).await;

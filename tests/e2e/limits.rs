@@ -46,8 +46,12 @@ async fn idle_and_slow_http_connections_are_closed_and_capped() {
     let pid = gate.process.pid();
     let baseline = open_sockets(pid);
 
-    // 60 connections that never send a byte: at most 20 are held at once, and each is closed.
+    // 60 connections that never send a byte, or send one and go quiet (as if starting an HTTP/2
+    // preface): at most 20 are held at once, and each is closed.
     let mut idle: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(gate.http_addr).unwrap()).collect();
+    for stream in idle.iter_mut().step_by(2) {
+        stream.write_all(b"P").unwrap();
+    }
     std::thread::sleep(Duration::from_millis(300));
     let held = open_sockets(pid) - baseline;
     println!("60 idle connections: paygate holds {held} sockets");
@@ -126,11 +130,14 @@ async fn the_grpc_port_closes_silent_connections_caps_streams_and_refuses_oversi
         ],
     );
 
-    // A connection that never sends the HTTP/2 preface is closed.
+    // A connection that never sends the HTTP/2 preface, or only its first bytes, is closed.
     let mut silent = TcpStream::connect(gate.grpc_addr).unwrap();
+    let mut partial = TcpStream::connect(gate.grpc_addr).unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     let closed = closed_within(&mut silent, Duration::from_secs(3)).expect("a silent gRPC connection stayed open");
     println!("silent gRPC connection closed after {closed:?}");
-    drop(silent);
+    assert!(closed_within(&mut partial, Duration::from_secs(3)).is_some(), "a half-sent preface kept its connection");
+    drop((silent, partial));
 
     // A request over the message limit is refused as too large, not as an internal error.
     let mut payments = gate.payments(&key).await;
