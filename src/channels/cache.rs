@@ -46,32 +46,45 @@ struct Inner {
     invalidations: std::sync::atomic::AtomicU64,
 }
 
-/// A channel as Redis holds it: the stored form (secret encrypted) with a tag under the master
-/// key, so a forged or altered copy (another merchant, another secret) is never believed.
+/// A channel as Redis holds it: the stored form (secret encrypted), when it was written, and a tag
+/// under the master key over both and the key it is filed under. A copy altered, filed under
+/// another channel's key, or older than `REDIS_TTL` (a replay of a copy from before a rotation)
+/// is not believed.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Cached {
     #[serde(flatten)]
     channel: StoredChannel,
+    written_at: i64,
     tag: String,
 }
 
-const TAG_PURPOSE: &str = "channel cache v1";
+const TAG_PURPOSE: &str = "channel cache v2";
 
 impl Cached {
-    fn seal(channel: &StoredChannel, keys: &MasterKeys) -> Option<String> {
-        let body = serde_json::to_vec(channel).ok()?;
-        serde_json::to_string(&Cached { channel: channel.clone(), tag: keys.tag(TAG_PURPOSE, &body) }).ok()
+    fn tagged_bytes(channel_key: &str, written_at: i64, channel: &StoredChannel) -> Option<Vec<u8>> {
+        let mut bytes = format!("{channel_key}\n{written_at}\n").into_bytes();
+        bytes.extend(serde_json::to_vec(channel).ok()?);
+        Some(bytes)
     }
 
-    /// The channel, when the copy carries a valid tag.
-    fn open(json: &str, keys: &MasterKeys) -> Option<StoredChannel> {
+    fn seal(channel: &StoredChannel, keys: &MasterKeys) -> Option<String> {
+        let written_at = crate::store::now_ms();
+        let body = Self::tagged_bytes(&channel.channel_key, written_at, channel)?;
+        let tag = keys.tag(TAG_PURPOSE, &body);
+        serde_json::to_string(&Cached { channel: channel.clone(), written_at, tag }).ok()
+    }
+
+    /// The channel filed under `channel_key`, when the copy is genuine, its own and fresh.
+    fn open(json: &str, channel_key: &str, keys: &MasterKeys) -> Option<StoredChannel> {
         let cached: Cached = serde_json::from_str(json).ok()?;
-        let body = serde_json::to_vec(&cached.channel).ok()?;
-        if keys.verify_tag(TAG_PURPOSE, &body, &cached.tag) {
+        let body = Self::tagged_bytes(channel_key, cached.written_at, &cached.channel)?;
+        let age = crate::store::now_ms() - cached.written_at;
+        let fresh = (-5_000..=REDIS_TTL.as_millis() as i64).contains(&age);
+        if keys.verify_tag(TAG_PURPOSE, &body, &cached.tag) && cached.channel.channel_key == channel_key && fresh {
             Some(cached.channel)
         } else {
             metrics::counter!("paygate_channel_cache_rejected_total").increment(1);
-            tracing::warn!(channel_key = %cached.channel.channel_key, "a channel copy in redis failed its tag check; ignored");
+            tracing::warn!(%channel_key, "a channel copy in redis failed its tag, key or age check; ignored");
             None
         }
     }
@@ -233,7 +246,7 @@ impl Inner {
         {
             // A tombstone, a copy whose tag fails, or one this replica cannot read (say, mid key
             // rotation): the database decides.
-            if let Some(stored) = Cached::open(&json, &self.keys)
+            if let Some(stored) = Cached::open(&json, channel_key, &self.keys)
                 && let Ok(channel) = stored.open(&self.keys)
             {
                 metrics::counter!("paygate_channel_cache_requests_total", "result" => "redis_hit").increment(1);

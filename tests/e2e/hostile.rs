@@ -37,6 +37,16 @@ async fn a_channel_forged_in_redis_is_not_believed() {
     assert!(status.message().contains("no channel with this key"), "{status:?}");
     b.payments(&key_a).await.create_checkout_session(checkout_request("main", "o-3")).await.unwrap();
     assert!(metric(&b, "paygate_channel_cache_rejected_total").await >= 1.0);
+
+    // A genuine copy of B's own channel, filed under A's channel key, is not believed either.
+    b.channels(&key_b).await.create_channel(channel_request(&sim, "mallory", pb::ChannelMode::Test)).await.unwrap();
+    b.payments(&key_b).await.create_checkout_session(checkout_request("mallory", "m-1")).await.unwrap();
+    let genuine = redis.get(&format!("{prefix}channel:mallory")).await.expect("cached");
+    let _: () = redis::cmd("SET").arg(&cache_key).arg(&genuine).query_async(&mut conn).await.unwrap();
+    let c = Paygate::start(&db, &env);
+    let status = c.payments(&key_b).await.create_checkout_session(checkout_request("main", "o-4")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "B must not use A's channel: {status:?}");
+    c.payments(&key_a).await.create_checkout_session(checkout_request("main", "o-5")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
