@@ -1,7 +1,8 @@
 //! The API allowlist (the seeds' "security whitelist"): per merchant, the CIDR blocks its keys may
-//! be used from. A merchant without blocks of its own allows any address, except a sub-merchant,
-//! which then uses its parent's blocks (so a parent's list cannot be escaped by a sub-merchant
-//! clearing its own). The admin token is never subject to a list.
+//! be used from. A merchant without blocks allows any address. A sub-merchant's keys must pass its
+//! parent's list as well as its own: a sub-merchant can narrow where its keys work, never widen it
+//! past its parent's (neither by clearing its list nor by setting a wider one). The admin token is
+//! never subject to a list.
 
 use std::net::IpAddr;
 
@@ -49,7 +50,8 @@ pub fn parse(blocks: &[String]) -> Result<Vec<IpNet>, InvalidArgument> {
     v.check().map(|()| parsed)
 }
 
-/// The blocks that apply to a merchant's keys: its own, else its parent's.
+/// The blocks shown as applying to a merchant's keys: its own, else its parent's (the parent's
+/// apply too; see `admits`).
 pub fn effective<'a>(own: &'a [IpNet], parent: &'a [IpNet]) -> &'a [IpNet] {
     if own.is_empty() { parent } else { own }
 }
@@ -58,6 +60,12 @@ pub fn effective<'a>(own: &'a [IpNet], parent: &'a [IpNet]) -> &'a [IpNet] {
 pub fn allows(list: &[IpNet], address: IpAddr) -> bool {
     let address = address.to_canonical();
     list.is_empty() || list.iter().any(|net| net.contains(&address))
+}
+
+/// Whether a key of a merchant with `own` blocks (and a parent with `parent` blocks) may be used
+/// from `address`: both lists must admit it.
+pub fn admits(own: &[IpNet], parent: &[IpNet], address: IpAddr) -> bool {
+    allows(own, address) && allows(parent, address)
 }
 
 /// Decoded from the stored JSON; unreadable entries are dropped rather than opening the list,
@@ -133,6 +141,18 @@ mod tests {
         assert_eq!(effective(&own, &parent), own.as_slice());
         assert_eq!(effective(&[], &parent), parent.as_slice());
         assert!(effective(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_sub_merchant_can_narrow_its_parents_list_but_never_widen_it() {
+        let parent = nets(&["127.0.0.0/24"]);
+        let inside: IpAddr = "127.0.0.2".parse().unwrap();
+        let outside: IpAddr = "127.0.1.2".parse().unwrap();
+        assert!(admits(&[], &parent, inside));
+        assert!(!admits(&[], &parent, outside));
+        assert!(!admits(&nets(&["0.0.0.0/0"]), &parent, outside), "a wider own list does not escape");
+        assert!(!admits(&nets(&["127.0.0.3/32"]), &parent, inside), "a narrower own list narrows");
+        assert!(admits(&nets(&["0.0.0.0/0"]), &[], outside));
     }
 
     #[test]

@@ -48,7 +48,9 @@ struct VerifiedKey {
     scope: Vec<String>,
     expires_at: Option<i64>,
     revoked: bool,
+    /// The merchant's own blocks and its parent's: a call must pass both.
     allowlist: Vec<IpNet>,
+    parent_allowlist: Vec<IpNet>,
     last_touched: AtomicI64,
 }
 
@@ -225,7 +227,7 @@ fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError>
     if key.expires_at.is_some_and(|at| at <= now) {
         return Err(AuthError::Expired(key.key_id.clone()));
     }
-    if !allowlist::allows(&key.allowlist, address) {
+    if !allowlist::admits(&key.allowlist, &key.parent_allowlist, address) {
         return Err(AuthError::AddressNotAllowed(address.to_canonical()));
     }
     Ok(())
@@ -261,7 +263,8 @@ async fn load(db: &Db, digest: &str) -> Result<Option<Arc<VerifiedKey>>, StoreEr
         scope,
         expires_at: row.try_get("expires_at")?,
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-        allowlist: allowlist::effective(&own, &parent).to_vec(),
+        allowlist: own,
+        parent_allowlist: parent,
         last_touched: AtomicI64::new(row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0)),
     })))
 }
@@ -278,6 +281,7 @@ mod tests {
             expires_at,
             revoked,
             allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
+            parent_allowlist: Vec::new(),
             last_touched: AtomicI64::new(0),
         }
     }

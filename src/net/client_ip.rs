@@ -1,7 +1,9 @@
 //! Who sent a request: the peer address, or, when the peer is a trusted proxy, the nearest
-//! untrusted address in `X-Forwarded-For`. Never believe the header from anyone else.
+//! untrusted address in `X-Forwarded-For`. Never believe the header from anyone else, and never
+//! let a chain paygate cannot read make the proxy itself the caller: that answers "unknown"
+//! (`0.0.0.0`), which no allowlist of specific networks admits.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -12,12 +14,13 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> 
     if !trusted(&peer) {
         return peer;
     }
+    const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     // Walk right to left: each hop appends the address it received from.
     let mut client = peer;
     for header in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(value) = header.to_str() else { return client };
+        let Ok(value) = header.to_str() else { return UNKNOWN };
         for hop in value.split(',').rev() {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { return client };
+            let Some(ip) = parse_hop(hop.trim()) else { return UNKNOWN };
             client = ip.to_canonical();
             if !trusted(&client) {
                 return client;
@@ -25,6 +28,11 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> 
         }
     }
     client
+}
+
+/// `203.0.113.7`, `2001:db8::1`, or with a port as some proxies write it: `203.0.113.7:443`, `[2001:db8::1]:443`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -63,10 +71,21 @@ mod tests {
     }
 
     #[test]
-    fn garbage_in_the_header_stops_at_the_last_good_hop() {
+    fn an_unreadable_chain_is_an_unknown_caller_never_the_proxy() {
         let proxies = ["10.0.0.0/8".parse().unwrap()];
-        let h = headers(&["not-an-ip"]);
-        assert_eq!(resolve(ip("10.0.0.2"), &h, &proxies), ip("10.0.0.2"));
+        for garbage in ["not-an-ip", "8.8.8.8, junk", ""] {
+            assert_eq!(resolve(ip("10.0.0.2"), &headers(&[garbage]), &proxies), ip("0.0.0.0"), "{garbage:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(resolve(ip("10.0.0.2"), &h, &proxies), ip("0.0.0.0"));
+    }
+
+    #[test]
+    fn hops_with_ports_are_read() {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(resolve(ip("10.0.0.2"), &headers(&["203.0.113.7:443"]), &proxies), ip("203.0.113.7"));
+        assert_eq!(resolve(ip("10.0.0.2"), &headers(&["[2001:db8::1]:443"]), &proxies), ip("2001:db8::1"));
     }
 
     #[test]

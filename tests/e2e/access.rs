@@ -297,6 +297,13 @@ async fn an_api_allowlist_admits_callers_by_address_and_trusts_forwarded_for_fro
         .unwrap()
         .into_inner();
     assert_eq!((of_sub.cidr_blocks.len(), of_sub.inherited_from_merchant_id.as_str()), (0, merchant.as_str()));
+    // A wider list of its own does not take a sub-merchant past its parent's.
+    let mut sub_from_2 =
+        MerchantServiceClient::with_interceptor(gate.grpc_from("127.0.0.2").await, Bearer::new(&sub.api_key));
+    let everywhere = pb::SetApiAllowlistRequest { merchant_id: String::new(), cidr_blocks: vec!["0.0.0.0/0".into()] };
+    sub_from_2.set_api_allowlist(everywhere).await.unwrap();
+    let status = list_payments(&mut from("127.0.0.3", Bearer::new(&sub.api_key)).await).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "the parent's list still applies: {status:?}");
 
     // The list cannot lock out the admin token, and a key cannot lock out its own merchant.
     let mut admin_from_outside =
