@@ -240,7 +240,7 @@ impl Channels {
     /// A channel the caller may change: one its merchant (or a sub-merchant of it) created.
     async fn owned(&self, caller: &Caller, channel_key: &str) -> Result<Channel, ChannelError> {
         let channel = self.get(caller, channel_key).await?;
-        if caller.acts_for(&channel.owner_id) {
+        if !channel.owner_id.is_empty() && caller.acts_for(&channel.owner_id) {
             Ok(channel)
         } else {
             Err(ChannelError::NotOwner { channel_key: channel.channel_key, owner_id: channel.owner_id })

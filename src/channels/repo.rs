@@ -78,7 +78,8 @@ impl StoredChannel {
         Ok(Channel {
             channel_key: self.channel_key.clone(),
             merchant_id: self.merchant_id.clone(),
-            owner_id: if self.owner_id.is_empty() { self.merchant_id.clone() } else { self.owner_id.clone() },
+            // Empty only for a row an older version wrote: such a channel is nobody's to change.
+            owner_id: self.owner_id.clone(),
             name: self.name.clone(),
             provider: Provider::parse(&self.provider).ok_or_else(|| corrupt("provider", &"unknown"))?,
             mode: ChannelMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &"unknown"))?,

@@ -166,25 +166,23 @@ impl KeyCache {
         self.inner.by_id.invalidate_all();
     }
 
-    /// After a committed change that may refuse a key: drop every cached key here and on every
-    /// replica. An announcement Redis did not take is retried for as long as it could still matter.
+    /// After a committed change that may refuse a key: drop every cached key here and tell every
+    /// replica. The announcement runs on its own task, so a caller that hangs up right after the
+    /// commit cannot cancel it, and is retried for as long as it could still matter (the TTL).
     pub async fn invalidate(&self) {
         self.drop_local();
         metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "write").increment(1);
         let Some(redis) = self.inner.redis.clone() else { return };
-        if redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_ok() {
-            return;
+        tokio::spawn(announce(redis, self.inner.ttl));
+    }
+
+    /// `invalidate`, waiting until the announcement went out (or gave up): for the CLI, whose
+    /// process ends right after.
+    pub async fn invalidate_and_wait(&self) {
+        self.drop_local();
+        if let Some(redis) = self.inner.redis.clone() {
+            announce(redis, self.inner.ttl).await;
         }
-        let ttl = self.inner.ttl;
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + ttl;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_ok() {
-                    return;
-                }
-            }
-        });
     }
 
     /// Follows other replicas' invalidations until `shutdown`. Without Redis there is nothing to follow.
@@ -216,6 +214,19 @@ impl KeyCache {
                 std::future::ready(())
             })
             .await
+    }
+}
+
+/// Publishes the invalidation, retrying until Redis takes it or `ttl` has passed (by then every
+/// cached entry has expired anyway).
+async fn announce(redis: RedisHandle, ttl: Duration) {
+    let deadline = tokio::time::Instant::now() + ttl;
+    while redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("api key invalidation not announced; other replicas drop their copies within the TTL");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
