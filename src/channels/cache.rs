@@ -27,6 +27,7 @@ use crate::store::{
 };
 
 const INVALIDATION_CHANNEL: &str = "channels:invalidate";
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
 /// Redis copies expire on their own too, bounding anything a lost write-through leaves behind.
 const REDIS_TTL: Duration = Duration::from_secs(60);
 
@@ -39,6 +40,10 @@ struct Inner {
     db: Db,
     keys: Arc<MasterKeys>,
     local: Cache<String, Arc<Channel>>,
+    /// Channel keys recently found in no layer, so a flood of pingbacks for made-up channels costs
+    /// no database read each. Creating the channel drops the entry, here and (through Redis) on
+    /// every replica; without Redis another replica sees a new channel within `UNKNOWN_TTL`.
+    unknown: Cache<String, ()>,
     redis: Option<RedisHandle>,
     /// Channel keys whose write-through or announcement failed; replayed when Redis answers.
     pending: Mutex<HashSet<String>>,
@@ -105,6 +110,7 @@ impl ChannelCache {
                 db,
                 keys,
                 local,
+                unknown: Cache::builder().max_capacity(capacity).time_to_live(UNKNOWN_TTL).build(),
                 redis,
                 pending: Mutex::new(HashSet::new()),
                 invalidations: Default::default(),
@@ -126,6 +132,10 @@ impl ChannelCache {
             metrics::counter!("paygate_channel_cache_requests_total", "result" => "hit").increment(1);
             return Ok(channel);
         }
+        if self.inner.unknown.contains_key(channel_key) {
+            metrics::counter!("paygate_channel_cache_requests_total", "result" => "unknown").increment(1);
+            return Err(ChannelError::NotFound);
+        }
         metrics::counter!("paygate_channel_cache_requests_total", "result" => "miss").increment(1);
         let inner = self.inner.clone();
         let key = channel_key.to_owned();
@@ -143,8 +153,11 @@ impl ChannelCache {
             .await
             .map_err(|e| ChannelError::clone_shared(&e));
         // An invalidation raced the load: the result may predate the write, so it is not kept.
-        if self.inner.invalidations.load(std::sync::atomic::Ordering::SeqCst) != seen {
+        let raced = self.inner.invalidations.load(std::sync::atomic::Ordering::SeqCst) != seen;
+        if raced {
             self.inner.local.invalidate(channel_key).await;
+        } else if matches!(loaded, Err(ChannelError::NotFound)) {
+            self.inner.unknown.insert(channel_key.to_owned(), ()).await;
         }
         loaded
     }
@@ -152,8 +165,14 @@ impl ChannelCache {
     async fn drop_local(&self, channel_key: Option<&str>) {
         self.inner.invalidations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match channel_key {
-            Some(key) => self.inner.local.invalidate(key).await,
-            None => self.inner.local.invalidate_all(),
+            Some(key) => {
+                self.inner.local.invalidate(key).await;
+                self.inner.unknown.invalidate(key).await;
+            }
+            None => {
+                self.inner.local.invalidate_all();
+                self.inner.unknown.invalidate_all();
+            }
         }
     }
 

@@ -51,6 +51,8 @@ struct VerifiedKey {
     /// The merchant's own blocks and its parent's: a call must pass both.
     allowlist: Vec<IpNet>,
     parent_allowlist: Vec<IpNet>,
+    /// The cache generation (count of invalidations) when it was read from the database.
+    generation: u64,
     last_touched: AtomicI64,
 }
 
@@ -96,28 +98,41 @@ impl KeyCache {
     }
 
     async fn verified(&self, digest: &str) -> Result<Option<Arc<VerifiedKey>>, AuthError> {
-        if let Some(found) = self.inner.local.get(digest).await {
+        // An entry read before the latest invalidation is never used, however it got into the
+        // cache (a load that began before the change, and that this call joined, included).
+        let current = |key: &Option<Arc<VerifiedKey>>| {
+            key.as_ref().is_none_or(|k| k.generation == self.inner.invalidations.load(Ordering::SeqCst))
+        };
+        if let Some(found) = self.inner.local.get(digest).await
+            && current(&found)
+        {
             metrics::counter!("paygate_auth_cache_requests_total", "result" => "hit").increment(1);
             return Ok(found);
         }
         metrics::counter!("paygate_auth_cache_requests_total", "result" => "miss").increment(1);
-        let seen = self.inner.invalidations.load(Ordering::SeqCst);
-        let inner = self.inner.clone();
-        let owned = digest.to_owned();
-        let loaded = self
-            .inner
-            .local
-            .try_get_with(digest.to_owned(), async move { load(&inner.db, &owned).await })
-            .await
-            .map_err(|e| match &*e {
-                StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
-                other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
-            })?;
-        // An invalidation raced the load: the result may predate the change, so it is not kept.
-        if self.inner.invalidations.load(Ordering::SeqCst) != seen {
+        for _ in 0..3 {
+            let inner = self.inner.clone();
+            let owned = digest.to_owned();
+            let loaded = self
+                .inner
+                .local
+                .try_get_with(digest.to_owned(), async move {
+                    let generation = inner.invalidations.load(Ordering::SeqCst);
+                    load(&inner.db, &owned, generation).await
+                })
+                .await
+                .map_err(|e| match &*e {
+                    StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
+                    other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
+                })?;
+            if current(&loaded) {
+                return Ok(loaded);
+            }
+            // An invalidation raced the load: its result may predate the change.
             self.inner.local.invalidate(digest).await;
         }
-        Ok(loaded)
+        // Invalidations keep coming: ask the database without the cache.
+        Ok(load(&self.inner.db, digest, 0).await?)
     }
 
     /// Why a key that authenticated earlier must not go on (revoked or expired since), for open
@@ -244,8 +259,9 @@ fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError>
     Ok(())
 }
 
-/// The key with this digest, its merchant's scope and the allowlist that applies to it.
-async fn load(db: &Db, digest: &str) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
+/// The key with this digest, its merchant's scope and the allowlists that apply to it, as of
+/// cache `generation`.
+async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, k.expires_at AS expires_at, \
          k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, m.api_allowlist AS own, \
@@ -276,6 +292,7 @@ async fn load(db: &Db, digest: &str) -> Result<Option<Arc<VerifiedKey>>, StoreEr
         revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
         allowlist: own,
         parent_allowlist: parent,
+        generation,
         last_touched: AtomicI64::new(row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0)),
     })))
 }
@@ -293,6 +310,7 @@ mod tests {
             revoked,
             allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
             parent_allowlist: Vec::new(),
+            generation: 0,
             last_touched: AtomicI64::new(0),
         }
     }

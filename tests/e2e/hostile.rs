@@ -133,3 +133,23 @@ async fn malformed_protobuf_is_invalid_argument() {
         assert!(status.message().contains("GetPaymentRequest"), "{what}: {status:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingbacks_for_made_up_channels_cost_no_database_read_each_and_a_new_channel_is_seen_at_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "0")]);
+    let http = http_client();
+    for _ in 0..30 {
+        let answer = http.get(gate.http_url("/pingback/paymentwall/ghost?type=0")).send().await.unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let remembered = metric_series(&gate, "paygate_channel_cache_requests_total", &[("result", "unknown")]).await;
+    assert!(remembered >= 29.0, "only the first lookup reads the database: {remembered}");
+
+    // Created now: known at once, not after the unknown entry expires.
+    gate.channels(&key).await.create_channel(channel_request(&sim, "ghost", pb::ChannelMode::Test)).await.unwrap();
+    let answer = http.get(gate.http_url("/pingback/paymentwall/ghost?type=0")).send().await.unwrap();
+    assert_ne!(answer.status(), 404, "the new channel is found");
+}
