@@ -19,4 +19,5 @@ pub mod ratelimit;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod validation;
 pub mod webhooks;

@@ -24,11 +24,11 @@ use super::{
 };
 use crate::{
     channels::{Channel, Channels},
-    error::Violations,
     events,
     merchants::Caller,
     providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},
+    validation::{self, Violations},
 };
 
 pub const MAX_REASON: usize = 255;
@@ -51,23 +51,15 @@ pub struct RefundRequest {
 
 pub fn validate(req: &RefundRequest) -> Violations {
     let mut v = Violations::default();
-    if req.payment_id.is_empty() {
-        v.add("payment_id", "is required");
-    }
-    if req.reason.trim().is_empty() {
-        v.add("reason", "is required");
-    } else if req.reason.chars().count() > MAX_REASON || req.reason.chars().any(char::is_control) {
-        v.add("reason", format!("must be at most {MAX_REASON} printable characters"));
-    }
+    validation::identifier(&mut v, "payment_id", &req.payment_id, validation::ID);
+    validation::required_text(&mut v, "reason", &req.reason, MAX_REASON);
     if req.amount_minor.is_some_and(|a| a <= 0) {
         v.add("amount.amount_minor", "must be greater than zero");
     }
     if req.expected_refundable_amount.is_some_and(|a| a < 0) {
         v.add("expected_refundable_amount", "must not be negative");
     }
-    if req.idempotency_key.len() > idempotency::MAX_KEY_LEN {
-        v.add("idempotency_key", format!("must be at most {} characters", idempotency::MAX_KEY_LEN));
-    }
+    validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
     v
 }
 

@@ -8,7 +8,7 @@ pub mod outbox;
 pub mod signature;
 pub mod target;
 
-use crate::{channels::crypto::CryptoError, error::InvalidArgument, store::StoreError};
+use crate::{channels::crypto::CryptoError, store::StoreError, validation::InvalidArgument};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
