@@ -2,6 +2,8 @@
 //! to Redis can send must never produce an internal error or change what paygate believes.
 
 use paygate::proto::v1 as pb;
+use std::time::Duration;
+
 use tonic::Code;
 
 use crate::support::*;
@@ -197,4 +199,253 @@ async fn control_characters_and_oversized_input_are_refused_at_the_edge_postgres
 
     assert_eq!((rows("payments").await, rows("channels").await, rows("pingbacks").await), before, "nothing stored");
     assert_eq!(db.count("SELECT COUNT(*) FROM webhook_endpoints WHERE '' <> $1", "x").await, 0);
+}
+
+/// Every table a rejected request could have written to, counted together.
+async fn stored_rows(pool: &sqlx::AnyPool) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "payments",
+        "channels",
+        "pingbacks",
+        "cancellations",
+        "idempotency_keys",
+        "webhook_endpoints",
+        "payment_events",
+        "audit_events",
+    ] {
+        let row = sqlx::query(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(pool).await.expect("count");
+        counts.push(sqlx::Row::try_get::<i64, _>(&row, 0).expect("integer"));
+    }
+    counts
+}
+
+/// One hostile request: where the arbitrary text goes.
+#[derive(Debug, Clone)]
+enum Hostile {
+    /// Raw bytes as the pingback path segment (percent-encoded) and as the raw query.
+    PingbackBytes {
+        segment: Vec<u8>,
+        query: Vec<u8>,
+    },
+    /// A correctly signed pingback on a real channel whose parameter `field` is arbitrary.
+    SignedPingback {
+        field: usize,
+        value: String,
+    },
+    Checkout {
+        field: usize,
+        value: String,
+    },
+    Refund {
+        field: usize,
+        value: String,
+    },
+    Channel {
+        field: usize,
+        value: String,
+    },
+    Webhook {
+        field: usize,
+        value: String,
+    },
+}
+
+fn hostile_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<String>(),
+        "[a-z0-9_\\-]{0,80}",
+        ".{0,6}[\\x00-\\x1f\\x7f\\u{85}\\u{2028}].{0,6}",
+        "https?://[a-z.]{1,12}(:[0-9]{1,5})?/[ -~]{0,20}",
+        "[ -~]{0,300}",
+        proptest::collection::vec(any::<char>(), 1000..3000).prop_map(|c| c.into_iter().collect()),
+    ]
+}
+
+fn hostile() -> impl proptest::strategy::Strategy<Value = Hostile> {
+    use proptest::prelude::*;
+    let bytes = |max| proptest::collection::vec(any::<u8>(), 0..max);
+    prop_oneof![
+        (bytes(100), bytes(300)).prop_map(|(segment, query)| Hostile::PingbackBytes { segment, query }),
+        (0..5usize, hostile_text()).prop_map(|(field, value)| Hostile::SignedPingback { field, value }),
+        (0..11usize, hostile_text()).prop_map(|(field, value)| Hostile::Checkout { field, value }),
+        (0..3usize, hostile_text()).prop_map(|(field, value)| Hostile::Refund { field, value }),
+        (0..6usize, hostile_text()).prop_map(|(field, value)| Hostile::Channel { field, value }),
+        (0..2usize, hostile_text()).prop_map(|(field, value)| Hostile::Webhook { field, value }),
+    ]
+}
+
+/// `GET` over a plain socket, so any byte reaches the server as sent; the answer's status code.
+async fn raw_get(addr: std::net::SocketAddr, target: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: paygate\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let line = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+    line.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+struct Target<'a> {
+    gate: &'a Paygate,
+    sim: &'a Simulator,
+    payments: Payments,
+    channels: Channels,
+    webhooks: Webhooks,
+    /// Stays unpaid: refunds of it are refused before anything is stored.
+    payment_id: String,
+    /// Signed pingbacks go to this one (they may pay it).
+    pingback_payment_id: String,
+}
+
+/// Sends one hostile request. `Ok(accepted)`: it was answered without a server fault.
+async fn send(t: &Target<'_>, case: Hostile) -> Result<bool, String> {
+    let grpc = |result: Result<(), tonic::Status>| match result {
+        Ok(()) => Ok(true),
+        Err(s) if matches!(s.code(), Code::Internal | Code::Unknown | Code::Unavailable | Code::DataLoss) => {
+            Err(format!("server fault: {s:?}"))
+        }
+        Err(_) => Ok(false),
+    };
+    let http = |code: u16| match code {
+        200 => Ok(true),
+        400..=499 => Ok(false),
+        // 0: the server closed the connection without an answer; hyper may do that for garbage.
+        0 => Ok(false),
+        other => Err(format!("HTTP {other}")),
+    };
+    match case {
+        Hostile::PingbackBytes { segment, query } => {
+            let mut target = b"/pingback/paymentwall/".to_vec();
+            for b in &segment {
+                target.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+            target.push(b'?');
+            // As sent: most of it is not even a valid request line, which must still not be a 5xx.
+            target.extend(query.iter().filter(|b| !matches!(b, b' ' | b'\r' | b'\n')));
+            http(raw_get(t.gate.http_addr, &target).await)
+        }
+        Hostile::SignedPingback { field, value } => {
+            let mut params =
+                vec![("type", "0".to_owned()), ("ref", "r-1".to_owned()), ("goodsid", t.pingback_payment_id.clone())];
+            let name = ["ref", "goodsid", "uid", "UNIQUE_REF", "type"][field];
+            params.retain(|(k, _)| *k != name);
+            params.push((name, value));
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let query = signed_pingback_query(&pairs, SECRET_KEY, 3);
+            http(raw_get(t.gate.http_addr, format!("/pingback/paymentwall/main?{query}").as_bytes()).await)
+        }
+        Hostile::Checkout { field, value } => {
+            let mut r = checkout_request("main", "o-prop");
+            let customer = r.customer.as_mut().unwrap();
+            match field {
+                0 => r.channel_key = value,
+                1 => r.merchant_uid = value,
+                2 => r.order_name = value,
+                3 => customer.uid = value,
+                4 => customer.email = value,
+                5 => r.success_url = value,
+                6 => r.failure_url = value,
+                7 => r.idempotency_key = value,
+                8 => r.language = value,
+                9 => {
+                    r.custom_params.insert(value, "v".into());
+                }
+                _ => {
+                    r.custom_params.insert("note".into(), value);
+                }
+            }
+            grpc(t.payments.clone().create_checkout_session(r).await.map(drop))
+        }
+        Hostile::Refund { field, value } => {
+            let mut r = pb::RefundPaymentRequest {
+                payment_id: t.payment_id.clone(),
+                reason: "customer asked".into(),
+                ..Default::default()
+            };
+            match field {
+                0 => r.payment_id = value,
+                1 => r.reason = value,
+                _ => r.idempotency_key = value,
+            }
+            // The payment is unpaid: even a well-formed refund is refused (FAILED_PRECONDITION).
+            grpc(t.payments.clone().refund_payment(r).await.map(drop))
+        }
+        Hostile::Channel { field, value } => {
+            let mut r = channel_request(t.sim, "", pb::ChannelMode::Test);
+            let pw = r.paymentwall.as_mut().unwrap();
+            match field {
+                0 => r.channel_key = value,
+                1 => r.name = value,
+                2 => pw.pingback_allowlist = vec![value],
+                3 => pw.api_base_url = value,
+                4 => pw.project_key = value,
+                _ => r.sub_merchant_id = value,
+            }
+            grpc(t.channels.clone().create_channel(r).await.map(drop))
+        }
+        Hostile::Webhook { field, value } => {
+            let mut r = pb::SetWebhookEndpointRequest { url: "https://hooks.example/in".into(), event_types: vec![] };
+            match field {
+                0 => r.url = value,
+                _ => r.event_types = vec![value],
+            }
+            grpc(t.webhooks.clone().set_webhook_endpoint(r).await.map(drop))
+        }
+    }
+}
+
+/// Issue 11 acceptance: arbitrary bytes and strings, over real sockets on PostgreSQL, never get a
+/// server fault, and a refused request stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_input_never_gets_a_server_fault_postgres() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true")]);
+    let mut channels = gate.channels(&key).await;
+    let mut payments = gate.payments(&key).await;
+    channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let payment_id = payments.create_checkout_session(checkout_request("main", "o-1")).await.unwrap().into_inner();
+    let paid = payments.create_checkout_session(checkout_request("main", "o-2")).await.unwrap().into_inner();
+    let webhooks =
+        pb::webhook_service_client::WebhookServiceClient::with_interceptor(gate.grpc().await, Bearer::new(&key));
+    let target = Target {
+        gate: &gate,
+        sim: &sim,
+        payments,
+        channels,
+        webhooks,
+        payment_id: payment_id.payment_id,
+        pingback_payment_id: paid.payment_id,
+    };
+    let pool = db.pool().await;
+    let handle = tokio::runtime::Handle::current();
+    // Bounded for the suite; PROPTEST_CASES=1000 for a longer hunt.
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64);
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&hostile(), |case| {
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let before = stored_rows(&pool).await;
+                let accepted = send(&target, case.clone()).await.map_err(TestCaseError::fail)?;
+                let after = stored_rows(&pool).await;
+                if !accepted && before != after {
+                    return Err(TestCaseError::fail(format!("refused, yet stored: {before:?} -> {after:?}")));
+                }
+                Ok(())
+            })
+        })
+    });
+    pool.close().await;
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(gate.process.logs().iter().all(|l| l.len() < 4096), "no log line carries a huge input");
 }
