@@ -298,4 +298,29 @@ mod tests {
         c.channel_key = "has space".into();
         assert_eq!(fields(c), ["channel_key"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_channel_text_is_refused_by_name(field in 0..5usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut c = valid();
+            let pw = c.paymentwall.as_mut().unwrap();
+            let name = match field {
+                0 => { c.channel_key = value.clone(); "channel_key" }
+                1 => { c.name = value.clone(); "name" }
+                2 => { pw.pingback_allowlist = vec![value.clone()]; "paymentwall.pingback_allowlist[0]" }
+                3 => { pw.api_base_url = value.clone(); "paymentwall.api_base_url" }
+                _ => { pw.project_key = value.clone(); "paymentwall.project_key" }
+            };
+            if let Err(e) = c.validate("mer_1", 0) {
+                proptest::prop_assert!(e.0.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+                // Values are quoted only when short (the CIDR parser quotes its input).
+                proptest::prop_assert!(e.to_string().len() < 1000, "{e}");
+                if value.chars().any(char::is_control) {
+                    proptest::prop_assert!(e.0.iter().any(|x| x.field == name), "{name}: {e}");
+                }
+            } else {
+                proptest::prop_assert!(!value.chars().any(char::is_control), "{name} accepted with a control character");
+            }
+        }
+    }
 }

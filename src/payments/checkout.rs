@@ -363,4 +363,31 @@ mod tests {
             assert!(f.contains(&expected.to_owned()), "{expected} missing from {f:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any text in any field: no panic, every violation names a field, and a field holding a
+        /// control character is always refused by name.
+        #[test]
+        fn any_text_in_any_field_is_refused_by_name(field in 0..11usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut req = valid();
+            let name = match field {
+                0 => { req.channel_key = value.clone(); "channel_key" }
+                1 => { req.merchant_uid = value.clone(); "merchant_uid" }
+                2 => { req.order_name = value.clone(); "order_name" }
+                3 => { req.customer_uid = Some(value.clone()); "customer.uid" }
+                4 => { req.customer_email = value.clone(); "customer.email" }
+                5 => { req.success_url = value.clone(); "success_url" }
+                6 => { req.failure_url = value.clone(); "failure_url" }
+                7 => { req.idempotency_key = value.clone(); "idempotency_key" }
+                8 => { req.payment_method = value.clone(); "payment_method" }
+                9 => { req.widget = value.clone(); "widget" }
+                _ => { req.language = value.clone(); "language" }
+            };
+            let v = validate(&req);
+            proptest::prop_assert!(v.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+            if value.chars().any(char::is_control) {
+                proptest::prop_assert!(v.iter().any(|x| x.field == name), "{name} with a control character: {v:?}");
+            }
+        }
+    }
 }

@@ -795,4 +795,21 @@ mod tests {
         assert!(refundable_amount(&p, Some(1), Some(499)).is_err());
         assert!(refundable_amount(&payment(PaymentStatus::Ready, 1000, 0, 0), None, None).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_refund_text_is_refused_by_name(field in 0..3usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut req = RefundRequest { payment_id: "pay_1".into(), reason: "asked".into(), ..Default::default() };
+            let name = match field {
+                0 => { req.payment_id = value.clone(); "payment_id" }
+                1 => { req.reason = value.clone(); "reason" }
+                _ => { req.idempotency_key = value.clone(); "idempotency_key" }
+            };
+            let v = validate(&req);
+            proptest::prop_assert!(v.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+            if value.chars().any(char::is_control) {
+                proptest::prop_assert!(v.iter().any(|x| x.field == name), "{name}: {v:?}");
+            }
+        }
+    }
 }

@@ -241,4 +241,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.0.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["event_types[1]"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_endpoint_text_is_refused_by_name(url in "\\PC{0,3}[\\x00-\\x1f\\x7f ]?\\PC{0,3}|https://[a-z]{1,8}\\.example/.{0,20}", event in ".{0,80}") {
+            match validate(&url, std::slice::from_ref(&event), false) {
+                Err(e) => {
+                    proptest::prop_assert!(e.0.iter().all(|x| !x.field.is_empty()));
+                    proptest::prop_assert!(e.to_string().len() < 1000, "{e}");
+                }
+                Ok(stored) => {
+                    proptest::prop_assert!(!stored.chars().any(|c| c.is_control() || c.is_whitespace()), "{stored:?}");
+                }
+            }
+            if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                let e = validate(&url, &[], false).unwrap_err();
+                proptest::prop_assert!(e.0.iter().any(|x| x.field == "url"));
+            }
+        }
+    }
 }

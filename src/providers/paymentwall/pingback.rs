@@ -205,4 +205,58 @@ mod tests {
         assert_eq!(event("type=14"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed));
         assert_eq!(Pingback::parse("type=2&ref=r&sig=s").unwrap_err(), ParseError::Missing("reason"));
     }
+
+    /// Query text as the internet may send it: raw, percent-escapes, `&`/`=` structure.
+    fn hostile_query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let value = prop_oneof![any::<String>(), "(%[0-9A-Fa-f]{2}|[a-z0-9_.-]){0,40}", "[\\x00-\\x1f]{1,3}"];
+        let pair = (
+            prop_oneof![
+                Just("type".to_owned()),
+                Just("ref".to_owned()),
+                Just("goodsid".to_owned()),
+                Just("UNIQUE_REF".to_owned()),
+                Just("sig".to_owned()),
+                any::<String>()
+            ],
+            value,
+        );
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(pair, 0..12).prop_map(|pairs| {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &pairs {
+                    query.append_pair(k, v);
+                }
+                query.finish()
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives: no panic; a refusal names what it refuses; what is accepted is safe
+        /// to store and to look up (no control characters, within the identifier rules).
+        #[test]
+        fn any_query_is_parsed_or_refused_by_name(query in hostile_query()) {
+            match Pingback::parse(&query) {
+                Err(e) => {
+                    let named = match &e {
+                        ParseError::Missing(f) | ParseError::Invalid { field: f, .. } => !f.is_empty(),
+                        ParseError::Repeated(f) | ParseError::Refused { field: f, .. } => !f.is_empty(),
+                        ParseError::TooLong => true,
+                    };
+                    proptest::prop_assert!(named, "{e:?}");
+                    proptest::prop_assert!(e.to_string().len() < 300, "the answer line stays short: {e}");
+                }
+                Ok(p) => {
+                    proptest::prop_assert!(validation::problem(&p.reference, validation::PROVIDER_REF).is_none());
+                    if let Some(goodsid) = &p.goodsid {
+                        proptest::prop_assert!(validation::problem(goodsid, GOODSID).is_none());
+                    }
+                    proptest::prop_assert!(!p.unique_ref.chars().any(char::is_control));
+                    proptest::prop_assert!(query.bytes().all(|b| b.is_ascii_graphic()));
+                }
+            }
+        }
+    }
 }
