@@ -449,3 +449,30 @@ async fn arbitrary_input_never_gets_a_server_fault_postgres() {
     }
     assert!(gate.process.logs().iter().all(|l| l.len() < 4096), "no log line carries a huge input");
 }
+
+/// Defense in depth: should a value the edge checks missed reach PostgreSQL and be refused there
+/// (SQLSTATE class 22, e.g. 22021 for a NUL byte), the caller gets INVALID_ARGUMENT / 400, not an
+/// internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_postgres_refuses_is_the_callers_problem() {
+    use axum::response::IntoResponse;
+    use paygate::{
+        ingest::PingbackError,
+        store::{Db, PoolSettings, StoreError},
+    };
+    let test_db = TestDb::new(Backend::Postgres).await;
+    let settings = PoolSettings { max_connections: 2, acquire_timeout: Duration::from_secs(10) };
+    let db = Db::connect(&test_db.url, &settings).await.expect("connect");
+    let refused = |sql: &'static str, value: &'static str| {
+        let pool = db.pool().clone();
+        async move { StoreError::from(sqlx::query(sql).bind(value).execute(&pool).await.unwrap_err()) }
+    };
+    for err in [refused("SELECT $1::text", "a\0b").await, refused("SELECT $1::int", "not a number").await] {
+        assert!(matches!(err, StoreError::InvalidValue(_)), "{err:?}");
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    let answer = PingbackError::Store(refused("SELECT $1::text", "a\0b").await).into_response();
+    assert_eq!(answer.status(), 400);
+    db.close().await;
+}
