@@ -1,8 +1,6 @@
 //! The one place where module errors become answers: `tonic::Status` for gRPC callers and HTTP
 //! responses for providers. Modules say what went wrong; this file decides how it is told.
 
-use std::fmt;
-
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use tonic::{Code, Status};
@@ -17,60 +15,9 @@ use crate::{
     webhooks::WebhookError,
 };
 
-/// One problem with one request field, named by its proto path (e.g. `customer.uid`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub description: String,
-}
-
-/// Collects every problem of a request so the caller can fix them all at once.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation { field: field.into(), description: description.into() });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &FieldViolation> {
-        self.0.iter()
-    }
-
-    /// `Ok(())` when nothing was added, otherwise the collected violations as an error.
-    pub fn check(self) -> Result<(), InvalidArgument> {
-        if self.0.is_empty() { Ok(()) } else { Err(InvalidArgument(self)) }
-    }
-}
-
-/// A request that failed validation; nothing was changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct InvalidArgument(pub Violations);
-
-impl InvalidArgument {
-    pub fn single(field: impl Into<String>, description: impl Into<String>) -> Self {
-        let mut violations = Violations::default();
-        violations.add(field, description);
-        Self(violations)
-    }
-}
-
-impl fmt::Display for InvalidArgument {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid request: ")?;
-        for (i, v) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{}: {}", v.field, v.description)?;
-        }
-        Ok(())
-    }
-}
+// The request-validation types live on the ground floor; re-exported for the modules that name
+// them through here.
+use crate::validation::InvalidArgument;
 
 impl From<InvalidArgument> for Status {
     fn from(err: InvalidArgument) -> Self {
@@ -88,6 +35,10 @@ impl From<StoreError> for Status {
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");
                 Status::unavailable("database unavailable, retry later")
+            }
+            StoreError::InvalidValue(_) => {
+                tracing::warn!(error = %err, "database refused a value");
+                Status::invalid_argument("a value in the request is not acceptable (text with a NUL byte?)")
             }
             other => {
                 tracing::error!(error = %other, "database error");
@@ -207,7 +158,9 @@ impl IntoResponse for PingbackError {
             | PingbackError::BadSignature
             | PingbackError::SignVersionNotAccepted(_)
             | PingbackError::TestOnLiveChannel => StatusCode::FORBIDDEN,
-            PingbackError::Malformed(_) => StatusCode::BAD_REQUEST,
+            PingbackError::Malformed(_)
+            | PingbackError::BadChannelKey(_)
+            | PingbackError::Store(StoreError::InvalidValue(_)) => StatusCode::BAD_REQUEST,
             PingbackError::PaymentNotFound => StatusCode::UNPROCESSABLE_ENTITY,
             PingbackError::Store(StoreError::Unavailable(_)) | PingbackError::Timeout | PingbackError::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -20,4 +20,5 @@ pub mod secrets;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod validation;
 pub mod webhooks;

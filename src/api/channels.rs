@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 use super::{caller, convert, page_size};
 use crate::{
     channels::{self, ChannelPatch, Channels, Deleted, model::NewPaymentwall, repo::ListFilter},
-    error::{InvalidArgument, Violations},
     proto::v1::{self as pb, channel_service_server::ChannelService},
+    validation::{self, Violations},
 };
 
 pub struct ChannelsApi {
@@ -32,7 +32,9 @@ fn credentials(pw: pb::PaymentwallCredentials) -> NewPaymentwall {
 }
 
 fn required_key(key: &str) -> Result<(), Status> {
-    if key.is_empty() { Err(InvalidArgument::single("channel_key", "is required").into()) } else { Ok(()) }
+    let mut v = Violations::default();
+    validation::identifier(&mut v, "channel_key", key, validation::CHANNEL_KEY);
+    Ok(v.check()?)
 }
 
 #[tonic::async_trait]
@@ -48,6 +50,7 @@ impl ChannelService for ChannelsApi {
         if provider.is_none() && r.provider != 0 {
             v.add("provider", format!("unknown provider {}", r.provider));
         }
+        validation::optional_identifier(&mut v, "sub_merchant_id", &r.sub_merchant_id, validation::ID);
         v.check()?;
         let new = channels::NewChannel {
             channel_key: r.channel_key,
@@ -85,7 +88,8 @@ impl ChannelService for ChannelsApi {
         if provider.is_none() && r.provider != 0 {
             v.add("provider", "is not a provider");
         }
-        let after_key = match convert::page_token::decode(&r.page_token) {
+        validation::optional_identifier(&mut v, "sub_merchant_id", &r.sub_merchant_id, validation::ID);
+        let after_key = match convert::page_token::decode_as(&r.page_token, validation::CHANNEL_KEY) {
             Ok(after) => after,
             Err(e) => {
                 v.add("page_token", e.to_string());
@@ -121,10 +125,20 @@ impl ChannelService for ChannelsApi {
     ) -> Result<Response<pb::Channel>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        required_key(&r.channel_key)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let update = r.channel.unwrap_or_default();
+        let mut v = Violations::default();
+        validation::identifier(&mut v, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
+        // Paths are echoed in the answer when unknown, so they are bounded first.
+        if validation::count(&mut v, "update_mask.paths", paths.len(), validation::MAX_MASK_PATHS) {
+            for (i, path) in paths.iter().enumerate() {
+                validation::text(&mut v, format!("update_mask.paths[{i}]"), path, validation::MAX_ENTRY);
+            }
+        }
+        validation::optional_identifier(&mut v, "sub_merchant_id", &update.sub_merchant_id, validation::ID);
+        v.check()?;
         let patch = ChannelPatch {
-            paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
+            paths,
             name: update.name,
             mode: convert::mode_from_proto(update.mode),
             paymentwall: update.paymentwall.map(credentials).unwrap_or_default(),

@@ -196,20 +196,28 @@ pub fn channel(c: &Channel) -> pb::Channel {
 pub mod page_token {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-    use crate::error::InvalidArgument;
+    use crate::validation::{self, InvalidArgument, Rule};
 
     pub fn encode(last_key: &str) -> String {
         URL_SAFE_NO_PAD.encode(last_key)
     }
 
+    /// The key inside a token, with no control characters.
     pub fn decode(token: &str) -> Result<Option<String>, InvalidArgument> {
+        decode_as(token, Rule { charset: validation::Charset::Printable, max: validation::PAGE_TOKEN.max })
+    }
+
+    /// The key inside a token; it must follow `rule` (the rule of the keys this list pages by),
+    /// since a token is only base64 and anyone can write one.
+    pub fn decode_as(token: &str, rule: Rule) -> Result<Option<String>, InvalidArgument> {
         if token.is_empty() {
             return Ok(None);
         }
-        URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
+        Some(token)
+            .filter(|t| validation::problem(t, validation::PAGE_TOKEN).is_none())
+            .and_then(|t| URL_SAFE_NO_PAD.decode(t).ok())
             .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|key| validation::problem(key, rule).is_none())
             .map(Some)
             .ok_or_else(|| InvalidArgument::single("page_token", "is not a token this server issued"))
     }

@@ -6,13 +6,13 @@ use tonic::{Request, Response, Status};
 use super::{convert, page_size};
 use crate::{
     audit::{self, Action},
-    error::Violations,
     merchants::{
         Allowlist, ApiKey, MerchantError, Merchants, Principal, allowlist,
         keys::{self, MAX_KEY_ID},
     },
     proto::v1::{self as pb, merchant_service_server::MerchantService},
     store::Db,
+    validation::Violations,
 };
 
 pub struct MerchantsApi {

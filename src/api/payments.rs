@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 use super::{caller, convert, page_size};
 use crate::{
     channels::Channels,
-    error::{InvalidArgument, Violations},
     events::Hub,
     merchants::KeyCache,
     payments::{
@@ -21,6 +20,7 @@ use crate::{
     },
     proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
     store::Db,
+    validation::{self, InvalidArgument, Violations},
 };
 
 pub struct PaymentsApi {
@@ -121,11 +121,19 @@ impl PaymentService for PaymentsApi {
 
     async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
         let caller = caller(&request)?;
+        let mut v = Violations::default();
         let lookup = match &request.get_ref().lookup {
-            Some(get_payment_request::Lookup::PaymentId(id)) if !id.is_empty() => Lookup::PaymentId(id),
-            Some(get_payment_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => Lookup::MerchantUid(uid),
+            Some(get_payment_request::Lookup::PaymentId(id)) if !id.is_empty() => {
+                validation::identifier(&mut v, "payment_id", id, validation::ID);
+                Lookup::PaymentId(id)
+            }
+            Some(get_payment_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => {
+                validation::identifier(&mut v, "merchant_uid", uid, validation::MERCHANT_UID_LOOKUP);
+                Lookup::MerchantUid(uid)
+            }
             _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
         };
+        v.check()?;
         let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);
@@ -141,13 +149,16 @@ impl PaymentService for PaymentsApi {
         let r = request.into_inner();
         let mut violations = Violations::default();
         let mut statuses = Vec::new();
-        for (i, value) in r.statuses.iter().enumerate() {
-            match convert::status_from_proto(*value) {
-                Some(status) => statuses.push(status),
-                None => violations.add(format!("statuses[{i}]"), "is not a payment status"),
+        if validation::count(&mut violations, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
+            for (i, value) in r.statuses.iter().enumerate() {
+                match convert::status_from_proto(*value) {
+                    Some(status) => statuses.push(status),
+                    None => violations.add(format!("statuses[{i}]"), "is not a payment status"),
+                }
             }
         }
-        let before_payment_id = match convert::page_token::decode(&r.page_token) {
+        validation::optional_identifier(&mut violations, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
+        let before_payment_id = match convert::page_token::decode_as(&r.page_token, validation::ID) {
             Ok(token) => token,
             Err(e) => {
                 violations.add("page_token", e.to_string());
@@ -185,18 +196,7 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
-        // The amount's currency must be the payment's: refunds never convert.
-        if let Some(amount) = &r.amount
-            && !r.payment_id.is_empty()
-            && let Ok(payment) = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&r.payment_id)).await
-            && amount.currency != payment.currency
-        {
-            return Err(InvalidArgument::single(
-                "amount.currency",
-                format!("must be the payment's currency ({})", payment.currency),
-            )
-            .into());
-        }
+        let currency = r.amount.as_ref().map(|m| m.currency.clone());
         let req = RefundRequest {
             payment_id: r.payment_id,
             amount_minor: r.amount.map(|m| m.amount_minor),
@@ -205,6 +205,19 @@ impl PaymentService for PaymentsApi {
             idempotency_key: r.idempotency_key,
             request_hash,
         };
+        // Checked before the payment is read for the currency check below.
+        refunds::validate(&req).check()?;
+        // The amount's currency must be the payment's: refunds never convert.
+        if let Some(currency) = currency
+            && let Ok(payment) = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await
+            && currency != payment.currency
+        {
+            return Err(InvalidArgument::single(
+                "amount.currency",
+                format!("must be the payment's currency ({})", payment.currency),
+            )
+            .into());
+        }
         let cancellation = refunds::refund(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
         let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
@@ -217,9 +230,7 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        if r.cancellation_id.is_empty() {
-            v.add("cancellation_id", "is required");
-        }
+        validation::identifier(&mut v, "cancellation_id", &r.cancellation_id, validation::ID);
         let resolution = match pb::Resolution::try_from(r.resolution) {
             Ok(pb::Resolution::Succeeded) => Some(refunds::Resolution::Succeeded),
             Ok(pb::Resolution::Failed) => Some(refunds::Resolution::Failed),
@@ -228,9 +239,7 @@ impl PaymentService for PaymentsApi {
         if resolution.is_none() {
             v.add("resolution", "must be RESOLUTION_SUCCEEDED or RESOLUTION_FAILED");
         }
-        if r.note.chars().count() > refunds::MAX_REASON || r.note.chars().any(char::is_control) {
-            v.add("note", format!("must be at most {} printable characters", refunds::MAX_REASON));
-        }
+        validation::text(&mut v, "note", &r.note, refunds::MAX_REASON);
         v.check()?;
         let resolution = resolution.expect("checked above");
         let cancellation = refunds::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
@@ -245,12 +254,8 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        if r.subscription_id.is_empty() {
-            v.add("subscription_id", "is required");
-        }
-        if r.reason.chars().count() > refunds::MAX_REASON || r.reason.chars().any(char::is_control) {
-            v.add("reason", format!("must be at most {} printable characters", refunds::MAX_REASON));
-        }
+        validation::identifier(&mut v, "subscription_id", &r.subscription_id, validation::ID);
+        validation::text(&mut v, "reason", &r.reason, refunds::MAX_REASON);
         v.check()?;
         let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
         let sub = subscriptions::cancel(

@@ -7,7 +7,6 @@ use tonic::Status;
 
 use super::convert;
 use crate::{
-    error::Violations,
     events::{
         Event, Filter, Hub, Position,
         hub::{Ended, SubscribeError, Subscription},
@@ -17,12 +16,12 @@ use crate::{
     payments::repo::{self, Lookup},
     proto::v1 as pb,
     store::Db,
+    validation::{self, MAX_FILTER_IDS, Violations},
 };
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 
 const REPLAY_PAGE: u32 = 500;
-pub const MAX_FILTER_IDS: usize = 1000;
 
 fn to_proto(event: &Event) -> pb::PaymentEvent {
     pb::PaymentEvent {
@@ -57,19 +56,25 @@ pub async fn watch(
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
     let mut statuses = std::collections::HashSet::new();
-    for (i, value) in r.statuses.iter().enumerate() {
-        match convert::status_from_proto(*value) {
-            Some(status) => {
-                statuses.insert(status);
+    if validation::count(&mut v, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
+        for (i, value) in r.statuses.iter().enumerate() {
+            match convert::status_from_proto(*value) {
+                Some(status) => {
+                    statuses.insert(status);
+                }
+                None => v.add(format!("statuses[{i}]"), "is not a payment status"),
             }
-            None => v.add(format!("statuses[{i}]"), "is not a payment status"),
         }
     }
-    if r.payment_ids.len() > MAX_FILTER_IDS {
-        v.add("payment_ids", format!("at most {MAX_FILTER_IDS}"));
+    if validation::count(&mut v, "payment_ids", r.payment_ids.len(), MAX_FILTER_IDS) {
+        for (i, id) in r.payment_ids.iter().enumerate() {
+            validation::identifier(&mut v, format!("payment_ids[{i}]"), id, validation::ID);
+        }
     }
-    if r.merchant_uids.len() > MAX_FILTER_IDS {
-        v.add("merchant_uids", format!("at most {MAX_FILTER_IDS}"));
+    if validation::count(&mut v, "merchant_uids", r.merchant_uids.len(), MAX_FILTER_IDS) {
+        for (i, uid) in r.merchant_uids.iter().enumerate() {
+            validation::identifier(&mut v, format!("merchant_uids[{i}]"), uid, validation::MERCHANT_UID_LOOKUP);
+        }
     }
     v.check()?;
     let filter = Filter {
@@ -232,6 +237,7 @@ pub async fn list(
 ) -> Result<pb::ListPaymentEventsResponse, Status> {
     let mut v = Violations::default();
     let after = parse_cursor("after", &r.after, &mut v).unwrap_or_default();
+    validation::optional_identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
     v.check()?;
     let limit = match r.page_size {
         0 => 100,

@@ -6,10 +6,10 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
 use crate::{
-    error::InvalidArgument,
     proto::v1::{self as pb, webhook_service_server::WebhookService},
     secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
+    validation::{self, InvalidArgument, Violations},
     webhooks::{
         endpoints::{self, Endpoint},
         outbox::{self, Delivery, DeliveryStatus},
@@ -83,13 +83,13 @@ impl WebhookService for WebhooksApi {
     ) -> Result<Response<pb::WebhookEndpoint>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        endpoints::validate(&r.url, &r.event_types, self.allow_internal_targets)?;
+        let url = endpoints::validate(&r.url, &r.event_types, self.allow_internal_targets)?;
         let (saved, secret) = endpoints::set(
             &self.db,
             &self.keys,
             &caller.actor(),
             &caller.merchant_id,
-            &r.url,
+            &url,
             r.event_types,
             self.rotation_overlap_ms,
         )
@@ -128,7 +128,7 @@ impl WebhookService for WebhooksApi {
         let before = match r.page_token.as_str() {
             "" => None,
             token => Some(
-                convert::page_token::decode(token)?
+                convert::page_token::decode_as(token, validation::ID)?
                     .and_then(|s| s.parse::<i64>().ok())
                     .ok_or_else(|| InvalidArgument::single("page_token", "is not a token this server issued"))?,
             ),
@@ -151,9 +151,9 @@ impl WebhookService for WebhooksApi {
     ) -> Result<Response<pb::WebhookDelivery>, Status> {
         let caller = caller(&request)?;
         let id = &request.get_ref().delivery_id;
-        if id.is_empty() {
-            return Err(InvalidArgument::single("delivery_id", "is required").into());
-        }
+        let mut v = Violations::default();
+        validation::identifier(&mut v, "delivery_id", id, validation::ID);
+        v.check()?;
         let delivery = outbox::redeliver(&self.db, &caller.merchant_id, id).await?;
         Ok(Response::new(self.delivery(delivery).await?))
     }

@@ -16,10 +16,10 @@ use self::{
 };
 use crate::{
     audit::{self, Action, Actor},
-    error::{InvalidArgument, Violations},
     merchants::Caller,
     secrets::{CryptoError, MasterKeys},
     store::{Db, StoreError, now_ms},
+    validation::{InvalidArgument, Violations},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,9 @@ impl ChannelError {
             }
             Self::Store(StoreError::Unavailable(inner)) => {
                 Self::Store(StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())))
+            }
+            Self::Store(StoreError::InvalidValue(inner)) => {
+                Self::Store(StoreError::InvalidValue(sqlx::Error::Protocol(inner.to_string())))
             }
             Self::Store(other) => Self::Corrupt(other.to_string()),
             Self::Crypto(c) => Self::Crypto(c.clone()),

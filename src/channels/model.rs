@@ -4,9 +4,9 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    error::Violations,
     net::parse_cidr,
     providers::paymentwall::{self, SignVersion},
+    validation::{self, Violations},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,6 @@ pub struct NewPaymentwall {
     pub api_base_url: String,
 }
 
-pub const MAX_CHANNEL_KEY: usize = 64;
 pub const MAX_NAME: usize = 128;
 pub const DEFAULT_WIDGET: &str = "p1_1";
 
@@ -137,21 +136,15 @@ impl NewChannel {
     }
 
     /// Checks every field and fills defaults, giving the channel to store. Nothing is stored by this.
-    pub fn validate(self, merchant_id: &str, now: i64) -> Result<Channel, crate::error::InvalidArgument> {
+    pub fn validate(self, merchant_id: &str, now: i64) -> Result<Channel, validation::InvalidArgument> {
         let mut v = Violations::default();
         let channel_key = if self.channel_key.is_empty() {
             format!("ch_{}", ulid::Ulid::new())
         } else {
-            if self.channel_key.len() > MAX_CHANNEL_KEY
-                || !self.channel_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                v.add("channel_key", format!("must be 1 to {MAX_CHANNEL_KEY} letters, digits, '_' or '-'"));
-            }
+            validation::identifier(&mut v, "channel_key", &self.channel_key, validation::CHANNEL_KEY);
             self.channel_key
         };
-        if self.name.chars().count() > MAX_NAME || self.name.chars().any(char::is_control) {
-            v.add("name", format!("must be at most {MAX_NAME} printable characters"));
-        }
+        validation::text(&mut v, "name", &self.name, MAX_NAME);
         if self.provider.is_none() {
             v.add("provider", "must be PROVIDER_PAYMENTWALL");
         }
@@ -208,27 +201,34 @@ pub(crate) fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Op
         }
     };
     let mut allowlist = Vec::new();
-    for (i, cidr) in pw.pingback_allowlist.iter().enumerate() {
-        match parse_cidr(cidr) {
-            Ok(net) => allowlist.push(net),
-            Err(e) => v.add(format!("paymentwall.pingback_allowlist[{i}]"), e),
+    let field = "paymentwall.pingback_allowlist";
+    if validation::count(v, field, pw.pingback_allowlist.len(), validation::MAX_PINGBACK_ALLOWLIST) {
+        for (i, cidr) in pw.pingback_allowlist.iter().enumerate() {
+            // Bounded before parsing: the parser's message quotes the entry.
+            if !validation::text(v, format!("{field}[{i}]"), cidr, validation::MAX_ENTRY) {
+                continue;
+            }
+            match parse_cidr(cidr) {
+                Ok(net) => allowlist.push(net),
+                Err(e) => v.add(format!("{field}[{i}]"), e),
+            }
         }
     }
     if allowlist.is_empty() && pw.pingback_allowlist.is_empty() {
         allowlist = paymentwall::published_pingback_sources();
     }
-    let api_base_url = if pw.api_base_url.is_empty() {
-        paymentwall::DEFAULT_API_BASE_URL.to_owned()
-    } else {
-        pw.api_base_url.trim_end_matches('/').to_owned()
-    };
-    match url::Url::parse(&api_base_url) {
-        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() && u.query().is_none() => {
+    let raw_base_url = if pw.api_base_url.is_empty() { paymentwall::DEFAULT_API_BASE_URL } else { &pw.api_base_url };
+    // Stored as the URL parser writes it, without the trailing '/' (paths are appended to it).
+    let mut api_base_url = raw_base_url.to_owned();
+    match validation::parse_url(raw_base_url) {
+        Ok(u) if u.query().is_none() && u.fragment().is_none() => {
+            api_base_url = u.as_str().trim_end_matches('/').to_owned();
             if let Err(problem) = crate::providers::check_base_url(&api_base_url) {
                 v.add("paymentwall.api_base_url", problem);
             }
         }
-        _ => v.add("paymentwall.api_base_url", "must be an absolute http(s) URL without a query"),
+        Ok(_) => v.add("paymentwall.api_base_url", "must not have a query or fragment"),
+        Err(problem) => v.add("paymentwall.api_base_url", problem),
     }
     Some(PaymentwallConfig {
         project_key: pw.project_key,
@@ -297,5 +297,30 @@ mod tests {
         let mut c = valid();
         c.channel_key = "has space".into();
         assert_eq!(fields(c), ["channel_key"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_channel_text_is_refused_by_name(field in 0..5usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut c = valid();
+            let pw = c.paymentwall.as_mut().unwrap();
+            let name = match field {
+                0 => { c.channel_key = value.clone(); "channel_key" }
+                1 => { c.name = value.clone(); "name" }
+                2 => { pw.pingback_allowlist = vec![value.clone()]; "paymentwall.pingback_allowlist[0]" }
+                3 => { pw.api_base_url = value.clone(); "paymentwall.api_base_url" }
+                _ => { pw.project_key = value.clone(); "paymentwall.project_key" }
+            };
+            if let Err(e) = c.validate("mer_1", 0) {
+                proptest::prop_assert!(e.0.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+                // Values are quoted only when short (the CIDR parser quotes its input).
+                proptest::prop_assert!(e.to_string().len() < 1000, "{e}");
+                if value.chars().any(char::is_control) {
+                    proptest::prop_assert!(e.0.iter().any(|x| x.field == name), "{name}: {e}");
+                }
+            } else {
+                proptest::prop_assert!(!value.chars().any(char::is_control), "{name} accepted with a control character");
+            }
+        }
     }
 }

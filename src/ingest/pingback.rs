@@ -8,7 +8,7 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Path, RawQuery, State},
+    extract::{ConnectInfo, Path, RawQuery, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -25,12 +25,19 @@ use crate::{
         pingback::{ParseError, Pingback},
     },
     store::StoreError,
+    validation,
 };
+
+/// How much of a refused channel key a log line shows.
+const LOGGED_KEY_BYTES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PingbackError {
     #[error("unknown channel")]
     UnknownChannel,
+    /// Refused before any lookup or log line: the key can be anything a client typed.
+    #[error("channel_key: {0}")]
+    BadChannelKey(String),
     #[error("source address {0} is not allowed for this channel")]
     SourceNotAllowed(IpAddr),
     #[error("malformed pingback: {0}")]
@@ -76,7 +83,7 @@ impl PingbackError {
         match self {
             Self::UnknownChannel => "unknown_channel",
             Self::SourceNotAllowed(_) => "source_not_allowed",
-            Self::Malformed(_) => "malformed",
+            Self::Malformed(_) | Self::BadChannelKey(_) | Self::Store(StoreError::InvalidValue(_)) => "malformed",
             Self::BadSignature | Self::SignVersionNotAccepted(_) => "bad_signature",
             Self::TestOnLiveChannel => "test_on_live",
             Self::PaymentNotFound => "unknown_payment",
@@ -94,6 +101,8 @@ impl PingbackError {
             Self::UnknownChannel
                 | Self::SourceNotAllowed(_)
                 | Self::Malformed(_)
+                | Self::BadChannelKey(_)
+                | Self::Store(StoreError::InvalidValue(_))
                 | Self::BadSignature
                 | Self::SignVersionNotAccepted(_)
                 | Self::TestOnLiveChannel
@@ -106,6 +115,7 @@ impl PingbackError {
             Self::Store(StoreError::Unavailable(_)) | Self::Timeout | Self::Busy => {
                 "temporarily unavailable; retry later".to_owned()
             }
+            Self::Store(StoreError::InvalidValue(_)) => "malformed pingback: a value is not acceptable".to_owned(),
             Self::Store(_) | Self::Channel(_) | Self::Corrupt(_) => "internal error; retry later".to_owned(),
             other => other.to_string(),
         }
@@ -137,20 +147,29 @@ impl From<NotificationError> for PingbackError {
 pub async fn paymentwall(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(channel_key): Path<String>,
+    channel_key: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
+    // A segment that is not UTF-8 once decoded is as bad as one with a NUL in it.
+    let channel_key = channel_key.map(|Path(key)| key).unwrap_or_else(|_| "\u{fffd}".to_owned());
+    let key_problem = validation::problem(&channel_key, validation::CHANNEL_KEY);
+    let logged_key = validation::loggable(&channel_key, LOGGED_KEY_BYTES);
     let span = tracing::info_span!(
-        "pingback", otel.kind = "server", provider = "paymentwall", %channel_key, %source,
+        "pingback", otel.kind = "server", provider = "paymentwall", channel_key = %logged_key, %source,
         pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty,
         payment_id = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty
     );
     crate::telemetry::continue_trace(&span, &headers);
     let query = query.unwrap_or_default();
     let pingback_type = pingback_type_label(&query);
-    let work = handle(&state, &channel_key, source, query);
+    let work = async {
+        match key_problem {
+            Some(problem) => Err(PingbackError::BadChannelKey(problem)),
+            None => handle(&state, &channel_key, source, query).await,
+        }
+    };
     match tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await {
         Ok(Ok(applied)) => {
             let outcome = match &applied {
@@ -185,6 +204,7 @@ pub async fn paymentwall(
                 .increment(1);
             span.record("outcome", err.outcome_label());
             span.in_scope(|| match &err {
+                PingbackError::Store(StoreError::InvalidValue(_)) => tracing::warn!(error = %err, "pingback refused"),
                 PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
                     tracing::error!(error = %err, "pingback failed")
                 }

@@ -12,9 +12,9 @@ use sqlx::Row;
 use super::MerchantError;
 use crate::{
     audit::{self, Action, Actor},
-    error::{InvalidArgument, Violations},
     net,
     store::{Db, now_ms},
+    validation::{InvalidArgument, Violations},
 };
 
 /// Most blocks one list holds.

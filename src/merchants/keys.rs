@@ -9,8 +9,8 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 use super::{MerchantError, validate_name};
 use crate::{
     audit::{self, Action, Actor},
-    error::{InvalidArgument, Violations},
     store::{Db, StoreError},
+    validation::{InvalidArgument, Violations},
 };
 
 pub const KEY_PREFIX: &str = "pgk_";

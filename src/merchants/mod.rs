@@ -13,8 +13,8 @@ use sqlx::Row;
 pub use self::{allowlist::Allowlist, key_cache::KeyCache, keys::ApiKey};
 use crate::{
     audit::{self, Action, Actor},
-    error::InvalidArgument,
     store::{Db, StoreError, now_ms},
+    validation::InvalidArgument,
 };
 
 pub const MAX_NAME: usize = 128;

@@ -13,20 +13,19 @@ use super::{
 };
 use crate::{
     channels::{ChannelError, Channels},
-    error::Violations,
     merchants::Caller,
     providers,
     store::{Db, StoreError, now_ms},
+    validation::{self, Rule, Violations},
 };
 
-pub const MAX_MERCHANT_UID: usize = 128;
 pub const MAX_ORDER_NAME: usize = 256;
-pub const MAX_CUSTOMER_UID: usize = 64;
 pub const MAX_EMAIL: usize = 254;
-pub const MAX_URL: usize = 2048;
-pub const MAX_CODE: usize = 64;
+/// `payment_method`, `widget`: provider codes.
+const CODE: Rule = Rule { charset: validation::Charset::Token, max: 64 };
+/// `custom_params` keys (they become widget URL parameters).
+const CUSTOM_KEY: Rule = Rule { charset: validation::Charset::Token, max: 64 };
 pub const MAX_CUSTOM_PARAMS: usize = 20;
-pub const MAX_CUSTOM_KEY: usize = 64;
 pub const MAX_CUSTOM_VALUE: usize = 256;
 
 /// A checkout as the merchant asked for it; `None` amount means the field was absent.
@@ -122,7 +121,10 @@ async fn create_new(
     };
     violations.check()?;
     let channel = channel.ok_or(PaymentError::Channel(ChannelError::NotFound))?;
-    let req = req.clone();
+    let mut req = req.clone();
+    // Stored (and signed into the widget URL) as the URL parser writes them.
+    req.success_url = validation::normalised_url(&req.success_url);
+    req.failure_url = validation::normalised_url(&req.failure_url);
     let (amount_minor, currency) = req.amount.clone().unwrap_or_default();
 
     let now = now_ms();
@@ -199,10 +201,12 @@ async fn create_new(
 /// Every problem of the request, named by its proto field path.
 pub fn validate(req: &CheckoutRequest) -> Violations {
     let mut v = Violations::default();
-    if req.channel_key.is_empty() {
-        v.add("channel_key", "is required");
+    validation::identifier(&mut v, "channel_key", &req.channel_key, validation::CHANNEL_KEY);
+    if req.merchant_uid.trim().is_empty() {
+        v.add("merchant_uid", "is required");
+    } else {
+        validation::identifier(&mut v, "merchant_uid", &req.merchant_uid, validation::MERCHANT_UID);
     }
-    required_text(&mut v, "merchant_uid", &req.merchant_uid, MAX_MERCHANT_UID);
     if req.merchant_uid.starts_with(super::notifications::GENERATED_UID_PREFIX) {
         v.add(
             "merchant_uid",
@@ -225,30 +229,31 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
             }
         }
     }
-    required_text(&mut v, "order_name", &req.order_name, MAX_ORDER_NAME);
+    validation::required_text(&mut v, "order_name", &req.order_name, MAX_ORDER_NAME);
     match &req.customer_uid {
         None => v.add("customer", "is required"),
-        Some(uid) => required_text(&mut v, "customer.uid", uid, MAX_CUSTOMER_UID),
-    }
-    if !req.customer_email.is_empty() {
-        optional_text(&mut v, "customer.email", &req.customer_email, MAX_EMAIL);
-        if !looks_like_email(&req.customer_email) {
-            v.add("customer.email", "is not an e-mail address");
+        Some(uid) if uid.trim().is_empty() => v.add("customer.uid", "is required"),
+        Some(uid) => {
+            validation::identifier(&mut v, "customer.uid", uid, validation::CUSTOMER_UID);
         }
     }
-    code(&mut v, "payment_method", &req.payment_method);
-    code(&mut v, "widget", &req.widget);
-    url(&mut v, "success_url", &req.success_url);
-    url(&mut v, "failure_url", &req.failure_url);
+    if !req.customer_email.is_empty()
+        && validation::text(&mut v, "customer.email", &req.customer_email, MAX_EMAIL)
+        && !looks_like_email(&req.customer_email)
+    {
+        v.add("customer.email", "is not an e-mail address");
+    }
+    validation::optional_identifier(&mut v, "payment_method", &req.payment_method, CODE);
+    validation::optional_identifier(&mut v, "widget", &req.widget, CODE);
+    validation::optional_url(&mut v, "success_url", &req.success_url);
+    validation::optional_url(&mut v, "failure_url", &req.failure_url);
     if !req.country_code.is_empty() && !is_country_code(&req.country_code) {
         v.add("country_code", "must be two upper-case letters (ISO 3166-1 alpha-2)");
     }
     if !req.language.is_empty() && !is_language(&req.language) {
         v.add("language", "must be a language code such as en or pt-BR");
     }
-    if req.custom_params.len() > MAX_CUSTOM_PARAMS {
-        v.add("custom_params", format!("at most {MAX_CUSTOM_PARAMS} entries"));
-    }
+    validation::count(&mut v, "custom_params", req.custom_params.len(), MAX_CUSTOM_PARAMS);
     if let Some(terms) = &req.subscription {
         if !(1..=MAX_PERIOD_LENGTH).contains(&terms.period_length) {
             v.add("subscription.period_length", format!("must be 1 to {MAX_PERIOD_LENGTH}"));
@@ -257,60 +262,25 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
             v.add("subscription.period_type", format!("must be one of {}", PERIOD_TYPES.join(", ")));
         }
     }
-    if req.idempotency_key.len() > idempotency::MAX_KEY_LEN {
-        v.add("idempotency_key", format!("must be at most {} characters", idempotency::MAX_KEY_LEN));
-    }
-    for (key, value) in &req.custom_params {
-        let field = format!("custom_params[{key}]");
-        if key.is_empty() || key.len() > MAX_CUSTOM_KEY || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            v.add(&field, format!("key must be 1 to {MAX_CUSTOM_KEY} letters, digits or underscores"));
-        } else if providers::paymentwall::widget::is_reserved_param(key) {
-            v.add(&field, "key is a parameter paygate sets itself");
+    validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
+    // Entries are looked at only when their number is acceptable, and a bad key is named by
+    // position, never quoted.
+    if req.custom_params.len() <= MAX_CUSTOM_PARAMS {
+        for (i, (key, value)) in req.custom_params.iter().enumerate() {
+            let field = match validation::problem(key, CUSTOM_KEY) {
+                Some(problem) => {
+                    v.add(format!("custom_params[#{i}]"), format!("key {problem}"));
+                    continue;
+                }
+                None => format!("custom_params[{key}]"),
+            };
+            if providers::paymentwall::widget::is_reserved_param(key) {
+                v.add(&field, "key is a parameter paygate sets itself");
+            }
+            validation::text(&mut v, &field, value, MAX_CUSTOM_VALUE);
         }
-        optional_text(&mut v, &field, value, MAX_CUSTOM_VALUE);
     }
     v
-}
-
-fn required_text(v: &mut Violations, field: &str, value: &str, max: usize) {
-    if value.trim().is_empty() {
-        v.add(field, "is required");
-    } else {
-        optional_text(v, field, value, max);
-    }
-}
-
-fn optional_text(v: &mut Violations, field: &str, value: &str, max: usize) {
-    let chars = value.chars().count();
-    if chars > max {
-        v.add(field, format!("must be at most {max} characters (got {chars})"));
-    }
-    if value.chars().any(char::is_control) {
-        v.add(field, "must not contain control characters");
-    }
-}
-
-fn code(v: &mut Violations, field: &str, value: &str) {
-    if !value.is_empty()
-        && (value.len() > MAX_CODE || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-    {
-        v.add(field, format!("must be at most {MAX_CODE} letters, digits, '_' or '-'"));
-    }
-}
-
-fn url(v: &mut Violations, field: &str, value: &str) {
-    if value.is_empty() {
-        return;
-    }
-    if value.len() > MAX_URL {
-        v.add(field, format!("must be at most {MAX_URL} characters"));
-        return;
-    }
-    match url::Url::parse(value) {
-        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
-        _ => v.add(field, "must be an absolute http(s) URL"),
-    }
 }
 
 fn is_country_code(s: &str) -> bool {
@@ -391,6 +361,33 @@ mod tests {
             ["channel_key", "merchant_uid", "amount.amount_minor", "amount.currency", "order_name", "customer"]
         {
             assert!(f.contains(&expected.to_owned()), "{expected} missing from {f:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text in any field: no panic, every violation names a field, and a field holding a
+        /// control character is always refused by name.
+        #[test]
+        fn any_text_in_any_field_is_refused_by_name(field in 0..11usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut req = valid();
+            let name = match field {
+                0 => { req.channel_key = value.clone(); "channel_key" }
+                1 => { req.merchant_uid = value.clone(); "merchant_uid" }
+                2 => { req.order_name = value.clone(); "order_name" }
+                3 => { req.customer_uid = Some(value.clone()); "customer.uid" }
+                4 => { req.customer_email = value.clone(); "customer.email" }
+                5 => { req.success_url = value.clone(); "success_url" }
+                6 => { req.failure_url = value.clone(); "failure_url" }
+                7 => { req.idempotency_key = value.clone(); "idempotency_key" }
+                8 => { req.payment_method = value.clone(); "payment_method" }
+                9 => { req.widget = value.clone(); "widget" }
+                _ => { req.language = value.clone(); "language" }
+            };
+            let v = validate(&req);
+            proptest::prop_assert!(v.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+            if value.chars().any(char::is_control) {
+                proptest::prop_assert!(v.iter().any(|x| x.field == name), "{name} with a control character: {v:?}");
+            }
         }
     }
 }

@@ -7,8 +7,6 @@ use sqlx::Row;
 use super::PaymentError;
 use crate::store::{Db, StoreError, now_ms};
 
-pub const MAX_KEY_LEN: usize = 255;
-
 /// What to do with a request carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

@@ -8,9 +8,9 @@ use moka::future::Cache;
 use super::PaymentError;
 use crate::{
     channels::{ChannelError, Channels},
-    error::Violations,
     merchants::Caller,
     providers::{self, PaymentMethod, ProviderError},
+    validation::{self, InvalidArgument, Violations},
 };
 
 #[derive(Clone)]
@@ -31,9 +31,7 @@ impl PaymentMethods {
         country_code: &str,
     ) -> Result<Arc<Vec<PaymentMethod>>, PaymentError> {
         let mut v = Violations::default();
-        if channel_key.is_empty() {
-            v.add("channel_key", "is required");
-        }
+        validation::identifier(&mut v, "channel_key", channel_key, validation::CHANNEL_KEY);
         if !(country_code.len() == 2 && country_code.bytes().all(|b| b.is_ascii_uppercase())) {
             v.add("country_code", "must be two upper-case letters (ISO 3166-1 alpha-2)");
         }
@@ -41,7 +39,7 @@ impl PaymentMethods {
         let channel = match channels.for_caller(caller, channel_key).await {
             Ok(channel) => channel,
             Err(ChannelError::NotFound) => {
-                return Err(crate::error::InvalidArgument::single("channel_key", "no channel with this key").into());
+                return Err(InvalidArgument::single("channel_key", "no channel with this key").into());
             }
             Err(e) => return Err(e.into()),
         };

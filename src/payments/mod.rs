@@ -17,7 +17,7 @@ pub mod sweep;
 pub use model::Payment;
 pub use status::{PaymentOutcome, PaymentStatus};
 
-use crate::{channels::ChannelError, error::InvalidArgument, providers::ProviderError, store::StoreError};
+use crate::{channels::ChannelError, providers::ProviderError, store::StoreError, validation::InvalidArgument};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {

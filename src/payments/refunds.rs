@@ -24,11 +24,11 @@ use super::{
 };
 use crate::{
     channels::{Channel, Channels},
-    error::Violations,
     events::{EventDetail, EventKind},
     merchants::Caller,
     providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},
+    validation::{self, Violations},
 };
 
 pub const MAX_REASON: usize = 255;
@@ -51,23 +51,15 @@ pub struct RefundRequest {
 
 pub fn validate(req: &RefundRequest) -> Violations {
     let mut v = Violations::default();
-    if req.payment_id.is_empty() {
-        v.add("payment_id", "is required");
-    }
-    if req.reason.trim().is_empty() {
-        v.add("reason", "is required");
-    } else if req.reason.chars().count() > MAX_REASON || req.reason.chars().any(char::is_control) {
-        v.add("reason", format!("must be at most {MAX_REASON} printable characters"));
-    }
+    validation::identifier(&mut v, "payment_id", &req.payment_id, validation::ID);
+    validation::required_text(&mut v, "reason", &req.reason, MAX_REASON);
     if req.amount_minor.is_some_and(|a| a <= 0) {
         v.add("amount.amount_minor", "must be greater than zero");
     }
     if req.expected_refundable_amount.is_some_and(|a| a < 0) {
         v.add("expected_refundable_amount", "must not be negative");
     }
-    if req.idempotency_key.len() > idempotency::MAX_KEY_LEN {
-        v.add("idempotency_key", format!("must be at most {} characters", idempotency::MAX_KEY_LEN));
-    }
+    validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
     v
 }
 
@@ -820,5 +812,22 @@ mod tests {
         assert!(refundable_amount(&p, Some(501), None).is_err());
         assert!(refundable_amount(&p, Some(1), Some(499)).is_err());
         assert!(refundable_amount(&payment(PaymentStatus::Ready, 1000, 0, 0), None, None).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_refund_text_is_refused_by_name(field in 0..3usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+            let mut req = RefundRequest { payment_id: "pay_1".into(), reason: "asked".into(), ..Default::default() };
+            let name = match field {
+                0 => { req.payment_id = value.clone(); "payment_id" }
+                1 => { req.reason = value.clone(); "reason" }
+                _ => { req.idempotency_key = value.clone(); "idempotency_key" }
+            };
+            let v = validate(&req);
+            proptest::prop_assert!(v.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
+            if value.chars().any(char::is_control) {
+                proptest::prop_assert!(v.iter().any(|x| x.field == name), "{name}: {v:?}");
+            }
+        }
     }
 }

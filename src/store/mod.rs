@@ -17,6 +17,11 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("unique constraint violated")]
     UniqueViolation,
+    /// PostgreSQL refused a value (SQLSTATE class 22, e.g. 22021 for a NUL byte in text). The
+    /// edges check every field first, so this is defense in depth: it is the caller's input, not
+    /// our fault, and never an internal error.
+    #[error("value refused by the database: {0}")]
+    InvalidValue(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Query(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -34,6 +39,7 @@ impl From<sqlx::Error> for StoreError {
             }
             E::Database(db) if db.is_unique_violation() => Self::UniqueViolation,
             E::Database(db) if is_transient(db.code().as_deref()) => Self::Unavailable(err),
+            E::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => Self::InvalidValue(err),
             _ => Self::Query(err),
         }
     }

@@ -10,9 +10,9 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 use super::{WebhookError, signature};
 use crate::{
     audit::{self, Action, Actor},
-    error::{InvalidArgument, Violations},
     secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
+    validation::{self, InvalidArgument, Violations},
 };
 
 /// Every event type paygate sends; `payment.*` and `subscription.*` select a family.
@@ -76,21 +76,31 @@ impl Endpoint {
     }
 }
 
-pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Result<(), InvalidArgument> {
+/// Checks an endpoint as given; returns its URL as stored (normalised).
+pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Result<String, InvalidArgument> {
     let mut v = Violations::default();
-    if let Err(problem) = super::target::check_url(url, allow_internal) {
-        v.add("url", problem);
-    }
-    for (i, t) in event_types.iter().enumerate() {
-        let known = EVENT_TYPES.contains(&t.as_str()) || t == "payment.*" || t == "subscription.*";
-        if !known {
-            v.add(
-                format!("event_types[{i}]"),
-                format!("unknown event type {t:?} (known: {}, payment.*, subscription.*)", EVENT_TYPES.join(", ")),
-            );
+    let normalised = match super::target::check_url(url, allow_internal) {
+        Ok(u) => u.into(),
+        Err(problem) => {
+            v.add("url", problem);
+            String::new()
+        }
+    };
+    if validation::count(&mut v, "event_types", event_types.len(), validation::MAX_EVENT_TYPES) {
+        for (i, t) in event_types.iter().enumerate() {
+            let field = format!("event_types[{i}]");
+            let known = EVENT_TYPES.contains(&t.as_str()) || t == "payment.*" || t == "subscription.*";
+            // An unknown type is quoted in the answer: only once it is known to be short and printable.
+            if !known && validation::text(&mut v, &field, t, validation::MAX_ENTRY) {
+                v.add(
+                    field,
+                    format!("unknown event type {t:?} (known: {}, payment.*, subscription.*)", EVENT_TYPES.join(", ")),
+                );
+            }
         }
     }
-    v.check()
+    v.check()?;
+    Ok(normalised)
 }
 
 /// Creates or replaces the endpoint with a new secret; returns it and the secret (shown once).
@@ -230,5 +240,24 @@ mod tests {
         let err = validate("https://example.com/h", &["payment.paid".into(), "payment.teleported".into()], false)
             .unwrap_err();
         assert_eq!(err.0.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), ["event_types[1]"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_endpoint_text_is_refused_by_name(url in "\\PC{0,3}[\\x00-\\x1f\\x7f ]?\\PC{0,3}|https://[a-z]{1,8}\\.example/.{0,20}", event in ".{0,80}") {
+            match validate(&url, std::slice::from_ref(&event), false) {
+                Err(e) => {
+                    proptest::prop_assert!(e.0.iter().all(|x| !x.field.is_empty()));
+                    proptest::prop_assert!(e.to_string().len() < 1000, "{e}");
+                }
+                Ok(stored) => {
+                    proptest::prop_assert!(!stored.chars().any(|c| c.is_control() || c.is_whitespace()), "{stored:?}");
+                }
+            }
+            if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                let e = validate(&url, &[], false).unwrap_err();
+                proptest::prop_assert!(e.0.iter().any(|x| x.field == "url"));
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ pub mod outbox;
 pub mod signature;
 pub mod target;
 
-use crate::{error::InvalidArgument, secrets::CryptoError, store::StoreError};
+use crate::{secrets::CryptoError, store::StoreError, validation::InvalidArgument};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {

@@ -51,13 +51,7 @@ pub fn is_internal(ip: IpAddr) -> bool {
 
 /// Checks a webhook URL as given; `Err` names the problem.
 pub fn check_url(raw: &str, allow_internal: bool) -> Result<url::Url, String> {
-    if raw.len() > 2048 {
-        return Err("must be at most 2048 characters".into());
-    }
-    let url = url::Url::parse(raw).map_err(|_| "is not an absolute URL".to_owned())?;
-    if url.scheme() != "https" && url.scheme() != "http" {
-        return Err("must be an http(s) URL".into());
-    }
+    let url = crate::validation::parse_url(raw)?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials".into());
     }

@@ -2,7 +2,10 @@
 //! parameter is refused) because everything here came from the internet.
 
 use super::signature::{SignVersion, pingback_signature, signatures_match};
-use crate::payments::{PaymentOutcome, notifications::ProviderEvent, subscriptions::SubscriptionEnd};
+use crate::{
+    payments::{PaymentOutcome, notifications::ProviderEvent, subscriptions::SubscriptionEnd},
+    validation::{self, Rule},
+};
 
 /// A query longer than this is not a pingback.
 pub const MAX_QUERY_LEN: usize = 8 * 1024;
@@ -17,7 +20,14 @@ pub enum ParseError {
     Invalid { field: &'static str, problem: &'static str },
     #[error("query is longer than {MAX_QUERY_LEN} bytes")]
     TooLong,
+    /// A parameter (or its name) breaks its charset or length rule; `field` is the parameter's
+    /// name, cut short and escaped when the name itself is the problem.
+    #[error("parameter {field}: {problem}")]
+    Refused { field: String, problem: String },
 }
+
+/// Our payment id, echoed back as `goodsid`.
+const GOODSID: Rule = validation::ID;
 
 #[derive(Debug, Clone)]
 pub struct Pingback {
@@ -42,12 +52,29 @@ impl Pingback {
         if query.len() > MAX_QUERY_LEN {
             return Err(ParseError::TooLong);
         }
+        // A query arrives percent-encoded; raw bytes outside visible ASCII were never sent by a
+        // provider, and the raw query is what gets stored.
+        if !query.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ParseError::Refused { field: "query".into(), problem: "must be percent-encoded ASCII".into() });
+        }
         let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        for (i, (key, _)) in params.iter().enumerate() {
+        for (i, (key, value)) in params.iter().enumerate() {
+            if let Some(problem) = validation::problem(key, validation::PARAMETER_NAME) {
+                let field = format!("name {}", validation::loggable(key, 32));
+                return Err(ParseError::Refused { field, problem });
+            }
+            if value.chars().any(char::is_control) {
+                let problem = "must not contain control characters".into();
+                return Err(ParseError::Refused { field: key.clone(), problem });
+            }
             if params[..i].iter().any(|(earlier, _)| earlier == key) {
                 return Err(ParseError::Repeated(key.clone()));
             }
         }
+        let checked = |name: &'static str, value: &str, rule: Rule| match validation::problem(value, rule) {
+            Some(problem) => Err(ParseError::Refused { field: name.into(), problem }),
+            None => Ok(()),
+        };
         let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
 
         let kind = get("type").ok_or(ParseError::Missing("type"))?;
@@ -56,9 +83,7 @@ impl Pingback {
             return Err(ParseError::Invalid { field: "type", problem: "unknown pingback type" });
         }
         let reference = get("ref").filter(|r| !r.is_empty()).ok_or(ParseError::Missing("ref"))?.to_owned();
-        if reference.len() > 128 {
-            return Err(ParseError::Invalid { field: "ref", problem: "longer than 128 characters" });
-        }
+        checked("ref", &reference, validation::PROVIDER_REF)?;
         let sig = get("sig").filter(|s| !s.is_empty()).ok_or(ParseError::Missing("sig"))?.to_owned();
         let sign_version = match get("sign_version") {
             None | Some("") => SignVersion::V1,
@@ -74,6 +99,9 @@ impl Pingback {
             Some(_) => return Err(ParseError::Invalid { field: "is_test", problem: "must be 0 or 1" }),
         };
         let goodsid = get("goodsid").filter(|g| !g.is_empty()).map(str::to_owned);
+        if let Some(goodsid) = &goodsid {
+            checked("goodsid", goodsid, GOODSID)?;
+        }
         let event = match kind {
             0 | 1 => ProviderEvent::Payment(PaymentOutcome::Completed),
             200 => ProviderEvent::Payment(PaymentOutcome::ReviewStarted),
@@ -90,8 +118,8 @@ impl Pingback {
             _ => ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed),
         };
         let unique_ref = get("UNIQUE_REF").unwrap_or_default().to_owned();
-        if unique_ref.len() > 128 {
-            return Err(ParseError::Invalid { field: "UNIQUE_REF", problem: "longer than 128 characters" });
+        if !unique_ref.is_empty() {
+            checked("UNIQUE_REF", &unique_ref, validation::PROVIDER_REF)?;
         }
         Ok(Self { params, kind, reference, goodsid, is_test, sign_version, event, unique_ref, sig })
     }
@@ -176,5 +204,59 @@ mod tests {
         assert_eq!(event("type=13"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::Expired));
         assert_eq!(event("type=14"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed));
         assert_eq!(Pingback::parse("type=2&ref=r&sig=s").unwrap_err(), ParseError::Missing("reason"));
+    }
+
+    /// Query text as the internet may send it: raw, percent-escapes, `&`/`=` structure.
+    fn hostile_query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let value = prop_oneof![any::<String>(), "(%[0-9A-Fa-f]{2}|[a-z0-9_.-]){0,40}", "[\\x00-\\x1f]{1,3}"];
+        let pair = (
+            prop_oneof![
+                Just("type".to_owned()),
+                Just("ref".to_owned()),
+                Just("goodsid".to_owned()),
+                Just("UNIQUE_REF".to_owned()),
+                Just("sig".to_owned()),
+                any::<String>()
+            ],
+            value,
+        );
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(pair, 0..12).prop_map(|pairs| {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &pairs {
+                    query.append_pair(k, v);
+                }
+                query.finish()
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives: no panic; a refusal names what it refuses; what is accepted is safe
+        /// to store and to look up (no control characters, within the identifier rules).
+        #[test]
+        fn any_query_is_parsed_or_refused_by_name(query in hostile_query()) {
+            match Pingback::parse(&query) {
+                Err(e) => {
+                    let named = match &e {
+                        ParseError::Missing(f) | ParseError::Invalid { field: f, .. } => !f.is_empty(),
+                        ParseError::Repeated(f) | ParseError::Refused { field: f, .. } => !f.is_empty(),
+                        ParseError::TooLong => true,
+                    };
+                    proptest::prop_assert!(named, "{e:?}");
+                    proptest::prop_assert!(e.to_string().len() < 300, "the answer line stays short: {e}");
+                }
+                Ok(p) => {
+                    proptest::prop_assert!(validation::problem(&p.reference, validation::PROVIDER_REF).is_none());
+                    if let Some(goodsid) = &p.goodsid {
+                        proptest::prop_assert!(validation::problem(goodsid, GOODSID).is_none());
+                    }
+                    proptest::prop_assert!(!p.unique_ref.chars().any(char::is_control));
+                    proptest::prop_assert!(query.bytes().all(|b| b.is_ascii_graphic()));
+                }
+            }
+        }
     }
 }
