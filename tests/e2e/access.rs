@@ -573,6 +573,9 @@ async fn every_admin_and_credential_action_is_audited_with_actor_and_address_and
         .map(|e| (e.action.clone(), e.actor.clone(), e.address.clone(), e.changed_fields.join(",")))
         .collect();
     let key_id = made.key.unwrap().key_id;
+    // Every field CreateChannel was given, by name.
+    const CREATED_FIELDS: &str = "channel_key,name,provider,mode,paymentwall.project_key,paymentwall.secret_key,\
+        paymentwall.widget,paymentwall.sign_version,paymentwall.pingback_allowlist,paymentwall.api_base_url";
     let expected = [
         ("merchant.created", "cli", "local", "name"),
         ("api_key.created", "cli", "local", "name"),
@@ -581,21 +584,9 @@ async fn every_admin_and_credential_action_is_audited_with_actor_and_address_and
         ("api_key.created", own_key_id.as_str(), "127.0.0.2", "name"),
         ("api_key.revoked", own_key_id.as_str(), "127.0.0.2", "revoked_at"),
         ("api_allowlist.set", own_key_id.as_str(), "127.0.0.2", "cidr_blocks"),
-        (
-            "channel.created",
-            own_key_id.as_str(),
-            "127.0.0.2",
-            "channel_key,name,provider,mode,paymentwall.project_key,paymentwall.secret_key,paymentwall.widget,\
-             paymentwall.sign_version,paymentwall.pingback_allowlist,paymentwall.api_base_url",
-        ),
+        ("channel.created", own_key_id.as_str(), "127.0.0.2", CREATED_FIELDS),
         ("channel.updated", own_key_id.as_str(), "127.0.0.2", "paymentwall.secret_key"),
-        (
-            "channel.created",
-            own_key_id.as_str(),
-            "127.0.0.2",
-            "channel_key,name,provider,mode,paymentwall.project_key,paymentwall.secret_key,paymentwall.widget,\
-             paymentwall.sign_version,paymentwall.pingback_allowlist,paymentwall.api_base_url",
-        ),
+        ("channel.created", own_key_id.as_str(), "127.0.0.2", CREATED_FIELDS),
         ("channel.deleted", own_key_id.as_str(), "127.0.0.2", "erased"),
         ("webhook_endpoint.set", own_key_id.as_str(), "127.0.0.2", "url,event_types,signing_secret"),
     ];
