@@ -1,7 +1,9 @@
-//! Network rules shared by the edges and the domain: CIDR notation, and who a caller is.
+//! Network rules shared by the edges and the domain: CIDR notation, who a caller is, where
+//! outgoing calls may go, and connection guards.
 
 pub mod client_ip;
 pub mod conn;
+pub mod egress;
 
 use std::net::IpAddr;
 

@@ -104,7 +104,7 @@ fn build_http(connect_timeout: Duration, total_timeout: Duration, allow_internal
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("paygate/", env!("CARGO_PKG_VERSION")));
     if !allow_internal_targets {
-        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(crate::webhooks::target::PublicOnly));
+        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(crate::net::egress::PublicOnly));
     }
     builder.build().expect("the HTTP client builds with static settings")
 }
@@ -122,5 +122,5 @@ fn allow_internal() -> bool {
 
 /// Checks a provider base URL the way outgoing calls are checked.
 pub fn check_base_url(url: &str) -> Result<(), String> {
-    crate::webhooks::target::check_url(url, allow_internal()).map(|_| ())
+    crate::net::egress::check_url(url, allow_internal()).map(|_| ())
 }

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use super::{
     endpoints,
     outbox::{self, Attempt, Delivery, Settle},
-    signature, target,
+    signature,
 };
 use crate::{
+    net::egress,
     secrets::MasterKeys,
     store::{Db, StoreError, now_ms},
 };
@@ -59,7 +60,7 @@ impl Dispatcher {
             .no_proxy()
             .user_agent(concat!("paygate-webhooks/", env!("CARGO_PKG_VERSION")));
         if !settings.allow_internal_targets {
-            builder = builder.dns_resolver(Arc::new(target::PublicOnly));
+            builder = builder.dns_resolver(Arc::new(egress::PublicOnly));
         }
         let http = builder.build().expect("the webhook HTTP client builds with static settings");
         Self { db, keys, http, settings }
@@ -115,7 +116,7 @@ impl Dispatcher {
             return outbox::fail_unsent(&self.db, &delivery.delivery_id, "the webhook endpoint is disabled or removed")
                 .await;
         };
-        if let Err(problem) = target::check_url(&endpoint.url, self.settings.allow_internal_targets) {
+        if let Err(problem) = egress::check_url(&endpoint.url, self.settings.allow_internal_targets) {
             return outbox::fail_unsent(&self.db, &delivery.delivery_id, &format!("url {problem}")).await;
         }
         let now = now_ms();

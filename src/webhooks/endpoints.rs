@@ -79,7 +79,7 @@ impl Endpoint {
 /// Checks an endpoint as given; returns its URL as stored (normalised).
 pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Result<String, InvalidArgument> {
     let mut v = Violations::default();
-    let normalised = match super::target::check_url(url, allow_internal) {
+    let normalised = match crate::net::egress::check_url(url, allow_internal) {
         Ok(u) => u.into(),
         Err(problem) => {
             v.add("url", problem);

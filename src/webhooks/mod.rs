@@ -6,7 +6,6 @@ pub mod dispatcher;
 pub mod endpoints;
 pub mod outbox;
 pub mod signature;
-pub mod target;
 
 use crate::{secrets::CryptoError, store::StoreError, validation::InvalidArgument};
 

@@ -1,13 +1,13 @@
-//! Where webhooks may go. Outgoing requests to loopback, private, link-local and other internal
-//! addresses are refused (a merchant could otherwise point paygate at its own network), unless
-//! configuration allows them. Host names are checked when they resolve, at send time, so a name
+//! Where outgoing calls may go (merchant webhooks, a channel's provider API). Requests to
+//! loopback, private, link-local and other internal addresses are refused (a merchant could
+//! otherwise point paygate at its own network), unless configuration allows them. Host names are checked when they resolve, at send time, so a name
 //! that later resolves to an internal address is refused too.
 
 use std::net::{IpAddr, SocketAddr};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// True for addresses a webhook must not reach by default.
+/// True for addresses an outgoing call must not reach by default.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
