@@ -80,10 +80,19 @@ pub async fn record(
     kind: crate::events::EventKind,
     detail: Option<&crate::events::EventDetail>,
 ) -> Result<i64, PaymentError> {
+    use crate::events::EventDetail;
     let position = crate::events::append(conn, payment, kind, detail).await?;
-    crate::webhooks::outbox::enqueue(conn, payment, kind, position, detail).await.map_err(|e| match e {
-        crate::webhooks::WebhookError::Store(store) => PaymentError::Store(store),
-        other => PaymentError::Corrupt(other.to_string()),
-    })?;
+    let mut data = serde_json::json!({ "event_id": position.to_string(), "payment": payment });
+    match detail {
+        Some(EventDetail::Cancellation(value)) => data["cancellation"] = value.clone(),
+        Some(EventDetail::Subscription(value)) => data["subscription"] = value.clone(),
+        None => {}
+    }
+    crate::webhooks::outbox::enqueue(conn, &payment.merchant_id, &payment.payment_id, kind.as_str(), data)
+        .await
+        .map_err(|e| match e {
+            crate::webhooks::WebhookError::Store(store) => PaymentError::Store(store),
+            other => PaymentError::Corrupt(other.to_string()),
+        })?;
     Ok(position.id)
 }

@@ -7,11 +7,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{WebhookError, endpoints};
-use crate::{
-    events::{EventDetail, EventKind, Position},
-    payments::Payment,
-    store::{Backend, Db, StoreError, now_ms},
-};
+use crate::store::{Backend, Db, StoreError, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -67,29 +63,23 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// Queues the webhook for an event, if the payment's merchant (or its parent) has an endpoint
-/// that wants this type. Runs inside the event's transaction.
+/// Queues the webhook announcing an event of `merchant_id`'s payment, if the merchant (or its
+/// parent) has an endpoint that wants `event_type`. Runs inside the event's transaction. The
+/// outbox does not know payments: `data` is the webhook's `data` object as the caller built it.
 pub async fn enqueue(
     conn: &mut AnyConnection,
-    payment: &Payment,
-    kind: EventKind,
-    position: Position,
-    detail: Option<&EventDetail>,
+    merchant_id: &str,
+    payment_id: &str,
+    event_type: &str,
+    data: serde_json::Value,
 ) -> Result<(), WebhookError> {
-    let event_type = kind.as_str();
-    let Some(endpoint) = endpoints::for_merchant(conn, &payment.merchant_id).await? else { return Ok(()) };
+    let Some(endpoint) = endpoints::for_merchant(conn, merchant_id).await? else { return Ok(()) };
     if endpoint.disabled_at.is_some() || !endpoint.wants(event_type) {
         return Ok(());
     }
     let now = now_ms();
-    let mut data = serde_json::json!({ "event_id": position.to_string(), "payment": payment });
-    match detail {
-        Some(EventDetail::Cancellation(value)) => data["cancellation"] = value.clone(),
-        Some(EventDetail::Subscription(value)) => data["subscription"] = value.clone(),
-        None => {}
-    }
     let payload = serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data });
-    insert(conn, &endpoint.merchant_id, Some(&payment.payment_id), event_type, &payload.to_string(), now).await
+    insert(conn, &endpoint.merchant_id, Some(payment_id), event_type, &payload.to_string(), now).await
 }
 
 async fn insert(
