@@ -125,7 +125,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     check_admin_token(&settings)?;
     let redis = connect_redis(&settings)?;
     let cache = channel_cache(&settings, &db, redis.clone()).await?;
-    let channels = Channels::new(db.clone(), cache.clone());
+    let channels = Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets);
     let merchants = merchants(&settings, &db, redis.clone());
     let rate = |per_second, burst| Rate { per_second, burst };
     let per_key_limit =

@@ -8,7 +8,7 @@ pub mod repo;
 use std::sync::Arc;
 
 pub use cache::ChannelCache;
-pub use model::{Channel, ChannelMode, NewChannel, PaymentwallConfig, Provider};
+pub use model::{Channel, ChannelMode, NewChannel, PaymentwallConfig, Provider, SignVersion};
 
 use self::{
     model::NewPaymentwall,
@@ -103,11 +103,13 @@ pub enum Deleted {
 pub struct Channels {
     db: Db,
     cache: ChannelCache,
+    /// Whether a channel's `api_base_url` may point at internal addresses (the simulator).
+    allow_internal_targets: bool,
 }
 
 impl Channels {
-    pub fn new(db: Db, cache: ChannelCache) -> Self {
-        Self { db, cache }
+    pub fn new(db: Db, cache: ChannelCache, allow_internal_targets: bool) -> Self {
+        Self { db, cache, allow_internal_targets }
     }
 
     fn keys(&self) -> &MasterKeys {
@@ -117,7 +119,7 @@ impl Channels {
     pub async fn create(&self, caller: &Caller, mut new: NewChannel) -> Result<Channel, ChannelError> {
         let fields = new.given_fields();
         let user = owner(caller, std::mem::take(&mut new.sub_merchant_id), "sub_merchant_id")?;
-        let mut channel = new.validate(&user, now_ms())?;
+        let mut channel = new.validate(&user, now_ms(), self.allow_internal_targets)?;
         channel.owner_id = caller.merchant_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
         let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
@@ -188,7 +190,7 @@ impl Channels {
                 ),
             }
         }
-        let validated = next.validate(&owner_id, now_ms());
+        let validated = next.validate(&owner_id, now_ms(), self.allow_internal_targets);
         let mut channel = match (v.check(), validated) {
             (Ok(()), Ok(channel)) => channel,
             (Err(InvalidArgument(mut a)), Err(InvalidArgument(b))) => {

@@ -5,7 +5,6 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     net::parse_cidr,
-    providers::paymentwall::{self, SignVersion},
     validation::{self, Violations},
 };
 
@@ -47,6 +46,50 @@ impl ChannelMode {
             _ => None,
         }
     }
+}
+
+/// How Paymentwall signs a channel's requests and pingbacks (paymentwall.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignVersion {
+    V1,
+    V2,
+    V3,
+}
+
+impl SignVersion {
+    pub fn from_number(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            3 => Some(Self::V3),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u32 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+            Self::V3 => 3,
+        }
+    }
+}
+
+/// Paymentwall's API, unless a channel points elsewhere (the simulator).
+pub const DEFAULT_API_BASE_URL: &str = "https://api.paymentwall.com";
+
+/// The addresses Paymentwall publishes as its pingback sources.
+pub const PUBLISHED_PINGBACK_SOURCES: [&str; 6] = [
+    "174.36.92.186/32",
+    "174.36.92.187/32",
+    "174.36.92.192/32",
+    "174.36.96.66/32",
+    "174.37.14.28/32",
+    "216.127.71.0/24",
+];
+
+pub fn published_pingback_sources() -> Vec<IpNet> {
+    PUBLISHED_PINGBACK_SOURCES.iter().map(|cidr| cidr.parse().expect("constant CIDR parses")).collect()
 }
 
 /// Paymentwall credentials. `Debug` shows the secret as `[REDACTED]`.
@@ -136,7 +179,14 @@ impl NewChannel {
     }
 
     /// Checks every field and fills defaults, giving the channel to store. Nothing is stored by this.
-    pub fn validate(self, merchant_id: &str, now: i64) -> Result<Channel, validation::InvalidArgument> {
+    /// `allow_internal_targets`: whether `api_base_url` may point at internal addresses (the
+    /// simulator in tests and local runs).
+    pub fn validate(
+        self,
+        merchant_id: &str,
+        now: i64,
+        allow_internal_targets: bool,
+    ) -> Result<Channel, validation::InvalidArgument> {
         let mut v = Violations::default();
         let channel_key = if self.channel_key.is_empty() {
             format!("ch_{}", ulid::Ulid::new())
@@ -156,7 +206,7 @@ impl NewChannel {
                 v.add("paymentwall", "is required for a Paymentwall channel");
                 None
             }
-            Some(pw) => validate_paymentwall(pw, &mut v),
+            Some(pw) => validate_paymentwall(pw, allow_internal_targets, &mut v),
         };
         v.check()?;
         // All `None`s above added a violation, so these are present.
@@ -180,7 +230,11 @@ impl NewChannel {
     }
 }
 
-pub(crate) fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Option<PaymentwallConfig> {
+pub(crate) fn validate_paymentwall(
+    pw: NewPaymentwall,
+    allow_internal_targets: bool,
+    v: &mut Violations,
+) -> Option<PaymentwallConfig> {
     let key_ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
     if !key_ok(&pw.project_key) {
         v.add("paymentwall.project_key", "is required (printable, at most 128 characters)");
@@ -215,15 +269,15 @@ pub(crate) fn validate_paymentwall(pw: NewPaymentwall, v: &mut Violations) -> Op
         }
     }
     if allowlist.is_empty() && pw.pingback_allowlist.is_empty() {
-        allowlist = paymentwall::published_pingback_sources();
+        allowlist = published_pingback_sources();
     }
-    let raw_base_url = if pw.api_base_url.is_empty() { paymentwall::DEFAULT_API_BASE_URL } else { &pw.api_base_url };
+    let raw_base_url = if pw.api_base_url.is_empty() { DEFAULT_API_BASE_URL } else { &pw.api_base_url };
     // Stored as the URL parser writes it, without the trailing '/' (paths are appended to it).
     let mut api_base_url = raw_base_url.to_owned();
     match validation::parse_url(raw_base_url) {
         Ok(u) if u.query().is_none() && u.fragment().is_none() => {
             api_base_url = u.as_str().trim_end_matches('/').to_owned();
-            if let Err(problem) = crate::providers::check_base_url(&api_base_url) {
+            if let Err(problem) = crate::net::egress::check_url(&api_base_url, allow_internal_targets) {
                 v.add("paymentwall.api_base_url", problem);
             }
         }
@@ -260,7 +314,7 @@ mod tests {
     }
 
     fn fields(c: NewChannel) -> Vec<String> {
-        match c.validate("mer_1", 0) {
+        match c.validate("mer_1", 0, false) {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|v| v.field.clone()).collect(),
         }
@@ -268,13 +322,13 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in() {
-        let channel = valid().validate("mer_1", 0).expect("valid");
+        let channel = valid().validate("mer_1", 0, false).expect("valid");
         assert!(channel.channel_key.starts_with("ch_"));
         let pw = channel.paymentwall;
         assert_eq!(pw.sign_version, SignVersion::V3);
         assert_eq!(pw.widget, "p1_1");
         assert_eq!(pw.api_base_url, "https://api.paymentwall.com");
-        assert_eq!(pw.pingback_allowlist, paymentwall::published_pingback_sources());
+        assert_eq!(pw.pingback_allowlist, published_pingback_sources());
     }
 
     #[test]
@@ -311,7 +365,7 @@ mod tests {
                 3 => { pw.api_base_url = value.clone(); "paymentwall.api_base_url" }
                 _ => { pw.project_key = value.clone(); "paymentwall.project_key" }
             };
-            if let Err(e) = c.validate("mer_1", 0) {
+            if let Err(e) = c.validate("mer_1", 0, false) {
                 proptest::prop_assert!(e.0.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
                 // Values are quoted only when short (the CIDR parser quotes its input).
                 proptest::prop_assert!(e.to_string().len() < 1000, "{e}");

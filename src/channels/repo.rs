@@ -5,10 +5,9 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider};
+use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider, SignVersion};
 use crate::{
     net::parse_cidr,
-    providers::paymentwall::SignVersion,
     secrets::MasterKeys,
     store::{Db, StoreError},
 };

@@ -10,31 +10,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignVersion {
-    V1,
-    V2,
-    V3,
-}
-
-impl SignVersion {
-    pub fn from_number(n: u32) -> Option<Self> {
-        match n {
-            1 => Some(Self::V1),
-            2 => Some(Self::V2),
-            3 => Some(Self::V3),
-            _ => None,
-        }
-    }
-
-    pub fn number(self) -> u32 {
-        match self {
-            Self::V1 => 1,
-            Self::V2 => 2,
-            Self::V3 => 3,
-        }
-    }
-}
+pub use crate::channels::SignVersion;
 
 /// Builds the v2/v3 base string (without the secret) from flat parameters, where a nested
 /// parameter arrives as `parent[sub]`. Lists (all-numeric sub-keys) keep index order.
