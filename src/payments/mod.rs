@@ -3,6 +3,7 @@
 
 pub mod cancellations;
 pub mod checkout;
+pub mod event_log;
 pub mod idempotency;
 pub mod methods;
 pub mod model;
@@ -77,11 +78,11 @@ impl From<sqlx::Error> for PaymentError {
 pub async fn record(
     conn: &mut sqlx::AnyConnection,
     payment: &Payment,
-    kind: crate::events::EventKind,
-    detail: Option<&crate::events::EventDetail>,
+    kind: event_log::EventKind,
+    detail: Option<&event_log::EventDetail>,
 ) -> Result<i64, PaymentError> {
-    use crate::events::EventDetail;
-    let position = crate::events::append(conn, payment, kind, detail).await?;
+    use event_log::EventDetail;
+    let position = event_log::append(conn, payment, kind, detail).await?;
     let mut data = serde_json::json!({ "event_id": position.to_string(), "payment": payment });
     match detail {
         Some(EventDetail::Cancellation(value)) => data["cancellation"] = value.clone(),

@@ -6,14 +6,13 @@
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    Payment, PaymentError, PaymentOutcome, PaymentStatus, refunds, repo,
+    Payment, PaymentError, PaymentOutcome, PaymentStatus,
+    event_log::EventDetail,
+    refunds, repo,
     status::next_status,
     subscriptions::{self, SubscriptionEnd, SubscriptionStatus},
 };
-use crate::{
-    events::EventDetail,
-    store::{Db, StoreError, now_ms},
-};
+use crate::store::{Db, StoreError, now_ms};
 
 /// A verified notification as received, for the raw log.
 #[derive(Debug, Clone)]

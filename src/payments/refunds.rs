@@ -19,12 +19,12 @@ use sqlx::AnyConnection;
 use super::{
     Payment, PaymentError, PaymentStatus,
     cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
+    event_log::{EventDetail, EventKind},
     idempotency::{self, Claim, Key},
     repo::{self, Lookup},
 };
 use crate::{
     channels::{Channel, Channels},
-    events::{EventDetail, EventKind},
     merchants::Caller,
     providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},

@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use crate::events::EventKind;
+use super::event_log::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {

@@ -4,11 +4,11 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use super::PaymentError;
-use crate::{
-    events::{EventDetail, EventKind},
-    store::{Db, StoreError},
+use super::{
+    PaymentError,
+    event_log::{EventDetail, EventKind},
 };
+use crate::store::{Db, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

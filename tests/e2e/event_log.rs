@@ -6,8 +6,10 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use paygate::{
-    events::{self, Position, log},
-    payments::{Payment, PaymentStatus},
+    payments::{
+        Payment, PaymentStatus,
+        event_log::{self, Position},
+    },
     store::{Db, PoolSettings},
 };
 use rand::Rng;
@@ -83,7 +85,7 @@ async fn prove_gapless(backend: Backend) {
                 let p = payment("m", n);
                 for _ in 0..EVENTS_PER_WRITER {
                     let mut tx = db.pool().begin().await.unwrap();
-                    events::append(&mut tx, &p, events::EventKind::PaymentPaid, None).await.unwrap();
+                    event_log::append(&mut tx, &p, event_log::EventKind::PaymentPaid, None).await.unwrap();
                     // Hold the transaction open a random while: later ids commit first.
                     let hold = rand::rng().random_range(0..4);
                     tokio::time::sleep(Duration::from_millis(hold)).await;
@@ -101,7 +103,7 @@ async fn prove_gapless(backend: Backend) {
                 let mut cursor = Position::default();
                 let mut finished = false;
                 loop {
-                    let (events, held_back) = log::read_after(&db, cursor, 37).await.unwrap();
+                    let (events, held_back) = event_log::read_after(&db, cursor, 37).await.unwrap();
                     for e in &events {
                         assert!(e.position > cursor, "positions only grow");
                         cursor = e.position;
@@ -137,7 +139,7 @@ async fn prove_gapless(backend: Backend) {
     }
     notifier.abort();
 
-    let (truth, _) = log::read_after(&db, Position::default(), 100_000).await.unwrap();
+    let (truth, _) = event_log::read_after(&db, Position::default(), 100_000).await.unwrap();
     let truth: Vec<Position> = truth.iter().map(|e| e.position).collect();
     assert_eq!(truth.len(), WRITERS * EVENTS_PER_WRITER);
     for seen in &all_runs {
@@ -147,7 +149,7 @@ async fn prove_gapless(backend: Backend) {
     assert_eq!(truth.iter().collect::<BTreeSet<_>>().len(), truth.len(), "no position twice");
     // Resuming after any cursor gives exactly the rest.
     for (i, cursor) in truth.iter().enumerate().step_by(23) {
-        let (rest, _) = log::read_after(&db, *cursor, 100_000).await.unwrap();
+        let (rest, _) = event_log::read_after(&db, *cursor, 100_000).await.unwrap();
         let rest: Vec<Position> = rest.iter().map(|e| e.position).collect();
         assert_eq!(rest, truth[i + 1..]);
     }

@@ -1,0 +1,284 @@
+//! The payment event log: every state change appends one immutable event in the same transaction
+//! as the change (`append`, called by `payments::record`), and readers take it back in a gapless
+//! order.
+//!
+//! PostgreSQL: an event's position is (txid of its transaction, id). A reader takes only events of
+//! transactions older than the oldest transaction still running (`pg_snapshot_xmin`): every
+//! transaction below that horizon has ended, and every later one gets a larger txid, so nothing can
+//! ever appear behind a position already read. Events above the horizon are held back (and the
+//! caller reads again shortly). SQLite has one writer, so ids already follow commit order.
+
+use std::{fmt, str::FromStr};
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use super::{Payment, PaymentError};
+use crate::store::{Backend, Db, StoreError, now_ms};
+
+/// Where an event sits in the log: ordered by the writing transaction, then by id. Shown to
+/// clients as `"<txid>-<id>"`, the cursor they resume after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub txid: i64,
+    pub id: i64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.txid, self.id)
+    }
+}
+
+impl FromStr for Position {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (txid, id) = s.split_once('-').ok_or("is not an event id this server issued")?;
+        let parse =
+            |part: &str| part.parse::<i64>().ok().filter(|n| *n >= 0).ok_or("is not an event id this server issued");
+        Ok(Self { txid: parse(txid)?, id: parse(id)? })
+    }
+}
+
+/// What happened to a payment. The strings are the contract: stream `kind`, webhook `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    PaymentPaid,
+    PaymentPendingReview,
+    PaymentFailed,
+    PaymentCancelPending,
+    PaymentPartiallyCancelled,
+    PaymentCancelled,
+    SubscriptionCancelRequested,
+    SubscriptionCancelled,
+    SubscriptionExpired,
+    SubscriptionPaymentFailed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 10] = [
+        Self::PaymentPaid,
+        Self::PaymentPendingReview,
+        Self::PaymentFailed,
+        Self::PaymentCancelPending,
+        Self::PaymentPartiallyCancelled,
+        Self::PaymentCancelled,
+        Self::SubscriptionCancelRequested,
+        Self::SubscriptionCancelled,
+        Self::SubscriptionExpired,
+        Self::SubscriptionPaymentFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentPaid => "payment.paid",
+            Self::PaymentPendingReview => "payment.pending_review",
+            Self::PaymentFailed => "payment.failed",
+            Self::PaymentCancelPending => "payment.cancel_pending",
+            Self::PaymentPartiallyCancelled => "payment.partially_cancelled",
+            Self::PaymentCancelled => "payment.cancelled",
+            Self::SubscriptionCancelRequested => "subscription.cancel_requested",
+            Self::SubscriptionCancelled => "subscription.cancelled",
+            Self::SubscriptionExpired => "subscription.expired",
+            Self::SubscriptionPaymentFailed => "subscription.payment_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an event is about besides the payment: a cancellation or a subscription (as JSON, the
+/// form the stream and the webhook carry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventDetail {
+    Cancellation(serde_json::Value),
+    Subscription(serde_json::Value),
+}
+
+impl EventDetail {
+    pub fn cancellation(value: &impl Serialize) -> Self {
+        Self::Cancellation(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn subscription(value: &impl Serialize) -> Self {
+        Self::Subscription(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn value(&self) -> &serde_json::Value {
+        match self {
+            Self::Cancellation(v) | Self::Subscription(v) => v,
+        }
+    }
+}
+
+/// An event as read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub position: Position,
+    pub kind: EventKind,
+    /// The payment after the change.
+    pub payment: Payment,
+    /// The cancellation or subscription the event is about, as JSON.
+    pub detail: Option<serde_json::Value>,
+    pub created_at: i64,
+}
+
+/// Appends an event in the caller's transaction; returns its position. The log records and knows
+/// no listeners: whoever records a change also queues what announces it (`payments::record`).
+pub async fn append(
+    conn: &mut AnyConnection,
+    payment: &Payment,
+    kind: EventKind,
+    detail: Option<&EventDetail>,
+) -> Result<Position, StoreError> {
+    let snapshot = serde_json::to_string(payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = sqlx::query(
+        "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, detail, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING event_id, txid",
+    )
+    .bind(&payment.payment_id)
+    .bind(&payment.merchant_id)
+    .bind(kind.as_str())
+    .bind(payment.status.as_str())
+    .bind(snapshot)
+    .bind(detail.map(|d| d.value().to_string()))
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Position { txid: row.try_get("txid")?, id: row.try_get("event_id")? })
+}
+
+const COLUMNS: &str = "event_id, txid, kind, snapshot, detail, created_at";
+
+/// Events after `after`, oldest first, at most `limit`. The flag is true when committed events
+/// were held back behind a still-running transaction (read again soon).
+pub async fn read_after(db: &Db, after: Position, limit: u32) -> Result<(Vec<Event>, bool), PaymentError> {
+    let horizon = horizon(db);
+    let sql = format!(
+        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
+         ORDER BY txid, event_id LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.txid)
+        .bind(after.id)
+        .bind(i64::from(limit))
+        .fetch_all(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+    below_horizon(&rows)
+}
+
+/// SQL for the horizon: the oldest transaction still running (everything older has ended).
+fn horizon(db: &Db) -> &'static str {
+    match db.backend() {
+        Backend::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        Backend::Sqlite => "9223372036854775807",
+    }
+}
+
+/// The rows in order up to the first one at or above the horizon; true if any were held back.
+fn below_horizon(rows: &[AnyRow]) -> Result<(Vec<Event>, bool), PaymentError> {
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let horizon: i64 = row.try_get("horizon").map_err(StoreError::from)?;
+        let event = from_row(row)?;
+        if event.position.txid >= horizon {
+            return Ok((events, true));
+        }
+        events.push(event);
+    }
+    Ok((events, false))
+}
+
+/// The position of the newest event a reader may take now: everything up to it is complete, and
+/// anything that commits later sorts after it. One query.
+pub async fn head(db: &Db) -> Result<Position, PaymentError> {
+    let sql = format!(
+        "SELECT txid, event_id FROM payment_events WHERE txid < {} ORDER BY txid DESC, event_id DESC LIMIT 1",
+        horizon(db)
+    );
+    let row = sqlx::query(&sql).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
+    Ok(match row {
+        Some(row) => Position {
+            txid: row.try_get("txid").map_err(StoreError::from)?,
+            id: row.try_get("event_id").map_err(StoreError::from)?,
+        },
+        None => Position::default(),
+    })
+}
+
+/// A page of one merchant's (and its sub-merchants') events after `after`, optionally of one payment.
+pub async fn list(
+    db: &Db,
+    merchant_id: &str,
+    payment_id: Option<&str>,
+    after: Position,
+    limit: u32,
+) -> Result<(Vec<Event>, bool), PaymentError> {
+    let horizon = horizon(db);
+    let payment_clause = if payment_id.is_some() { "AND payment_id = $5" } else { "" };
+    let sql = format!(
+        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
+         AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3) \
+         {payment_clause} ORDER BY txid, event_id LIMIT $4"
+    );
+    let mut query = sqlx::query(&sql).bind(after.txid).bind(after.id).bind(merchant_id).bind(i64::from(limit));
+    if let Some(payment_id) = payment_id {
+        query = query.bind(payment_id);
+    }
+    let rows = query.fetch_all(db.pool()).await.map_err(StoreError::from)?;
+    below_horizon(&rows)
+}
+
+fn from_row(row: &AnyRow) -> Result<Event, PaymentError> {
+    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("payment_events.{col}: {e}"));
+    let snapshot: String = row.try_get("snapshot").map_err(|e| corrupt("snapshot", &e))?;
+    let detail: Option<String> = row.try_get("detail").map_err(|e| corrupt("detail", &e))?;
+    Ok(Event {
+        position: Position {
+            txid: row.try_get("txid").map_err(|e| corrupt("txid", &e))?,
+            id: row.try_get("event_id").map_err(|e| corrupt("event_id", &e))?,
+        },
+        kind: {
+            let kind: String = row.try_get("kind").map_err(|e| corrupt("kind", &e))?;
+            EventKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?
+        },
+        payment: serde_json::from_str(&snapshot).map_err(|e| corrupt("snapshot", &e))?,
+        detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+        created_at: row.try_get("created_at").map_err(|e| corrupt("created_at", &e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::parse("payment.snapshot"), None);
+    }
+
+    #[test]
+    fn positions_order_by_transaction_then_id_and_round_trip() {
+        let a = Position { txid: 7, id: 100 };
+        let b = Position { txid: 8, id: 3 };
+        assert!(a < b, "a later transaction sorts after, whatever its ids");
+        assert_eq!("7-100".parse::<Position>(), Ok(a));
+        assert_eq!(a.to_string().parse::<Position>(), Ok(a));
+        for bad in ["", "7", "-1-2", "a-b", "7-", "1-2-3"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad}");
+        }
+    }
+}
