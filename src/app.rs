@@ -19,6 +19,7 @@ use crate::{
     merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
     net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
+        Providers,
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
     },
@@ -127,6 +128,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let cache = channel_cache(&settings, &db, redis.clone()).await?;
     let channels = Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets);
     let merchants = merchants(&settings, &db, redis.clone());
+    let providers = Providers::new(Arc::new(providers::paymentwall::Paymentwall));
     let rate = |per_second, burst| Rate { per_second, burst };
     let per_key_limit =
         Limiter::new("api_key", rate(settings.api_rate_limit_per_second, settings.api_rate_limit_burst), redis.clone());
@@ -189,6 +191,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     sweep::spawn(
         db.clone(),
         channels.clone(),
+        providers.clone(),
         SweepSettings {
             interval: ms(s.sweep_interval_ms.max(10)),
             ready_after: ms(s.sweep_ready_after_ms),
@@ -227,6 +230,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             PaymentServiceServer::new(api::payments::PaymentsApi::new(
                 db.clone(),
                 channels.clone(),
+                providers.clone(),
                 hub.clone(),
                 merchants.key_cache().clone(),
                 PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),

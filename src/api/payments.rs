@@ -12,6 +12,7 @@ use crate::{
     events::Hub,
     merchants::KeyCache,
     payments::{
+        Providers,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
         methods::PaymentMethods,
         refunds::{self, RefundRequest},
@@ -26,6 +27,7 @@ use crate::{
 pub struct PaymentsApi {
     db: Db,
     channels: Channels,
+    providers: Providers,
     hub: Arc<Hub>,
     keys: KeyCache,
     methods: PaymentMethods,
@@ -37,12 +39,13 @@ impl PaymentsApi {
     pub fn new(
         db: Db,
         channels: Channels,
+        providers: Providers,
         hub: Arc<Hub>,
         keys: KeyCache,
         methods: PaymentMethods,
         idempotency_lease_ms: i64,
     ) -> Self {
-        Self { db, channels, hub, keys, methods, idempotency_lease_ms }
+        Self { db, channels, providers, hub, keys, methods, idempotency_lease_ms }
     }
 }
 
@@ -105,7 +108,9 @@ impl PaymentService for PaymentsApi {
             idempotency_key: r.idempotency_key,
             request_hash,
         };
-        let session = checkout::create(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
+        let session =
+            checkout::create(&self.db, &self.channels, &self.providers, &caller, req, self.idempotency_lease_ms)
+                .await?;
         let span = tracing::Span::current();
         span.record("payment_id", session.payment.payment_id.as_str());
         span.record("channel_key", session.payment.channel_key.as_str());
@@ -218,7 +223,8 @@ impl PaymentService for PaymentsApi {
             )
             .into());
         }
-        let cancellation = refunds::refund(&self.db, &self.channels, &caller, req, self.idempotency_lease_ms).await?;
+        let cancellation =
+            refunds::refund(&self.db, &self.channels, &self.providers, &caller, req, self.idempotency_lease_ms).await?;
         let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
     }
@@ -261,6 +267,7 @@ impl PaymentService for PaymentsApi {
         let sub = subscriptions::cancel(
             &self.db,
             &self.channels,
+            &self.providers,
             &caller,
             &r.subscription_id,
             reason,
@@ -276,7 +283,8 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::ListPaymentMethodsResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let methods = self.methods.list(&self.channels, &caller, &r.channel_key, &r.country_code).await?;
+        let methods =
+            self.methods.list(&self.channels, &self.providers, &caller, &r.channel_key, &r.country_code).await?;
         Ok(Response::new(pb::ListPaymentMethodsResponse {
             methods: methods
                 .iter()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Payment, PaymentError, PaymentStatus,
+    Payment, PaymentError, PaymentStatus, Providers,
     idempotency::{self, Claim, Key},
     model::new_payment_id,
     money,
@@ -14,7 +14,6 @@ use super::{
 use crate::{
     channels::{ChannelError, Channels},
     merchants::Caller,
-    providers,
     store::{Db, StoreError, now_ms},
     validation::{self, Rule, Violations},
 };
@@ -69,6 +68,7 @@ pub struct CheckoutSession {
 pub async fn create(
     db: &Db,
     channels: &Channels,
+    providers: &Providers,
     caller: &Caller,
     req: CheckoutRequest,
     lease_ms: i64,
@@ -89,7 +89,7 @@ pub async fn create(
             let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&payment_id)).await?;
             Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
         }
-        Claim::New | Claim::TakenOver(None) => create_new(db, channels, caller, &req, key.as_ref()).await,
+        Claim::New | Claim::TakenOver(None) => create_new(db, channels, providers, caller, &req, key.as_ref()).await,
     };
     if result.is_err()
         && let Some(key) = &key
@@ -102,6 +102,7 @@ pub async fn create(
 async fn create_new(
     db: &Db,
     channels: &Channels,
+    providers: &Providers,
     caller: &Caller,
     req: &CheckoutRequest,
     key: Option<&Key<'_>>,
@@ -119,8 +120,16 @@ async fn create_new(
         }
         Err(e) => return Err(e.into()),
     };
+    let provider = channel.as_ref().map(|channel| providers.for_channel(channel));
+    if let Some(provider) = provider {
+        for key in req.custom_params.keys().filter(|key| provider.is_reserved_param(key)) {
+            violations.add(format!("custom_params[{key}]"), "key is a parameter paygate sets itself");
+        }
+    }
     violations.check()?;
-    let channel = channel.ok_or(PaymentError::Channel(ChannelError::NotFound))?;
+    let (Some(channel), Some(provider)) = (channel.clone(), provider) else {
+        return Err(PaymentError::Channel(ChannelError::NotFound));
+    };
     let mut req = req.clone();
     // Stored (and signed into the widget URL) as the URL parser writes them.
     req.success_url = validation::normalised_url(&req.success_url);
@@ -176,7 +185,7 @@ async fn create_new(
         failed_at: None,
         cancelled_at: None,
     };
-    payment.redirect_url = providers::for_channel(&channel)
+    payment.redirect_url = provider
         .checkout_url(&channel, &payment, subscription.as_ref())
         .map_err(|e| PaymentError::Provider(e.to_string()))?;
 
@@ -274,9 +283,6 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
                 }
                 None => format!("custom_params[{key}]"),
             };
-            if providers::paymentwall::widget::is_reserved_param(key) {
-                v.add(&field, "key is a parameter paygate sets itself");
-            }
             validation::text(&mut v, &field, value, MAX_CUSTOM_VALUE);
         }
     }
@@ -339,12 +345,6 @@ mod tests {
             ("customer.email", Box::new(|r| r.customer_email = "nope".into())),
             ("success_url", Box::new(|r| r.success_url = "javascript:alert(1)".into())),
             ("country_code", Box::new(|r| r.country_code = "kor".into())),
-            (
-                "custom_params[uid]",
-                Box::new(|r| {
-                    r.custom_params.insert("uid".into(), "x".into());
-                }),
-            ),
         ];
         for (field, mutate) in cases {
             let mut req = valid();

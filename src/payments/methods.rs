@@ -5,11 +5,13 @@ use std::{sync::Arc, time::Duration};
 
 use moka::future::Cache;
 
-use super::PaymentError;
+use super::{
+    PaymentError, Providers,
+    provider::{PaymentMethod, ProviderError},
+};
 use crate::{
     channels::{ChannelError, Channels},
     merchants::Caller,
-    providers::{self, PaymentMethod, ProviderError},
     validation::{self, InvalidArgument, Violations},
 };
 
@@ -26,6 +28,7 @@ impl PaymentMethods {
     pub async fn list(
         &self,
         channels: &Channels,
+        providers: &Providers,
         caller: &Caller,
         channel_key: &str,
         country_code: &str,
@@ -47,7 +50,7 @@ impl PaymentMethods {
         let loaded = self
             .cache
             .try_get_with(key, async {
-                providers::for_channel(&channel).payment_methods(&channel, country_code).await.map(Arc::new)
+                providers.for_channel(&channel).payment_methods(&channel, country_code).await.map(Arc::new)
             })
             .await;
         // A shared load's error is shared too: rebuild one of the same kind for this caller.

@@ -9,6 +9,7 @@ pub mod methods;
 pub mod model;
 pub mod money;
 pub mod notifications;
+pub mod provider;
 pub mod refunds;
 pub mod repo;
 pub mod status;
@@ -18,7 +19,9 @@ pub mod sweep;
 pub use model::Payment;
 pub use status::{PaymentOutcome, PaymentStatus};
 
-use crate::{channels::ChannelError, providers::ProviderError, store::StoreError, validation::InvalidArgument};
+pub use provider::{Provider, ProviderError, Providers};
+
+use crate::{channels::ChannelError, store::StoreError, validation::InvalidArgument};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {

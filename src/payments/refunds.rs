@@ -17,7 +17,7 @@
 use sqlx::AnyConnection;
 
 use super::{
-    Payment, PaymentError, PaymentStatus,
+    Payment, PaymentError, PaymentStatus, Provider, ProviderError, Providers,
     cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
     event_log::{EventDetail, EventKind},
     idempotency::{self, Claim, Key},
@@ -26,7 +26,6 @@ use super::{
 use crate::{
     channels::{Channel, Channels},
     merchants::Caller,
-    providers::{self, ProviderError},
     store::{Db, StoreError, now_ms},
     validation::{self, Violations},
 };
@@ -66,6 +65,7 @@ pub fn validate(req: &RefundRequest) -> Violations {
 pub async fn refund(
     db: &Db,
     channels: &Channels,
+    providers: &Providers,
     caller: &Caller,
     req: RefundRequest,
     lease_ms: i64,
@@ -83,9 +83,9 @@ pub async fn refund(
     let result = match claim {
         Claim::Done(cancellation_id) => read(db, caller, &cancellation_id).await,
         Claim::TakenOver(Some(cancellation_id)) => {
-            take_over(db, channels, caller, &cancellation_id, key.as_ref(), lease_ms).await
+            take_over(db, channels, providers, caller, &cancellation_id, key.as_ref(), lease_ms).await
         }
-        Claim::New | Claim::TakenOver(None) => request(db, channels, caller, &req, key.as_ref()).await,
+        Claim::New | Claim::TakenOver(None) => request(db, channels, providers, caller, &req, key.as_ref()).await,
     };
     if result.is_err()
         && let Some(key) = &key
@@ -141,6 +141,7 @@ pub fn take_over_action(c: &Cancellation, now: i64, lease_ms: i64) -> TakeOver {
 async fn take_over(
     db: &Db,
     channels: &Channels,
+    providers: &Providers,
     caller: &Caller,
     cancellation_id: &str,
     key: Option<&Key<'_>>,
@@ -151,7 +152,7 @@ async fn take_over(
         TakeOver::Send => {
             let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&c.payment_id)).await?;
             let channel = channels.for_caller(caller, &payment.channel_key).await?;
-            return send(db, &channel, &payment, &c, key).await;
+            return send(db, providers.for_channel(&channel), &channel, &payment, &c, key).await;
         }
         TakeOver::MarkUnknown => mark_unknown(db, &c, key).await?,
         TakeOver::FinishAccepted => accept(db, &c, key).await?,
@@ -169,6 +170,7 @@ async fn take_over(
 async fn request(
     db: &Db,
     channels: &Channels,
+    providers: &Providers,
     caller: &Caller,
     req: &RefundRequest,
     key: Option<&Key<'_>>,
@@ -176,7 +178,7 @@ async fn request(
     let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await?;
     let channel = channels.for_caller(caller, &payment.channel_key).await?;
     let (payment, cancellation) = reserve(db, &payment.payment_id, req, key).await?;
-    send(db, &channel, &payment, &cancellation, key).await
+    send(db, providers.for_channel(&channel), &channel, &payment, &cancellation, key).await
 }
 
 /// Sends the ticket of a reserved request (ticket UNSENT) and records what came of it. Used by
@@ -184,6 +186,7 @@ async fn request(
 /// makes sure only one of them sends it.
 pub async fn send(
     db: &Db,
+    provider: &dyn Provider,
     channel: &Channel,
     payment: &Payment,
     cancellation: &Cancellation,
@@ -200,7 +203,6 @@ pub async fn send(
         }
     }
     let amount = cancellation.amount_minor.unwrap_or_default();
-    let provider = providers::for_channel(channel);
     match provider.request_refund(channel, payment, amount, &cancellation.reason).await {
         Ok(()) => {
             accept(db, cancellation, key).await?;

@@ -191,6 +191,7 @@ fn from_row(row: &AnyRow) -> Result<Subscription, PaymentError> {
 pub async fn cancel(
     db: &Db,
     channels: &crate::channels::Channels,
+    providers: &super::Providers,
     caller: &crate::merchants::Caller,
     subscription_id: &str,
     reason: &str,
@@ -198,7 +199,6 @@ pub async fn cancel(
 ) -> Result<Subscription, PaymentError> {
     use crate::{
         payments::repo::{self, Lookup},
-        providers,
         store::now_ms,
     };
     let give_up_at = now_ms() + lease_ms;
@@ -223,7 +223,7 @@ pub async fn cancel(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let channel = channels.for_caller(caller, &initial.channel_key).await?;
-    if let Err(e) = providers::for_channel(&channel).stop_recurring(&channel, &initial, reason).await {
+    if let Err(e) = providers.for_channel(&channel).stop_recurring(&channel, &initial, reason).await {
         release_cancel_ticket(db, subscription_id, claim).await;
         return Err(e.into());
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{
-    PaymentOutcome, PaymentStatus,
+    PaymentOutcome, PaymentStatus, Providers,
     cancellations::{self, TicketState},
     idempotency,
     notifications::{self, Notice, ProviderEvent},
@@ -24,7 +24,6 @@ use super::{
 };
 use crate::{
     channels::Channels,
-    providers,
     store::{Db, now_ms},
 };
 
@@ -41,14 +40,20 @@ pub struct SweepSettings {
 
 const BATCH: u32 = 50;
 
-pub fn spawn(db: Db, channels: Channels, settings: SweepSettings, mut shutdown: watch::Receiver<bool>) {
+pub fn spawn(
+    db: Db,
+    channels: Channels,
+    providers: Providers,
+    settings: SweepSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(settings.interval) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            match run_once(&db, &channels, &settings).await {
+            match run_once(&db, &channels, &providers, &settings).await {
                 Ok(0) => {}
                 Ok(repaired) => tracing::info!(repaired, "sweep repaired stuck payments"),
                 Err(e) => tracing::warn!(error = %e, "sweep failed; will try again"),
@@ -61,7 +66,12 @@ pub fn spawn(db: Db, channels: Channels, settings: SweepSettings, mut shutdown: 
 }
 
 /// One pass; returns how many payments changed.
-pub async fn run_once(db: &Db, channels: &Channels, s: &SweepSettings) -> Result<usize, super::PaymentError> {
+pub async fn run_once(
+    db: &Db,
+    channels: &Channels,
+    providers: &Providers,
+    s: &SweepSettings,
+) -> Result<usize, super::PaymentError> {
     let now = now_ms();
     let ms = |d: Duration| d.as_millis() as i64;
     let claimed =
@@ -76,7 +86,7 @@ pub async fn run_once(db: &Db, channels: &Channels, s: &SweepSettings) -> Result
                 continue;
             }
         };
-        let remote = match providers::for_channel(&channel).payment_status(&channel, &payment).await {
+        let remote = match providers.for_channel(&channel).payment_status(&channel, &payment).await {
             Ok(Some(remote)) => remote,
             Ok(None) => continue, // the provider knows nothing (yet): ask again after `recheck`
             Err(e) => {
@@ -104,14 +114,19 @@ pub async fn run_once(db: &Db, channels: &Channels, s: &SweepSettings) -> Result
             Err(e) => tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: could not apply"),
         }
     }
-    repaired += sweep_tickets(db, channels, s).await?;
+    repaired += sweep_tickets(db, channels, providers, s).await?;
     let unknown = cancellations::count_unknown(db).await?;
     metrics::gauge!("paygate_refunds_outcome_unknown").set(unknown as f64);
     Ok(repaired)
 }
 
 /// Refund tickets whose worker is gone; returns how many requests moved on.
-async fn sweep_tickets(db: &Db, channels: &Channels, s: &SweepSettings) -> Result<usize, super::PaymentError> {
+async fn sweep_tickets(
+    db: &Db,
+    channels: &Channels,
+    providers: &Providers,
+    s: &SweepSettings,
+) -> Result<usize, super::PaymentError> {
     let now = now_ms();
     let ms = |d: Duration| d.as_millis() as i64;
     let stale =
@@ -133,7 +148,7 @@ async fn sweep_tickets(db: &Db, channels: &Channels, s: &SweepSettings) -> Resul
         match c.ticket {
             Some(TicketState::Unsent) => {
                 // Reserved and never sent (its worker died before the send): send it now.
-                match refunds::send(db, &channel, &payment, &c, None).await {
+                match refunds::send(db, providers.for_channel(&channel), &channel, &payment, &c, None).await {
                     Ok(sent) => {
                         tracing::info!(cancellation_id = %c.cancellation_id, ticket = ?sent.ticket, "sweep sent a refund ticket nobody sent");
                         repaired += 1;
@@ -148,7 +163,7 @@ async fn sweep_tickets(db: &Db, channels: &Channels, s: &SweepSettings) -> Resul
             Some(TicketState::Unknown) => {}
             _ => continue,
         }
-        let remote = match providers::for_channel(&channel).payment_status(&channel, &payment).await {
+        let remote = match providers.for_channel(&channel).payment_status(&channel, &payment).await {
             Ok(Some(remote)) => remote,
             Ok(None) => continue,
             Err(e) => {

@@ -20,6 +20,10 @@ pub struct Paymentwall;
 
 #[tonic::async_trait]
 impl Provider for Paymentwall {
+    fn is_reserved_param(&self, name: &str) -> bool {
+        widget::is_reserved_param(name)
+    }
+
     fn checkout_url(
         &self,
         channel: &Channel,

@@ -111,6 +111,16 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
+
+    #[test]
+    fn the_parameters_the_widget_sets_are_reserved_through_the_port() {
+        use crate::payments::Provider;
+        let provider = super::super::Paymentwall;
+        for name in ["uid", "key", "sign", "amount", "widget"] {
+            assert!(provider.is_reserved_param(name), "{name}");
+        }
+        assert!(!provider.is_reserved_param("order_ref"));
+    }
     use crate::payments::PaymentStatus;
 
     fn config(version: SignVersion) -> PaymentwallConfig {
