@@ -106,13 +106,8 @@ impl ChannelService for ChannelsApi {
             after_key,
             limit: limit + 1,
         };
-        let mut channels = self.channels.list(&caller, &filter).await?;
-        let next_page_token = if channels.len() > limit as usize {
-            channels.truncate(limit as usize);
-            channels.last().map(|c| convert::page_token::encode(&c.channel_key)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let channels = self.channels.list(&caller, &filter).await?;
+        let (channels, next_page_token) = super::page(channels, limit, |c| c.channel_key.clone());
         Ok(Response::new(pb::ListChannelsResponse {
             channels: channels.iter().map(convert::channel).collect(),
             next_page_token,

@@ -152,13 +152,8 @@ impl MerchantService for MerchantsApi {
         let limit = page_size(r.page_size);
         let filter =
             keys::ListFilter { merchant_id, include_revoked: r.include_revoked, after_key_id, limit: limit + 1 };
-        let mut keys = self.merchants.list_api_keys(&filter).await?;
-        let next_page_token = if keys.len() > limit as usize {
-            keys.truncate(limit as usize);
-            keys.last().map(|k| convert::page_token::encode(&k.key_id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let keys = self.merchants.list_api_keys(&filter).await?;
+        let (keys, next_page_token) = super::page(keys, limit, |k| k.key_id.clone());
         Ok(Response::new(pb::ListApiKeysResponse { keys: keys.into_iter().map(api_key).collect(), next_page_token }))
     }
 
@@ -249,13 +244,8 @@ impl MerchantService for MerchantsApi {
         let limit = page_size(r.page_size);
         let filter =
             audit::ListFilter { scope_of, merchant_id, action, from_ms, until_ms, before_id, limit: limit + 1 };
-        let mut events = audit::list(&self.db, &filter).await?;
-        let next_page_token = if events.len() > limit as usize {
-            events.truncate(limit as usize);
-            events.last().map(|e| convert::page_token::encode(&e.audit_id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let events = audit::list(&self.db, &filter).await?;
+        let (events, next_page_token) = super::page(events, limit, |e| e.audit_id.clone());
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(audit_event).collect(),
             next_page_token,

@@ -181,13 +181,8 @@ impl PaymentService for PaymentsApi {
             // One extra row tells whether another page exists.
             limit: limit + 1,
         };
-        let mut payments = repo::list(&self.db, &caller.merchant_id, &filter).await?;
-        let next_page_token = if payments.len() > limit as usize {
-            payments.truncate(limit as usize);
-            payments.last().map(|p| convert::page_token::encode(&p.payment_id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let payments = repo::list(&self.db, &caller.merchant_id, &filter).await?;
+        let (payments, next_page_token) = super::page(payments, limit, |p| p.payment_id.clone());
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(convert::payment).collect(),
             next_page_token,

@@ -134,13 +134,8 @@ impl WebhookService for WebhooksApi {
             ),
         };
         let limit = page_size(r.page_size);
-        let mut rows = outbox::list(&self.db, &caller.merchant_id, before, limit + 1).await?;
-        let next_page_token = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|(seq, _, _)| convert::page_token::encode(&seq.to_string())).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let rows = outbox::list(&self.db, &caller.merchant_id, before, limit + 1).await?;
+        let (rows, next_page_token) = super::page(rows, limit, |(seq, _, _)| seq.to_string());
         let deliveries = rows.into_iter().map(|(_, d, attempts)| delivery(d, attempts)).collect();
         Ok(Response::new(pb::ListWebhookDeliveriesResponse { deliveries, next_page_token }))
     }
