@@ -258,8 +258,9 @@ impl Channels {
         if caller.acts_for(&channel.merchant_id) { Ok(channel) } else { Err(ChannelError::NotFound) }
     }
 
-    /// For a provider callback: any channel, named by the callback URL (cached).
-    pub async fn for_callback(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {
+    /// Any merchant's channel, not scoped to a caller: for provider callbacks (named by their URL)
+    /// and the sweep, never for a merchant's request (cached).
+    pub async fn unscoped(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {
         self.cache.get(channel_key).await
     }
 }

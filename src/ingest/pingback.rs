@@ -223,7 +223,7 @@ pub async fn paymentwall(
 }
 
 async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: String) -> Result<Applied, PingbackError> {
-    let channel = state.channels.for_callback(channel_key).await?;
+    let channel = state.channels.unscoped(channel_key).await?;
     let pw = &channel.paymentwall;
     if !pw.pingback_allowlist.iter().any(|net| net.contains(&source)) {
         return Err(PingbackError::SourceNotAllowed(source));

@@ -79,7 +79,7 @@ pub async fn run_once(
             .await?;
     let mut repaired = 0;
     for payment in claimed {
-        let channel = match channels.for_callback(&payment.channel_key).await {
+        let channel = match channels.unscoped(&payment.channel_key).await {
             Ok(channel) => channel,
             Err(e) => {
                 tracing::warn!(payment_id = %payment.payment_id, error = %e, "sweep: channel unavailable");
@@ -138,7 +138,7 @@ async fn sweep_tickets(
             repo::get_in_tx(&mut conn, &c.payment_id).await?
         };
         let Some(payment) = payment else { continue };
-        let channel = match channels.for_callback(&payment.channel_key).await {
+        let channel = match channels.unscoped(&payment.channel_key).await {
             Ok(channel) => channel,
             Err(e) => {
                 tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: channel unavailable");
