@@ -26,7 +26,9 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Serialized only to feed the defaults to figment: secrets and lists are skipped there (their
+/// defaults come from `Default` through `#[serde(default)]`), so they are written once, below.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     /// gRPC API (internal services).
@@ -34,6 +36,7 @@ pub struct Settings {
     /// HTTP: provider pingbacks, health.
     pub http_addr: SocketAddr,
     /// `postgres://...` or `sqlite:...`; holds credentials, so never printed.
+    #[serde(skip_serializing)]
     pub database_url: SecretString,
     pub database_max_connections: u32,
     /// How long a request waits for a database connection before it fails as unavailable.
@@ -41,21 +44,25 @@ pub struct Settings {
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
     /// Redis for the shared cache and cross-replica fan-out; none means in-process only.
+    #[serde(skip_serializing)]
     pub redis_url: Option<SecretString>,
     /// Prefix of every Redis key and pub/sub channel, so several deployments can share a Redis.
     pub redis_key_prefix: String,
     /// Connect and response timeout for Redis calls; past it, paygate goes to the database.
     pub redis_timeout_ms: u64,
     /// Base64 of 32 random bytes; encrypts channel secrets (AES-256-GCM).
+    #[serde(skip_serializing)]
     pub master_key: Option<SecretString>,
     /// A file holding the master key (base64), instead of `master_key`.
     pub master_key_file: Option<PathBuf>,
     /// Earlier master keys, comma-separated, still accepted for reading during a rotation.
+    #[serde(skip_serializing)]
     pub previous_master_keys: Option<SecretString>,
     /// In-process channel cache: how long an entry lives, and how many entries at most.
     pub channel_cache_ttl_ms: u64,
     pub channel_cache_capacity: u64,
     /// Token for the admin RPCs.
+    #[serde(skip_serializing)]
     pub admin_token: Option<SecretString>,
     /// How long a verified API key is trusted without asking the database. Revocation reaches
     /// every replica through Redis at once; with Redis down, within this time.
@@ -70,7 +77,7 @@ pub struct Settings {
     pub pingback_refusal_burst: u32,
     /// Proxies (CIDR blocks) whose `X-Forwarded-For` is believed: for pingback sources and for
     /// the caller address of gRPC calls (API allowlists, audit entries).
-    #[serde(deserialize_with = "cidr_list")]
+    #[serde(deserialize_with = "cidr_list", skip_serializing)]
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
     pub pingback_timeout_ms: u64,
@@ -194,61 +201,6 @@ impl Default for Settings {
     }
 }
 
-/// The defaults as a figment provider. Secrets and lists are left out: their defaults come from
-/// `Default` through `#[serde(default)]`.
-#[derive(Serialize)]
-struct PlainDefaults {
-    grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
-    database_max_connections: u32,
-    database_acquire_timeout_ms: u64,
-    migrate_on_start: bool,
-    redis_key_prefix: String,
-    redis_timeout_ms: u64,
-    channel_cache_ttl_ms: u64,
-    channel_cache_capacity: u64,
-    auth_cache_ttl_ms: u64,
-    api_rate_limit_per_second: u32,
-    api_rate_limit_burst: u32,
-    pingback_refusal_rate_per_second: u32,
-    pingback_refusal_burst: u32,
-    pingback_timeout_ms: u64,
-    http_max_connections: usize,
-    http_header_read_timeout_ms: u64,
-    http_request_timeout_ms: u64,
-    grpc_max_connections: usize,
-    grpc_handshake_timeout_ms: u64,
-    grpc_max_concurrent_streams: u32,
-    grpc_max_in_flight_per_connection: usize,
-    grpc_max_message_bytes: usize,
-    provider_allow_private_targets: bool,
-    provider_connect_timeout_ms: u64,
-    provider_timeout_ms: u64,
-    idempotency_lease_ms: u64,
-    payment_methods_cache_ttl_ms: u64,
-    sweep_interval_ms: u64,
-    sweep_ready_after_ms: u64,
-    sweep_pending_after_ms: u64,
-    sweep_recheck_ms: u64,
-    stream_buffer: usize,
-    max_streams_per_merchant: usize,
-    event_poll_interval_ms: u64,
-    http2_keepalive_interval_ms: u64,
-    http2_keepalive_timeout_ms: u64,
-    webhook_allow_private_targets: bool,
-    webhook_connect_timeout_ms: u64,
-    webhook_timeout_ms: u64,
-    webhook_retry_base_ms: u64,
-    webhook_retry_max_ms: u64,
-    webhook_retry_window_ms: u64,
-    webhook_poll_interval_ms: u64,
-    webhook_claim_ms: u64,
-    webhook_secret_overlap_ms: u64,
-    shutdown_grace_ms: u64,
-    log_format: LogFormat,
-    log_level: String,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -261,58 +213,7 @@ impl Settings {
     /// Loads settings. `file` is the explicit `--config` path (must exist); without it,
     /// `paygate.toml` in the working directory is read when present.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let d = Settings::default();
-        let mut figment = Figment::from(Serialized::defaults(PlainDefaults {
-            grpc_addr: d.grpc_addr,
-            http_addr: d.http_addr,
-            database_max_connections: d.database_max_connections,
-            database_acquire_timeout_ms: d.database_acquire_timeout_ms,
-            migrate_on_start: d.migrate_on_start,
-            redis_key_prefix: d.redis_key_prefix,
-            redis_timeout_ms: d.redis_timeout_ms,
-            channel_cache_ttl_ms: d.channel_cache_ttl_ms,
-            channel_cache_capacity: d.channel_cache_capacity,
-            auth_cache_ttl_ms: d.auth_cache_ttl_ms,
-            api_rate_limit_per_second: d.api_rate_limit_per_second,
-            api_rate_limit_burst: d.api_rate_limit_burst,
-            pingback_refusal_rate_per_second: d.pingback_refusal_rate_per_second,
-            pingback_refusal_burst: d.pingback_refusal_burst,
-            pingback_timeout_ms: d.pingback_timeout_ms,
-            http_max_connections: d.http_max_connections,
-            http_header_read_timeout_ms: d.http_header_read_timeout_ms,
-            http_request_timeout_ms: d.http_request_timeout_ms,
-            grpc_max_connections: d.grpc_max_connections,
-            grpc_handshake_timeout_ms: d.grpc_handshake_timeout_ms,
-            grpc_max_concurrent_streams: d.grpc_max_concurrent_streams,
-            grpc_max_in_flight_per_connection: d.grpc_max_in_flight_per_connection,
-            grpc_max_message_bytes: d.grpc_max_message_bytes,
-            provider_allow_private_targets: d.provider_allow_private_targets,
-            provider_connect_timeout_ms: d.provider_connect_timeout_ms,
-            provider_timeout_ms: d.provider_timeout_ms,
-            idempotency_lease_ms: d.idempotency_lease_ms,
-            payment_methods_cache_ttl_ms: d.payment_methods_cache_ttl_ms,
-            sweep_interval_ms: d.sweep_interval_ms,
-            sweep_ready_after_ms: d.sweep_ready_after_ms,
-            sweep_pending_after_ms: d.sweep_pending_after_ms,
-            sweep_recheck_ms: d.sweep_recheck_ms,
-            stream_buffer: d.stream_buffer,
-            max_streams_per_merchant: d.max_streams_per_merchant,
-            event_poll_interval_ms: d.event_poll_interval_ms,
-            http2_keepalive_interval_ms: d.http2_keepalive_interval_ms,
-            http2_keepalive_timeout_ms: d.http2_keepalive_timeout_ms,
-            webhook_allow_private_targets: d.webhook_allow_private_targets,
-            webhook_connect_timeout_ms: d.webhook_connect_timeout_ms,
-            webhook_timeout_ms: d.webhook_timeout_ms,
-            webhook_retry_base_ms: d.webhook_retry_base_ms,
-            webhook_retry_max_ms: d.webhook_retry_max_ms,
-            webhook_retry_window_ms: d.webhook_retry_window_ms,
-            webhook_poll_interval_ms: d.webhook_poll_interval_ms,
-            webhook_claim_ms: d.webhook_claim_ms,
-            webhook_secret_overlap_ms: d.webhook_secret_overlap_ms,
-            shutdown_grace_ms: d.shutdown_grace_ms,
-            log_format: d.log_format,
-            log_level: d.log_level,
-        }));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match file {
             Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.display().to_string())),
             Some(path) => figment = figment.merge(Toml::file(path)),
@@ -380,6 +281,10 @@ mod tests {
             assert_eq!(s.http_addr.to_string(), "127.0.0.1:6001");
             assert_eq!(s.log_level, "debug");
             assert_eq!(s.database_url.expose_secret(), "sqlite://paygate.db?mode=rwc");
+            // Defaults written once, in `Default`, reach the loaded settings.
+            let d = Settings::default();
+            assert_eq!((s.api_rate_limit_burst, s.grpc_max_message_bytes), (d.api_rate_limit_burst, 1_048_576));
+            assert_eq!(s.webhook_retry_window_ms, 25 * 3_600_000);
             assert_eq!(s.trusted_proxies.len(), 2);
             assert_eq!(s.trusted_proxies[1].to_string(), "192.168.1.1/32");
             Ok(())
