@@ -277,7 +277,11 @@ pub(crate) fn validate_paymentwall(
     match validation::parse_url(raw_base_url) {
         Ok(u) if u.query().is_none() && u.fragment().is_none() => {
             api_base_url = u.as_str().trim_end_matches('/').to_owned();
-            if let Err(problem) = crate::net::egress::check_url(&api_base_url, allow_internal_targets) {
+            if let Err(problem) = crate::net::egress::check_url_naming(
+                &api_base_url,
+                allow_internal_targets,
+                "PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS",
+            ) {
                 v.add("paymentwall.api_base_url", problem);
             }
         }

@@ -71,6 +71,18 @@ pub fn check_url(raw: &str, allow_internal: bool) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// `check_url`, with an internal-address refusal naming the setting that allows such targets, so
+/// the person who meets it (often with the simulator on loopback) knows what to change.
+pub fn check_url_naming(raw: &str, allow_internal: bool, setting: &str) -> Result<url::Url, String> {
+    check_url(raw, allow_internal).map_err(|problem| {
+        if problem.ends_with("paygate calls only public addresses") {
+            format!("{problem} (set {setting}=true to allow internal targets, e.g. a local simulator)")
+        } else {
+            problem
+        }
+    })
+}
+
 /// A resolver that drops internal addresses, so a public name cannot lead to an internal host.
 pub struct PublicOnly;
 
@@ -122,5 +134,8 @@ mod tests {
         assert!(check_url("ftp://example.com/", true).is_err());
         assert!(check_url("https://user:pw@example.com/", true).is_err());
         assert!(check_url("not a url", true).is_err());
+        let named = check_url_naming("http://127.0.0.1:8090", false, "PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS");
+        assert!(named.unwrap_err().contains("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS=true"));
+        assert!(!check_url_naming("ftp://x.example", false, "X").unwrap_err().contains("X=true"));
     }
 }

@@ -43,5 +43,5 @@ fn allow_internal() -> bool {
 
 /// Checks a provider base URL the way outgoing calls are checked.
 pub fn check_base_url(url: &str) -> Result<(), String> {
-    crate::net::egress::check_url(url, allow_internal()).map(|_| ())
+    crate::net::egress::check_url_naming(url, allow_internal(), "PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS").map(|_| ())
 }

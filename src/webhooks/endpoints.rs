@@ -79,13 +79,14 @@ impl Endpoint {
 /// Checks an endpoint as given; returns its URL as stored (normalised).
 pub fn validate(url: &str, event_types: &[String], allow_internal: bool) -> Result<String, InvalidArgument> {
     let mut v = Violations::default();
-    let normalised = match crate::net::egress::check_url(url, allow_internal) {
-        Ok(u) => u.into(),
-        Err(problem) => {
-            v.add("url", problem);
-            String::new()
-        }
-    };
+    let normalised =
+        match crate::net::egress::check_url_naming(url, allow_internal, "PAYGATE_WEBHOOK_ALLOW_PRIVATE_TARGETS") {
+            Ok(u) => u.into(),
+            Err(problem) => {
+                v.add("url", problem);
+                String::new()
+            }
+        };
     if validation::count(&mut v, "event_types", event_types.len(), validation::MAX_EVENT_TYPES) {
         for (i, t) in event_types.iter().enumerate() {
             let field = format!("event_types[{i}]");
