@@ -129,14 +129,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let channels = Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets);
     let merchants = merchants(&settings, &db, redis.clone());
     let providers = Providers::new(Arc::new(providers::paymentwall::Paymentwall));
-    let rate = |per_second, burst| Rate { per_second, burst };
-    let per_key_limit =
-        Limiter::new("api_key", rate(settings.api_rate_limit_per_second, settings.api_rate_limit_burst), redis.clone());
-    let pingback_refusals = Limiter::new(
-        "pingback_refusals",
-        rate(settings.pingback_refusal_rate_per_second, settings.pingback_refusal_burst),
-        redis.clone(),
-    );
+    let (per_key_limit, pingback_refusals) = rate_limits(&settings, &redis);
     let grpc_listener = bind(settings.grpc_addr).await?;
     let http_listener = bind(settings.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.grpc_addr, source })?;
@@ -175,45 +168,18 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         bridge.spawn_listener(hub.clone(), stop_rx.clone());
     }
     tokio::spawn(hub.clone().run(db.clone(), bridge, ms(s.event_poll_interval_ms.max(10)), stop_rx.clone()));
-    let webhook_settings = WebhookSettings {
-        allow_internal_targets: s.webhook_allow_private_targets,
-        connect_timeout: ms(s.webhook_connect_timeout_ms),
-        timeout: ms(s.webhook_timeout_ms),
-        retry_base: ms(s.webhook_retry_base_ms),
-        retry_max: ms(s.webhook_retry_max_ms),
-        retry_window: ms(s.webhook_retry_window_ms),
-        poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
-        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
-        claim: ms(s.webhook_claim_ms.max(2 * s.webhook_timeout_ms + s.webhook_connect_timeout_ms)),
-        rotation_overlap: ms(s.webhook_secret_overlap_ms),
-    };
+    let webhook_settings = webhook_settings(s);
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
-    sweep::spawn(
-        db.clone(),
-        channels.clone(),
-        providers.clone(),
-        SweepSettings {
-            interval: ms(s.sweep_interval_ms.max(10)),
-            ready_after: ms(s.sweep_ready_after_ms),
-            pending_after: ms(s.sweep_pending_after_ms),
-            recheck: ms(s.sweep_recheck_ms),
-        },
-        stop_rx.clone(),
-    );
+    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep_settings(s), stop_rx.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
-    health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
-    health.set_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
-    health.set_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    set_health(&health, true).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let s = &state.settings;
     let max_message = s.grpc_max_message_bytes;
@@ -269,10 +235,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     shutdown_signal().await;
     tracing::info!("shutting down: refusing new work, finishing in-flight requests");
     state.begin_shutdown();
-    health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
-    health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
-    health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
-    health.set_not_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
+    set_health(&health, false).await;
     // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
     hub.close();
     let _ = stop_tx.send(true);
@@ -293,6 +256,58 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The per-key and refused-pingback rate limits (either off when its rate is 0).
+fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> (Option<Limiter>, Option<Limiter>) {
+    let rate = |per_second, burst| Rate { per_second, burst };
+    (
+        Limiter::new("api_key", rate(s.api_rate_limit_per_second, s.api_rate_limit_burst), redis.clone()),
+        Limiter::new(
+            "pingback_refusals",
+            rate(s.pingback_refusal_rate_per_second, s.pingback_refusal_burst),
+            redis.clone(),
+        ),
+    )
+}
+
+fn webhook_settings(s: &Settings) -> WebhookSettings {
+    WebhookSettings {
+        allow_internal_targets: s.webhook_allow_private_targets,
+        connect_timeout: ms(s.webhook_connect_timeout_ms),
+        timeout: ms(s.webhook_timeout_ms),
+        retry_base: ms(s.webhook_retry_base_ms),
+        retry_max: ms(s.webhook_retry_max_ms),
+        retry_window: ms(s.webhook_retry_window_ms),
+        poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
+        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
+        claim: ms(s.webhook_claim_ms.max(2 * s.webhook_timeout_ms + s.webhook_connect_timeout_ms)),
+        rotation_overlap: ms(s.webhook_secret_overlap_ms),
+    }
+}
+
+fn sweep_settings(s: &Settings) -> SweepSettings {
+    SweepSettings {
+        interval: ms(s.sweep_interval_ms.max(10)),
+        ready_after: ms(s.sweep_ready_after_ms),
+        pending_after: ms(s.sweep_pending_after_ms),
+        recheck: ms(s.sweep_recheck_ms),
+    }
+}
+
+/// gRPC health of every paygate service: SERVING while up, NOT_SERVING once shutting down.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    if serving {
+        health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
+        health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+        health.set_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
+        health.set_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
+    } else {
+        health.set_not_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
+        health.set_not_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;
+        health.set_not_serving::<MerchantServiceServer<api::merchants::MerchantsApi>>().await;
+        health.set_not_serving::<WebhookServiceServer<api::webhooks::WebhooksApi>>().await;
+    }
 }
 
 /// gRPC connections as they are accepted: capped in number, each with a deadline for its first
