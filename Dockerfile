@@ -7,14 +7,14 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY migrations migrations
-RUN mkdir -p src/bin benches examples \
+RUN mkdir -p src/bin/paymentwall-sim benches examples \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/paymentwall-sim.rs \
+    && echo 'fn main() {}' > src/bin/paymentwall-sim/main.rs \
     && echo 'fn main() {}' > benches/streams.rs \
     && echo '' > src/lib.rs \
     && cargo build --release --locked --bin paygate --bin paymentwall-sim || true
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin paygate --bin paymentwall-sim
+RUN touch src/main.rs src/lib.rs src/bin/paymentwall-sim/main.rs && cargo build --release --locked --bin paygate --bin paymentwall-sim
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/paygate /usr/local/bin/paygate

@@ -16,6 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The simulator's own signer, for signing pingbacks as Paymentwall does.
+#[path = "../src/bin/paymentwall-sim/sim/signature.rs"]
+#[allow(dead_code, unused_imports)]
+mod sim_signature;
+
 use paygate::proto::v1::{
     self as pb, channel_service_client::ChannelServiceClient, payment_service_client::PaymentServiceClient,
 };
@@ -141,7 +146,7 @@ fn pingback_url(gate: &Gate, payment_id: &str, n: usize) -> String {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let sig = paygate::sim::signature::pingback_sig(3, &params, SECRET);
+    let sig = sim_signature::pingback_sig(3, &params, SECRET);
     params.push(("sig".into(), sig));
     let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
     format!("{}/pingback/paymentwall/main?{query}", gate.http)

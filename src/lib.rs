@@ -17,7 +17,6 @@ pub mod proto;
 pub mod providers;
 pub mod ratelimit;
 pub mod secrets;
-pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

@@ -5,6 +5,9 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+/// The simulator's own signer (independent of the gateway's), for signing as Paymentwall does.
+#[path = "../../../src/bin/paymentwall-sim/sim/signature.rs"]
+pub mod sim_signature;
 
 use std::{
     io::{BufRead, BufReader},
@@ -396,7 +399,7 @@ pub fn checkout_request(channel_key: &str, merchant_uid: &str) -> pb::CreateChec
 pub fn signed_pingback_query(params: &[(&str, &str)], secret: &str, version: u8) -> String {
     let mut params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     params.push(("sign_version".into(), version.to_string()));
-    let sig = paygate::sim::signature::pingback_sig(version, &params, secret);
+    let sig = sim_signature::pingback_sig(version, &params, secret);
     params.push(("sig".into(), sig));
     form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish()
 }
@@ -488,7 +491,7 @@ pub fn signed_with(redirect_url: &str, secret: &str) -> bool {
     let Some(i) = pairs.iter().position(|(k, _)| k == "sign") else { return false };
     let sign = pairs.remove(i).1;
     let version: u8 = pairs.iter().find(|(k, _)| k == "sign_version").and_then(|(_, v)| v.parse().ok()).unwrap_or(1);
-    paygate::sim::signature::request_sign(version, &pairs, secret) == sign
+    sim_signature::request_sign(version, &pairs, secret) == sign
 }
 
 pub fn query_param(redirect_url: &str, name: &str) -> Option<String> {

@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use paygate::sim::{Project, Sim, SimSettings, router};
+mod sim;
+
+use sim::{Project, Sim, SimSettings, router};
 
 #[derive(Parser)]
 #[command(name = "paymentwall-sim", about = "Paymentwall simulator: widget, hosted page, signed pingbacks")]
