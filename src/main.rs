@@ -99,6 +99,63 @@ fn key_json(key: &ApiKey) -> serde_json::Value {
     })
 }
 
+/// The admin commands that need the database (and Redis, to announce key changes).
+async fn run_admin(settings: &Settings, admin: Admin) -> Result<(), String> {
+    let db = app::connect_db(settings).await.map_err(|e| e.to_string())?;
+    if settings.migrate_on_start {
+        db.migrate().await.map_err(|e| e.to_string())?;
+    }
+    let redis = app::connect_redis(settings).map_err(|e| e.to_string())?;
+    let merchants = app::merchants(settings, &db, redis.clone());
+    let cli = Actor::cli();
+    match admin {
+        Admin::CreateMerchant { name, parent } => {
+            let created = merchants.create_merchant(&cli, &name, parent.as_deref()).await.map_err(|e| e.to_string())?;
+            // The process ends next: the parent's keys must hear of their new scope first.
+            if parent.is_some() {
+                merchants.key_cache().invalidate_and_wait().await;
+            }
+            println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
+        }
+        Admin::CreateApiKey { merchant, name, expires_in } => {
+            let expires_at = expires_in.map(|d| now_ms() + d.as_millis() as i64);
+            let new = NewApiKey { name, expires_at };
+            let created = merchants.create_api_key(&cli, &merchant, &new).await.map_err(|e| e.to_string())?;
+            let mut json = key_json(&created.key);
+            json["api_key"] = created.secret.into();
+            println!("{json}");
+        }
+        Admin::ListApiKeys { merchant, include_revoked } => {
+            let mut after_key_id = None;
+            loop {
+                let filter = ListFilter { merchant_id: merchant.clone(), include_revoked, after_key_id, limit: 100 };
+                let page = merchants.list_api_keys(&filter).await.map_err(|e| e.to_string())?;
+                for key in &page {
+                    println!("{}", key_json(key));
+                }
+                match page.last() {
+                    Some(last) if page.len() == 100 => after_key_id = Some(last.key_id.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Admin::RevokeApiKey { key_id } => {
+            let key = merchants.get_api_key(&key_id).await.map_err(|e| e.to_string())?;
+            let revoked = merchants.revoke_api_key(&cli, &key).await.map_err(|e| e.to_string())?;
+            merchants.key_cache().invalidate_and_wait().await;
+            println!("{}", key_json(&revoked));
+        }
+        Admin::RotateMasterKey => {
+            let cache = app::channel_cache(settings, &db, redis).await.map_err(|e| e.to_string())?;
+            let (rotated, total) = channels::rotate_master_key(&db, &cache).await?;
+            let key_id = cache.keys().current_id();
+            println!("{}", serde_json::json!({"rotated": rotated, "channels": total, "key_id": key_id}));
+        }
+        Admin::GenerateMasterKey => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -153,67 +210,7 @@ fn main() -> ExitCode {
                 println!("{}", MasterKeys::generate());
                 Ok(())
             }
-            Command::Admin(admin) => {
-                let db = app::connect_db(&settings).await.map_err(|e| e.to_string())?;
-                if settings.migrate_on_start {
-                    db.migrate().await.map_err(|e| e.to_string())?;
-                }
-                let redis = app::connect_redis(&settings).map_err(|e| e.to_string())?;
-                let merchants = app::merchants(&settings, &db, redis.clone());
-                let cli = Actor::cli();
-                match admin {
-                    Admin::CreateMerchant { name, parent } => {
-                        let created = merchants
-                            .create_merchant(&cli, &name, parent.as_deref())
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        // The process ends next: the parent's keys must hear of their new scope first.
-                        if parent.is_some() {
-                            merchants.key_cache().invalidate_and_wait().await;
-                        }
-                        println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
-                    }
-                    Admin::CreateApiKey { merchant, name, expires_in } => {
-                        let expires_at = expires_in.map(|d| now_ms() + d.as_millis() as i64);
-                        let new = NewApiKey { name, expires_at };
-                        let created =
-                            merchants.create_api_key(&cli, &merchant, &new).await.map_err(|e| e.to_string())?;
-                        let mut json = key_json(&created.key);
-                        json["api_key"] = created.secret.into();
-                        println!("{json}");
-                    }
-                    Admin::ListApiKeys { merchant, include_revoked } => {
-                        let mut after_key_id = None;
-                        loop {
-                            let filter =
-                                ListFilter { merchant_id: merchant.clone(), include_revoked, after_key_id, limit: 100 };
-                            let page = merchants.list_api_keys(&filter).await.map_err(|e| e.to_string())?;
-                            for key in &page {
-                                println!("{}", key_json(key));
-                            }
-                            match page.last() {
-                                Some(last) if page.len() == 100 => after_key_id = Some(last.key_id.clone()),
-                                _ => break,
-                            }
-                        }
-                    }
-                    Admin::RevokeApiKey { key_id } => {
-                        let key = merchants.get_api_key(&key_id).await.map_err(|e| e.to_string())?;
-                        let revoked = merchants.revoke_api_key(&cli, &key).await.map_err(|e| e.to_string())?;
-                        merchants.key_cache().invalidate_and_wait().await;
-                        println!("{}", key_json(&revoked));
-                    }
-                    Admin::RotateMasterKey => {
-                        let redis = app::connect_redis(&settings).map_err(|e| e.to_string())?;
-                        let cache = app::channel_cache(&settings, &db, redis).await.map_err(|e| e.to_string())?;
-                        let (rotated, total) = channels::rotate_master_key(&db, &cache).await?;
-                        let key_id = cache.keys().current_id();
-                        println!("{}", serde_json::json!({"rotated": rotated, "channels": total, "key_id": key_id}));
-                    }
-                    Admin::GenerateMasterKey => unreachable!("handled above"),
-                }
-                Ok(())
-            }
+            Command::Admin(admin) => run_admin(&settings, admin).await,
             Command::Watch(_) => unreachable!("handled above"),
         }
     });
