@@ -49,6 +49,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/pingback/paymentwall/{channel_key}", get(pingback::paymentwall))
+        .route("/callbacks/{provider}/{channel_key}", get(pingback::callback))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

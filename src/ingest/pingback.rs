@@ -144,6 +144,7 @@ impl From<NotificationError> for PingbackError {
     }
 }
 
+/// `GET /pingback/paymentwall/{channel_key}`: the URL Paymentwall projects are configured with.
 pub async fn paymentwall(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -151,9 +152,34 @@ pub async fn paymentwall(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
     // A segment that is not UTF-8 once decoded is as bad as one with a NUL in it.
     let channel_key = channel_key.map(|Path(key)| key).unwrap_or_else(|_| "\u{fffd}".to_owned());
+    receive_paymentwall(state, peer, channel_key, query, headers).await
+}
+
+/// `GET /callbacks/{provider}/{channel_key}`: one callback URL shape for every provider.
+pub async fn callback(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (provider, channel_key) = path.map(|Path(parts)| parts).unwrap_or_default();
+    match provider.as_str() {
+        "paymentwall" => receive_paymentwall(state, peer, channel_key, query, headers).await,
+        _ => (StatusCode::NOT_FOUND, "unknown provider\n").into_response(),
+    }
+}
+
+async fn receive_paymentwall(
+    state: AppState,
+    peer: SocketAddr,
+    channel_key: String,
+    query: Option<String>,
+    headers: HeaderMap,
+) -> Response {
+    let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
     let key_problem = validation::problem(&channel_key, validation::CHANNEL_KEY);
     let logged_key = validation::loggable(&channel_key, LOGGED_KEY_BYTES);
     let span = tracing::info_span!(

@@ -293,3 +293,25 @@ async fn each_widget_goes_to_its_own_endpoint() {
         wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generic_callback_route_takes_paymentwall_pingbacks_and_refuses_unknown_providers() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-cb")).await.unwrap().into_inner();
+    let query = signed_pingback_query(
+        &[("uid", "user-40012"), ("goodsid", &session.payment_id), ("type", "0"), ("ref", "b-cb-1"), ("is_test", "1")],
+        SECRET_KEY,
+        3,
+    );
+    let http = http_client();
+    let unknown = http.get(format!("{}?{query}", gate.http_url("/callbacks/stripe/main"))).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let answer = http.get(format!("{}?{query}", gate.http_url("/callbacks/paymentwall/main"))).send().await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "OK");
+    wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
+}
