@@ -6,13 +6,10 @@ use tonic::{Request, Response, Status};
 use super::{convert, page_size};
 use crate::{
     audit::{self, Action},
-    merchants::{
-        Allowlist, ApiKey, MerchantError, Merchants, Principal, allowlist,
-        keys::{self, MAX_KEY_ID},
-    },
+    merchants::{Allowlist, ApiKey, MerchantError, Merchants, Principal, allowlist, keys},
     proto::v1::{self as pb, merchant_service_server::MerchantService},
     store::Db,
-    validation::Violations,
+    validation::{self, Violations},
 };
 
 pub struct MerchantsApi {
@@ -72,17 +69,6 @@ fn audit_event(e: audit::AuditEvent) -> pb::AuditEvent {
     }
 }
 
-/// Ids are checked before any lookup: printable, bounded.
-fn check_id(v: &mut Violations, field: &str, id: &str, required: bool) {
-    if id.is_empty() {
-        if required {
-            v.add(field, "is required");
-        }
-    } else if id.len() > MAX_KEY_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        v.add(field, format!("must be at most {MAX_KEY_ID} characters of A-Z, a-z, 0-9, '_' and '-'"));
-    }
-}
-
 #[tonic::async_trait]
 impl MerchantService for MerchantsApi {
     async fn create_merchant(
@@ -108,7 +94,7 @@ impl MerchantService for MerchantsApi {
         principal.require_admin("CreateSubMerchant")?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        check_id(&mut v, "parent_merchant_id", &r.parent_merchant_id, true);
+        validation::identifier(&mut v, "parent_merchant_id", &r.parent_merchant_id, validation::ID);
         v.check()?;
         let created = self.merchants.create_merchant(&principal.actor(), &r.name, Some(&r.parent_merchant_id)).await?;
         tracing::info!(merchant_id = %created.merchant_id, parent = %r.parent_merchant_id, "sub-merchant created");
@@ -126,7 +112,7 @@ impl MerchantService for MerchantsApi {
         let principal = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        check_id(&mut v, "merchant_id", &r.merchant_id, false);
+        validation::optional_identifier(&mut v, "merchant_id", &r.merchant_id, validation::ID);
         v.check()?;
         let merchant_id = principal.target(&r.merchant_id)?;
         let new = keys::NewApiKey { name: r.name, expires_at: r.expires_at.as_ref().map(convert::millis) };
@@ -142,7 +128,7 @@ impl MerchantService for MerchantsApi {
         let principal = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        check_id(&mut v, "merchant_id", &r.merchant_id, false);
+        validation::optional_identifier(&mut v, "merchant_id", &r.merchant_id, validation::ID);
         let after_key_id = convert::page_token::decode(&r.page_token).unwrap_or_else(|e| {
             v.add("page_token", e.0.iter().next().map(|f| f.description.clone()).unwrap_or_default());
             None
@@ -161,7 +147,7 @@ impl MerchantService for MerchantsApi {
         let principal = principal(&request)?;
         let key_id = &request.get_ref().key_id;
         let mut v = Violations::default();
-        check_id(&mut v, "key_id", key_id, true);
+        validation::identifier(&mut v, "key_id", key_id, validation::ID);
         v.check()?;
         let key = self.merchants.get_api_key(key_id).await?;
         if !principal.sees(&key.merchant_id) {
@@ -179,7 +165,7 @@ impl MerchantService for MerchantsApi {
         let principal = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        check_id(&mut v, "merchant_id", &r.merchant_id, false);
+        validation::optional_identifier(&mut v, "merchant_id", &r.merchant_id, validation::ID);
         v.check()?;
         let blocks = allowlist::parse(&r.cidr_blocks)?;
         let merchant_id = principal.target(&r.merchant_id)?;
@@ -201,7 +187,7 @@ impl MerchantService for MerchantsApi {
     ) -> Result<Response<pb::ApiAllowlist>, Status> {
         let principal = principal(&request)?;
         let mut v = Violations::default();
-        check_id(&mut v, "merchant_id", &request.get_ref().merchant_id, false);
+        validation::optional_identifier(&mut v, "merchant_id", &request.get_ref().merchant_id, validation::ID);
         v.check()?;
         let merchant_id = principal.target(&request.get_ref().merchant_id)?;
         Ok(Response::new(allowlist_to_proto(self.merchants.get_allowlist(&merchant_id).await?)))
@@ -214,7 +200,7 @@ impl MerchantService for MerchantsApi {
         let principal = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        check_id(&mut v, "merchant_id", &r.merchant_id, false);
+        validation::optional_identifier(&mut v, "merchant_id", &r.merchant_id, validation::ID);
         let action = match r.action.as_str() {
             "" => None,
             name => Action::parse(name).or_else(|| {

@@ -10,7 +10,7 @@ use super::{caller, convert, page_size};
 use crate::{
     channels::Channels,
     events::Hub,
-    merchants::KeyCache,
+    merchants::{Caller, KeyCache},
     payments::{
         Providers,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
@@ -36,6 +36,16 @@ pub struct PaymentsApi {
 }
 
 impl PaymentsApi {
+    /// A cancellation as answered: in its payment's currency.
+    async fn cancellation_reply(
+        &self,
+        caller: &Caller,
+        cancellation: crate::payments::cancellations::Cancellation,
+    ) -> Result<Response<pb::Cancellation>, Status> {
+        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+    }
+
     pub fn new(
         db: Db,
         channels: Channels,
@@ -220,8 +230,7 @@ impl PaymentService for PaymentsApi {
         }
         let cancellation =
             refunds::refund(&self.db, &self.channels, &self.providers, &caller, req, self.idempotency_lease_ms).await?;
-        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
-        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+        self.cancellation_reply(&caller, cancellation).await
     }
 
     async fn resolve_cancellation(
@@ -244,8 +253,7 @@ impl PaymentService for PaymentsApi {
         v.check()?;
         let resolution = resolution.expect("checked above");
         let cancellation = refunds::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
-        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
-        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
+        self.cancellation_reply(&caller, cancellation).await
     }
 
     async fn cancel_subscription(

@@ -17,7 +17,6 @@ pub const KEY_PREFIX: &str = "pgk_";
 const KEY_RANDOM_CHARS: usize = 32; // 62^32 ~ 2^190
 /// Characters of the key shown in listings: the prefix and 6 random ones (~2^36 of the 2^190).
 const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
-pub const MAX_KEY_ID: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {

@@ -53,10 +53,6 @@ impl<IO> Guarded<IO> {
         let first_bytes_by = (min_bytes > 0).then(|| Box::pin(tokio::time::sleep(within)));
         Self { io, first_bytes_by, owed: min_bytes, _slot: slot }
     }
-
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
