@@ -31,13 +31,34 @@ pub struct RawNotification {
 pub enum ProviderEvent {
     /// Completion, reviews (a completion of a paid subscription payment with a new ref is a renewal).
     Payment(PaymentOutcome),
-    /// Money went back (Paymentwall type 2), with the provider's reason code.
-    Reversal {
-        reason: u32,
-    },
+    /// Money went back, as the provider classifies it.
+    Reversal(ReversalNotice),
     /// The provider says the payment is refunded (payment status API): confirms pending refunds.
     RefundConfirmed,
     SubscriptionEnded(SubscriptionEnd),
+}
+
+/// Money the provider took back. The provider maps its own reason codes onto `kind`; the code and
+/// its meaning are kept on the cancellation for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReversalNotice {
+    pub kind: ReversalKind,
+    /// The provider's own reason code, if it has codes.
+    pub provider_reason: Option<i64>,
+    /// What the reason means, in words.
+    pub description: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalKind {
+    /// The whole payment refunded: confirms every open refund request the provider may have seen.
+    FullRefund,
+    /// Part of it refunded: confirms the oldest open request (or records an unasked partial refund).
+    PartialRefund,
+    /// A chargeback: everything not yet reversed goes.
+    Chargeback,
+    /// Any other reversal (fraud, a bad conversion): everything not yet reversed goes.
+    Other,
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +239,7 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
                 settle(conn, &current, outcome, notice).await
             }
         }
-        ProviderEvent::Reversal { reason } => reverse(conn, &current, notice, reason).await,
+        ProviderEvent::Reversal(reversal) => reverse(conn, &current, notice, &reversal).await,
         ProviderEvent::RefundConfirmed => {
             let Some((next, kind, cancellation)) = refunds::apply_refund_confirmed(conn, &current).await? else {
                 return Ok(Applied::Unchanged);
@@ -365,7 +386,7 @@ async fn reverse(
     conn: &mut AnyConnection,
     current: &Payment,
     notice: &Notice,
-    reason: u32,
+    reversal: &ReversalNotice,
 ) -> Result<Applied, NotificationError> {
     // A reversal that overtook its payment's completion still names the transaction.
     let mut current = current.clone();
@@ -373,7 +394,7 @@ async fn reverse(
         current.provider_ref = Some(notice.provider_ref.clone());
         current.test = notice.test;
     }
-    let Some((next, kind, cancellation)) = refunds::apply_reversal(conn, &current, reason).await? else {
+    let Some((next, kind, cancellation)) = refunds::apply_reversal(conn, &current, reversal).await? else {
         return Ok(Applied::Unchanged);
     };
     let event_id = super::record(conn, &next, kind, Some(&EventDetail::cancellation(&cancellation))).await?;

@@ -21,6 +21,7 @@ use super::{
     cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
     event_log::{EventDetail, EventKind},
     idempotency::{self, Claim, Key},
+    notifications::{ReversalKind, ReversalNotice},
     repo::{self, Lookup},
 };
 use crate::{
@@ -537,11 +538,11 @@ pub enum ReversalPlan {
     Whole,
 }
 
-/// A refund reason (9 full, 10 partial) confirms requests whose ticket may have reached the
-/// provider: reason 10 the first of them, reason 9 all of them. A request whose ticket never left
-/// is never confirmed by a notification (the provider cannot be confirming it). Anything else
-/// (a chargeback, fraud, a refund nobody asked paygate for) reverses everything not yet reversed.
-pub fn plan_reversal(current: &Payment, reason: u32, open: &[Cancellation]) -> ReversalPlan {
+/// A refund confirms requests whose ticket may have reached the provider: a partial refund the
+/// first of them, a full refund all of them. A request whose ticket never left is never confirmed
+/// by a notification (the provider cannot be confirming it). Anything else (a chargeback, fraud, a
+/// refund nobody asked paygate for) reverses everything not yet reversed.
+pub fn plan_reversal(current: &Payment, kind: ReversalKind, open: &[Cancellation]) -> ReversalPlan {
     use PaymentStatus as S;
     if matches!(current.status, S::Cancelled | S::Failed) {
         return ReversalPlan::Nothing;
@@ -552,20 +553,13 @@ pub fn plan_reversal(current: &Payment, reason: u32, open: &[Cancellation]) -> R
         .filter(|(_, c)| c.ticket.is_none_or(TicketState::may_have_reached_provider))
         .map(|(i, _)| i)
         .collect();
-    match reason {
-        9 | 10 if !sent.is_empty() => ReversalPlan::Confirm(if reason == 9 { sent } else { sent[..1].to_vec() }),
-        10 if matches!(current.status, S::Paid | S::PartialCancelled | S::CancelPending) => {
+    match kind {
+        ReversalKind::FullRefund if !sent.is_empty() => ReversalPlan::Confirm(sent),
+        ReversalKind::PartialRefund if !sent.is_empty() => ReversalPlan::Confirm(sent[..1].to_vec()),
+        ReversalKind::PartialRefund if matches!(current.status, S::Paid | S::PartialCancelled | S::CancelPending) => {
             ReversalPlan::UnaskedPartial
         }
         _ => ReversalPlan::Whole,
-    }
-}
-
-/// Paymentwall's reason codes on a negative (type 2) pingback.
-fn trigger_for(reason: u32) -> Trigger {
-    match reason {
-        1 => Trigger::Chargeback,
-        _ => Trigger::Provider,
     }
 }
 
@@ -573,38 +567,42 @@ fn trigger_for(reason: u32) -> Trigger {
 /// or completed. `None`: nothing to do (the payment is already fully reversed, or never paid).
 pub type Reversal = Option<(Payment, EventKind, Cancellation)>;
 
-/// Applies a provider reversal (Paymentwall type 2) inside the caller's transaction, as
-/// `plan_reversal` decides.
+/// Applies a provider reversal inside the caller's transaction, as `plan_reversal` decides.
 pub async fn apply_reversal(
     conn: &mut AnyConnection,
     current: &Payment,
-    reason: u32,
+    reversal: &ReversalNotice,
 ) -> Result<Reversal, PaymentError> {
     let open = cancellations::requested(conn, &current.payment_id).await?;
-    let plan = plan_reversal(current, reason, &open);
-    apply_plan(conn, current, plan, &open, Some(reason)).await
+    let plan = plan_reversal(current, reversal.kind, &open);
+    apply_plan(conn, current, plan, &open, Some(reversal)).await
 }
 
 /// The provider says (payment status API) the payment was refunded, not how much: every open
 /// request whose ticket may have reached it is confirmed with its own amount.
 pub async fn apply_refund_confirmed(conn: &mut AnyConnection, current: &Payment) -> Result<Reversal, PaymentError> {
     let open = cancellations::requested(conn, &current.payment_id).await?;
-    let plan = match plan_reversal(current, 9, &open) {
+    let plan = match plan_reversal(current, ReversalKind::FullRefund, &open) {
         plan @ ReversalPlan::Confirm(_) => plan,
         _ => ReversalPlan::Nothing,
     };
     apply_plan(conn, current, plan, &open, None).await
 }
 
+/// A reversal the provider reported without saying why (only confirmations come without a notice).
+const UNEXPLAINED: ReversalNotice =
+    ReversalNotice { kind: ReversalKind::Other, provider_reason: None, description: "reversed by the provider" };
+
 async fn apply_plan(
     conn: &mut AnyConnection,
     current: &Payment,
     plan: ReversalPlan,
     open: &[Cancellation],
-    reason: Option<u32>,
+    reversal: Option<&ReversalNotice>,
 ) -> Result<Reversal, PaymentError> {
     let now = now_ms();
-    let provider_reason = reason.map(i64::from);
+    let provider_reason = reversal.and_then(|r| r.provider_reason);
+    let reversal = reversal.unwrap_or(&UNEXPLAINED);
     let (next, kind, completed) = match plan {
         ReversalPlan::Nothing => return Ok(None),
         ReversalPlan::Confirm(indexes) => {
@@ -628,7 +626,7 @@ async fn apply_plan(
             (next, kind, completed)
         }
         ReversalPlan::UnaskedPartial => {
-            let completed = new_reversal(current, None, reason.unwrap_or(10), now);
+            let completed = new_reversal(current, None, reversal, now);
             cancellations::insert(conn, &completed).await?;
             let mut next = current.next_version(now);
             next.status = status_by_amounts(&next);
@@ -648,7 +646,7 @@ async fn apply_plan(
                 cancellations::finish(conn, &moot).await?;
             }
             let remaining = current.amount_minor - current.cancelled_amount;
-            let completed = new_reversal(current, Some(remaining), reason.unwrap_or(0), now);
+            let completed = new_reversal(current, Some(remaining), reversal, now);
             cancellations::insert(conn, &completed).await?;
             let mut next = current.next_version(now);
             next.pending_cancel_amount = 0;
@@ -664,38 +662,22 @@ async fn apply_plan(
     Ok(Some((next, kind, completed)))
 }
 
-fn new_reversal(current: &Payment, amount: Option<i64>, reason: u32, now: i64) -> Cancellation {
+fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotice, now: i64) -> Cancellation {
     Cancellation {
         cancellation_id: new_cancellation_id(),
         payment_id: current.payment_id.clone(),
         merchant_id: current.merchant_id.clone(),
         amount_minor: amount,
-        reason: reason_text(reason).to_owned(),
-        trigger: trigger_for(reason),
+        reason: reversal.description.to_owned(),
+        trigger: if reversal.kind == ReversalKind::Chargeback { Trigger::Chargeback } else { Trigger::Provider },
         status: CancellationStatus::Succeeded,
-        provider_reason: Some(i64::from(reason)),
+        provider_reason: reversal.provider_reason,
         failure: None,
         ticket: None,
         ticket_accepted_at: None,
         created_at: now,
         updated_at: now,
         completed_at: Some(now),
-    }
-}
-
-fn reason_text(reason: u32) -> &'static str {
-    match reason {
-        1 => "chargeback",
-        2 => "credit card fraud",
-        3 => "other fraud",
-        4 => "bad data entry",
-        5 => "fake / proxy user",
-        6 => "rejected by advertiser",
-        7 => "duplicate conversion",
-        8 => "goodwill credit taken back",
-        9 => "cancelled order (refund)",
-        10 => "partially reversed transaction",
-        _ => "reversed by the provider",
     }
 }
 
@@ -776,18 +758,22 @@ mod tests {
     fn a_confirmation_never_matches_a_ticket_that_never_left() {
         let paid = payment(PaymentStatus::CancelPending, 1000, 0, 300);
         let open = [request(100, TicketState::Unsent, 0), request(200, TicketState::Accepted, 0)];
-        assert_eq!(plan_reversal(&paid, 10, &open), ReversalPlan::Confirm(vec![1]));
-        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Confirm(vec![1]));
+        assert_eq!(plan_reversal(&paid, ReversalKind::PartialRefund, &open), ReversalPlan::Confirm(vec![1]));
+        assert_eq!(plan_reversal(&paid, ReversalKind::FullRefund, &open), ReversalPlan::Confirm(vec![1]));
         // Only an unsent request open: a refund nobody asked the provider for.
         let open = [request(100, TicketState::Unsent, 0)];
-        assert_eq!(plan_reversal(&paid, 10, &open), ReversalPlan::UnaskedPartial);
-        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Whole);
+        assert_eq!(plan_reversal(&paid, ReversalKind::PartialRefund, &open), ReversalPlan::UnaskedPartial);
+        assert_eq!(plan_reversal(&paid, ReversalKind::FullRefund, &open), ReversalPlan::Whole);
         // Sent with an unknown outcome, or still sending: the provider may be confirming it.
         let open = [request(100, TicketState::Unknown, 0), request(50, TicketState::Sending, 0)];
-        assert_eq!(plan_reversal(&paid, 9, &open), ReversalPlan::Confirm(vec![0, 1]));
-        assert_eq!(plan_reversal(&paid, 1, &open), ReversalPlan::Whole, "a chargeback takes everything");
+        assert_eq!(plan_reversal(&paid, ReversalKind::FullRefund, &open), ReversalPlan::Confirm(vec![0, 1]));
+        assert_eq!(
+            plan_reversal(&paid, ReversalKind::Chargeback, &open),
+            ReversalPlan::Whole,
+            "a chargeback takes everything"
+        );
         let gone = payment(PaymentStatus::Cancelled, 1000, 1000, 0);
-        assert_eq!(plan_reversal(&gone, 9, &open), ReversalPlan::Nothing);
+        assert_eq!(plan_reversal(&gone, ReversalKind::FullRefund, &open), ReversalPlan::Nothing);
     }
 
     #[test]

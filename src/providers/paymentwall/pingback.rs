@@ -3,7 +3,11 @@
 
 use super::signature::{SignVersion, pingback_signature, signatures_match};
 use crate::{
-    payments::{PaymentOutcome, notifications::ProviderEvent, subscriptions::SubscriptionEnd},
+    payments::{
+        PaymentOutcome,
+        notifications::{ProviderEvent, ReversalKind, ReversalNotice},
+        subscriptions::SubscriptionEnd,
+    },
     validation::{self, Rule},
 };
 
@@ -45,6 +49,30 @@ pub struct Pingback {
     /// one ref); empty otherwise.
     pub unique_ref: String,
     sig: String,
+}
+
+/// A type 2 pingback's reason code (paymentwall.md), in paygate's terms.
+pub fn reversal(reason: u32) -> ReversalNotice {
+    let kind = match reason {
+        9 => ReversalKind::FullRefund,
+        10 => ReversalKind::PartialRefund,
+        1 => ReversalKind::Chargeback,
+        _ => ReversalKind::Other,
+    };
+    let description = match reason {
+        1 => "chargeback",
+        2 => "credit card fraud",
+        3 => "other fraud",
+        4 => "bad data entry",
+        5 => "fake / proxy user",
+        6 => "rejected by advertiser",
+        7 => "duplicate conversion",
+        8 => "goodwill credit taken back",
+        9 => "cancelled order (refund)",
+        10 => "partially reversed transaction",
+        _ => "reversed by the provider",
+    };
+    ReversalNotice { kind, provider_reason: Some(i64::from(reason)), description }
 }
 
 impl Pingback {
@@ -111,7 +139,7 @@ impl Pingback {
                 let reason = get("reason").filter(|r| !r.is_empty()).ok_or(ParseError::Missing("reason"))?;
                 let reason =
                     reason.parse().map_err(|_| ParseError::Invalid { field: "reason", problem: "not a number" })?;
-                ProviderEvent::Reversal { reason }
+                ProviderEvent::Reversal(reversal(reason))
             }
             12 => ProviderEvent::SubscriptionEnded(SubscriptionEnd::Cancelled),
             13 => ProviderEvent::SubscriptionEnded(SubscriptionEnd::Expired),
@@ -198,8 +226,13 @@ mod tests {
         assert_eq!(event("type=201"), ProviderEvent::Payment(PaymentOutcome::ReviewAccepted));
         assert_eq!(event("type=202"), ProviderEvent::Payment(PaymentOutcome::Declined));
         assert_eq!(event("type=203"), ProviderEvent::Payment(PaymentOutcome::Declined));
-        assert_eq!(event("type=2&reason=9"), ProviderEvent::Reversal { reason: 9 });
-        assert_eq!(event("type=2&reason=1"), ProviderEvent::Reversal { reason: 1 });
+        assert_eq!(event("type=2&reason=9"), ProviderEvent::Reversal(reversal(9)));
+        assert_eq!(reversal(9).kind, ReversalKind::FullRefund);
+        assert_eq!(reversal(10).kind, ReversalKind::PartialRefund);
+        assert_eq!(reversal(1).kind, ReversalKind::Chargeback);
+        assert_eq!(reversal(2).kind, ReversalKind::Other);
+        assert_eq!(reversal(2).description, "credit card fraud");
+        assert_eq!(event("type=2&reason=1"), ProviderEvent::Reversal(reversal(1)));
         assert_eq!(event("type=12"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::Cancelled));
         assert_eq!(event("type=13"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::Expired));
         assert_eq!(event("type=14"), ProviderEvent::SubscriptionEnded(SubscriptionEnd::PaymentFailed));
