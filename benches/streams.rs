@@ -294,7 +294,7 @@ async fn main() {
             pingback_allowlist: vec!["127.0.0.1/32".into()],
             ..Default::default()
         }),
-        sub_merchant_id: String::new(),
+        ..Default::default()
     });
     create.metadata_mut().insert("authorization", bearer);
     channels.create_channel(create).await.unwrap();

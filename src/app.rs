@@ -30,7 +30,7 @@ use crate::{
             payment_service_server::PaymentServiceServer, webhook_service_server::WebhookServiceServer,
         },
     },
-    providers,
+    providers::{ProviderHttp, paymentwall::Paymentwall},
     ratelimit::{Limiter, Rate},
     secrets::{KeySources, MasterKeys},
     store::{
@@ -116,8 +116,91 @@ pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHand
     ))
 }
 
-/// Runs both servers until SIGTERM or Ctrl-C.
+/// Runs both servers with the providers this build ships, until SIGTERM or Ctrl-C.
 pub async fn serve(settings: Settings) -> Result<(), AppError> {
+    let providers = shipped_providers(&settings);
+    serve_with(settings, providers, shutdown_signal()).await
+}
+
+/// The providers this build ships, each with its own HTTP client.
+pub fn shipped_providers(s: &Settings) -> Providers {
+    let http = ProviderHttp::new(
+        ms(s.provider_connect_timeout_ms),
+        ms(s.provider_timeout_ms),
+        s.provider_allow_private_targets,
+    );
+    Providers::new().with(Arc::new(Paymentwall::new(http)))
+}
+
+/// What the servers are made of, once started.
+struct Parts {
+    state: AppState,
+    hub: Arc<Hub>,
+    providers: Providers,
+    merchants: Merchants,
+    cache: ChannelCache,
+    per_key_limit: Option<Limiter>,
+    webhook_settings: WebhookSettings,
+}
+
+/// Runs both servers with `providers` until `shutdown` completes, then drains.
+pub async fn serve_with(
+    settings: Settings,
+    providers: Providers,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
+    let grpc_listener = bind(settings.grpc_addr).await?;
+    let http_listener = bind(settings.http_addr).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (parts, dispatcher) = start(settings, providers, &stop_rx).await?;
+    let s = parts.state.settings.clone();
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: s.grpc_addr, source })?;
+    let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: s.http_addr, source })?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, true).await;
+    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop_rx.clone()))?;
+    let limits = ingest::server::HttpLimits {
+        max_connections: s.http_max_connections,
+        header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
+        request_timeout: ms(s.http_request_timeout_ms.max(1)),
+    };
+    let http = ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop_rx));
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(http);
+    tracing::info!(%grpc_addr, %http_addr, "paygate ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: refusing new work, finishing in-flight requests");
+    parts.state.begin_shutdown();
+    set_health(&health, false).await;
+    // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
+    parts.hub.close();
+    let _ = stop_tx.send(true);
+
+    // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
+    let drained = tokio::time::timeout(ms(s.shutdown_grace_ms), async {
+        let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
+        (grpc_result.unwrap_or(Ok(())), http_result)
+    })
+    .await;
+    let Ok((grpc_result, http_result)) = drained else {
+        tracing::error!(grace_ms = s.shutdown_grace_ms, "grace period over with work in flight; exiting");
+        return Err(AppError::GraceExceeded);
+    };
+    parts.state.db.close().await;
+    grpc_result?;
+    http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects the stores, builds the services and starts the background work (cache upkeep, the
+/// event hub, webhook dispatch, the sweep). Returns the parts and the dispatcher's task.
+async fn start(
+    settings: Settings,
+    providers: Providers,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {
@@ -126,64 +209,80 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     check_admin_token(&settings)?;
     let redis = connect_redis(&settings)?;
     let cache = channel_cache(&settings, &db, redis.clone()).await?;
-    let channels = Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets);
+    let channels =
+        Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets, providers.config_rules());
     let merchants = merchants(&settings, &db, redis.clone());
-    let providers = Providers::new(Arc::new(providers::paymentwall::Paymentwall));
     let (per_key_limit, pingback_refusals) = rate_limits(&settings, &redis);
-    let grpc_listener = bind(settings.grpc_addr).await?;
-    let http_listener = bind(settings.http_addr).await?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.grpc_addr, source })?;
-    let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: settings.http_addr, source })?;
-
-    let auth = AuthSettings {
-        merchants: merchants.clone(),
-        admin_token: settings.admin_token.clone(),
-        trusted_proxies: settings.trusted_proxies.clone(),
-        per_key_limit: per_key_limit.clone(),
-    };
-    let state = AppState {
-        db: db.clone(),
-        settings: Arc::new(settings),
-        channels: channels.clone(),
-        redis,
-        metrics,
-        pingback_refusals: pingback_refusals.clone(),
-        shutting_down: Default::default(),
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
     cache.spawn_background(stop_rx.clone());
     merchants.key_cache().spawn_background(stop_rx.clone());
-    spawn_limiter_upkeep([per_key_limit, pingback_refusals].into_iter().flatten().collect(), stop_rx.clone());
-    let s = &state.settings;
-    providers::init_http(
-        ms(s.provider_connect_timeout_ms),
-        ms(s.provider_timeout_ms),
-        s.provider_allow_private_targets,
-    );
-    let hub = Hub::new(s.stream_buffer, s.max_streams_per_merchant);
+    let limiters = [per_key_limit.clone(), pingback_refusals.clone()].into_iter().flatten().collect();
+    spawn_limiter_upkeep(limiters, stop_rx.clone());
+    let hub = Hub::new(settings.stream_buffer, settings.max_streams_per_merchant);
     // Before serving: a stream resuming now must not start from an unset position.
     hub.start_at_head(&db).await.map_err(|e| AppError::Events(e.to_string()))?;
-    let bridge = state.redis.clone().map(Bridge::new);
+    let bridge = redis.clone().map(Bridge::new);
     if let Some(bridge) = &bridge {
         bridge.spawn_listener(hub.clone(), stop_rx.clone());
     }
-    tokio::spawn(hub.clone().run(db.clone(), bridge, ms(s.event_poll_interval_ms.max(10)), stop_rx.clone()));
-    let webhook_settings = webhook_settings(s);
+    let poll = ms(settings.event_poll_interval_ms.max(10));
+    tokio::spawn(hub.clone().run(db.clone(), bridge, poll, stop_rx.clone()));
+    let webhook_settings = webhook_settings(&settings);
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
-    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep_settings(s), stop_rx.clone());
+    let sweep = sweep_settings(&settings);
+    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop_rx.clone());
+    let state = AppState {
+        db,
+        settings: Arc::new(settings),
+        channels,
+        providers: providers.clone(),
+        redis,
+        metrics,
+        pingback_refusals,
+        shutting_down: Default::default(),
+    };
+    let parts = Parts { state, hub, providers, merchants, cache, per_key_limit, webhook_settings };
+    Ok((parts, dispatcher))
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, true).await;
+/// The gRPC server with every service, behind metrics and auth, serving `incoming` until `stop`.
+fn grpc_server(
+    parts: &Parts,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + Send + 'static,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static, AppError> {
+    let Parts { state, hub, providers, merchants, cache, per_key_limit, webhook_settings } = parts;
+    let (s, db, channels) = (&state.settings, &state.db, &state.channels);
+    let auth = AuthSettings {
+        merchants: merchants.clone(),
+        admin_token: s.admin_token.clone(),
+        trusted_proxies: s.trusted_proxies.clone(),
+        per_key_limit: per_key_limit.clone(),
+    };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-
-    let s = &state.settings;
     let max_message = s.grpc_max_message_bytes;
-    let grpc = Server::builder()
+    let payments = api::payments::PaymentsApi::new(
+        db.clone(),
+        channels.clone(),
+        providers.clone(),
+        hub.clone(),
+        merchants.key_cache().clone(),
+        PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
+        s.idempotency_lease_ms as i64,
+    );
+    let webhooks = api::webhooks::WebhooksApi::new(
+        db.clone(),
+        cache.keys_arc(),
+        webhook_settings.allow_internal_targets,
+        webhook_settings.rotation_overlap.as_millis() as i64,
+    );
+    let merchants_api = api::merchants::MerchantsApi::new(db.clone(), merchants.clone());
+    Ok(Server::builder()
         .http2_keepalive_interval(Some(ms(s.http2_keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(s.http2_keepalive_timeout_ms)))
         .max_concurrent_streams(s.grpc_max_concurrent_streams.max(1))
@@ -192,70 +291,14 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
+        .add_service(PaymentServiceServer::new(payments).max_decoding_message_size(max_message))
         .add_service(
-            PaymentServiceServer::new(api::payments::PaymentsApi::new(
-                db.clone(),
-                channels.clone(),
-                providers.clone(),
-                hub.clone(),
-                merchants.key_cache().clone(),
-                PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
-                s.idempotency_lease_ms as i64,
-            ))
-            .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            ChannelServiceServer::new(api::channels::ChannelsApi::new(channels)).max_decoding_message_size(max_message),
-        )
-        .add_service(
-            MerchantServiceServer::new(api::merchants::MerchantsApi::new(db.clone(), merchants.clone()))
+            ChannelServiceServer::new(api::channels::ChannelsApi::new(channels.clone()))
                 .max_decoding_message_size(max_message),
         )
-        .add_service(
-            WebhookServiceServer::new(api::webhooks::WebhooksApi::new(
-                db.clone(),
-                cache.keys_arc(),
-                webhook_settings.allow_internal_targets,
-                webhook_settings.rotation_overlap.as_millis() as i64,
-            ))
-            .max_decoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(guarded_incoming(grpc_listener, s), stopped(stop_rx.clone()));
-    let limits = ingest::server::HttpLimits {
-        max_connections: s.http_max_connections,
-        header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
-        request_timeout: ms(s.http_request_timeout_ms.max(1)),
-    };
-    let http = ingest::server::serve(http_listener, ingest::router(state.clone()), limits, stopped(stop_rx));
-
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(http);
-    tracing::info!(%grpc_addr, %http_addr, "paygate ready");
-
-    shutdown_signal().await;
-    tracing::info!("shutting down: refusing new work, finishing in-flight requests");
-    state.begin_shutdown();
-    set_health(&health, false).await;
-    // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
-    hub.close();
-    let _ = stop_tx.send(true);
-
-    // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
-    let grace = ms(state.settings.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async {
-        let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
-        (grpc_result.unwrap_or(Ok(())), http_result)
-    })
-    .await;
-    let Ok((grpc_result, http_result)) = drained else {
-        tracing::error!(grace_ms = state.settings.shutdown_grace_ms, "grace period over with work in flight; exiting");
-        return Err(AppError::GraceExceeded);
-    };
-    db.close().await;
-    grpc_result?;
-    http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
-    tracing::info!("stopped");
-    Ok(())
+        .add_service(MerchantServiceServer::new(merchants_api).max_decoding_message_size(max_message))
+        .add_service(WebhookServiceServer::new(webhooks).max_decoding_message_size(max_message))
+        .serve_with_incoming_shutdown(incoming, stop))
 }
 
 /// The per-key and refused-pingback rate limits (either off when its rate is 0).

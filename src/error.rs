@@ -153,11 +153,11 @@ impl From<AuthError> for Status {
 impl IntoResponse for PingbackError {
     fn into_response(self) -> Response {
         let status = match &self {
-            PingbackError::UnknownChannel => StatusCode::NOT_FOUND,
+            PingbackError::UnknownChannel | PingbackError::UnknownProvider => StatusCode::NOT_FOUND,
             PingbackError::SourceNotAllowed(_)
             | PingbackError::BadSignature
-            | PingbackError::SignVersionNotAccepted(_)
-            | PingbackError::TestOnLiveChannel => StatusCode::FORBIDDEN,
+            | PingbackError::SignatureNotAccepted(_)
+            | PingbackError::TestOnLiveChannel(_) => StatusCode::FORBIDDEN,
             PingbackError::Malformed(_)
             | PingbackError::BadChannelKey(_)
             | PingbackError::Store(StoreError::InvalidValue(_)) => StatusCode::BAD_REQUEST,

@@ -5,8 +5,9 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size};
 use crate::{
-    channels::{self, ChannelPatch, Channels, Deleted, model::NewPaymentwall, repo::ListFilter},
+    channels::{self, Channel, ChannelPatch, Channels, Deleted, config::ProviderConfig, repo::ListFilter},
     proto::v1::{self as pb, channel_service_server::ChannelService},
+    providers::paymentwall::config as paymentwall,
     validation::{self, Violations},
 };
 
@@ -18,10 +19,14 @@ impl ChannelsApi {
     pub fn new(channels: Channels) -> Self {
         Self { channels }
     }
+
+    fn answer(&self, channel: &Channel) -> pb::Channel {
+        convert::channel(channel, self.channels.callback_path(channel))
+    }
 }
 
-fn credentials(pw: pb::PaymentwallCredentials) -> NewPaymentwall {
-    NewPaymentwall {
+fn paymentwall_config(pw: pb::PaymentwallCredentials) -> ProviderConfig {
+    paymentwall::Given {
         project_key: pw.project_key,
         secret_key: SecretString::from(pw.secret_key),
         widget: pw.widget,
@@ -29,7 +34,37 @@ fn credentials(pw: pb::PaymentwallCredentials) -> NewPaymentwall {
         pingback_allowlist: pw.pingback_allowlist,
         api_base_url: pw.api_base_url,
     }
+    .into_config()
 }
+
+/// The generic form of credentials: the provider's name and its config. The settings must be a
+/// JSON object; what is inside is the provider's to check.
+fn generic_config(c: pb::ProviderCredentials, v: &mut Violations) -> (String, ProviderConfig) {
+    let settings = match c.settings_json.trim() {
+        "" => serde_json::Value::Object(Default::default()),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) if value.is_object() => value,
+            Ok(_) => {
+                v.add("credentials.settings_json", "must be a JSON object");
+                serde_json::Value::Null
+            }
+            Err(e) => {
+                v.add("credentials.settings_json", format!("is not JSON: {e}"));
+                serde_json::Value::Null
+            }
+        },
+    };
+    if validation::count(v, "credentials.secrets", c.secrets.len(), MAX_SECRETS) {
+        for name in c.secrets.keys() {
+            validation::identifier(v, "credentials.secrets", name, validation::PARAMETER_NAME);
+        }
+    }
+    let secrets = c.secrets.into_iter().map(|(name, value)| (name, SecretString::from(value))).collect();
+    (c.provider, ProviderConfig { settings, secrets })
+}
+
+/// More secrets than any provider needs is a mistake, not a config.
+const MAX_SECRETS: usize = 16;
 
 fn required_key(key: &str) -> Result<(), Status> {
     let mut v = Violations::default();
@@ -51,18 +86,32 @@ impl ChannelService for ChannelsApi {
             v.add("provider", format!("unknown provider {}", r.provider));
         }
         validation::optional_identifier(&mut v, "sub_merchant_id", &r.sub_merchant_id, validation::ID);
+        let (provider, config) = match r.credentials {
+            Some(_) if r.provider != 0 || r.paymentwall.is_some() => {
+                v.add("credentials", "give either credentials or provider and paymentwall, not both");
+                (String::new(), None)
+            }
+            Some(generic) => {
+                let (name, config) = generic_config(generic, &mut v);
+                if self.channels.rules(&name).is_none() {
+                    v.add("credentials.provider", format!("{:?} is not a provider paygate runs", name));
+                }
+                (name, Some(config))
+            }
+            None => (provider.unwrap_or_default().to_owned(), r.paymentwall.map(paymentwall_config)),
+        };
         v.check()?;
         let new = channels::NewChannel {
             channel_key: r.channel_key,
             name: r.name,
             provider,
             mode: convert::mode_from_proto(r.mode),
-            paymentwall: r.paymentwall.map(credentials),
+            config,
             sub_merchant_id: r.sub_merchant_id,
         };
         let channel = self.channels.create(&caller, new).await?;
         tracing::info!(channel_key = %channel.channel_key, mode = channel.mode.as_str(), "channel created");
-        Ok(Response::new(convert::channel(&channel)))
+        Ok(Response::new(self.answer(&channel)))
     }
 
     async fn get_channel(&self, request: Request<pb::GetChannelRequest>) -> Result<Response<pb::Channel>, Status> {
@@ -70,7 +119,7 @@ impl ChannelService for ChannelsApi {
         let key = &request.get_ref().channel_key;
         required_key(key)?;
         let channel = self.channels.get(&caller, key).await?;
-        Ok(Response::new(convert::channel(&channel)))
+        Ok(Response::new(self.answer(&channel)))
     }
 
     async fn list_channels(
@@ -84,9 +133,13 @@ impl ChannelService for ChannelsApi {
         if mode.is_none() && r.mode != 0 {
             v.add("mode", "is not a channel mode");
         }
-        let provider = convert::provider_from_proto(r.provider);
+        let mut provider = convert::provider_from_proto(r.provider).map(str::to_owned);
         if provider.is_none() && r.provider != 0 {
             v.add("provider", "is not a provider");
+        }
+        if !r.provider_name.is_empty() {
+            validation::identifier(&mut v, "provider_name", &r.provider_name, validation::PARAMETER_NAME);
+            provider = Some(r.provider_name);
         }
         validation::optional_identifier(&mut v, "sub_merchant_id", &r.sub_merchant_id, validation::ID);
         let after_key = match convert::page_token::decode_as(&r.page_token, validation::CHANNEL_KEY) {
@@ -109,7 +162,7 @@ impl ChannelService for ChannelsApi {
         let channels = self.channels.list(&caller, &filter).await?;
         let (channels, next_page_token) = super::page(channels, limit, |c| c.channel_key.clone());
         Ok(Response::new(pb::ListChannelsResponse {
-            channels: channels.iter().map(convert::channel).collect(),
+            channels: channels.iter().map(|c| self.answer(c)).collect(),
             next_page_token,
         }))
     }
@@ -131,18 +184,22 @@ impl ChannelService for ChannelsApi {
             }
         }
         validation::optional_identifier(&mut v, "sub_merchant_id", &update.sub_merchant_id, validation::ID);
-        v.check()?;
         let patch = ChannelPatch {
             paths,
             name: update.name,
             mode: convert::mode_from_proto(update.mode),
-            paymentwall: update.paymentwall.map(credentials).unwrap_or_default(),
+            config: match (update.credentials, update.paymentwall) {
+                (Some(generic), _) => generic_config(generic, &mut v).1,
+                (None, Some(pw)) => paymentwall_config(pw),
+                (None, None) => ProviderConfig::default(),
+            },
             sub_merchant_id: update.sub_merchant_id,
         };
+        v.check()?;
         let fields = patch.paths.join(",");
         let channel = self.channels.update(&caller, &r.channel_key, patch).await?;
         tracing::info!(channel_key = %channel.channel_key, version = channel.version, %fields, "channel updated");
-        Ok(Response::new(convert::channel(&channel)))
+        Ok(Response::new(self.answer(&channel)))
     }
 
     async fn delete_channel(

@@ -3,13 +3,14 @@
 use prost_types::Timestamp;
 
 use crate::{
-    channels::{Channel, ChannelMode, Provider},
+    channels::{Channel, ChannelMode},
     payments::{
         Payment, PaymentStatus,
         cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
         subscriptions::{Subscription, SubscriptionStatus},
     },
     proto::v1 as pb,
+    providers::paymentwall::config as paymentwall,
 };
 
 pub fn timestamp(ms: i64) -> Timestamp {
@@ -144,9 +145,10 @@ pub fn subscription(s: Subscription) -> pb::Subscription {
     }
 }
 
-pub fn provider_from_proto(value: i32) -> Option<Provider> {
+/// The provider name an enum value stands for; `None` for unspecified or unknown values.
+pub fn provider_from_proto(value: i32) -> Option<&'static str> {
     match pb::Provider::try_from(value).ok()? {
-        pb::Provider::Paymentwall => Some(Provider::Paymentwall),
+        pb::Provider::Paymentwall => Some(paymentwall::NAME),
         pb::Provider::Unspecified => None,
     }
 }
@@ -159,36 +161,40 @@ pub fn mode_from_proto(value: i32) -> Option<ChannelMode> {
     }
 }
 
-/// The channel as callers see it: never the secret.
-pub fn channel(c: &Channel) -> pb::Channel {
-    let c = c.clone();
-    let pingback_path = c.pingback_path();
-    let provider = match c.provider {
-        Provider::Paymentwall => pb::Provider::Paymentwall,
+/// The channel as callers see it (never a secret), with the path its provider must call back.
+pub fn channel(c: &Channel, callback_path: String) -> pb::Channel {
+    let (provider, paymentwall) = if c.provider == paymentwall::NAME {
+        let pw = paymentwall::Settings::of(&c.config);
+        let settings = pb::PaymentwallSettings {
+            project_key: pw.project_key,
+            widget: pw.widget,
+            sign_version: pw.sign_version,
+            pingback_allowlist: pw.pingback_allowlist,
+            api_base_url: pw.api_base_url,
+        };
+        (pb::Provider::Paymentwall, Some(settings))
+    } else {
+        (pb::Provider::Unspecified, None)
     };
     let mode = match c.mode {
         ChannelMode::Test => pb::ChannelMode::Test,
         ChannelMode::Live => pb::ChannelMode::Live,
     };
     pb::Channel {
-        channel_key: c.channel_key,
-        name: c.name,
+        channel_key: c.channel_key.clone(),
+        name: c.name.clone(),
         provider: provider as i32,
         mode: mode as i32,
-        paymentwall: Some(pb::PaymentwallSettings {
-            project_key: c.paymentwall.project_key,
-            widget: c.paymentwall.widget,
-            sign_version: c.paymentwall.sign_version.number(),
-            pingback_allowlist: c.paymentwall.pingback_allowlist.iter().map(ToString::to_string).collect(),
-            api_base_url: c.paymentwall.api_base_url,
-        }),
+        paymentwall,
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
-        pingback_path,
-        merchant_id: c.merchant_id,
-        owner_merchant_id: c.owner_id,
+        pingback_path: callback_path,
+        merchant_id: c.merchant_id.clone(),
+        owner_merchant_id: c.owner_id.clone(),
         version: c.version,
         disabled_at: c.disabled_at.map(timestamp),
+        provider_name: c.provider.clone(),
+        settings_json: c.config.settings.to_string(),
     }
 }
 

@@ -63,7 +63,7 @@ struct Cached {
     tag: String,
 }
 
-const TAG_PURPOSE: &str = "channel cache v2";
+const TAG_PURPOSE: &str = "channel cache v3";
 
 impl Cached {
     fn tagged_bytes(channel_key: &str, written_at: i64, channel: &StoredChannel) -> Option<Vec<u8>> {

@@ -1,17 +1,20 @@
 //! Payment channels: one set of provider credentials each, owned by a merchant or assigned to one
-//! of its sub-merchants. Secrets are encrypted at rest (`crypto`), configs are cached (`cache`).
+//! of its sub-merchants. The credentials are their provider's config (`config`), secrets encrypted
+//! at rest (`secrets`); configs are cached (`cache`).
 
 pub mod cache;
+pub mod config;
 pub mod model;
 pub mod repo;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 pub use cache::ChannelCache;
-pub use model::{Channel, ChannelMode, NewChannel, PaymentwallConfig, Provider, SignVersion};
+pub use model::{Channel, ChannelMode, NewChannel};
 
 use self::{
-    model::NewPaymentwall,
+    config::{ConfigRules, ProviderConfig},
+    model::field_prefix,
     repo::{ListFilter, StoredChannel},
 };
 use crate::{
@@ -67,27 +70,20 @@ impl ChannelError {
     }
 }
 
-/// Which fields an update changes (proto field paths) and their new values.
+/// Which fields an update changes (proto field paths) and their new values. A provider's config
+/// field is named `{provider}.{field}`.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelPatch {
     pub paths: Vec<String>,
     pub name: String,
     pub mode: Option<ChannelMode>,
-    pub paymentwall: NewPaymentwall,
+    /// The new values of the config fields the paths name.
+    pub config: ProviderConfig,
     pub sub_merchant_id: String,
 }
 
-pub const UPDATABLE_PATHS: [&str; 9] = [
-    "name",
-    "mode",
-    "sub_merchant_id",
-    "paymentwall.project_key",
-    "paymentwall.secret_key",
-    "paymentwall.widget",
-    "paymentwall.sign_version",
-    "paymentwall.pingback_allowlist",
-    "paymentwall.api_base_url",
-];
+/// The fields of a channel an update may change, besides its provider's config fields.
+pub const UPDATABLE_PATHS: [&str; 3] = ["name", "mode", "sub_merchant_id"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
@@ -103,13 +99,29 @@ pub enum Deleted {
 pub struct Channels {
     db: Db,
     cache: ChannelCache,
-    /// Whether a channel's `api_base_url` may point at internal addresses (the simulator).
+    /// Whether a channel's config may point at internal addresses (the simulator).
     allow_internal_targets: bool,
+    /// The config rules of every provider paygate runs, by name.
+    rules: Arc<HashMap<&'static str, Arc<dyn ConfigRules>>>,
 }
 
 impl Channels {
-    pub fn new(db: Db, cache: ChannelCache, allow_internal_targets: bool) -> Self {
-        Self { db, cache, allow_internal_targets }
+    pub fn new(db: Db, cache: ChannelCache, allow_internal_targets: bool, rules: Vec<Arc<dyn ConfigRules>>) -> Self {
+        let rules = Arc::new(rules.into_iter().map(|r| (r.name(), r)).collect());
+        Self { db, cache, allow_internal_targets, rules }
+    }
+
+    /// The rules of a provider paygate runs.
+    pub fn rules(&self, provider: &str) -> Option<&dyn ConfigRules> {
+        self.rules.get(provider).map(AsRef::as_ref)
+    }
+
+    /// Where the channel's provider must send its callbacks.
+    pub fn callback_path(&self, channel: &Channel) -> String {
+        match self.rules(&channel.provider) {
+            Some(rules) => rules.callback_path(&channel.channel_key),
+            None => format!("/callbacks/{}/{}", channel.provider, channel.channel_key),
+        }
     }
 
     fn keys(&self) -> &MasterKeys {
@@ -117,9 +129,11 @@ impl Channels {
     }
 
     pub async fn create(&self, caller: &Caller, mut new: NewChannel) -> Result<Channel, ChannelError> {
-        let fields = new.given_fields();
+        let rules = self.rules(&new.provider);
+        let fields = new.given_fields(rules);
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         let user = owner(caller, std::mem::take(&mut new.sub_merchant_id), "sub_merchant_id")?;
-        let mut channel = new.validate(&user, now_ms(), self.allow_internal_targets)?;
+        let mut channel = new.validate(&user, now_ms(), rules, self.allow_internal_targets)?;
         channel.owner_id = caller.merchant_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
         let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
@@ -150,47 +164,43 @@ impl Channels {
         if patch.paths.is_empty() {
             v.add("update_mask", "name at least one field to change");
         }
-        let pw = &current.paymentwall;
+        let rules = self.rules(&current.provider);
+        let prefix = field_prefix(&current.provider);
         let mut next = NewChannel {
             channel_key: current.channel_key.clone(),
             name: current.name.clone(),
-            provider: Some(current.provider),
+            provider: current.provider.clone(),
             mode: Some(current.mode),
             sub_merchant_id: String::new(),
-            paymentwall: Some(NewPaymentwall {
-                project_key: pw.project_key.clone(),
-                secret_key: pw.secret_key.clone(),
-                widget: pw.widget.clone(),
-                sign_version: pw.sign_version.number(),
-                pingback_allowlist: pw.pingback_allowlist.iter().map(ToString::to_string).collect(),
-                api_base_url: pw.api_base_url.clone(),
-            }),
+            config: Some(current.config.clone()),
         };
         let mut owner_id = current.merchant_id.clone();
-        let next_pw = next.paymentwall.as_mut().expect("set above");
+        let next_config = next.config.as_mut().expect("set above");
+        let config_fields = rules.map(|r| r.config_fields()).unwrap_or_default();
         for (i, path) in patch.paths.iter().enumerate() {
-            match path.as_str() {
-                "name" => next.name = patch.name.clone(),
-                "mode" => next.mode = patch.mode,
-                "sub_merchant_id" => match owner(caller, patch.sub_merchant_id.clone(), "sub_merchant_id") {
+            let config_field = path.strip_prefix(&prefix).and_then(|f| config_fields.iter().find(|c| c.name == f));
+            match (path.as_str(), config_field) {
+                (_, Some(field)) => next_config.take_field(&patch.config, field),
+                ("name", _) => next.name = patch.name.clone(),
+                ("mode", _) => next.mode = patch.mode,
+                ("sub_merchant_id", _) => match owner(caller, patch.sub_merchant_id.clone(), "sub_merchant_id") {
                     Ok(id) => owner_id = id,
                     Err(e) => v.add("sub_merchant_id", e.to_string()),
                 },
-                "paymentwall.project_key" => next_pw.project_key = patch.paymentwall.project_key.clone(),
-                "paymentwall.secret_key" => next_pw.secret_key = patch.paymentwall.secret_key.clone(),
-                "paymentwall.widget" => next_pw.widget = patch.paymentwall.widget.clone(),
-                "paymentwall.sign_version" => next_pw.sign_version = patch.paymentwall.sign_version,
-                "paymentwall.pingback_allowlist" => {
-                    next_pw.pingback_allowlist = patch.paymentwall.pingback_allowlist.clone()
+                (other, None) => {
+                    let updatable: Vec<String> = UPDATABLE_PATHS
+                        .iter()
+                        .map(|p| p.to_string())
+                        .chain(config_fields.iter().map(|f| format!("{prefix}{}", f.name)))
+                        .collect();
+                    v.add(
+                        format!("update_mask.paths[{i}]"),
+                        format!("{other:?} cannot be updated (updatable: {})", updatable.join(", ")),
+                    )
                 }
-                "paymentwall.api_base_url" => next_pw.api_base_url = patch.paymentwall.api_base_url.clone(),
-                other => v.add(
-                    format!("update_mask.paths[{i}]"),
-                    format!("{other:?} cannot be updated (updatable: {})", UPDATABLE_PATHS.join(", ")),
-                ),
             }
         }
-        let validated = next.validate(&owner_id, now_ms(), self.allow_internal_targets);
+        let validated = next.validate(&owner_id, now_ms(), rules, self.allow_internal_targets);
         let mut channel = match (v.check(), validated) {
             (Ok(()), Ok(channel)) => channel,
             (Err(InvalidArgument(mut a)), Err(InvalidArgument(b))) => {
@@ -294,14 +304,23 @@ fn owner(caller: &Caller, sub_merchant_id: String, field: &str) -> Result<String
     }
 }
 
+/// The secrets of one channel as stored: name -> ciphertext.
+fn sealed_secrets(json: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    serde_json::from_str(json).map_err(|e| format!("unreadable secrets column: {e}"))
+}
+
 /// Start-up check: every stored secret must decrypt with the configured master keys, so a wrong
 /// key fails here, clearly, instead of at the first pingback.
 pub async fn verify_master_key(db: &Db, keys: &MasterKeys) -> Result<(), String> {
-    let secrets = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
-    let failures: Vec<(String, CryptoError)> = secrets
-        .iter()
-        .filter_map(|(key, ciphertext)| keys.decrypt(key, ciphertext).err().map(|e| (key.clone(), e)))
-        .collect();
+    let channels = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut total = 0;
+    for (channel_key, json) in &channels {
+        let sealed = sealed_secrets(json).map_err(|e| format!("channel {channel_key}: {e}"))?;
+        total += sealed.len();
+        let failed = sealed.values().filter_map(|ciphertext| keys.decrypt(channel_key, ciphertext).err());
+        failures.extend(failed.map(|e| (channel_key.clone(), e.to_string())));
+    }
     match failures.first() {
         None => Ok(()),
         Some((first, error)) => Err(format!(
@@ -309,31 +328,41 @@ pub async fn verify_master_key(db: &Db, keys: &MasterKeys) -> Result<(), String>
              first: channel {first}: {error}. Set PAYGATE_MASTER_KEY to the key they were written with, or list \
              it in PAYGATE_PREVIOUS_MASTER_KEYS while rotating",
             failures.len(),
-            secrets.len(),
+            total,
             keys.current_id(),
         )),
     }
 }
 
-/// Re-encrypts every secret not yet under the current master key. Returns (rotated, total).
+/// Re-encrypts every secret not yet under the current master key. Returns (rotated, total)
+/// counted in channels.
 pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, usize), String> {
     let keys = cache.keys();
-    let secrets = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
+    let channels = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
     let mut rotated = 0;
-    for (channel_key, old) in &secrets {
-        if !keys.is_stale(old) {
+    for (channel_key, old) in &channels {
+        let mut sealed = sealed_secrets(old).map_err(|e| format!("channel {channel_key}: {e}"))?;
+        let stale: Vec<String> = sealed.iter().filter(|(_, c)| keys.is_stale(c)).map(|(n, _)| n.clone()).collect();
+        if stale.is_empty() {
             continue;
         }
-        let secret = keys.decrypt(channel_key, old).map_err(|e| format!("channel {channel_key}: {e}"))?;
-        let new = keys.encrypt(channel_key, &secret);
+        for name in &stale {
+            let secret = keys.decrypt(channel_key, &sealed[name]).map_err(|e| format!("channel {channel_key}: {e}"))?;
+            sealed.insert(name.clone(), keys.encrypt(channel_key, &secret));
+        }
+        let new = serde_json::to_string(&sealed).map_err(|e| e.to_string())?;
+        let stored = repo::get(db, channel_key).await.map_err(|e| e.to_string())?;
+        let prefix = field_prefix(stored.as_ref().map_or("", |c| c.provider.as_str()));
+        let fields: Vec<String> = stale.iter().map(|name| format!("{prefix}{name}")).collect();
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         let mut tx = db.pool().begin().await.map_err(|e| e.to_string())?;
-        if repo::replace_secret(&mut tx, channel_key, old, &new).await.map_err(|e| e.to_string())? {
+        if repo::replace_secrets(&mut tx, channel_key, old, &new).await.map_err(|e| e.to_string())? {
             let entry = audit::Entry {
                 actor: &Actor::cli(),
                 action: Action::MasterKeyRotated,
                 merchant_id: None,
                 target: channel_key,
-                changed_fields: &["paymentwall.secret_key"],
+                changed_fields: &fields,
             };
             audit::record(&mut tx, &entry, now_ms()).await.map_err(|e| e.to_string())?;
             tx.commit().await.map_err(|e| e.to_string())?;
@@ -342,5 +371,5 @@ pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, 
             rotated += 1;
         }
     }
-    Ok((rotated, secrets.len()))
+    Ok((rotated, channels.len()))
 }

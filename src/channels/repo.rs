@@ -1,19 +1,20 @@
-//! Channel rows. A row holds the secret encrypted (`StoredChannel`); `open` decrypts it into a
-//! `Channel`. The stored form is also what the Redis cache holds, so Redis never sees a secret.
+//! Channel rows. A row holds its provider's config with each secret encrypted (`StoredChannel`);
+//! `open` decrypts it into a `Channel`. The stored form is also what the Redis cache holds, so
+//! Redis never sees a secret.
 
-use secrecy::SecretString;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use super::{Channel, ChannelError, ChannelMode, PaymentwallConfig, Provider, SignVersion};
+use super::{Channel, ChannelError, ChannelMode, config::ProviderConfig};
 use crate::{
-    net::parse_cidr,
     secrets::MasterKeys,
     store::{Db, StoreError},
 };
 
-const COLUMNS: &str = "channel_key, merchant_id, owner_id, name, provider, mode, project_key, secret_ciphertext, widget, \
-    sign_version, pingback_allowlist, api_base_url, version, created_at, updated_at, disabled_at";
+const COLUMNS: &str = "channel_key, merchant_id, owner_id, name, provider, mode, settings, secrets, version, \
+    created_at, updated_at, disabled_at";
 
 /// Merchants a caller acts for: itself and its sub-merchants.
 const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
@@ -26,14 +27,14 @@ pub struct StoredChannel {
     #[serde(default)]
     pub owner_id: String,
     pub name: String,
+    /// The provider's name: the tag saying whose config `settings` and `secrets` are.
     pub provider: String,
     pub mode: String,
-    pub project_key: String,
-    pub secret_ciphertext: String,
-    pub widget: String,
-    pub sign_version: i64,
-    pub pingback_allowlist: Vec<String>,
-    pub api_base_url: String,
+    /// The provider's settings, a JSON object.
+    pub settings: String,
+    /// The provider's secrets by name, each encrypted under the master key with the channel key as
+    /// associated data ("pgenc:v1:<key id>:<base64 nonce+ciphertext>").
+    pub secrets: BTreeMap<String, String>,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -47,14 +48,15 @@ impl StoredChannel {
             merchant_id: c.merchant_id.clone(),
             owner_id: c.owner_id.clone(),
             name: c.name.clone(),
-            provider: c.provider.as_str().to_owned(),
+            provider: c.provider.clone(),
             mode: c.mode.as_str().to_owned(),
-            project_key: c.paymentwall.project_key.clone(),
-            secret_ciphertext: keys.encrypt(&c.channel_key, &c.paymentwall.secret_key),
-            widget: c.paymentwall.widget.clone(),
-            sign_version: i64::from(c.paymentwall.sign_version.number()),
-            pingback_allowlist: c.paymentwall.pingback_allowlist.iter().map(ToString::to_string).collect(),
-            api_base_url: c.paymentwall.api_base_url.clone(),
+            settings: c.config.settings.to_string(),
+            secrets: c
+                .config
+                .secrets
+                .iter()
+                .map(|(name, secret)| (name.clone(), keys.encrypt(&c.channel_key, secret)))
+                .collect(),
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -64,45 +66,35 @@ impl StoredChannel {
 
     pub fn open(&self, keys: &MasterKeys) -> Result<Channel, ChannelError> {
         let corrupt = |col: &str, e: &dyn std::fmt::Display| ChannelError::Corrupt(format!("{col}: {e}"));
-        let pingback_allowlist = self
-            .pingback_allowlist
+        let settings: serde_json::Value = serde_json::from_str(&self.settings).map_err(|e| corrupt("settings", &e))?;
+        let secrets = self
+            .secrets
             .iter()
-            .map(|c| parse_cidr(c).map_err(|e| corrupt("pingback_allowlist", &e)))
-            .collect::<Result<_, _>>()?;
-        let sign_version = u32::try_from(self.sign_version)
-            .ok()
-            .and_then(SignVersion::from_number)
-            .ok_or_else(|| corrupt("sign_version", &"out of range"))?;
-        let secret_key: SecretString = keys.decrypt(&self.channel_key, &self.secret_ciphertext)?;
+            .map(|(name, sealed)| Ok((name.clone(), keys.decrypt(&self.channel_key, sealed)?)))
+            .collect::<Result<_, ChannelError>>()?;
         Ok(Channel {
             channel_key: self.channel_key.clone(),
             merchant_id: self.merchant_id.clone(),
             // Empty only for a row an older version wrote: such a channel is nobody's to change.
             owner_id: self.owner_id.clone(),
             name: self.name.clone(),
-            provider: Provider::parse(&self.provider).ok_or_else(|| corrupt("provider", &"unknown"))?,
+            provider: self.provider.clone(),
             mode: ChannelMode::parse(&self.mode).ok_or_else(|| corrupt("mode", &"unknown"))?,
-            paymentwall: PaymentwallConfig {
-                project_key: self.project_key.clone(),
-                secret_key,
-                widget: self.widget.clone(),
-                sign_version,
-                pingback_allowlist,
-                api_base_url: self.api_base_url.clone(),
-            },
+            config: ProviderConfig { settings, secrets },
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
             disabled_at: self.disabled_at,
         })
     }
+
+    fn secrets_json(&self) -> Result<String, ChannelError> {
+        serde_json::to_string(&self.secrets).map_err(|e| ChannelError::Corrupt(e.to_string()))
+    }
 }
 
 pub async fn insert(conn: &mut AnyConnection, c: &StoredChannel) -> Result<(), ChannelError> {
-    let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
-    let sql = format!(
-        "INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-    );
+    let sql = format!("INSERT INTO channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
     let result = sqlx::query(&sql)
         .bind(&c.channel_key)
         .bind(&c.merchant_id)
@@ -110,12 +102,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &StoredChannel) -> Result<(), C
         .bind(&c.name)
         .bind(&c.provider)
         .bind(&c.mode)
-        .bind(&c.project_key)
-        .bind(&c.secret_ciphertext)
-        .bind(&c.widget)
-        .bind(c.sign_version)
-        .bind(allowlist)
-        .bind(&c.api_base_url)
+        .bind(&c.settings)
+        .bind(c.secrets_json()?)
         .bind(c.version)
         .bind(c.created_at)
         .bind(c.updated_at)
@@ -131,21 +119,15 @@ pub async fn insert(conn: &mut AnyConnection, c: &StoredChannel) -> Result<(), C
 
 /// Writes `c` (whose version is already bumped) only if the row is still at `c.version - 1`.
 pub async fn update(conn: &mut AnyConnection, c: &StoredChannel) -> Result<bool, ChannelError> {
-    let allowlist = serde_json::to_string(&c.pingback_allowlist).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
     let done = sqlx::query(
-        "UPDATE channels SET merchant_id = $1, name = $2, mode = $3, project_key = $4, secret_ciphertext = $5, \
-         widget = $6, sign_version = $7, pingback_allowlist = $8, api_base_url = $9, version = $10, updated_at = $11, \
-         disabled_at = $12 WHERE channel_key = $13 AND version = $14",
+        "UPDATE channels SET merchant_id = $1, name = $2, mode = $3, settings = $4, secrets = $5, version = $6, \
+         updated_at = $7, disabled_at = $8 WHERE channel_key = $9 AND version = $10",
     )
     .bind(&c.merchant_id)
     .bind(&c.name)
     .bind(&c.mode)
-    .bind(&c.project_key)
-    .bind(&c.secret_ciphertext)
-    .bind(&c.widget)
-    .bind(c.sign_version)
-    .bind(allowlist)
-    .bind(&c.api_base_url)
+    .bind(&c.settings)
+    .bind(c.secrets_json()?)
     .bind(c.version)
     .bind(c.updated_at)
     .bind(c.disabled_at)
@@ -193,7 +175,8 @@ pub async fn get_in_scope(db: &Db, merchant_id: &str, channel_key: &str) -> Resu
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub mode: Option<ChannelMode>,
-    pub provider: Option<Provider>,
+    /// A provider's name.
+    pub provider: Option<String>,
     /// Only channels assigned to this sub-merchant.
     pub sub_merchant_id: Option<String>,
     pub include_disabled: bool,
@@ -212,8 +195,8 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Stor
     if let Some(mode) = f.mode {
         filter("mode", mode.as_str().to_owned());
     }
-    if let Some(provider) = f.provider {
-        filter("provider", provider.as_str().to_owned());
+    if let Some(provider) = &f.provider {
+        filter("provider", provider.clone());
     }
     if let Some(sub) = &f.sub_merchant_id {
         filter("merchant_id", sub.clone());
@@ -230,40 +213,36 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Stor
     rows.iter().map(from_row).collect()
 }
 
-/// Every channel's encrypted secret, for the start-up key check and key rotation.
+/// Every channel's encrypted secrets (its `secrets` column as stored), for the start-up key check
+/// and key rotation.
 pub async fn all_secrets(db: &Db) -> Result<Vec<(String, String)>, ChannelError> {
-    let rows = sqlx::query("SELECT channel_key, secret_ciphertext FROM channels ORDER BY channel_key")
+    let rows = sqlx::query("SELECT channel_key, secrets FROM channels ORDER BY channel_key")
         .fetch_all(db.pool())
         .await
         .map_err(StoreError::from)?;
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get("channel_key").map_err(StoreError::from)?,
-                r.try_get("secret_ciphertext").map_err(StoreError::from)?,
-            ))
+            Ok((r.try_get("channel_key").map_err(StoreError::from)?, r.try_get("secrets").map_err(StoreError::from)?))
         })
         .collect()
 }
 
-/// Replaces one encrypted secret if it is still `old` (key rotation). The version is bumped so
-/// cached copies holding the old ciphertext are replaced.
-pub async fn replace_secret(
+/// Replaces a channel's encrypted secrets if they are still `old` (key rotation). The version is
+/// bumped so cached copies holding the old ciphertexts are replaced.
+pub async fn replace_secrets(
     conn: &mut AnyConnection,
     channel_key: &str,
     old: &str,
     new: &str,
 ) -> Result<bool, ChannelError> {
-    let done = sqlx::query(
-        "UPDATE channels SET secret_ciphertext = $1, version = version + 1 \
-         WHERE channel_key = $2 AND secret_ciphertext = $3",
-    )
-    .bind(new)
-    .bind(channel_key)
-    .bind(old)
-    .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    let done =
+        sqlx::query("UPDATE channels SET secrets = $1, version = version + 1 WHERE channel_key = $2 AND secrets = $3")
+            .bind(new)
+            .bind(channel_key)
+            .bind(old)
+            .execute(conn)
+            .await
+            .map_err(StoreError::from)?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -281,13 +260,8 @@ fn from_row(row: &AnyRow) -> Result<StoredChannel, ChannelError> {
         name: s("name")?,
         provider: s("provider")?,
         mode: s("mode")?,
-        project_key: s("project_key")?,
-        secret_ciphertext: s("secret_ciphertext")?,
-        widget: s("widget")?,
-        sign_version: n("sign_version")?,
-        pingback_allowlist: serde_json::from_str(&s("pingback_allowlist")?)
-            .map_err(|e| corrupt("pingback_allowlist", &e))?,
-        api_base_url: s("api_base_url")?,
+        settings: s("settings")?,
+        secrets: serde_json::from_str(&s("secrets")?).map_err(|e| corrupt("secrets", &e))?,
         version: n("version")?,
         created_at: n("created_at")?,
         updated_at: n("updated_at")?,

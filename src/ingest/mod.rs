@@ -12,11 +12,16 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, routing::get};
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
 
 pub use pingback::PingbackError;
 
-use crate::{channels::Channels, config::Settings, ratelimit::Limiter, store::Db, store::redis::RedisHandle};
+use crate::{
+    channels::Channels, config::Settings, payments::Providers, ratelimit::Limiter, store::Db, store::redis::RedisHandle,
+};
+
+/// The most a callback body may carry; provider notifications are a few KiB.
+const MAX_CALLBACK_BODY: usize = 64 * 1024;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -24,6 +29,8 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub channels: Channels,
+    /// The providers whose callbacks are served.
+    pub providers: Providers,
     pub redis: Option<RedisHandle>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Refused pingbacks per source address.
@@ -49,7 +56,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/pingback/paymentwall/{channel_key}", get(pingback::paymentwall))
-        .route("/callbacks/{provider}/{channel_key}", get(pingback::callback))
+        .route(
+            "/callbacks/{provider}/{channel_key}",
+            get(pingback::callback).post(pingback::callback).layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -1,6 +1,9 @@
-//! `GET /pingback/paymentwall/{channel_key}`. Order of work: resolve channel -> check source
-//! address -> verify signature -> refuse test pingbacks on LIVE channels -> store and apply in one
-//! transaction -> answer `OK`. Only a committed (or already committed) pingback is answered `OK`.
+//! Provider callbacks: `GET /pingback/paymentwall/{channel_key}` (the URL Paymentwall projects are
+//! configured with) and `/callbacks/{provider}/{channel_key}` for every provider. Order of work:
+//! resolve the provider and the channel -> the provider reads and verifies the callback (its
+//! source rules, signature, test mode) into a neutral notice -> store and apply in one transaction
+//! -> answer what the provider expects. Only a committed (or already committed) callback is
+//! answered as accepted.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -8,21 +11,20 @@ use std::{
 };
 
 use axum::{
+    body::Bytes,
     extract::{ConnectInfo, Path, RawQuery, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use super::AppState;
 use crate::{
-    channels::{ChannelError, ChannelMode},
+    channels::ChannelError,
     net::client_ip,
-    payments::notifications::{self, Applied, Notice, NotificationError, RawNotification},
-    providers::paymentwall::{
-        SignVersion,
-        pingback::{ParseError, Pingback},
+    payments::{
+        notifications::{self, Applied, NotificationError},
+        provider::{Callback, CallbackError, Provider},
     },
     store::StoreError,
     validation,
@@ -33,6 +35,8 @@ const LOGGED_KEY_BYTES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PingbackError {
+    #[error("unknown provider")]
+    UnknownProvider,
     #[error("unknown channel")]
     UnknownChannel,
     /// Refused before any lookup or log line: the key can be anything a client typed.
@@ -40,14 +44,15 @@ pub enum PingbackError {
     BadChannelKey(String),
     #[error("source address {0} is not allowed for this channel")]
     SourceNotAllowed(IpAddr),
-    #[error("malformed pingback: {0}")]
-    Malformed(#[from] ParseError),
+    /// The provider's words: which part is malformed and how.
+    #[error("{0}")]
+    Malformed(String),
     #[error("bad signature")]
     BadSignature,
-    #[error("signature version {0} is not accepted (use 2 or 3)")]
-    SignVersionNotAccepted(u32),
-    #[error("test pingback (is_test=1) on a LIVE channel")]
-    TestOnLiveChannel,
+    #[error("{0}")]
+    SignatureNotAccepted(String),
+    #[error("{0}")]
+    TestOnLiveChannel(String),
     #[error("no such payment on this channel")]
     PaymentNotFound,
     #[error("timed out")]
@@ -70,22 +75,16 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
-/// The pingback's `type` as a metric label: only the types Paymentwall defines, else "other".
-fn pingback_type_label(query: &str) -> &'static str {
-    const TYPES: [&str; 10] = ["0", "1", "2", "12", "13", "14", "200", "201", "202", "203"];
-    let raw = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "type").map(|(_, v)| v.into_owned());
-    raw.and_then(|t| TYPES.iter().find(|known| **known == t).copied()).unwrap_or("other")
-}
-
 impl PingbackError {
     /// The outcome label of `paygate_pingbacks_total`.
     pub fn outcome_label(&self) -> &'static str {
         match self {
+            Self::UnknownProvider => "unknown_provider",
             Self::UnknownChannel => "unknown_channel",
             Self::SourceNotAllowed(_) => "source_not_allowed",
             Self::Malformed(_) | Self::BadChannelKey(_) | Self::Store(StoreError::InvalidValue(_)) => "malformed",
-            Self::BadSignature | Self::SignVersionNotAccepted(_) => "bad_signature",
-            Self::TestOnLiveChannel => "test_on_live",
+            Self::BadSignature | Self::SignatureNotAccepted(_) => "bad_signature",
+            Self::TestOnLiveChannel(_) => "test_on_live",
             Self::PaymentNotFound => "unknown_payment",
             Self::Timeout | Self::Busy | Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) | Self::Channel(_) | Self::Corrupt(_) => "error",
@@ -98,14 +97,15 @@ impl PingbackError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::UnknownChannel
+            Self::UnknownProvider
+                | Self::UnknownChannel
                 | Self::SourceNotAllowed(_)
                 | Self::Malformed(_)
                 | Self::BadChannelKey(_)
                 | Self::Store(StoreError::InvalidValue(_))
                 | Self::BadSignature
-                | Self::SignVersionNotAccepted(_)
-                | Self::TestOnLiveChannel
+                | Self::SignatureNotAccepted(_)
+                | Self::TestOnLiveChannel(_)
         )
     }
 
@@ -132,6 +132,19 @@ impl From<ChannelError> for PingbackError {
     }
 }
 
+impl From<CallbackError> for PingbackError {
+    fn from(e: CallbackError) -> Self {
+        match e {
+            CallbackError::SourceNotAllowed(source) => Self::SourceNotAllowed(source),
+            CallbackError::Malformed(why) => Self::Malformed(why),
+            CallbackError::BadSignature => Self::BadSignature,
+            CallbackError::SignatureNotAccepted(why) => Self::SignatureNotAccepted(why),
+            CallbackError::TestOnLive(why) => Self::TestOnLiveChannel(why),
+            CallbackError::Config(e) => Self::Corrupt(e.to_string()),
+        }
+    }
+}
+
 impl From<NotificationError> for PingbackError {
     fn from(e: NotificationError) -> Self {
         use crate::payments::PaymentError;
@@ -154,132 +167,128 @@ pub async fn paymentwall(
 ) -> Response {
     // A segment that is not UTF-8 once decoded is as bad as one with a NUL in it.
     let channel_key = channel_key.map(|Path(key)| key).unwrap_or_else(|_| "\u{fffd}".to_owned());
-    receive_paymentwall(state, peer, channel_key, query, headers).await
+    let received = Received { peer, channel_key, query: query.unwrap_or_default(), headers, body: Bytes::new() };
+    receive(state, "paymentwall", received).await
 }
 
-/// `GET /callbacks/{provider}/{channel_key}`: one callback URL shape for every provider.
+/// `GET` or `POST /callbacks/{provider}/{channel_key}`: one callback URL shape for every provider.
 pub async fn callback(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     let (provider, channel_key) = path.map(|Path(parts)| parts).unwrap_or_default();
-    match provider.as_str() {
-        "paymentwall" => receive_paymentwall(state, peer, channel_key, query, headers).await,
-        _ => (StatusCode::NOT_FOUND, "unknown provider\n").into_response(),
-    }
+    let received = Received { peer, channel_key, query: query.unwrap_or_default(), headers, body };
+    receive(state, &provider, received).await
 }
 
-async fn receive_paymentwall(
-    state: AppState,
+/// A callback request, as the route took it apart.
+struct Received {
     peer: SocketAddr,
     channel_key: String,
-    query: Option<String>,
+    query: String,
     headers: HeaderMap,
-) -> Response {
-    let source = client_ip::resolve(peer.ip(), &headers, &state.settings.trusted_proxies);
-    let key_problem = validation::problem(&channel_key, validation::CHANNEL_KEY);
-    let logged_key = validation::loggable(&channel_key, LOGGED_KEY_BYTES);
+    body: Bytes,
+}
+
+async fn receive(state: AppState, provider_name: &str, r: Received) -> Response {
+    let source = client_ip::resolve(r.peer.ip(), &r.headers, &state.settings.trusted_proxies);
+    let providers = state.providers.clone();
+    let provider = providers.get(provider_name);
+    let logged_key = validation::loggable(&r.channel_key, LOGGED_KEY_BYTES);
     let span = tracing::info_span!(
-        "pingback", otel.kind = "server", provider = "paymentwall", channel_key = %logged_key, %source,
+        "pingback", otel.kind = "server", provider = provider.map_or("unknown", |p| p.name()),
+        channel_key = %logged_key, %source,
         pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty,
         payment_id = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty
     );
-    crate::telemetry::continue_trace(&span, &headers);
-    let query = query.unwrap_or_default();
-    let pingback_type = pingback_type_label(&query);
+    crate::telemetry::continue_trace(&span, &r.headers);
+    let callback = Callback { source, query: &r.query, body: &r.body };
+    let kind = provider.map_or("other", |p| p.callback_label(&callback));
     let work = async {
-        match key_problem {
-            Some(problem) => Err(PingbackError::BadChannelKey(problem)),
-            None => handle(&state, &channel_key, source, query).await,
+        let provider = provider.ok_or(PingbackError::UnknownProvider)?;
+        if let Some(problem) = validation::problem(&r.channel_key, validation::CHANNEL_KEY) {
+            return Err(PingbackError::BadChannelKey(problem));
         }
+        handle(&state, provider, &r.channel_key, &callback).await
     };
-    match tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await {
-        Ok(Ok(applied)) => {
-            let outcome = match &applied {
-                Applied::Changed { .. } => "applied",
-                Applied::Unchanged => "unchanged",
-                Applied::Duplicate => "duplicate",
-            };
-            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => outcome).increment(1);
-            span.record("outcome", outcome);
-            if let Applied::Changed { payment, .. } = &applied {
-                span.record("payment_id", payment.payment_id.as_str());
-            }
-            span.in_scope(|| match &applied {
-                Applied::Changed { payment, event_id } => tracing::info!(
-                    payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied"
-                ),
-                Applied::Unchanged => tracing::info!("pingback acknowledged; it changes nothing"),
-                Applied::Duplicate => tracing::info!("duplicate pingback acknowledged"),
-            });
-            (StatusCode::OK, "OK").into_response()
-        }
-        Ok(Err(err)) => {
-            // Valid pingbacks never reach here, so a flood of forged ones cannot slow them down.
-            let err = match &state.pingback_refusals {
-                Some(limiter) if err.is_refusal() => match limiter.check(&source.to_string()).await {
-                    Ok(()) => err,
-                    Err(retry_after) => PingbackError::RateLimited { retry_after, refused: Box::new(err) },
-                },
-                _ => err,
-            };
-            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => err.outcome_label())
-                .increment(1);
-            span.record("outcome", err.outcome_label());
-            span.in_scope(|| match &err {
-                PingbackError::Store(StoreError::InvalidValue(_)) => tracing::warn!(error = %err, "pingback refused"),
-                PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
-                    tracing::error!(error = %err, "pingback failed")
-                }
-                // A flood is counted by the metric, not written line by line.
-                PingbackError::RateLimited { .. } => tracing::debug!(error = %err, "pingback refused"),
-                _ => tracing::warn!(error = %err, "pingback refused"),
-            });
-            err.into_response()
-        }
+    let result = tokio::time::timeout(state.pingback_timeout(), work.instrument(span.clone())).await;
+    let answer = provider.map_or("OK", |p| p.callback_answer());
+    match result {
+        Ok(Ok(applied)) => accepted(&span, kind, &applied, answer),
+        Ok(Err(err)) => refused(&state, &span, kind, source, err).await,
         Err(_) => {
-            metrics::counter!("paygate_pingbacks_total", "type" => pingback_type, "outcome" => "timeout").increment(1);
+            metrics::counter!("paygate_pingbacks_total", "type" => kind, "outcome" => "timeout").increment(1);
             span.in_scope(|| tracing::warn!("pingback timed out"));
             PingbackError::Timeout.into_response()
         }
     }
 }
 
-async fn handle(state: &AppState, channel_key: &str, source: IpAddr, query: String) -> Result<Applied, PingbackError> {
+fn accepted(span: &tracing::Span, kind: &'static str, applied: &Applied, answer: &'static str) -> Response {
+    let outcome = match applied {
+        Applied::Changed { .. } => "applied",
+        Applied::Unchanged => "unchanged",
+        Applied::Duplicate => "duplicate",
+    };
+    metrics::counter!("paygate_pingbacks_total", "type" => kind, "outcome" => outcome).increment(1);
+    span.record("outcome", outcome);
+    if let Applied::Changed { payment, .. } = applied {
+        span.record("payment_id", payment.payment_id.as_str());
+    }
+    span.in_scope(|| match applied {
+        Applied::Changed { payment, event_id } => {
+            tracing::info!(payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied")
+        }
+        Applied::Unchanged => tracing::info!("pingback acknowledged; it changes nothing"),
+        Applied::Duplicate => tracing::info!("duplicate pingback acknowledged"),
+    });
+    (StatusCode::OK, answer).into_response()
+}
+
+async fn refused(
+    state: &AppState,
+    span: &tracing::Span,
+    kind: &'static str,
+    source: IpAddr,
+    err: PingbackError,
+) -> Response {
+    // Valid pingbacks never reach here, so a flood of forged ones cannot slow them down.
+    let err = match &state.pingback_refusals {
+        Some(limiter) if err.is_refusal() => match limiter.check(&source.to_string()).await {
+            Ok(()) => err,
+            Err(retry_after) => PingbackError::RateLimited { retry_after, refused: Box::new(err) },
+        },
+        _ => err,
+    };
+    metrics::counter!("paygate_pingbacks_total", "type" => kind, "outcome" => err.outcome_label()).increment(1);
+    span.record("outcome", err.outcome_label());
+    span.in_scope(|| match &err {
+        PingbackError::Store(StoreError::InvalidValue(_)) => tracing::warn!(error = %err, "pingback refused"),
+        PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
+            tracing::error!(error = %err, "pingback failed")
+        }
+        // A flood is counted by the metric, not written line by line.
+        PingbackError::RateLimited { .. } => tracing::debug!(error = %err, "pingback refused"),
+        _ => tracing::warn!(error = %err, "pingback refused"),
+    });
+    err.into_response()
+}
+
+async fn handle(
+    state: &AppState,
+    provider: &dyn Provider,
+    channel_key: &str,
+    callback: &Callback<'_>,
+) -> Result<Applied, PingbackError> {
     let channel = state.channels.unscoped(channel_key).await?;
-    let pw = &channel.paymentwall;
-    if !pw.pingback_allowlist.iter().any(|net| net.contains(&source)) {
-        return Err(PingbackError::SourceNotAllowed(source));
+    // A channel is reached only through its own provider's URL.
+    if channel.provider != provider.name() {
+        return Err(PingbackError::UnknownChannel);
     }
-    let pingback = Pingback::parse(&query)?;
-    let span = tracing::Span::current();
-    span.record("pingback_type", pingback.kind);
-    span.record("provider_ref", pingback.reference.as_str());
-    if !pingback.verify(pw.secret_key.expose_secret()) {
-        return Err(PingbackError::BadSignature);
-    }
-    // v1 signs neither `is_test` nor `reason`; channels are configured for v2 or v3 only.
-    if pingback.sign_version == SignVersion::V1 {
-        return Err(PingbackError::SignVersionNotAccepted(1));
-    }
-    if pingback.is_test && channel.mode == ChannelMode::Live {
-        return Err(PingbackError::TestOnLiveChannel);
-    }
-    let notice = Notice {
-        payment_id: pingback.goodsid.clone().ok_or(PingbackError::Malformed(ParseError::Missing("goodsid")))?,
-        provider_ref: pingback.reference.clone(),
-        event: pingback.event,
-        test: pingback.is_test,
-    };
-    let raw = RawNotification {
-        channel_key: channel.channel_key.clone(),
-        provider_ref: pingback.reference.clone(),
-        kind: i64::from(pingback.kind),
-        unique_ref: pingback.unique_ref.clone(),
-        query,
-    };
-    Ok(notifications::ingest(&state.db, &raw, &notice).await?)
+    let verified = provider.read_callback(&channel, callback)?;
+    Ok(notifications::ingest(&state.db, &verified.raw, &verified.notice).await?)
 }

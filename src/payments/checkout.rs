@@ -165,7 +165,8 @@ async fn create_new(
         customer_uid: req.customer_uid.unwrap_or_default(),
         customer_email: req.customer_email,
         payment_method: if req.payment_method.is_empty() { "all".to_owned() } else { req.payment_method },
-        widget: if req.widget.is_empty() { channel.paymentwall.widget.clone() } else { req.widget },
+        // Empty: the channel's default, which its provider knows.
+        widget: req.widget,
         success_url: req.success_url,
         failure_url: req.failure_url,
         country_code: req.country_code,

@@ -352,8 +352,8 @@ async fn a_sub_merchant_uses_its_parents_channel_but_cannot_change_it() {
         (sub.merchant_id.as_str(), merchant.as_str())
     );
 
-    let row = "SELECT merchant_id || name || mode || project_key || secret_ciphertext || widget || sign_version \
-               || pingback_allowlist || api_base_url || version || coalesce(disabled_at, 0) FROM channels WHERE channel_key = $1";
+    let row = "SELECT merchant_id || name || mode || settings || secrets || version || coalesce(disabled_at, 0) \
+               FROM channels WHERE channel_key = $1";
     let pool = db.pool().await;
     let stored = || {
         let pool = pool.clone();

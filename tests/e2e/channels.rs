@@ -215,14 +215,14 @@ async fn secrets_are_encrypted_at_rest_and_the_master_key_rotates() {
 
     // The raw row holds no clear secret.
     let pool = db.pool().await;
-    let stored: String = sqlx::query_scalar("SELECT secret_ciphertext FROM channels WHERE channel_key = 'main'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let stored: String =
+        sqlx::query_scalar("SELECT secrets::json->>'secret_key' FROM channels WHERE channel_key = 'main'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(stored.starts_with("pgenc:v1:"), "{stored}");
     let whole_row: String = sqlx::query_scalar(
-        "SELECT CONCAT(channel_key, name, project_key, secret_ciphertext, widget, pingback_allowlist, api_base_url) \
-         FROM channels WHERE channel_key = 'main'",
+        "SELECT CONCAT(channel_key, name, settings, secrets) FROM channels WHERE channel_key = 'main'",
     )
     .fetch_one(&pool)
     .await
@@ -240,10 +240,11 @@ async fn secrets_are_encrypted_at_rest_and_the_master_key_rotates() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((report["rotated"].as_u64(), report["channels"].as_u64()), (Some(1), Some(1)));
-    let rotated: String = sqlx::query_scalar("SELECT secret_ciphertext FROM channels WHERE channel_key = 'main'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let rotated: String =
+        sqlx::query_scalar("SELECT secrets::json->>'secret_key' FROM channels WHERE channel_key = 'main'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_ne!(rotated, stored);
     assert!(rotated.starts_with(&format!("pgenc:v1:{}:", report["key_id"].as_str().unwrap())));
     // Audited in the same transaction, deployment-wide, by the CLI.

@@ -66,9 +66,8 @@ async fn prove_gapless(backend: Backend) {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO channels (channel_key, merchant_id, name, provider, mode, project_key, secret_ciphertext, widget, \
-         sign_version, pingback_allowlist, api_base_url, version, created_at, updated_at) \
-         VALUES ('main', 'm', '', 'PAYMENTWALL', 'TEST', 'k', 'x', 'p1_1', 3, '[]', 'http://x', 1, 0, 0)",
+        "INSERT INTO channels (channel_key, merchant_id, name, provider, mode, settings, secrets, version, created_at, \
+         updated_at) VALUES ('main', 'm', '', 'paymentwall', 'TEST', '{}', '{}', 1, 0, 0)",
     )
     .execute(pool)
     .await

@@ -15,4 +15,5 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod streams;
+mod test_provider;
 mod webhooks;

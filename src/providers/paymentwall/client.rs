@@ -4,11 +4,8 @@
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::signature::sign_request;
-use crate::{
-    channels::PaymentwallConfig,
-    providers::{PaymentMethod, ProviderError, RemotePayment, http},
-};
+use super::{config::PaymentwallConfig, signature::sign_request};
+use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment};
 
 /// Cancellation ticket types.
 #[derive(Debug, Clone, Copy)]
@@ -42,12 +39,15 @@ fn unreachable(e: reqwest::Error) -> ProviderError {
 }
 
 /// Sends a request carrying the current trace context; returns the status and body.
-async fn exchange(request: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String), ProviderError> {
+async fn exchange(
+    http: &ProviderHttp,
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String), ProviderError> {
     let (client, request) = request.headers(crate::telemetry::outgoing_trace_headers()).build_split();
     let request = request.map_err(unreachable)?;
     // Checked on every call, not only when the channel was stored: the rule may have changed
     // since, and a literal address never reaches the resolver that filters names.
-    super::super::check_base_url(request.url().as_str())
+    http.check_url(request.url().as_str())
         .map_err(|e| ProviderError::Unreachable(format!("the channel's api_base_url {e}")))?;
     let response = client.execute(request).await.map_err(unreachable)?;
     let status = response.status();
@@ -86,6 +86,7 @@ fn ticket_form(
 
 #[tracing::instrument(name = "paymentwall.ticket", skip_all, fields(otel.kind = "client", provider_ref = %provider_ref))]
 pub async fn send_ticket(
+    http: &ProviderHttp,
     config: &PaymentwallConfig,
     provider_ref: &str,
     uid: &str,
@@ -95,7 +96,7 @@ pub async fn send_ticket(
 ) -> Result<(), ProviderError> {
     let form = ticket_form(config, provider_ref, uid, ticket, message, test);
     let url = format!("{}/developers/api/ticket", config.api_base_url);
-    let (status, body) = exchange(http().post(url).form(&form)).await?;
+    let (status, body) = exchange(http, http.client().post(url).form(&form)).await?;
     let answer: TicketAnswer = serde_json::from_str(&body)
         .map_err(|_| ProviderError::BadAnswer(format!("HTTP {status}, not a ticket answer")))?;
     if answer.result == 1 {
@@ -120,12 +121,13 @@ fn payment_systems_query(config: &PaymentwallConfig, country_code: &str) -> Vec<
 
 #[tracing::instrument(name = "paymentwall.payment_systems", skip_all, fields(otel.kind = "client", country_code = %country_code))]
 pub async fn payment_systems(
+    http: &ProviderHttp,
     config: &PaymentwallConfig,
     country_code: &str,
 ) -> Result<Vec<PaymentMethod>, ProviderError> {
     let params = payment_systems_query(config, country_code);
     let url = format!("{}/api/payment-systems/", config.api_base_url);
-    let (status, body) = exchange(http().get(url).query(&params)).await?;
+    let (status, body) = exchange(http, http.client().get(url).query(&params)).await?;
     let systems: Vec<PaymentSystem> = serde_json::from_str(&body).map_err(|_| {
         let detail = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -151,6 +153,7 @@ struct StatusAnswer {
 /// Asks about a payment by its ref when known, else by buyer uid and our payment id
 /// (`ag_external_id`), which is how a payment whose pingback never came can be found.
 pub async fn payment_status(
+    http: &ProviderHttp,
     config: &PaymentwallConfig,
     provider_ref: Option<&str>,
     uid: &str,
@@ -165,7 +168,7 @@ pub async fn payment_status(
         }
     }
     let url = format!("{}/api/rest/payment", config.api_base_url);
-    let (_, body) = exchange(http().get(url).query(&signed(config, params))).await?;
+    let (_, body) = exchange(http, http.client().get(url).query(&signed(config, params))).await?;
     let answer: StatusAnswer =
         serde_json::from_str(&body).map_err(|_| ProviderError::BadAnswer("not a payment status".into()))?;
     if answer.object != "payment" {

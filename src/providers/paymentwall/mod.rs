@@ -1,25 +1,118 @@
 //! Paymentwall (paymentwall.md): signed widget URLs for hosted checkout, signed pingbacks back.
 
 pub mod client;
+pub mod config;
 pub mod pingback;
 pub mod signature;
 pub mod widget;
 
+pub use config::{DEFAULT_API_BASE_URL, PUBLISHED_PINGBACK_SOURCES, PaymentwallConfig, published_pingback_sources};
+use secrecy::ExposeSecret;
 pub use signature::SignVersion;
 
-use super::{PaymentMethod, Provider, ProviderError, RemotePayment};
+use super::{PaymentMethod, Provider, ProviderError, ProviderHttp, RemotePayment};
 use crate::{
-    channels::Channel,
-    payments::{Payment, money, subscriptions::Subscription},
+    channels::{
+        Channel, ChannelMode,
+        config::{ConfigContext, ConfigField, ConfigRules, ProviderConfig},
+    },
+    payments::{
+        Payment, money,
+        notifications::{Notice, RawNotification},
+        provider::{Callback, CallbackError, CallbackNotice},
+        subscriptions::Subscription,
+    },
     store::now_ms,
+    validation::Violations,
 };
 
-pub use crate::channels::model::{DEFAULT_API_BASE_URL, PUBLISHED_PINGBACK_SOURCES, published_pingback_sources};
+pub struct Paymentwall {
+    http: ProviderHttp,
+}
 
-pub struct Paymentwall;
+impl Paymentwall {
+    pub fn new(http: ProviderHttp) -> Self {
+        Self { http }
+    }
+}
+
+/// A channel's credentials, read for one call (a stored config always reads).
+fn credentials(channel: &Channel) -> Result<PaymentwallConfig, ProviderError> {
+    PaymentwallConfig::decode(&channel.config)
+}
+
+impl ConfigRules for Paymentwall {
+    fn name(&self) -> &'static str {
+        config::NAME
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Paymentwall"
+    }
+
+    fn config_fields(&self) -> &'static [ConfigField] {
+        &config::FIELDS
+    }
+
+    fn check_config(&self, given: ProviderConfig, ctx: &ConfigContext<'_>, v: &mut Violations) -> ProviderConfig {
+        config::check(&given, ctx, v)
+    }
+
+    /// The URL Paymentwall projects were configured with before the generic route existed.
+    fn callback_path(&self, channel_key: &str) -> String {
+        format!("/pingback/paymentwall/{channel_key}")
+    }
+}
 
 #[tonic::async_trait]
 impl Provider for Paymentwall {
+    /// Order of checks: source address -> parse -> signature -> v1 refused -> test on LIVE.
+    fn read_callback(&self, channel: &Channel, callback: &Callback<'_>) -> Result<CallbackNotice, CallbackError> {
+        let pw = credentials(channel)?;
+        if !pw.pingback_allowlist.iter().any(|net| net.contains(&callback.source)) {
+            return Err(CallbackError::SourceNotAllowed(callback.source));
+        }
+        let malformed = |e: pingback::ParseError| CallbackError::Malformed(format!("malformed pingback: {e}"));
+        let pingback = pingback::Pingback::parse(callback.query).map_err(malformed)?;
+        let span = tracing::Span::current();
+        span.record("pingback_type", pingback.kind);
+        span.record("provider_ref", pingback.reference.as_str());
+        if !pingback.verify(pw.secret_key.expose_secret()) {
+            return Err(CallbackError::BadSignature);
+        }
+        // v1 signs neither `is_test` nor `reason`; channels are configured for v2 or v3 only.
+        if pingback.sign_version == SignVersion::V1 {
+            return Err(CallbackError::SignatureNotAccepted("signature version 1 is not accepted (use 2 or 3)".into()));
+        }
+        if pingback.is_test && channel.mode == ChannelMode::Live {
+            return Err(CallbackError::TestOnLive("test pingback (is_test=1) on a LIVE channel".into()));
+        }
+        let payment_id = pingback.goodsid.clone().ok_or_else(|| malformed(pingback::ParseError::Missing("goodsid")))?;
+        Ok(CallbackNotice {
+            notice: Notice {
+                payment_id,
+                provider_ref: pingback.reference.clone(),
+                event: pingback.event,
+                test: pingback.is_test,
+            },
+            raw: RawNotification {
+                channel_key: channel.channel_key.clone(),
+                provider_ref: pingback.reference,
+                kind: i64::from(pingback.kind),
+                unique_ref: pingback.unique_ref,
+                query: callback.query.to_owned(),
+            },
+        })
+    }
+
+    /// Only the types Paymentwall defines, else "other".
+    fn callback_label(&self, callback: &Callback<'_>) -> &'static str {
+        const TYPES: [&str; 10] = ["0", "1", "2", "12", "13", "14", "200", "201", "202", "203"];
+        let raw =
+            form_urlencoded::parse(callback.query.as_bytes()).find(|(k, _)| k == "type").map(|(_, v)| v.into_owned());
+        raw.and_then(|t| TYPES.iter().find(|known| **known == t).copied()).unwrap_or("other")
+    }
+
     fn is_reserved_param(&self, name: &str) -> bool {
         widget::is_reserved_param(name)
     }
@@ -30,7 +123,7 @@ impl Provider for Paymentwall {
         payment: &Payment,
         subscription: Option<&Subscription>,
     ) -> Result<String, ProviderError> {
-        widget::checkout_url(&channel.paymentwall, payment, subscription, now_ms() / 1000)
+        widget::checkout_url(&credentials(channel)?, payment, subscription, now_ms() / 1000)
     }
 
     async fn request_refund(
@@ -44,7 +137,8 @@ impl Provider for Paymentwall {
             payment.provider_ref.as_deref().ok_or_else(|| ProviderError::Unsupported("no ref".into()))?;
         let message = refund_message(payment, amount_minor, reason)?;
         client::send_ticket(
-            &channel.paymentwall,
+            &self.http,
+            &credentials(channel)?,
             provider_ref,
             &payment.customer_uid,
             client::TicketType::Refund,
@@ -59,7 +153,8 @@ impl Provider for Paymentwall {
             initial.provider_ref.as_deref().ok_or_else(|| ProviderError::Unsupported("no ref".into()))?;
         let message = format!("Stop recurring billing. Reason: {reason}");
         client::send_ticket(
-            &channel.paymentwall,
+            &self.http,
+            &credentials(channel)?,
             provider_ref,
             &initial.customer_uid,
             client::TicketType::StopRecurring,
@@ -74,7 +169,7 @@ impl Provider for Paymentwall {
         channel: &Channel,
         country_code: &str,
     ) -> Result<Vec<PaymentMethod>, ProviderError> {
-        client::payment_systems(&channel.paymentwall, country_code).await
+        client::payment_systems(&self.http, &credentials(channel)?, country_code).await
     }
 
     async fn payment_status(
@@ -83,7 +178,8 @@ impl Provider for Paymentwall {
         payment: &Payment,
     ) -> Result<Option<RemotePayment>, ProviderError> {
         client::payment_status(
-            &channel.paymentwall,
+            &self.http,
+            &credentials(channel)?,
             payment.provider_ref.as_deref(),
             &payment.customer_uid,
             &payment.payment_id,

@@ -10,7 +10,32 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use crate::channels::SignVersion;
+/// How Paymentwall signs a channel's requests and pingbacks (paymentwall.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignVersion {
+    V1,
+    V2,
+    V3,
+}
+
+impl SignVersion {
+    pub fn from_number(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            3 => Some(Self::V3),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u32 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+            Self::V3 => 3,
+        }
+    }
+}
 
 /// Builds the v2/v3 base string (without the secret) from flat parameters, where a nested
 /// parameter arrives as `parent[sub]`. Lists (all-numeric sub-keys) keep index order.

@@ -3,9 +3,11 @@
 
 use secrecy::ExposeSecret;
 
-use super::signature::{SignVersion, sign_request};
+use super::{
+    config::PaymentwallConfig,
+    signature::{SignVersion, sign_request},
+};
 use crate::{
-    channels::PaymentwallConfig,
     payments::{Payment, money, subscriptions::Subscription},
     providers::ProviderError,
 };
@@ -62,6 +64,7 @@ pub fn checkout_url(
     let amount = money::to_decimal_string(payment.amount_minor, currency);
     let timestamp = unix_seconds.to_string();
     let version = config.sign_version.number().to_string();
+    let widget = if payment.widget.is_empty() { &config.widget } else { &payment.widget };
     let (period_length, recurring) = match subscription {
         Some(s) => (s.period_length.to_string(), if s.recurring { "1" } else { "0" }),
         None => (String::new(), "0"),
@@ -70,7 +73,7 @@ pub fn checkout_url(
     let mut params: Vec<(&str, &str)> = vec![
         ("key", &config.project_key),
         ("uid", &payment.customer_uid),
-        ("widget", &payment.widget),
+        ("widget", widget),
         ("amount", &amount),
         ("currencyCode", &payment.currency),
         ("ag_name", &payment.order_name),
@@ -101,7 +104,7 @@ pub fn checkout_url(
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.extend_pairs(params.iter().copied());
     query.append_pair("sign", &sign);
-    Ok(format!("{}{}?{}", config.api_base_url, widget_path(&payment.widget), query.finish()))
+    Ok(format!("{}{}?{}", config.api_base_url, widget_path(widget), query.finish()))
 }
 
 #[cfg(test)]
@@ -115,7 +118,8 @@ mod tests {
     #[test]
     fn the_parameters_the_widget_sets_are_reserved_through_the_port() {
         use crate::payments::Provider;
-        let provider = super::super::Paymentwall;
+        let second = std::time::Duration::from_secs(1);
+        let provider = super::super::Paymentwall::new(crate::providers::ProviderHttp::new(second, second, false));
         for name in ["uid", "key", "sign", "amount", "widget"] {
             assert!(provider.is_reserved_param(name), "{name}");
         }

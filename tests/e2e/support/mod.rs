@@ -380,6 +380,7 @@ pub fn channel_request(sim: &Simulator, channel_key: &str, mode: pb::ChannelMode
             api_base_url: sim.base_url(),
         }),
         sub_merchant_id: String::new(),
+        credentials: None,
     }
 }
 
