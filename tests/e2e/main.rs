@@ -16,4 +16,5 @@ mod limits;
 mod operations;
 mod streams;
 mod test_provider;
+mod upgrade;
 mod webhooks;
