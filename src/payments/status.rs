@@ -1,4 +1,4 @@
-//! The payment status machine (design.md section 2). Transitions are monotonic: a late or replayed
+//! The payment status machine. Transitions are monotonic: a late or replayed
 //! provider notification never moves a payment backwards; it is recorded and changes nothing.
 
 use std::{fmt, str::FromStr};

@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures (paymentwall.md section 6): `v1,` + base64(HMAC-SHA256(key,
+//! Standard Webhooks signatures (docs/paymentwall.md section 6): `v1,` + base64(HMAC-SHA256(key,
 //! "{id}.{timestamp}.{body}")), where the key is the base64 part of a `whsec_` secret. Several
 //! signatures, space-separated, let receivers verify with either secret during a rotation.
 

@@ -1,4 +1,4 @@
-//! Paymentwall's server APIs (paymentwall.md sections 4 and 5): the Cancellation API (tickets),
+//! Paymentwall's server APIs (docs/paymentwall.md sections 4 and 5): the Cancellation API (tickets),
 //! Payment Systems and Payment Status. Every request is signed like a widget call.
 
 use secrecy::ExposeSecret;

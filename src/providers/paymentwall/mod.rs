@@ -1,4 +1,4 @@
-//! Paymentwall (paymentwall.md): signed widget URLs for hosted checkout, signed pingbacks back.
+//! Paymentwall (docs/paymentwall.md): signed widget URLs for hosted checkout, signed pingbacks back.
 
 pub mod client;
 pub mod config;

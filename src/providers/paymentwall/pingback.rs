@@ -51,7 +51,7 @@ pub struct Pingback {
     sig: String,
 }
 
-/// A type 2 pingback's reason code (paymentwall.md), in paygate's terms.
+/// A type 2 pingback's reason code (docs/paymentwall.md), in paygate's terms.
 pub fn reversal(reason: u32) -> ReversalNotice {
     let kind = match reason {
         9 => ReversalKind::FullRefund,

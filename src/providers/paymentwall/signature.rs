@@ -1,4 +1,4 @@
-//! Paymentwall request and pingback signatures (paymentwall.md sections 2 and 3).
+//! Paymentwall request and pingback signatures (docs/paymentwall.md sections 2 and 3).
 //!
 //! v2/v3: every parameter except the signature, keys sorted byte-wise with nested `name[sub]`
 //! parameters grouped at their parent's position, `key=value` concatenated, secret appended,
@@ -10,7 +10,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// How Paymentwall signs a channel's requests and pingbacks (paymentwall.md section 2).
+/// How Paymentwall signs a channel's requests and pingbacks (docs/paymentwall.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignVersion {
     V1,
@@ -299,7 +299,7 @@ mod tests {
         form_urlencoded::parse(q.as_bytes()).into_owned().collect()
     }
 
-    /// (secret, query without sig, version, expected sig) from paymentwall.md section 3.
+    /// (secret, query without sig, version, expected sig) from docs/paymentwall.md section 3.
     const PINGBACK_VECTORS: &[(&str, &str, SignVersion, &str)] = &[
         (
             SECRET,

@@ -1,5 +1,5 @@
 //! A Paymentwall simulator for tests and local runs (binary `paymentwall-sim`). It speaks the
-//! protocol of paymentwall.md: verifies signed widget calls, shows a hosted payment page, and sends
+//! protocol of docs/paymentwall.md: verifies signed widget calls, shows a hosted payment page, and sends
 //! signed pingbacks to the project's pingback URL, retrying until it gets `OK`. A JSON control API
 //! under `/control` lets tests pay without a browser and see every pingback attempt.
 

@@ -1,6 +1,6 @@
 //! The simulator's own Paymentwall signatures. Written apart from `providers::paymentwall` on
 //! purpose: if both shared code, a bug there would sign and verify consistently and hide itself.
-//! Both are held to the vectors of paymentwall.md.
+//! Both are held to the vectors of docs/paymentwall.md.
 
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
