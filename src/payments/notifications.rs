@@ -7,10 +7,12 @@ use sqlx::{AnyConnection, Row};
 
 use super::{
     Payment, PaymentError, PaymentOutcome, PaymentStatus,
-    event_log::EventDetail,
-    refunds, repo,
+    cancellations::{self, Cancellation},
+    event_log::{EventDetail, EventKind},
+    refunds::{self, ReversalEffect},
+    repo,
     status::next_status,
-    subscriptions::{self, SubscriptionEnd, SubscriptionStatus},
+    subscriptions::{self, Subscription, SubscriptionEnd},
 };
 use crate::store::{Db, StoreError, now_ms};
 
@@ -213,6 +215,18 @@ async fn record_delivery(
 }
 
 async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
+    let (current, subscription, open) = read(conn, channel_key, notice).await?;
+    let decision = decide(&current, subscription.as_ref(), &open, notice, now_ms())?;
+    write(conn, decision).await
+}
+
+/// What the decision needs: the payment the notice concerns, its subscription, and (for money
+/// going back) its open refund requests.
+async fn read(
+    conn: &mut AnyConnection,
+    channel_key: &str,
+    notice: &Notice,
+) -> Result<(Payment, Option<Subscription>, Vec<Cancellation>), NotificationError> {
     let mut current = match repo::get_in_tx(conn, &notice.payment_id).await? {
         // A notification signed with one channel's secret may only touch that channel's payments.
         Some(payment) if payment.channel_key == channel_key => payment,
@@ -226,6 +240,51 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
     {
         current = renewal;
     }
+    let subscription = match &current.subscription_id {
+        Some(id) => subscriptions::get(conn, id).await?,
+        None => None,
+    };
+    let open = match notice.event {
+        ProviderEvent::Reversal(_) | ProviderEvent::RefundConfirmed => {
+            cancellations::requested(conn, &current.payment_id).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok((current, subscription, open))
+}
+
+/// What a notice does, decided from what was read; `write` carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Valid, and changes nothing (late, replayed, or superseded by a later state).
+    Unchanged,
+    /// The payment moves; a subscription waiting for its first payment starts.
+    Settle { next: Payment, kind: EventKind, subscription: Option<SubscriptionChange> },
+    /// Money under a new ref for a payment already settled: a new payment linked to the first,
+    /// counted by its subscription.
+    Renew { payment: Payment, kind: EventKind, subscription: Option<SubscriptionChange> },
+    /// The subscription ends; the payment stays as it is (the event shows it).
+    EndSubscription { payment: Payment, kind: EventKind, subscription: SubscriptionChange },
+    /// Money went back (or the provider confirmed refunds).
+    Reverse(ReversalEffect),
+}
+
+/// A subscription as read, and as it is to be written (a compare-and-set on the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionChange {
+    pub before: Subscription,
+    pub after: Subscription,
+}
+
+/// What `notice` does to `current` (the payment it concerns), its `subscription` (if it has one)
+/// and its `open` refund requests, at `now`.
+pub fn decide(
+    current: &Payment,
+    subscription: Option<&Subscription>,
+    open: &[Cancellation],
+    notice: &Notice,
+    now: i64,
+) -> Result<Decision, NotificationError> {
     match notice.event {
         ProviderEvent::Payment(outcome) => {
             // Money taken under a new ref for a payment already settled: a subscription renewal (or,
@@ -234,34 +293,52 @@ async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> 
                 && !matches!(current.status, PaymentStatus::Ready | PaymentStatus::PendingReview)
                 && current.provider_ref.as_deref().is_some_and(|r| r != notice.provider_ref);
             if another_payment {
-                renew(conn, &current, outcome, notice).await
+                renewal(current, subscription, outcome, notice, now)
             } else {
-                settle(conn, &current, outcome, notice).await
+                Ok(settlement(current, subscription, outcome, notice, now))
             }
         }
-        ProviderEvent::Reversal(reversal) => reverse(conn, &current, notice, &reversal).await,
-        ProviderEvent::RefundConfirmed => {
-            let Some((next, kind, cancellation)) = refunds::apply_refund_confirmed(conn, &current).await? else {
-                return Ok(Applied::Unchanged);
-            };
-            let event_id = super::record(conn, &next, kind, Some(&EventDetail::cancellation(&cancellation))).await?;
-            Ok(Applied::Changed { payment: Box::new(next), event_id })
+        ProviderEvent::Reversal(reversal) => {
+            // A reversal that overtook its payment's completion still names the transaction.
+            let mut current = current.clone();
+            if current.provider_ref.is_none() {
+                current.provider_ref = Some(notice.provider_ref.clone());
+                current.test = notice.test;
+            }
+            let plan = refunds::plan_reversal(&current, reversal.kind, open);
+            Ok(refunds::reversal_effect(&current, plan, open, Some(&reversal), now)
+                .map_or(Decision::Unchanged, Decision::Reverse))
         }
-        ProviderEvent::SubscriptionEnded(end) => end_subscription(conn, &current, end).await,
+        ProviderEvent::RefundConfirmed => {
+            let plan = refunds::plan_confirmation(current, open);
+            Ok(refunds::reversal_effect(current, plan, open, None, now).map_or(Decision::Unchanged, Decision::Reverse))
+        }
+        ProviderEvent::SubscriptionEnded(end) => Ok(match subscription {
+            Some(sub) => match subscriptions::ended(sub, end, now) {
+                Some(after) => Decision::EndSubscription {
+                    payment: current.clone(),
+                    kind: end.event_kind(),
+                    subscription: SubscriptionChange { before: sub.clone(), after },
+                },
+                None => Decision::Unchanged,
+            },
+            None => Decision::Unchanged,
+        }),
     }
 }
 
-async fn settle(
-    conn: &mut AnyConnection,
+/// The payment moves as the status machine says; paid, it starts a subscription waiting for it.
+fn settlement(
     current: &Payment,
+    subscription: Option<&Subscription>,
     outcome: PaymentOutcome,
     notice: &Notice,
-) -> Result<Applied, NotificationError> {
+    now: i64,
+) -> Decision {
     let Some(status) = next_status(current.status, outcome) else {
         tracing::info!(payment_id = %current.payment_id, status = %current.status, ?outcome, "notification changes nothing");
-        return Ok(Applied::Unchanged);
+        return Decision::Unchanged;
     };
-    let now = now_ms();
     let mut next = current.next_version(now);
     next.status = status;
     next.test = notice.test;
@@ -273,23 +350,10 @@ async fn settle(
         PaymentOutcome::ReviewStarted => next.provider_ref = Some(notice.provider_ref.clone()),
         PaymentOutcome::Declined => next.failed_at = Some(now),
     }
-    if !repo::update(conn, &next).await? {
-        return Err(NotificationError::Concurrent);
-    }
-    let mut detail = None;
-    if status == PaymentStatus::Paid
-        && let Some(subscription_id) = &next.subscription_id
-        && let Some(sub) = subscriptions::get(conn, subscription_id).await?
-        && sub.status == SubscriptionStatus::Pending
-    {
-        let active = subscriptions::Subscription { status: SubscriptionStatus::Active, updated_at: now, ..sub.clone() };
-        if !subscriptions::update(conn, &sub, &active).await? {
-            return Err(NotificationError::Concurrent);
-        }
-        detail = Some(EventDetail::subscription(&active));
-    }
-    let event_id = super::record(conn, &next, outcome.event_kind(), detail.as_ref()).await?;
-    Ok(Applied::Changed { payment: Box::new(next), event_id })
+    let subscription = subscription
+        .filter(|_| status == PaymentStatus::Paid)
+        .and_then(|sub| Some(SubscriptionChange { before: sub.clone(), after: subscriptions::activated(sub, now)? }));
+    Decision::Settle { next, kind: outcome.event_kind(), subscription }
 }
 
 /// The `merchant_uid` namespace of payments paygate records itself: a leading `~`, which a
@@ -316,36 +380,27 @@ pub fn generated_merchant_uid(original: &str, generated: Generated<'_>) -> Strin
 /// Money under a new ref for a payment already settled, recorded as a new payment linked to the
 /// first: a subscription renewal (`~<uid>/renewal/<n>`), or a repeat purchase (`~<uid>/repeat/<ref>`).
 /// A review (200) makes it PENDING_REVIEW; its 201 then finds it by ref.
-async fn renew(
-    conn: &mut AnyConnection,
+fn renewal(
     initial: &Payment,
+    subscription: Option<&Subscription>,
     outcome: PaymentOutcome,
     notice: &Notice,
-) -> Result<Applied, NotificationError> {
-    let now = now_ms();
-    let subscription = match &initial.subscription_id {
-        Some(id) => Some(subscriptions::get(conn, id).await?.ok_or_else(|| {
-            PaymentError::Corrupt(format!("payment {} names a missing subscription", initial.payment_id))
-        })?),
-        None => None,
-    };
-    let merchant_uid = match &subscription {
+    now: i64,
+) -> Result<Decision, NotificationError> {
+    if initial.subscription_id.is_some() && subscription.is_none() {
+        let problem = format!("payment {} names a missing subscription", initial.payment_id);
+        return Err(PaymentError::Corrupt(problem).into());
+    }
+    let merchant_uid = match subscription {
         Some(sub) => generated_merchant_uid(&initial.merchant_uid, Generated::Renewal(sub.renewals + 1)),
         None => {
             tracing::warn!(payment_id = %initial.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded");
             generated_merchant_uid(&initial.merchant_uid, Generated::Repeat(&notice.provider_ref))
         }
     };
-    let payment_id = super::model::new_payment_id();
-    // Only a payment stored before the namespace existed can hold it: never fail over it.
-    let merchant_uid = if repo::merchant_uid_taken(conn, &initial.merchant_id, &merchant_uid).await? {
-        format!("{merchant_uid}/{payment_id}")
-    } else {
-        merchant_uid
-    };
     let reviewing = outcome == PaymentOutcome::ReviewStarted;
     let payment = Payment {
-        payment_id,
+        payment_id: super::model::new_payment_id(),
         merchant_uid,
         status: if reviewing { PaymentStatus::PendingReview } else { PaymentStatus::Paid },
         provider_ref: Some(notice.provider_ref.clone()),
@@ -361,69 +416,252 @@ async fn renew(
         cancelled_at: None,
         ..initial.clone()
     };
-    repo::insert_in_tx(conn, &payment).await?;
-    let mut detail = None;
-    if let Some(sub) = subscription {
+    let subscription = subscription.map(|sub| {
         if sub.status.is_final() {
             tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
         }
-        let renewed = subscriptions::Subscription {
-            renewals: sub.renewals + 1,
-            status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
-            updated_at: now,
-            ..sub.clone()
-        };
-        if !subscriptions::update(conn, &sub, &renewed).await? {
-            return Err(NotificationError::Concurrent);
+        SubscriptionChange { before: sub.clone(), after: subscriptions::renewed(sub, now) }
+    });
+    Ok(Decision::Renew { payment, kind: outcome.event_kind(), subscription })
+}
+
+/// Carries out a decision in the caller's transaction, with its event and outbox rows.
+async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, NotificationError> {
+    let (payment, kind, detail) = match decision {
+        Decision::Unchanged => return Ok(Applied::Unchanged),
+        Decision::Settle { next, kind, subscription } => {
+            if !repo::update(conn, &next).await? {
+                return Err(NotificationError::Concurrent);
+            }
+            (next, kind, write_subscription(conn, subscription).await?)
         }
-        detail = Some(EventDetail::subscription(&renewed));
-    }
-    let event_id = super::record(conn, &payment, outcome.event_kind(), detail.as_ref()).await?;
+        Decision::Renew { mut payment, kind, subscription } => {
+            // Only a payment stored before the namespace existed can hold the name: never fail over it.
+            if repo::merchant_uid_taken(conn, &payment.merchant_id, &payment.merchant_uid).await? {
+                payment.merchant_uid = format!("{}/{}", payment.merchant_uid, payment.payment_id);
+            }
+            repo::insert_in_tx(conn, &payment).await?;
+            (payment, kind, write_subscription(conn, subscription).await?)
+        }
+        Decision::EndSubscription { payment, kind, subscription } => {
+            (payment, kind, write_subscription(conn, Some(subscription)).await?)
+        }
+        Decision::Reverse(effect) => {
+            refunds::write_reversal(conn, &effect).await?;
+            (effect.next, effect.kind, Some(EventDetail::cancellation(&effect.completed)))
+        }
+    };
+    let event_id = super::record(conn, &payment, kind, detail.as_ref()).await?;
     Ok(Applied::Changed { payment: Box::new(payment), event_id })
 }
 
-async fn reverse(
+/// Writes a subscription change (compare-and-set); the event then carries the subscription.
+async fn write_subscription(
     conn: &mut AnyConnection,
-    current: &Payment,
-    notice: &Notice,
-    reversal: &ReversalNotice,
-) -> Result<Applied, NotificationError> {
-    // A reversal that overtook its payment's completion still names the transaction.
-    let mut current = current.clone();
-    if current.provider_ref.is_none() {
-        current.provider_ref = Some(notice.provider_ref.clone());
-        current.test = notice.test;
-    }
-    let Some((next, kind, cancellation)) = refunds::apply_reversal(conn, &current, reversal).await? else {
-        return Ok(Applied::Unchanged);
-    };
-    let event_id = super::record(conn, &next, kind, Some(&EventDetail::cancellation(&cancellation))).await?;
-    Ok(Applied::Changed { payment: Box::new(next), event_id })
-}
-
-async fn end_subscription(
-    conn: &mut AnyConnection,
-    initial: &Payment,
-    end: SubscriptionEnd,
-) -> Result<Applied, NotificationError> {
-    let Some(subscription_id) = &initial.subscription_id else { return Ok(Applied::Unchanged) };
-    let Some(sub) = subscriptions::get(conn, subscription_id).await? else { return Ok(Applied::Unchanged) };
-    if sub.status.is_final() {
-        return Ok(Applied::Unchanged);
-    }
-    let now = now_ms();
-    let ended =
-        subscriptions::Subscription { status: end.status(), ended_at: Some(now), updated_at: now, ..sub.clone() };
-    if !subscriptions::update(conn, &sub, &ended).await? {
+    change: Option<SubscriptionChange>,
+) -> Result<Option<EventDetail>, NotificationError> {
+    let Some(SubscriptionChange { before, after }) = change else { return Ok(None) };
+    if !subscriptions::update(conn, &before, &after).await? {
         return Err(NotificationError::Concurrent);
     }
-    let event_id = super::record(conn, initial, end.event_kind(), Some(&EventDetail::subscription(&ended))).await?;
-    Ok(Applied::Changed { payment: Box::new(initial.clone()), event_id })
+    Ok(Some(EventDetail::subscription(&after)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payments::{
+        cancellations::{CancellationStatus, TicketState, Trigger},
+        fixtures::{payment, subscription, unpaid},
+        subscriptions::SubscriptionStatus,
+    };
+
+    fn notice(provider_ref: &str, event: ProviderEvent) -> Notice {
+        Notice { payment_id: "pay_1".into(), provider_ref: provider_ref.into(), event, test: false }
+    }
+
+    fn paid(outcome: PaymentOutcome, provider_ref: &str) -> Notice {
+        notice(provider_ref, ProviderEvent::Payment(outcome))
+    }
+
+    fn subscribed(status: PaymentStatus) -> Payment {
+        Payment { subscription_id: Some("sub_1".into()), merchant_uid: "gold".into(), ..payment(status, 999, 0, 0) }
+    }
+
+    fn decided(current: &Payment, sub: Option<&Subscription>, n: &Notice) -> Decision {
+        decide(current, sub, &[], n, 50).expect("decides")
+    }
+
+    #[test]
+    fn a_completion_settles_a_ready_payment() {
+        let Decision::Settle { next, kind, subscription } =
+            decided(&unpaid(999), None, &paid(PaymentOutcome::Completed, "b7"))
+        else {
+            panic!("settles")
+        };
+        assert_eq!(
+            (next.status, next.provider_ref.as_deref(), next.paid_at),
+            (PaymentStatus::Paid, Some("b7"), Some(50))
+        );
+        assert_eq!((next.version, next.updated_at, next.test, kind), (2, 50, false, EventKind::PaymentPaid));
+        assert_eq!((next.amount_minor, next.cancelled_amount, next.pending_cancel_amount), (999, 0, 0));
+        assert_eq!(subscription, None);
+    }
+
+    #[test]
+    fn a_decline_fails_and_a_review_holds() {
+        let Decision::Settle { next, kind, .. } = decided(&unpaid(999), None, &paid(PaymentOutcome::Declined, "b7"))
+        else {
+            panic!("settles")
+        };
+        assert_eq!(
+            (next.status, next.failed_at, next.paid_at, kind),
+            (PaymentStatus::Failed, Some(50), None, EventKind::PaymentFailed)
+        );
+        let Decision::Settle { next, .. } = decided(&unpaid(999), None, &paid(PaymentOutcome::ReviewStarted, "b7"))
+        else {
+            panic!("settles")
+        };
+        assert_eq!(
+            (next.status, next.provider_ref.as_deref(), next.paid_at),
+            (PaymentStatus::PendingReview, Some("b7"), None)
+        );
+    }
+
+    #[test]
+    fn a_late_or_replayed_notice_changes_nothing() {
+        let done = payment(PaymentStatus::Paid, 999, 0, 0);
+        assert_eq!(decided(&done, None, &paid(PaymentOutcome::Completed, "b1")), Decision::Unchanged, "same ref again");
+        assert_eq!(decided(&done, None, &paid(PaymentOutcome::Declined, "b9")), Decision::Unchanged, "never backwards");
+        let failed = Payment { status: PaymentStatus::Failed, ..unpaid(999) };
+        assert_eq!(decided(&failed, None, &paid(PaymentOutcome::Completed, "b1")), Decision::Unchanged);
+    }
+
+    #[test]
+    fn the_first_payment_starts_its_subscription() {
+        let ready = Payment { provider_ref: None, paid_at: None, ..subscribed(PaymentStatus::Ready) };
+        let sub = subscription(SubscriptionStatus::Pending, 0);
+        let Decision::Settle { subscription: Some(change), .. } =
+            decided(&ready, Some(&sub), &paid(PaymentOutcome::Completed, "b1"))
+        else {
+            panic!("settles and starts the subscription")
+        };
+        assert_eq!(
+            (change.before.status, change.after.status),
+            (SubscriptionStatus::Pending, SubscriptionStatus::Active)
+        );
+        // A review does not start it.
+        let Decision::Settle { subscription, .. } =
+            decided(&ready, Some(&sub), &paid(PaymentOutcome::ReviewStarted, "b1"))
+        else {
+            panic!("settles")
+        };
+        assert_eq!(subscription, None);
+    }
+
+    #[test]
+    fn a_new_ref_on_a_paid_subscription_payment_is_a_renewal() {
+        let sub = subscription(SubscriptionStatus::Active, 2);
+        let initial = subscribed(PaymentStatus::Paid);
+        let Decision::Renew { payment, kind, subscription: Some(change) } =
+            decided(&initial, Some(&sub), &paid(PaymentOutcome::Completed, "b2"))
+        else {
+            panic!("renews")
+        };
+        assert_eq!(payment.merchant_uid, "~gold/renewal/3");
+        assert_ne!(payment.payment_id, initial.payment_id);
+        assert_eq!(
+            (payment.status, payment.provider_ref.as_deref(), payment.paid_at),
+            (PaymentStatus::Paid, Some("b2"), Some(50))
+        );
+        assert_eq!(
+            (payment.amount_minor, payment.cancelled_amount, payment.pending_cancel_amount, payment.version),
+            (999, 0, 0, 1)
+        );
+        assert_eq!((payment.subscription_id.as_deref(), kind), (Some("sub_1"), EventKind::PaymentPaid));
+        assert_eq!((change.after.renewals, change.after.status), (3, SubscriptionStatus::Active));
+        // A renewal under review waits for its 201.
+        let Decision::Renew { payment, .. } = decided(&initial, Some(&sub), &paid(PaymentOutcome::ReviewStarted, "b2"))
+        else {
+            panic!("renews")
+        };
+        assert_eq!((payment.status, payment.paid_at), (PaymentStatus::PendingReview, None));
+        // Its subscription row missing is a corrupt store, not a dropped payment.
+        assert!(decide(&initial, None, &[], &paid(PaymentOutcome::Completed, "b2"), 50).is_err());
+    }
+
+    #[test]
+    fn a_new_ref_on_a_paid_one_time_payment_is_a_repeat() {
+        let once = payment(PaymentStatus::PartialCancelled, 999, 100, 0);
+        let Decision::Renew { payment, subscription, .. } =
+            decided(&once, None, &paid(PaymentOutcome::Completed, "b77"))
+        else {
+            panic!("records the second payment")
+        };
+        assert_eq!((payment.merchant_uid.as_str(), payment.cancelled_amount), ("~order-1/repeat/b77", 0));
+        assert_eq!(subscription, None);
+    }
+
+    #[test]
+    fn a_subscription_ends_once() {
+        let current = subscribed(PaymentStatus::Paid);
+        let end = notice("b1", ProviderEvent::SubscriptionEnded(SubscriptionEnd::Cancelled));
+        let live = subscription(SubscriptionStatus::Active, 1);
+        let Decision::EndSubscription { payment: same, kind, subscription: change } =
+            decided(&current, Some(&live), &end)
+        else {
+            panic!("ends")
+        };
+        assert_eq!((same, kind), (current.clone(), EventKind::SubscriptionCancelled), "the payment stays as it is");
+        assert_eq!((change.after.status, change.after.ended_at), (SubscriptionStatus::Cancelled, Some(50)));
+        let over = subscription(SubscriptionStatus::Expired, 1);
+        assert_eq!(decided(&current, Some(&over), &end), Decision::Unchanged);
+        let once = payment(PaymentStatus::Paid, 999, 0, 0);
+        assert_eq!(decided(&once, None, &end), Decision::Unchanged, "no subscription to end");
+    }
+
+    #[test]
+    fn a_reversal_that_overtook_its_completion_names_the_transaction() {
+        let reversal =
+            ReversalNotice { kind: ReversalKind::Chargeback, provider_reason: Some(2), description: "chargeback" };
+        let n = Notice { test: true, ..notice("b5", ProviderEvent::Reversal(reversal)) };
+        let Decision::Reverse(effect) = decided(&unpaid(999), None, &n) else { panic!("reverses") };
+        assert_eq!((effect.next.provider_ref.as_deref(), effect.next.test), (Some("b5"), true));
+        assert_eq!((effect.next.status, effect.next.cancelled_amount), (PaymentStatus::Cancelled, 999));
+        assert_eq!((effect.completed.trigger, effect.completed.amount_minor), (Trigger::Chargeback, Some(999)));
+        let gone = effect.next;
+        assert_eq!(decided(&gone, None, &n), Decision::Unchanged, "reversed once");
+    }
+
+    #[test]
+    fn a_refund_confirmation_settles_only_sent_requests() {
+        let p = payment(PaymentStatus::CancelPending, 999, 0, 400);
+        let open = |ticket| Cancellation {
+            cancellation_id: "can_1".into(),
+            payment_id: "pay_1".into(),
+            merchant_id: "mer_1".into(),
+            amount_minor: Some(400),
+            reason: "asked".into(),
+            trigger: Trigger::MerchantRequest,
+            status: CancellationStatus::Requested,
+            provider_reason: None,
+            failure: None,
+            ticket: Some(ticket),
+            ticket_accepted_at: None,
+            created_at: 0,
+            updated_at: 0,
+            completed_at: None,
+        };
+        let confirmed = notice("b1", ProviderEvent::RefundConfirmed);
+        let Decision::Reverse(effect) = decide(&p, None, &[open(TicketState::Accepted)], &confirmed, 50).unwrap()
+        else {
+            panic!("confirms")
+        };
+        assert_eq!((effect.next.cancelled_amount, effect.next.pending_cancel_amount), (400, 0));
+        assert_eq!((effect.next.status, effect.finish.len()), (PaymentStatus::PartialCancelled, 1));
+        let unsent = decide(&p, None, &[open(TicketState::Unsent)], &confirmed, 50).unwrap();
+        assert_eq!(unsent, Decision::Unchanged);
+    }
 
     #[test]
     fn generated_ids_live_in_their_own_namespace() {

@@ -238,29 +238,10 @@ async fn reserve(
     for _ in 0..CAS_ATTEMPTS {
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let amount = refundable_amount(&current, req.amount_minor, req.expected_refundable_amount)?;
-        let now = now_ms();
-        let mut next = current.next_version(now);
-        next.pending_cancel_amount += amount;
+        let (next, cancellation) = reservation(&current, req, now_ms())?;
         if !repo::update(&mut tx, &next).await? {
             continue; // another refund or notification got there first: read again
         }
-        let cancellation = Cancellation {
-            cancellation_id: new_cancellation_id(),
-            payment_id: current.payment_id.clone(),
-            merchant_id: current.merchant_id.clone(),
-            amount_minor: Some(amount),
-            reason: req.reason.trim().to_owned(),
-            trigger: Trigger::MerchantRequest,
-            status: CancellationStatus::Requested,
-            provider_reason: None,
-            failure: None,
-            ticket: Some(TicketState::Unsent),
-            ticket_accepted_at: None,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-        };
         cancellations::insert(&mut tx, &cancellation).await?;
         if let Some(key) = key {
             idempotency::attach(&mut tx, key, &cancellation.cancellation_id).await?;
@@ -269,6 +250,31 @@ async fn reserve(
         return Ok((next, cancellation));
     }
     Err(PaymentError::Concurrent)
+}
+
+/// The payment with the refund reserved (added to its pending amount, so what is refunded and
+/// requested never exceeds what was paid), and the request recorded with its ticket UNSENT.
+pub fn reservation(current: &Payment, req: &RefundRequest, now: i64) -> Result<(Payment, Cancellation), PaymentError> {
+    let amount = refundable_amount(current, req.amount_minor, req.expected_refundable_amount)?;
+    let mut next = current.next_version(now);
+    next.pending_cancel_amount += amount;
+    let cancellation = Cancellation {
+        cancellation_id: new_cancellation_id(),
+        payment_id: current.payment_id.clone(),
+        merchant_id: current.merchant_id.clone(),
+        amount_minor: Some(amount),
+        reason: req.reason.trim().to_owned(),
+        trigger: Trigger::MerchantRequest,
+        status: CancellationStatus::Requested,
+        provider_reason: None,
+        failure: None,
+        ticket: Some(TicketState::Unsent),
+        ticket_accepted_at: None,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+    };
+    Ok((next, cancellation))
 }
 
 /// How much a refund of `requested` (`None`: all that is left) takes from `current`, or why not.
@@ -313,9 +319,7 @@ async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> 
         let id = &cancellation.cancellation_id;
         let from = [TicketState::Sending, TicketState::Unknown, TicketState::Accepted];
         let still_requested = cancellations::move_ticket(&mut tx, id, &from, TicketState::Accepted, now_ms()).await?;
-        if still_requested && current.status != PaymentStatus::CancelPending {
-            let mut next = current.next_version(now_ms());
-            next.status = PaymentStatus::CancelPending;
+        if still_requested && let Some(next) = after_acceptance(&current, now_ms()) {
             if !repo::update(&mut tx, &next).await? {
                 continue;
             }
@@ -335,6 +339,12 @@ async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> 
         return Ok(());
     }
     Err(PaymentError::Concurrent)
+}
+
+/// The payment once the provider accepted an open request: CANCEL_PENDING (`None`: it shows that already).
+pub fn after_acceptance(current: &Payment, now: i64) -> Option<Payment> {
+    (current.status != PaymentStatus::CancelPending)
+        .then(|| Payment { status: PaymentStatus::CancelPending, ..current.next_version(now) })
 }
 
 /// The ticket went out and no clear answer came back (or its sender died): OUTCOME_UNKNOWN. The
@@ -370,27 +380,11 @@ async fn release(
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
         let stored = cancellations::get(&mut tx, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
-        if only_if.is_some_and(|state| stored.ticket != Some(state)) {
+        let Some(Release { failed, next, settled }) = release_plan(&current, stored, failure, only_if, now_ms()) else {
             return Ok(false);
-        }
-        let now = now_ms();
-        let failed = Cancellation {
-            status: CancellationStatus::Failed,
-            failure: Some(failure.to_owned()),
-            updated_at: now,
-            completed_at: Some(now),
-            ..stored
         };
         if !cancellations::finish(&mut tx, &failed).await? {
             return Ok(false); // settled meanwhile by the provider's own notification
-        }
-        let mut next = current.next_version(now);
-        next.pending_cancel_amount -= cancellation.amount_minor.unwrap_or_default();
-        // Waiting for nothing any more: a payment partly refunded meanwhile shows it.
-        let settled =
-            next.pending_cancel_amount == 0 && next.status == PaymentStatus::CancelPending && next.cancelled_amount > 0;
-        if settled {
-            next.status = PaymentStatus::PartialCancelled;
         }
         if !repo::update(&mut tx, &next).await? {
             continue;
@@ -412,6 +406,46 @@ async fn release(
         return Ok(true);
     }
     Err(PaymentError::Concurrent)
+}
+
+/// What releasing a request writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The request, FAILED.
+    pub failed: Cancellation,
+    /// The payment with the request's amount no longer reserved.
+    pub next: Payment,
+    /// The payment waits for nothing any more and shows it was partly refunded (an event says so).
+    pub settled: bool,
+}
+
+/// Releases `stored` (`None` when `only_if` names a ticket state it is not in).
+pub fn release_plan(
+    current: &Payment,
+    stored: Cancellation,
+    failure: &str,
+    only_if: Option<TicketState>,
+    now: i64,
+) -> Option<Release> {
+    if only_if.is_some_and(|state| stored.ticket != Some(state)) {
+        return None;
+    }
+    let mut next = current.next_version(now);
+    next.pending_cancel_amount -= stored.amount_minor.unwrap_or_default();
+    // Waiting for nothing any more: a payment partly refunded meanwhile shows it.
+    let settled =
+        next.pending_cancel_amount == 0 && next.status == PaymentStatus::CancelPending && next.cancelled_amount > 0;
+    if settled {
+        next.status = PaymentStatus::PartialCancelled;
+    }
+    let failed = Cancellation {
+        status: CancellationStatus::Failed,
+        failure: Some(failure.to_owned()),
+        updated_at: now,
+        completed_at: Some(now),
+        ..stored
+    };
+    Some(Release { failed, next, settled })
 }
 
 /// How an operator settles a cancellation whose outcome is unknown, after checking with the provider.
@@ -473,16 +507,12 @@ async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let current = repo::get_in_tx(&mut tx, &c.payment_id).await?.ok_or(PaymentError::NotFound)?;
         let stored = cancellations::get(&mut tx, &c.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
-        if stored.status != CancellationStatus::Requested || stored.ticket != Some(TicketState::Unknown) {
+        let Some((done, next, kind)) = unknown_confirmed(&current, stored, now_ms()) else {
             return Ok(false);
-        }
-        let now = now_ms();
-        let done =
-            Cancellation { status: CancellationStatus::Succeeded, updated_at: now, completed_at: Some(now), ..stored };
+        };
         if !cancellations::finish(&mut tx, &done).await? {
             return Ok(false);
         }
-        let (next, kind) = after_confirming(&current, &[c.amount_minor.unwrap_or_default()], now);
         if !repo::update(&mut tx, &next).await? {
             continue;
         }
@@ -492,6 +522,22 @@ async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError
         return Ok(true);
     }
     Err(PaymentError::Concurrent)
+}
+
+/// An operator says the provider refunded `stored`: it succeeds and its amount counts as refunded
+/// (`None` unless it is open with an unknown outcome).
+pub fn unknown_confirmed(
+    current: &Payment,
+    stored: Cancellation,
+    now: i64,
+) -> Option<(Cancellation, Payment, EventKind)> {
+    if stored.status != CancellationStatus::Requested || stored.ticket != Some(TicketState::Unknown) {
+        return None;
+    }
+    let (next, kind) = after_confirming(current, &[stored.amount_minor.unwrap_or_default()], now);
+    let done =
+        Cancellation { status: CancellationStatus::Succeeded, updated_at: now, completed_at: Some(now), ..stored };
+    Some((done, next, kind))
 }
 
 /// The payment after the provider confirmed requests of these amounts, and the event kind.
@@ -563,103 +609,111 @@ pub fn plan_reversal(current: &Payment, kind: ReversalKind, open: &[Cancellation
     }
 }
 
-/// What a reversal did: the payment after it, the event kind, and the cancellation it recorded
-/// or completed. `None`: nothing to do (the payment is already fully reversed, or never paid).
-pub type Reversal = Option<(Payment, EventKind, Cancellation)>;
-
-/// Applies a provider reversal inside the caller's transaction, as `plan_reversal` decides.
-pub async fn apply_reversal(
-    conn: &mut AnyConnection,
-    current: &Payment,
-    reversal: &ReversalNotice,
-) -> Result<Reversal, PaymentError> {
-    let open = cancellations::requested(conn, &current.payment_id).await?;
-    let plan = plan_reversal(current, reversal.kind, &open);
-    apply_plan(conn, current, plan, &open, Some(reversal)).await
-}
-
-/// The provider says (payment status API) the payment was refunded, not how much: every open
-/// request whose ticket may have reached it is confirmed with its own amount.
-pub async fn apply_refund_confirmed(conn: &mut AnyConnection, current: &Payment) -> Result<Reversal, PaymentError> {
-    let open = cancellations::requested(conn, &current.payment_id).await?;
-    let plan = match plan_reversal(current, ReversalKind::FullRefund, &open) {
+/// The plan for the provider saying (payment status API) the payment was refunded, not how much:
+/// every open request whose ticket may have reached it is confirmed with its own amount; nothing else.
+pub fn plan_confirmation(current: &Payment, open: &[Cancellation]) -> ReversalPlan {
+    match plan_reversal(current, ReversalKind::FullRefund, open) {
         plan @ ReversalPlan::Confirm(_) => plan,
         _ => ReversalPlan::Nothing,
-    };
-    apply_plan(conn, current, plan, &open, None).await
+    }
+}
+
+/// What a reversal writes, in this order: the open requests it finishes, the reversal it records
+/// on its own, and the payment after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalEffect {
+    /// Open requests it finishes: confirmed (SUCCEEDED) or made moot (FAILED).
+    pub finish: Vec<Cancellation>,
+    /// A reversal nobody asked paygate for, recorded as it happened.
+    pub record: Option<Cancellation>,
+    pub next: Payment,
+    pub kind: EventKind,
+    /// The cancellation the event names.
+    pub completed: Cancellation,
 }
 
 /// A reversal the provider reported without saying why (only confirmations come without a notice).
 const UNEXPLAINED: ReversalNotice =
     ReversalNotice { kind: ReversalKind::Other, provider_reason: None, description: "reversed by the provider" };
 
-async fn apply_plan(
-    conn: &mut AnyConnection,
+/// What `plan` does to `current` and its `open` requests (`None`: nothing). `reversal` is the
+/// provider's notice (`None` for a confirmation learned by asking).
+pub fn reversal_effect(
     current: &Payment,
     plan: ReversalPlan,
     open: &[Cancellation],
     reversal: Option<&ReversalNotice>,
-) -> Result<Reversal, PaymentError> {
-    let now = now_ms();
+    now: i64,
+) -> Option<ReversalEffect> {
     let provider_reason = reversal.and_then(|r| r.provider_reason);
     let reversal = reversal.unwrap_or(&UNEXPLAINED);
-    let (next, kind, completed) = match plan {
-        ReversalPlan::Nothing => return Ok(None),
+    match plan {
+        ReversalPlan::Nothing => None,
         ReversalPlan::Confirm(indexes) => {
-            let mut amounts = Vec::new();
-            let mut last = None;
-            for request in indexes.iter().map(|&i| &open[i]) {
-                let done = Cancellation {
+            let finish: Vec<Cancellation> = indexes
+                .iter()
+                .map(|&i| Cancellation {
                     status: CancellationStatus::Succeeded,
                     provider_reason,
                     updated_at: now,
                     completed_at: Some(now),
-                    ..request.clone()
-                };
-                if cancellations::finish(conn, &done).await? {
-                    amounts.push(request.amount_minor.unwrap_or_default());
-                    last = Some(done);
-                }
-            }
-            let Some(completed) = last else { return Err(PaymentError::Concurrent) };
+                    ..open[i].clone()
+                })
+                .collect();
+            let amounts: Vec<i64> = finish.iter().map(|c| c.amount_minor.unwrap_or_default()).collect();
             let (next, kind) = after_confirming(current, &amounts, now);
-            (next, kind, completed)
+            let completed = finish.last()?.clone();
+            Some(ReversalEffect { finish, record: None, next, kind, completed })
         }
         ReversalPlan::UnaskedPartial => {
             let completed = new_reversal(current, None, reversal, now);
-            cancellations::insert(conn, &completed).await?;
             let mut next = current.next_version(now);
             next.status = status_by_amounts(&next);
-            (next, EventKind::PaymentPartiallyCancelled, completed)
+            let kind = EventKind::PaymentPartiallyCancelled;
+            Some(ReversalEffect { finish: Vec::new(), record: Some(completed.clone()), next, kind, completed })
         }
         ReversalPlan::Whole => {
-            // A whole reversal: everything not yet reversed goes, including what was never marked
-            // paid (a reversal that overtook its payment's completion).
-            for request in open {
-                let moot = Cancellation {
+            // Everything not yet reversed goes, including what was never marked paid (a reversal
+            // that overtook its payment's completion); every open request is moot.
+            let finish = open
+                .iter()
+                .map(|request| Cancellation {
                     status: CancellationStatus::Failed,
                     failure: Some("superseded by a reversal from the provider".into()),
                     updated_at: now,
                     completed_at: Some(now),
                     ..request.clone()
-                };
-                cancellations::finish(conn, &moot).await?;
-            }
+                })
+                .collect();
             let remaining = current.amount_minor - current.cancelled_amount;
             let completed = new_reversal(current, Some(remaining), reversal, now);
-            cancellations::insert(conn, &completed).await?;
             let mut next = current.next_version(now);
             next.pending_cancel_amount = 0;
             next.cancelled_amount = current.amount_minor;
             next.status = PaymentStatus::Cancelled;
             next.cancelled_at = Some(now);
-            (next, EventKind::PaymentCancelled, completed)
+            let kind = EventKind::PaymentCancelled;
+            Some(ReversalEffect { finish, record: Some(completed.clone()), next, kind, completed })
         }
-    };
-    if !repo::update(conn, &next).await? {
+    }
+}
+
+/// Writes a reversal in the caller's transaction. A request finished meanwhile was finished by a
+/// transaction that also moved the payment, so the payment's compare-and-set would fail as well:
+/// either way the change is concurrent and rolls back.
+pub async fn write_reversal(conn: &mut AnyConnection, effect: &ReversalEffect) -> Result<(), PaymentError> {
+    for request in &effect.finish {
+        if !cancellations::finish(conn, request).await? {
+            return Err(PaymentError::Concurrent);
+        }
+    }
+    if let Some(record) = &effect.record {
+        cancellations::insert(conn, record).await?;
+    }
+    if !repo::update(conn, &effect.next).await? {
         return Err(PaymentError::Concurrent);
     }
-    Ok(Some((next, kind, completed)))
+    Ok(())
 }
 
 fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotice, now: i64) -> Cancellation {
@@ -683,43 +737,8 @@ fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotic
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-
-    fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64) -> Payment {
-        Payment {
-            payment_id: "pay_1".into(),
-            merchant_id: "mer_1".into(),
-            channel_key: "ch_1".into(),
-            merchant_uid: "order-1".into(),
-            amount_minor: amount,
-            currency: "USD".into(),
-            order_name: "Gold".into(),
-            customer_uid: "u".into(),
-            customer_email: String::new(),
-            payment_method: "all".into(),
-            widget: "p1_1".into(),
-            success_url: String::new(),
-            failure_url: String::new(),
-            country_code: String::new(),
-            language: String::new(),
-            custom_params: BTreeMap::new(),
-            status,
-            provider_ref: Some("b1".into()),
-            test: true,
-            redirect_url: String::new(),
-            subscription_id: None,
-            cancelled_amount: cancelled,
-            pending_cancel_amount: pending,
-            version: 1,
-            created_at: 0,
-            updated_at: 0,
-            paid_at: Some(0),
-            failed_at: None,
-            cancelled_at: None,
-        }
-    }
+    use crate::payments::fixtures::{payment, unpaid};
 
     fn request(amount: i64, ticket: TicketState, updated_at: i64) -> Cancellation {
         Cancellation {
@@ -802,7 +821,127 @@ mod tests {
         assert!(refundable_amount(&payment(PaymentStatus::Ready, 1000, 0, 0), None, None).is_err());
     }
 
+    fn refund_of(amount: Option<i64>) -> RefundRequest {
+        RefundRequest {
+            payment_id: "pay_1".into(),
+            amount_minor: amount,
+            reason: " asked ".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_reservation_holds_the_amount_and_records_an_unsent_request() {
+        let p = payment(PaymentStatus::PartialCancelled, 1000, 300, 200);
+        let (next, c) = reservation(&p, &refund_of(Some(150)), 42).unwrap();
+        assert_eq!((next.pending_cancel_amount, next.cancelled_amount, next.status), (350, 300, p.status));
+        assert_eq!((next.version, next.updated_at), (p.version + 1, 42));
+        assert_eq!(
+            (c.amount_minor, c.status, c.ticket),
+            (Some(150), CancellationStatus::Requested, Some(TicketState::Unsent))
+        );
+        assert_eq!((c.trigger, c.reason.as_str(), c.payment_id.as_str()), (Trigger::MerchantRequest, "asked", "pay_1"));
+        let (next, c) = reservation(&p, &refund_of(None), 42).unwrap();
+        assert_eq!((c.amount_minor, next.pending_cancel_amount), (Some(500), 700), "all that is left");
+        assert!(reservation(&p, &refund_of(Some(501)), 42).is_err());
+        assert!(reservation(&unpaid(1000), &refund_of(None), 42).is_err(), "nothing paid, nothing to refund");
+    }
+
+    #[test]
+    fn acceptance_shows_cancel_pending_once() {
+        let next = after_acceptance(&payment(PaymentStatus::Paid, 1000, 0, 400), 5).unwrap();
+        assert_eq!((next.status, next.pending_cancel_amount, next.version), (PaymentStatus::CancelPending, 400, 2));
+        assert_eq!(after_acceptance(&payment(PaymentStatus::CancelPending, 1000, 0, 400), 5), None);
+    }
+
+    #[test]
+    fn a_release_gives_the_amount_back() {
+        let p = payment(PaymentStatus::CancelPending, 1000, 0, 400);
+        let r = release_plan(&p, request(400, TicketState::Sending, 0), "refused", None, 8).unwrap();
+        assert_eq!((r.next.pending_cancel_amount, r.next.status, r.settled), (0, PaymentStatus::CancelPending, false));
+        assert_eq!((r.failed.status, r.failed.failure.as_deref()), (CancellationStatus::Failed, Some("refused")));
+        // Partly refunded meanwhile and waiting for nothing else: it shows PARTIAL_CANCELLED.
+        let p = payment(PaymentStatus::CancelPending, 1000, 300, 400);
+        let r = release_plan(&p, request(400, TicketState::Unknown, 0), "no", Some(TicketState::Unknown), 8).unwrap();
+        assert_eq!(
+            (r.next.pending_cancel_amount, r.next.status, r.settled),
+            (0, PaymentStatus::PartialCancelled, true)
+        );
+        let other = release_plan(&p, request(400, TicketState::Accepted, 0), "no", Some(TicketState::Unknown), 8);
+        assert_eq!(other, None, "only a ticket in the named state");
+    }
+
+    #[test]
+    fn an_operator_confirms_only_an_unknown_outcome() {
+        let p = payment(PaymentStatus::CancelPending, 1000, 0, 400);
+        let (done, next, kind) = unknown_confirmed(&p, request(400, TicketState::Unknown, 0), 3).unwrap();
+        assert_eq!(done.status, CancellationStatus::Succeeded);
+        assert_eq!((next.cancelled_amount, next.pending_cancel_amount), (400, 0));
+        assert_eq!((next.status, kind), (PaymentStatus::PartialCancelled, EventKind::PaymentPartiallyCancelled));
+        assert_eq!(unknown_confirmed(&p, request(400, TicketState::Accepted, 0), 3), None);
+    }
+
+    #[test]
+    fn a_confirmation_moves_each_confirmed_amount() {
+        let p = payment(PaymentStatus::CancelPending, 1000, 0, 300);
+        let open = [request(100, TicketState::Accepted, 0), request(200, TicketState::Unknown, 0)];
+        let notice = ReversalNotice { kind: ReversalKind::FullRefund, provider_reason: Some(9), description: "refund" };
+        let plan = plan_reversal(&p, notice.kind, &open);
+        let e = reversal_effect(&p, plan, &open, Some(&notice), 4).unwrap();
+        assert!(e.finish.iter().all(|c| c.status == CancellationStatus::Succeeded && c.provider_reason == Some(9)));
+        assert_eq!(
+            (e.next.cancelled_amount, e.next.pending_cancel_amount, e.next.status),
+            (300, 0, PaymentStatus::PartialCancelled)
+        );
+        assert_eq!((e.record, e.completed.amount_minor), (None, Some(200)));
+        assert_eq!(plan_confirmation(&p, &[request(100, TicketState::Unsent, 0)]), ReversalPlan::Nothing);
+    }
+
+    #[test]
+    fn a_chargeback_takes_what_is_left_and_fails_the_open_requests() {
+        let p = payment(PaymentStatus::CancelPending, 1000, 300, 200);
+        let open = [request(200, TicketState::Accepted, 0)];
+        let notice =
+            ReversalNotice { kind: ReversalKind::Chargeback, provider_reason: Some(2), description: "chargeback" };
+        let e = reversal_effect(&p, plan_reversal(&p, notice.kind, &open), &open, Some(&notice), 6).unwrap();
+        assert_eq!(e.finish[0].status, CancellationStatus::Failed);
+        let recorded = e.record.expect("the chargeback is recorded");
+        assert_eq!((recorded.amount_minor, recorded.trigger), (Some(700), Trigger::Chargeback));
+        assert_eq!((e.next.cancelled_amount, e.next.pending_cancel_amount), (1000, 0));
+        assert_eq!(
+            (e.next.status, e.next.cancelled_at, e.kind),
+            (PaymentStatus::Cancelled, Some(6), EventKind::PaymentCancelled)
+        );
+        // An unasked partial refund is recorded without an amount; the amounts stay.
+        let p = payment(PaymentStatus::Paid, 1000, 0, 0);
+        let notice =
+            ReversalNotice { kind: ReversalKind::PartialRefund, provider_reason: Some(10), description: "part" };
+        let e = reversal_effect(&p, plan_reversal(&p, notice.kind, &[]), &[], Some(&notice), 6).unwrap();
+        assert_eq!(
+            (e.completed.amount_minor, e.next.cancelled_amount, e.next.status),
+            (None, 0, PaymentStatus::PartialCancelled)
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn a_reservation_never_takes_more_than_was_paid(
+            amount in 0..10_000i64, cancelled in 0..10_000i64, pending in 0..10_000i64,
+            requested in proptest::option::of(1..20_000i64), expected in proptest::option::of(0..10_000i64),
+        ) {
+            let (cancelled, pending) = (cancelled.min(amount), pending.min(amount - cancelled.min(amount)));
+            for status in PaymentStatus::ALL {
+                let p = payment(status, amount, cancelled, pending);
+                let req = RefundRequest { amount_minor: requested, expected_refundable_amount: expected, ..refund_of(None) };
+                if let Ok((next, c)) = reservation(&p, &req, 1) {
+                    let taken = c.amount_minor.unwrap_or_default();
+                    proptest::prop_assert!(taken > 0 && requested.is_none_or(|r| r == taken));
+                    proptest::prop_assert_eq!(next.pending_cancel_amount, pending + taken);
+                    proptest::prop_assert!(next.cancelled_amount + next.pending_cancel_amount <= next.amount_minor);
+                }
+            }
+        }
+
         #[test]
         fn any_refund_text_is_refused_by_name(field in 0..3usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
             let mut req = RefundRequest { payment_id: "pay_1".into(), reason: "asked".into(), ..Default::default() };

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{
-    PaymentError,
+    Payment, PaymentError,
     event_log::{EventDetail, EventKind},
 };
 use crate::store::{Db, StoreError};
@@ -65,6 +65,58 @@ impl SubscriptionEnd {
             Self::Cancelled => EventKind::SubscriptionCancelled,
             Self::Expired => EventKind::SubscriptionExpired,
             Self::PaymentFailed => EventKind::SubscriptionPaymentFailed,
+        }
+    }
+}
+
+/// The subscription once its first payment is paid: one waiting for it starts (`None`: no change).
+pub fn activated(sub: &Subscription, now: i64) -> Option<Subscription> {
+    (sub.status == SubscriptionStatus::Pending).then(|| Subscription {
+        status: SubscriptionStatus::Active,
+        updated_at: now,
+        ..sub.clone()
+    })
+}
+
+/// The subscription after one more payment: counted; a live one is ACTIVE, an ended one stays ended.
+pub fn renewed(sub: &Subscription, now: i64) -> Subscription {
+    Subscription {
+        renewals: sub.renewals + 1,
+        status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
+        updated_at: now,
+        ..sub.clone()
+    }
+}
+
+/// The subscription after the provider ended it; one that already ended stays as it ended (`None`).
+pub fn ended(sub: &Subscription, end: SubscriptionEnd, now: i64) -> Option<Subscription> {
+    (!sub.status.is_final()).then(|| Subscription {
+        status: end.status(),
+        ended_at: Some(now),
+        updated_at: now,
+        ..sub.clone()
+    })
+}
+
+/// What CancelSubscription does with the subscription as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelStep {
+    /// Ended, or its cancel already asked: answer with it as it is (asking again is harmless).
+    Answer,
+    /// Ask the provider to stop billing.
+    Ask,
+}
+
+pub fn cancel_step(sub: &Subscription) -> CancelStep {
+    if sub.status.is_final() || sub.cancel_requested_at.is_some() { CancelStep::Answer } else { CancelStep::Ask }
+}
+
+/// Only billing that started can be stopped: the provider must have reported the first payment.
+pub fn check_stoppable(initial: &Payment) -> Result<(), PaymentError> {
+    match initial.provider_ref {
+        Some(_) => Ok(()),
+        None => {
+            Err(PaymentError::NotCancellable("the subscription was never paid; there is no billing to stop".into()))
         }
     }
 }
@@ -204,15 +256,11 @@ pub async fn cancel(
     let give_up_at = now_ms() + lease_ms;
     let (initial, claim) = loop {
         let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
-        if sub.status.is_final() || sub.cancel_requested_at.is_some() {
+        if cancel_step(&sub) == CancelStep::Answer {
             return Ok(sub);
         }
         let initial = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&sub.initial_payment_id)).await?;
-        if initial.provider_ref.is_none() {
-            return Err(PaymentError::NotCancellable(
-                "the subscription was never paid; there is no billing to stop".into(),
-            ));
-        }
+        check_stoppable(&initial)?;
         let now = now_ms();
         if claim_cancel_ticket(db, subscription_id, now, now - lease_ms).await? {
             break (initial, now);
@@ -227,7 +275,17 @@ pub async fn cancel(
         release_cancel_ticket(db, subscription_id, claim).await;
         return Err(e.into());
     }
-    // The ticket is out: record it (retrying the compare-and-set on the payment a pingback may race).
+    record_cancel_request(db, subscription_id, &initial.payment_id).await
+}
+
+/// The ticket is out: records it, and its event, once (retrying the compare-and-set on the payment
+/// a pingback may race).
+async fn record_cancel_request(
+    db: &Db,
+    subscription_id: &str,
+    initial_payment_id: &str,
+) -> Result<Subscription, PaymentError> {
+    use crate::{payments::repo, store::now_ms};
     for _ in 0..16 {
         let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
         let now = now_ms();
@@ -245,7 +303,7 @@ pub async fn cancel(
         let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
         if recorded {
             // Writing the payment row orders this event after (or before) any pingback on the payment.
-            let payment = repo::get_in_tx(&mut tx, &initial.payment_id).await?.ok_or(PaymentError::NotFound)?;
+            let payment = repo::get_in_tx(&mut tx, initial_payment_id).await?.ok_or(PaymentError::NotFound)?;
             let payment = payment.next_version(now);
             if !repo::update(&mut tx, &payment).await? {
                 continue;
@@ -298,5 +356,52 @@ async fn release_cancel_ticket(db: &Db, subscription_id: &str, claim: i64) {
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, subscription_id, "could not release a cancel claim; it runs out on its own");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SubscriptionStatus as S, *};
+    use crate::payments::{
+        PaymentStatus,
+        fixtures::{payment, subscription, unpaid},
+    };
+
+    #[test]
+    fn the_first_payment_starts_only_a_waiting_subscription() {
+        let started = activated(&subscription(S::Pending, 0), 7).expect("a pending subscription starts");
+        assert_eq!((started.status, started.renewals, started.updated_at), (S::Active, 0, 7));
+        for status in [S::Active, S::Cancelled, S::Expired, S::PaymentFailed] {
+            assert_eq!(activated(&subscription(status, 0), 7), None, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_renewal_counts_and_never_revives_an_ended_subscription() {
+        let live = renewed(&subscription(S::Active, 2), 9);
+        assert_eq!((live.status, live.renewals, live.updated_at), (S::Active, 3, 9));
+        assert_eq!(renewed(&subscription(S::Pending, 0), 9).status, S::Active);
+        let late = renewed(&subscription(S::Cancelled, 4), 9);
+        assert_eq!((late.status, late.renewals), (S::Cancelled, 5), "counted, still cancelled");
+    }
+
+    #[test]
+    fn an_end_happens_once() {
+        let gone = ended(&subscription(S::Active, 1), SubscriptionEnd::Expired, 11).expect("a live one ends");
+        assert_eq!((gone.status, gone.ended_at, gone.renewals), (S::Expired, Some(11), 1));
+        for status in [S::Cancelled, S::Expired, S::PaymentFailed] {
+            assert_eq!(ended(&subscription(status, 1), SubscriptionEnd::Cancelled, 11), None, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_cancel_asks_the_provider_once_and_only_for_started_billing() {
+        assert_eq!(cancel_step(&subscription(S::Active, 0)), CancelStep::Ask);
+        assert_eq!(cancel_step(&subscription(S::Pending, 0)), CancelStep::Ask);
+        assert_eq!(cancel_step(&subscription(S::Expired, 0)), CancelStep::Answer);
+        let asked = Subscription { cancel_requested_at: Some(5), ..subscription(S::Active, 0) };
+        assert_eq!(cancel_step(&asked), CancelStep::Answer, "asking again is harmless");
+        assert!(check_stoppable(&payment(PaymentStatus::Paid, 100, 0, 0)).is_ok());
+        assert!(matches!(check_stoppable(&unpaid(100)), Err(PaymentError::NotCancellable(_))));
     }
 }
