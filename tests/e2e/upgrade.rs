@@ -64,10 +64,8 @@ async fn upgrades_in_place(backend: Backend) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let api_key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let api_key =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_owned();
 
     let channel = gate
         .channels(&api_key)
@@ -94,12 +92,21 @@ async fn upgrades_in_place(backend: Backend) {
     // The secret still signs checkouts and verifies pingbacks, at the old URL and the generic one.
     let mut payments = gate.payments(&api_key).await;
     for path in ["/pingback/paymentwall/old-ch", "/callbacks/paymentwall/old-ch"] {
-        let session =
-            payments.create_checkout_session(checkout_request("old-ch", &format!("o{path}"))).await.unwrap().into_inner();
+        let session = payments
+            .create_checkout_session(checkout_request("old-ch", &format!("o{path}")))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(support::signed_with(&session.redirect_url, SECRET_KEY), "{}", session.redirect_url);
         let reference = format!("b{}", ulid::Ulid::new());
         let query = signed_pingback_query(
-            &[("uid", "user-40012"), ("goodsid", &session.payment_id), ("type", "0"), ("ref", &reference), ("is_test", "1")],
+            &[
+                ("uid", "user-40012"),
+                ("goodsid", &session.payment_id),
+                ("type", "0"),
+                ("ref", &reference),
+                ("is_test", "1"),
+            ],
             SECRET_KEY,
             3,
         );

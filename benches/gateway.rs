@@ -1,0 +1,757 @@
+//! The project's benchmark tool (not a test): `cargo bench --bench gateway`.
+//!
+//! On a fresh PostgreSQL database it starts release `paygate serve` processes (two, sharing the
+//! local Redis) and the baselines, and measures, interleaving paygate and baseline rounds so that
+//! drift hits both:
+//! - CreateCheckoutSession throughput and p99 at 64 concurrent callers, against a bare tonic server
+//!   (this same executable, started as a separate process) whose checkout is one single-row INSERT
+//!   through a sqlx pool of the same size;
+//! - pingback ingest (signed type 0 -> PAID, answered OK) at 64 concurrent senders, against 64
+//!   clients each running a one-INSERT transaction (pgbench's shape, through sqlx);
+//! - pingback -> WatchPayments subscriber p99, on one replica and across two (via Redis), against
+//!   a Redis PUBLISH -> subscriber round trip;
+//! - 10,000 open streams: server memory per stream and one event to all of them.
+//!
+//! It reports the CPU the load generator (this process) used, so nobody mistakes it for the
+//! bottleneck. PostgreSQL: PAYGATE_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres;
+//! Redis: 127.0.0.1:6379. Prints a Markdown report.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The simulator's own signer, for signing pingbacks as Paymentwall does.
+#[path = "../src/bin/paymentwall-sim/sim/signature.rs"]
+#[allow(dead_code, unused_imports)]
+mod sim_signature;
+
+use paygate::proto::v1::{
+    self as pb,
+    channel_service_client::ChannelServiceClient,
+    payment_service_client::PaymentServiceClient,
+    payment_service_server::{PaymentService, PaymentServiceServer},
+};
+use sqlx::{Connection, Executor, PgConnection, postgres::PgPoolOptions};
+use tonic::{Request, Response, Status, metadata::MetadataValue, transport::Channel};
+
+const SECRET: &str = "a7408723eaf4bfa2e3ac49b3cb695046";
+const LATENCY_SAMPLES: usize = 400;
+const CONCURRENCY: usize = 64;
+const ROUNDS: usize = 3;
+const ROUND_TIME: Duration = Duration::from_secs(5);
+const PINGBACKS_PER_ROUND: usize = 3_000;
+/// paygate's default `PAYGATE_DATABASE_MAX_CONNECTIONS`; the bare server gets the same.
+const POOL_SIZE: u32 = 16;
+/// Who runs this executable: the benchmark, or (with this variable) the bare baseline server.
+const ROLE: &str = "PAYGATE_BENCH_ROLE";
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn rss_kib(&self) -> u64 {
+        proc_status_field(self.child.id(), "VmRSS:")
+    }
+
+    fn cpu(&self) -> Duration {
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+fn proc_status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with(field));
+    line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
+fn cpu_of(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn own_cpu() -> Duration {
+    cpu_of("/proc/self/stat")
+}
+
+struct Gate {
+    proc: Proc,
+    grpc: String,
+    http: String,
+}
+
+fn env_base(cmd: &mut Command, db_url: &str, key: &str) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PAYGATE_DATABASE_URL", db_url)
+        .env("PAYGATE_MASTER_KEY", key)
+        .env("PAYGATE_LOG_LEVEL", "warn,paygate=info");
+}
+
+/// Starts `cmd` and waits for its JSON "ready" line, which names its addresses.
+fn start_until_ready(mut cmd: Command, ready_message: &'static str) -> (Proc, serde_json::Value) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start process");
+    let stdout = child.stdout.take().unwrap();
+    let ready: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
+    let seen = ready.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["message"] == ready_message
+            {
+                *seen.lock().unwrap() = Some(json);
+            }
+        }
+    });
+    for _ in 0..600 {
+        if let Some(json) = ready.lock().unwrap().clone() {
+            return (Proc { child }, json);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(Proc { child });
+    panic!("{ready_message:?} never came");
+}
+
+fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    env_base(&mut cmd, db_url, key);
+    cmd.arg("serve")
+        .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
+        .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
+        .env("PAYGATE_REDIS_URL", "redis://127.0.0.1:6379/")
+        .env("PAYGATE_REDIS_KEY_PREFIX", prefix)
+        .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
+        .env("PAYGATE_MAX_STREAMS_PER_MERCHANT", "20000")
+        // The load comes from one key; its rate limit is not what is measured.
+        .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "0")
+        .env("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "0");
+    let (proc, json) = start_until_ready(cmd, "paygate ready");
+    Gate {
+        proc,
+        grpc: format!("http://{}", json["grpc_addr"].as_str().unwrap()),
+        http: format!("http://{}", json["http_addr"].as_str().unwrap()),
+    }
+}
+
+// ---- the bare baseline server: a tonic PaymentService whose checkout is one INSERT ----
+
+struct Bare {
+    pool: sqlx::PgPool,
+}
+
+#[tonic::async_trait]
+impl PaymentService for Bare {
+    async fn create_checkout_session(
+        &self,
+        request: Request<pb::CreateCheckoutSessionRequest>,
+    ) -> Result<Response<pb::CheckoutSession>, Status> {
+        let r = request.into_inner();
+        let payment_id = format!("pay_{}", ulid::Ulid::new());
+        let amount = r.amount.unwrap_or_default();
+        sqlx::query(
+            "INSERT INTO bench_checkout (payment_id, merchant_uid, amount_minor, currency) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&payment_id)
+        .bind(&r.merchant_uid)
+        .bind(amount.amount_minor)
+        .bind(&amount.currency)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::CheckoutSession { payment_id, ..Default::default() }))
+    }
+
+    async fn get_payment(&self, _: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn list_payments(
+        &self,
+        _: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn refund_payment(&self, _: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Cancellation>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn resolve_cancellation(
+        &self,
+        _: Request<pb::ResolveCancellationRequest>,
+    ) -> Result<Response<pb::Cancellation>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        _: Request<pb::CancelSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn list_payment_methods(
+        &self,
+        _: Request<pb::ListPaymentMethodsRequest>,
+    ) -> Result<Response<pb::ListPaymentMethodsResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    type WatchPaymentsStream = tokio_stream::Empty<Result<pb::PaymentEvent, Status>>;
+
+    async fn watch_payments(
+        &self,
+        _: Request<pb::WatchPaymentsRequest>,
+    ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn list_payment_events(
+        &self,
+        _: Request<pb::ListPaymentEventsRequest>,
+    ) -> Result<Response<pb::ListPaymentEventsResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+}
+
+async fn run_bare_server() {
+    let db_url = std::env::var("PAYGATE_DATABASE_URL").expect("database");
+    let pool = PgPoolOptions::new().max_connections(POOL_SIZE).connect(&db_url).await.expect("pool");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    println!("{}", serde_json::json!({ "message": "bare ready", "grpc_addr": addr.to_string() }));
+    tonic::transport::Server::builder()
+        .add_service(PaymentServiceServer::new(Bare { pool }))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
+        .await
+        .unwrap();
+}
+
+fn start_bare(db_url: &str) -> (Proc, String) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env_clear().env(ROLE, "bare-server").env("PAYGATE_DATABASE_URL", db_url);
+    let (proc, json) = start_until_ready(cmd, "bare ready");
+    (proc, format!("http://{}", json["grpc_addr"].as_str().unwrap()))
+}
+
+// ---- measuring ----
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[derive(Clone)]
+struct Client {
+    payments: PaymentServiceClient<Channel>,
+    bearer: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Client {
+    fn req<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut().insert("authorization", self.bearer.clone());
+        r
+    }
+}
+
+async fn connect(grpc: &str, api_key: &str) -> Client {
+    let channel = Channel::from_shared(grpc.to_owned()).unwrap().tcp_nodelay(true).connect().await.unwrap();
+    Client { payments: PaymentServiceClient::new(channel), bearer: format!("Bearer {api_key}").parse().unwrap() }
+}
+
+fn checkout_request(uid: &str) -> pb::CreateCheckoutSessionRequest {
+    pb::CreateCheckoutSessionRequest {
+        channel_key: "main".into(),
+        merchant_uid: uid.into(),
+        amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
+        order_name: "bench".into(),
+        customer: Some(pb::Customer { uid: "bench-user".into(), email: String::new() }),
+        ..Default::default()
+    }
+}
+
+async fn checkout(client: &mut Client, uid: &str) -> String {
+    let request = client.req(checkout_request(uid));
+    client.payments.create_checkout_session(request).await.unwrap().into_inner().payment_id
+}
+
+fn pingback_url(gate: &Gate, payment_id: &str, reference: &str) -> String {
+    let mut params: Vec<(String, String)> = [
+        ("uid", "bench-user"),
+        ("goodsid", payment_id),
+        ("slength", ""),
+        ("speriod", ""),
+        ("type", "0"),
+        ("ref", reference),
+        ("is_test", "1"),
+        ("sign_version", "3"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sig = sim_signature::pingback_sig(3, &params, SECRET);
+    params.push(("sig".into(), sig));
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    format!("{}/pingback/paymentwall/main?{query}", gate.http)
+}
+
+/// One round's result: how many, in how long, each one's latency, and the load generator's CPU.
+#[derive(Default)]
+struct Round {
+    count: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    generator_cpu: Duration,
+    server_cpu: Duration,
+}
+
+/// Totals over rounds of one side of a comparison.
+#[derive(Default)]
+struct Side {
+    rounds: Vec<Round>,
+}
+
+impl Side {
+    fn per_second(&self) -> f64 {
+        let count: usize = self.rounds.iter().map(|r| r.count).sum();
+        let secs: f64 = self.rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+        count as f64 / secs
+    }
+
+    fn p99(&self) -> Duration {
+        let mut all: Vec<Duration> = self.rounds.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+        all.sort();
+        percentile(&all, 0.99)
+    }
+
+    fn generator_cpu_share(&self) -> f64 {
+        let cpu: f64 = self.rounds.iter().map(|r| r.generator_cpu.as_secs_f64()).sum();
+        let wall: f64 = self.rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+        cpu / wall
+    }
+
+    fn server_cpu_per_request(&self) -> Duration {
+        let cpu: f64 = self.rounds.iter().map(|r| r.server_cpu.as_secs_f64()).sum();
+        let count: usize = self.rounds.iter().map(|r| r.count).sum();
+        Duration::from_secs_f64(cpu / count.max(1) as f64)
+    }
+}
+
+/// 64 callers, each calling CreateCheckoutSession in a loop for `ROUND_TIME`, over 8 connections.
+async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -> Round {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect(grpc, api_key).await);
+    }
+    let (cpu0, server0) = (own_cpu(), server.cpu());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..CONCURRENCY {
+        let mut client = clients[caller % clients.len()].clone();
+        let label = format!("{label}-{caller}");
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0;
+            while started.elapsed() < ROUND_TIME {
+                let sent = Instant::now();
+                let request = client.req(checkout_request(&format!("{label}-{n}")));
+                client.payments.create_checkout_session(request).await.expect("checkout");
+                latencies.push(sent.elapsed());
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    Round {
+        count: latencies.len(),
+        elapsed,
+        latencies,
+        generator_cpu: own_cpu() - cpu0,
+        server_cpu: server.cpu() - server0,
+    }
+}
+
+/// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments, 64 at a time; each must be
+/// answered OK.
+async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
+    let client = connect(&gate.grpc, api_key).await;
+    let mut creating = Vec::new();
+    for caller in 0..CONCURRENCY {
+        let mut client = client.clone();
+        let label = format!("{label}-{caller}");
+        creating.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..PINGBACKS_PER_ROUND / CONCURRENCY {
+                ids.push(checkout(&mut client, &format!("{label}-{n}")).await);
+            }
+            ids
+        }));
+    }
+    let mut urls = Vec::new();
+    for task in creating {
+        for id in task.await.unwrap() {
+            urls.push(pingback_url(gate, &id, &format!("r{id}")));
+        }
+    }
+    let urls = Arc::new(Mutex::new(urls));
+    let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let (cpu0, server0) = (own_cpu(), gate.proc.cpu());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (urls, http) = (urls.clone(), http.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(url) = urls.lock().unwrap().pop() else { break };
+                let sent = Instant::now();
+                let answer = http.get(url).send().await.expect("pingback sent");
+                assert_eq!(answer.text().await.unwrap(), "OK", "every pingback is applied");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    Round {
+        count: latencies.len(),
+        elapsed,
+        latencies,
+        generator_cpu: own_cpu() - cpu0,
+        server_cpu: gate.proc.cpu() - server0,
+    }
+}
+
+/// pgbench's shape: 64 clients, each on its own connection, each running BEGIN; one INSERT;
+/// COMMIT, `PINGBACKS_PER_ROUND` in all.
+async fn insert_round(db_url: &str) -> Round {
+    let pool = PgPoolOptions::new().max_connections(CONCURRENCY as u32).connect(db_url).await.unwrap();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(PINGBACKS_PER_ROUND));
+    let cpu0 = own_cpu();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (pool, left) = (pool.clone(), left.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut latencies = Vec::new();
+            while left
+                .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+                    n.checked_sub(1)
+                })
+                .is_ok()
+            {
+                let sent = Instant::now();
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind("x").execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    pool.close().await;
+    Round { count: latencies.len(), elapsed, latencies, generator_cpu: own_cpu() - cpu0, server_cpu: Duration::ZERO }
+}
+
+/// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each.
+async fn stream_latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &str) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let mut on_sender = connect(&sender.grpc, api_key).await;
+    let mut on_receiver = connect(&receiver.grpc, api_key).await;
+    let request = on_receiver.req(pb::WatchPaymentsRequest::default());
+    let mut stream = on_receiver.payments.watch_payments(request).await.unwrap().into_inner();
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            seen.lock().unwrap().insert(event.payment.unwrap().payment_id, Instant::now());
+        }
+    });
+    let mut samples = Vec::new();
+    for n in 0..LATENCY_SAMPLES {
+        let payment_id = checkout(&mut on_sender, &format!("{label}-{n}")).await;
+        let url = pingback_url(sender, &payment_id, &format!("{label}{n}"));
+        let sent = Instant::now();
+        let response = http.get(url).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "OK");
+        loop {
+            if let Some(at) = arrivals.lock().unwrap().get(&payment_id) {
+                samples.push(at.saturating_duration_since(sent));
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    reader.abort();
+    samples.sort();
+    samples
+}
+
+/// The cross-replica floor: PUBLISH on one Redis connection -> a subscriber on another.
+async fn redis_round_trip(prefix: &str) -> Vec<Duration> {
+    let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    let channel = format!("{prefix}bench-rtt");
+    pubsub.subscribe(&channel).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let mut samples = Vec::new();
+    for n in 0..LATENCY_SAMPLES {
+        let sent = Instant::now();
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(n).query_async(&mut publisher).await.unwrap();
+        use futures_util::StreamExt;
+        messages.next().await.unwrap();
+        samples.push(sent.elapsed());
+    }
+    samples.sort();
+    samples
+}
+
+/// Opens `count` streams (100 per connection), measures the server's RSS growth and the time for
+/// one event to reach every stream.
+async fn fan_out(gate: &Gate, api_key: &str, count: usize, label: &str) -> (f64, Duration) {
+    let before = gate.proc.rss_kib();
+    let received = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::new();
+    let mut opened = 0;
+    while opened < count {
+        let client = connect(&gate.grpc, api_key).await;
+        for _ in 0..100.min(count - opened) {
+            let mut payments = client.payments.clone();
+            let mut stream =
+                payments.watch_payments(client.req(pb::WatchPaymentsRequest::default())).await.unwrap().into_inner();
+            let received = received.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok(Some(_)) = stream.message().await {
+                    received.add_permits(1);
+                }
+            }));
+            opened += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = gate.proc.rss_kib();
+    let per_stream_bytes = (after.saturating_sub(before)) as f64 * 1024.0 / count as f64;
+    let mut client = connect(&gate.grpc, api_key).await;
+    let payment_id = checkout(&mut client, &format!("fan-{label}")).await;
+    let url = pingback_url(gate, &payment_id, &format!("fan{count}"));
+    let sent = Instant::now();
+    reqwest::get(url).await.unwrap();
+    let _all = received.acquire_many(count as u32).await.unwrap();
+    let elapsed = sent.elapsed();
+    for task in tasks {
+        task.abort();
+    }
+    (per_stream_bytes, elapsed)
+}
+
+struct Setup {
+    admin: PgConnection,
+    name: String,
+    db_url: String,
+    api_key: String,
+    a: Gate,
+    b: Gate,
+    prefix: String,
+}
+
+async fn setup() -> Setup {
+    let admin_url = std::env::var("PAYGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("paygate_bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut admin = PgConnection::connect(&admin_url).await.expect("PostgreSQL");
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let base = admin_url.split('?').next().unwrap();
+    let db_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let key = paygate::secrets::MasterKeys::generate();
+    let prefix = format!("bench{}:", ulid::Ulid::new());
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    env_base(&mut cmd, &db_url, &key);
+    let out = cmd.args(["admin", "create-merchant", "--name", "bench"]).output().unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("merchant JSON");
+    let api_key = created["api_key"].as_str().unwrap().to_owned();
+    let mut conn = PgConnection::connect(&db_url).await.unwrap();
+    conn.execute(
+        "CREATE TABLE bench_baseline (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL); \
+         CREATE TABLE bench_checkout (payment_id TEXT PRIMARY KEY, merchant_uid TEXT NOT NULL, \
+         amount_minor BIGINT NOT NULL, currency TEXT NOT NULL)",
+    )
+    .await
+    .unwrap();
+
+    let a = start_gate(&db_url, &key, &prefix);
+    let b = start_gate(&db_url, &key, &prefix);
+    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
+    let mut channels =
+        ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
+    let mut create = Request::new(pb::CreateChannelRequest {
+        channel_key: "main".into(),
+        name: "bench".into(),
+        provider: pb::Provider::Paymentwall as i32,
+        mode: pb::ChannelMode::Test as i32,
+        paymentwall: Some(pb::PaymentwallCredentials {
+            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
+            secret_key: SECRET.into(),
+            pingback_allowlist: vec!["127.0.0.1/32".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", bearer);
+    channels.create_channel(create).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Setup { admin, name, db_url, api_key, a, b, prefix }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if std::env::var(ROLE).as_deref() == Ok("bare-server") {
+        return runtime.block_on(run_bare_server());
+    }
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = setup().await;
+    let (bare, bare_grpc) = start_bare(&s.db_url);
+    // Warm both (connections, caches, plans) before anything counts.
+    checkout_round(&s.a.grpc, &s.api_key, "warm", &s.a.proc).await;
+    checkout_round(&bare_grpc, &s.api_key, "warm-bare", &bare).await;
+
+    let (mut gate_checkout, mut bare_checkout) = (Side::default(), Side::default());
+    let (mut gate_ingest, mut floor_ingest) = (Side::default(), Side::default());
+    for round in 0..ROUNDS {
+        gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
+        bare_checkout.rounds.push(checkout_round(&bare_grpc, &s.api_key, &format!("b{round}"), &bare).await);
+        gate_ingest.rounds.push(ingest_round(&s.a, &s.api_key, &format!("i{round}")).await);
+        floor_ingest.rounds.push(insert_round(&s.db_url).await);
+    }
+    drop(bare);
+    let same = stream_latency(&s.a, &s.a, &s.api_key, "same").await;
+    let across = stream_latency(&s.a, &s.b, &s.api_key, "across").await;
+    let redis_rtt = redis_round_trip(&s.prefix).await;
+    let (bytes_10k, fan_10k) = fan_out(&s.a, &s.api_key, 10_000, "10k").await;
+
+    let (gc, bc) = (&gate_checkout, &bare_checkout);
+    let (gi, fi) = (&gate_ingest, &floor_ingest);
+    let checkout_ratio = gc.per_second() / bc.per_second();
+    let p99_ratio = gc.p99().as_secs_f64() / bc.p99().as_secs_f64();
+    let ingest_ratio = gi.per_second() / fi.per_second();
+    println!(
+        "| measure (64 concurrent callers unless said) | paygate | baseline in the same run | ratio | target | verdict |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| CreateCheckoutSession throughput | {:.0}/s | {:.0}/s: bare tonic server, one INSERT through a sqlx pool of {POOL_SIZE} | {checkout_ratio:.2} | >= 0.8 | {} |",
+        gc.per_second(),
+        bc.per_second(),
+        verdict(checkout_ratio >= 0.8)
+    );
+    println!(
+        "| checkout p99 | {} | {} | {p99_ratio:.2} | <= 1.25 | {} |",
+        ms(gc.p99()),
+        ms(bc.p99()),
+        verdict(p99_ratio <= 1.25)
+    );
+    println!(
+        "| pingback ingest (signed type 0 -> PAID, answered OK) | {:.0}/s | {:.0}/s: one-INSERT transactions, 64 clients | {ingest_ratio:.2} | >= 0.5 | {} |",
+        gi.per_second(),
+        fi.per_second(),
+        verdict(ingest_ratio >= 0.5)
+    );
+    let (same99, across99) = (percentile(&same, 0.99), percentile(&across, 0.99));
+    println!(
+        "| pingback -> WatchPayments subscriber, same replica, p99 (p50) | {} ({}) | | | < 5 ms | {} |",
+        ms(same99),
+        ms(percentile(&same, 0.5)),
+        verdict(same99 < Duration::from_millis(5))
+    );
+    println!(
+        "| pingback on A -> subscriber on B (Redis), p99 (p50) | {} ({}) | {} ({}): Redis PUBLISH -> subscriber | | < 10 ms | {} |",
+        ms(across99),
+        ms(percentile(&across, 0.5)),
+        ms(percentile(&redis_rtt, 0.99)),
+        ms(percentile(&redis_rtt, 0.5)),
+        verdict(across99 < Duration::from_millis(10))
+    );
+    println!(
+        "| 10,000 open streams: server memory per stream | {bytes_10k:.0} bytes | | | <= 10,000 bytes | {} |",
+        verdict(bytes_10k <= 10_000.0)
+    );
+    println!(
+        "| one event to all 10,000 streams | {} | | | < 250 ms | {} |",
+        ms(fan_10k),
+        verdict(fan_10k < Duration::from_millis(250))
+    );
+    println!();
+    println!("| load generator and servers | checkout: paygate | checkout: bare | ingest: paygate | ingest: floor |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| load generator CPU (share of one core) | {:.0}% | {:.0}% | {:.0}% | {:.0}% |",
+        gc.generator_cpu_share() * 100.0,
+        bc.generator_cpu_share() * 100.0,
+        gi.generator_cpu_share() * 100.0,
+        fi.generator_cpu_share() * 100.0
+    );
+    println!(
+        "| server CPU per request | {:.0} µs | {:.0} µs | {:.0} µs | |",
+        gc.server_cpu_per_request().as_secs_f64() * 1e6,
+        bc.server_cpu_per_request().as_secs_f64() * 1e6,
+        gi.server_cpu_per_request().as_secs_f64() * 1e6
+    );
+    println!();
+    println!(
+        "{ROUNDS} interleaved rounds per comparison: checkouts for {} s per round, {PINGBACKS_PER_ROUND} pingbacks per round; {LATENCY_SAMPLES} sequential pingbacks per latency row.",
+        ROUND_TIME.as_secs()
+    );
+
+    let Setup { mut admin, name, a, b, .. } = s;
+    drop((a, b));
+    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+}
