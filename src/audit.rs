@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, UnixMs};
 
 /// What was done. The strings are the contract (`ListAuditEvents.action` filters on them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,7 @@ pub async fn list<'a>(db: &Db, filter: &'a ListFilter) -> Result<Vec<AuditEvent>
         clause(&mut sql, " AND created_at < $n", Arg::Int(until));
     }
     sql.push_str(&format!(" ORDER BY audit_id DESC LIMIT {}", filter.limit.max(1)));
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query_as::<_, AuditRow>(&sql);
     for arg in args {
         query = match arg {
             Arg::Text(text) => query.bind(text),
@@ -197,21 +197,37 @@ pub async fn list<'a>(db: &Db, filter: &'a ListFilter) -> Result<Vec<AuditEvent>
         };
     }
     let rows = query.fetch_all(db.pool()).await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.into_iter().map(AuditEvent::from).collect())
 }
 
-fn from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
-    let fields: String = row.try_get("changed_fields")?;
-    Ok(AuditEvent {
-        audit_id: row.try_get("audit_id")?,
-        merchant_id: row.try_get("merchant_id")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        target: row.try_get("target")?,
-        changed_fields: serde_json::from_str(&fields).unwrap_or_default(),
-        address: row.try_get("address")?,
-        created_at: row.try_get("created_at")?,
-    })
+/// An `audit_events` row as stored.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    audit_id: String,
+    merchant_id: Option<String>,
+    actor: String,
+    action: String,
+    target: String,
+    /// A JSON array of field names.
+    changed_fields: String,
+    address: String,
+    created_at: UnixMs,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(row: AuditRow) -> Self {
+        AuditEvent {
+            audit_id: row.audit_id,
+            merchant_id: row.merchant_id,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            // Written by `record` only; an unreadable list reads as none rather than hiding the entry.
+            changed_fields: serde_json::from_str(&row.changed_fields).unwrap_or_default(),
+            address: row.address,
+            created_at: row.created_at.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,12 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use sqlx::Row;
 
 use super::MerchantError;
 use crate::{
     audit::{self, Action, Actor},
     net,
-    store::{Db, now_ms},
+    store::{Db, UnixMs, now_ms},
     validation::{InvalidArgument, Violations},
 };
 
@@ -77,7 +76,7 @@ pub(super) fn decode(json: Option<&str>) -> Vec<IpNet> {
 }
 
 pub(super) async fn get(db: &Db, merchant_id: &str) -> Result<Allowlist, MerchantError> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, AllowlistRow>(
         "SELECT m.api_allowlist AS own, m.api_allowlist_updated_at AS updated_at, m.parent_id AS parent_id, \
          p.api_allowlist AS parent_list FROM merchants m LEFT JOIN merchants p ON p.merchant_id = m.parent_id \
          WHERE m.merchant_id = $1",
@@ -86,18 +85,26 @@ pub(super) async fn get(db: &Db, merchant_id: &str) -> Result<Allowlist, Merchan
     .fetch_optional(db.pool())
     .await?
     .ok_or(MerchantError::NotFound)?;
-    let own = decode(row.try_get::<Option<String>, _>("own")?.as_deref());
-    let parent = decode(row.try_get::<Option<String>, _>("parent_list")?.as_deref());
-    let parent_id: Option<String> = row.try_get("parent_id")?;
+    let own = decode(row.own.as_deref());
+    let parent = decode(row.parent_list.as_deref());
     let effective = effective(&own, &parent).to_vec();
-    let inherited_from = parent_id.filter(|_| own.is_empty() && !parent.is_empty());
+    let inherited_from = row.parent_id.filter(|_| own.is_empty() && !parent.is_empty());
     Ok(Allowlist {
         merchant_id: merchant_id.to_owned(),
         own,
         inherited_from,
         effective,
-        updated_at: row.try_get("updated_at")?,
+        updated_at: row.updated_at.map(i64::from),
     })
+}
+
+/// A merchant's allowlist and its parent's, as stored (JSON arrays of CIDR blocks).
+#[derive(sqlx::FromRow)]
+struct AllowlistRow {
+    own: Option<String>,
+    updated_at: Option<UnixMs>,
+    parent_id: Option<String>,
+    parent_list: Option<String>,
 }
 
 pub(super) async fn set(db: &Db, actor: &Actor, merchant_id: &str, blocks: &[IpNet]) -> Result<(), MerchantError> {

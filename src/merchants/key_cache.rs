@@ -17,14 +17,13 @@ use std::{
 
 use ipnet::IpNet;
 use moka::future::Cache;
-use sqlx::Row;
 
 use super::{
     AuthError, Caller, allowlist,
     keys::{self, KEY_PREFIX},
 };
 use crate::store::{
-    Db, StoreError, now_ms,
+    Db, StoreError, UnixMs, now_ms,
     redis::{Followed, RedisHandle},
 };
 
@@ -262,7 +261,7 @@ fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError>
 /// The key with this digest, its merchant's scope and the allowlists that apply to it, as of
 /// cache `generation`.
 async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
-    let Some(row) = sqlx::query(
+    let Some(row) = sqlx::query_as::<_, KeyRow>(
         "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, k.expires_at AS expires_at, \
          k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, m.api_allowlist AS own, \
          p.api_allowlist AS parent_list FROM api_keys k JOIN merchants m ON m.merchant_id = k.merchant_id \
@@ -274,27 +273,34 @@ async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<Verif
     else {
         return Ok(None);
     };
-    let merchant_id: String = row.try_get("merchant_id")?;
-    let scope = sqlx::query("SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1")
-        .bind(&merchant_id)
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("merchant_id"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let own = allowlist::decode(row.try_get::<Option<String>, _>("own")?.as_deref());
-    let parent = allowlist::decode(row.try_get::<Option<String>, _>("parent_list")?.as_deref());
+    let scope =
+        sqlx::query_scalar::<_, String>("SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1")
+            .bind(&row.merchant_id)
+            .fetch_all(db.pool())
+            .await?;
     Ok(Some(Arc::new(VerifiedKey {
-        key_id: row.try_get("key_id")?,
-        merchant_id,
+        key_id: row.key_id,
+        merchant_id: row.merchant_id,
         scope,
-        expires_at: row.try_get("expires_at")?,
-        revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-        allowlist: own,
-        parent_allowlist: parent,
+        expires_at: row.expires_at.map(i64::from),
+        revoked: row.revoked_at.is_some(),
+        allowlist: allowlist::decode(row.own.as_deref()),
+        parent_allowlist: allowlist::decode(row.parent_list.as_deref()),
         generation,
-        last_touched: AtomicI64::new(row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0)),
+        last_touched: AtomicI64::new(row.last_used_at.unwrap_or_default().into()),
     })))
+}
+
+/// A key as authentication reads it, with its merchant's and parent's allowlists (JSON).
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_id: String,
+    merchant_id: String,
+    expires_at: Option<UnixMs>,
+    revoked_at: Option<UnixMs>,
+    last_used_at: Option<UnixMs>,
+    own: Option<String>,
+    parent_list: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 
 use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
 use super::{MerchantError, validate_name};
 use crate::{
     audit::{self, Action, Actor},
-    store::{Db, StoreError},
+    store::{Db, StoreError, UnixMs},
     validation::{InvalidArgument, Violations},
 };
 
@@ -121,19 +121,19 @@ pub(super) async fn list(db: &Db, filter: &ListFilter) -> Result<Vec<ApiKey>, St
          ORDER BY key_id LIMIT {}",
         filter.limit.max(1)
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query_as::<_, ApiKeyRow>(&sql)
         .bind(&filter.merchant_id)
         .bind(filter.after_key_id.as_deref().unwrap_or(""))
         .bind(i64::from(filter.include_revoked))
         .fetch_all(db.pool())
         .await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.into_iter().map(ApiKey::from).collect())
 }
 
 pub(super) async fn get(db: &Db, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1");
-    let row = sqlx::query(&sql).bind(key_id).fetch_optional(db.pool()).await?;
-    row.as_ref().map(from_row).transpose()
+    let row = sqlx::query_as::<_, ApiKeyRow>(&sql).bind(key_id).fetch_optional(db.pool()).await?;
+    Ok(row.map(ApiKey::from))
 }
 
 /// Marks the key revoked; false when it already was.
@@ -148,14 +148,16 @@ pub(super) async fn revoke(conn: &mut AnyConnection, key_id: &str, now: i64) -> 
 
 /// Whether the key is revoked, and when it expires; a key that no longer exists reads as revoked.
 pub(super) async fn state(db: &Db, key_id: &str) -> Result<(bool, Option<i64>), StoreError> {
-    let row = sqlx::query("SELECT revoked_at, expires_at FROM api_keys WHERE key_id = $1")
-        .bind(key_id)
-        .fetch_optional(db.pool())
-        .await?;
-    match row {
-        None => Ok((true, None)),
-        Some(row) => Ok((row.try_get::<Option<i64>, _>("revoked_at")?.is_some(), row.try_get("expires_at")?)),
-    }
+    let row = sqlx::query_as::<_, (Option<UnixMs>, Option<UnixMs>)>(
+        "SELECT revoked_at, expires_at FROM api_keys WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(match row {
+        None => (true, None),
+        Some((revoked_at, expires_at)) => (revoked_at.is_some(), expires_at.map(i64::from)),
+    })
 }
 
 /// Records that the key was used (best effort, off the request path).
@@ -170,17 +172,32 @@ pub(super) async fn touch(db: &Db, key_id: &str, at: i64) -> Result<(), StoreErr
     Ok(())
 }
 
-fn from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
-    Ok(ApiKey {
-        key_id: row.try_get("key_id")?,
-        merchant_id: row.try_get("merchant_id")?,
-        name: row.try_get("name")?,
-        key_prefix: row.try_get("key_prefix")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
+/// An `api_keys` row as listed (never its digest).
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    key_id: String,
+    merchant_id: String,
+    name: String,
+    key_prefix: String,
+    created_at: UnixMs,
+    expires_at: Option<UnixMs>,
+    last_used_at: Option<UnixMs>,
+    revoked_at: Option<UnixMs>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(row: ApiKeyRow) -> Self {
+        ApiKey {
+            key_id: row.key_id,
+            merchant_id: row.merchant_id,
+            name: row.name,
+            key_prefix: row.key_prefix,
+            created_at: row.created_at.into(),
+            expires_at: row.expires_at.map(i64::from),
+            last_used_at: row.last_used_at.map(i64::from),
+            revoked_at: row.revoked_at.map(i64::from),
+        }
+    }
 }
 
 pub(super) fn new_api_key() -> String {

@@ -8,8 +8,6 @@ pub mod keys;
 
 use std::{net::IpAddr, time::Duration};
 
-use sqlx::Row;
-
 pub use self::{allowlist::Allowlist, key_cache::KeyCache, keys::ApiKey};
 use crate::{
     audit::{self, Action, Actor},
@@ -170,12 +168,13 @@ impl Merchants {
     ) -> Result<CreatedMerchant, MerchantError> {
         let name = validate_name("name", name)?;
         if let Some(parent) = parent_id {
-            let row = sqlx::query("SELECT parent_id FROM merchants WHERE merchant_id = $1")
-                .bind(parent)
-                .fetch_optional(self.db.pool())
-                .await?
-                .ok_or(MerchantError::NotFound)?;
-            if row.try_get::<Option<String>, _>("parent_id")?.is_some() {
+            let grandparent =
+                sqlx::query_scalar::<_, Option<String>>("SELECT parent_id FROM merchants WHERE merchant_id = $1")
+                    .bind(parent)
+                    .fetch_optional(self.db.pool())
+                    .await?
+                    .ok_or(MerchantError::NotFound)?;
+            if grandparent.is_some() {
                 return Err(MerchantError::NestedSubMerchant(parent.to_owned()));
             }
         }

@@ -8,10 +8,10 @@
 //! operator).
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
-use super::PaymentError;
-use crate::store::{Db, StoreError};
+use super::{PaymentError, money::MinorUnits};
+use crate::store::{Db, UnixMs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -101,20 +101,19 @@ pub async fn insert(conn: &mut AnyConnection, c: &Cancellation) -> Result<(), Pa
     .bind(&c.cancellation_id)
     .bind(&c.payment_id)
     .bind(&c.merchant_id)
-    .bind(c.amount_minor)
+    .bind(c.amount_minor.map(MinorUnits))
     .bind(&c.reason)
     .bind(c.trigger.as_str())
     .bind(c.status.as_str())
     .bind(c.provider_reason)
     .bind(&c.failure)
-    .bind(c.created_at)
-    .bind(c.updated_at)
-    .bind(c.completed_at)
+    .bind(UnixMs(c.created_at))
+    .bind(UnixMs(c.updated_at))
+    .bind(c.completed_at.map(UnixMs))
     .bind(c.ticket.map(TicketState::as_str))
-    .bind(c.ticket_accepted_at)
+    .bind(c.ticket_accepted_at.map(UnixMs))
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -131,18 +130,18 @@ pub async fn finish(conn: &mut AnyConnection, c: &Cancellation) -> Result<bool, 
     .bind(c.completed_at)
     .bind(&c.cancellation_id)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub async fn get(conn: &mut AnyConnection, cancellation_id: &str) -> Result<Option<Cancellation>, PaymentError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM cancellations WHERE cancellation_id = $1"))
-        .bind(cancellation_id)
-        .fetch_optional(conn)
-        .await
-        .map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    let row = sqlx::query_as::<_, CancellationRow>(&format!(
+        "SELECT {COLUMNS} FROM cancellations WHERE cancellation_id = $1"
+    ))
+    .bind(cancellation_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Cancellation::try_from).transpose()
 }
 
 /// Moves an open request's ticket from one of `from` to `to` (compare-and-set); false when it
@@ -171,8 +170,7 @@ pub async fn move_ticket(
     .bind(to.as_str())
     .bind(cancellation_id)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -186,7 +184,7 @@ pub async fn claim_stale_tickets(
     claim_until: i64,
     limit: u32,
 ) -> Result<Vec<Cancellation>, PaymentError> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, CancellationRow>(&format!(
         "SELECT {COLUMNS} FROM cancellations WHERE status = 'REQUESTED' \
          AND ticket_state IN ('UNSENT', 'SENDING', 'UNKNOWN') AND updated_at <= $1 \
          AND (check_after IS NULL OR check_after <= $2) ORDER BY updated_at LIMIT $3"
@@ -195,10 +193,9 @@ pub async fn claim_stale_tickets(
     .bind(now)
     .bind(i64::from(limit))
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let mut claimed = Vec::new();
-    for c in rows.iter().map(from_row) {
+    for c in rows.into_iter().map(Cancellation::try_from) {
         let c = c?;
         let done = sqlx::query(
             "UPDATE cancellations SET check_after = $1 WHERE cancellation_id = $2 \
@@ -208,8 +205,7 @@ pub async fn claim_stale_tickets(
         .bind(&c.cancellation_id)
         .bind(now)
         .execute(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
         if done.rows_affected() == 1 {
             claimed.push(c);
         }
@@ -219,60 +215,76 @@ pub async fn claim_stale_tickets(
 
 /// Open requests whose outcome at the provider is unknown (the metric's source).
 pub async fn count_unknown(db: &Db) -> Result<i64, PaymentError> {
-    let row = sqlx::query("SELECT COUNT(*) FROM cancellations WHERE status = 'REQUESTED' AND ticket_state = 'UNKNOWN'")
-        .fetch_one(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-    row.try_get::<i64, _>(0).map_err(|e| StoreError::from(e).into())
+    let sql = "SELECT COUNT(*) FROM cancellations WHERE status = 'REQUESTED' AND ticket_state = 'UNKNOWN'";
+    Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(db.pool()).await?)
 }
 
 /// Requested cancellations of a payment, those whose ticket the provider accepted first, then by age.
 pub async fn requested(conn: &mut AnyConnection, payment_id: &str) -> Result<Vec<Cancellation>, PaymentError> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, CancellationRow>(&format!(
         "SELECT {COLUMNS} FROM cancellations WHERE payment_id = $1 AND status = 'REQUESTED' \
          ORDER BY CASE WHEN ticket_accepted_at IS NULL THEN 1 ELSE 0 END, created_at, cancellation_id"
     ))
     .bind(payment_id)
     .fetch_all(conn)
-    .await
-    .map_err(StoreError::from)?;
-    rows.iter().map(from_row).collect()
+    .await?;
+    rows.into_iter().map(Cancellation::try_from).collect()
 }
 
 /// A payment's cancellations, oldest first.
 pub async fn for_payment(conn: &mut AnyConnection, payment_id: &str) -> Result<Vec<Cancellation>, PaymentError> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, CancellationRow>(&format!(
         "SELECT {COLUMNS} FROM cancellations WHERE payment_id = $1 ORDER BY created_at, cancellation_id"
     ))
     .bind(payment_id)
     .fetch_all(conn)
-    .await
-    .map_err(StoreError::from)?;
-    rows.iter().map(from_row).collect()
+    .await?;
+    rows.into_iter().map(Cancellation::try_from).collect()
 }
 
-fn from_row(row: &AnyRow) -> Result<Cancellation, PaymentError> {
-    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("cancellations.{col}: {e}"));
-    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
-    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
-    let on = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| corrupt(col, &e));
-    Ok(Cancellation {
-        cancellation_id: s("cancellation_id")?,
-        payment_id: s("payment_id")?,
-        merchant_id: s("merchant_id")?,
-        amount_minor: on("amount_minor")?,
-        reason: s("reason")?,
-        trigger: Trigger::parse(&s("trigger")?).ok_or_else(|| corrupt("trigger", &"unknown"))?,
-        status: CancellationStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
-        provider_reason: on("provider_reason")?,
-        failure: row.try_get::<Option<String>, _>("failure").map_err(|e| corrupt("failure", &e))?,
-        ticket: match row.try_get::<Option<String>, _>("ticket_state").map_err(|e| corrupt("ticket_state", &e))? {
-            Some(s) => Some(TicketState::parse(&s).ok_or_else(|| corrupt("ticket_state", &"unknown"))?),
+/// A `cancellations` row as stored.
+#[derive(sqlx::FromRow)]
+struct CancellationRow {
+    cancellation_id: String,
+    payment_id: String,
+    merchant_id: String,
+    amount_minor: Option<MinorUnits>,
+    reason: String,
+    trigger: String,
+    status: String,
+    provider_reason: Option<i64>,
+    failure: Option<String>,
+    created_at: UnixMs,
+    updated_at: UnixMs,
+    completed_at: Option<UnixMs>,
+    ticket_state: Option<String>,
+    ticket_accepted_at: Option<UnixMs>,
+}
+
+impl TryFrom<CancellationRow> for Cancellation {
+    type Error = PaymentError;
+
+    fn try_from(row: CancellationRow) -> Result<Self, PaymentError> {
+        let unknown = |col: &str, value: &str| PaymentError::Corrupt(format!("cancellations.{col}: unknown {value:?}"));
+        let ticket = match row.ticket_state {
+            Some(s) => Some(TicketState::parse(&s).ok_or_else(|| unknown("ticket_state", &s))?),
             None => None,
-        },
-        ticket_accepted_at: on("ticket_accepted_at")?,
-        created_at: n("created_at")?,
-        updated_at: n("updated_at")?,
-        completed_at: on("completed_at")?,
-    })
+        };
+        Ok(Cancellation {
+            trigger: Trigger::parse(&row.trigger).ok_or_else(|| unknown("trigger", &row.trigger))?,
+            status: CancellationStatus::parse(&row.status).ok_or_else(|| unknown("status", &row.status))?,
+            cancellation_id: row.cancellation_id,
+            payment_id: row.payment_id,
+            merchant_id: row.merchant_id,
+            amount_minor: row.amount_minor.map(i64::from),
+            reason: row.reason,
+            provider_reason: row.provider_reason,
+            failure: row.failure,
+            ticket,
+            ticket_accepted_at: row.ticket_accepted_at.map(i64::from),
+            created_at: row.created_at.into(),
+            updated_at: row.updated_at.into(),
+            completed_at: row.completed_at.map(i64::from),
+        })
+    }
 }

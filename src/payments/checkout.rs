@@ -14,7 +14,7 @@ use super::{
 use crate::{
     channels::{ChannelError, Channels},
     merchants::Caller,
-    store::{Db, StoreError, now_ms},
+    store::{Db, now_ms},
     validation::{self, Rule, Violations},
 };
 
@@ -194,7 +194,7 @@ async fn create_new(
         // The common case is one INSERT.
         repo::insert(db, &payment).await?;
     } else {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         repo::insert_in_tx(&mut tx, &payment).await?;
         if let Some(subscription) = &subscription {
             subscriptions::insert(&mut tx, subscription).await?;
@@ -203,7 +203,7 @@ async fn create_new(
             idempotency::attach(&mut tx, key, &payment.payment_id).await?;
             idempotency::finish(&mut tx, key).await?;
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
     }
     Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
 }

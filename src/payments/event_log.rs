@@ -11,10 +11,10 @@
 use std::{fmt, str::FromStr};
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
 use super::{Payment, PaymentError};
-use crate::store::{Backend, Db, StoreError, now_ms};
+use crate::store::{Db, StoreError, UnixMs};
 
 /// Where an event sits in the log: ordered by the writing transaction, then by id. Shown to
 /// clients as `"<txid>-<id>"`, the cursor they resume after.
@@ -141,7 +141,7 @@ pub async fn append(
     detail: Option<&EventDetail>,
 ) -> Result<Position, StoreError> {
     let snapshot = serde_json::to_string(payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, PositionRow>(
         "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, detail, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING event_id, txid",
     )
@@ -151,10 +151,10 @@ pub async fn append(
     .bind(payment.status.as_str())
     .bind(snapshot)
     .bind(detail.map(|d| d.value().to_string()))
-    .bind(now_ms())
+    .bind(UnixMs::now())
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Position { txid: row.try_get("txid")?, id: row.try_get("event_id")? })
+    Ok(row.into())
 }
 
 const COLUMNS: &str = "event_id, txid, kind, snapshot, detail, created_at";
@@ -167,34 +167,28 @@ pub async fn read_after(db: &Db, after: Position, limit: u32) -> Result<(Vec<Eve
         "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
          ORDER BY txid, event_id LIMIT $3"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query_as::<_, HeldEventRow>(&sql)
         .bind(after.txid)
         .bind(after.id)
         .bind(i64::from(limit))
         .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-    below_horizon(&rows)
+        .await?;
+    below_horizon(rows)
 }
 
 /// SQL for the horizon: the oldest transaction still running (everything older has ended).
 fn horizon(db: &Db) -> &'static str {
-    match db.backend() {
-        Backend::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-        Backend::Sqlite => "9223372036854775807",
-    }
+    db.backend().running_horizon_sql()
 }
 
 /// The rows in order up to the first one at or above the horizon; true if any were held back.
-fn below_horizon(rows: &[AnyRow]) -> Result<(Vec<Event>, bool), PaymentError> {
+fn below_horizon(rows: Vec<HeldEventRow>) -> Result<(Vec<Event>, bool), PaymentError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let horizon: i64 = row.try_get("horizon").map_err(StoreError::from)?;
-        let event = from_row(row)?;
-        if event.position.txid >= horizon {
+        if row.event.txid >= row.horizon {
             return Ok((events, true));
         }
-        events.push(event);
+        events.push(row.event.try_into()?);
     }
     Ok((events, false))
 }
@@ -206,14 +200,8 @@ pub async fn head(db: &Db) -> Result<Position, PaymentError> {
         "SELECT txid, event_id FROM payment_events WHERE txid < {} ORDER BY txid DESC, event_id DESC LIMIT 1",
         horizon(db)
     );
-    let row = sqlx::query(&sql).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
-    Ok(match row {
-        Some(row) => Position {
-            txid: row.try_get("txid").map_err(StoreError::from)?,
-            id: row.try_get("event_id").map_err(StoreError::from)?,
-        },
-        None => Position::default(),
-    })
+    let row = sqlx::query_as::<_, PositionRow>(&sql).fetch_optional(db.pool()).await?;
+    Ok(row.map(Position::from).unwrap_or_default())
 }
 
 /// A page of one merchant's (and its sub-merchants') events after `after`, optionally of one payment.
@@ -231,31 +219,66 @@ pub async fn list(
          AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3) \
          {payment_clause} ORDER BY txid, event_id LIMIT $4"
     );
-    let mut query = sqlx::query(&sql).bind(after.txid).bind(after.id).bind(merchant_id).bind(i64::from(limit));
+    let mut query = sqlx::query_as::<_, HeldEventRow>(&sql)
+        .bind(after.txid)
+        .bind(after.id)
+        .bind(merchant_id)
+        .bind(i64::from(limit));
     if let Some(payment_id) = payment_id {
         query = query.bind(payment_id);
     }
-    let rows = query.fetch_all(db.pool()).await.map_err(StoreError::from)?;
-    below_horizon(&rows)
+    let rows = query.fetch_all(db.pool()).await?;
+    below_horizon(rows)
 }
 
-fn from_row(row: &AnyRow) -> Result<Event, PaymentError> {
-    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("payment_events.{col}: {e}"));
-    let snapshot: String = row.try_get("snapshot").map_err(|e| corrupt("snapshot", &e))?;
-    let detail: Option<String> = row.try_get("detail").map_err(|e| corrupt("detail", &e))?;
-    Ok(Event {
-        position: Position {
-            txid: row.try_get("txid").map_err(|e| corrupt("txid", &e))?,
-            id: row.try_get("event_id").map_err(|e| corrupt("event_id", &e))?,
-        },
-        kind: {
-            let kind: String = row.try_get("kind").map_err(|e| corrupt("kind", &e))?;
-            EventKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?
-        },
-        payment: serde_json::from_str(&snapshot).map_err(|e| corrupt("snapshot", &e))?,
-        detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
-        created_at: row.try_get("created_at").map_err(|e| corrupt("created_at", &e))?,
-    })
+/// Where a `payment_events` row sits.
+#[derive(sqlx::FromRow)]
+struct PositionRow {
+    txid: i64,
+    event_id: i64,
+}
+
+impl From<PositionRow> for Position {
+    fn from(row: PositionRow) -> Self {
+        Self { txid: row.txid, id: row.event_id }
+    }
+}
+
+/// A `payment_events` row as readers take it.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_id: i64,
+    txid: i64,
+    kind: String,
+    /// JSON of the payment after the change.
+    snapshot: String,
+    /// JSON of the cancellation or subscription the event is about.
+    detail: Option<String>,
+    created_at: UnixMs,
+}
+
+/// An event row read with the horizon at the time of reading (`horizon`).
+#[derive(sqlx::FromRow)]
+struct HeldEventRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    horizon: i64,
+}
+
+impl TryFrom<EventRow> for Event {
+    type Error = PaymentError;
+
+    fn try_from(row: EventRow) -> Result<Self, PaymentError> {
+        let corrupt =
+            |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("payment_events.{col}: {e}"));
+        Ok(Event {
+            position: Position { txid: row.txid, id: row.event_id },
+            kind: EventKind::parse(&row.kind).ok_or_else(|| corrupt("kind", &row.kind))?,
+            payment: serde_json::from_str(&row.snapshot).map_err(|e| corrupt("snapshot", &e))?,
+            detail: row.detail.and_then(|d| serde_json::from_str(&d).ok()),
+            created_at: row.created_at.into(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -2,10 +2,8 @@
 //! made, read back); with a different request it is refused. A key whose request is still running
 //! is refused too, until its lease runs out: then a retry takes over (the first worker crashed).
 
-use sqlx::Row;
-
 use super::PaymentError;
-use crate::store::{Db, StoreError, now_ms};
+use crate::store::{Db, UnixMs, now_ms};
 
 /// What to do with a request carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +24,16 @@ pub struct Key<'a> {
     pub key: &'a str,
 }
 
+/// An `idempotency_keys` row, as a claim reads it.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    request_hash: String,
+    resource_id: Option<String>,
+    /// `in_progress` or `done`.
+    state: String,
+    lease_until: UnixMs,
+}
+
 pub async fn claim(db: &Db, key: &Key<'_>, request_hash: &str, lease_ms: i64) -> Result<Claim, PaymentError> {
     let now = now_ms();
     let inserted = sqlx::query(
@@ -39,12 +47,11 @@ pub async fn claim(db: &Db, key: &Key<'_>, request_hash: &str, lease_ms: i64) ->
     .bind(now + lease_ms)
     .bind(now)
     .execute(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     if inserted.rows_affected() == 1 {
         return Ok(Claim::New);
     }
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, KeyRow>(
         "SELECT request_hash, resource_id, state, lease_until FROM idempotency_keys \
          WHERE merchant_id = $1 AND operation = $2 AND idempotency_key = $3",
     )
@@ -52,20 +59,18 @@ pub async fn claim(db: &Db, key: &Key<'_>, request_hash: &str, lease_ms: i64) ->
     .bind(key.operation)
     .bind(key.key)
     .fetch_optional(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     // Released between our insert and this read: try once more from the start.
     let Some(row) = row else { return Box::pin(claim(db, key, request_hash, lease_ms)).await };
-    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(StoreError::from);
-    if get_s("request_hash")? != request_hash {
+    if row.request_hash != request_hash {
         return Err(PaymentError::IdempotencyMismatch);
     }
-    let resource: Option<String> = row.try_get("resource_id").map_err(StoreError::from)?;
-    if get_s("state")? == "done" {
+    let resource = row.resource_id;
+    if row.state == "done" {
         return Ok(Claim::Done(resource.unwrap_or_default()));
     }
-    let lease_until: i64 = row.try_get("lease_until").map_err(StoreError::from)?;
-    if lease_until > now {
+    let lease_until = row.lease_until;
+    if lease_until > UnixMs(now) {
         return Err(PaymentError::IdempotencyInFlight);
     }
     // The previous worker's lease ran out: take over with a fresh lease (one taker wins).
@@ -79,8 +84,7 @@ pub async fn claim(db: &Db, key: &Key<'_>, request_hash: &str, lease_ms: i64) ->
     .bind(key.key)
     .bind(lease_until)
     .execute(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     if taken.rows_affected() == 1 { Ok(Claim::TakenOver(resource)) } else { Err(PaymentError::IdempotencyInFlight) }
 }
 
@@ -94,8 +98,7 @@ pub async fn attach(conn: &mut sqlx::AnyConnection, key: &Key<'_>, resource_id: 
     .bind(key.operation)
     .bind(key.key)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -107,8 +110,7 @@ pub async fn finish(conn: &mut sqlx::AnyConnection, key: &Key<'_>) -> Result<(),
     .bind(key.operation)
     .bind(key.key)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -125,8 +127,7 @@ pub async fn forget_resource(
         .bind(operation)
         .bind(resource_id)
         .execute(conn)
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     Ok(())
 }
 
@@ -155,7 +156,6 @@ pub async fn purge_expired(db: &Db) -> Result<u64, PaymentError> {
     let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1 AND state = 'done'")
         .bind(now_ms() - RETENTION_MS)
         .execute(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     Ok(done.rows_affected())
 }

@@ -2,6 +2,17 @@
 
 use iso_currency::Currency;
 
+/// An amount in its currency's minor units (cents for USD, won for KRW), as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct MinorUnits(pub i64);
+
+impl From<MinorUnits> for i64 {
+    fn from(amount: MinorUnits) -> Self {
+        amount.0
+    }
+}
+
 /// A validated ISO 4217 currency that has a minor-unit exponent (so not XAU, XDR, ...).
 pub fn parse_currency(code: &str) -> Option<Currency> {
     let currency = Currency::from_code(code)?;

@@ -3,7 +3,7 @@
 //! provider's unique id `(channel, ref, type[, UNIQUE_REF])`. The caller answers the provider only
 //! after this returns, so an acknowledged notification is always committed.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::{
     Payment, PaymentError, PaymentOutcome, PaymentStatus,
@@ -200,7 +200,7 @@ async fn record_delivery(
     if inserted == 1 {
         return Ok(Seen::New);
     }
-    let row = sqlx::query(
+    let outcome = sqlx::query_scalar::<_, String>(
         "UPDATE pingbacks SET deliveries = deliveries + 1, last_seen_at = $1 \
          WHERE channel_key = $2 AND ref = $3 AND type = $4 AND unique_ref = $5 RETURNING outcome",
     )
@@ -211,7 +211,7 @@ async fn record_delivery(
     .bind(&raw.unique_ref)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(if row.try_get::<String, _>("outcome")? == OUTCOME_APPLIED { Seen::Applied } else { Seen::Again })
+    Ok(if outcome == OUTCOME_APPLIED { Seen::Applied } else { Seen::Again })
 }
 
 async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {

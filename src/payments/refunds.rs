@@ -27,7 +27,7 @@ use super::{
 use crate::{
     channels::{Channel, Channels},
     merchants::Caller,
-    store::{Db, StoreError, now_ms},
+    store::{Db, now_ms},
     validation::{self, Violations},
 };
 
@@ -103,7 +103,7 @@ async fn read(db: &Db, caller: &Caller, cancellation_id: &str) -> Result<Cancell
 }
 
 async fn get(db: &Db, cancellation_id: &str) -> Result<Cancellation, PaymentError> {
-    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = db.pool().acquire().await?;
     cancellations::get(&mut conn, cancellation_id).await?.ok_or(PaymentError::NotFound)
 }
 
@@ -160,7 +160,7 @@ async fn take_over(
         TakeOver::InFlight => return Err(PaymentError::IdempotencyInFlight),
         TakeOver::Answer => {
             if let Some(key) = key {
-                let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+                let mut conn = db.pool().acquire().await?;
                 idempotency::finish(&mut conn, key).await?;
             }
         }
@@ -195,7 +195,7 @@ pub async fn send(
 ) -> Result<Cancellation, PaymentError> {
     let id = &cancellation.cancellation_id;
     {
-        let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+        let mut conn = db.pool().acquire().await?;
         let started =
             cancellations::move_ticket(&mut conn, id, &[TicketState::Unsent], TicketState::Sending, now_ms()).await?;
         if !started {
@@ -236,7 +236,7 @@ async fn reserve(
     key: Option<&Key<'_>>,
 ) -> Result<(Payment, Cancellation), PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         let current = repo::get_in_tx(&mut tx, payment_id).await?.ok_or(PaymentError::NotFound)?;
         let (next, cancellation) = reservation(&current, req, now_ms())?;
         if !repo::update(&mut tx, &next).await? {
@@ -246,7 +246,7 @@ async fn reserve(
         if let Some(key) = key {
             idempotency::attach(&mut tx, key, &cancellation.cancellation_id).await?;
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         return Ok((next, cancellation));
     }
     Err(PaymentError::Concurrent)
@@ -314,7 +314,7 @@ pub fn refundable_amount(
 /// payment shows CANCEL_PENDING (unless the provider's confirmation already arrived).
 async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
         let id = &cancellation.cancellation_id;
         let from = [TicketState::Sending, TicketState::Unknown, TicketState::Accepted];
@@ -334,7 +334,7 @@ async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> 
         if let Some(key) = key {
             idempotency::finish(&mut tx, key).await?;
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         db.signal_commit();
         return Ok(());
     }
@@ -350,14 +350,14 @@ pub fn after_acceptance(current: &Payment, now: i64) -> Option<Payment> {
 /// The ticket went out and no clear answer came back (or its sender died): OUTCOME_UNKNOWN. The
 /// amount stays reserved and the key is done: a retry answers with this state, never a resend.
 pub async fn mark_unknown(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
-    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    let mut tx = db.pool().begin().await?;
     let id = &cancellation.cancellation_id;
     let marked =
         cancellations::move_ticket(&mut tx, id, &[TicketState::Sending], TicketState::Unknown, now_ms()).await?;
     if let Some(key) = key {
         idempotency::finish(&mut tx, key).await?;
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     if marked {
         metrics::counter!("paygate_refund_tickets_total", "outcome" => "unknown").increment(1);
         tracing::warn!(cancellation_id = %id, payment_id = %cancellation.payment_id, "refund outcome unknown; the sweep asks the provider, or an operator resolves it");
@@ -377,7 +377,7 @@ async fn release(
     only_if: Option<TicketState>,
 ) -> Result<bool, PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
         let stored = cancellations::get(&mut tx, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
         let Some(Release { failed, next, settled }) = release_plan(&current, stored, failure, only_if, now_ms()) else {
@@ -399,7 +399,7 @@ async fn release(
             .await?;
         }
         idempotency::forget_resource(&mut tx, OPERATION, &cancellation.cancellation_id).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         if settled {
             db.signal_commit();
         }
@@ -504,7 +504,7 @@ pub async fn resolve(
 /// An operator says the provider refunded a request whose outcome was unknown.
 async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError> {
     for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         let current = repo::get_in_tx(&mut tx, &c.payment_id).await?.ok_or(PaymentError::NotFound)?;
         let stored = cancellations::get(&mut tx, &c.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
         let Some((done, next, kind)) = unknown_confirmed(&current, stored, now_ms()) else {
@@ -517,7 +517,7 @@ async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError
             continue;
         }
         super::record(&mut tx, &next, kind, Some(&EventDetail::cancellation(&done))).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         db.signal_commit();
         return Ok(true);
     }

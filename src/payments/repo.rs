@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Any, AnyConnection, Row, any::AnyRow, query::Query};
+use sqlx::{Any, AnyConnection, query::Query};
 
-use super::{Payment, PaymentError, PaymentStatus};
-use crate::store::{Db, StoreError};
+use super::{Payment, PaymentError, PaymentStatus, money::MinorUnits};
+use crate::store::{Db, Flag, StoreError, UnixMs};
 
 const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
     order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
@@ -25,7 +25,7 @@ fn bind_all<'q>(
         .bind(&p.merchant_id)
         .bind(&p.channel_key)
         .bind(&p.merchant_uid)
-        .bind(p.amount_minor)
+        .bind(MinorUnits(p.amount_minor))
         .bind(&p.currency)
         .bind(&p.order_name)
         .bind(&p.customer_uid)
@@ -39,17 +39,17 @@ fn bind_all<'q>(
         .bind(custom)
         .bind(p.status.as_str())
         .bind(&p.provider_ref)
-        .bind(i64::from(p.test))
+        .bind(Flag(p.test))
         .bind(&p.redirect_url)
         .bind(&p.subscription_id)
-        .bind(p.cancelled_amount)
-        .bind(p.pending_cancel_amount)
+        .bind(MinorUnits(p.cancelled_amount))
+        .bind(MinorUnits(p.pending_cancel_amount))
         .bind(p.version)
-        .bind(p.created_at)
-        .bind(p.updated_at)
-        .bind(p.paid_at)
-        .bind(p.failed_at)
-        .bind(p.cancelled_at)
+        .bind(UnixMs(p.created_at))
+        .bind(UnixMs(p.updated_at))
+        .bind(p.paid_at.map(UnixMs))
+        .bind(p.failed_at.map(UnixMs))
+        .bind(p.cancelled_at.map(UnixMs))
 }
 
 const INSERT: &str = "INSERT INTO payments (payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
@@ -95,9 +95,8 @@ pub async fn get(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Payme
     };
     let sql =
         format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND {column} = $2 ORDER BY payment_id DESC LIMIT 1");
-    let row =
-        sqlx::query(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
+    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await?;
+    row.map(Payment::try_from).transpose()?.ok_or(PaymentError::NotFound)
 }
 
 /// A payment (as `get` finds it) and its cancellations, oldest first, read from one snapshot: the
@@ -111,29 +110,21 @@ pub async fn get_with_cancellations(
         Lookup::PaymentId(id) => ("payment_id", id),
         Lookup::MerchantUid(uid) => ("merchant_uid", uid),
     };
-    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
-    // PostgreSQL's default gives each statement its own snapshot; SQLite's read transaction is one already.
-    if db.backend() == crate::store::Backend::Postgres {
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-    }
+    let mut tx = db.begin_snapshot().await?;
     let sql =
         format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND {column} = $2 ORDER BY payment_id DESC LIMIT 1");
-    let row =
-        sqlx::query(&sql).bind(merchant_id).bind(value).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
-    let payment = row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)?;
+    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id).bind(value).fetch_optional(&mut *tx).await?;
+    let payment = row.map(Payment::try_from).transpose()?.ok_or(PaymentError::NotFound)?;
     let cancellations = super::cancellations::for_payment(&mut tx, &payment.payment_id).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok((payment, cancellations))
 }
 
 /// Any merchant's payment by id, inside a transaction or on the pool.
 pub async fn get_in_tx(conn: &mut AnyConnection, payment_id: &str) -> Result<Option<Payment>, PaymentError> {
     let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1");
-    let row = sqlx::query(&sql).bind(payment_id).fetch_optional(conn).await.map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(payment_id).fetch_optional(conn).await?;
+    row.map(Payment::try_from).transpose()
 }
 
 /// True when `merchant_id` already has a payment with this `merchant_uid`.
@@ -146,8 +137,7 @@ pub async fn merchant_uid_taken(
         .bind(merchant_id)
         .bind(merchant_uid)
         .fetch_optional(conn)
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     Ok(row.is_some())
 }
 
@@ -158,9 +148,8 @@ pub async fn find_by_provider_ref(
     provider_ref: &str,
 ) -> Result<Option<Payment>, PaymentError> {
     let sql = format!("SELECT {COLUMNS} FROM payments WHERE channel_key = $1 AND provider_ref = $2 LIMIT 1");
-    let row =
-        sqlx::query(&sql).bind(channel_key).bind(provider_ref).fetch_optional(conn).await.map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(channel_key).bind(provider_ref).fetch_optional(conn).await?;
+    row.map(Payment::try_from).transpose()
 }
 
 /// Writes `p` (already at its next version) only if the row is still at the version before: a
@@ -173,20 +162,19 @@ pub async fn update(conn: &mut AnyConnection, p: &Payment) -> Result<bool, Payme
     )
     .bind(p.status.as_str())
     .bind(&p.provider_ref)
-    .bind(i64::from(p.test))
+    .bind(Flag(p.test))
     .bind(&p.subscription_id)
-    .bind(p.cancelled_amount)
-    .bind(p.pending_cancel_amount)
+    .bind(MinorUnits(p.cancelled_amount))
+    .bind(MinorUnits(p.pending_cancel_amount))
     .bind(p.version)
-    .bind(p.updated_at)
-    .bind(p.paid_at)
-    .bind(p.failed_at)
-    .bind(p.cancelled_at)
+    .bind(UnixMs(p.updated_at))
+    .bind(p.paid_at.map(UnixMs))
+    .bind(p.failed_at.map(UnixMs))
+    .bind(p.cancelled_at.map(UnixMs))
     .bind(&p.payment_id)
     .bind(p.version - 1)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -227,7 +215,7 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Paym
     }
     sql.push_str(&format!(" ORDER BY payment_id DESC LIMIT {}", next()));
 
-    let mut query: Query<'_, Any, _> = sqlx::query(&sql).bind(merchant_id);
+    let mut query = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id);
     for status in &f.statuses {
         query = query.bind(status.as_str());
     }
@@ -243,8 +231,8 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Paym
     if let Some(before) = &f.before_payment_id {
         query = query.bind(before);
     }
-    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await.map_err(StoreError::from)?;
-    rows.iter().map(from_row).collect()
+    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await?;
+    rows.into_iter().map(Payment::try_from).collect()
 }
 
 /// Payments the sweep should ask the provider about: in CANCEL_PENDING since before `pending_before`,
@@ -263,16 +251,15 @@ pub async fn claim_stuck(
          ((status = 'CANCEL_PENDING' AND updated_at <= $2) OR (status = 'READY' AND created_at <= $3)) \
          ORDER BY updated_at LIMIT $4"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query_as::<_, PaymentRow>(&sql)
         .bind(now)
         .bind(pending_before)
         .bind(ready_before)
         .bind(i64::from(limit))
         .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     let mut claimed = Vec::new();
-    for payment in rows.iter().map(from_row) {
+    for payment in rows.into_iter().map(Payment::try_from) {
         let payment = payment?;
         let done = sqlx::query(
             "UPDATE payments SET check_after = $1 WHERE payment_id = $2 AND (check_after IS NULL OR check_after <= $3)",
@@ -281,8 +268,7 @@ pub async fn claim_stuck(
         .bind(&payment.payment_id)
         .bind(now)
         .execute(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
         if done.rows_affected() == 1 {
             claimed.push(payment);
         }
@@ -290,43 +276,77 @@ pub async fn claim_stuck(
     Ok(claimed)
 }
 
-fn from_row(row: &AnyRow) -> Result<Payment, PaymentError> {
-    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("{col}: {e}"));
-    let get_str = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
-    let get_opt_str = |col: &str| row.try_get::<Option<String>, _>(col).map_err(|e| corrupt(col, &e));
-    let get_i64 = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
-    let get_opt_i64 = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| corrupt(col, &e));
-    let custom_params: BTreeMap<String, String> =
-        serde_json::from_str(&get_str("custom_params")?).map_err(|e| corrupt("custom_params", &e))?;
-    Ok(Payment {
-        payment_id: get_str("payment_id")?,
-        merchant_id: get_str("merchant_id")?,
-        channel_key: get_str("channel_key")?,
-        merchant_uid: get_str("merchant_uid")?,
-        amount_minor: get_i64("amount_minor")?,
-        currency: get_str("currency")?,
-        order_name: get_str("order_name")?,
-        customer_uid: get_str("customer_uid")?,
-        customer_email: get_str("customer_email")?,
-        payment_method: get_str("payment_method")?,
-        widget: get_str("widget")?,
-        success_url: get_str("success_url")?,
-        failure_url: get_str("failure_url")?,
-        country_code: get_str("country_code")?,
-        language: get_str("language")?,
-        custom_params,
-        status: get_str("status")?.parse().map_err(PaymentError::Corrupt)?,
-        provider_ref: get_opt_str("provider_ref")?,
-        test: get_i64("is_test")? != 0,
-        redirect_url: get_str("redirect_url")?,
-        subscription_id: get_opt_str("subscription_id")?,
-        cancelled_amount: get_i64("cancelled_amount")?,
-        pending_cancel_amount: get_i64("pending_cancel_amount")?,
-        version: get_i64("version")?,
-        created_at: get_i64("created_at")?,
-        updated_at: get_i64("updated_at")?,
-        paid_at: get_opt_i64("paid_at")?,
-        failed_at: get_opt_i64("failed_at")?,
-        cancelled_at: get_opt_i64("cancelled_at")?,
-    })
+/// A `payments` row as stored; `Payment` is what it says.
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    payment_id: String,
+    merchant_id: String,
+    channel_key: String,
+    merchant_uid: String,
+    amount_minor: MinorUnits,
+    currency: String,
+    order_name: String,
+    customer_uid: String,
+    customer_email: String,
+    payment_method: String,
+    widget: String,
+    success_url: String,
+    failure_url: String,
+    country_code: String,
+    language: String,
+    /// A JSON object.
+    custom_params: String,
+    status: String,
+    provider_ref: Option<String>,
+    is_test: Flag,
+    redirect_url: String,
+    subscription_id: Option<String>,
+    cancelled_amount: MinorUnits,
+    pending_cancel_amount: MinorUnits,
+    version: i64,
+    created_at: UnixMs,
+    updated_at: UnixMs,
+    paid_at: Option<UnixMs>,
+    failed_at: Option<UnixMs>,
+    cancelled_at: Option<UnixMs>,
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = PaymentError;
+
+    fn try_from(row: PaymentRow) -> Result<Self, PaymentError> {
+        let custom_params: BTreeMap<String, String> = serde_json::from_str(&row.custom_params)
+            .map_err(|e| PaymentError::Corrupt(format!("custom_params: {e}")))?;
+        Ok(Payment {
+            payment_id: row.payment_id,
+            merchant_id: row.merchant_id,
+            channel_key: row.channel_key,
+            merchant_uid: row.merchant_uid,
+            amount_minor: row.amount_minor.into(),
+            currency: row.currency,
+            order_name: row.order_name,
+            customer_uid: row.customer_uid,
+            customer_email: row.customer_email,
+            payment_method: row.payment_method,
+            widget: row.widget,
+            success_url: row.success_url,
+            failure_url: row.failure_url,
+            country_code: row.country_code,
+            language: row.language,
+            custom_params,
+            status: row.status.parse().map_err(PaymentError::Corrupt)?,
+            provider_ref: row.provider_ref,
+            test: row.is_test.into(),
+            redirect_url: row.redirect_url,
+            subscription_id: row.subscription_id,
+            cancelled_amount: row.cancelled_amount.into(),
+            pending_cancel_amount: row.pending_cancel_amount.into(),
+            version: row.version,
+            created_at: row.created_at.into(),
+            updated_at: row.updated_at.into(),
+            paid_at: row.paid_at.map(i64::from),
+            failed_at: row.failed_at.map(i64::from),
+            cancelled_at: row.cancelled_at.map(i64::from),
+        })
+    }
 }

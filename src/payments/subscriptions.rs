@@ -2,13 +2,13 @@
 //! create new payments linked to it; provider notifications end it.
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
 use super::{
     Payment, PaymentError,
     event_log::{EventDetail, EventKind},
 };
-use crate::store::{Db, StoreError};
+use crate::store::{Db, Flag, UnixMs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -153,16 +153,15 @@ pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), Pa
     .bind(&s.initial_payment_id)
     .bind(s.period_length)
     .bind(&s.period_type)
-    .bind(i64::from(s.recurring))
+    .bind(Flag(s.recurring))
     .bind(s.status.as_str())
     .bind(s.renewals)
-    .bind(s.cancel_requested_at)
-    .bind(s.ended_at)
-    .bind(s.created_at)
-    .bind(s.updated_at)
+    .bind(s.cancel_requested_at.map(UnixMs))
+    .bind(s.ended_at.map(UnixMs))
+    .bind(UnixMs(s.created_at))
+    .bind(UnixMs(s.updated_at))
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -182,54 +181,69 @@ pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subsc
     .bind(previous.status.as_str())
     .bind(previous.renewals)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub async fn get(conn: &mut AnyConnection, subscription_id: &str) -> Result<Option<Subscription>, PaymentError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $1"))
-        .bind(subscription_id)
-        .fetch_optional(conn)
-        .await
-        .map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    let sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $1");
+    let row = sqlx::query_as::<_, SubscriptionRow>(&sql).bind(subscription_id).fetch_optional(conn).await?;
+    row.map(Subscription::try_from).transpose()
 }
 
 /// A subscription of `merchant_id` or one of its sub-merchants.
 pub async fn get_in_scope(db: &Db, merchant_id: &str, subscription_id: &str) -> Result<Subscription, PaymentError> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, SubscriptionRow>(&format!(
         "SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $2 AND merchant_id IN \
          (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)"
     ))
     .bind(merchant_id)
     .bind(subscription_id)
     .fetch_optional(db.pool())
-    .await
-    .map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()?.ok_or(PaymentError::NotFound)
+    .await?;
+    row.map(Subscription::try_from).transpose()?.ok_or(PaymentError::NotFound)
 }
 
-fn from_row(row: &AnyRow) -> Result<Subscription, PaymentError> {
-    let corrupt = |col: &str, e: &dyn std::fmt::Display| PaymentError::Corrupt(format!("subscriptions.{col}: {e}"));
-    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
-    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
-    let on = |col: &str| row.try_get::<Option<i64>, _>(col).map_err(|e| corrupt(col, &e));
-    Ok(Subscription {
-        subscription_id: s("subscription_id")?,
-        merchant_id: s("merchant_id")?,
-        channel_key: s("channel_key")?,
-        initial_payment_id: s("initial_payment_id")?,
-        period_length: n("period_length")?,
-        period_type: s("period_type")?,
-        recurring: n("recurring")? != 0,
-        status: SubscriptionStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
-        renewals: n("renewals")?,
-        cancel_requested_at: on("cancel_requested_at")?,
-        ended_at: on("ended_at")?,
-        created_at: n("created_at")?,
-        updated_at: n("updated_at")?,
-    })
+/// A `subscriptions` row as stored.
+#[derive(sqlx::FromRow)]
+struct SubscriptionRow {
+    subscription_id: String,
+    merchant_id: String,
+    channel_key: String,
+    initial_payment_id: String,
+    period_length: i64,
+    period_type: String,
+    recurring: Flag,
+    status: String,
+    renewals: i64,
+    cancel_requested_at: Option<UnixMs>,
+    ended_at: Option<UnixMs>,
+    created_at: UnixMs,
+    updated_at: UnixMs,
+}
+
+impl TryFrom<SubscriptionRow> for Subscription {
+    type Error = PaymentError;
+
+    fn try_from(row: SubscriptionRow) -> Result<Self, PaymentError> {
+        let status = SubscriptionStatus::parse(&row.status)
+            .ok_or_else(|| PaymentError::Corrupt(format!("subscriptions.status: unknown {:?}", row.status)))?;
+        Ok(Subscription {
+            subscription_id: row.subscription_id,
+            merchant_id: row.merchant_id,
+            channel_key: row.channel_key,
+            initial_payment_id: row.initial_payment_id,
+            period_length: row.period_length,
+            period_type: row.period_type,
+            recurring: row.recurring.into(),
+            status,
+            renewals: row.renewals,
+            cancel_requested_at: row.cancel_requested_at.map(i64::from),
+            ended_at: row.ended_at.map(i64::from),
+            created_at: row.created_at.into(),
+            updated_at: row.updated_at.into(),
+        })
+    }
 }
 
 /// CancelSubscription: asks the provider to stop recurring billing. The subscription reads
@@ -287,7 +301,7 @@ async fn record_cancel_request(
 ) -> Result<Subscription, PaymentError> {
     use crate::{payments::repo, store::now_ms};
     for _ in 0..16 {
-        let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = db.pool().begin().await?;
         let now = now_ms();
         let recorded = sqlx::query(
             "UPDATE subscriptions SET cancel_requested_at = $1, cancel_ticket_started_at = NULL, updated_at = $1 \
@@ -296,8 +310,7 @@ async fn record_cancel_request(
         .bind(now)
         .bind(subscription_id)
         .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
+        .await?
         .rows_affected()
             == 1;
         let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
@@ -316,7 +329,7 @@ async fn record_cancel_request(
             )
             .await?;
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         db.signal_commit();
         return Ok(requested);
     }
@@ -339,8 +352,7 @@ async fn claim_cancel_ticket(
     .bind(subscription_id)
     .bind(stale_before)
     .execute(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -134,7 +134,7 @@ async fn sweep_tickets(
     let mut repaired = 0;
     for c in stale {
         let payment = {
-            let mut conn = db.pool().acquire().await.map_err(crate::store::StoreError::from)?;
+            let mut conn = db.pool().acquire().await?;
             repo::get_in_tx(&mut conn, &c.payment_id).await?
         };
         let Some(payment) = payment else { continue };

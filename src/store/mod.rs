@@ -1,14 +1,17 @@
 //! The database: one pool over PostgreSQL (production) or SQLite (embedded default), one schema,
-//! one set of queries (sqlx's `Any` driver; times are unix milliseconds, flags are integers).
+//! one set of queries (sqlx's `Any` driver; times are unix milliseconds, flags are integers). What
+//! differs between the two lives in `dialect`; what a column holds, in `types`.
 
+mod dialect;
 pub mod redis;
+mod types;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};
+use sqlx::{Any, AnyPool, Transaction};
 
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+pub use dialect::Backend;
+pub use types::{Flag, UnixMs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,27 +41,11 @@ impl From<sqlx::Error> for StoreError {
                 Self::Unavailable(err)
             }
             E::Database(db) if db.is_unique_violation() => Self::UniqueViolation,
-            E::Database(db) if is_transient(db.code().as_deref()) => Self::Unavailable(err),
+            E::Database(db) if dialect::is_transient(db.code().as_deref()) => Self::Unavailable(err),
             E::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => Self::InvalidValue(err),
             _ => Self::Query(err),
         }
     }
-}
-
-/// PostgreSQL connection-class and shutdown errors, SQLite busy/locked: worth a retry.
-fn is_transient(code: Option<&str>) -> bool {
-    match code {
-        Some(code) => {
-            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
-        }
-        None => false,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
 }
 
 /// Pool settings, from configuration.
@@ -79,39 +66,19 @@ pub struct Db {
 impl Db {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            return Err(StoreError::UnsupportedUrl);
-        };
-        let options = AnyPoolOptions::new().acquire_timeout(settings.acquire_timeout);
-        let options = match backend {
-            // SQLite has one writer; a single connection turns lock contention into queueing
-            // instead of SQLITE_BUSY failures when a read transaction upgrades to a write.
-            Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            }),
-            Backend::Postgres => options.max_connections(settings.max_connections),
-        };
-        let pool = options.connect(url).await?;
+        let backend = Backend::from_url(url)?;
+        let pool = backend.connect(url, settings).await?;
         Ok(Self { pool, backend, commits: Default::default() })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-        }
+        self.backend.migrator().run(&self.pool).await?;
         Ok(())
+    }
+
+    /// A transaction whose statements all read one snapshot (see `Backend::begin_snapshot`).
+    pub async fn begin_snapshot(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        self.backend.begin_snapshot(&self.pool).await
     }
 
     pub fn pool(&self) -> &AnyPool {

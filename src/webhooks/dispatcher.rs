@@ -20,7 +20,7 @@ use super::{
 use crate::{
     net::egress,
     secrets::MasterKeys,
-    store::{Db, StoreError, now_ms},
+    store::{Db, now_ms},
 };
 
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ impl Dispatcher {
     }
 
     async fn try_deliver(&self, delivery: &Delivery) -> Result<(), super::WebhookError> {
-        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        let mut conn = self.db.pool().acquire().await?;
         let endpoint = endpoints::get(&mut conn, &delivery.merchant_id).await?;
         drop(conn);
         let Some(endpoint) = endpoint.filter(|e| e.disabled_at.is_none()) else {

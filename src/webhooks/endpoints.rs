@@ -5,13 +5,13 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
 use super::{WebhookError, signature};
 use crate::{
     audit::{self, Action, Actor},
     secrets::MasterKeys,
-    store::{Db, StoreError, now_ms},
+    store::{Db, UnixMs, now_ms},
     validation::{self, InvalidArgument, Violations},
 };
 
@@ -121,7 +121,7 @@ pub async fn set(
         created_at: now,
         expires_at: None,
     }];
-    let mut conn = db.pool().begin().await.map_err(StoreError::from)?;
+    let mut conn = db.pool().begin().await?;
     let existing = get(&mut conn, merchant_id).await?;
     if let Some(previous) = existing.as_ref().and_then(|e| e.secrets.first()) {
         secrets.push(StoredSecret { expires_at: Some(now + rotation_overlap_ms), ..previous.clone() });
@@ -139,8 +139,7 @@ pub async fn set(
     .bind(secrets_json)
     .bind(now)
     .execute(&mut *conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let endpoint = get(&mut conn, merchant_id).await?.ok_or(WebhookError::NotFound)?;
     let entry = audit::Entry {
         actor,
@@ -150,26 +149,25 @@ pub async fn set(
         changed_fields: &["url", "event_types", "signing_secret"],
     };
     audit::record(&mut conn, &entry, now).await?;
-    conn.commit().await.map_err(StoreError::from)?;
+    conn.commit().await?;
     Ok((endpoint, secret))
 }
 
 pub async fn get(conn: &mut AnyConnection, merchant_id: &str) -> Result<Option<Endpoint>, WebhookError> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, EndpointRow>(
         "SELECT merchant_id, url, event_types, secrets, disabled_at, disabled_reason, created_at, updated_at \
          FROM webhook_endpoints WHERE merchant_id = $1",
     )
     .bind(merchant_id)
     .fetch_optional(conn)
-    .await
-    .map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    .await?;
+    row.map(Endpoint::try_from).transpose()
 }
 
 /// The endpoint that receives a merchant's events: its own, else its parent's (one query: this
 /// runs in every event's transaction).
 pub async fn for_merchant(conn: &mut AnyConnection, merchant_id: &str) -> Result<Option<Endpoint>, WebhookError> {
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, EndpointRow>(
         "SELECT merchant_id, url, event_types, secrets, disabled_at, disabled_reason, created_at, updated_at \
          FROM webhook_endpoints WHERE merchant_id = $1 \
          OR merchant_id = (SELECT parent_id FROM merchants WHERE merchant_id = $1) \
@@ -177,9 +175,8 @@ pub async fn for_merchant(conn: &mut AnyConnection, merchant_id: &str) -> Result
     )
     .bind(merchant_id)
     .fetch_optional(conn)
-    .await
-    .map_err(StoreError::from)?;
-    row.as_ref().map(from_row).transpose()
+    .await?;
+    row.map(Endpoint::try_from).transpose()
 }
 
 pub async fn disable(db: &Db, merchant_id: &str, reason: &str) -> Result<(), WebhookError> {
@@ -190,24 +187,41 @@ pub async fn disable(db: &Db, merchant_id: &str, reason: &str) -> Result<(), Web
     .bind(reason)
     .bind(merchant_id)
     .execute(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
-fn from_row(row: &AnyRow) -> Result<Endpoint, WebhookError> {
-    let corrupt = |col: &str, e: &dyn std::fmt::Display| WebhookError::Corrupt(format!("webhook_endpoints.{col}: {e}"));
-    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
-    Ok(Endpoint {
-        merchant_id: s("merchant_id")?,
-        url: s("url")?,
-        event_types: serde_json::from_str(&s("event_types")?).map_err(|e| corrupt("event_types", &e))?,
-        secrets: serde_json::from_str(&s("secrets")?).map_err(|e| corrupt("secrets", &e))?,
-        disabled_at: row.try_get("disabled_at").map_err(|e| corrupt("disabled_at", &e))?,
-        disabled_reason: row.try_get("disabled_reason").map_err(|e| corrupt("disabled_reason", &e))?,
-        created_at: row.try_get("created_at").map_err(|e| corrupt("created_at", &e))?,
-        updated_at: row.try_get("updated_at").map_err(|e| corrupt("updated_at", &e))?,
-    })
+/// A `webhook_endpoints` row as stored.
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    merchant_id: String,
+    url: String,
+    /// A JSON array of event types (empty: every type).
+    event_types: String,
+    /// A JSON array of `StoredSecret`, newest first.
+    secrets: String,
+    disabled_at: Option<UnixMs>,
+    disabled_reason: Option<String>,
+    created_at: UnixMs,
+    updated_at: UnixMs,
+}
+
+impl TryFrom<EndpointRow> for Endpoint {
+    type Error = WebhookError;
+
+    fn try_from(row: EndpointRow) -> Result<Self, WebhookError> {
+        let corrupt = |col: &str, e: serde_json::Error| WebhookError::Corrupt(format!("webhook_endpoints.{col}: {e}"));
+        Ok(Endpoint {
+            merchant_id: row.merchant_id,
+            url: row.url,
+            event_types: serde_json::from_str(&row.event_types).map_err(|e| corrupt("event_types", e))?,
+            secrets: serde_json::from_str(&row.secrets).map_err(|e| corrupt("secrets", e))?,
+            disabled_at: row.disabled_at.map(i64::from),
+            disabled_reason: row.disabled_reason,
+            created_at: row.created_at.into(),
+            updated_at: row.updated_at.into(),
+        })
+    }
 }
 
 #[cfg(test)]

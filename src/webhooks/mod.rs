@@ -22,3 +22,9 @@ pub enum WebhookError {
     #[error("stored webhook data is unreadable: {0}")]
     Corrupt(String),
 }
+
+impl From<sqlx::Error> for WebhookError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}

@@ -4,10 +4,10 @@
 //! receiver dedupes on `webhook-id`).
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row, any::AnyRow};
+use sqlx::AnyConnection;
 
 use super::{WebhookError, endpoints};
-use crate::store::{Backend, Db, StoreError, now_ms};
+use crate::store::{Db, UnixMs, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -101,14 +101,13 @@ async fn insert(
     .bind(payload)
     .bind(now)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
 /// A `webhook.test` delivery to the merchant's endpoint.
 pub async fn enqueue_test(db: &Db, merchant_id: &str) -> Result<Delivery, WebhookError> {
-    let mut conn = db.pool().acquire().await.map_err(StoreError::from)?;
+    let mut conn = db.pool().acquire().await?;
     if endpoints::get(&mut conn, merchant_id).await?.is_none() {
         return Err(WebhookError::NotFound);
     }
@@ -117,14 +116,13 @@ pub async fn enqueue_test(db: &Db, merchant_id: &str) -> Result<Delivery, Webhoo
         "type": "webhook.test", "timestamp": rfc3339(now), "data": { "message": "a test webhook from paygate" }
     });
     insert(&mut conn, merchant_id, None, "webhook.test", &payload.to_string(), now).await?;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, DeliveryRow>(&format!(
         "SELECT {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 ORDER BY seq DESC LIMIT 1"
     ))
     .bind(merchant_id)
     .fetch_one(&mut *conn)
-    .await
-    .map_err(StoreError::from)?;
-    from_row(&row)
+    .await?;
+    row.try_into()
 }
 
 const COLUMNS: &str = "delivery_id, claimed_until, merchant_id, payment_id, event_type, payload, status, attempts, \
@@ -133,10 +131,7 @@ const COLUMNS: &str = "delivery_id, claimed_until, merchant_id, payment_id, even
 /// Claims up to `limit` due deliveries until `lease_until`. A delivery waits while an earlier one
 /// for the same payment is still pending, so a payment's webhooks keep their order.
 pub async fn claim(db: &Db, now: i64, lease_until: i64, limit: u32) -> Result<Vec<Delivery>, WebhookError> {
-    let lock = match db.backend() {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
+    let lock = db.backend().skip_locked_sql();
     let sql = format!(
         "UPDATE webhook_deliveries SET claimed_until = $1 WHERE seq IN (\
            SELECT d.seq FROM webhook_deliveries d WHERE d.status = 'PENDING' AND d.next_attempt_at <= $2 \
@@ -146,14 +141,13 @@ pub async fn claim(db: &Db, now: i64, lease_until: i64, limit: u32) -> Result<Ve
            ORDER BY d.seq LIMIT $3 {lock}) \
          RETURNING {COLUMNS}"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query_as::<_, DeliveryRow>(&sql)
         .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-    let mut claimed: Vec<Delivery> = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+        .await?;
+    let mut claimed: Vec<Delivery> = rows.into_iter().map(Delivery::try_from).collect::<Result<_, _>>()?;
     claimed.sort_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
     Ok(claimed)
 }
@@ -168,14 +162,13 @@ pub enum Settle {
 }
 
 pub async fn record(db: &Db, delivery: &Delivery, attempt: &Attempt, settle: Settle) -> Result<(), WebhookError> {
-    let mut tx = db.pool().begin().await.map_err(StoreError::from)?;
+    let mut tx = db.pool().begin().await?;
     // Only under our own lease: if it ran out and another replica took the delivery, that replica settles it.
     let still_ours = sqlx::query("SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1 AND claimed_until = $2")
         .bind(&delivery.delivery_id)
         .bind(delivery.claimed_until)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
     if still_ours.is_none() {
         return Ok(());
     }
@@ -189,8 +182,7 @@ pub async fn record(db: &Db, delivery: &Delivery, attempt: &Attempt, settle: Set
     .bind(attempt.latency_ms)
     .bind(attempt.at)
     .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let (status, next, finished) = match settle {
         Settle::Succeeded => (DeliveryStatus::Succeeded, delivery.next_attempt_at, Some(attempt.at)),
         Settle::Retry(at) => (DeliveryStatus::Pending, at, None),
@@ -208,9 +200,8 @@ pub async fn record(db: &Db, delivery: &Delivery, attempt: &Attempt, settle: Set
     .bind(finished)
     .bind(&delivery.delivery_id)
     .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -224,8 +215,7 @@ pub async fn fail_unsent(db: &Db, delivery_id: &str, reason: &str) -> Result<(),
     .bind(now_ms())
     .bind(delivery_id)
     .execute(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -244,14 +234,13 @@ pub async fn list(
          (SELECT seq, {COLUMNS} FROM webhook_deliveries WHERE merchant_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) d \
          LEFT JOIN webhook_attempts a ON a.delivery_id = d.delivery_id ORDER BY d.seq DESC, a.attempt"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query_as::<_, DeliveryAttemptRow>(&sql)
         .bind(merchant_id)
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-    with_attempts(&rows)
+        .await?;
+    with_attempts(rows)
 }
 
 /// One delivery of a merchant with its attempts, read as one snapshot (see `list`).
@@ -263,27 +252,26 @@ pub async fn get(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<(Deliv
          LEFT JOIN webhook_attempts a ON a.delivery_id = d.delivery_id ORDER BY a.attempt"
     );
     let rows =
-        sqlx::query(&sql).bind(merchant_id).bind(delivery_id).fetch_all(db.pool()).await.map_err(StoreError::from)?;
-    let (_, delivery, attempts) = with_attempts(&rows)?.into_iter().next().ok_or(WebhookError::NotFound)?;
+        sqlx::query_as::<_, DeliveryAttemptRow>(&sql).bind(merchant_id).bind(delivery_id).fetch_all(db.pool()).await?;
+    let (_, delivery, attempts) = with_attempts(rows)?.into_iter().next().ok_or(WebhookError::NotFound)?;
     Ok((delivery, attempts))
 }
 
 /// Folds joined rows (a delivery repeated once per attempt, or once with no attempt) into deliveries.
-fn with_attempts(rows: &[AnyRow]) -> Result<Vec<(i64, Delivery, Vec<Attempt>)>, WebhookError> {
+fn with_attempts(rows: Vec<DeliveryAttemptRow>) -> Result<Vec<(i64, Delivery, Vec<Attempt>)>, WebhookError> {
     let mut out: Vec<(i64, Delivery, Vec<Attempt>)> = Vec::new();
     for row in rows {
-        let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
-        if out.last().is_none_or(|(last, _, _)| *last != seq) {
-            out.push((seq, from_row(row)?, Vec::new()));
+        if out.last().is_none_or(|(last, _, _)| *last != row.seq) {
+            out.push((row.seq, row.delivery.try_into()?, Vec::new()));
         }
-        let attempt: Option<i64> = row.try_get("a_attempt").map_err(StoreError::from)?;
-        if let (Some(attempt), Some((_, _, attempts))) = (attempt, out.last_mut()) {
+        if let (Some(attempt), Some((_, _, attempts))) = (row.a_attempt, out.last_mut()) {
+            let missing = |col: &str| WebhookError::Corrupt(format!("webhook_attempts.{col}: missing"));
             attempts.push(Attempt {
                 attempt,
-                status_code: row.try_get("a_status_code").map_err(StoreError::from)?,
-                error: row.try_get("a_error").map_err(StoreError::from)?,
-                latency_ms: row.try_get("a_latency_ms").map_err(StoreError::from)?,
-                at: row.try_get("a_at").map_err(StoreError::from)?,
+                status_code: row.a_status_code,
+                error: row.a_error,
+                latency_ms: row.a_latency_ms.ok_or_else(|| missing("latency_ms"))?,
+                at: row.a_at.ok_or_else(|| missing("at"))?.into(),
             });
         }
     }
@@ -293,7 +281,7 @@ fn with_attempts(rows: &[AnyRow]) -> Result<Vec<(i64, Delivery, Vec<Attempt>)>, 
 /// Sends a delivery again (same `webhook-id`), now.
 pub async fn redeliver(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<Delivery, WebhookError> {
     let now = now_ms();
-    let row = sqlx::query(&format!(
+    let row = sqlx::query_as::<_, DeliveryRow>(&format!(
         "UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = $1, claimed_until = NULL, finished_at = NULL \
          WHERE delivery_id = $2 AND merchant_id = $3 AND (claimed_until IS NULL OR claimed_until < $1) RETURNING {COLUMNS}"
     ))
@@ -301,33 +289,62 @@ pub async fn redeliver(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<
     .bind(delivery_id)
     .bind(merchant_id)
     .fetch_optional(db.pool())
-    .await
-    .map_err(StoreError::from)?
+    .await?
     .ok_or(WebhookError::NotFound)?;
-    from_row(&row)
+    row.try_into()
 }
 
-fn from_row(row: &AnyRow) -> Result<Delivery, WebhookError> {
-    let corrupt =
-        |col: &str, e: &dyn std::fmt::Display| WebhookError::Corrupt(format!("webhook_deliveries.{col}: {e}"));
-    let s = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
-    let n = |col: &str| row.try_get::<i64, _>(col).map_err(|e| corrupt(col, &e));
-    Ok(Delivery {
-        delivery_id: s("delivery_id")?,
-        claimed_until: row
-            .try_get::<Option<i64>, _>("claimed_until")
-            .map_err(|e| corrupt("claimed_until", &e))?
-            .unwrap_or(0),
-        merchant_id: s("merchant_id")?,
-        payment_id: row.try_get("payment_id").map_err(|e| corrupt("payment_id", &e))?,
-        event_type: s("event_type")?,
-        payload: s("payload")?,
-        status: DeliveryStatus::parse(&s("status")?).ok_or_else(|| corrupt("status", &"unknown"))?,
-        attempts: n("attempts")?,
-        next_attempt_at: n("next_attempt_at")?,
-        last_status_code: row.try_get("last_status_code").map_err(|e| corrupt("last_status_code", &e))?,
-        last_error: row.try_get("last_error").map_err(|e| corrupt("last_error", &e))?,
-        created_at: n("created_at")?,
-        finished_at: row.try_get("finished_at").map_err(|e| corrupt("finished_at", &e))?,
-    })
+/// A `webhook_deliveries` row as stored.
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    delivery_id: String,
+    claimed_until: Option<UnixMs>,
+    merchant_id: String,
+    payment_id: Option<String>,
+    event_type: String,
+    payload: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: UnixMs,
+    last_status_code: Option<i64>,
+    last_error: Option<String>,
+    created_at: UnixMs,
+    finished_at: Option<UnixMs>,
+}
+
+/// A delivery joined with one of its attempts (none: the `a_` columns are NULL).
+#[derive(sqlx::FromRow)]
+struct DeliveryAttemptRow {
+    seq: i64,
+    #[sqlx(flatten)]
+    delivery: DeliveryRow,
+    a_attempt: Option<i64>,
+    a_status_code: Option<i64>,
+    a_error: Option<String>,
+    a_latency_ms: Option<i64>,
+    a_at: Option<UnixMs>,
+}
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = WebhookError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, WebhookError> {
+        let status = DeliveryStatus::parse(&row.status)
+            .ok_or_else(|| WebhookError::Corrupt(format!("webhook_deliveries.status: unknown {:?}", row.status)))?;
+        Ok(Delivery {
+            delivery_id: row.delivery_id,
+            claimed_until: row.claimed_until.unwrap_or_default().into(),
+            merchant_id: row.merchant_id,
+            payment_id: row.payment_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            status,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at.into(),
+            last_status_code: row.last_status_code,
+            last_error: row.last_error,
+            created_at: row.created_at.into(),
+            finished_at: row.finished_at.map(i64::from),
+        })
+    }
 }

@@ -1,0 +1,182 @@
+//! Everything that differs between PostgreSQL and SQLite, in one place. The rest of paygate writes
+//! one set of queries (sqlx `Any`, `$n` placeholders, BIGINT times and flags) and asks here for
+//! the few fragments and settings that cannot be shared.
+
+use sqlx::{Any, AnyPool, Executor, Transaction, any::AnyPoolOptions, migrate::Migrator};
+
+use super::{PoolSettings, StoreError};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub(super) async fn connect(self, url: &str, settings: &PoolSettings) -> Result<AnyPool, StoreError> {
+        let options = AnyPoolOptions::new().acquire_timeout(settings.acquire_timeout);
+        let options = match self {
+            // SQLite has one writer; a single connection turns lock contention into queueing
+            // instead of SQLITE_BUSY failures when a read transaction upgrades to a write.
+            Self::Sqlite => options.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }),
+            Self::Postgres => options.max_connections(settings.max_connections),
+        };
+        Ok(options.connect(url).await?)
+    }
+
+    pub fn migrator(self) -> &'static Migrator {
+        match self {
+            Self::Postgres => &POSTGRES_MIGRATIONS,
+            Self::Sqlite => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// SQL for the event log's horizon: the oldest transaction still running (every older one has
+    /// ended). SQLite has one writer, so nothing is ever running behind a committed id.
+    pub fn running_horizon_sql(self) -> &'static str {
+        match self {
+            Self::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            Self::Sqlite => "9223372036854775807",
+        }
+    }
+
+    /// The locking clause of a claim's inner SELECT: replicas skip rows another one is claiming.
+    /// SQLite's single writer serializes claims without it.
+    pub fn skip_locked_sql(self) -> &'static str {
+        match self {
+            Self::Postgres => "FOR UPDATE SKIP LOCKED",
+            Self::Sqlite => "",
+        }
+    }
+
+    /// Begins a transaction whose statements all read one snapshot. PostgreSQL's default gives
+    /// each statement its own; SQLite's read transaction is one already.
+    pub async fn begin_snapshot(self, pool: &AnyPool) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut tx = pool.begin().await?;
+        if self == Self::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// PostgreSQL connection-class and shutdown errors, SQLite busy/locked: worth a retry.
+pub(super) fn is_transient(code: Option<&str>) -> bool {
+    match code {
+        Some(code) => {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use sqlx::{AnyConnection, Connection};
+
+    use super::*;
+    use crate::store::{Db, Flag};
+
+    /// table -> column -> nullable
+    type Schema = BTreeMap<String, BTreeMap<String, bool>>;
+
+    fn schema(rows: Vec<(String, String, Flag)>) -> Schema {
+        let mut schema = Schema::new();
+        for (table, column, nullable) in rows {
+            schema.entry(table).or_default().insert(column, nullable.into());
+        }
+        schema
+    }
+
+    async fn migrated(url: &str) -> Db {
+        let settings = PoolSettings { max_connections: 2, acquire_timeout: Duration::from_secs(10) };
+        let db = Db::connect(url, &settings).await.expect("connect");
+        db.migrate().await.expect("migrations apply");
+        db
+    }
+
+    async fn postgres_schema() -> Schema {
+        let admin_url = std::env::var("PAYGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        sqlx::any::install_default_drivers();
+        let mut admin = AnyConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+        let name = format!("paygate_schema_{}", ulid::Ulid::new().to_string().to_lowercase());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+        let base = admin_url.split('?').next().unwrap_or(&admin_url);
+        let url = format!("{}/{name}", base.rsplit_once('/').map_or(base, |(b, _)| b));
+        let db = migrated(&url).await;
+        // information_schema's own types (sql_identifier, yes_or_no) are text to the Any driver.
+        let rows = sqlx::query_as(
+            "SELECT table_name::text, column_name::text, (is_nullable::text = 'YES')::int::bigint \
+             FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+        )
+        .fetch_all(db.pool())
+        .await;
+        db.close().await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
+        schema(rows.expect("read the catalogue"))
+    }
+
+    async fn sqlite_schema() -> Schema {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = migrated(&format!("sqlite://{}?mode=rwc", dir.path().join("schema.db").display())).await;
+        // A primary key is never NULL in paygate's use (PostgreSQL says so; SQLite does not).
+        let rows = sqlx::query_as(
+            "SELECT m.name, p.name, p.\"notnull\" = 0 AND p.pk = 0 FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("read the catalogue");
+        db.close().await;
+        schema(rows)
+    }
+
+    /// Both sets of migrations must describe one schema: the queries are shared, so a column on
+    /// one side only is a query that fails on the other backend.
+    #[tokio::test]
+    async fn both_backends_migrate_to_the_same_tables_and_columns() {
+        let (postgres, sqlite) = (postgres_schema().await, sqlite_schema().await);
+        assert!(postgres.contains_key("payments") && postgres["payments"].contains_key("amount_minor"));
+        let tables: Vec<&String> = postgres.keys().chain(sqlite.keys()).collect();
+        let mut differences = Vec::new();
+        for table in tables {
+            let (pg, lite) = (postgres.get(table), sqlite.get(table));
+            let columns = pg.into_iter().chain(lite).flat_map(|c| c.keys());
+            for column in columns {
+                let (a, b) = (pg.and_then(|c| c.get(column)), lite.and_then(|c| c.get(column)));
+                if a != b {
+                    differences.push(format!("{table}.{column}: postgres nullable {a:?}, sqlite nullable {b:?}"));
+                }
+            }
+        }
+        differences.sort();
+        differences.dedup();
+        assert!(differences.is_empty(), "the migrations disagree (None: no such column):\n{}", differences.join("\n"));
+    }
+}
