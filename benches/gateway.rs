@@ -79,15 +79,26 @@ fn proc_status_field(pid: u32, field: &str) -> u64 {
 /// User + system CPU time of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
 fn cpu_of(stat_path: &str) -> Duration {
     let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th of those.
+    // After the parenthesised command name: state, ppid, ... with utime and stime 12th and 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((tick(11) + tick(12)) * 10)
 }
 
 fn own_cpu() -> Duration {
     cpu_of("/proc/self/stat")
+}
+
+/// CPU used so far by every PostgreSQL process on this machine (the server's backends included).
+fn postgres_cpu() -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(|e| cpu_of(&e.path().join("stat").to_string_lossy()))
+        .sum()
 }
 
 struct Gate {
@@ -328,6 +339,7 @@ struct Round {
     latencies: Vec<Duration>,
     generator_cpu: Duration,
     server_cpu: Duration,
+    postgres_cpu: Duration,
 }
 
 /// Totals over rounds of one side of a comparison.
@@ -355,10 +367,10 @@ impl Side {
         cpu / wall
     }
 
-    fn server_cpu_per_request(&self) -> Duration {
-        let cpu: f64 = self.rounds.iter().map(|r| r.server_cpu.as_secs_f64()).sum();
+    fn per_request(&self, cpu: impl Fn(&Round) -> Duration) -> String {
+        let total: f64 = self.rounds.iter().map(|r| cpu(r).as_secs_f64()).sum();
         let count: usize = self.rounds.iter().map(|r| r.count).sum();
-        Duration::from_secs_f64(cpu / count.max(1) as f64)
+        format!("{:.0} µs", total / count.max(1) as f64 * 1e6)
     }
 }
 
@@ -368,7 +380,7 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
     for _ in 0..8 {
         clients.push(connect(grpc, api_key).await);
     }
-    let (cpu0, server0) = (own_cpu(), server.cpu());
+    let (cpu0, server0, pg0) = (own_cpu(), server.cpu(), postgres_cpu());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for caller in 0..CONCURRENCY {
@@ -398,6 +410,7 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
         latencies,
         generator_cpu: own_cpu() - cpu0,
         server_cpu: server.cpu() - server0,
+        postgres_cpu: postgres_cpu() - pg0,
     }
 }
 
@@ -425,7 +438,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
     }
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
-    let (cpu0, server0) = (own_cpu(), gate.proc.cpu());
+    let (cpu0, server0, pg0) = (own_cpu(), gate.proc.cpu(), postgres_cpu());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -453,6 +466,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
         latencies,
         generator_cpu: own_cpu() - cpu0,
         server_cpu: gate.proc.cpu() - server0,
+        postgres_cpu: postgres_cpu() - pg0,
     }
 }
 
@@ -461,7 +475,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
 async fn insert_round(db_url: &str) -> Round {
     let pool = PgPoolOptions::new().max_connections(CONCURRENCY as u32).connect(db_url).await.unwrap();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(PINGBACKS_PER_ROUND));
-    let cpu0 = own_cpu();
+    let (cpu0, pg0) = (own_cpu(), postgres_cpu());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -490,7 +504,8 @@ async fn insert_round(db_url: &str) -> Round {
     }
     let elapsed = started.elapsed();
     pool.close().await;
-    Round { count: latencies.len(), elapsed, latencies, generator_cpu: own_cpu() - cpu0, server_cpu: Duration::ZERO }
+    let (generator_cpu, postgres_cpu) = (own_cpu() - cpu0, postgres_cpu() - pg0);
+    Round { count: latencies.len(), elapsed, latencies, generator_cpu, server_cpu: Duration::ZERO, postgres_cpu }
 }
 
 /// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each.
@@ -740,10 +755,17 @@ async fn bench() {
         fi.generator_cpu_share() * 100.0
     );
     println!(
-        "| server CPU per request | {:.0} µs | {:.0} µs | {:.0} µs | |",
-        gc.server_cpu_per_request().as_secs_f64() * 1e6,
-        bc.server_cpu_per_request().as_secs_f64() * 1e6,
-        gi.server_cpu_per_request().as_secs_f64() * 1e6
+        "| server CPU per request (paygate or the bare server) | {} | {} | {} | |",
+        gc.per_request(|r| r.server_cpu),
+        bc.per_request(|r| r.server_cpu),
+        gi.per_request(|r| r.server_cpu)
+    );
+    println!(
+        "| PostgreSQL CPU per request | {} | {} | {} | {} |",
+        gc.per_request(|r| r.postgres_cpu),
+        bc.per_request(|r| r.postgres_cpu),
+        gi.per_request(|r| r.postgres_cpu),
+        fi.per_request(|r| r.postgres_cpu)
     );
     println!();
     println!(

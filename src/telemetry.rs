@@ -40,7 +40,10 @@ pub fn init(format: LogFormat, level: &str, to_stderr: bool) -> TelemetryGuard {
         if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
     };
     let logs = match format {
-        LogFormat::Json => fmt::layer().json().flatten_event(true).with_target(false).with_writer(writer).boxed(),
+        // The current span's fields once, not again in the list of every enclosing span.
+        LogFormat::Json => {
+            fmt::layer().json().flatten_event(true).with_span_list(false).with_target(false).with_writer(writer).boxed()
+        }
         LogFormat::Text => fmt::layer().with_target(false).with_writer(writer).boxed(),
     };
     let provider = otlp_provider();

@@ -1,7 +1,7 @@
 //! CreateCheckoutSession: validate, build the provider's signed hosted-page URL, store the payment
 //! as READY. The URL is built before the insert so a payment is never stored without one.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
     Payment, PaymentError, PaymentStatus, Providers,
@@ -12,7 +12,7 @@ use super::{
     subscriptions::{self, PERIOD_TYPES, Subscription, SubscriptionStatus},
 };
 use crate::{
-    channels::{ChannelError, Channels},
+    channels::{Channel, ChannelError, Channels},
     merchants::Caller,
     store::{Db, now_ms},
     validation::{self, Rule, Violations},
@@ -107,6 +107,24 @@ async fn create_new(
     req: &CheckoutRequest,
     key: Option<&Key<'_>>,
 ) -> Result<CheckoutSession, PaymentError> {
+    let channel = usable_channel(channels, providers, caller, req).await?;
+    let provider = providers.for_channel(&channel);
+    let (mut payment, subscription) = new_payment(&channel, req.clone(), now_ms());
+    payment.redirect_url = provider
+        .checkout_url(&channel, &payment, subscription.as_ref())
+        .map_err(|e| PaymentError::Provider(e.to_string()))?;
+    write(db, &payment, subscription.as_ref(), key).await?;
+    Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
+}
+
+/// The channel a checkout names, if the caller may use it for new payments; the custom
+/// parameters checked against those its provider sets itself.
+async fn usable_channel(
+    channels: &Channels,
+    providers: &Providers,
+    caller: &Caller,
+    req: &CheckoutRequest,
+) -> Result<Arc<Channel>, PaymentError> {
     let mut violations = Violations::default();
     let channel = match channels.for_caller(caller, &req.channel_key).await {
         Ok(channel) if channel.disabled_at.is_some() => {
@@ -120,23 +138,23 @@ async fn create_new(
         }
         Err(e) => return Err(e.into()),
     };
-    let provider = channel.as_ref().map(|channel| providers.for_channel(channel));
-    if let Some(provider) = provider {
+    if let Some(channel) = &channel {
+        let provider = providers.for_channel(channel);
         for key in req.custom_params.keys().filter(|key| provider.is_reserved_param(key)) {
             violations.add(format!("custom_params[{key}]"), "key is a parameter paygate sets itself");
         }
     }
     violations.check()?;
-    let (Some(channel), Some(provider)) = (channel.clone(), provider) else {
-        return Err(PaymentError::Channel(ChannelError::NotFound));
-    };
-    let mut req = req.clone();
-    // Stored (and signed into the widget URL) as the URL parser writes them.
+    channel.ok_or(PaymentError::Channel(ChannelError::NotFound))
+}
+
+/// The payment (and subscription) a valid checkout request makes on `channel`: decided here,
+/// written by `write`.
+fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Payment, Option<Subscription>) {
+    // Stored (and signed into the hosted-page URL) as the URL parser writes them.
     req.success_url = validation::normalised_url(&req.success_url);
     req.failure_url = validation::normalised_url(&req.failure_url);
     let (amount_minor, currency) = req.amount.clone().unwrap_or_default();
-
-    let now = now_ms();
     let payment_id = new_payment_id();
     let subscription = req.subscription.as_ref().map(|terms| Subscription {
         subscription_id: format!("sub_{}", ulid::Ulid::new()),
@@ -153,7 +171,7 @@ async fn create_new(
         created_at: now,
         updated_at: now,
     });
-    let mut payment = Payment {
+    let payment = Payment {
         payment_id,
         // A sub-merchant's channel makes a payment of that sub-merchant.
         merchant_id: channel.merchant_id.clone(),
@@ -186,26 +204,32 @@ async fn create_new(
         failed_at: None,
         cancelled_at: None,
     };
-    payment.redirect_url = provider
-        .checkout_url(&channel, &payment, subscription.as_ref())
-        .map_err(|e| PaymentError::Provider(e.to_string()))?;
+    (payment, subscription)
+}
 
+/// Stores a new payment: one INSERT in the common case; with a subscription or an idempotency
+/// key, one transaction that also records those.
+async fn write(
+    db: &Db,
+    payment: &Payment,
+    subscription: Option<&Subscription>,
+    key: Option<&Key<'_>>,
+) -> Result<(), PaymentError> {
     if subscription.is_none() && key.is_none() {
-        // The common case is one INSERT.
-        repo::insert(db, &payment).await?;
-    } else {
-        let mut tx = db.pool().begin().await?;
-        repo::insert_in_tx(&mut tx, &payment).await?;
-        if let Some(subscription) = &subscription {
-            subscriptions::insert(&mut tx, subscription).await?;
-        }
-        if let Some(key) = key {
-            idempotency::attach(&mut tx, key, &payment.payment_id).await?;
-            idempotency::finish(&mut tx, key).await?;
-        }
-        tx.commit().await?;
+        repo::insert(db, payment).await?;
+        return Ok(());
     }
-    Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
+    let mut tx = db.pool().begin().await?;
+    repo::insert_in_tx(&mut tx, payment).await?;
+    if let Some(subscription) = subscription {
+        subscriptions::insert(&mut tx, subscription).await?;
+    }
+    if let Some(key) = key {
+        idempotency::attach(&mut tx, key, &payment.payment_id).await?;
+        idempotency::finish(&mut tx, key).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Every problem of the request, named by its proto field path.
@@ -308,6 +332,49 @@ fn looks_like_email(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn channel_of(merchant_id: &str) -> Channel {
+        Channel {
+            channel_key: "ch_1".into(),
+            merchant_id: merchant_id.into(),
+            owner_id: "mer_parent".into(),
+            name: String::new(),
+            provider: "paymentwall".into(),
+            mode: crate::channels::ChannelMode::Test,
+            config: Default::default(),
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+            disabled_at: None,
+        }
+    }
+
+    #[test]
+    fn a_checkout_makes_a_ready_payment_of_the_channels_merchant() {
+        let mut req = valid();
+        req.success_url = "HTTPS://Shop.Example/thanks".into();
+        let (payment, subscription) = new_payment(&channel_of("mer_sub"), req, 7);
+        assert_eq!(payment.status, PaymentStatus::Ready);
+        assert_eq!(payment.merchant_id, "mer_sub", "a sub-merchant's channel makes that sub-merchant's payment");
+        assert_eq!((payment.amount_minor, payment.currency.as_str()), (999, "USD"));
+        assert_eq!((payment.cancelled_amount, payment.pending_cancel_amount, payment.version), (0, 0, 1));
+        assert_eq!(payment.payment_method, "all");
+        assert_eq!(payment.success_url, "https://shop.example/thanks", "stored as the URL parser writes it");
+        assert_eq!((payment.created_at, payment.paid_at), (7, None));
+        assert!(subscription.is_none() && payment.subscription_id.is_none());
+    }
+
+    #[test]
+    fn a_subscription_checkout_makes_a_pending_subscription_of_its_first_payment() {
+        let mut req = valid();
+        req.subscription = Some(SubscriptionTerms { period_length: 1, period_type: "month".into(), recurring: true });
+        let (payment, subscription) = new_payment(&channel_of("mer_1"), req, 7);
+        let subscription = subscription.expect("a subscription");
+        assert_eq!(subscription.status, SubscriptionStatus::Pending);
+        assert_eq!(subscription.initial_payment_id, payment.payment_id);
+        assert_eq!(payment.subscription_id.as_deref(), Some(subscription.subscription_id.as_str()));
+        assert_eq!((subscription.renewals, subscription.period_length), (0, 1));
+    }
 
     fn valid() -> CheckoutRequest {
         CheckoutRequest {

@@ -347,3 +347,31 @@ async fn the_delivery_log_never_shows_a_delivery_apart_from_its_attempts() {
     }
     assert!(log.iter().all(|d| d.attempts.iter().map(|a| a.status_code).collect::<Vec<_>>() == [200]));
 }
+
+/// Only the types an endpoint asked for are queued: exact types and `family.*`, nothing for an
+/// endpoint that wants another family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_event_types_an_endpoint_wants_are_queued() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let receiver = Receiver::start(0);
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &FAST_RETRIES);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let queued = || db.count("SELECT COUNT(*) FROM webhook_deliveries WHERE event_type = $1", "payment.paid");
+    for (n, (types, queued_after)) in [
+        (&["subscription.*"][..], 0),
+        (&["payment.failed"][..], 0),
+        (&["payment.*"][..], 1),
+        (&["payment.paid"][..], 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set_endpoint(&mut hooks, &receiver, types).await;
+        checkout_and_pay(&gate, &mut payments, &format!("order-{n}")).await;
+        assert_eq!(queued().await, queued_after, "after an endpoint for {types:?}");
+    }
+}
