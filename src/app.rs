@@ -158,6 +158,7 @@ pub async fn serve_with(
     let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: s.http_addr, source })?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
+    spawn_readiness(parts.state.clone(), health.clone(), stop_rx.clone());
     let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop_rx.clone()))?;
     let limits = ingest::server::HttpLimits {
         max_connections: s.http_max_connections,
@@ -239,6 +240,7 @@ async fn start(
         metrics,
         pingback_refusals,
         shutting_down: Default::default(),
+        dependencies: Default::default(),
     };
     let parts = Parts { state, hub, providers, merchants, cache, per_key_limit, webhook_settings };
     Ok((parts, dispatcher))
@@ -338,8 +340,34 @@ fn sweep_settings(s: &Settings) -> SweepSettings {
     }
 }
 
-/// gRPC health of every paygate service: SERVING while up, NOT_SERVING once shutting down.
+/// Checks the dependencies every second and keeps gRPC health in step with `/readyz`: SERVING
+/// while the database answers (Redis down is degraded, still serving), NOT_SERVING otherwise.
+fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut serving = true;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let ready = state.dependencies.check(&state.db, state.redis.as_ref()).await && !state.shutting_down();
+            metrics::gauge!("paygate_ready").set(f64::from(u8::from(ready)));
+            if ready != serving {
+                serving = ready;
+                set_health(&health, ready).await;
+            }
+        }
+    });
+}
+
+/// gRPC health of paygate (the whole server, "", and every service): SERVING while ready,
+/// NOT_SERVING otherwise and once shutting down.
 async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let overall = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status("", overall).await;
     if serving {
         health.set_serving::<PaymentServiceServer<api::payments::PaymentsApi>>().await;
         health.set_serving::<ChannelServiceServer<api::channels::ChannelsApi>>().await;

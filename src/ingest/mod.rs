@@ -36,6 +36,8 @@ pub struct AppState {
     /// Refused pingbacks per source address.
     pub pingback_refusals: Option<Limiter>,
     pub shutting_down: Arc<AtomicBool>,
+    /// The database's and Redis's state as last checked, for every readiness surface.
+    pub dependencies: Arc<health::Dependencies>,
 }
 
 impl AppState {

@@ -14,6 +14,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod operations;
+mod readiness;
 mod streams;
 mod test_provider;
 mod upgrade;
