@@ -503,8 +503,9 @@ async fn insert_round(db_url: &str) -> Round {
         latencies.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed();
-    pool.close().await;
+    // Before closing: a backend's CPU leaves /proc with it.
     let (generator_cpu, postgres_cpu) = (own_cpu() - cpu0, postgres_cpu() - pg0);
+    pool.close().await;
     Round { count: latencies.len(), elapsed, latencies, generator_cpu, server_cpu: Duration::ZERO, postgres_cpu }
 }
 

@@ -45,8 +45,8 @@ use crate::{
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} ({setting}; set another address there): {source}")]
+    Bind { addr: SocketAddr, setting: &'static str, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
@@ -149,13 +149,16 @@ pub async fn serve_with(
     providers: Providers,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let grpc_listener = bind(settings.grpc_addr).await?;
-    let http_listener = bind(settings.http_addr).await?;
+    let grpc_listener = bind(settings.grpc_addr, GRPC_ADDR_SETTING).await?;
+    let http_listener = bind(settings.http_addr, HTTP_ADDR_SETTING).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (parts, dispatcher) = start(settings, providers, &stop_rx).await?;
     let s = parts.state.settings.clone();
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| AppError::Bind { addr: s.grpc_addr, source })?;
-    let http_addr = http_listener.local_addr().map_err(|source| AppError::Bind { addr: s.http_addr, source })?;
+    let bound = |listener: &TcpListener, addr, setting| {
+        listener.local_addr().map_err(|source| AppError::Bind { addr, setting, source })
+    };
+    let grpc_addr = bound(&grpc_listener, s.grpc_addr, GRPC_ADDR_SETTING)?;
+    let http_addr = bound(&http_listener, s.http_addr, HTTP_ADDR_SETTING)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     spawn_readiness(parts.state.clone(), health.clone(), stop_rx.clone());
@@ -168,7 +171,8 @@ pub async fn serve_with(
     let http = ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop_rx));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
-    tracing::info!(%grpc_addr, %http_addr, "paygate ready");
+    let database = crate::store::redacted_url(s.database_url.expose_secret());
+    tracing::info!(%grpc_addr, %http_addr, %database, "paygate ready");
 
     shutdown.await;
     tracing::info!("shutting down: refusing new work, finishing in-flight requests");
@@ -413,8 +417,12 @@ fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
+/// Where each address is set, for the error a taken port gives.
+const GRPC_ADDR_SETTING: &str = "PAYGATE_GRPC_ADDR or paygate serve --grpc-addr";
+const HTTP_ADDR_SETTING: &str = "PAYGATE_HTTP_ADDR or paygate serve --http-addr";
+
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, setting, source })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

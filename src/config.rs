@@ -22,8 +22,21 @@ pub const DEFAULT_CONFIG_FILE: &str = "paygate.toml";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text when standard output is a terminal (a person reads it), JSON otherwise (a collector).
+    Auto,
     Json,
     Text,
+}
+
+impl LogFormat {
+    /// The format to write in: `Auto` decided by whether `stdout` is a terminal.
+    pub fn resolved(self, stdout_is_terminal: bool) -> Self {
+        match self {
+            Self::Auto if stdout_is_terminal => Self::Text,
+            Self::Auto => Self::Json,
+            explicit => explicit,
+        }
+    }
 }
 
 /// Serialized only to feed the defaults to figment: secrets and lists are skipped there (their
@@ -195,7 +208,7 @@ impl Default for Settings {
             webhook_claim_ms: 60_000,
             webhook_secret_overlap_ms: 24 * 3_600_000,
             shutdown_grace_ms: 25_000,
-            log_format: LogFormat::Json,
+            log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
         }
     }

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC and HTTP servers.
-    Serve,
+    Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Administration.
@@ -40,6 +40,16 @@ enum Command {
     Admin(Admin),
     /// Follow payment events as JSON lines, reconnecting (and resuming) until interrupted.
     Watch(watch::WatchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The gRPC address (overrides PAYGATE_GRPC_ADDR), e.g. 127.0.0.1:50051; port 0 picks a free one.
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// The HTTP address for callbacks and probes (overrides PAYGATE_HTTP_ADDR), e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -158,14 +168,18 @@ async fn run_admin(settings: &Settings, admin: Admin) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("paygate: {e}");
             return ExitCode::from(2);
         }
     };
-    let is_serve = matches!(cli.command, Command::Serve);
+    let is_serve = matches!(cli.command, Command::Serve(_));
+    if let Command::Serve(args) = &cli.command {
+        settings.grpc_addr = args.grpc_addr.unwrap_or(settings.grpc_addr);
+        settings.http_addr = args.http_addr.unwrap_or(settings.http_addr);
+    }
     if let Command::Watch(args) = cli.command {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let run = |rt: tokio::runtime::Runtime| {
@@ -199,7 +213,7 @@ fn main() -> ExitCode {
         // Kept until the command ends, so exported spans are flushed.
         let _telemetry = telemetry::init(settings.log_format, &settings.log_level, !is_serve);
         match cli.command {
-            Command::Serve => app::serve(settings).await.map_err(|e| e.to_string()),
+            Command::Serve(_) => app::serve(settings).await.map_err(|e| e.to_string()),
             Command::Migrate => {
                 let db = app::connect_db(&settings).await.map_err(|e| e.to_string())?;
                 db.migrate().await.map_err(|e| e.to_string())?;

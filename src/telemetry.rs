@@ -2,6 +2,7 @@
 //! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables apply), with W3C
 //! trace context taken from incoming requests and passed on to outgoing ones; Prometheus metrics.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -39,9 +40,10 @@ pub fn init(format: LogFormat, level: &str, to_stderr: bool) -> TelemetryGuard {
     let writer = move || -> Box<dyn std::io::Write> {
         if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
     };
-    let logs = match format {
+    let terminal = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    let logs = match format.resolved(terminal) {
         // The current span's fields once, not again in the list of every enclosing span.
-        LogFormat::Json => {
+        LogFormat::Json | LogFormat::Auto => {
             fmt::layer().json().flatten_event(true).with_span_list(false).with_target(false).with_writer(writer).boxed()
         }
         LogFormat::Text => fmt::layer().with_target(false).with_writer(writer).boxed(),

@@ -210,7 +210,7 @@ impl ChannelService for ChannelsApi {
         let key = &request.get_ref().channel_key;
         required_key(key)?;
         let deleted = self.channels.delete(&caller, key).await?;
-        tracing::info!(channel_key = %key, ?deleted, "channel deleted");
+        tracing::info!(channel_key = %key, erased = deleted == Deleted::Erased, "channel deleted");
         Ok(Response::new(pb::DeleteChannelResponse { erased: deleted == Deleted::Erased }))
     }
 }

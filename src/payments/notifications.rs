@@ -336,7 +336,7 @@ fn settlement(
     now: i64,
 ) -> Decision {
     let Some(status) = next_status(current.status, outcome) else {
-        tracing::info!(payment_id = %current.payment_id, status = %current.status, ?outcome, "notification changes nothing");
+        tracing::info!(payment_id = %current.payment_id, status = %current.status, outcome = outcome.event_kind().as_str(), "notification changes nothing");
         return Decision::Unchanged;
     };
     let mut next = current.next_version(now);

@@ -114,3 +114,33 @@ impl Db {
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
+
+/// A database URL fit for a log line: scheme, host, port and database, never a user or password
+/// (nor query parameters, which may carry them). A `sqlite:` URL keeps its file path.
+pub fn redacted_url(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.split('?').next().unwrap_or(url).to_owned();
+    }
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}{}", u.scheme(), u.path())
+        }
+        Err(_) => "(unparsable database URL)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted_url;
+
+    #[test]
+    fn a_database_url_in_a_log_line_carries_no_credentials() {
+        assert_eq!(
+            redacted_url("postgres://paygate:s3cret@db.internal:5433/pay?password=also"),
+            "postgres://db.internal:5433/pay"
+        );
+        assert_eq!(redacted_url("sqlite://paygate.db?mode=rwc"), "sqlite://paygate.db");
+    }
+}

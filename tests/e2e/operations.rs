@@ -256,3 +256,30 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
     let line = logs.iter().find(|l| l.contains("checkout created")).expect("checkout log line");
     assert!(line.contains(trace_id), "{line}");
 }
+
+/// `paygate serve --grpc-addr/--http-addr` choose the ports; a taken port says where to change it;
+/// the ready line names both addresses and the database without its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_addresses_as_flags_and_a_taken_port_says_which_setting_moves_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let workdir = tempfile::tempdir().unwrap();
+    let out = paygate_command(&db, workdir.path())
+        .args(["serve", "--grpc-addr", &taken_addr, "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {taken_addr}")), "{stderr}");
+    assert!(stderr.contains("PAYGATE_GRPC_ADDR or paygate serve --grpc-addr"), "{stderr}");
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut cmd = paygate_command(&db, workdir.path());
+    cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", &free]);
+    let (process, ready) = Process::start("paygate", cmd, "paygate ready");
+    assert_eq!(ready["http_addr"].as_str(), Some(free.as_str()), "{ready}");
+    let database = ready["database"].as_str().unwrap_or_default();
+    assert!(database.starts_with("sqlite:") && !database.contains('?'), "{ready}");
+    drop(process);
+}

@@ -121,7 +121,7 @@ pub struct Process {
 
 impl Process {
     /// Starts `cmd` and waits for the JSON log line whose message is `ready_message`.
-    fn start(name: &'static str, mut cmd: Command, ready_message: &str) -> (Self, serde_json::Value) {
+    pub fn start(name: &'static str, mut cmd: Command, ready_message: &str) -> (Self, serde_json::Value) {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let logs = Arc::new(Mutex::new(Vec::new()));

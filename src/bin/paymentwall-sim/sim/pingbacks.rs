@@ -76,7 +76,9 @@ impl Sim {
                     Err(e) => (None, e.to_string()),
                 };
                 let delivered = status == Some(200) && body == "OK";
-                tracing::info!(%session_id, pingback_type, attempt, ?status, body = %body.trim(), delivered, "pingback attempt");
+                // No answer at all is status 0: a log field is a number, never `Some(200)`.
+                let http_status = status.unwrap_or(0);
+                tracing::info!(%session_id, pingback_type, attempt, http_status, body = %body.trim(), delivered, "pingback attempt");
                 {
                     let mut state = sim.lock();
                     if let Some(delivery) = state.sessions.get_mut(&session_id).and_then(|s| s.pingbacks.get_mut(index))
