@@ -38,8 +38,30 @@ fn authed<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> Requ
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match tour(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tour: {}", readable(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as one line; a gRPC status as its code, message and any field violations.
+fn readable(e: &(dyn std::error::Error + 'static)) -> String {
+    let Some(status) = e.downcast_ref::<tonic::Status>() else { return e.to_string() };
+    use tonic_types::StatusExt;
+    let mut line = format!("{}: {}", status.code().description(), status.message());
+    if let Some(bad) = status.get_details_bad_request() {
+        for v in bad.field_violations {
+            line.push_str(&format!("; {}: {}", v.field, v.description));
+        }
+    }
+    line
+}
+
+async fn tour(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let bearer: MetadataValue<_> = format!("Bearer {}", args.api_key).parse()?;
     let grpc = Channel::from_shared(args.grpc.clone())?.connect().await?;

@@ -13,8 +13,8 @@ pub struct WatchArgs {
     /// paygate's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     grpc: String,
-    /// An API key (or set PAYGATE_API_KEY).
-    #[arg(long, env = "PAYGATE_API_KEY")]
+    /// An API key. Prefer setting PAYGATE_API_KEY: a flag's value shows in the process list.
+    #[arg(long, env = "PAYGATE_API_KEY", hide_env_values = true)]
     api_key: String,
     /// Only these payments (repeatable); their current state is printed first.
     #[arg(long = "payment-id")]
@@ -35,24 +35,57 @@ pub async fn run(args: WatchArgs) -> Result<(), String> {
         format!("Bearer {}", args.api_key).parse().map_err(|_| "the API key is not valid ASCII".to_owned())?;
     let mut cursor = args.resume_after.clone();
     let mut printed = 0u64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
+    // Said once per outage, not at every retry.
+    let mut said_down = false;
     loop {
-        match follow(&args, &bearer, &mut cursor, &mut printed).await {
+        let connected = |cursor: &Option<String>| {
+            eprintln!(
+                "paygate watch: connected to {}; following payment events after {}",
+                args.grpc,
+                cursor.as_deref().unwrap_or("the current head")
+            );
+        };
+        match follow(&args, &bearer, &mut cursor, &mut printed, connected).await {
             Ok(()) => return Ok(()),
-            Err(status) if status.code() == tonic::Code::Unauthenticated => return Err(status.message().to_owned()),
-            Err(status) if status.code() == tonic::Code::InvalidArgument => return Err(status.message().to_owned()),
-            Err(status) => {
-                eprintln!(
-                    "stream ended ({:?}: {}); resuming after {}",
-                    status.code(),
-                    status.message(),
-                    cursor.as_deref().unwrap_or("the start")
-                );
+            Err(Ended { status, .. })
+                if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::InvalidArgument) =>
+            {
+                return Err(readable(&status));
+            }
+            Err(Ended { status, was_connected }) => {
+                if was_connected {
+                    backoff = MIN_BACKOFF;
+                    said_down = false;
+                    eprintln!("paygate watch: the stream ended ({}); resuming", readable(&status));
+                } else if !said_down {
+                    said_down = true;
+                    eprintln!(
+                        "paygate watch: cannot reach {} ({}); retrying every {} s at most until it answers",
+                        args.grpc,
+                        readable(&status),
+                        MAX_BACKOFF.as_secs()
+                    );
+                }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How a connection ended, and whether it had been connected (a stream opened) first.
+struct Ended {
+    status: tonic::Status,
+    was_connected: bool,
+}
+
+/// A gRPC status as one line: "unavailable: the server closed the stream".
+fn readable(status: &tonic::Status) -> String {
+    format!("{}: {}", status.code().description(), status.message())
 }
 
 /// One connection: prints events until the stream ends. `Ok` only when `limit` was reached.
@@ -61,12 +94,14 @@ async fn follow(
     bearer: &MetadataValue<tonic::metadata::Ascii>,
     cursor: &mut Option<String>,
     printed: &mut u64,
-) -> Result<(), tonic::Status> {
+    connected: impl FnOnce(&Option<String>),
+) -> Result<(), Ended> {
+    let ended = |status| Ended { status, was_connected: false };
     let channel = Channel::from_shared(args.grpc.clone())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .map_err(|e| ended(tonic::Status::invalid_argument(e.to_string())))?
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| ended(tonic::Status::unavailable(e.to_string())))?;
     let mut request = Request::new(pb::WatchPaymentsRequest {
         payment_ids: args.payment_ids.clone(),
         merchant_uids: args.merchant_uids.clone(),
@@ -74,8 +109,10 @@ async fn follow(
         resume_after: cursor.clone().unwrap_or_default(),
     });
     request.metadata_mut().insert("authorization", bearer.clone());
-    let mut stream = PaymentServiceClient::new(channel).watch_payments(request).await?.into_inner();
-    while let Some(event) = stream.message().await? {
+    let mut stream = PaymentServiceClient::new(channel).watch_payments(request).await.map_err(ended)?.into_inner();
+    connected(cursor);
+    let ended = |status| Ended { status, was_connected: true };
+    while let Some(event) = stream.message().await.map_err(ended)? {
         let payment = event.payment.unwrap_or_default();
         let status = pb::PaymentStatus::try_from(payment.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
         println!(
@@ -97,5 +134,5 @@ async fn follow(
             return Ok(());
         }
     }
-    Err(tonic::Status::unavailable("the server closed the stream"))
+    Err(ended(tonic::Status::unavailable("the server closed the stream")))
 }
