@@ -315,3 +315,29 @@ async fn the_generic_callback_route_takes_paymentwall_pingbacks_and_refuses_unkn
     assert_eq!(answer.text().await.unwrap(), "OK");
     wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
 }
+
+/// Reflection serves the google.rpc error details, so grpcurl decodes a status's `BadRequest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_describes_the_error_details_a_status_carries() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gate = Paygate::start(&db, &[]);
+    let mut client = ServerReflectionClient::new(gate.grpc().await);
+    for symbol in ["google.rpc.BadRequest", "google.rpc.ErrorInfo", "google.rpc.Status"] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let response = responses.message().await.unwrap().expect("an answer");
+        match response.message_response {
+            Some(MessageResponse::FileDescriptorResponse(files)) => {
+                assert!(!files.file_descriptor_proto.is_empty(), "{symbol}")
+            }
+            other => panic!("{symbol} is not described: {other:?}"),
+        }
+    }
+}
