@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+mod demo;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Admin(Admin),
     /// Follow payment events as JSON lines, reconnecting (and resuming) until interrupted.
     Watch(watch::WatchArgs),
+    /// Try paygate in a minute: a temporary database, the Paymentwall simulator, a checkout paid
+    /// end to end; then keeps serving until Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -211,7 +215,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         // Kept until the command ends, so exported spans are flushed.
-        let _telemetry = telemetry::init(settings.log_format, &settings.log_level, !is_serve);
+        // The demo tells its own story on stdout; only warnings and errors are logged (to stderr).
+        let is_demo = matches!(cli.command, Command::Demo(_));
+        let level = if is_demo { "warn" } else { settings.log_level.as_str() };
+        let _telemetry = telemetry::init(settings.log_format, level, !is_serve);
         match cli.command {
             Command::Serve(_) => app::serve(settings).await.map_err(|e| e.to_string()),
             Command::Migrate => {
@@ -226,6 +233,7 @@ fn main() -> ExitCode {
             }
             Command::Admin(admin) => run_admin(&settings, admin).await,
             Command::Watch(_) => unreachable!("handled above"),
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -283,3 +283,52 @@ async fn serve_takes_its_addresses_as_flags_and_a_taken_port_says_which_setting_
     assert!(database.starts_with("sqlite:") && !database.contains('?'), "{ready}");
     drop(process);
 }
+
+/// `paygate demo` reaches PAID on its own: merchant, key, channel, checkout paid through the
+/// simulator beside it; it says what happened and keeps serving until told to stop.
+#[test]
+fn the_demo_reaches_paid_on_its_own_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let workdir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .current_dir(workdir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["demo", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut said = Vec::new();
+    // The story ends with the commands to try next, the last of them the metrics URL.
+    while !said.iter().any(|l: &String| l.contains("/metrics")) {
+        let left = std::time::Duration::from_secs(60).saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the demo did not reach PAID within a minute; it said:\n{}", said.join("\n"));
+            }
+        }
+    }
+    let text = said.join("\n");
+    assert!(text.contains("Reached PAID in "), "{text}");
+    assert!(text.contains("is PAID (Paymentwall ref "), "{text}");
+    assert!(text.contains("event 0-1 payment.paid") || text.contains(" payment.paid"), "{text}");
+    assert!(text.contains("/pingback/paymentwall/demo?") && text.contains("&sig="), "the signed pingback: {text}");
+    assert!(text.contains("paygate watch"), "what to try next: {text}");
+    // Still serving after the story; SIGTERM stops it cleanly, simulator included.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "keeps running until told to stop");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
