@@ -152,7 +152,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let sim_session = pay(&http, &sim.base_url, &session.redirect_url).await?;
     println!("4. Paid on the simulator's hosted page; it sent a signed pingback");
     let payment = wait_paid(&mut payments, &bearer, &session.payment_id).await?;
-    println!("5. Payment {} is {} (Paymentwall ref {})", payment.payment_id, "PAID", payment.provider_ref);
+    println!("5. Payment {} is PAID (Paymentwall ref {})", payment.payment_id, payment.provider_ref);
     let events = payments
         .list_payment_events(authed(
             pb::ListPaymentEventsRequest { payment_id: session.payment_id.clone(), ..Default::default() },
