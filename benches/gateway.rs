@@ -342,6 +342,38 @@ struct Round {
     postgres_cpu: Duration,
 }
 
+/// CPU counters at a round's start, and the clock.
+struct Meter<'a> {
+    started: Instant,
+    server: Option<&'a Proc>,
+    generator: Duration,
+    server_cpu: Duration,
+    postgres: Duration,
+}
+
+impl<'a> Meter<'a> {
+    fn start(server: Option<&'a Proc>) -> Self {
+        let server_cpu = server.map_or(Duration::ZERO, Proc::cpu);
+        Self { started: Instant::now(), server, generator: own_cpu(), server_cpu, postgres: postgres_cpu() }
+    }
+
+    /// Waits for every caller's latencies, then reads what the round cost.
+    async fn finish(self, tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Round {
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        Round {
+            count: latencies.len(),
+            elapsed: self.started.elapsed(),
+            latencies,
+            generator_cpu: own_cpu() - self.generator,
+            server_cpu: self.server.map_or(Duration::ZERO, Proc::cpu) - self.server_cpu,
+            postgres_cpu: postgres_cpu() - self.postgres,
+        }
+    }
+}
+
 /// Totals over rounds of one side of a comparison.
 #[derive(Default)]
 struct Side {
@@ -380,8 +412,8 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
     for _ in 0..8 {
         clients.push(connect(grpc, api_key).await);
     }
-    let (cpu0, server0, pg0) = (own_cpu(), server.cpu(), postgres_cpu());
-    let started = Instant::now();
+    let meter = Meter::start(Some(server));
+    let started = meter.started;
     let mut tasks = Vec::new();
     for caller in 0..CONCURRENCY {
         let mut client = clients[caller % clients.len()].clone();
@@ -399,19 +431,7 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    Round {
-        count: latencies.len(),
-        elapsed,
-        latencies,
-        generator_cpu: own_cpu() - cpu0,
-        server_cpu: server.cpu() - server0,
-        postgres_cpu: postgres_cpu() - pg0,
-    }
+    meter.finish(tasks).await
 }
 
 /// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments, 64 at a time; each must be
@@ -438,8 +458,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
     }
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
-    let (cpu0, server0, pg0) = (own_cpu(), gate.proc.cpu(), postgres_cpu());
-    let started = Instant::now();
+    let meter = Meter::start(Some(&gate.proc));
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (urls, http) = (urls.clone(), http.clone());
@@ -455,19 +474,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    Round {
-        count: latencies.len(),
-        elapsed,
-        latencies,
-        generator_cpu: own_cpu() - cpu0,
-        server_cpu: gate.proc.cpu() - server0,
-        postgres_cpu: postgres_cpu() - pg0,
-    }
+    meter.finish(tasks).await
 }
 
 /// pgbench's shape: 64 clients, each on its own connection, each running BEGIN; one INSERT;
@@ -475,8 +482,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
 async fn insert_round(db_url: &str) -> Round {
     let pool = PgPoolOptions::new().max_connections(CONCURRENCY as u32).connect(db_url).await.unwrap();
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(PINGBACKS_PER_ROUND));
-    let (cpu0, pg0) = (own_cpu(), postgres_cpu());
-    let started = Instant::now();
+    let meter = Meter::start(None);
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (pool, left) = (pool.clone(), left.clone());
@@ -498,15 +504,10 @@ async fn insert_round(db_url: &str) -> Round {
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    // Before closing: a backend's CPU leaves /proc with it.
-    let (generator_cpu, postgres_cpu) = (own_cpu() - cpu0, postgres_cpu() - pg0);
+    // Measured before closing: a backend's CPU leaves /proc with it.
+    let round = meter.finish(tasks).await;
     pool.close().await;
-    Round { count: latencies.len(), elapsed, latencies, generator_cpu, server_cpu: Duration::ZERO, postgres_cpu }
+    round
 }
 
 /// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each.

@@ -108,8 +108,29 @@ pub(crate) mod fixtures {
 
     use super::{
         Payment, PaymentStatus,
+        cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
         subscriptions::{Subscription, SubscriptionStatus},
     };
+
+    /// A merchant's open refund request `can_<amount>` on `pay_1`, its ticket at `ticket`.
+    pub fn refund_request(amount: i64, ticket: TicketState, updated_at: i64) -> Cancellation {
+        Cancellation {
+            cancellation_id: format!("can_{amount}"),
+            payment_id: "pay_1".into(),
+            merchant_id: "mer_1".into(),
+            amount_minor: Some(amount),
+            reason: "asked".into(),
+            trigger: Trigger::MerchantRequest,
+            status: CancellationStatus::Requested,
+            provider_reason: None,
+            failure: None,
+            ticket: Some(ticket),
+            ticket_accepted_at: None,
+            created_at: 0,
+            updated_at,
+            completed_at: None,
+        }
+    }
 
     /// A one-time payment `pay_1` of `amount` paid under ref `b1`, with these refunded amounts.
     pub fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64) -> Payment {

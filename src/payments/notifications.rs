@@ -471,7 +471,7 @@ async fn write_subscription(
 mod tests {
     use super::*;
     use crate::payments::{
-        cancellations::{CancellationStatus, TicketState, Trigger},
+        cancellations::{TicketState, Trigger},
         fixtures::{payment, subscription, unpaid},
         subscriptions::SubscriptionStatus,
     };
@@ -636,22 +636,7 @@ mod tests {
     #[test]
     fn a_refund_confirmation_settles_only_sent_requests() {
         let p = payment(PaymentStatus::CancelPending, 999, 0, 400);
-        let open = |ticket| Cancellation {
-            cancellation_id: "can_1".into(),
-            payment_id: "pay_1".into(),
-            merchant_id: "mer_1".into(),
-            amount_minor: Some(400),
-            reason: "asked".into(),
-            trigger: Trigger::MerchantRequest,
-            status: CancellationStatus::Requested,
-            provider_reason: None,
-            failure: None,
-            ticket: Some(ticket),
-            ticket_accepted_at: None,
-            created_at: 0,
-            updated_at: 0,
-            completed_at: None,
-        };
+        let open = |ticket| crate::payments::fixtures::refund_request(400, ticket, 0);
         let confirmed = notice("b1", ProviderEvent::RefundConfirmed);
         let Decision::Reverse(effect) = decide(&p, None, &[open(TicketState::Accepted)], &confirmed, 50).unwrap()
         else {

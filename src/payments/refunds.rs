@@ -738,26 +738,7 @@ fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payments::fixtures::{payment, unpaid};
-
-    fn request(amount: i64, ticket: TicketState, updated_at: i64) -> Cancellation {
-        Cancellation {
-            cancellation_id: format!("can_{amount}"),
-            payment_id: "pay_1".into(),
-            merchant_id: "mer_1".into(),
-            amount_minor: Some(amount),
-            reason: "asked".into(),
-            trigger: Trigger::MerchantRequest,
-            status: CancellationStatus::Requested,
-            provider_reason: None,
-            failure: None,
-            ticket: Some(ticket),
-            ticket_accepted_at: None,
-            created_at: 0,
-            updated_at,
-            completed_at: None,
-        }
-    }
+    use crate::payments::fixtures::{payment, refund_request as request, unpaid};
 
     #[test]
     fn a_take_over_sends_only_what_never_left() {
