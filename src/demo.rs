@@ -117,7 +117,29 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let grpc = connect(grpc_addr).await?;
     println!("paygate demo: serving gRPC on {grpc_addr}, HTTP on {http_addr}, SQLite in {}", dir.path().display());
     println!("               the Paymentwall simulator on {}", sim.base_url);
+    let addrs = Addrs { grpc: grpc_addr, http: http_addr, sim: sim.base_url.clone() };
+    let (api_key, payment_id) = story(grpc, &admin_token, &addrs).await?;
+    println!(
+        "\nReached PAID in {:.1} s. Try next (paygate keeps serving until Ctrl-C):",
+        started.elapsed().as_secs_f64()
+    );
+    try_next(&addrs, &api_key, &payment_id);
+    match server.await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
+struct Addrs {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    sim: String,
+}
+
+/// Merchant, key, channel, checkout, payment through the simulator, PAID: each step said.
+/// Returns the merchant's API key and the payment's id.
+async fn story(grpc: Channel, admin_token: &str, addrs: &Addrs) -> Result<(String, String), String> {
+    let Addrs { http: http_addr, sim, .. } = addrs;
     let admin: MetadataValue<_> = format!("Bearer {admin_token}").parse().map_err(|_| "admin token")?;
     let merchant = MerchantServiceClient::new(grpc.clone())
         .create_merchant(authed(pb::CreateMerchantRequest { name: "Demo shop".into() }, &admin))
@@ -128,7 +150,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let bearer: MetadataValue<_> = format!("Bearer {}", merchant.api_key).parse().map_err(|_| "api key")?;
 
     let channel = ChannelServiceClient::new(grpc.clone())
-        .create_channel(authed(channel_request(&sim.base_url), &bearer))
+        .create_channel(authed(channel_request(sim), &bearer))
         .await
         .map_err(readable)?
         .into_inner();
@@ -138,7 +160,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         "key": PROJECT_KEY, "secret": SECRET_KEY,
         "pingback_url": format!("http://{http_addr}{}", channel.pingback_path),
     });
-    let sent = http.post(format!("{}/control/projects", sim.base_url)).json(&project).send().await;
+    let sent = http.post(format!("{sim}/control/projects")).json(&project).send().await;
     sent.and_then(|r| r.error_for_status()).map_err(|e| format!("registering the project with the simulator: {e}"))?;
 
     let mut payments = PaymentServiceClient::new(grpc);
@@ -149,7 +171,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         .into_inner();
     println!("3. Checkout {} for USD 9.99: READY\n   hosted page {}", session.payment_id, session.redirect_url);
 
-    let sim_session = pay(&http, &sim.base_url, &session.redirect_url).await?;
+    let sim_session = pay(&http, sim, &session.redirect_url).await?;
     println!("4. Paid on the simulator's hosted page; it sent a signed pingback");
     let payment = wait_paid(&mut payments, &bearer, &session.payment_id).await?;
     println!("5. Payment {} is PAID (Paymentwall ref {})", payment.payment_id, payment.provider_ref);
@@ -165,7 +187,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         println!("   event {} {}", event.event_id, event.kind);
     }
     let delivered: serde_json::Value = http
-        .get(format!("{}/control/sessions/{sim_session}", sim.base_url))
+        .get(format!("{sim}/control/sessions/{sim_session}"))
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -179,22 +201,20 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             pingback["url"].as_str().unwrap_or_default()
         );
     }
-    println!(
-        "\nReached PAID in {:.1} s. Try next (paygate keeps serving until Ctrl-C):",
-        started.elapsed().as_secs_f64()
-    );
+    Ok((merchant.api_key, session.payment_id))
+}
+
+/// What to try next, with the demo's own key and payment.
+fn try_next(addrs: &Addrs, api_key: &str, payment_id: &str) {
+    let Addrs { grpc: grpc_addr, http: http_addr, .. } = addrs;
     println!(
         "   grpcurl -plaintext -H 'authorization: Bearer {key}' -d '{{\"payment_id\": \"{id}\"}}' {grpc_addr} \
          paygate.v1.PaymentService/GetPayment",
-        key = merchant.api_key,
-        id = session.payment_id
+        key = api_key,
+        id = payment_id
     );
-    println!("   PAYGATE_API_KEY={} paygate watch --grpc http://{grpc_addr}", merchant.api_key);
+    println!("   PAYGATE_API_KEY={api_key} paygate watch --grpc http://{grpc_addr}");
     println!("   curl http://{http_addr}/metrics");
-    match server.await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 async fn connect(addr: SocketAddr) -> Result<Channel, String> {
