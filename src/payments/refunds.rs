@@ -490,7 +490,8 @@ pub async fn resolve(
         }
         Resolution::Succeeded => confirm_unknown(db, &c).await?,
     };
-    tracing::info!(cancellation_id, ?resolution, applied, "cancellation resolved by an operator");
+    let resolution_name = if resolution == Resolution::Succeeded { "succeeded" } else { "failed" };
+    tracing::info!(cancellation_id, resolution = resolution_name, applied, "cancellation resolved by an operator");
     let c = read(db, caller, cancellation_id).await?;
     if !applied && c.status != wanted {
         return Err(PaymentError::NotResolvable(format!(

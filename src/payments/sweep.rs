@@ -150,7 +150,7 @@ async fn sweep_tickets(
                 // Reserved and never sent (its worker died before the send): send it now.
                 match refunds::send(db, providers.for_channel(&channel), &channel, &payment, &c, None).await {
                     Ok(sent) => {
-                        tracing::info!(cancellation_id = %c.cancellation_id, ticket = ?sent.ticket, "sweep sent a refund ticket nobody sent");
+                        tracing::info!(cancellation_id = %c.cancellation_id, ticket = sent.ticket.map_or("none", |t| t.as_str()), "sweep sent a refund ticket nobody sent");
                         repaired += 1;
                     }
                     Err(e) => {
