@@ -23,8 +23,9 @@ app.kubernetes.io/name: {{ include "paygate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* No image is published for paygate: the operator builds it (see README.md) and names it. */}}
 {{- define "paygate.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ required "image.repository is required: build and push paygate's image (docker build -t REGISTRY/paygate:TAG . at the repository root, see helm/paygate/README.md) and set image.repository=REGISTRY/paygate" .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
 {{- define "paygate.secretName" -}}
