@@ -573,6 +573,10 @@ async fn killed_at_the_reservation_commit(
     w.gate.process.kill9();
     assert!(in_flight.await.unwrap().is_err(), "the caller got no answer");
     assert_eq!(w.tickets().await, 0, "killed before the ticket left");
+    // The COMMIT reached PostgreSQL before the kill; on a loaded machine it may still be finishing.
+    let committed = "SELECT COUNT(*) FROM cancellations WHERE payment_id = $1";
+    let db = &w.db;
+    wait_until(|| async { db.count(committed, &payment_id).await == 1 }).await;
     assert_eq!(w.stored_ticket(&payment_id).await, ("REQUESTED".into(), "UNSENT".into()), "the reservation is there");
 }
 
