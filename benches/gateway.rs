@@ -676,14 +676,18 @@ fn main() {
 async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let s = setup().await;
+    // `PAYGATE_BENCH_ONLY=streams`: only the stream rows, for iterating on them.
+    let compare = std::env::var("PAYGATE_BENCH_ONLY").as_deref() != Ok("streams");
     let (bare, bare_grpc) = start_bare(&s.db_url);
-    // Warm both (connections, caches, plans) before anything counts.
-    checkout_round(&s.a.grpc, &s.api_key, "warm", &s.a.proc).await;
-    checkout_round(&bare_grpc, &s.api_key, "warm-bare", &bare).await;
+    if compare {
+        // Warm both (connections, caches, plans) before anything counts.
+        checkout_round(&s.a.grpc, &s.api_key, "warm", &s.a.proc).await;
+        checkout_round(&bare_grpc, &s.api_key, "warm-bare", &bare).await;
+    }
 
     let (mut gate_checkout, mut bare_checkout) = (Side::default(), Side::default());
     let (mut gate_ingest, mut floor_ingest) = (Side::default(), Side::default());
-    for round in 0..ROUNDS {
+    for round in 0..if compare { ROUNDS } else { 0 } {
         gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
         bare_checkout.rounds.push(checkout_round(&bare_grpc, &s.api_key, &format!("b{round}"), &bare).await);
         gate_ingest.rounds.push(ingest_round(&s.a, &s.api_key, &format!("i{round}")).await);
@@ -695,33 +699,13 @@ async fn bench() {
     let redis_rtt = redis_round_trip(&s.prefix).await;
     let (bytes_10k, fan_10k) = fan_out(&s.a, &s.api_key, 10_000, "10k").await;
 
-    let (gc, bc) = (&gate_checkout, &bare_checkout);
-    let (gi, fi) = (&gate_ingest, &floor_ingest);
-    let checkout_ratio = gc.per_second() / bc.per_second();
-    let p99_ratio = gc.p99().as_secs_f64() / bc.p99().as_secs_f64();
-    let ingest_ratio = gi.per_second() / fi.per_second();
     println!(
         "| measure (64 concurrent callers unless said) | paygate | baseline in the same run | ratio | target | verdict |"
     );
     println!("|---|---|---|---|---|---|");
-    println!(
-        "| CreateCheckoutSession throughput | {:.0}/s | {:.0}/s: bare tonic server, one INSERT through a sqlx pool of {POOL_SIZE} | {checkout_ratio:.2} | >= 0.8 | {} |",
-        gc.per_second(),
-        bc.per_second(),
-        verdict(checkout_ratio >= 0.8)
-    );
-    println!(
-        "| checkout p99 | {} | {} | {p99_ratio:.2} | <= 1.25 | {} |",
-        ms(gc.p99()),
-        ms(bc.p99()),
-        verdict(p99_ratio <= 1.25)
-    );
-    println!(
-        "| pingback ingest (signed type 0 -> PAID, answered OK) | {:.0}/s | {:.0}/s: one-INSERT transactions, 64 clients | {ingest_ratio:.2} | >= 0.5 | {} |",
-        gi.per_second(),
-        fi.per_second(),
-        verdict(ingest_ratio >= 0.5)
-    );
+    if compare {
+        comparison_rows(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+    }
     let (same99, across99) = (percentile(&same, 0.99), percentile(&across, 0.99));
     println!(
         "| pingback -> WatchPayments subscriber, same replica, p99 (p50) | {} ({}) | | | < 5 ms | {} |",
@@ -746,6 +730,52 @@ async fn bench() {
         ms(fan_10k),
         verdict(fan_10k < Duration::from_millis(250))
     );
+    if compare {
+        cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+    }
+    println!();
+    if compare {
+        println!(
+            "{ROUNDS} interleaved rounds per comparison: checkouts for {} s per round, {PINGBACKS_PER_ROUND} pingbacks per round.",
+            ROUND_TIME.as_secs()
+        );
+    }
+    println!("{LATENCY_SAMPLES} sequential pingbacks per latency row.");
+
+    let Setup { mut admin, name, a, b, .. } = s;
+    drop((a, b));
+    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+}
+
+/// The throughput and p99 rows: paygate against its baselines.
+fn comparison_rows(gate_checkout: &Side, bare_checkout: &Side, gate_ingest: &Side, floor_ingest: &Side) {
+    let (gc, bc) = (&gate_checkout, &bare_checkout);
+    let (gi, fi) = (&gate_ingest, &floor_ingest);
+    let checkout_ratio = gc.per_second() / bc.per_second();
+    let p99_ratio = gc.p99().as_secs_f64() / bc.p99().as_secs_f64();
+    let ingest_ratio = gi.per_second() / fi.per_second();
+    println!(
+        "| CreateCheckoutSession throughput | {:.0}/s | {:.0}/s: bare tonic server, one INSERT through a sqlx pool of {POOL_SIZE} | {checkout_ratio:.2} | >= 0.8 | {} |",
+        gc.per_second(),
+        bc.per_second(),
+        verdict(checkout_ratio >= 0.8)
+    );
+    println!(
+        "| checkout p99 | {} | {} | {p99_ratio:.2} | <= 1.25 | {} |",
+        ms(gc.p99()),
+        ms(bc.p99()),
+        verdict(p99_ratio <= 1.25)
+    );
+    println!(
+        "| pingback ingest (signed type 0 -> PAID, answered OK) | {:.0}/s | {:.0}/s: one-INSERT transactions, 64 clients | {ingest_ratio:.2} | >= 0.5 | {} |",
+        gi.per_second(),
+        fi.per_second(),
+        verdict(ingest_ratio >= 0.5)
+    );
+}
+
+/// Who used how much CPU per request.
+fn cpu_table(gc: &Side, bc: &Side, gi: &Side, fi: &Side) {
     println!();
     println!("| load generator and servers | checkout: paygate | checkout: bare | ingest: paygate | ingest: floor |");
     println!("|---|---|---|---|---|");
@@ -769,13 +799,4 @@ async fn bench() {
         gi.per_request(|r| r.postgres_cpu),
         fi.per_request(|r| r.postgres_cpu)
     );
-    println!();
-    println!(
-        "{ROUNDS} interleaved rounds per comparison: checkouts for {} s per round, {PINGBACKS_PER_ROUND} pingbacks per round; {LATENCY_SAMPLES} sequential pingbacks per latency row.",
-        ROUND_TIME.as_secs()
-    );
-
-    let Setup { mut admin, name, a, b, .. } = s;
-    drop((a, b));
-    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
 }
