@@ -226,6 +226,13 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
+    async fn create_payment_client_token(
+        &self,
+        _: Request<pb::CreatePaymentClientTokenRequest>,
+    ) -> Result<Response<pb::PaymentClientToken>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
     type WatchPaymentsStream = tokio_stream::Empty<Result<pb::PaymentEvent, Status>>;
 
     async fn watch_payments(

@@ -264,6 +264,7 @@ fn grpc_server(
         admin_token: s.admin_token.clone(),
         trusted_proxies: s.trusted_proxies.clone(),
         per_key_limit: per_key_limit.clone(),
+        keys: cache.keys_arc(),
     };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -282,7 +283,11 @@ fn grpc_server(
         hub.clone(),
         merchants.key_cache().clone(),
         PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
-        s.idempotency_lease_ms as i64,
+        api::payments::PaymentsApiSettings {
+            idempotency_lease_ms: s.idempotency_lease_ms as i64,
+            client_token_ttl_ms: s.client_token_ttl_ms as i64,
+            master_keys: cache.keys_arc(),
+        },
     );
     let webhooks = api::webhooks::WebhooksApi::new(
         db.clone(),
@@ -291,12 +296,21 @@ fn grpc_server(
         webhook_settings.rotation_overlap.as_millis() as i64,
     );
     let merchants_api = api::merchants::MerchantsApi::new(db.clone(), merchants.clone());
+    let cors = grpc_web_cors(&s.grpc_web_allowed_origins)?;
     Ok(Server::builder()
+        // gRPC-Web (browsers) arrives over HTTP/1.1 as well as HTTP/2.
+        .accept_http1(true)
         .http2_keepalive_interval(Some(ms(s.http2_keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(ms(s.http2_keepalive_timeout_ms)))
         .max_concurrent_streams(s.grpc_max_concurrent_streams.max(1))
         .concurrency_limit_per_connection(s.grpc_max_in_flight_per_connection.max(1))
-        .layer(tower::ServiceBuilder::new().layer(api::metrics::MetricsLayer).layer(AuthLayer::new(auth)))
+        .layer(
+            tower::ServiceBuilder::new()
+                .option_layer(cors)
+                .layer(tonic_web::GrpcWebLayer::new())
+                .layer(api::metrics::MetricsLayer)
+                .layer(AuthLayer::new(auth)),
+        )
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -308,6 +322,33 @@ fn grpc_server(
         .add_service(MerchantServiceServer::new(merchants_api).max_decoding_message_size(max_message))
         .add_service(WebhookServiceServer::new(webhooks).max_decoding_message_size(max_message))
         .serve_with_incoming_shutdown(incoming, stop))
+}
+
+/// CORS for gRPC-Web from the configured browser origins; none configured: no CORS at all, so a
+/// browser refuses every cross-origin call (same-origin and non-browser clients are unaffected).
+fn grpc_web_cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, AppError> {
+    use http::{HeaderName, HeaderValue, Method};
+    let origins: Vec<HeaderValue> = origins
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .map_err(|_| AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: an origin is not valid"))
+        })
+        .collect::<Result<_, _>>()?;
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let header = |name: &'static str| HeaderName::from_static(name);
+    Ok(Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::POST])
+            .allow_headers(["authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout"].map(header))
+            .expose_headers(["grpc-status", "grpc-message", "grpc-status-details-bin"].map(header))
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 /// The per-key and refused-pingback rate limits (either off when its rate is 0).

@@ -116,6 +116,11 @@ pub struct Settings {
     pub provider_timeout_ms: u64,
     /// How long a request holds its idempotency key; after that a retry may take over.
     pub idempotency_lease_ms: u64,
+    /// The longest a payment client token (CreatePaymentClientToken) lives.
+    pub client_token_ttl_ms: u64,
+    /// Browser origins allowed to call the gRPC port through gRPC-Web (CORS), comma-separated,
+    /// e.g. "https://shop.example". Empty: none, so a cross-origin browser call is refused.
+    pub grpc_web_allowed_origins: String,
     /// How long a provider's payment-method list is cached per channel and country.
     pub payment_methods_cache_ttl_ms: u64,
     /// The stuck-payment sweep: how often it runs, which payments it asks the provider about, and
@@ -188,6 +193,8 @@ impl Default for Settings {
             provider_connect_timeout_ms: 3_000,
             provider_timeout_ms: 10_000,
             idempotency_lease_ms: 30_000,
+            client_token_ttl_ms: 900_000,
+            grpc_web_allowed_origins: String::new(),
             payment_methods_cache_ttl_ms: 600_000,
             sweep_interval_ms: 60_000,
             sweep_ready_after_ms: 3_600_000,

@@ -134,8 +134,9 @@ impl From<AuthError> for Status {
             | AuthError::Malformed
             | AuthError::UnknownKey
             | AuthError::Revoked(_)
-            | AuthError::Expired(_) => Status::unauthenticated(err.to_string()),
-            AuthError::AddressNotAllowed(_) | AuthError::AdminTokenNotAKey => {
+            | AuthError::Expired(_)
+            | AuthError::ClientToken(_) => Status::unauthenticated(err.to_string()),
+            AuthError::AddressNotAllowed(_) | AuthError::AdminTokenNotAKey | AuthError::ClientTokenNotAllowed(_) => {
                 Status::permission_denied(err.to_string())
             }
             AuthError::RateLimited { retry_after, .. } => Status::with_error_details(

@@ -17,13 +17,21 @@ use tonic::{Status, body::Body, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
 use crate::{
-    merchants::{self, AuthError, Merchants, Principal},
+    merchants::{
+        self, AuthError, Caller, Merchants, Principal,
+        client_tokens::{self, PaymentGrant},
+    },
     net::client_ip,
     ratelimit::Limiter,
+    secrets::MasterKeys,
+    store::now_ms,
 };
 
 const PUBLIC_PREFIXES: [&str; 3] = ["/grpc.health.v1.Health/", "/grpc.reflection.v1.", "/grpc.reflection.v1alpha."];
 const MERCHANT_SERVICE: &str = "/paygate.v1.MerchantService/";
+/// All a payment client token may call; the handlers hold it to its own payment.
+const CLIENT_TOKEN_PATHS: [&str; 2] =
+    ["/paygate.v1.PaymentService/GetPayment", "/paygate.v1.PaymentService/WatchPayments"];
 
 /// What the layer needs, shared by every connection.
 pub struct AuthSettings {
@@ -31,6 +39,8 @@ pub struct AuthSettings {
     pub admin_token: Option<SecretString>,
     pub trusted_proxies: Vec<IpNet>,
     pub per_key_limit: Option<Limiter>,
+    /// Verifies payment client tokens.
+    pub keys: Arc<MasterKeys>,
 }
 
 #[derive(Clone)]
@@ -70,11 +80,14 @@ impl AuthSettings {
         path: &str,
         authorization: Option<&str>,
         address: IpAddr,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Authenticated, AuthError> {
         let token = merchants::bearer_token(authorization)?;
+        if token.starts_with(client_tokens::PREFIX) {
+            return self.client(path, token).await.map(|grant| Authenticated::Client(grant, address));
+        }
         if self.is_admin_token(token) {
             return if path.starts_with(MERCHANT_SERVICE) {
-                Ok(Principal::Admin { address })
+                Ok(Authenticated::Principal(Principal::Admin { address }))
             } else {
                 Err(AuthError::AdminTokenNotAKey)
             };
@@ -85,8 +98,28 @@ impl AuthSettings {
         {
             return Err(AuthError::RateLimited { key_id: caller.key_id, retry_after });
         }
-        Ok(Principal::Merchant(caller))
+        Ok(Authenticated::Principal(Principal::Merchant(caller)))
     }
+
+    /// A payment client token: verified, on one of its paths, and its issuing key still live.
+    async fn client(&self, path: &str, token: &str) -> Result<PaymentGrant, AuthError> {
+        let grant = client_tokens::verify(&self.keys, token, now_ms())?;
+        if !CLIENT_TOKEN_PATHS.contains(&path) {
+            return Err(AuthError::ClientTokenNotAllowed(path.trim_start_matches('/').to_owned()));
+        }
+        if let Some(refusal) = self.merchants.key_cache().refusal(&grant.key_id).await {
+            return Err(refusal);
+        }
+        Ok(grant)
+    }
+}
+
+/// A credential that checked out.
+enum Authenticated {
+    /// The admin token or a merchant's API key.
+    Principal(Principal),
+    /// A payment client token, from this address.
+    Client(PaymentGrant, IpAddr),
 }
 
 impl<S, B> Service<http::Request<B>> for Auth<S>
@@ -121,15 +154,30 @@ where
             let address = client_ip::resolve(peer, request.headers(), &settings.trusted_proxies);
             let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok());
             match settings.principal(path, authorization, address).await {
-                Ok(principal) => {
+                Ok(Authenticated::Principal(principal)) => {
                     if let Principal::Merchant(caller) = &principal {
                         request.extensions_mut().insert(caller.clone());
                     }
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
                 }
+                // Acts for the payment's merchant alone, and the grant says for what.
+                Ok(Authenticated::Client(grant, address)) => {
+                    request.extensions_mut().insert(client_caller(&grant, address));
+                    request.extensions_mut().insert(grant);
+                    inner.call(request).await
+                }
                 Err(err) => Ok(Status::from(err).into_http()),
             }
         })
+    }
+}
+
+fn client_caller(grant: &PaymentGrant, address: IpAddr) -> Caller {
+    Caller {
+        merchant_id: grant.merchant_id.clone(),
+        scope: vec![grant.merchant_id.clone()],
+        key_id: grant.key_id.clone(),
+        address,
     }
 }

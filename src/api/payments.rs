@@ -10,7 +10,10 @@ use super::{caller, convert, page_size};
 use crate::{
     channels::Channels,
     events::Hub,
-    merchants::{Caller, KeyCache},
+    merchants::{
+        Caller, KeyCache,
+        client_tokens::{self, PaymentGrant},
+    },
     payments::{
         Providers,
         checkout::{self, CheckoutRequest, SubscriptionTerms},
@@ -20,9 +23,32 @@ use crate::{
         subscriptions,
     },
     proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
-    store::Db,
+    secrets::MasterKeys,
+    store::{Db, now_ms},
     validation::{self, InvalidArgument, Violations},
 };
+
+/// The API's own settings.
+#[derive(Clone)]
+pub struct PaymentsApiSettings {
+    /// How long an idempotency key's in-flight request holds it.
+    pub idempotency_lease_ms: i64,
+    /// The longest a payment client token lives.
+    pub client_token_ttl_ms: i64,
+    /// Signs payment client tokens.
+    pub master_keys: Arc<MasterKeys>,
+}
+
+/// Holds a payment client token to the payment it was made for (`GetPayment`, `WatchPayments`).
+fn only_its_payment(grant: Option<&PaymentGrant>, payment_ids: &[&str]) -> Result<(), Status> {
+    match grant {
+        Some(grant) if payment_ids != [grant.payment_id.as_str()] => Err(Status::permission_denied(format!(
+            "a payment client token reads payment {} only, by its payment_id",
+            grant.payment_id
+        ))),
+        _ => Ok(()),
+    }
+}
 
 pub struct PaymentsApi {
     db: Db,
@@ -31,8 +57,7 @@ pub struct PaymentsApi {
     hub: Arc<Hub>,
     keys: KeyCache,
     methods: PaymentMethods,
-    /// How long an idempotency key's in-flight request holds it.
-    idempotency_lease_ms: i64,
+    settings: PaymentsApiSettings,
 }
 
 impl PaymentsApi {
@@ -53,9 +78,9 @@ impl PaymentsApi {
         hub: Arc<Hub>,
         keys: KeyCache,
         methods: PaymentMethods,
-        idempotency_lease_ms: i64,
+        settings: PaymentsApiSettings,
     ) -> Self {
-        Self { db, channels, providers, hub, keys, methods, idempotency_lease_ms }
+        Self { db, channels, providers, hub, keys, methods, settings }
     }
 }
 
@@ -76,9 +101,43 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
+        if let Some(grant) = request.extensions().get::<PaymentGrant>() {
+            let r = request.get_ref();
+            // By its payment_id alone: a merchant_uid filter could name another payment.
+            let ids: Vec<&str> = r.payment_ids.iter().map(String::as_str).collect();
+            only_its_payment(Some(grant), if r.merchant_uids.is_empty() { &ids } else { &[] })?;
+        }
         let stream =
             super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, request.into_inner()).await?;
         Ok(Response::new(stream))
+    }
+
+    async fn create_payment_client_token(
+        &self,
+        request: Request<pb::CreatePaymentClientTokenRequest>,
+    ) -> Result<Response<pb::PaymentClientToken>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        validation::identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
+        v.check()?;
+        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&r.payment_id)).await?;
+        let limit = self.settings.client_token_ttl_ms;
+        let ttl = if r.ttl_seconds == 0 { limit } else { (i64::from(r.ttl_seconds) * 1000).min(limit) };
+        let grant = PaymentGrant {
+            payment_id: payment.payment_id.clone(),
+            // The payment's own merchant: the token acts for it alone, even when a parent's key made it.
+            merchant_id: payment.merchant_id,
+            key_id: caller.key_id.clone(),
+            expires_at: now_ms() + ttl,
+        };
+        let token = client_tokens::issue(&self.settings.master_keys, &grant);
+        tracing::info!(payment_id = %grant.payment_id, key_id = %grant.key_id, ttl_ms = ttl, "payment client token issued");
+        Ok(Response::new(pb::PaymentClientToken {
+            token,
+            payment_id: grant.payment_id,
+            expires_at: Some(convert::timestamp(grant.expires_at)),
+        }))
     }
 
     async fn list_payment_events(
@@ -118,9 +177,15 @@ impl PaymentService for PaymentsApi {
             idempotency_key: r.idempotency_key,
             request_hash,
         };
-        let session =
-            checkout::create(&self.db, &self.channels, &self.providers, &caller, req, self.idempotency_lease_ms)
-                .await?;
+        let session = checkout::create(
+            &self.db,
+            &self.channels,
+            &self.providers,
+            &caller,
+            req,
+            self.settings.idempotency_lease_ms,
+        )
+        .await?;
         let span = tracing::Span::current();
         span.record("payment_id", session.payment.payment_id.as_str());
         span.record("channel_key", session.payment.channel_key.as_str());
@@ -149,6 +214,11 @@ impl PaymentService for PaymentsApi {
             _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
         };
         v.check()?;
+        let by_id = match lookup {
+            Lookup::PaymentId(id) => id,
+            Lookup::MerchantUid(_) => "",
+        };
+        only_its_payment(request.extensions().get::<PaymentGrant>(), &[by_id])?;
         let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);
@@ -228,8 +298,15 @@ impl PaymentService for PaymentsApi {
             )
             .into());
         }
-        let cancellation =
-            refunds::refund(&self.db, &self.channels, &self.providers, &caller, req, self.idempotency_lease_ms).await?;
+        let cancellation = refunds::refund(
+            &self.db,
+            &self.channels,
+            &self.providers,
+            &caller,
+            req,
+            self.settings.idempotency_lease_ms,
+        )
+        .await?;
         self.cancellation_reply(&caller, cancellation).await
     }
 
@@ -274,7 +351,7 @@ impl PaymentService for PaymentsApi {
             &caller,
             &r.subscription_id,
             reason,
-            self.idempotency_lease_ms,
+            self.settings.idempotency_lease_ms,
         )
         .await?;
         Ok(Response::new(convert::subscription(sub)))

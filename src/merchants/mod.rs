@@ -3,6 +3,7 @@
 //! authentication cost no database query per RPC (`key_cache`). Every change is audited.
 
 pub mod allowlist;
+pub mod client_tokens;
 pub mod key_cache;
 pub mod keys;
 
@@ -36,6 +37,11 @@ pub enum AuthError {
     AdminTokenNotAKey,
     #[error("rate limit of API key {key_id} exceeded; retry in {} ms", retry_after.as_millis())]
     RateLimited { key_id: String, retry_after: Duration },
+    #[error(transparent)]
+    ClientToken(#[from] client_tokens::TokenError),
+    /// A payment client token reaches GetPayment and WatchPayments of its own payment only.
+    #[error("a payment client token may only call GetPayment and WatchPayments for its payment, not {0}")]
+    ClientTokenNotAllowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

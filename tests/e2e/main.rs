@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod channels;
 mod checkout;
+mod client_tokens;
 mod crash_storm;
 mod db_outage;
 mod event_log;

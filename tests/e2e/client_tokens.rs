@@ -1,0 +1,225 @@
+//! Payment client tokens and gRPC-Web: a token made for one payment reads that payment and
+//! watches it, over gRPC and over gRPC-Web (HTTP/1.1, as a browser sends it), and nothing else;
+//! it expires and dies with its key. CORS admits only configured origins.
+
+use std::time::Duration;
+
+use paygate::proto::v1::{self as pb, PaymentStatus};
+use prost::Message;
+use tonic::Code;
+
+use crate::support::*;
+
+async fn token_for(payments: &mut Payments, payment_id: &str, ttl_seconds: u32) -> String {
+    let request = pb::CreatePaymentClientTokenRequest { payment_id: payment_id.into(), ttl_seconds };
+    let token = payments.create_payment_client_token(request).await.unwrap().into_inner();
+    assert_eq!(token.payment_id, payment_id);
+    assert!(token.token.starts_with("pct_"), "{}", token.token);
+    token.token
+}
+
+fn by_id(payment_id: &str) -> pb::GetPaymentRequest {
+    pb::GetPaymentRequest { lookup: Some(pb::get_payment_request::Lookup::PaymentId(payment_id.into())) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_reads_and_watches_its_payment_and_nothing_else() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let (_, other_key) = create_merchant(&db, "Other");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let mine = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+    let another = payments.create_checkout_session(checkout_request("main", "order-b")).await.unwrap().into_inner();
+    let token = token_for(&mut payments, &mine.payment_id, 0).await;
+
+    // Another merchant cannot make one for this payment.
+    let mut foreign = gate.payments(&other_key).await;
+    let request = pb::CreatePaymentClientTokenRequest { payment_id: mine.payment_id.clone(), ttl_seconds: 0 };
+    assert_eq!(foreign.create_payment_client_token(request).await.unwrap_err().code(), Code::NotFound);
+
+    let mut with_token = gate.payments(&token).await;
+    let read = with_token.get_payment(by_id(&mine.payment_id)).await.unwrap().into_inner();
+    assert_eq!((read.payment_id.as_str(), read.status()), (mine.payment_id.as_str(), PaymentStatus::Ready));
+    let denied = |status: tonic::Status| {
+        assert!(matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated), "{status:?}");
+    };
+    denied(with_token.get_payment(by_id(&another.payment_id)).await.unwrap_err());
+    let by_uid = pb::GetPaymentRequest { lookup: Some(pb::get_payment_request::Lookup::MerchantUid("order-b".into())) };
+    denied(with_token.get_payment(by_uid).await.unwrap_err());
+    denied(with_token.list_payments(pb::ListPaymentsRequest::default()).await.unwrap_err());
+    denied(with_token.create_checkout_session(checkout_request("main", "order-c")).await.unwrap_err());
+    let refund = pb::RefundPaymentRequest { payment_id: mine.payment_id.clone(), ..Default::default() };
+    denied(with_token.refund_payment(refund).await.unwrap_err());
+    let again = pb::CreatePaymentClientTokenRequest { payment_id: mine.payment_id.clone(), ttl_seconds: 0 };
+    denied(with_token.create_payment_client_token(again).await.unwrap_err());
+    denied(gate.channels(&token).await.list_channels(pb::ListChannelsRequest::default()).await.unwrap_err());
+    for filter in [
+        pb::WatchPaymentsRequest::default(),
+        pb::WatchPaymentsRequest { payment_ids: vec![another.payment_id.clone()], ..Default::default() },
+        pb::WatchPaymentsRequest {
+            payment_ids: vec![mine.payment_id.clone()],
+            merchant_uids: vec!["order-b".into()],
+            ..Default::default()
+        },
+    ] {
+        denied(with_token.watch_payments(filter).await.unwrap_err());
+    }
+
+    // Watching its payment: its state now, then PAID when the pingback lands.
+    let watch = pb::WatchPaymentsRequest { payment_ids: vec![mine.payment_id.clone()], ..Default::default() };
+    let mut stream = with_token.watch_payments(watch).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.payment.unwrap().status(), PaymentStatus::Ready);
+    let query = signed_pingback_query(
+        &[("uid", "user-40012"), ("goodsid", &mine.payment_id), ("type", "0"), ("ref", "b777"), ("is_test", "1")],
+        SECRET_KEY,
+        3,
+    );
+    let answer = http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await;
+    assert_eq!(answer.unwrap().text().await.unwrap(), "OK");
+    let paid = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(paid.payment.unwrap().status(), PaymentStatus::Paid);
+
+    // Tampered: refused.
+    let tampered = format!("{}x", token);
+    let status = gate.payments(&tampered).await.get_payment(by_id(&mine.payment_id)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_expires_and_dies_with_its_key() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (merchant_id, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+
+    let short = token_for(&mut payments, &session.payment_id, 1).await;
+    gate.payments(&short).await.get_payment(by_id(&session.payment_id)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let status = gate.payments(&short).await.get_payment(by_id(&session.payment_id)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("expired"), "{}", status.message());
+
+    // A second key makes a token; revoking that key kills the token.
+    let mut merchants = gate.merchants(&api_key).await;
+    let key = merchants
+        .create_api_key(pb::CreateApiKeyRequest { merchant_id, name: "checkout page".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = token_for(&mut gate.payments(&key.api_key).await, &session.payment_id, 0).await;
+    gate.payments(&token).await.get_payment(by_id(&session.payment_id)).await.unwrap();
+    let key_id = key.key.unwrap().key_id;
+    merchants.revoke_api_key(pb::RevokeApiKeyRequest { key_id: key_id.clone() }).await.unwrap();
+    let status = gate.payments(&token).await.get_payment(by_id(&session.payment_id)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("revoked"), "{}", status.message());
+}
+
+/// A gRPC-Web call as a browser makes it: HTTP/1.1 POST, `application/grpc-web+proto`, one
+/// length-prefixed message; the answer's frames are data (0x00) then trailers (0x80).
+async fn grpc_web(
+    gate: &Paygate,
+    path: &str,
+    token: &str,
+    message: &impl Message,
+    origin: Option<&str>,
+) -> reqwest::Response {
+    let body = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend((body.len() as u32).to_be_bytes());
+    framed.extend(body);
+    let client = reqwest::Client::builder().http1_only().build().unwrap();
+    let mut request = client
+        .post(format!("http://{}{path}", gate.grpc_addr))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(framed);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    request.send().await.unwrap()
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    out
+}
+
+async fn preflight(gate: &Paygate, origin: &str) -> Option<String> {
+    let client = reqwest::Client::builder().http1_only().build().unwrap();
+    let answer = client
+        .request(reqwest::Method::OPTIONS, format!("http://{}/paygate.v1.PaymentService/GetPayment", gate.grpc_addr))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type,x-grpc-web")
+        .send()
+        .await
+        .unwrap();
+    answer.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_reads_its_payment_over_grpc_web_and_cors_admits_only_configured_origins() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS", "https://shop.example")]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+    let token = token_for(&mut payments, &session.payment_id, 0).await;
+
+    let answer = grpc_web(
+        &gate,
+        "/paygate.v1.PaymentService/GetPayment",
+        &token,
+        &by_id(&session.payment_id),
+        Some("https://shop.example"),
+    )
+    .await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers().get("access-control-allow-origin").unwrap(), "https://shop.example");
+    let body = answer.bytes().await.unwrap();
+    let answered = frames(&body);
+    let payment = pb::Payment::decode(answered[0].1.as_slice()).expect("a Payment in the data frame");
+    assert_eq!((answered[0].0, payment.payment_id.as_str()), (0, session.payment_id.as_str()));
+    let trailers = String::from_utf8_lossy(&answered.last().unwrap().1).to_lowercase();
+    assert!(answered.last().unwrap().0 & 0x80 != 0 && trailers.contains("grpc-status:0"), "{trailers}");
+
+    // A server stream over gRPC-Web: the payment's state arrives as the first frame.
+    let watch = pb::WatchPaymentsRequest { payment_ids: vec![session.payment_id.clone()], ..Default::default() };
+    let mut streamed = grpc_web(&gate, "/paygate.v1.PaymentService/WatchPayments", &token, &watch, None).await;
+    let mut buffered = Vec::new();
+    while frames(&buffered).is_empty() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), streamed.chunk()).await.unwrap().unwrap().unwrap();
+        buffered.extend_from_slice(&chunk);
+    }
+    let event = pb::PaymentEvent::decode(frames(&buffered)[0].1.as_slice()).unwrap();
+    assert_eq!(event.payment.unwrap().payment_id, session.payment_id);
+
+    // Denied over gRPC-Web too: another call with the token.
+    let list =
+        grpc_web(&gate, "/paygate.v1.PaymentService/ListPayments", &token, &pb::ListPaymentsRequest::default(), None)
+            .await;
+    let status = list.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(status.as_deref(), Some((Code::PermissionDenied as i32).to_string().as_str()));
+
+    assert_eq!(preflight(&gate, "https://shop.example").await.as_deref(), Some("https://shop.example"));
+    assert_eq!(preflight(&gate, "https://evil.example").await, None, "an origin not configured");
+    let unconfigured = Paygate::start(&db, &[]);
+    assert_eq!(preflight(&unconfigured, "https://shop.example").await, None, "no origins configured: none admitted");
+}
