@@ -285,7 +285,8 @@ fn grpc_server(
         PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
         api::payments::PaymentsApiSettings {
             idempotency_lease_ms: s.idempotency_lease_ms as i64,
-            client_token_ttl_ms: s.client_token_ttl_ms as i64,
+            // At least a second: a token born expired helps nobody.
+            client_token_ttl_ms: s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64,
             master_keys: cache.keys_arc(),
         },
     );
@@ -332,9 +333,11 @@ fn grpc_web_cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, A
         .split(',')
         .map(str::trim)
         .filter(|o| !o.is_empty())
-        .map(|o| {
-            HeaderValue::from_str(o)
-                .map_err(|_| AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: an origin is not valid"))
+        .map(|o| match o {
+            // A wildcard would let any page call with any token: origins are named one by one.
+            "*" | "null" => Err(AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: name origins, not * or null")),
+            _ => HeaderValue::from_str(o)
+                .map_err(|_| AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: an origin is not valid")),
         })
         .collect::<Result<_, _>>()?;
     if origins.is_empty() {
@@ -492,4 +495,18 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_web_cors;
+
+    #[test]
+    fn grpc_web_admits_named_origins_only() {
+        assert!(grpc_web_cors("").unwrap().is_none(), "none configured: no CORS at all");
+        assert!(grpc_web_cors("https://shop.example, https://admin.example").unwrap().is_some());
+        for refused in ["*", "null", "https://shop.example,*", "bad\norigin"] {
+            assert!(grpc_web_cors(refused).is_err(), "{refused:?}");
+        }
+    }
 }

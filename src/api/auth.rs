@@ -101,15 +101,19 @@ impl AuthSettings {
         Ok(Authenticated::Principal(Principal::Merchant(caller)))
     }
 
-    /// A payment client token: verified, on one of its paths, and its issuing key still live.
+    /// A payment client token: verified, on one of its paths, within its payment's rate limit (it
+    /// lives in a buyer's browser), and its issuing key still live (an outage refuses it).
     async fn client(&self, path: &str, token: &str) -> Result<PaymentGrant, AuthError> {
         let grant = client_tokens::verify(&self.keys, token, now_ms())?;
         if !CLIENT_TOKEN_PATHS.contains(&path) {
             return Err(AuthError::ClientTokenNotAllowed(path.trim_start_matches('/').to_owned()));
         }
-        if let Some(refusal) = self.merchants.key_cache().refusal(&grant.key_id).await {
-            return Err(refusal);
+        if let Some(limiter) = &self.per_key_limit
+            && let Err(retry_after) = limiter.check(&format!("pct:{}", grant.payment_id)).await
+        {
+            return Err(AuthError::RateLimited { key_id: grant.key_id, retry_after });
         }
+        self.merchants.key_cache().check_live(&grant.key_id).await?;
         Ok(grant)
     }
 }

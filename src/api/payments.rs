@@ -101,14 +101,22 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
+        let expires_at = request.extensions().get::<PaymentGrant>().map(|grant| grant.expires_at);
         if let Some(grant) = request.extensions().get::<PaymentGrant>() {
             let r = request.get_ref();
             // By its payment_id alone: a merchant_uid filter could name another payment.
             let ids: Vec<&str> = r.payment_ids.iter().map(String::as_str).collect();
             only_its_payment(Some(grant), if r.merchant_uids.is_empty() { &ids } else { &[] })?;
         }
-        let stream =
-            super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, request.into_inner()).await?;
+        let stream = super::watch::watch(
+            self.db.clone(),
+            &self.hub,
+            self.keys.clone(),
+            caller,
+            expires_at,
+            request.into_inner(),
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 

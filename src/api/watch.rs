@@ -1,6 +1,6 @@
 //! WatchPayments and ListPaymentEvents: the event log as a live stream and as pages.
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc};
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use tonic::Status;
@@ -46,11 +46,14 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
     }
 }
 
+/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
+/// token's expiry); the stream ends then, with or without an event.
 pub async fn watch(
     db: Db,
     hub: &Arc<Hub>,
     keys: KeyCache,
     caller: Caller,
+    expires_at: Option<i64>,
     r: pb::WatchPaymentsRequest,
 ) -> Result<EventStream, Status> {
     let mut v = Violations::default();
@@ -105,6 +108,7 @@ pub async fn watch(
         db,
         keys,
         key_id: caller.key_id,
+        expires_at,
         merchant_id: caller.merchant_id,
         filter,
         payment_ids: r.payment_ids,
@@ -132,6 +136,8 @@ struct Watch {
     /// A stream outlives the call that opened it: its key is checked again before every event.
     keys: KeyCache,
     key_id: String,
+    /// Unix ms after which the stream's credential no longer admits it.
+    expires_at: Option<i64>,
     merchant_id: String,
     filter: Arc<Filter>,
     payment_ids: Vec<String>,
@@ -144,11 +150,24 @@ struct Watch {
 }
 
 impl Watch {
-    /// Ends the stream when its key was revoked or expired since it opened.
+    /// Ends the stream when its key was revoked or expired since it opened, or its client token
+    /// expired.
     async fn refused(&mut self) -> Option<Status> {
+        if self.expires_at.is_some_and(|at| at <= crate::store::now_ms()) {
+            self.phase = Phase::Ended;
+            return Some(Status::unauthenticated("payment client token has expired"));
+        }
         let refusal = Box::pin(self.keys.refusal(&self.key_id)).await?;
         self.phase = Phase::Ended;
         Some(Status::from(refusal))
+    }
+
+    /// Resolves when the stream's credential expires (never without an expiry).
+    async fn expiry(expires_at: Option<i64>) {
+        match expires_at {
+            Some(at) => tokio::time::sleep(Duration::from_millis((at - crate::store::now_ms()).max(0) as u64)).await,
+            None => std::future::pending().await,
+        }
     }
 
     async fn next(mut self) -> Option<(Result<pb::PaymentEvent, Status>, Self)> {
@@ -201,7 +220,14 @@ impl Watch {
                     };
                     self.pending.push_back((self.start, snapshot));
                 }
-                Phase::Live => match self.subscription.rx.recv().await {
+                Phase::Live => match tokio::select! {
+                    event = self.subscription.rx.recv() => event,
+                    // An idle stream ends at its expiry too, not only at its next event.
+                    _ = Self::expiry(self.expires_at) => {
+                        self.phase = Phase::Ended;
+                        return Some((Err(Status::unauthenticated("payment client token has expired")), self));
+                    }
+                } {
                     // A cursor from a replica that was ahead of this one: skip what the client has.
                     Some(event) if event.position <= self.last => continue,
                     Some(event) => {

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::secrets::MasterKeys;
 
 pub const PREFIX: &str = "pct_";
+/// Longer is not a token paygate made (they are about 250 characters); refused before any HMAC.
+const MAX_LEN: usize = 1024;
 const PURPOSE: &str = "payment client token v1";
 
 /// What a client token lets its holder read: one payment of one merchant, until `expires_at`.
@@ -43,6 +45,9 @@ pub fn issue(keys: &MasterKeys, grant: &PaymentGrant) -> String {
 /// The grant a token carries, if its tag verifies under a configured master key and it has not
 /// expired at `now`.
 pub fn verify(keys: &MasterKeys, token: &str, now: i64) -> Result<PaymentGrant, TokenError> {
+    if token.len() > MAX_LEN {
+        return Err(TokenError::Malformed);
+    }
     let (payload, tag) = token.strip_prefix(PREFIX).and_then(|t| t.split_once('.')).ok_or(TokenError::Malformed)?;
     if !keys.verify_tag(PURPOSE, payload.as_bytes(), tag) {
         return Err(TokenError::Malformed);
@@ -98,7 +103,8 @@ mod tests {
             Err(TokenError::Malformed),
             "another deployment's"
         );
-        for junk in ["", "pct_", "pct_.", "pct_abc", "pgk_x.y"] {
+        let long = format!("{token}{}", "0".repeat(MAX_LEN));
+        for junk in ["", "pct_", "pct_.", "pct_abc", "pgk_x.y", long.as_str()] {
             assert_eq!(verify(&keys_a, junk, 0), Err(TokenError::Malformed), "{junk:?}");
         }
     }

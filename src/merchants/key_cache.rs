@@ -138,18 +138,32 @@ impl KeyCache {
     /// streams. Within the same bounds as `authenticate`. A database that cannot answer does not
     /// end a session it already admitted.
     pub async fn refusal(&self, key_id: &str) -> Option<AuthError> {
-        let state = match self.inner.by_id.get(key_id).await {
-            Some(state) => state,
-            None => {
-                let seen = self.inner.invalidations.load(Ordering::SeqCst);
-                let state = keys::state(&self.inner.db, key_id).await.ok()?;
-                let state = KeyState { revoked: state.0, expires_at: state.1 };
-                if self.inner.invalidations.load(Ordering::SeqCst) == seen {
-                    self.inner.by_id.insert(key_id.to_owned(), state).await;
-                }
-                state
-            }
-        };
+        Self::refused(key_id, self.state(key_id).await.ok()?)
+    }
+
+    /// Like `refusal`, for admitting a new call on a key's behalf (a payment client token): a
+    /// database that cannot answer refuses, as it would for the key itself.
+    pub async fn check_live(&self, key_id: &str) -> Result<(), AuthError> {
+        match Self::refused(key_id, self.state(key_id).await?) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
+    }
+
+    async fn state(&self, key_id: &str) -> Result<KeyState, StoreError> {
+        if let Some(state) = self.inner.by_id.get(key_id).await {
+            return Ok(state);
+        }
+        let seen = self.inner.invalidations.load(Ordering::SeqCst);
+        let state = keys::state(&self.inner.db, key_id).await?;
+        let state = KeyState { revoked: state.0, expires_at: state.1 };
+        if self.inner.invalidations.load(Ordering::SeqCst) == seen {
+            self.inner.by_id.insert(key_id.to_owned(), state).await;
+        }
+        Ok(state)
+    }
+
+    fn refused(key_id: &str, state: KeyState) -> Option<AuthError> {
         if state.revoked {
             Some(AuthError::Revoked(key_id.to_owned()))
         } else if state.expires_at.is_some_and(|at| at <= now_ms()) {

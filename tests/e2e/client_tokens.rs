@@ -99,6 +99,16 @@ async fn a_client_token_expires_and_dies_with_its_key() {
     let mut payments = gate.payments(&api_key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
+    // An open, idle stream ends when its token expires.
+    let watching = token_for(&mut payments, &session.payment_id, 2).await;
+    let watch = pb::WatchPaymentsRequest { payment_ids: vec![session.payment_id.clone()], ..Default::default() };
+    let mut stream = gate.payments(&watching).await.watch_payments(watch).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().is_some(), "the payment's state first");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("ends at expiry");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("expired"), "{}", status.message());
+
     let short = token_for(&mut payments, &session.payment_id, 1).await;
     gate.payments(&short).await.get_payment(by_id(&session.payment_id)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
