@@ -48,6 +48,9 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
 
 /// `expires_at`: when the credential the stream was opened with stops being good (a payment client
 /// token's expiry); the stream ends then, with or without an event.
+/// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
+const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
+
 pub async fn watch(
     db: Db,
     hub: &Arc<Hub>,
@@ -87,7 +90,15 @@ pub async fn watch(
         statuses,
     };
     let filter = Arc::new(filter);
-    let subscription = hub.subscribe(&caller.merchant_id, filter.clone()).map_err(|e| match e {
+    // A client token (it has an expiry) may hold a few streams of its payment, apart from the
+    // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
+    let subscribed = match (expires_at, r.payment_ids.first()) {
+        (Some(_), Some(payment_id)) => {
+            hub.subscribe_counted(&format!("pct:{payment_id}"), MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT, filter.clone())
+        }
+        _ => hub.subscribe(&caller.merchant_id, filter.clone()),
+    };
+    let subscription = subscribed.map_err(|e| match e {
         SubscribeError::Closed => Status::unavailable(e.to_string()),
         SubscribeError::TooMany(_) => Status::resource_exhausted(e.to_string()),
     })?;

@@ -53,12 +53,13 @@ pub enum Ended {
 pub enum SubscribeError {
     #[error("the server is shutting down; reconnect to another replica")]
     Closed,
-    #[error("too many open streams for this merchant (limit {0})")]
+    #[error("too many open streams for this merchant, or for this payment's client tokens (limit {0})")]
     TooMany(usize),
 }
 
 struct Subscriber {
-    merchant_id: String,
+    /// Whose open-stream count it is in: the merchant, or `pct:<payment_id>` for client tokens.
+    counted_as: String,
     filter: Arc<Filter>,
     tx: mpsc::Sender<Arc<Event>>,
     ended: Arc<OnceLock<Ended>>,
@@ -122,23 +123,35 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A stream counted against `merchant_id`'s open streams (at most `max_streams_per_merchant`).
     pub fn subscribe(self: &Arc<Self>, merchant_id: &str, filter: Arc<Filter>) -> Result<Subscription, SubscribeError> {
+        self.subscribe_counted(merchant_id, self.max_per_merchant, filter)
+    }
+
+    /// A stream counted under `counted_as`, at most `max` open at once: a payment client token's
+    /// streams count per payment, apart from the merchant's own.
+    pub fn subscribe_counted(
+        self: &Arc<Self>,
+        counted_as: &str,
+        max: usize,
+        filter: Arc<Filter>,
+    ) -> Result<Subscription, SubscribeError> {
         let (tx, rx) = mpsc::channel(self.buffer);
         let ended = Arc::new(OnceLock::new());
         let mut state = self.lock();
         if state.closed {
             return Err(SubscribeError::Closed);
         }
-        let open = state.per_merchant.entry(merchant_id.to_owned()).or_default();
-        if *open >= self.max_per_merchant {
-            return Err(SubscribeError::TooMany(self.max_per_merchant));
+        let open = state.per_merchant.entry(counted_as.to_owned()).or_default();
+        if *open >= max {
+            return Err(SubscribeError::TooMany(max));
         }
         *open += 1;
         let id = state.next_id;
         state.next_id += 1;
         state
             .subscribers
-            .insert(id, Subscriber { merchant_id: merchant_id.to_owned(), filter, tx, ended: ended.clone() });
+            .insert(id, Subscriber { counted_as: counted_as.to_owned(), filter, tx, ended: ended.clone() });
         metrics::gauge!("paygate_open_streams").increment(1.0);
         Ok(Subscription { rx, start: state.position, ended, hub: self.clone(), id })
     }
@@ -146,7 +159,7 @@ impl Hub {
     fn remove(&self, id: u64) {
         let mut state = self.lock();
         if let Some(sub) = state.subscribers.remove(&id) {
-            forget(&mut state, &sub.merchant_id);
+            forget(&mut state, &sub.counted_as);
         }
     }
 
@@ -182,7 +195,7 @@ impl Hub {
         for id in lagged {
             if let Some(sub) = state.subscribers.remove(&id) {
                 let _ = sub.ended.set(Ended::Lagged);
-                forget(&mut state, &sub.merchant_id);
+                forget(&mut state, &sub.counted_as);
                 metrics::counter!("paygate_streams_lagged_total").increment(1);
             }
         }

@@ -233,3 +233,28 @@ async fn a_browser_reads_its_payment_over_grpc_web_and_cors_admits_only_configur
     let unconfigured = Paygate::start(&db, &[]);
     assert_eq!(preflight(&unconfigured, "https://shop.example").await, None, "no origins configured: none admitted");
 }
+
+/// A leaked token cannot crowd out the merchant's own watchers: a payment's client-token streams
+/// are capped on their own, and the merchant's quota is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tokens_streams_are_capped_per_payment_apart_from_the_merchants() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_MAX_STREAMS_PER_MERCHANT", "5")]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+    let token = token_for(&mut payments, &session.payment_id, 0).await;
+    let watch = pb::WatchPaymentsRequest { payment_ids: vec![session.payment_id.clone()], ..Default::default() };
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(gate.payments(&token).await.watch_payments(watch.clone()).await.unwrap().into_inner());
+    }
+    let status = gate.payments(&token).await.watch_payments(watch.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // The merchant's own five streams still open.
+    for _ in 0..5 {
+        open.push(payments.watch_payments(pb::WatchPaymentsRequest::default()).await.unwrap().into_inner());
+    }
+}
