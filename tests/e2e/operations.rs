@@ -299,8 +299,20 @@ fn the_demo_reaches_paid_on_its_own_and_stops_on_sigterm() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends, simulator included (it stops with the demo).
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            // Only while it is still ours: once reaped, its PID may belong to another process.
+            if let Ok(None) = self.0.try_wait() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+                let _ = self.0.wait();
+            }
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
+    let mut child = Demo(child);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -313,10 +325,7 @@ fn the_demo_reaches_paid_on_its_own_and_stops_on_sigterm() {
         let left = std::time::Duration::from_secs(60).saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => said.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the demo did not reach PAID within a minute; it said:\n{}", said.join("\n"));
-            }
+            Err(_) => panic!("the demo did not reach PAID within a minute; it said:\n{}", said.join("\n")),
         }
     }
     let text = said.join("\n");
@@ -327,8 +336,8 @@ fn the_demo_reaches_paid_on_its_own_and_stops_on_sigterm() {
     assert!(text.contains("paygate watch"), "what to try next: {text}");
     // Still serving after the story; SIGTERM stops it cleanly, simulator included.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "keeps running until told to stop");
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
+    assert!(child.0.try_wait().unwrap().is_none(), "keeps running until told to stop");
+    std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
