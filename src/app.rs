@@ -136,7 +136,6 @@ pub fn shipped_providers(s: &Settings) -> Providers {
 struct Parts {
     state: AppState,
     hub: Arc<Hub>,
-    providers: Providers,
     merchants: Merchants,
     cache: ChannelCache,
     per_key_limit: Option<Limiter>,
@@ -239,14 +238,14 @@ async fn start(
         db,
         settings: Arc::new(settings),
         channels,
-        providers: providers.clone(),
+        providers,
         redis,
         metrics,
         pingback_refusals,
         shutting_down: Default::default(),
         dependencies: Default::default(),
     };
-    let parts = Parts { state, hub, providers, merchants, cache, per_key_limit, webhook_settings };
+    let parts = Parts { state, hub, merchants, cache, per_key_limit, webhook_settings };
     Ok((parts, dispatcher))
 }
 
@@ -257,7 +256,8 @@ fn grpc_server(
     incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static, AppError> {
-    let Parts { state, hub, providers, merchants, cache, per_key_limit, webhook_settings } = parts;
+    let Parts { state, hub, merchants, cache, per_key_limit, webhook_settings } = parts;
+    let providers = &state.providers;
     let (s, db, channels) = (&state.settings, &state.db, &state.channels);
     let auth = AuthSettings {
         merchants: merchants.clone(),

@@ -99,6 +99,11 @@ pub trait ConfigRules: Send + Sync {
 
     /// The path the provider must be told to send this channel's callbacks to.
     fn callback_path(&self, channel_key: &str) -> String {
-        format!("/callbacks/{}/{channel_key}", self.name())
+        generic_callback_path(self.name(), channel_key)
     }
+}
+
+/// `/callbacks/{provider}/{channel_key}`: the callback URL every provider can use.
+pub fn generic_callback_path(provider: &str, channel_key: &str) -> String {
+    format!("/callbacks/{provider}/{channel_key}")
 }

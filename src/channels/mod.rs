@@ -120,7 +120,7 @@ impl Channels {
     pub fn callback_path(&self, channel: &Channel) -> String {
         match self.rules(&channel.provider) {
             Some(rules) => rules.callback_path(&channel.channel_key),
-            None => format!("/callbacks/{}/{}", channel.provider, channel.channel_key),
+            None => config::generic_callback_path(&channel.provider, &channel.channel_key),
         }
     }
 

@@ -196,8 +196,7 @@ struct Received {
 
 async fn receive(state: AppState, provider_name: &str, r: Received) -> Response {
     let source = client_ip::resolve(r.peer.ip(), &r.headers, &state.settings.trusted_proxies);
-    let providers = state.providers.clone();
-    let provider = providers.get(provider_name);
+    let provider = state.providers.get(provider_name);
     let logged_key = validation::loggable(&r.channel_key, LOGGED_KEY_BYTES);
     let span = tracing::info_span!(
         "pingback", otel.kind = "server", provider = provider.map_or("unknown", |p| p.name()),
