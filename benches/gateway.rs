@@ -347,6 +347,8 @@ struct Round {
     generator_cpu: Duration,
     server_cpu: Duration,
     postgres_cpu: Duration,
+    /// Event-log reads by both replicas' tailers during the round.
+    log_reads: f64,
 }
 
 /// CPU counters at a round's start, and the clock.
@@ -377,6 +379,7 @@ impl<'a> Meter<'a> {
             generator_cpu: own_cpu() - self.generator,
             server_cpu: self.server.map_or(Duration::ZERO, Proc::cpu) - self.server_cpu,
             postgres_cpu: postgres_cpu() - self.postgres,
+            log_reads: 0.0,
         }
     }
 }
@@ -443,7 +446,7 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
 
 /// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments, 64 at a time; each must be
 /// answered OK.
-async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
+async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) -> Round {
     let client = connect(&gate.grpc, api_key).await;
     let mut creating = Vec::new();
     for caller in 0..CONCURRENCY {
@@ -465,6 +468,7 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
     }
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let reads_before = log_reads(gates).await;
     let meter = Meter::start(Some(&gate.proc));
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -481,7 +485,23 @@ async fn ingest_round(gate: &Gate, api_key: &str, label: &str) -> Round {
             latencies
         }));
     }
-    meter.finish(tasks).await
+    let mut round = meter.finish(tasks).await;
+    round.log_reads = log_reads(gates).await - reads_before;
+    round
+}
+
+/// `paygate_event_log_reads_total` summed over `gates`.
+async fn log_reads(gates: &[&Gate]) -> f64 {
+    let mut total = 0.0;
+    for gate in gates {
+        let text = reqwest::get(format!("{}/metrics", gate.http)).await.unwrap().text().await.unwrap();
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("paygate_event_log_reads_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    total
 }
 
 /// pgbench's shape: 64 clients, each on its own connection, each running BEGIN; one INSERT;
@@ -683,8 +703,11 @@ fn main() {
 async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let s = setup().await;
-    // `PAYGATE_BENCH_ONLY=streams`: only the stream rows, for iterating on them.
-    let compare = std::env::var("PAYGATE_BENCH_ONLY").as_deref() != Ok("streams");
+    // `PAYGATE_BENCH_ONLY=streams|checkout|ingest`: only those rows, for iterating on them.
+    let only = std::env::var("PAYGATE_BENCH_ONLY").unwrap_or_default();
+    let compare = only != "streams";
+    let (run_checkout, run_ingest) = (compare && only != "ingest", compare && only != "checkout");
+    let streams = only.is_empty() || only == "streams";
     let (bare, bare_grpc) = start_bare(&s.db_url);
     if compare {
         // Warm both (connections, caches, plans) before anything counts.
@@ -695,17 +718,16 @@ async fn bench() {
     let (mut gate_checkout, mut bare_checkout) = (Side::default(), Side::default());
     let (mut gate_ingest, mut floor_ingest) = (Side::default(), Side::default());
     for round in 0..if compare { ROUNDS } else { 0 } {
-        gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
-        bare_checkout.rounds.push(checkout_round(&bare_grpc, &s.api_key, &format!("b{round}"), &bare).await);
-        gate_ingest.rounds.push(ingest_round(&s.a, &s.api_key, &format!("i{round}")).await);
-        floor_ingest.rounds.push(insert_round(&s.db_url).await);
+        if run_checkout {
+            gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
+            bare_checkout.rounds.push(checkout_round(&bare_grpc, &s.api_key, &format!("b{round}"), &bare).await);
+        }
+        if run_ingest {
+            gate_ingest.rounds.push(ingest_round(&s.a, &[&s.a, &s.b], &s.api_key, &format!("i{round}")).await);
+            floor_ingest.rounds.push(insert_round(&s.db_url).await);
+        }
     }
     drop(bare);
-    let same = stream_latency(&s.a, &s.a, &s.api_key, "same").await;
-    let across = stream_latency(&s.a, &s.b, &s.api_key, "across").await;
-    let redis_rtt = redis_round_trip(&s.prefix).await;
-    let (bytes_10k, fan_10k) = fan_out(&s.a, &s.api_key, 10_000, "10k").await;
-
     println!(
         "| measure (64 concurrent callers unless said) | paygate | baseline in the same run | ratio | target | verdict |"
     );
@@ -713,6 +735,33 @@ async fn bench() {
     if compare {
         comparison_rows(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
     }
+    if streams {
+        stream_rows(&s).await;
+    }
+    if compare {
+        cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+    }
+    println!();
+    if compare {
+        println!(
+            "{ROUNDS} interleaved rounds per comparison: checkouts for {} s per round, {PINGBACKS_PER_ROUND} pingbacks per round.",
+            ROUND_TIME.as_secs()
+        );
+    }
+    println!("{LATENCY_SAMPLES} sequential pingbacks per latency row.");
+
+    let Setup { mut admin, name, a, b, .. } = s;
+    drop((a, b));
+    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+}
+
+/// The latency and many-streams rows.
+async fn stream_rows(s: &Setup) {
+    let same = stream_latency(&s.a, &s.a, &s.api_key, "same").await;
+    let across = stream_latency(&s.a, &s.b, &s.api_key, "across").await;
+    let redis_rtt = redis_round_trip(&s.prefix).await;
+    let (bytes_10k, fan_10k) = fan_out(&s.a, &s.api_key, 10_000, "10k").await;
+
     let (same99, across99) = (percentile(&same, 0.99), percentile(&across, 0.99));
     println!(
         "| pingback -> WatchPayments subscriber, same replica, p99 (p50) | {} ({}) | | | < 5 ms | {} |",
@@ -737,30 +786,30 @@ async fn bench() {
         ms(fan_10k),
         verdict(fan_10k < Duration::from_millis(250))
     );
-    if compare {
-        cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
-    }
-    println!();
-    if compare {
-        println!(
-            "{ROUNDS} interleaved rounds per comparison: checkouts for {} s per round, {PINGBACKS_PER_ROUND} pingbacks per round.",
-            ROUND_TIME.as_secs()
-        );
-    }
-    println!("{LATENCY_SAMPLES} sequential pingbacks per latency row.");
-
-    let Setup { mut admin, name, a, b, .. } = s;
-    drop((a, b));
-    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
 }
 
 /// The throughput and p99 rows: paygate against its baselines.
 fn comparison_rows(gate_checkout: &Side, bare_checkout: &Side, gate_ingest: &Side, floor_ingest: &Side) {
     let (gc, bc) = (&gate_checkout, &bare_checkout);
     let (gi, fi) = (&gate_ingest, &floor_ingest);
+    if !gc.rounds.is_empty() {
+        checkout_rows(gc, bc);
+    }
+    if gi.rounds.is_empty() {
+        return;
+    }
+    let ingest_ratio = gi.per_second() / fi.per_second();
+    println!(
+        "| pingback ingest (signed type 0 -> PAID, answered OK) | {:.0}/s | {:.0}/s: one-INSERT transactions, 64 clients | {ingest_ratio:.2} | >= 0.5 | {} |",
+        gi.per_second(),
+        fi.per_second(),
+        verdict(ingest_ratio >= 0.5)
+    );
+}
+
+fn checkout_rows(gc: &Side, bc: &Side) {
     let checkout_ratio = gc.per_second() / bc.per_second();
     let p99_ratio = gc.p99().as_secs_f64() / bc.p99().as_secs_f64();
-    let ingest_ratio = gi.per_second() / fi.per_second();
     println!(
         "| CreateCheckoutSession throughput | {:.0}/s | {:.0}/s: bare tonic server, one INSERT through a sqlx pool of {POOL_SIZE} | {checkout_ratio:.2} | >= 0.8 | {} |",
         gc.per_second(),
@@ -772,12 +821,6 @@ fn comparison_rows(gate_checkout: &Side, bare_checkout: &Side, gate_ingest: &Sid
         ms(gc.p99()),
         ms(bc.p99()),
         verdict(p99_ratio <= 1.25)
-    );
-    println!(
-        "| pingback ingest (signed type 0 -> PAID, answered OK) | {:.0}/s | {:.0}/s: one-INSERT transactions, 64 clients | {ingest_ratio:.2} | >= 0.5 | {} |",
-        gi.per_second(),
-        fi.per_second(),
-        verdict(ingest_ratio >= 0.5)
     );
 }
 
@@ -806,4 +849,7 @@ fn cpu_table(gc: &Side, bc: &Side, gi: &Side, fi: &Side) {
         gi.per_request(|r| r.postgres_cpu),
         fi.per_request(|r| r.postgres_cpu)
     );
+    let reads: f64 = gi.rounds.iter().map(|r| r.log_reads).sum();
+    let count: usize = gi.rounds.iter().map(|r| r.count).sum();
+    println!("| event-log reads per pingback (both replicas' tailers) | | | {:.2} | |", reads / count.max(1) as f64);
 }

@@ -69,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             STATE["received"].append({
                 "webhook_id": headers["webhook-id"],
                 "type": verified.get("type"),
+                "event_id": (verified.get("data") or {}).get("event_id"),
                 "payment_id": ((verified.get("data") or {}).get("payment") or {}).get("payment_id"),
                 "status": ((verified.get("data") or {}).get("payment") or {}).get("status"),
             })

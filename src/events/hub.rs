@@ -241,6 +241,7 @@ impl Hub {
         loop {
             let position = self.lock().position;
             let (events, held_back) = log::read_after(db, position, 500).await?;
+            metrics::counter!("paygate_event_log_reads_total").increment(1);
             if !events.is_empty() {
                 let now = now_ms();
                 for event in &events {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::{Payment, PaymentError};
-use crate::store::{Db, StoreError, UnixMs};
+use crate::store::{AnyQuery, Db, StoreError, UnixMs};
 
 /// Where an event sits in the log: ordered by the writing transaction, then by id. Shown to
 /// clients as `"<txid>-<id>"`, the cursor they resume after.
@@ -140,21 +140,51 @@ pub async fn append(
     kind: EventKind,
     detail: Option<&EventDetail>,
 ) -> Result<Position, StoreError> {
+    let sql = format!("INSERT INTO payment_events {} RETURNING event_id, txid", insert_values(1));
+    let row = bind_event(sqlx::query(&sql), payment, kind, detail)?.fetch_one(&mut *conn).await?;
+    position_of(&row)
+}
+
+/// The position a statement that appended an event returned (`RETURNING event_id, txid`).
+pub fn position_of(row: &sqlx::any::AnyRow) -> Result<Position, StoreError> {
+    use sqlx::FromRow;
+    Ok(PositionRow::from_row(row)?.into())
+}
+
+/// The event row's columns and `VALUES` with parameters from `$first` to `$first + 6`, bound by
+/// `bind_event`; also `SELECT`-able (`insert_select`) for a statement that appends only if an
+/// earlier write in it happened.
+pub fn insert_values(first: usize) -> String {
+    format!("{INSERT_COLUMNS} VALUES ({})", placeholders(first))
+}
+
+/// As `insert_values`, reading one row per row of `source`.
+pub fn insert_select(first: usize, source: &str) -> String {
+    format!("{INSERT_COLUMNS} SELECT {} FROM {source}", placeholders(first))
+}
+
+const INSERT_COLUMNS: &str = "(payment_id, merchant_id, kind, status, snapshot, detail, created_at)";
+
+fn placeholders(first: usize) -> String {
+    (first..first + 7).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Binds the event of `payment` becoming what it is, as `insert_values` numbers it.
+pub fn bind_event<'q>(
+    query: AnyQuery<'q>,
+    payment: &Payment,
+    kind: EventKind,
+    detail: Option<&EventDetail>,
+) -> Result<AnyQuery<'q>, StoreError> {
     let snapshot = serde_json::to_string(payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let row = sqlx::query_as::<_, PositionRow>(
-        "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, detail, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING event_id, txid",
-    )
-    .bind(&payment.payment_id)
-    .bind(&payment.merchant_id)
-    .bind(kind.as_str())
-    .bind(payment.status.as_str())
-    .bind(snapshot)
-    .bind(detail.map(|d| d.value().to_string()))
-    .bind(UnixMs::now())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.into())
+    Ok(query
+        .bind(payment.payment_id.clone())
+        .bind(payment.merchant_id.clone())
+        .bind(kind.as_str())
+        .bind(payment.status.as_str())
+        .bind(snapshot)
+        .bind(detail.map(|d| d.value().to_string()))
+        .bind(UnixMs::now()))
 }
 
 const COLUMNS: &str = "event_id, txid, kind, snapshot, detail, created_at";

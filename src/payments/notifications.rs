@@ -3,7 +3,7 @@
 //! provider's unique id `(channel, ref, type[, UNIQUE_REF])`. The caller answers the provider only
 //! after this returns, so an acknowledged notification is always committed.
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 
 use super::{
     Payment, PaymentError, PaymentOutcome, PaymentStatus,
@@ -14,7 +14,7 @@ use super::{
     status::next_status,
     subscriptions::{self, Subscription, SubscriptionEnd},
 };
-use crate::store::{Db, StoreError, now_ms};
+use crate::store::{Backend, Db, StoreError, now_ms};
 
 /// A verified notification as received, for the raw log.
 #[derive(Debug, Clone)]
@@ -119,12 +119,12 @@ const OUTCOME_UNMATCHED: &str = "unmatched";
 /// nothing is lost) and reported as an error, so the provider retries it.
 pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    let seen = record_delivery(&mut tx, raw, &notice.payment_id).await?;
+    let (seen, payment) = record_delivery(&mut tx, raw, &notice.payment_id).await?;
     if seen == Seen::Applied {
         tx.commit().await?;
         return Ok(Applied::Duplicate);
     }
-    let result = apply(&mut tx, &raw.channel_key, notice).await;
+    let result = apply(&mut tx, &raw.channel_key, notice, payment).await;
     match &result {
         Ok(_) if seen == Seen::Again => mark(&mut tx, raw, OUTCOME_APPLIED).await?,
         Ok(_) => {}
@@ -157,7 +157,8 @@ async fn mark(conn: &mut AnyConnection, raw: &RawNotification, outcome: &str) ->
 /// Applies what paygate learned by asking the provider (no raw notification to keep).
 pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    let result = apply(&mut tx, channel_key, notice).await?;
+    let payment = repo::get_in_tx(&mut tx, &notice.payment_id).await?;
+    let result = apply(&mut tx, channel_key, notice, payment).await?;
     tx.commit().await?;
     if matches!(result, Applied::Changed { .. }) {
         db.signal_commit();
@@ -173,49 +174,61 @@ enum Seen {
     Applied,
 }
 
-/// Inserts the raw row or counts a repeat delivery.
+/// Inserts the raw row (or counts a repeat delivery) and reads the payment it names: one
+/// statement on PostgreSQL, two on SQLite.
 async fn record_delivery(
     conn: &mut AnyConnection,
     raw: &RawNotification,
     payment_id: &str,
-) -> Result<Seen, NotificationError> {
-    let now = now_ms();
+) -> Result<(Seen, Option<Payment>), NotificationError> {
+    let pingback_id = format!("pb_{}", ulid::Ulid::new());
     // Written as applied: if applying fails, the transaction rolls back (or marks it unmatched).
-    let inserted = sqlx::query(
-        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
+    let upsert = "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
          received_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, 'applied', $7, $8, $8) \
-         ON CONFLICT (channel_key, ref, type, unique_ref) DO NOTHING",
-    )
-    .bind(format!("pb_{}", ulid::Ulid::new()))
-    .bind(&raw.channel_key)
-    .bind(&raw.provider_ref)
-    .bind(raw.kind)
-    .bind(&raw.unique_ref)
-    .bind(&raw.query)
-    .bind(payment_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Seen::New);
-    }
-    let outcome = sqlx::query_scalar::<_, String>(
-        "UPDATE pingbacks SET deliveries = deliveries + 1, last_seen_at = $1 \
-         WHERE channel_key = $2 AND ref = $3 AND type = $4 AND unique_ref = $5 RETURNING outcome",
-    )
-    .bind(now)
-    .bind(&raw.channel_key)
-    .bind(&raw.provider_ref)
-    .bind(raw.kind)
-    .bind(&raw.unique_ref)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(if outcome == OUTCOME_APPLIED { Seen::Applied } else { Seen::Again })
+         ON CONFLICT (channel_key, ref, type, unique_ref) \
+         DO UPDATE SET deliveries = pingbacks.deliveries + 1, last_seen_at = excluded.last_seen_at \
+         RETURNING pingback_id, outcome";
+    let joined = Backend::of(conn).writes_in_ctes();
+    let sql = match joined {
+        true => format!(
+            "WITH seen AS ({upsert}) SELECT seen.pingback_id, seen.outcome, {} \
+             FROM seen LEFT JOIN payments ON payments.payment_id = $7",
+            repo::COLUMNS
+        ),
+        false => upsert.to_owned(),
+    };
+    let row = sqlx::query(&sql)
+        .bind(&pingback_id)
+        .bind(&raw.channel_key)
+        .bind(&raw.provider_ref)
+        .bind(raw.kind)
+        .bind(&raw.unique_ref)
+        .bind(&raw.query)
+        .bind(payment_id)
+        .bind(now_ms())
+        .fetch_one(&mut *conn)
+        .await?;
+    let (stored_id, outcome): (String, String) = (row.try_get("pingback_id")?, row.try_get("outcome")?);
+    let seen = match () {
+        _ if stored_id == pingback_id => Seen::New,
+        _ if outcome == OUTCOME_APPLIED => Seen::Applied,
+        _ => Seen::Again,
+    };
+    let payment = match joined {
+        true => repo::joined_payment(&row)?,
+        false => repo::get_in_tx(conn, payment_id).await?,
+    };
+    Ok((seen, payment))
 }
 
-async fn apply(conn: &mut AnyConnection, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
-    let (current, subscription, open) = read(conn, channel_key, notice).await?;
+/// Applies `notice` to `payment` (as read in this transaction: the one it names, if any).
+async fn apply(
+    conn: &mut AnyConnection,
+    channel_key: &str,
+    notice: &Notice,
+    payment: Option<Payment>,
+) -> Result<Applied, NotificationError> {
+    let (current, subscription, open) = read(conn, channel_key, notice, payment).await?;
     let decision = decide(&current, subscription.as_ref(), &open, notice, now_ms())?;
     write(conn, decision).await
 }
@@ -226,8 +239,9 @@ async fn read(
     conn: &mut AnyConnection,
     channel_key: &str,
     notice: &Notice,
+    payment: Option<Payment>,
 ) -> Result<(Payment, Option<Subscription>, Vec<Cancellation>), NotificationError> {
-    let mut current = match repo::get_in_tx(conn, &notice.payment_id).await? {
+    let mut current = match payment {
         // A notification signed with one channel's secret may only touch that channel's payments.
         Some(payment) if payment.channel_key == channel_key => payment,
         _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
@@ -430,10 +444,10 @@ async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, 
     let (payment, kind, detail) = match decision {
         Decision::Unchanged => return Ok(Applied::Unchanged),
         Decision::Settle { next, kind, subscription } => {
-            if !repo::update(conn, &next).await? {
-                return Err(NotificationError::Concurrent);
-            }
-            (next, kind, write_subscription(conn, subscription).await?)
+            let detail = write_subscription(conn, subscription).await?;
+            let moved = super::record_update(conn, &next, kind, detail.as_ref()).await?;
+            let event_id = moved.ok_or(NotificationError::Concurrent)?;
+            return Ok(Applied::Changed { payment: Box::new(next), event_id });
         }
         Decision::Renew { mut payment, kind, subscription } => {
             // Only a payment stored before the namespace existed can hold the name: never fail over it.

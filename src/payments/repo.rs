@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Any, AnyConnection, query::Query};
+use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
 use super::{Payment, PaymentError, PaymentStatus, money::MinorUnits};
-use crate::store::{Db, Flag, StoreError, UnixMs};
+use crate::store::{AnyQuery, Db, Flag, StoreError, UnixMs};
 
-const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
+pub(super) const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
     order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
     country_code, language, custom_params, status, provider_ref, is_test, redirect_url, subscription_id, \
     cancelled_amount, pending_cancel_amount, version, created_at, updated_at, paid_at, failed_at, cancelled_at";
@@ -155,27 +155,39 @@ pub async fn find_by_provider_ref(
 /// Writes `p` (already at its next version) only if the row is still at the version before: a
 /// compare-and-set that works the same on both backends. False when someone else wrote first.
 pub async fn update(conn: &mut AnyConnection, p: &Payment) -> Result<bool, PaymentError> {
-    let done = sqlx::query(
-        "UPDATE payments SET status = $1, provider_ref = $2, is_test = $3, subscription_id = $4, cancelled_amount = $5, \
-         pending_cancel_amount = $6, version = $7, updated_at = $8, paid_at = $9, failed_at = $10, cancelled_at = $11 \
-         WHERE payment_id = $12 AND version = $13",
-    )
-    .bind(p.status.as_str())
-    .bind(&p.provider_ref)
-    .bind(Flag(p.test))
-    .bind(&p.subscription_id)
-    .bind(MinorUnits(p.cancelled_amount))
-    .bind(MinorUnits(p.pending_cancel_amount))
-    .bind(p.version)
-    .bind(UnixMs(p.updated_at))
-    .bind(p.paid_at.map(UnixMs))
-    .bind(p.failed_at.map(UnixMs))
-    .bind(p.cancelled_at.map(UnixMs))
-    .bind(&p.payment_id)
-    .bind(p.version - 1)
-    .execute(conn)
-    .await?;
+    let done = bind_update(sqlx::query(&format!("UPDATE payments SET {UPDATE_SET}")), p).execute(conn).await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The compare-and-set's `SET ... WHERE`, parameters `$1` to `$13` (bound by `bind_update`).
+pub(super) const UPDATE_SET: &str = "status = $1, provider_ref = $2, is_test = $3, subscription_id = $4, \
+    cancelled_amount = $5, pending_cancel_amount = $6, version = $7, updated_at = $8, paid_at = $9, failed_at = $10, \
+    cancelled_at = $11 WHERE payment_id = $12 AND version = $13";
+
+pub(super) fn bind_update<'q>(query: AnyQuery<'q>, p: &Payment) -> AnyQuery<'q> {
+    query
+        .bind(p.status.as_str())
+        .bind(p.provider_ref.clone())
+        .bind(Flag(p.test))
+        .bind(p.subscription_id.clone())
+        .bind(MinorUnits(p.cancelled_amount))
+        .bind(MinorUnits(p.pending_cancel_amount))
+        .bind(p.version)
+        .bind(UnixMs(p.updated_at))
+        .bind(p.paid_at.map(UnixMs))
+        .bind(p.failed_at.map(UnixMs))
+        .bind(p.cancelled_at.map(UnixMs))
+        .bind(p.payment_id.clone())
+        .bind(p.version - 1)
+}
+
+/// The payment of a row that read `COLUMNS` through an outer join: none when the join found no row.
+pub(super) fn joined_payment(row: &AnyRow) -> Result<Option<Payment>, PaymentError> {
+    use sqlx::{FromRow, Row};
+    if row.try_get::<Option<String>, _>("payment_id")?.is_none() {
+        return Ok(None);
+    }
+    Payment::try_from(PaymentRow::from_row(row)?).map(Some)
 }
 
 #[derive(Debug, Default, Clone)]

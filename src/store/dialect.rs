@@ -46,6 +46,18 @@ impl Backend {
         Ok(options.connect(url).await?)
     }
 
+    /// The backend a connection talks to.
+    pub fn of(conn: &sqlx::AnyConnection) -> Self {
+        if conn.backend_name() == "SQLite" { Self::Sqlite } else { Self::Postgres }
+    }
+
+    /// PostgreSQL runs INSERT and UPDATE inside `WITH`, so one statement can make several writes:
+    /// one round trip instead of several on the hot paths. SQLite cannot (and its round trips are
+    /// function calls).
+    pub fn writes_in_ctes(self) -> bool {
+        self == Self::Postgres
+    }
+
     pub fn migrator(self) -> &'static Migrator {
         match self {
             Self::Postgres => &POSTGRES_MIGRATIONS,

@@ -13,6 +13,9 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use dialect::Backend;
 pub use types::{Flag, UnixMs};
 
+/// A query on either backend, as the helpers that bind a table's columns take and return it.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or did not answer in time; the caller may retry.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::{WebhookError, endpoints};
-use crate::store::{Db, UnixMs, now_ms};
+use crate::store::{AnyQuery, Db, UnixMs, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -63,9 +63,9 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// Queues the webhook announcing an event of `merchant_id`'s payment, if the merchant (or its
-/// parent) has an endpoint that wants `event_type`. Runs inside the event's transaction. The
-/// outbox does not know payments: `data` is the webhook's `data` object as the caller built it.
+/// Queues the webhook announcing an event of `merchant_id`'s payment, if the merchant has an
+/// endpoint that wants `event_type`. Runs inside the event's transaction. The outbox does not know
+/// payments: `data` is the webhook's `data` object as the caller built it.
 pub async fn enqueue(
     conn: &mut AnyConnection,
     merchant_id: &str,
@@ -74,30 +74,77 @@ pub async fn enqueue(
     data: serde_json::Value,
 ) -> Result<(), WebhookError> {
     let now = now_ms();
-    let payload = serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data });
-    // One statement whether or not the merchant has an endpoint that wants this type: most
-    // payments' merchants have none, and this runs inside every pingback's transaction. The type
-    // filter matches how `endpoints::upsert` stores `event_types` (a compact JSON array of known
-    // types and `payment.*` / `subscription.*`); `Endpoint::wants` is the same rule in Rust.
-    let family = event_type.split_once('.').map_or(String::new(), |(family, _)| format!("{family}.*"));
-    sqlx::query(
+    let payload = payload(event_type, data, now).to_string();
+    let sql = queue_sql(1, "$8", "");
+    let queued = Queued { merchant_id, payment_id, event_type, now };
+    bind_queued(sqlx::query(&sql), &queued).bind(payload).execute(conn).await?;
+    Ok(())
+}
+
+/// A webhook's body: `{type, timestamp, data}`.
+fn payload(event_type: &str, data: serde_json::Value, now: i64) -> serde_json::Value {
+    serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data })
+}
+
+/// The body of the webhook for an event whose id the database assigns in the statement that
+/// queues it: the text before the id and the text after it. `data` is as for `enqueue`, without
+/// `event_id`.
+pub fn payload_around_event_id(event_type: &str, mut data: serde_json::Value, now: i64) -> (String, String) {
+    // A control character serializes escaped (`\u0001`), so the quoted marker can only be the
+    // value written here; `event_id` sorts before every key that carries merchant text.
+    const MARKER: &str = "\u{1}event_id\u{1}";
+    data["event_id"] = MARKER.into();
+    let text = payload(event_type, data, now).to_string();
+    let marker = serde_json::to_string(MARKER).unwrap_or_default();
+    let hole = text.find(&marker).unwrap_or(text.len());
+    let (head, tail) = text.split_at(hole);
+    (format!("{head}\""), format!("\"{}", tail.get(marker.len()..).unwrap_or_default()))
+}
+
+/// What a queued delivery row needs besides its payload.
+pub struct Queued<'a> {
+    pub merchant_id: &'a str,
+    pub payment_id: &'a str,
+    pub event_type: &'a str,
+    pub now: i64,
+}
+
+/// `INSERT ... SELECT` of the delivery row over the merchant's endpoint, which writes nothing when
+/// the merchant has no endpoint that wants the type. One statement either way: most merchants have
+/// none, and this runs inside every pingback's transaction. Its own parameters are `$first` to
+/// `$first + 6` (bound by `bind_queued`); `payload` is an SQL expression for the body text, and
+/// `from` adds tables it reads (", event"). The type filter matches how `endpoints::upsert` stores
+/// `event_types` (a compact JSON array of known types and `payment.*` / `subscription.*`);
+/// `Endpoint::wants` is the same rule in Rust.
+pub fn queue_sql(first: usize, payload: &str, from: &str) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    format!(
         "INSERT INTO webhook_deliveries (delivery_id, merchant_id, payment_id, event_type, payload, status, \
          next_attempt_at, created_at) \
-         SELECT $1, merchant_id, $2, $3, $4, 'PENDING', $5, $5 FROM webhook_endpoints \
-         WHERE merchant_id = $6 AND disabled_at IS NULL \
-         AND (event_types = '[]' OR event_types LIKE $7 OR event_types LIKE $8)",
+         SELECT {}, webhook_endpoints.merchant_id, {}, {}, {payload}, 'PENDING', {}, {} FROM webhook_endpoints{from} \
+         WHERE webhook_endpoints.merchant_id = {} AND disabled_at IS NULL \
+         AND (event_types = '[]' OR event_types LIKE {} OR event_types LIKE {})",
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(3),
+        p(4),
+        p(5),
+        p(6)
     )
-    .bind(format!("msg_{}", ulid::Ulid::new()))
-    .bind(payment_id)
-    .bind(event_type)
-    .bind(payload.to_string())
-    .bind(now)
-    .bind(merchant_id)
-    .bind(format!("%\"{event_type}\"%"))
-    .bind(format!("%\"{family}\"%"))
-    .execute(conn)
-    .await?;
-    Ok(())
+}
+
+pub fn bind_queued<'q>(query: AnyQuery<'q>, q: &Queued<'_>) -> AnyQuery<'q> {
+    let family = q.event_type.split_once('.').map_or(String::new(), |(family, _)| format!("{family}.*"));
+    query
+        .bind(format!("msg_{}", ulid::Ulid::new()))
+        .bind(q.payment_id.to_owned())
+        .bind(q.event_type.to_owned())
+        .bind(q.now)
+        .bind(q.merchant_id.to_owned())
+        .bind(format!("%\"{}\"%", q.event_type))
+        .bind(format!("%\"{family}\"%"))
 }
 
 async fn insert(
@@ -364,5 +411,24 @@ impl TryFrom<DeliveryRow> for Delivery {
             created_at: row.created_at.into(),
             finished_at: row.finished_at.map(i64::from),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_goes_where_event_id_is_and_nowhere_else() {
+        // Merchant text that looks like the hole, in a field sorted before and after `event_id`.
+        let data = serde_json::json!({
+            "cancellation": { "reason": "\"event_id\":\"x\"" },
+            "payment": { "order_name": "\u{1}event_id\u{1}", "payment_id": "pay_1" },
+        });
+        let (head, tail) = payload_around_event_id("payment.paid", data.clone(), 0);
+        let body: serde_json::Value = serde_json::from_str(&format!("{head}17-42{tail}")).expect("JSON");
+        let mut expected = payload("payment.paid", data, 0);
+        expected["data"]["event_id"] = "17-42".into();
+        assert_eq!(body, expected);
     }
 }

@@ -116,6 +116,22 @@ async fn a_paid_then_refunded_payment_sends_signed_webhooks_in_order() {
     assert_eq!(of(&payment_id), ["payment.paid"]);
     assert_eq!(of(&session.payment_id), ["payment.paid", "payment.cancel_pending", "payment.cancelled"], "in order");
     assert_eq!(receiver.received().await["invalid"], 0, "every signature verified");
+    // Each webhook names its event as the log does (the id is assigned in the statement that queues it).
+    let logged = payments
+        .list_payment_events(pb::ListPaymentEventsRequest {
+            payment_id: session.payment_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let logged: Vec<String> = logged.events.iter().map(|e| e.event_id.clone()).collect();
+    let announced: Vec<String> = received
+        .iter()
+        .filter(|r| r["payment_id"] == session.payment_id.as_str())
+        .map(|r| r["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(announced, logged, "the webhooks' event ids are the log's");
 
     // A test send, and a secret rotation: a receiver still on the old secret keeps verifying.
     let test = hooks.send_test_webhook(pb::SendTestWebhookRequest {}).await.unwrap().into_inner();
