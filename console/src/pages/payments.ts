@@ -131,19 +131,19 @@ export function renderLive(main: HTMLElement): () => void {
   const box = alertBox();
   const body = h("tbody", {});
   const rows = new Map<string, HTMLTableRowElement>();
-  const upsert = (p: Payment, fresh: boolean) => {
+  const upsert = (p: Payment, fresh: boolean, highlight = fresh) => {
     const tr = h("tr", { "data-payment-id": p.paymentId }, paymentRow(p).map((c, i) => h("td", { "data-label": HEAD[i] }, c)));
     const old = rows.get(p.paymentId);
     if (old && !fresh) return; // the stream's copy is newer than the list's
     if (old) old.replaceWith(tr);
     else body.prepend(tr);
     rows.set(p.paymentId, tr);
-    if (fresh) tr.classList.add("changed");
+    if (highlight) tr.classList.add("changed");
   };
   fill(
     main,
     h("h1", {}, "Live payments"),
-    h("p", {}, "New payments and status changes appear here as they happen, without reloading."),
+    h("p", {}, "Status changes appear here as they happen, and new checkouts within a few seconds, without reloading."),
     state,
     box,
     h(
@@ -166,11 +166,22 @@ export function renderLive(main: HTMLElement): () => void {
     },
     liveState(state, box),
   );
-  payments
-    .listPayments({ pageSize: 50 })
-    .then((res) => [...res.payments].reverse().forEach((p) => upsert(p, false)))
-    .catch((err) => showError(box, err));
-  return stop;
+  // The stream carries changes; a new checkout is no change yet (it is READY until paid), so the
+  // newest page is read again every few seconds for payments not on screen. Rows already shown
+  // change only through the stream.
+  const fresh = (first: boolean) =>
+    payments
+      .listPayments({ pageSize: first ? 50 : 20 })
+      .then((res) => [...res.payments].reverse().forEach((p) => upsert(p, false, !first)))
+      .catch((err) => showError(box, err));
+  void fresh(true);
+  const poll = setInterval(() => {
+    if (document.visibilityState === "visible") void fresh(false);
+  }, 3000);
+  return () => {
+    clearInterval(poll);
+    stop();
+  };
 }
 
 export function renderPayment(main: HTMLElement, paymentId: string): () => void {
