@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn leaves_other_paths_to_the_grpc_services() {
-        for path in ["/paygate.v1.PaymentService/GetPayment", "/", "/consoles", "/console.js", "/grpc.health.v1.Health/Check"]
+        for path in
+            ["/paygate.v1.PaymentService/GetPayment", "/", "/consoles", "/console.js", "/grpc.health.v1.Health/Check"]
         {
             assert!(answer(&Method::POST, path).is_none(), "{path}");
             assert!(answer(&Method::GET, path).is_none(), "{path}");

@@ -92,7 +92,7 @@ test("a client token watches its payment reach PAID from another origin, and may
   assert.equal(expired.code, "Unauthenticated", expired.message);
   assert.match(expired.message, /expired/);
   await page.evaluate(() => (window as unknown as { probe: { watch: () => Promise<void> } }).probe.watch());
-  await page.getByText(/stream ended: Unauthenticated/).waitFor();
+  await page.getByText(/stream ended: Unauthenticated/).first().waitFor();
   await shot(page, "d3-shop-token-expired");
   await page.context().close();
 });
