@@ -91,8 +91,12 @@ test("a client token watches its payment reach PAID from another origin, and may
   const expired = await probe(page, "getOwn");
   assert.equal(expired.code, "Unauthenticated", expired.message);
   assert.match(expired.message, /expired/);
+  // The stream opened while it was good ends at its expiry, and a new one is refused.
+  const ended = page.getByText(/stream ended: Unauthenticated/);
+  await ended.first().waitFor();
   await page.evaluate(() => (window as unknown as { probe: { watch: () => Promise<void> } }).probe.watch());
-  await page.getByText(/stream ended: Unauthenticated/).first().waitFor();
+  await page.waitForFunction(() => document.querySelectorAll("#log li").length >= 4);
+  assert.equal(await ended.count(), 2);
   await shot(page, "d3-shop-token-expired");
   await page.context().close();
 });

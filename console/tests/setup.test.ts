@@ -50,8 +50,11 @@ test("a refused credential is said in words, and the console is served with its 
   for (const path of ["/console/../Cargo.toml", "/console/%2e%2e/Cargo.toml", "/console/..%2fsrc%2fmain.rs"]) {
     assert.equal(await rawStatus(pg.grpc, path), 404, path);
   }
-  await page.getByLabel("API key or admin token").fill("pgk_notakeynotakeynotakeynotakeynot");
-  await page.getByRole("button", { name: "Sign in" }).click();
+  // Keyboard only: the credential field has the focus, Tab reaches the merchant field, Enter submits.
+  await page.keyboard.type("pgk_notakeynotakeynotakeynotakeynot");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("name")), "merchant_id");
+  await page.keyboard.press("Enter");
   const alert = page.getByRole("alert").filter({ hasText: "not accepted" });
   await alert.waitFor();
   assert.doesNotMatch(await alert.innerText(), /\bcode\b|\b16\b|UNAUTHENTICATED/);

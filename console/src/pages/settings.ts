@@ -13,12 +13,14 @@ export function renderSettings(main: HTMLElement): void {
   const keys = h("section", { "aria-labelledby": "keys-title" });
   const audit = h("section", { "aria-labelledby": "audit-title" });
   fill(main, h("h1", {}, "Settings"), allowlist, keys, audit);
-  void drawAllowlist(allowlist, merchantId);
-  void drawKeys(keys, merchantId);
+  // Every change is audited: the trail is read again after each one.
+  const changed = () => void drawAudit(audit, merchantId);
+  void drawAllowlist(allowlist, merchantId, changed);
+  void drawKeys(keys, merchantId, changed);
   void drawAudit(audit, merchantId);
 }
 
-async function drawAllowlist(section: HTMLElement, merchantId: string): Promise<void> {
+async function drawAllowlist(section: HTMLElement, merchantId: string, changed: () => void): Promise<void> {
   const box = alertBox();
   let list: ApiAllowlist | undefined;
   try {
@@ -31,7 +33,8 @@ async function drawAllowlist(section: HTMLElement, merchantId: string): Promise<
     clear(box, form);
     try {
       await merchants.setApiAllowlist({ merchantId, cidrBlocks: next });
-      await drawAllowlist(section, merchantId);
+      changed();
+      await drawAllowlist(section, merchantId, changed);
       const notice = section.querySelector<HTMLElement>("[role=alert]");
       if (notice) showOk(notice, next.length ? "Allowlist saved." : "Allowlist cleared: keys work from any address.");
     } catch (err) {
@@ -89,7 +92,7 @@ async function drawAllowlist(section: HTMLElement, merchantId: string): Promise<
   );
 }
 
-async function drawKeys(section: HTMLElement, merchantId: string, shown?: HTMLElement): Promise<void> {
+async function drawKeys(section: HTMLElement, merchantId: string, changed: () => void, shown?: HTMLElement): Promise<void> {
   const box = alertBox();
   let keys: ApiKey[] = [];
   try {
@@ -122,7 +125,8 @@ async function drawKeys(section: HTMLElement, merchantId: string, shown?: HTMLEl
         h("p", {}, h("strong", {}, `Key "${made.key?.name}" created (${made.key?.keyId}). Copy it now; it is shown this once:`)),
         h("p", {}, h("code", { class: "secret", "data-secret": "api-key" }, made.apiKey)),
       );
-      await drawKeys(section, merchantId, once);
+      changed();
+      await drawKeys(section, merchantId, changed, once);
     } catch (err) {
       showError(box, err, form);
     }
@@ -135,7 +139,8 @@ async function drawKeys(section: HTMLElement, merchantId: string, shown?: HTMLEl
         if (!ok) return;
         try {
           await merchants.revokeApiKey({ keyId: k.keyId });
-          await drawKeys(section, merchantId);
+          changed();
+          await drawKeys(section, merchantId, changed);
         } catch (err) {
           showError(box, err);
         }
