@@ -307,6 +307,8 @@ fn grpc_server(
         .concurrency_limit_per_connection(s.grpc_max_in_flight_per_connection.max(1))
         .layer(
             tower::ServiceBuilder::new()
+                // The console's pages first: they are neither gRPC nor authenticated.
+                .layer(crate::console::ConsoleLayer)
                 .option_layer(cors)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .layer(api::metrics::MetricsLayer)

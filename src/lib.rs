@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod channels;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod ingest;
