@@ -162,7 +162,11 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::CheckoutSession>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
+        // Only a retried request is compared with the first (by its idempotency key).
+        let request_hash = match r.idempotency_key.is_empty() {
+            true => String::new(),
+            false => fingerprint(&r, |m| m.idempotency_key.clear()),
+        };
         let req = CheckoutRequest {
             channel_key: r.channel_key,
             merchant_uid: r.merchant_uid,
