@@ -22,6 +22,9 @@ pub struct WatchArgs {
     /// Only these merchant order ids (repeatable).
     #[arg(long = "merchant-uid")]
     merchant_uids: Vec<String>,
+    /// Only these subscriptions' payments (repeatable); their current state is printed first.
+    #[arg(long = "subscription-id")]
+    subscription_ids: Vec<String>,
     /// Start after this event id.
     #[arg(long)]
     resume_after: Option<String>,
@@ -107,6 +110,7 @@ async fn follow(
         merchant_uids: args.merchant_uids.clone(),
         statuses: vec![],
         resume_after: cursor.clone().unwrap_or_default(),
+        subscription_ids: args.subscription_ids.clone(),
     });
     request.metadata_mut().insert("authorization", bearer.clone());
     let mut stream = PaymentServiceClient::new(channel).watch_payments(request).await.map_err(ended)?.into_inner();

@@ -12,7 +12,7 @@ use super::{
     refunds::{self, ReversalEffect},
     repo,
     status::next_status,
-    subscriptions::{self, Subscription, SubscriptionEnd},
+    subscriptions::{self, Subscription, SubscriptionEnd, SubscriptionStatus},
 };
 use crate::store::{Db, StoreError, now_ms};
 
@@ -73,8 +73,9 @@ pub struct Notice {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// A payment moved (or a renewal payment was made); the event records it.
-    Changed { payment: Box<Payment>, event_id: i64 },
+    /// A payment moved (or a renewal payment was made); the event records it. `renewed_after_end`:
+    /// the payment renews a subscription that had already ended so (counted after the commit).
+    Changed { payment: Box<Payment>, event_id: i64, renewed_after_end: Option<SubscriptionStatus> },
     /// A valid notification that changes nothing (late or replayed after the payment moved on).
     Unchanged,
     /// The same notification was applied before.
@@ -135,7 +136,16 @@ pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<A
     if matches!(result, Ok(Applied::Changed { .. })) {
         db.signal_commit();
     }
+    if let Ok(Applied::Changed { renewed_after_end: Some(status), .. }) = &result {
+        count_renewal_after_end(*status);
+    }
     result
+}
+
+/// Money after a subscription ended needs a person: counted for alerting (the subscription keeps
+/// the durable count).
+fn count_renewal_after_end(status: SubscriptionStatus) {
+    metrics::counter!("paygate_subscription_renewals_after_end_total", "status" => status.as_str()).increment(1);
 }
 
 /// Sets the outcome of a stored notification (unmatched: kept for the record and the provider's
@@ -420,13 +430,17 @@ fn renewal(
         if sub.status.is_final() {
             tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
         }
-        SubscriptionChange { before: sub.clone(), after: subscriptions::renewed(sub, now) }
+        SubscriptionChange { before: sub.clone(), after: subscriptions::renewed(sub, &payment.payment_id, now) }
     });
     Ok(Decision::Renew { payment, kind: outcome.event_kind(), subscription })
 }
 
 /// Carries out a decision in the caller's transaction, with its event and outbox rows.
 async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, NotificationError> {
+    let renewed_after_end = match &decision {
+        Decision::Renew { subscription: Some(change), .. } => subscriptions::renewal_after_end(&change.before),
+        _ => None,
+    };
     let (payment, kind, detail) = match decision {
         Decision::Unchanged => return Ok(Applied::Unchanged),
         Decision::Settle { next, kind, subscription } => {
@@ -452,7 +466,7 @@ async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, 
         }
     };
     let event_id = super::record(conn, &payment, kind, detail.as_ref()).await?;
-    Ok(Applied::Changed { payment: Box::new(payment), event_id })
+    Ok(Applied::Changed { payment: Box::new(payment), event_id, renewed_after_end })
 }
 
 /// Writes a subscription change (compare-and-set); the event then carries the subscription.
