@@ -119,6 +119,10 @@ async fn follow(
     while let Some(event) = stream.message().await.map_err(ended)? {
         let payment = event.payment.unwrap_or_default();
         let status = pb::PaymentStatus::try_from(payment.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+        // Set when the event changed a subscription (or is its snapshot).
+        let subscription_status = event
+            .subscription
+            .map(|s| pb::SubscriptionStatus::try_from(s.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"));
         println!(
             "{}",
             serde_json::json!({
@@ -129,6 +133,8 @@ async fn follow(
                 "merchant_uid": payment.merchant_uid,
                 "status": status,
                 "provider_ref": payment.provider_ref,
+                "subscription_id": payment.subscription_id,
+                "subscription_status": subscription_status,
             })
         );
         // A snapshot's id is the log position it was taken at: resuming after it misses nothing.

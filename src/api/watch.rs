@@ -59,19 +59,8 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
     }
 }
 
-/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
-/// token's expiry); the stream ends then, with or without an event.
-/// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
-const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
-
-pub async fn watch(
-    db: Db,
-    hub: &Arc<Hub>,
-    keys: KeyCache,
-    caller: Caller,
-    expires_at: Option<i64>,
-    r: pb::WatchPaymentsRequest,
-) -> Result<EventStream, Status> {
+/// A WatchPaymentsRequest checked: its cursor and its filter.
+fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option<Position>, Filter), Status> {
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
     let mut statuses = std::collections::HashSet::new();
@@ -104,6 +93,23 @@ pub async fn watch(
         statuses,
         subscription_ids: r.subscription_ids.iter().cloned().collect(),
     };
+    Ok((resume_after, filter))
+}
+
+/// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
+const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
+
+/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
+/// token's expiry); the stream ends then, with or without an event.
+pub async fn watch(
+    db: Db,
+    hub: &Arc<Hub>,
+    keys: KeyCache,
+    caller: Caller,
+    expires_at: Option<i64>,
+    r: pb::WatchPaymentsRequest,
+) -> Result<EventStream, Status> {
+    let (resume_after, filter) = read_request(&caller, &r)?;
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
     // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
