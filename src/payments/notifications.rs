@@ -142,10 +142,19 @@ pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<A
     result
 }
 
+const RENEWALS_AFTER_END: &str = "paygate_subscription_renewals_after_end_total";
+
 /// Money after a subscription ended needs a person: counted for alerting (the subscription keeps
 /// the durable count).
 fn count_renewal_after_end(status: SubscriptionStatus) {
-    metrics::counter!("paygate_subscription_renewals_after_end_total", "status" => status.as_str()).increment(1);
+    metrics::counter!(RENEWALS_AFTER_END, "status" => status.as_str()).increment(1);
+}
+
+/// Shows the counter at 0 from the start, so an alert on its increase sees the first one too.
+pub fn announce_metrics() {
+    for status in [SubscriptionStatus::Cancelled, SubscriptionStatus::Expired, SubscriptionStatus::PaymentFailed] {
+        metrics::counter!(RENEWALS_AFTER_END, "status" => status.as_str()).absolute(0);
+    }
 }
 
 /// Sets the outcome of a stored notification (unmatched: kept for the record and the provider's
