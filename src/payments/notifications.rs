@@ -74,7 +74,8 @@ pub struct Notice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// A payment moved (or a renewal payment was made); the event records it. `renewed_after_end`:
-    /// the payment renews a subscription that had already ended so (counted after the commit).
+    /// the payment renews a subscription that had already ended, as it had ended (counted once the
+    /// transaction commits).
     Changed { payment: Box<Payment>, event_id: i64, renewed_after_end: Option<SubscriptionStatus> },
     /// A valid notification that changes nothing (late or replayed after the payment moved on).
     Unchanged,
@@ -603,6 +604,7 @@ mod tests {
         );
         assert_eq!((payment.subscription_id.as_deref(), kind), (Some("sub_1"), EventKind::PaymentPaid));
         assert_eq!((change.after.renewals, change.after.status), (3, SubscriptionStatus::Active));
+        assert_eq!(change.after.last_renewal_payment_id.as_deref(), Some(payment.payment_id.as_str()));
         // A renewal under review waits for its 201.
         let Decision::Renew { payment, .. } = decided(&initial, Some(&sub), &paid(PaymentOutcome::ReviewStarted, "b2"))
         else {
@@ -611,6 +613,19 @@ mod tests {
         assert_eq!((payment.status, payment.paid_at), (PaymentStatus::PendingReview, None));
         // Its subscription row missing is a corrupt store, not a dropped payment.
         assert!(decide(&initial, None, &[], &paid(PaymentOutcome::Completed, "b2"), 50).is_err());
+    }
+
+    #[test]
+    fn money_after_the_end_is_a_renewal_of_an_ended_subscription() {
+        let ended = subscription(SubscriptionStatus::Cancelled, 2);
+        let Decision::Renew { payment, subscription: Some(change), .. } =
+            decided(&subscribed(PaymentStatus::Paid), Some(&ended), &paid(PaymentOutcome::Completed, "b9"))
+        else {
+            panic!("recorded, not dropped")
+        };
+        assert_eq!((payment.status, payment.merchant_uid.as_str()), (PaymentStatus::Paid, "~gold/renewal/3"));
+        assert_eq!((change.after.status, change.after.renewals_after_end), (SubscriptionStatus::Cancelled, 1));
+        assert_eq!(subscriptions::renewal_after_end(&change.before), Some(SubscriptionStatus::Cancelled));
     }
 
     #[test]
