@@ -252,6 +252,20 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
+    async fn get_subscription(
+        &self,
+        _: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
     async fn list_payment_methods(
         &self,
         _: Request<pb::ListPaymentMethodsRequest>,

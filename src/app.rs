@@ -206,6 +206,7 @@ async fn start(
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
+    crate::payments::notifications::announce_metrics();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {
         db.migrate().await?;

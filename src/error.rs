@@ -74,6 +74,7 @@ impl From<PaymentError> for Status {
         match err {
             PaymentError::Invalid(invalid) => invalid.into(),
             PaymentError::NotFound => Status::not_found("payment not found"),
+            PaymentError::SubscriptionNotFound => Status::not_found("subscription not found"),
             PaymentError::MerchantUidTaken => {
                 Status::already_exists("merchant_uid: a payment with this merchant_uid already exists")
             }

@@ -22,6 +22,9 @@ pub struct WatchArgs {
     /// Only these merchant order ids (repeatable).
     #[arg(long = "merchant-uid")]
     merchant_uids: Vec<String>,
+    /// Only these subscriptions' payments (repeatable); their current state is printed first.
+    #[arg(long = "subscription-id")]
+    subscription_ids: Vec<String>,
     /// Start after this event id.
     #[arg(long)]
     resume_after: Option<String>,
@@ -107,6 +110,7 @@ async fn follow(
         merchant_uids: args.merchant_uids.clone(),
         statuses: vec![],
         resume_after: cursor.clone().unwrap_or_default(),
+        subscription_ids: args.subscription_ids.clone(),
     });
     request.metadata_mut().insert("authorization", bearer.clone());
     let mut stream = PaymentServiceClient::new(channel).watch_payments(request).await.map_err(ended)?.into_inner();
@@ -115,6 +119,10 @@ async fn follow(
     while let Some(event) = stream.message().await.map_err(ended)? {
         let payment = event.payment.unwrap_or_default();
         let status = pb::PaymentStatus::try_from(payment.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+        // Set when the event changed a subscription (or is its snapshot).
+        let subscription_status = event
+            .subscription
+            .map(|s| pb::SubscriptionStatus::try_from(s.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"));
         println!(
             "{}",
             serde_json::json!({
@@ -125,6 +133,8 @@ async fn follow(
                 "merchant_uid": payment.merchant_uid,
                 "status": status,
                 "provider_ref": payment.provider_ref,
+                "subscription_id": payment.subscription_id,
+                "subscription_status": subscription_status,
             })
         );
         // A snapshot's id is the log position it was taken at: resuming after it misses nothing.

@@ -7,7 +7,7 @@ use crate::{
     payments::{
         Payment, PaymentStatus,
         cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
-        subscriptions::{Subscription, SubscriptionStatus},
+        subscriptions::{ShownStatus, Subscription, SubscriptionView},
     },
     proto::v1 as pb,
     providers::paymentwall::config as paymentwall,
@@ -120,19 +120,41 @@ pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
     }
 }
 
+pub fn subscription_status_to_proto(status: ShownStatus) -> pb::SubscriptionStatus {
+    match status {
+        ShownStatus::Pending => pb::SubscriptionStatus::Pending,
+        ShownStatus::Active => pb::SubscriptionStatus::Active,
+        ShownStatus::CancelRequested => pb::SubscriptionStatus::CancelRequested,
+        ShownStatus::Cancelled => pb::SubscriptionStatus::Cancelled,
+        ShownStatus::Expired => pb::SubscriptionStatus::Expired,
+        ShownStatus::PaymentFailed => pb::SubscriptionStatus::PaymentFailed,
+    }
+}
+
+/// `None` for UNSPECIFIED and for numbers this server does not know.
+pub fn subscription_status_from_proto(value: i32) -> Option<ShownStatus> {
+    match pb::SubscriptionStatus::try_from(value).ok()? {
+        pb::SubscriptionStatus::Unspecified => None,
+        pb::SubscriptionStatus::Pending => Some(ShownStatus::Pending),
+        pb::SubscriptionStatus::Active => Some(ShownStatus::Active),
+        pb::SubscriptionStatus::CancelRequested => Some(ShownStatus::CancelRequested),
+        pb::SubscriptionStatus::Cancelled => Some(ShownStatus::Cancelled),
+        pb::SubscriptionStatus::Expired => Some(ShownStatus::Expired),
+        pb::SubscriptionStatus::PaymentFailed => Some(ShownStatus::PaymentFailed),
+    }
+}
+
+/// A subscription without its payments (the caller fills `initial_payment`, `last_renewal_payment`).
 pub fn subscription(s: Subscription) -> pb::Subscription {
-    let status = match s.status {
-        SubscriptionStatus::Pending => pb::SubscriptionStatus::Pending,
-        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
-        SubscriptionStatus::Cancelled => pb::SubscriptionStatus::Cancelled,
-        SubscriptionStatus::Expired => pb::SubscriptionStatus::Expired,
-        SubscriptionStatus::PaymentFailed => pb::SubscriptionStatus::PaymentFailed,
-    };
+    subscription_view(SubscriptionView::from(s))
+}
+
+pub fn subscription_view(s: SubscriptionView) -> pb::Subscription {
     pb::Subscription {
         subscription_id: s.subscription_id,
         initial_payment_id: s.initial_payment_id,
         channel_key: s.channel_key,
-        status: status as i32,
+        status: subscription_status_to_proto(s.status) as i32,
         terms: Some(pb::SubscriptionTerms {
             period_length: s.period_length as i32,
             period_type: s.period_type,
@@ -142,6 +164,15 @@ pub fn subscription(s: Subscription) -> pb::Subscription {
         cancel_requested_at: s.cancel_requested_at.map(timestamp),
         ended_at: s.ended_at.map(timestamp),
         created_at: Some(timestamp(s.created_at)),
+        customer_uid: s.customer_uid,
+        started_at: s.started_at.map(timestamp),
+        last_renewal_payment_id: s.last_renewal_payment_id.unwrap_or_default(),
+        last_renewal_at: s.last_renewal_at.map(timestamp),
+        renewals_after_end: s.renewals_after_end,
+        next_renewal_estimate: s.next_renewal_estimate_at.map(timestamp),
+        updated_at: Some(timestamp(s.updated_at)),
+        initial_payment: None,
+        last_renewal_payment: None,
     }
 }
 
@@ -248,5 +279,11 @@ mod tests {
         }
         assert_eq!(status_from_proto(0), None);
         assert_eq!(status_from_proto(99), None);
+        use ShownStatus as S;
+        for status in [S::Pending, S::Active, S::CancelRequested, S::Cancelled, S::Expired, S::PaymentFailed] {
+            assert_eq!(subscription_status_from_proto(subscription_status_to_proto(status) as i32), Some(status));
+        }
+        assert_eq!(subscription_status_from_proto(0), None);
+        assert_eq!(subscription_status_from_proto(99), None);
     }
 }

@@ -20,9 +20,9 @@ use crate::{
         methods::PaymentMethods,
         refunds::{self, RefundRequest},
         repo::{self, ListFilter, Lookup},
-        subscriptions,
+        subscriptions::{self, Subscription},
     },
-    proto::v1::{self as pb, get_payment_request, payment_service_server::PaymentService},
+    proto::v1::{self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService},
     secrets::MasterKeys,
     store::{Db, now_ms},
     validation::{self, InvalidArgument, Violations},
@@ -71,6 +71,42 @@ impl PaymentsApi {
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
     }
 
+    /// Subscriptions as answered: each with its initial and last renewal payments (one query).
+    async fn subscription_replies(
+        &self,
+        caller: &Caller,
+        subs: Vec<Subscription>,
+    ) -> Result<Vec<pb::Subscription>, Status> {
+        let ids: Vec<&str> = subs
+            .iter()
+            .flat_map(|s| std::iter::once(s.initial_payment_id.as_str()).chain(s.last_renewal_payment_id.as_deref()))
+            .collect();
+        let payments: std::collections::HashMap<String, crate::payments::Payment> =
+            repo::get_many(&self.db, &caller.merchant_id, &ids)
+                .await?
+                .into_iter()
+                .map(|p| (p.payment_id.clone(), p))
+                .collect();
+        Ok(subs
+            .into_iter()
+            .map(|s| {
+                let initial = payments.get(&s.initial_payment_id).cloned().map(convert::payment);
+                let last =
+                    s.last_renewal_payment_id.as_ref().and_then(|id| payments.get(id)).cloned().map(convert::payment);
+                pb::Subscription { initial_payment: initial, last_renewal_payment: last, ..convert::subscription(s) }
+            })
+            .collect())
+    }
+
+    async fn subscription_reply(
+        &self,
+        caller: &Caller,
+        sub: Subscription,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let mut replies = self.subscription_replies(caller, vec![sub]).await?;
+        Ok(Response::new(replies.pop().expect("one in, one out")))
+    }
+
     pub fn new(
         db: Db,
         channels: Channels,
@@ -105,8 +141,10 @@ impl PaymentService for PaymentsApi {
         if let Some(grant) = request.extensions().get::<PaymentGrant>() {
             let r = request.get_ref();
             // By its payment_id alone: a merchant_uid filter could name another payment.
+            // Nor a subscription filter: its snapshot would show the subscription's first payment.
             let ids: Vec<&str> = r.payment_ids.iter().map(String::as_str).collect();
-            only_its_payment(Some(grant), if r.merchant_uids.is_empty() { &ids } else { &[] })?;
+            let by_id_alone = r.merchant_uids.is_empty() && r.subscription_ids.is_empty();
+            only_its_payment(Some(grant), if by_id_alone { &ids } else { &[] })?;
         }
         let stream = super::watch::watch(
             self.db.clone(),
@@ -255,6 +293,7 @@ impl PaymentService for PaymentsApi {
             }
         }
         validation::optional_identifier(&mut violations, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
+        validation::optional_identifier(&mut violations, "subscription_id", &r.subscription_id, validation::ID);
         let before_payment_id = match convert::page_token::decode_as(&r.page_token, validation::ID) {
             Ok(token) => token,
             Err(e) => {
@@ -269,6 +308,7 @@ impl PaymentService for PaymentsApi {
             channel_key: Some(r.channel_key).filter(|k| !k.is_empty()),
             created_from: r.created_from.as_ref().map(convert::millis),
             created_to: r.created_to.as_ref().map(convert::millis),
+            subscription_id: Some(r.subscription_id).filter(|id| !id.is_empty()),
             before_payment_id,
             // One extra row tells whether another page exists.
             limit: limit + 1,
@@ -366,7 +406,79 @@ impl PaymentService for PaymentsApi {
             self.settings.idempotency_lease_ms,
         )
         .await?;
-        Ok(Response::new(convert::subscription(sub)))
+        self.subscription_reply(&caller, sub).await
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::default();
+        let lookup = match &request.get_ref().lookup {
+            Some(get_subscription_request::Lookup::SubscriptionId(id)) if !id.is_empty() => {
+                validation::identifier(&mut v, "subscription_id", id, validation::ID);
+                subscriptions::Lookup::SubscriptionId(id)
+            }
+            Some(get_subscription_request::Lookup::PaymentId(id)) if !id.is_empty() => {
+                validation::identifier(&mut v, "payment_id", id, validation::ID);
+                subscriptions::Lookup::PaymentId(id)
+            }
+            Some(get_subscription_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => {
+                validation::identifier(&mut v, "merchant_uid", uid, validation::MERCHANT_UID_LOOKUP);
+                subscriptions::Lookup::MerchantUid(uid)
+            }
+            _ => {
+                let problem = "subscription_id, payment_id or merchant_uid is required";
+                return Err(InvalidArgument::single("lookup", problem).into());
+            }
+        };
+        v.check()?;
+        let sub = subscriptions::get_in_scope(&self.db, &caller.merchant_id, lookup).await?;
+        self.subscription_reply(&caller, sub).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let mut statuses = Vec::new();
+        if validation::count(&mut v, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
+            for (i, value) in r.statuses.iter().enumerate() {
+                match convert::subscription_status_from_proto(*value) {
+                    Some(status) => statuses.push(status),
+                    None => v.add(format!("statuses[{i}]"), "is not a subscription status"),
+                }
+            }
+        }
+        validation::optional_identifier(&mut v, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
+        validation::optional_identifier(&mut v, "customer_uid", &r.customer_uid, validation::CUSTOMER_UID);
+        let before_subscription_id = match convert::page_token::decode_as(&r.page_token, validation::ID) {
+            Ok(token) => token,
+            Err(e) => {
+                v.add("page_token", e.to_string());
+                None
+            }
+        };
+        v.check()?;
+        let limit = page_size(r.page_size);
+        let filter = subscriptions::ListFilter {
+            statuses,
+            channel_key: Some(r.channel_key).filter(|k| !k.is_empty()),
+            customer_uid: Some(r.customer_uid).filter(|u| !u.is_empty()),
+            created_from: r.created_from.as_ref().map(convert::millis),
+            created_to: r.created_to.as_ref().map(convert::millis),
+            before_subscription_id,
+            // One extra row tells whether another page exists.
+            limit: limit + 1,
+        };
+        let subs = subscriptions::list(&self.db, &caller.merchant_id, &filter).await?;
+        let (subs, next_page_token) = super::page(subs, limit, |s| s.subscription_id.clone());
+        let subscriptions = self.subscription_replies(&caller, subs).await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions, next_page_token }))
     }
 
     async fn list_payment_methods(

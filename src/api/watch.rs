@@ -13,7 +13,10 @@ use crate::{
         log,
     },
     merchants::{Caller, KeyCache},
-    payments::repo::{self, Lookup},
+    payments::{
+        repo::{self, Lookup},
+        subscriptions::{self, SubscriptionView},
+    },
     proto::v1 as pb,
     store::Db,
     validation::{self, MAX_FILTER_IDS, Violations},
@@ -30,6 +33,16 @@ fn to_proto(event: &Event) -> pb::PaymentEvent {
         payment: Some(convert::payment(event.payment.clone())),
         created_at: Some(convert::timestamp(event.created_at)),
         snapshot: false,
+        subscription: event.detail.as_ref().and_then(SubscriptionView::from_detail).map(convert::subscription_view),
+    }
+}
+
+/// `subscription_ids` as a filter: each a valid id, at most `MAX_FILTER_IDS`.
+fn check_subscription_ids(v: &mut Violations, ids: &[String]) {
+    if validation::count(v, "subscription_ids", ids.len(), MAX_FILTER_IDS) {
+        for (i, id) in ids.iter().enumerate() {
+            validation::identifier(v, format!("subscription_ids[{i}]"), id, validation::ID);
+        }
     }
 }
 
@@ -46,19 +59,8 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
     }
 }
 
-/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
-/// token's expiry); the stream ends then, with or without an event.
-/// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
-const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
-
-pub async fn watch(
-    db: Db,
-    hub: &Arc<Hub>,
-    keys: KeyCache,
-    caller: Caller,
-    expires_at: Option<i64>,
-    r: pb::WatchPaymentsRequest,
-) -> Result<EventStream, Status> {
+/// A WatchPaymentsRequest checked: its cursor and its filter.
+fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option<Position>, Filter), Status> {
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
     let mut statuses = std::collections::HashSet::new();
@@ -82,13 +84,32 @@ pub async fn watch(
             validation::identifier(&mut v, format!("merchant_uids[{i}]"), uid, validation::MERCHANT_UID_LOOKUP);
         }
     }
+    check_subscription_ids(&mut v, &r.subscription_ids);
     v.check()?;
     let filter = Filter {
         scope: caller.scope.clone(),
         payment_ids: r.payment_ids.iter().cloned().collect(),
         merchant_uids: r.merchant_uids.iter().cloned().collect(),
         statuses,
+        subscription_ids: r.subscription_ids.iter().cloned().collect(),
     };
+    Ok((resume_after, filter))
+}
+
+/// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
+const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
+
+/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
+/// token's expiry); the stream ends then, with or without an event.
+pub async fn watch(
+    db: Db,
+    hub: &Arc<Hub>,
+    keys: KeyCache,
+    caller: Caller,
+    expires_at: Option<i64>,
+    r: pb::WatchPaymentsRequest,
+) -> Result<EventStream, Status> {
+    let (resume_after, filter) = read_request(&caller, &r)?;
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
     // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
@@ -123,6 +144,7 @@ pub async fn watch(
         merchant_id: caller.merchant_id,
         filter,
         payment_ids: r.payment_ids,
+        subscription_ids: r.subscription_ids,
         subscription,
         start,
         last,
@@ -136,7 +158,8 @@ pub async fn watch(
 enum Phase {
     /// Replaying the log after this position, up to the subscription's start.
     Replay(Position),
-    /// Sending the current state of the n-th requested payment.
+    /// Sending the current state of the n-th requested payment, then (counting on) of the
+    /// requested subscriptions.
     Snapshots(usize),
     Live,
     Ended,
@@ -152,6 +175,7 @@ struct Watch {
     merchant_id: String,
     filter: Arc<Filter>,
     payment_ids: Vec<String>,
+    subscription_ids: Vec<String>,
     subscription: Subscription,
     start: Position,
     /// The cursor to resume after: the last event sent.
@@ -161,6 +185,39 @@ struct Watch {
 }
 
 impl Watch {
+    /// The current state of the n-th requested payment, then of the requested subscriptions (the
+    /// subscription with its first payment); `None` for one the caller may not see, or that the
+    /// status filter leaves out.
+    async fn snapshot(&self, n: usize) -> Option<pb::PaymentEvent> {
+        let (payment, subscription) = match self.payment_ids.get(n) {
+            Some(payment_id) => {
+                (repo::get(&self.db, &self.merchant_id, Lookup::PaymentId(payment_id)).await.ok()?, None)
+            }
+            None => {
+                let id = &self.subscription_ids[n - self.payment_ids.len()];
+                let lookup = subscriptions::Lookup::SubscriptionId(id);
+                let sub = subscriptions::get_in_scope(&self.db, &self.merchant_id, lookup).await.ok()?;
+                let initial = Lookup::PaymentId(&sub.initial_payment_id);
+                (repo::get(&self.db, &self.merchant_id, initial).await.ok()?, Some(sub))
+            }
+        };
+        if !self.filter.statuses.is_empty() && !self.filter.statuses.contains(&payment.status) {
+            return None;
+        }
+        let (kind, updated_at) = match &subscription {
+            Some(sub) => ("subscription.snapshot", sub.updated_at.max(payment.updated_at)),
+            None => ("payment.snapshot", payment.updated_at),
+        };
+        Some(pb::PaymentEvent {
+            event_id: self.start.to_string(),
+            kind: kind.into(),
+            created_at: Some(convert::timestamp(updated_at)),
+            payment: Some(convert::payment(payment)),
+            snapshot: true,
+            subscription: subscription.map(convert::subscription),
+        })
+    }
+
     /// Ends the stream when its key was revoked or expired since it opened, or its client token
     /// expired.
     async fn refused(&mut self) -> Option<Status> {
@@ -212,24 +269,14 @@ impl Watch {
                         return Some((Err(Status::unavailable(format!("cannot read the event log: {e}"))), self));
                     }
                 },
-                Phase::Snapshots(n) if n >= self.payment_ids.len() => self.phase = Phase::Live,
+                Phase::Snapshots(n) if n >= self.payment_ids.len() + self.subscription_ids.len() => {
+                    self.phase = Phase::Live
+                }
                 Phase::Snapshots(n) => {
                     self.phase = Phase::Snapshots(n + 1);
-                    let lookup = Lookup::PaymentId(&self.payment_ids[n]);
-                    let Ok(payment) = Box::pin(repo::get(&self.db, &self.merchant_id, lookup)).await else {
-                        continue;
-                    };
-                    if !self.filter.statuses.is_empty() && !self.filter.statuses.contains(&payment.status) {
-                        continue;
+                    if let Some(snapshot) = Box::pin(self.snapshot(n)).await {
+                        self.pending.push_back((self.start, snapshot));
                     }
-                    let snapshot = pb::PaymentEvent {
-                        event_id: self.start.to_string(),
-                        kind: "payment.snapshot".into(),
-                        created_at: Some(convert::timestamp(payment.updated_at)),
-                        payment: Some(convert::payment(payment)),
-                        snapshot: true,
-                    };
-                    self.pending.push_back((self.start, snapshot));
                 }
                 Phase::Live => match tokio::select! {
                     event = self.subscription.rx.recv() => event,
@@ -275,13 +322,17 @@ pub async fn list(
     let mut v = Violations::default();
     let after = parse_cursor("after", &r.after, &mut v).unwrap_or_default();
     validation::optional_identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
+    check_subscription_ids(&mut v, &r.subscription_ids);
     v.check()?;
     let limit = match r.page_size {
         0 => 100,
         n => n.min(500),
     };
-    let payment_id = Some(r.payment_id.as_str()).filter(|p| !p.is_empty());
-    let (events, _) = log::list(db, &caller.merchant_id, payment_id, after, limit).await?;
+    let scope = log::ListScope {
+        payment_id: Some(r.payment_id.as_str()).filter(|p| !p.is_empty()),
+        subscription_ids: &r.subscription_ids,
+    };
+    let (events, _) = log::list(db, &caller.merchant_id, scope, after, limit).await?;
     let next_cursor = events.last().map(|e| e.position.to_string()).unwrap_or_else(|| r.after.clone());
     Ok(pb::ListPaymentEventsResponse { events: events.iter().map(to_proto).collect(), next_cursor })
 }

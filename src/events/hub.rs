@@ -28,6 +28,8 @@ pub struct Filter {
     pub payment_ids: HashSet<String>,
     pub merchant_uids: HashSet<String>,
     pub statuses: HashSet<PaymentStatus>,
+    /// Events of these subscriptions' payments (the first and its renewals).
+    pub subscription_ids: HashSet<String>,
 }
 
 impl Filter {
@@ -37,6 +39,8 @@ impl Filter {
             && (self.payment_ids.is_empty() || self.payment_ids.contains(&p.payment_id))
             && (self.merchant_uids.is_empty() || self.merchant_uids.contains(&p.merchant_uid))
             && (self.statuses.is_empty() || self.statuses.contains(&p.status))
+            && (self.subscription_ids.is_empty()
+                || p.subscription_id.as_ref().is_some_and(|id| self.subscription_ids.contains(id)))
     }
 }
 

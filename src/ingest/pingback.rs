@@ -239,7 +239,7 @@ fn accepted(span: &tracing::Span, kind: &'static str, applied: &Applied, answer:
         span.record("payment_id", payment.payment_id.as_str());
     }
     span.in_scope(|| match applied {
-        Applied::Changed { payment, event_id } => {
+        Applied::Changed { payment, event_id, .. } => {
             tracing::info!(payment_id = %payment.payment_id, status = %payment.status, event_id, "pingback applied")
         }
         Applied::Unchanged => tracing::info!("pingback acknowledged; it changes nothing"),

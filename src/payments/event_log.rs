@@ -234,28 +234,58 @@ pub async fn head(db: &Db) -> Result<Position, PaymentError> {
     Ok(row.map(Position::from).unwrap_or_default())
 }
 
-/// A page of one merchant's (and its sub-merchants') events after `after`, optionally of one payment.
+/// Which of a merchant's events a page holds: all, or only one payment's and/or only these
+/// subscriptions' payments'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListScope<'a> {
+    pub payment_id: Option<&'a str>,
+    pub subscription_ids: &'a [String],
+}
+
+/// A page of one merchant's (and its sub-merchants') events after `after`.
 pub async fn list(
     db: &Db,
     merchant_id: &str,
-    payment_id: Option<&str>,
+    scope: ListScope<'_>,
     after: Position,
     limit: u32,
 ) -> Result<(Vec<Event>, bool), PaymentError> {
     let horizon = horizon(db);
-    let payment_clause = if payment_id.is_some() { "AND payment_id = $5" } else { "" };
+    let mut clauses = String::new();
+    let mut n = 4;
+    if scope.payment_id.is_some() {
+        n += 1;
+        clauses.push_str(&format!(" AND payment_id = ${n}"));
+    }
+    if !scope.subscription_ids.is_empty() {
+        let placeholders: Vec<String> = scope
+            .subscription_ids
+            .iter()
+            .map(|_| {
+                n += 1;
+                format!("${n}")
+            })
+            .collect();
+        clauses.push_str(&format!(
+            " AND payment_id IN (SELECT payment_id FROM payments WHERE subscription_id IN ({}))",
+            placeholders.join(", ")
+        ));
+    }
     let sql = format!(
         "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
          AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3) \
-         {payment_clause} ORDER BY txid, event_id LIMIT $4"
+         {clauses} ORDER BY txid, event_id LIMIT $4"
     );
     let mut query = sqlx::query_as::<_, HeldEventRow>(&sql)
         .bind(after.txid)
         .bind(after.id)
         .bind(merchant_id)
         .bind(i64::from(limit));
-    if let Some(payment_id) = payment_id {
+    if let Some(payment_id) = scope.payment_id {
         query = query.bind(payment_id);
+    }
+    for id in scope.subscription_ids {
+        query = query.bind(id);
     }
     let rows = query.fetch_all(db.pool()).await?;
     below_horizon(rows)

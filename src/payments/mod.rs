@@ -29,6 +29,8 @@ pub enum PaymentError {
     Invalid(#[from] InvalidArgument),
     #[error("payment not found")]
     NotFound,
+    #[error("subscription not found")]
+    SubscriptionNotFound,
     #[error("merchant_uid already used by another payment")]
     MerchantUidTaken,
     #[error("{0}")]
@@ -253,11 +255,16 @@ pub(crate) mod fixtures {
             merchant_id: "mer_1".into(),
             channel_key: "ch_1".into(),
             initial_payment_id: "pay_1".into(),
+            customer_uid: "u".into(),
             period_length: 1,
             period_type: "month".into(),
             recurring: true,
             status,
             renewals,
+            renewals_after_end: 0,
+            last_renewal_payment_id: None,
+            last_renewal_at: None,
+            started_at: Some(0),
             cancel_requested_at: None,
             ended_at: None,
             created_at: 0,

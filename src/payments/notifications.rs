@@ -12,7 +12,7 @@ use super::{
     refunds::{self, ReversalEffect},
     repo,
     status::next_status,
-    subscriptions::{self, Subscription, SubscriptionEnd},
+    subscriptions::{self, Subscription, SubscriptionEnd, SubscriptionStatus},
 };
 use crate::store::{Backend, Db, StoreError, now_ms};
 
@@ -73,8 +73,10 @@ pub struct Notice {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// A payment moved (or a renewal payment was made); the event records it.
-    Changed { payment: Box<Payment>, event_id: i64 },
+    /// A payment moved (or a renewal payment was made); the event records it. `renewed_after_end`:
+    /// the payment renews a subscription that had already ended, as it had ended (counted once the
+    /// transaction commits).
+    Changed { payment: Box<Payment>, event_id: i64, renewed_after_end: Option<SubscriptionStatus> },
     /// A valid notification that changes nothing (late or replayed after the payment moved on).
     Unchanged,
     /// The same notification was applied before.
@@ -135,7 +137,25 @@ pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<A
     if matches!(result, Ok(Applied::Changed { .. })) {
         db.signal_commit();
     }
+    if let Ok(Applied::Changed { renewed_after_end: Some(status), .. }) = &result {
+        count_renewal_after_end(*status);
+    }
     result
+}
+
+const RENEWALS_AFTER_END: &str = "paygate_subscription_renewals_after_end_total";
+
+/// Money after a subscription ended needs a person: counted for alerting (the subscription keeps
+/// the durable count).
+fn count_renewal_after_end(status: SubscriptionStatus) {
+    metrics::counter!(RENEWALS_AFTER_END, "status" => status.as_str()).increment(1);
+}
+
+/// Shows the counter at 0 from the start, so an alert on its increase sees the first one too.
+pub fn announce_metrics() {
+    for status in [SubscriptionStatus::Cancelled, SubscriptionStatus::Expired, SubscriptionStatus::PaymentFailed] {
+        metrics::counter!(RENEWALS_AFTER_END, "status" => status.as_str()).absolute(0);
+    }
 }
 
 /// Sets the outcome of a stored notification (unmatched: kept for the record and the provider's
@@ -434,13 +454,17 @@ fn renewal(
         if sub.status.is_final() {
             tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
         }
-        SubscriptionChange { before: sub.clone(), after: subscriptions::renewed(sub, now) }
+        SubscriptionChange { before: sub.clone(), after: subscriptions::renewed(sub, &payment.payment_id, now) }
     });
     Ok(Decision::Renew { payment, kind: outcome.event_kind(), subscription })
 }
 
 /// Carries out a decision in the caller's transaction, with its event and outbox rows.
 async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, NotificationError> {
+    let renewed_after_end = match &decision {
+        Decision::Renew { subscription: Some(change), .. } => subscriptions::renewal_after_end(&change.before),
+        _ => None,
+    };
     let (payment, kind, detail) = match decision {
         Decision::Unchanged => return Ok(Applied::Unchanged),
         Decision::Settle { next, kind, subscription } => {
@@ -466,7 +490,7 @@ async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, 
         }
     };
     let event_id = super::record(conn, &payment, kind, detail.as_ref()).await?;
-    Ok(Applied::Changed { payment: Box::new(payment), event_id })
+    Ok(Applied::Changed { payment: Box::new(payment), event_id, renewed_after_end })
 }
 
 /// Writes a subscription change (compare-and-set); the event then carries the subscription.
@@ -594,6 +618,7 @@ mod tests {
         );
         assert_eq!((payment.subscription_id.as_deref(), kind), (Some("sub_1"), EventKind::PaymentPaid));
         assert_eq!((change.after.renewals, change.after.status), (3, SubscriptionStatus::Active));
+        assert_eq!(change.after.last_renewal_payment_id.as_deref(), Some(payment.payment_id.as_str()));
         // A renewal under review waits for its 201.
         let Decision::Renew { payment, .. } = decided(&initial, Some(&sub), &paid(PaymentOutcome::ReviewStarted, "b2"))
         else {
@@ -602,6 +627,19 @@ mod tests {
         assert_eq!((payment.status, payment.paid_at), (PaymentStatus::PendingReview, None));
         // Its subscription row missing is a corrupt store, not a dropped payment.
         assert!(decide(&initial, None, &[], &paid(PaymentOutcome::Completed, "b2"), 50).is_err());
+    }
+
+    #[test]
+    fn money_after_the_end_is_a_renewal_of_an_ended_subscription() {
+        let ended = subscription(SubscriptionStatus::Cancelled, 2);
+        let Decision::Renew { payment, subscription: Some(change), .. } =
+            decided(&subscribed(PaymentStatus::Paid), Some(&ended), &paid(PaymentOutcome::Completed, "b9"))
+        else {
+            panic!("recorded, not dropped")
+        };
+        assert_eq!((payment.status, payment.merchant_uid.as_str()), (PaymentStatus::Paid, "~gold/renewal/3"));
+        assert_eq!((change.after.status, change.after.renewals_after_end), (SubscriptionStatus::Cancelled, 1));
+        assert_eq!(subscriptions::renewal_after_end(&change.before), Some(SubscriptionStatus::Cancelled));
     }
 
     #[test]

@@ -141,6 +141,22 @@ pub async fn merchant_uid_taken(
     Ok(row.is_some())
 }
 
+/// Payments by id, in scope of `merchant_id` (the subscription reads fill their payments in one query).
+pub async fn get_many(db: &Db, merchant_id: &str, payment_ids: &[&str]) -> Result<Vec<Payment>, PaymentError> {
+    if payment_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..payment_ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql =
+        format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND payment_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id);
+    for id in payment_ids {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.into_iter().map(Payment::try_from).collect()
+}
+
 /// The payment of a subscription made by a renewal with this provider ref, if any.
 pub async fn find_by_provider_ref(
     conn: &mut AnyConnection,
@@ -196,6 +212,8 @@ pub struct ListFilter {
     pub channel_key: Option<String>,
     pub created_from: Option<i64>,
     pub created_to: Option<i64>,
+    /// Only this subscription's payments.
+    pub subscription_id: Option<String>,
     /// Keyset cursor: only payments with a smaller id (ids sort by creation time).
     pub before_payment_id: Option<String>,
     pub limit: u32,
@@ -222,6 +240,9 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Paym
     if f.created_to.is_some() {
         sql.push_str(&format!(" AND created_at < {}", next()));
     }
+    if f.subscription_id.is_some() {
+        sql.push_str(&format!(" AND subscription_id = {}", next()));
+    }
     if f.before_payment_id.is_some() {
         sql.push_str(&format!(" AND payment_id < {}", next()));
     }
@@ -239,6 +260,9 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Paym
     }
     if let Some(to) = f.created_to {
         query = query.bind(to);
+    }
+    if let Some(subscription_id) = &f.subscription_id {
+        query = query.bind(subscription_id);
     }
     if let Some(before) = &f.before_payment_id {
         query = query.bind(before);

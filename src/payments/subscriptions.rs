@@ -1,7 +1,7 @@
 //! Subscriptions: a subscription checkout starts one; renewals (new refs on type 0 pingbacks)
 //! create new payments linked to it; provider notifications end it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::{
@@ -69,23 +69,139 @@ impl SubscriptionEnd {
     }
 }
 
+/// What a merchant sees: the stored status, except that a live subscription whose stop was asked
+/// for (a stop ticket is out, the provider has not confirmed) reads CANCEL_REQUESTED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShownStatus {
+    Pending,
+    Active,
+    CancelRequested,
+    Cancelled,
+    Expired,
+    PaymentFailed,
+}
+
+impl ShownStatus {
+    /// The rows a ListSubscriptions status filter selects (constant SQL over stored columns).
+    pub fn sql_predicate(self) -> &'static str {
+        match self {
+            Self::Pending => "(status = 'PENDING' AND cancel_requested_at IS NULL)",
+            Self::Active => "(status = 'ACTIVE' AND cancel_requested_at IS NULL)",
+            Self::CancelRequested => "(status IN ('PENDING', 'ACTIVE') AND cancel_requested_at IS NOT NULL)",
+            Self::Cancelled => "(status = 'CANCELLED')",
+            Self::Expired => "(status = 'EXPIRED')",
+            Self::PaymentFailed => "(status = 'PAYMENT_FAILED')",
+        }
+    }
+}
+
+pub fn shown_status(sub: &Subscription) -> ShownStatus {
+    match sub.status {
+        SubscriptionStatus::Pending | SubscriptionStatus::Active if sub.cancel_requested_at.is_some() => {
+            ShownStatus::CancelRequested
+        }
+        SubscriptionStatus::Pending => ShownStatus::Pending,
+        SubscriptionStatus::Active => ShownStatus::Active,
+        SubscriptionStatus::Cancelled => ShownStatus::Cancelled,
+        SubscriptionStatus::Expired => ShownStatus::Expired,
+        SubscriptionStatus::PaymentFailed => ShownStatus::PaymentFailed,
+    }
+}
+
 /// The subscription once its first payment is paid: one waiting for it starts (`None`: no change).
 pub fn activated(sub: &Subscription, now: i64) -> Option<Subscription> {
     (sub.status == SubscriptionStatus::Pending).then(|| Subscription {
         status: SubscriptionStatus::Active,
+        started_at: sub.started_at.or(Some(now)),
         updated_at: now,
         ..sub.clone()
     })
 }
 
-/// The subscription after one more payment: counted; a live one is ACTIVE, an ended one stays ended.
-pub fn renewed(sub: &Subscription, now: i64) -> Subscription {
+/// The subscription after one more payment (`payment_id`): counted and remembered as the last
+/// renewal; a live one is ACTIVE, an ended one stays ended and counts the renewal as one after
+/// its end (money that needs a person).
+pub fn renewed(sub: &Subscription, payment_id: &str, now: i64) -> Subscription {
+    let after_end = renewal_after_end(sub).is_some();
     Subscription {
         renewals: sub.renewals + 1,
-        status: if sub.status.is_final() { sub.status } else { SubscriptionStatus::Active },
+        renewals_after_end: sub.renewals_after_end + i64::from(after_end),
+        last_renewal_payment_id: Some(payment_id.to_owned()),
+        last_renewal_at: Some(now),
+        status: if after_end { sub.status } else { SubscriptionStatus::Active },
+        started_at: sub.started_at.or(Some(now)),
         updated_at: now,
         ..sub.clone()
     }
+}
+
+/// How the subscription had ended when a renewal arrived (`None`: it was live, or only asked to stop).
+pub fn renewal_after_end(before: &Subscription) -> Option<SubscriptionStatus> {
+    before.status.is_final().then_some(before.status)
+}
+
+/// When the next renewal is expected from the terms alone: the start plus one period per payment
+/// made so far (UTC calendar; a month from Jan 31 is the last day of February). An estimate: the
+/// provider decides the actual time. None unless billing is live and recurring.
+pub fn next_renewal_estimate(sub: &Subscription) -> Option<i64> {
+    let started_at = sub.started_at?;
+    if !sub.recurring || shown_status(sub) != ShownStatus::Active || sub.period_length <= 0 {
+        return None;
+    }
+    let periods = (sub.renewals + 1).checked_mul(sub.period_length)?;
+    const DAY: i64 = 86_400_000;
+    match sub.period_type.as_str() {
+        "day" => started_at.checked_add(periods.checked_mul(DAY)?),
+        "week" => started_at.checked_add(periods.checked_mul(7 * DAY)?),
+        "month" => add_months(started_at, periods),
+        "year" => add_months(started_at, periods.checked_mul(12)?),
+        _ => None,
+    }
+}
+
+/// `ms` (Unix ms, UTC) plus `months` calendar months, the day clamped to the target month's length.
+fn add_months(ms: i64, months: i64) -> Option<i64> {
+    const DAY: i64 = 86_400_000;
+    let (days, time_of_day) = (ms.div_euclid(DAY), ms.rem_euclid(DAY));
+    let (year, month, day) = civil_from_days(days);
+    let index = year.checked_mul(12)?.checked_add(month - 1)?.checked_add(months)?;
+    let (year, month) = (index.div_euclid(12), index.rem_euclid(12) + 1);
+    let day = day.min(days_in_month(year, month));
+    days_from_civil(year, month, day).checked_mul(DAY)?.checked_add(time_of_day)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (the inverse of `days_from_civil`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// The subscription after the provider ended it; one that already ended stays as it ended (`None`).
@@ -123,39 +239,122 @@ pub fn check_stoppable(initial: &Payment) -> Result<(), PaymentError> {
 
 pub const PERIOD_TYPES: [&str; 4] = ["day", "week", "month", "year"];
 
+/// A subscription as stored. Serialized (webhooks' `data.subscription`, the event log) as its
+/// `SubscriptionView`, the form merchants see.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "SubscriptionView")]
 pub struct Subscription {
     pub subscription_id: String,
     pub merchant_id: String,
     pub channel_key: String,
     pub initial_payment_id: String,
+    /// The buyer, as on the first payment.
+    pub customer_uid: String,
     pub period_length: i64,
     pub period_type: String,
     pub recurring: bool,
     pub status: SubscriptionStatus,
     pub renewals: i64,
+    /// Renewals recorded after the subscription had ended.
+    pub renewals_after_end: i64,
+    pub last_renewal_payment_id: Option<String>,
+    pub last_renewal_at: Option<i64>,
+    /// When the first payment was paid.
+    pub started_at: Option<i64>,
     pub cancel_requested_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-const COLUMNS: &str = "subscription_id, merchant_id, channel_key, initial_payment_id, period_length, period_type, \
-    recurring, status, renewals, cancel_requested_at, ended_at, created_at, updated_at";
+/// A subscription as merchants see it: the shown status and the next renewal estimate. Fields
+/// added after the first release default, so events written before still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionView {
+    pub subscription_id: String,
+    pub merchant_id: String,
+    pub channel_key: String,
+    pub initial_payment_id: String,
+    #[serde(default)]
+    pub customer_uid: String,
+    pub period_length: i64,
+    pub period_type: String,
+    pub recurring: bool,
+    pub status: ShownStatus,
+    pub renewals: i64,
+    #[serde(default)]
+    pub renewals_after_end: i64,
+    #[serde(default)]
+    pub last_renewal_payment_id: Option<String>,
+    #[serde(default)]
+    pub last_renewal_at: Option<i64>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    #[serde(default)]
+    pub next_renewal_estimate_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(s: Subscription) -> Self {
+        Self {
+            status: shown_status(&s),
+            next_renewal_estimate_at: next_renewal_estimate(&s),
+            subscription_id: s.subscription_id,
+            merchant_id: s.merchant_id,
+            channel_key: s.channel_key,
+            initial_payment_id: s.initial_payment_id,
+            customer_uid: s.customer_uid,
+            period_length: s.period_length,
+            period_type: s.period_type,
+            recurring: s.recurring,
+            renewals: s.renewals,
+            renewals_after_end: s.renewals_after_end,
+            last_renewal_payment_id: s.last_renewal_payment_id,
+            last_renewal_at: s.last_renewal_at,
+            started_at: s.started_at,
+            cancel_requested_at: s.cancel_requested_at,
+            ended_at: s.ended_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+impl SubscriptionView {
+    /// The subscription an event's detail carries, if it is one (a cancellation's is not).
+    pub fn from_detail(detail: &serde_json::Value) -> Option<Self> {
+        detail.get("initial_payment_id")?;
+        serde_json::from_value(detail.clone()).ok()
+    }
+}
+
+const COLUMNS: &str = "subscription_id, merchant_id, channel_key, initial_payment_id, customer_uid, period_length, \
+    period_type, recurring, status, renewals, renewals_after_end, last_renewal_payment_id, last_renewal_at, \
+    started_at, cancel_requested_at, ended_at, created_at, updated_at";
 
 pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), PaymentError> {
     sqlx::query(&format!(
-        "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+         $14, $15, $16, $17, $18)"
     ))
     .bind(&s.subscription_id)
     .bind(&s.merchant_id)
     .bind(&s.channel_key)
     .bind(&s.initial_payment_id)
+    .bind(&s.customer_uid)
     .bind(s.period_length)
     .bind(&s.period_type)
     .bind(Flag(s.recurring))
     .bind(s.status.as_str())
     .bind(s.renewals)
+    .bind(s.renewals_after_end)
+    .bind(&s.last_renewal_payment_id)
+    .bind(s.last_renewal_at.map(UnixMs))
+    .bind(s.started_at.map(UnixMs))
     .bind(s.cancel_requested_at.map(UnixMs))
     .bind(s.ended_at.map(UnixMs))
     .bind(UnixMs(s.created_at))
@@ -170,13 +369,18 @@ pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), Pa
 pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subscription) -> Result<bool, PaymentError> {
     let done = sqlx::query(
         "UPDATE subscriptions SET status = $1, renewals = $2, cancel_requested_at = COALESCE(cancel_requested_at, $3), \
-         ended_at = $4, updated_at = $5 WHERE subscription_id = $6 AND status = $7 AND renewals = $8",
+         ended_at = $4, updated_at = $5, renewals_after_end = $6, last_renewal_payment_id = $7, last_renewal_at = $8, \
+         started_at = $9 WHERE subscription_id = $10 AND status = $11 AND renewals = $12",
     )
     .bind(s.status.as_str())
     .bind(s.renewals)
     .bind(s.cancel_requested_at)
     .bind(s.ended_at)
     .bind(s.updated_at)
+    .bind(s.renewals_after_end)
+    .bind(&s.last_renewal_payment_id)
+    .bind(s.last_renewal_at)
+    .bind(s.started_at)
     .bind(&s.subscription_id)
     .bind(previous.status.as_str())
     .bind(previous.renewals)
@@ -191,17 +395,91 @@ pub async fn get(conn: &mut AnyConnection, subscription_id: &str) -> Result<Opti
     row.map(Subscription::try_from).transpose()
 }
 
-/// A subscription of `merchant_id` or one of its sub-merchants.
-pub async fn get_in_scope(db: &Db, merchant_id: &str, subscription_id: &str) -> Result<Subscription, PaymentError> {
-    let row = sqlx::query_as::<_, SubscriptionRow>(&format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE subscription_id = $2 AND merchant_id IN \
-         (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)"
-    ))
-    .bind(merchant_id)
-    .bind(subscription_id)
-    .fetch_optional(db.pool())
-    .await?;
-    row.map(Subscription::try_from).transpose()?.ok_or(PaymentError::NotFound)
+/// Merchants a caller acts for: itself and its sub-merchants.
+const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
+
+/// How a caller names a subscription: by its id, or by a payment of it (the one that started it,
+/// or a renewal).
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    SubscriptionId(&'a str),
+    PaymentId(&'a str),
+    MerchantUid(&'a str),
+}
+
+/// A subscription of `merchant_id` or one of its sub-merchants; anyone else's reads as not found.
+pub async fn get_in_scope(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Subscription, PaymentError> {
+    let (clause, value) = match lookup {
+        Lookup::SubscriptionId(id) => ("subscription_id = $2", id),
+        Lookup::PaymentId(id) => {
+            ("subscription_id = (SELECT p.subscription_id FROM payments p WHERE p.payment_id = $2)", id)
+        }
+        // The same order id may exist under two sub-merchants: the newest subscription wins.
+        Lookup::MerchantUid(uid) => (
+            "subscription_id IN (SELECT p.subscription_id FROM payments p WHERE p.merchant_uid = $2 AND p.merchant_id IN \
+             (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1))",
+            uid,
+        ),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE {IN_SCOPE} AND {clause} ORDER BY subscription_id DESC LIMIT 1"
+    );
+    let row =
+        sqlx::query_as::<_, SubscriptionRow>(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await?;
+    row.map(Subscription::try_from).transpose()?.ok_or(PaymentError::SubscriptionNotFound)
+}
+
+/// ListSubscriptions' filters; empty means any.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub statuses: Vec<ShownStatus>,
+    pub channel_key: Option<String>,
+    pub customer_uid: Option<String>,
+    /// Inclusive lower and exclusive upper bound on `created_at`.
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    /// Keyset cursor: only subscriptions with a smaller id (ids sort by creation time).
+    pub before_subscription_id: Option<String>,
+    pub limit: u32,
+}
+
+/// A merchant's and its sub-merchants' subscriptions, newest first.
+pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Subscription>, PaymentError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE {IN_SCOPE}");
+    if !f.statuses.is_empty() {
+        let predicates: Vec<&str> = f.statuses.iter().map(|s| s.sql_predicate()).collect();
+        sql.push_str(&format!(" AND ({})", predicates.join(" OR ")));
+    }
+    let mut binds: Vec<Bound<'_>> = Vec::new();
+    let optional = [
+        ("channel_key =", f.channel_key.as_deref().map(Bound::Text)),
+        ("customer_uid =", f.customer_uid.as_deref().map(Bound::Text)),
+        ("created_at >=", f.created_from.map(Bound::Int)),
+        ("created_at <", f.created_to.map(Bound::Int)),
+        ("subscription_id <", f.before_subscription_id.as_deref().map(Bound::Text)),
+    ];
+    for (condition, value) in optional {
+        if let Some(value) = value {
+            binds.push(value);
+            sql.push_str(&format!(" AND {condition} ${}", binds.len() + 1));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY subscription_id DESC LIMIT ${}", binds.len() + 2));
+    let mut query = sqlx::query_as::<_, SubscriptionRow>(&sql).bind(merchant_id);
+    for value in binds {
+        query = match value {
+            Bound::Text(text) => query.bind(text),
+            Bound::Int(n) => query.bind(n),
+        };
+    }
+    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await?;
+    rows.into_iter().map(Subscription::try_from).collect()
+}
+
+/// A value bound to a list query.
+enum Bound<'a> {
+    Text(&'a str),
+    Int(i64),
 }
 
 /// A `subscriptions` row as stored.
@@ -211,11 +489,16 @@ struct SubscriptionRow {
     merchant_id: String,
     channel_key: String,
     initial_payment_id: String,
+    customer_uid: String,
     period_length: i64,
     period_type: String,
     recurring: Flag,
     status: String,
     renewals: i64,
+    renewals_after_end: i64,
+    last_renewal_payment_id: Option<String>,
+    last_renewal_at: Option<UnixMs>,
+    started_at: Option<UnixMs>,
     cancel_requested_at: Option<UnixMs>,
     ended_at: Option<UnixMs>,
     created_at: UnixMs,
@@ -233,11 +516,16 @@ impl TryFrom<SubscriptionRow> for Subscription {
             merchant_id: row.merchant_id,
             channel_key: row.channel_key,
             initial_payment_id: row.initial_payment_id,
+            customer_uid: row.customer_uid,
             period_length: row.period_length,
             period_type: row.period_type,
             recurring: row.recurring.into(),
             status,
             renewals: row.renewals,
+            renewals_after_end: row.renewals_after_end,
+            last_renewal_payment_id: row.last_renewal_payment_id,
+            last_renewal_at: row.last_renewal_at.map(i64::from),
+            started_at: row.started_at.map(i64::from),
             cancel_requested_at: row.cancel_requested_at.map(i64::from),
             ended_at: row.ended_at.map(i64::from),
             created_at: row.created_at.into(),
@@ -263,17 +551,14 @@ pub async fn cancel(
     reason: &str,
     lease_ms: i64,
 ) -> Result<Subscription, PaymentError> {
-    use crate::{
-        payments::repo::{self, Lookup},
-        store::now_ms,
-    };
+    use crate::{payments::repo, store::now_ms};
     let give_up_at = now_ms() + lease_ms;
     let (initial, claim) = loop {
-        let sub = get_in_scope(db, &caller.merchant_id, subscription_id).await?;
+        let sub = get_in_scope(db, &caller.merchant_id, Lookup::SubscriptionId(subscription_id)).await?;
         if cancel_step(&sub) == CancelStep::Answer {
             return Ok(sub);
         }
-        let initial = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&sub.initial_payment_id)).await?;
+        let initial = repo::get(db, &caller.merchant_id, repo::Lookup::PaymentId(&sub.initial_payment_id)).await?;
         check_stoppable(&initial)?;
         let now = now_ms();
         if claim_cancel_ticket(db, subscription_id, now, now - lease_ms).await? {
@@ -313,7 +598,7 @@ async fn record_cancel_request(
         .await?
         .rows_affected()
             == 1;
-        let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::NotFound)?;
+        let requested = get(&mut tx, subscription_id).await?.ok_or(PaymentError::SubscriptionNotFound)?;
         if recorded {
             // Writing the payment row orders this event after (or before) any pingback on the payment.
             let payment = repo::get_in_tx(&mut tx, initial_payment_id).await?.ok_or(PaymentError::NotFound)?;
@@ -390,11 +675,123 @@ mod tests {
 
     #[test]
     fn a_renewal_counts_and_never_revives_an_ended_subscription() {
-        let live = renewed(&subscription(S::Active, 2), 9);
+        let live = renewed(&subscription(S::Active, 2), "pay_r3", 9);
         assert_eq!((live.status, live.renewals, live.updated_at), (S::Active, 3, 9));
-        assert_eq!(renewed(&subscription(S::Pending, 0), 9).status, S::Active);
-        let late = renewed(&subscription(S::Cancelled, 4), 9);
+        assert_eq!((live.last_renewal_payment_id.as_deref(), live.last_renewal_at), (Some("pay_r3"), Some(9)));
+        assert_eq!((live.renewals_after_end, live.started_at), (0, Some(0)), "the start stays");
+        assert_eq!(renewed(&subscription(S::Pending, 0), "pay_r1", 9).status, S::Active);
+        let late = renewed(&subscription(S::Cancelled, 4), "pay_r5", 9);
         assert_eq!((late.status, late.renewals), (S::Cancelled, 5), "counted, still cancelled");
+        assert_eq!((late.renewals_after_end, late.last_renewal_payment_id.as_deref()), (1, Some("pay_r5")));
+        assert_eq!(renewal_after_end(&subscription(S::Cancelled, 4)), Some(S::Cancelled));
+        assert_eq!(renewal_after_end(&subscription(S::Expired, 4)), Some(S::Expired));
+    }
+
+    #[test]
+    fn a_renewal_after_a_cancel_request_is_an_ordinary_renewal() {
+        let asked = Subscription { cancel_requested_at: Some(5), ..subscription(S::Active, 1) };
+        assert_eq!(renewal_after_end(&asked), None, "billing may run until the provider confirms");
+        let renewed = renewed(&asked, "pay_r2", 9);
+        assert_eq!((renewed.renewals, renewed.renewals_after_end), (2, 0));
+        assert_eq!(shown_status(&renewed), ShownStatus::CancelRequested, "still waiting for the provider");
+    }
+
+    #[test]
+    fn the_shown_status_says_when_a_stop_is_pending() {
+        let asked = |status| Subscription { cancel_requested_at: Some(5), ..subscription(status, 0) };
+        assert_eq!(shown_status(&subscription(S::Active, 0)), ShownStatus::Active);
+        assert_eq!(shown_status(&subscription(S::Pending, 0)), ShownStatus::Pending);
+        assert_eq!(shown_status(&asked(S::Active)), ShownStatus::CancelRequested);
+        assert_eq!(shown_status(&asked(S::Pending)), ShownStatus::CancelRequested);
+        // Once ended, the end is what shows, whatever was asked before.
+        assert_eq!(shown_status(&asked(S::Cancelled)), ShownStatus::Cancelled);
+        assert_eq!(shown_status(&asked(S::Expired)), ShownStatus::Expired);
+        assert_eq!(shown_status(&subscription(S::PaymentFailed, 0)), ShownStatus::PaymentFailed);
+        let view = SubscriptionView::from(asked(S::Active));
+        assert_eq!(serde_json::to_value(&view).unwrap()["status"], "CANCEL_REQUESTED");
+        let json = serde_json::to_value(asked(S::Active)).unwrap();
+        assert_eq!(SubscriptionView::from_detail(&json), Some(view), "events carry the view and read back");
+        assert_eq!(SubscriptionView::from_detail(&serde_json::json!({"cancellation_id": "can_1"})), None);
+    }
+
+    #[test]
+    fn the_first_payment_records_the_start() {
+        let started = activated(&Subscription { started_at: None, ..subscription(S::Pending, 0) }, 7).unwrap();
+        assert_eq!(started.started_at, Some(7));
+    }
+
+    /// 2024-01-31T10:00:00Z and friends, as Unix ms.
+    fn at(year: i64, month: i64, day: i64) -> i64 {
+        days_from_civil(year, month, day) * 86_400_000 + 10 * 3_600_000
+    }
+
+    #[test]
+    fn the_next_renewal_is_estimated_from_the_terms() {
+        let terms = |period_type: &str, length, renewals| Subscription {
+            period_type: period_type.into(),
+            period_length: length,
+            started_at: Some(at(2024, 1, 31)),
+            ..subscription(S::Active, renewals)
+        };
+        assert_eq!(next_renewal_estimate(&terms("day", 3, 0)), Some(at(2024, 2, 3)));
+        assert_eq!(next_renewal_estimate(&terms("week", 1, 1)), Some(at(2024, 2, 14)));
+        assert_eq!(next_renewal_estimate(&terms("month", 1, 0)), Some(at(2024, 2, 29)), "clamped, leap year");
+        assert_eq!(next_renewal_estimate(&terms("month", 1, 1)), Some(at(2024, 3, 31)), "from the start, no drift");
+        assert_eq!(next_renewal_estimate(&terms("month", 2, 5)), Some(at(2025, 1, 31)));
+        assert_eq!(next_renewal_estimate(&terms("year", 1, 0)), Some(at(2025, 1, 31)));
+        let leap_day = Subscription { started_at: Some(at(2024, 2, 29)), ..terms("year", 1, 0) };
+        assert_eq!(next_renewal_estimate(&leap_day), Some(at(2025, 2, 28)));
+        // No estimate unless billing is live and recurring.
+        let once = Subscription { recurring: false, ..terms("month", 1, 0) };
+        let asked = Subscription { cancel_requested_at: Some(1), ..terms("month", 1, 0) };
+        let ended = Subscription { status: S::Cancelled, ..terms("month", 1, 0) };
+        let waiting = Subscription { status: S::Pending, started_at: None, ..terms("month", 1, 0) };
+        for sub in [once, asked, ended, waiting, terms("fortnight", 1, 0)] {
+            assert_eq!(next_renewal_estimate(&sub), None, "{sub:?}");
+        }
+        assert_eq!(next_renewal_estimate(&terms("day", i64::MAX, 1)), None, "overflow is no estimate, not a panic");
+    }
+
+    #[test]
+    fn calendar_days_round_trip() {
+        for days in [-719_468, -1, 0, 1, 11_016, 19_782, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn each_shown_status_selects_what_it_shows() {
+        use ShownStatus as V;
+        // The SQL predicates, read as the stored (status, cancel asked) pairs they admit.
+        let admits = |shown: V, status: S, asked: bool| {
+            let p = shown.sql_predicate();
+            let status_ok = p.contains(&format!("'{}'", status.as_str()));
+            let asked_ok = if p.contains("IS NULL") {
+                !asked
+            } else if p.contains("IS NOT NULL") {
+                asked
+            } else {
+                true
+            };
+            status_ok && asked_ok
+        };
+        for status in [S::Pending, S::Active, S::Cancelled, S::Expired, S::PaymentFailed] {
+            for asked in [false, true] {
+                let sub = Subscription { cancel_requested_at: asked.then_some(1), ..subscription(status, 0) };
+                let shown = shown_status(&sub);
+                for candidate in [V::Pending, V::Active, V::CancelRequested, V::Cancelled, V::Expired, V::PaymentFailed]
+                {
+                    assert_eq!(
+                        admits(candidate, status, asked),
+                        candidate == shown,
+                        "{candidate:?} {status:?} {asked}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod limits;
 mod operations;
 mod readiness;
 mod streams;
+mod subscriptions;
 mod test_provider;
 mod upgrade;
 mod webhooks;

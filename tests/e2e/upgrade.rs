@@ -1,5 +1,6 @@
-//! A database written before channel credentials became provider-owned config (migrations up to
-//! 0003) upgrades in place: its channel keeps its settings, its secret and its pingback URL.
+//! Databases written by earlier releases upgrade in place: a channel stored before credentials became
+//! provider-owned config (migrations up to 0003) keeps its settings, its secret and its pingback URL;
+//! a subscription stored before 0005 reads complete.
 
 use paygate::{proto::v1 as pb, secrets::MasterKeys};
 use secrecy::SecretString;
@@ -12,15 +13,7 @@ use crate::support::{
 
 /// Applies the migrations before 0004, as the previous release left the database.
 async fn migrate_to_0003(db: &TestDb) {
-    let dir = match db.backend {
-        Backend::Postgres => "migrations/postgres",
-        Backend::Sqlite => "migrations/sqlite",
-    };
-    let mut migrator = Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).await.unwrap();
-    migrator.migrations = migrator.migrations.iter().filter(|m| m.version <= 3).cloned().collect::<Vec<_>>().into();
-    let pool = db.pool().await;
-    migrator.run(&pool).await.expect("migrations 0001-0003");
-    pool.close().await;
+    migrate_before(db, 4).await;
 }
 
 async fn upgrades_in_place(backend: Backend) {
@@ -128,4 +121,93 @@ async fn a_channel_stored_before_provider_owned_configs_keeps_working_on_postgre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_stored_before_provider_owned_configs_keeps_working_on_sqlite() {
     upgrades_in_place(Backend::Sqlite).await;
+}
+
+/// Applies the migrations before `version`, as an earlier release left the database.
+async fn migrate_before(db: &TestDb, version: i64) {
+    let dir = match db.backend {
+        Backend::Postgres => "migrations/postgres",
+        Backend::Sqlite => "migrations/sqlite",
+    };
+    let mut migrator = Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).await.unwrap();
+    migrator.migrations =
+        migrator.migrations.iter().filter(|m| m.version < version).cloned().collect::<Vec<_>>().into();
+    let pool = db.pool().await;
+    migrator.run(&pool).await.expect("the earlier migrations");
+    pool.close().await;
+}
+
+/// A subscription stored before 0005 (cancelled, with a renewal before its end and one after) reads
+/// with its buyer, start, last renewal and renewals after the end filled in from its payments.
+async fn subscriptions_stored_before_0005_read_complete(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    migrate_before(&db, 5).await;
+    let pool = db.pool().await;
+    pool.execute("INSERT INTO merchants (merchant_id, name, created_at) VALUES ('mer_old', 'old', 0)").await.unwrap();
+    pool.execute(
+        "INSERT INTO channels (channel_key, merchant_id, owner_id, name, provider, mode, version, created_at, \
+         updated_at) VALUES ('old-ch', 'mer_old', 'mer_old', 'from 0004', 'paymentwall', 'TEST', 1, 0, 0)",
+    )
+    .await
+    .unwrap();
+    // The first payment paid at 2000, a renewal at 3000, the end at 4000, money again at 5000.
+    let payments = [
+        ("pay_1", "gold", 1000, Some(2000)),
+        ("pay_2", "~gold/renewal/1", 3000, Some(3000)),
+        ("pay_3", "~gold/renewal/2", 5000, Some(5000)),
+    ];
+    for (payment_id, merchant_uid, created_at, paid_at) in payments {
+        sqlx::query(
+            "INSERT INTO payments (payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
+             order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
+             country_code, language, custom_params, status, provider_ref, is_test, redirect_url, subscription_id, \
+             created_at, updated_at, paid_at) VALUES ($1, 'mer_old', 'old-ch', $2, 999, 'USD', 'Gold', 'buyer-9', \
+             '', 'all', 'p1_1', '', '', '', '', '{}', 'PAID', $3, 1, '', 'sub_old', $4, $4, $5)",
+        )
+        .bind(payment_id)
+        .bind(merchant_uid)
+        .bind(format!("b{payment_id}"))
+        .bind(created_at)
+        .bind(paid_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.execute(
+        "INSERT INTO subscriptions (subscription_id, merchant_id, channel_key, initial_payment_id, period_length, \
+         period_type, recurring, status, renewals, ended_at, created_at, updated_at) VALUES ('sub_old', 'mer_old', \
+         'old-ch', 'pay_1', 1, 'month', 1, 'CANCELLED', 2, 4000, 1000, 5000)",
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let gate = Paygate::start(&db, &[]);
+    let workdir = tempfile::tempdir().unwrap();
+    let out = paygate_command(&db, workdir.path())
+        .args(["admin", "create-api-key", "--merchant", "mer_old"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api_key =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["api_key"].as_str().unwrap().to_owned();
+    let lookup = Some(pb::get_subscription_request::Lookup::SubscriptionId("sub_old".into()));
+    let request = pb::GetSubscriptionRequest { lookup };
+    let sub = gate.payments(&api_key).await.get_subscription(request).await.unwrap().into_inner();
+    let ms = |ts: Option<prost_types::Timestamp>| ts.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    assert_eq!(sub.status, pb::SubscriptionStatus::Cancelled as i32);
+    assert_eq!((sub.customer_uid.as_str(), ms(sub.started_at)), ("buyer-9", Some(2000)));
+    assert_eq!((sub.last_renewal_payment_id.as_str(), ms(sub.last_renewal_at)), ("pay_3", Some(5000)));
+    assert_eq!((sub.renewals, sub.renewals_after_end), (2, 1));
+    assert_eq!(sub.last_renewal_payment.map(|p| p.merchant_uid).as_deref(), Some("~gold/renewal/2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_stored_before_0005_read_complete_postgres() {
+    subscriptions_stored_before_0005_read_complete(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_stored_before_0005_read_complete_sqlite() {
+    subscriptions_stored_before_0005_read_complete(Backend::Sqlite).await;
 }

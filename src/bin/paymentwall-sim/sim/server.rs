@@ -190,6 +190,8 @@ struct PingbackRequest {
     #[serde(rename = "type")]
     pingback_type: u32,
     reason: Option<u32>,
+    /// The transaction: a renewal's reference (default: the first payment's).
+    reference: Option<String>,
 }
 
 /// Sends a pingback of any type for a session's transaction (reviews, refunds, chargebacks).
@@ -210,7 +212,11 @@ async fn control_pingback(
         (state.projects.get(&session.project_key).cloned(), session)
     };
     let Some(project) = project else { return error(StatusCode::CONFLICT, "project was removed") };
-    let reference = session.reference.clone().unwrap_or_default();
+    let reference = match req.reference {
+        Some(reference) if session.renewal_refs.contains(&reference) => reference,
+        Some(_) => return error(StatusCode::NOT_FOUND, "no such renewal on this session"),
+        None => session.reference.clone().unwrap_or_default(),
+    };
     let url = pingbacks::signed_url(&project, &session, &reference, req.pingback_type, req.reason);
     sim.send_pingback(&id, req.pingback_type, url);
     Json(session).into_response()
@@ -223,8 +229,17 @@ async fn control_pay_silently(State(sim): State<Sim>, Path(id): Path<String>) ->
     }
 }
 
-/// A subscription renewal: a new transaction with a new ref, reported by a type 0 pingback.
-async fn control_renew(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct RenewRequest {
+    /// Held for review: reported by a type 200 (then send its 201 with `pingback`).
+    #[serde(default)]
+    review: bool,
+}
+
+/// A subscription renewal: a new transaction with a new ref, reported by a type 0 pingback (or 200
+/// when it is held for review).
+async fn control_renew(State(sim): State<Sim>, Path(id): Path<String>, body: Option<Json<RenewRequest>>) -> Response {
+    let pingback_type = if body.is_some_and(|Json(r)| r.review) { 200 } else { 0 };
     let reference = pingbacks::new_reference();
     let (project, session) = {
         let mut state = sim.lock();
@@ -239,7 +254,7 @@ async fn control_renew(State(sim): State<Sim>, Path(id): Path<String>) -> Respon
         (state.projects.get(&session.project_key).cloned(), session)
     };
     let Some(project) = project else { return error(StatusCode::CONFLICT, "project was removed") };
-    sim.send_pingback(&id, 0, pingbacks::signed_url(&project, &session, &reference, 0, None));
+    sim.send_pingback(&id, pingback_type, pingbacks::signed_url(&project, &session, &reference, pingback_type, None));
     Json(serde_json::json!({ "reference": reference })).into_response()
 }
 
