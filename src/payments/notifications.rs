@@ -471,7 +471,7 @@ async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, 
             let detail = write_subscription(conn, subscription).await?;
             let moved = super::record_update(conn, &next, kind, detail.as_ref()).await?;
             let event_id = moved.ok_or(NotificationError::Concurrent)?;
-            return Ok(Applied::Changed { payment: Box::new(next), event_id });
+            return Ok(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end });
         }
         Decision::Renew { mut payment, kind, subscription } => {
             // Only a payment stored before the namespace existed can hold the name: never fail over it.
