@@ -299,7 +299,13 @@ impl PaymentService for Bare {
 
 async fn run_bare_server() {
     let db_url = std::env::var("PAYGATE_DATABASE_URL").expect("database");
-    let pool = PgPoolOptions::new().max_connections(POOL_SIZE).connect(&db_url).await.expect("pool");
+    // As paygate's pool: no ping before each acquire.
+    let pool = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .test_before_acquire(false)
+        .connect(&db_url)
+        .await
+        .expect("pool");
     let same_insert_for = std::env::var("PAYGATE_BENCH_MERCHANT_ID").ok();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -27,7 +27,10 @@ impl Backend {
     }
 
     pub(super) async fn connect(self, url: &str, settings: &PoolSettings) -> Result<AnyPool, StoreError> {
-        let options = AnyPoolOptions::new().acquire_timeout(settings.acquire_timeout);
+        // No ping before each acquire: it is a round trip on every request (a checkout's only
+        // other one is its INSERT). A connection that broke meanwhile fails its statement, which
+        // is answered as "unavailable, nothing changed", and the pool drops it.
+        let options = AnyPoolOptions::new().acquire_timeout(settings.acquire_timeout).test_before_acquire(false);
         let options = match self {
             // SQLite has one writer; a single connection turns lock contention into queueing
             // instead of SQLITE_BUSY failures when a read transaction upgrades to a write.
