@@ -507,24 +507,9 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
 /// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments, 64 at a time; each must be
 /// answered OK.
 async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) -> Round {
-    let client = connect(&gate.grpc, api_key).await;
-    let mut creating = Vec::new();
-    for caller in 0..CONCURRENCY {
-        let mut client = client.clone();
-        let label = format!("{label}-{caller}");
-        creating.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for n in 0..PINGBACKS_PER_ROUND / CONCURRENCY {
-                ids.push(checkout(&mut client, &format!("{label}-{n}")).await);
-            }
-            ids
-        }));
-    }
     let mut urls = Vec::new();
-    for task in creating {
-        for id in task.await.unwrap() {
-            urls.push(pingback_url(gate, &id, &format!("r{id}")));
-        }
+    for id in fresh_payments(gate, api_key, label).await {
+        urls.push(pingback_url(gate, &id, &format!("r{id}")));
     }
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
@@ -547,6 +532,75 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) 
     }
     let mut round = meter.finish(tasks).await;
     round.log_reads = log_reads(gates).await - reads_before;
+    round
+}
+
+/// `PINGBACKS_PER_ROUND` new READY payments, made by checkouts on `gate`.
+async fn fresh_payments(gate: &Gate, api_key: &str, label: &str) -> Vec<String> {
+    let client = connect(&gate.grpc, api_key).await;
+    let mut creating = Vec::new();
+    for caller in 0..CONCURRENCY {
+        let mut client = client.clone();
+        let label = format!("{label}-{caller}");
+        creating.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..PINGBACKS_PER_ROUND / CONCURRENCY {
+                ids.push(checkout(&mut client, &format!("{label}-{n}")).await);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in creating {
+        ids.extend(task.await.unwrap());
+    }
+    ids
+}
+
+/// The pingback's transaction alone: paygate's own `notifications::ingest` called from here, 64
+/// at a time through a pool of paygate's size, with no HTTP, signature, or log line. What the
+/// database work of a pingback allows on this machine.
+async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str) -> Round {
+    use paygate::payments::{
+        PaymentOutcome,
+        notifications::{self, Notice, ProviderEvent, RawNotification},
+    };
+    let settings =
+        paygate::store::PoolSettings { max_connections: POOL_SIZE, acquire_timeout: Duration::from_secs(30) };
+    let db = paygate::store::Db::connect(db_url, &settings).await.unwrap();
+    let ids = Arc::new(Mutex::new(fresh_payments(gate, api_key, label).await));
+    let meter = Meter::start(None);
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (ids, db) = (ids.clone(), db.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(payment_id) = ids.lock().unwrap().pop() else { break };
+                let provider_ref = format!("t{payment_id}");
+                let raw = RawNotification {
+                    channel_key: "main".into(),
+                    provider_ref: provider_ref.clone(),
+                    kind: 0,
+                    unique_ref: String::new(),
+                    query: format!("uid=bench-user&goodsid={payment_id}&type=0&ref={provider_ref}&is_test=1&sign_version=3&sig=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+                };
+                let notice = Notice {
+                    payment_id,
+                    provider_ref,
+                    event: ProviderEvent::Payment(PaymentOutcome::Completed),
+                    test: true,
+                };
+                let sent = Instant::now();
+                let applied = notifications::ingest(&db, &raw, &notice).await.expect("applied");
+                assert!(matches!(applied, notifications::Applied::Changed { .. }), "every one moves its payment");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let round = meter.finish(tasks).await;
+    db.close().await;
     round
 }
 
@@ -787,7 +841,7 @@ async fn bench() {
 
     let (mut gate_checkout, mut bare_checkout, mut narrow_checkout) =
         (Side::default(), Side::default(), Side::default());
-    let (mut gate_ingest, mut floor_ingest) = (Side::default(), Side::default());
+    let (mut gate_ingest, mut floor_ingest, mut transaction_only) = (Side::default(), Side::default(), Side::default());
     for round in 0..if compare { ROUNDS } else { 0 } {
         if run_checkout {
             gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
@@ -802,6 +856,7 @@ async fn bench() {
         if run_ingest {
             gate_ingest.rounds.push(ingest_round(&s.a, &[&s.a, &s.b], &s.api_key, &format!("i{round}")).await);
             floor_ingest.rounds.push(insert_round(&s.db_url).await);
+            transaction_only.rounds.push(transaction_round(&s.a, &s.db_url, &s.api_key, &format!("t{round}")).await);
         }
     }
     println!(
@@ -810,6 +865,13 @@ async fn bench() {
     println!("|---|---|---|---|---|---|");
     if compare {
         comparison_rows(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+        if !transaction_only.rounds.is_empty() {
+            println!(
+                "| (for reference) the pingback's transaction alone (paygate's code, pool of {POOL_SIZE}, no HTTP) | {:.0}/s | | {:.2} of the floor | | |",
+                transaction_only.per_second(),
+                transaction_only.per_second() / floor_ingest.per_second()
+            );
+        }
         if !narrow_checkout.rounds.is_empty() {
             println!(
                 "| (for reference) the bare server with a four-column row, one index: throughput, p99 | {:.0}/s, {} | | | | |",
