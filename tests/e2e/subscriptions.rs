@@ -593,3 +593,94 @@ async fn other_merchants_and_siblings_see_nothing_postgres() {
 async fn other_merchants_and_siblings_see_nothing_sqlite() {
     other_merchants_and_siblings_see_nothing(Backend::Sqlite).await;
 }
+
+/// A renewal that read the subscription just before CancelSubscription committed must not write
+/// (its event would say ACTIVE after `subscription.cancel_requested`): the compare-and-set sees the
+/// cancel request, so the renewal is retried on what is stored.
+async fn a_write_from_before_a_cancel_request_is_refused(backend: Backend) {
+    use paygate::payments::subscriptions;
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "race", "buyer-1").await;
+    w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let pool = w._db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let before = subscriptions::get(&mut conn, &id).await.unwrap().expect("stored");
+    assert_eq!(before.cancel_requested_at, None);
+    // CancelSubscription commits in between (status and renewals unchanged).
+    sqlx::query("UPDATE subscriptions SET cancel_requested_at = 1234 WHERE subscription_id = $1")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let renewal = subscriptions::renewed(&before, "pay_renewal", 2000);
+    assert!(!subscriptions::update(&mut conn, &before, &renewal).await.unwrap(), "a stale copy does not write");
+    let stored = subscriptions::get(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!((stored.renewals, stored.cancel_requested_at), (0, Some(1234)));
+    // Read again, the same renewal writes, and what it carries is what is stored.
+    let renewal = subscriptions::renewed(&stored, "pay_renewal", 2000);
+    assert!(subscriptions::update(&mut conn, &stored, &renewal).await.unwrap());
+    assert_eq!(subscriptions::get(&mut conn, &id).await.unwrap().unwrap(), renewal);
+    drop(conn);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_cancel_request_is_refused_postgres() {
+    a_write_from_before_a_cancel_request_is_refused(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_cancel_request_is_refused_sqlite() {
+    a_write_from_before_a_cancel_request_is_refused(Backend::Sqlite).await;
+}
+
+/// The type 12 lands while the stop ticket's answer is still on its way: the subscription stays
+/// CANCELLED, and the log has no `subscription.cancel_requested` after `subscription.cancelled`.
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let behaviour = serde_json::json!({ "ticket_pingbacks": false, "ticket_delay_ms": 1500 });
+    let url = format!("{}/control/behaviour", w.sim.base_url());
+    assert_eq!(w.sim.http.post(url).json(&behaviour).send().await.unwrap().status(), 204);
+    let session = World::subscribe(&mut w.a, "main", "early-end", "buyer-1").await;
+    let sim_session = w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let mut client = w.a.clone();
+    let cancel = pb::CancelSubscriptionRequest { subscription_id: id.clone(), reason: "stop".into() };
+    let cancelling = tokio::spawn(async move { client.cancel_subscription(cancel).await });
+    // The ticket is at Paymentwall (the simulator holds its answer); the type 12 comes first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.pingback(&sim_session, serde_json::json!({ "type": 12 })).await;
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Cancelled as i32).await;
+    let answered = cancelling.await.unwrap().expect("the ticket was accepted").into_inner();
+    assert_eq!(answered.status, SubscriptionStatus::Cancelled as i32, "{answered:?}");
+
+    let sub = get(&mut w.a, &id).await;
+    assert_eq!((sub.status, sub.cancel_requested_at), (SubscriptionStatus::Cancelled as i32, None));
+    let request = pb::ListPaymentEventsRequest { subscription_ids: vec![id.clone()], ..Default::default() };
+    let (a, expected) = (&w.a, ["payment.paid", "subscription.cancelled"]);
+    wait_until(|| {
+        let (mut a, request) = (a.clone(), request.clone());
+        async move {
+            let events = a.list_payment_events(request).await.unwrap().into_inner().events;
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            assert!(!kinds.contains(&"subscription.cancel_requested"), "{kinds:?}");
+            kinds == expected
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_postgres() {
+    a_type_12_before_the_tickets_answer_leaves_it_cancelled(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_sqlite() {
+    a_type_12_before_the_tickets_answer_leaves_it_cancelled(Backend::Sqlite).await;
+}
