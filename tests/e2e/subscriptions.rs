@@ -684,3 +684,67 @@ async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_postgres() {
 async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_sqlite() {
     a_type_12_before_the_tickets_answer_leaves_it_cancelled(Backend::Sqlite).await;
 }
+
+/// Time ranges and page tokens of ListPayments and ListSubscriptions: an empty or reversed range, a
+/// timestamp whose nanos are out of range, and one list's token given to the other are refused,
+/// naming the field; ListPayments still takes the untagged tokens it issued before.
+async fn list_ranges_and_page_tokens_are_checked(backend: Backend) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut w = World::start(backend).await;
+    let first = World::subscribe(&mut w.a, "main", "r1", "buyer-1").await;
+    World::subscribe(&mut w.a, "main", "r2", "buyer-1").await;
+    let ts = |seconds: i64, nanos: i32| Some(prost_types::Timestamp { seconds, nanos });
+    let ranges = [
+        ("created_to", ts(100, 0), ts(100, 0)),
+        ("created_to", ts(200, 0), ts(100, 0)),
+        ("created_from.nanos", ts(100, 1_000_000_000), None),
+        ("created_to.nanos", None, ts(100, -1)),
+    ];
+    for (field, created_from, created_to) in ranges {
+        let request = pb::ListSubscriptionsRequest { created_from, created_to, ..listing(&[]) };
+        assert_names(&w.a.list_subscriptions(request).await.unwrap_err(), field);
+        let request = pb::ListPaymentsRequest { created_from, created_to, ..Default::default() };
+        assert_names(&w.a.list_payments(request).await.unwrap_err(), field);
+    }
+    // A range that holds something still lists it.
+    let wide =
+        pb::ListSubscriptionsRequest { created_from: ts(0, 0), created_to: ts(4_000_000_000, 0), ..listing(&[]) };
+    assert_eq!(ids(&mut w.a, wide).await.len(), 2);
+
+    let sub_token = w.a.list_subscriptions(pb::ListSubscriptionsRequest { page_size: 1, ..listing(&[]) }).await;
+    let sub_token = sub_token.unwrap().into_inner().next_page_token;
+    let pay_request = pb::ListPaymentsRequest { page_size: 1, ..Default::default() };
+    let pay_token = w.a.list_payments(pay_request).await.unwrap().into_inner().next_page_token;
+    assert!(!sub_token.is_empty() && !pay_token.is_empty());
+    let swapped = pb::ListSubscriptionsRequest { page_token: pay_token.clone(), ..listing(&[]) };
+    assert_names(&w.a.list_subscriptions(swapped).await.unwrap_err(), "page_token");
+    let swapped = pb::ListPaymentsRequest { page_token: sub_token.clone(), ..Default::default() };
+    assert_names(&w.a.list_payments(swapped).await.unwrap_err(), "page_token");
+    // Untagged tokens (a bare id, as issued before): ListPayments' still page; none other does.
+    let legacy = URL_SAFE_NO_PAD.encode(
+        &w.a.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner().payments[0].payment_id,
+    );
+    let old = pb::ListPaymentsRequest { page_token: legacy.clone(), ..Default::default() };
+    let rest = w.a.list_payments(old).await.unwrap().into_inner().payments;
+    assert_eq!(rest.iter().map(|p| p.payment_id.as_str()).collect::<Vec<_>>(), [first.payment_id.as_str()]);
+    let old = pb::ListSubscriptionsRequest { page_token: legacy, ..listing(&[]) };
+    assert_names(&w.a.list_subscriptions(old).await.unwrap_err(), "page_token");
+    let old =
+        pb::ListPaymentsRequest { page_token: URL_SAFE_NO_PAD.encode(&first.subscription_id), ..Default::default() };
+    assert_names(&w.a.list_payments(old).await.unwrap_err(), "page_token");
+    // And each list's own token goes on.
+    let next = pb::ListSubscriptionsRequest { page_token: sub_token, ..listing(&[]) };
+    assert_eq!(ids(&mut w.a, next).await, [first.subscription_id.clone()]);
+    let next = pb::ListPaymentsRequest { page_token: pay_token, ..Default::default() };
+    assert_eq!(w.a.list_payments(next).await.unwrap().into_inner().payments[0].payment_id, first.payment_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_ranges_and_page_tokens_are_checked_postgres() {
+    list_ranges_and_page_tokens_are_checked(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_ranges_and_page_tokens_are_checked_sqlite() {
+    list_ranges_and_page_tokens_are_checked(Backend::Sqlite).await;
+}
