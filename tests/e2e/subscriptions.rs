@@ -506,7 +506,7 @@ async fn one_subscriptions_stream_resumes_without_a_gap_sqlite() {
 /// owner S1): NOT_FOUND, and lists and streams with nothing in them. S1 and its parent A see it.
 async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
     let mut w = World::start(backend).await;
-    let (_, _, z, _, z_session) = three_and_a_foreign_one(&mut w).await;
+    let (x, _, z, foreign, z_session) = three_and_a_foreign_one(&mut w).await;
     let id = z.subscription_id.clone();
     let lookups = [
         Lookup::SubscriptionId(id.clone()),
@@ -542,8 +542,9 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         }
         let cancel = pb::CancelSubscriptionRequest { subscription_id: id.clone(), reason: String::new() };
         assert_eq!(client.cancel_subscription(cancel).await.unwrap_err().code(), Code::NotFound, "{who}");
-        let listed = ids(&mut client, listing(&[])).await;
-        assert!(!listed.contains(&id), "{who}: {listed:?}");
+        // B lists its own one only; the sibling S2 has none.
+        let own = if who == "another merchant" { vec![foreign.subscription_id.clone()] } else { vec![] };
+        assert_eq!(ids(&mut client, listing(&[])).await, own, "{who}");
         assert!(client.list_payments(payments.clone()).await.unwrap().into_inner().payments.is_empty(), "{who}");
         assert!(client.list_payment_events(events("")).await.unwrap().into_inner().events.is_empty(), "{who}");
         // A stream of it: no snapshot, no replay (from the start of the log), nothing live.
@@ -560,6 +561,33 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         assert!(next(&mut fresh, Duration::from_millis(300)).await.is_none(), "{who}");
         assert!(next(&mut replayed, Duration::from_millis(300)).await.is_none(), "{who}");
     }
+    // The renewal names its subscription too, by its payment id and by its ~uid/renewal/n order id
+    // (the proto's and README's promise), for the owner and its parent only.
+    let renewal = payment_by_ref(&mut w.s1, &id, &renewal).await;
+    assert_eq!(renewal.merchant_uid, "~z-asked/renewal/1");
+    let by_renewal = [Lookup::PaymentId(renewal.payment_id.clone()), Lookup::MerchantUid(renewal.merchant_uid.clone())];
+    for lookup in &by_renewal {
+        for client in [&mut w.a, &mut w.s1] {
+            assert_eq!(client.get_subscription(by(lookup.clone())).await.unwrap().into_inner().subscription_id, id);
+        }
+        for (who, client) in [("another merchant", &mut w.b), ("a sibling sub-merchant", &mut w.s2)] {
+            let status = client.get_subscription(by(lookup.clone())).await.unwrap_err();
+            assert_eq!(status.code(), Code::NotFound, "{who}: {lookup:?}");
+        }
+    }
+    // A sub-merchant does not see its parent's subscriptions.
+    let parents = [
+        Lookup::SubscriptionId(x.subscription_id.clone()),
+        Lookup::PaymentId(x.payment_id.clone()),
+        Lookup::MerchantUid("x-active".into()),
+    ];
+    for lookup in parents {
+        let status = w.s1.get_subscription(by(lookup.clone())).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "the parent's, by {lookup:?}");
+    }
+    assert_eq!(ids(&mut w.s1, listing(&[])).await, [id.clone()], "only its own");
+    let parents_payments = pb::ListPaymentsRequest { subscription_id: x.subscription_id.clone(), ..Default::default() };
+    assert!(w.s1.list_payments(parents_payments).await.unwrap().into_inner().payments.is_empty());
 
     // A payment client token reads and watches its payment, never subscriptions.
     let request = pb::CreatePaymentClientTokenRequest { payment_id: z.payment_id.clone(), ttl_seconds: 60 };
@@ -747,4 +775,48 @@ async fn list_ranges_and_page_tokens_are_checked_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_ranges_and_page_tokens_are_checked_sqlite() {
     list_ranges_and_page_tokens_are_checked(Backend::Sqlite).await;
+}
+
+/// A renewal held for review (200) that the review then declines (202): the renewal payment is
+/// FAILED and stays counted as the subscription's last renewal; the subscription stays ACTIVE.
+async fn a_declined_review_of_a_renewal_stays_counted(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "reviewed", "buyer-1").await;
+    let sim_session = w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let held = w.renew(&sim_session, true).await;
+    let sub = wait_for(&mut w.a, &id, |s| s.renewals == 1).await;
+    assert_eq!(status_of(&sub.last_renewal_payment), PaymentStatus::PendingReview as i32);
+    w.pingback(&sim_session, serde_json::json!({ "type": 202, "reference": held })).await;
+    let failed = |s: &pb::Subscription| status_of(&s.last_renewal_payment) == PaymentStatus::Failed as i32;
+    let sub = wait_for(&mut w.a, &id, failed).await;
+    assert_eq!(
+        (sub.status, sub.renewals, ref_of(&sub.last_renewal_payment)),
+        (SubscriptionStatus::Active as i32, 1, held.as_str())
+    );
+    let renewal = payment_by_ref(&mut w.a, &id, &held).await;
+    assert_eq!((renewal.status, renewal.merchant_uid.as_str()), (PaymentStatus::Failed as i32, "~reviewed/renewal/1"));
+    let by_renewal = w.a.get_subscription(by(Lookup::PaymentId(renewal.payment_id))).await.unwrap().into_inner();
+    assert_eq!(by_renewal, sub);
+
+    // The next renewal is the second.
+    let next = w.renew(&sim_session, false).await;
+    let sub = wait_for(&mut w.a, &id, |s| s.renewals == 2).await;
+    assert_eq!(
+        (ref_of(&sub.last_renewal_payment), status_of(&sub.last_renewal_payment)),
+        (next.as_str(), PaymentStatus::Paid as i32)
+    );
+    assert_eq!(sub.last_renewal_payment.unwrap().merchant_uid, "~reviewed/renewal/2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_review_of_a_renewal_stays_counted_postgres() {
+    a_declined_review_of_a_renewal_stays_counted(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_review_of_a_renewal_stays_counted_sqlite() {
+    a_declined_review_of_a_renewal_stays_counted(Backend::Sqlite).await;
 }
