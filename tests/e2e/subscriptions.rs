@@ -820,3 +820,49 @@ async fn a_declined_review_of_a_renewal_stays_counted_postgres() {
 async fn a_declined_review_of_a_renewal_stays_counted_sqlite() {
     a_declined_review_of_a_renewal_stays_counted(Backend::Sqlite).await;
 }
+
+/// WatchPayments with subscription_ids and statuses filters every event, the snapshot included,
+/// on the payment it carries: the snapshot on the first payment, a renewal's event on the renewal.
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "filtered", "buyer-1").await;
+    let id = session.subscription_id.clone();
+    let watching = |statuses: &[PaymentStatus]| pb::WatchPaymentsRequest {
+        statuses: statuses.iter().map(|s| *s as i32).collect(),
+        ..watch(&id, "")
+    };
+    // The first payment is READY: a snapshot for READY, none for PAID.
+    let mut ready = w.a.watch_payments(watching(&[PaymentStatus::Ready])).await.unwrap().into_inner();
+    let snapshot = collect(&mut ready, 1).await.remove(0);
+    assert_eq!(
+        (snapshot.kind.as_str(), snapshot.payment.unwrap().payment_id),
+        ("subscription.snapshot", session.payment_id.clone())
+    );
+    let mut paid = w.a.watch_payments(watching(&[PaymentStatus::Paid])).await.unwrap().into_inner();
+    assert!(next(&mut paid, Duration::from_millis(500)).await.is_none(), "no snapshot: the first payment is not PAID");
+
+    // Live: the PAID stream gets the payment and a paid renewal; the READY one neither.
+    let sim_session = w.pay(&session).await;
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+    let renewal = w.renew(&sim_session, false).await;
+    let live = collect(&mut paid, 2).await;
+    assert_eq!(live[0].payment.as_ref().unwrap().payment_id, session.payment_id);
+    assert_eq!(live[1].payment.as_ref().unwrap().provider_ref, renewal);
+    assert!(next(&mut ready, Duration::from_millis(500)).await.is_none());
+
+    // Now the first payment is PAID: a new PAID stream starts with the snapshot, a READY one without.
+    let mut again = w.a.watch_payments(watching(&[PaymentStatus::Paid])).await.unwrap().into_inner();
+    assert!(collect(&mut again, 1).await[0].snapshot);
+    let mut none = w.a.watch_payments(watching(&[PaymentStatus::Ready])).await.unwrap().into_inner();
+    assert!(next(&mut none, Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries_postgres() {
+    a_subscription_stream_filters_on_the_payment_each_event_carries(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries_sqlite() {
+    a_subscription_stream_filters_on_the_payment_each_event_carries(Backend::Sqlite).await;
+}
