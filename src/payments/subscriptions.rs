@@ -8,7 +8,10 @@ use super::{
     Payment, PaymentError,
     event_log::{EventDetail, EventKind},
 };
-use crate::store::{Db, Flag, UnixMs};
+use crate::{
+    merchants::{IN_SCOPE, MERCHANTS_IN_SCOPE},
+    store::{Db, Flag, UnixMs},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -399,9 +402,6 @@ pub async fn get(conn: &mut AnyConnection, subscription_id: &str) -> Result<Opti
     row.map(Subscription::try_from).transpose()
 }
 
-/// Merchants a caller acts for: itself and its sub-merchants.
-const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
-
 /// How a caller names a subscription: by its id, or by a payment of it (the one that started it,
 /// or a renewal).
 #[derive(Debug, Clone, Copy)]
@@ -414,14 +414,16 @@ pub enum Lookup<'a> {
 /// A subscription of `merchant_id` or one of its sub-merchants; anyone else's reads as not found.
 pub async fn get_in_scope(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Subscription, PaymentError> {
     let (clause, value) = match lookup {
-        Lookup::SubscriptionId(id) => ("subscription_id = $2", id),
+        Lookup::SubscriptionId(id) => ("subscription_id = $2".to_owned(), id),
         Lookup::PaymentId(id) => {
-            ("subscription_id = (SELECT p.subscription_id FROM payments p WHERE p.payment_id = $2)", id)
+            ("subscription_id = (SELECT p.subscription_id FROM payments p WHERE p.payment_id = $2)".to_owned(), id)
         }
         // The same order id may exist under two sub-merchants: the newest subscription wins.
         Lookup::MerchantUid(uid) => (
-            "subscription_id IN (SELECT p.subscription_id FROM payments p WHERE p.merchant_uid = $2 AND p.merchant_id IN \
-             (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1))",
+            format!(
+                "subscription_id IN (SELECT p.subscription_id FROM payments p WHERE p.merchant_uid = $2 \
+                 AND p.merchant_id IN {MERCHANTS_IN_SCOPE})"
+            ),
             uid,
         ),
     };

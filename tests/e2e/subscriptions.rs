@@ -585,7 +585,7 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         let status = w.s1.get_subscription(by(lookup.clone())).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "the parent's, by {lookup:?}");
     }
-    assert_eq!(ids(&mut w.s1, listing(&[])).await, [id.clone()], "only its own");
+    assert_eq!(ids(&mut w.s1, listing(&[])).await, [id.as_str()], "only its own");
     let parents_payments = pb::ListPaymentsRequest { subscription_id: x.subscription_id.clone(), ..Default::default() };
     assert!(w.s1.list_payments(parents_payments).await.unwrap().into_inner().payments.is_empty());
 
@@ -762,7 +762,7 @@ async fn list_ranges_and_page_tokens_are_checked(backend: Backend) {
     assert_names(&w.a.list_payments(old).await.unwrap_err(), "page_token");
     // And each list's own token goes on.
     let next = pb::ListSubscriptionsRequest { page_token: sub_token, ..listing(&[]) };
-    assert_eq!(ids(&mut w.a, next).await, [first.subscription_id.clone()]);
+    assert_eq!(ids(&mut w.a, next).await, [first.subscription_id.as_str()]);
     let next = pb::ListPaymentsRequest { page_token: pay_token, ..Default::default() };
     assert_eq!(w.a.list_payments(next).await.unwrap().into_inner().payments[0].payment_id, first.payment_id);
 }
