@@ -24,6 +24,11 @@ impl Violations {
         self.0.push(FieldViolation { field: field.into(), description: description.into() });
     }
 
+    /// Adds the problems another check found.
+    pub fn extend(&mut self, other: InvalidArgument) {
+        self.0.extend(other.0.0);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -40,6 +40,16 @@ export function uid(prefix: string): string {
   return `${prefix}-${nextId}`;
 }
 
+/**
+ * A random key for a write's idempotency (128 bits, hex). crypto.getRandomValues works on any page;
+ * crypto.randomUUID exists only in secure contexts, and the console is often opened over plain HTTP
+ * on the internal port (http://10.0.0.5:50051/console), where it is undefined.
+ */
+export function randomKey(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** A labelled input; `name` is the request field it feeds, so a field violation can find it. */
 export function field(
   label: string,

@@ -239,6 +239,25 @@ pub mod page_token {
         URL_SAFE_NO_PAD.encode(last_key)
     }
 
+    /// The key a token of `list` carries (`<list>:<key>`), so that a token given to another list
+    /// is refused rather than read as a position in it.
+    pub fn tagged(list: &str, key: &str) -> String {
+        format!("{list}:{key}")
+    }
+
+    /// The key inside a token that `tagged(list, ...)` made; it must follow `rule`.
+    pub fn decode_for(token: &str, list: &str, rule: Rule) -> Result<Option<String>, InvalidArgument> {
+        let refused =
+            || InvalidArgument::single("page_token", format!("is not a page token of {list} from this server"));
+        let inner = Rule { charset: validation::Charset::VisibleAscii, max: validation::PAGE_TOKEN.max };
+        let Some(tagged) = decode_as(token, inner).map_err(|_| refused())? else { return Ok(None) };
+        let key = tagged.strip_prefix(list).and_then(|rest| rest.strip_prefix(':')).ok_or_else(refused)?;
+        match validation::problem(key, rule) {
+            None => Ok(Some(key.to_owned())),
+            Some(_) => Err(refused()),
+        }
+    }
+
     /// The key inside a token, with no control characters.
     pub fn decode(token: &str) -> Result<Option<String>, InvalidArgument> {
         decode_as(token, Rule { charset: validation::Charset::Printable, max: validation::PAGE_TOKEN.max })
@@ -270,6 +289,19 @@ mod tests {
             assert_eq!(millis(&timestamp(ms)), ms);
         }
         assert_eq!(timestamp(-1).nanos, 999_000_000);
+    }
+
+    #[test]
+    fn a_page_token_reads_only_in_the_list_that_issued_it() {
+        use crate::validation::ID;
+        let token = page_token::encode(&page_token::tagged("subscriptions", "sub_1"));
+        assert_eq!(page_token::decode_for(&token, "subscriptions", ID), Ok(Some("sub_1".into())));
+        assert!(page_token::decode_for(&token, "payments", ID).is_err());
+        assert!(page_token::decode_for(&token, "subscription", ID).is_err(), "the whole name");
+        assert!(page_token::decode_for(&page_token::encode("sub_1"), "subscriptions", ID).is_err(), "untagged");
+        let bad_key = page_token::encode(&page_token::tagged("subscriptions", "sub 1"));
+        assert!(page_token::decode_for(&bad_key, "subscriptions", ID).is_err());
+        assert_eq!(page_token::decode_for("", "subscriptions", ID), Ok(None));
     }
 
     #[test]

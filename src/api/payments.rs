@@ -103,8 +103,9 @@ impl PaymentsApi {
         caller: &Caller,
         sub: Subscription,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let mut replies = self.subscription_replies(caller, vec![sub]).await?;
-        Ok(Response::new(replies.pop().expect("one in, one out")))
+        let mut replies = self.subscription_replies(caller, vec![sub]).await?.into_iter();
+        let reply = replies.next().ok_or_else(|| Status::internal("a subscription went missing from its reply"))?;
+        Ok(Response::new(reply))
     }
 
     pub fn new(
@@ -118,6 +119,49 @@ impl PaymentsApi {
     ) -> Self {
         Self { db, channels, providers, hub, keys, methods, settings }
     }
+}
+
+/// The lists' names inside their page tokens: a token works only in the list that issued it.
+const PAYMENTS_LIST: &str = "payments";
+const SUBSCRIPTIONS_LIST: &str = "subscriptions";
+
+/// ListPayments' cursor: a token it issued, or one of the untagged tokens (a bare payment id) it
+/// issued before tokens named their list.
+fn payments_page_token(v: &mut Violations, token: &str) -> Option<String> {
+    match convert::page_token::decode_for(token, PAYMENTS_LIST, validation::ID) {
+        Ok(key) => key,
+        Err(e) => match convert::page_token::decode_as(token, validation::ID) {
+            Ok(Some(legacy)) if legacy.starts_with("pay_") => Some(legacy),
+            _ => {
+                v.extend(e);
+                None
+            }
+        },
+    }
+}
+
+/// A creation-time range `[created_from, created_to)` in milliseconds: each a valid timestamp
+/// (nanos within a second), and a range that is not empty.
+fn time_range(
+    v: &mut Violations,
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> (Option<i64>, Option<i64>) {
+    let mut millis = |field: &str, ts: Option<&prost_types::Timestamp>| {
+        let ts = ts?;
+        if !(0..1_000_000_000).contains(&ts.nanos) {
+            v.add(format!("{field}.nanos"), "must be from 0 to 999,999,999");
+            return None;
+        }
+        Some(convert::millis(ts))
+    };
+    let (from, to) = (millis("created_from", from), millis("created_to", to));
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        v.add("created_to", "must be later than created_from");
+    }
+    (from, to)
 }
 
 /// The fingerprint of a request for idempotency: its encoding without the key itself (maps are
@@ -294,27 +338,23 @@ impl PaymentService for PaymentsApi {
         }
         validation::optional_identifier(&mut violations, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
         validation::optional_identifier(&mut violations, "subscription_id", &r.subscription_id, validation::ID);
-        let before_payment_id = match convert::page_token::decode_as(&r.page_token, validation::ID) {
-            Ok(token) => token,
-            Err(e) => {
-                violations.add("page_token", e.to_string());
-                None
-            }
-        };
+        let before_payment_id = payments_page_token(&mut violations, &r.page_token);
+        let (created_from, created_to) = time_range(&mut violations, r.created_from.as_ref(), r.created_to.as_ref());
         violations.check()?;
         let limit = page_size(r.page_size);
         let filter = ListFilter {
             statuses,
             channel_key: Some(r.channel_key).filter(|k| !k.is_empty()),
-            created_from: r.created_from.as_ref().map(convert::millis),
-            created_to: r.created_to.as_ref().map(convert::millis),
+            created_from,
+            created_to,
             subscription_id: Some(r.subscription_id).filter(|id| !id.is_empty()),
             before_payment_id,
             // One extra row tells whether another page exists.
             limit: limit + 1,
         };
         let payments = repo::list(&self.db, &caller.merchant_id, &filter).await?;
-        let (payments, next_page_token) = super::page(payments, limit, |p| p.payment_id.clone());
+        let (payments, next_page_token) =
+            super::page(payments, limit, |p| convert::page_token::tagged(PAYMENTS_LIST, &p.payment_id));
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(convert::payment).collect(),
             next_page_token,
@@ -456,27 +496,27 @@ impl PaymentService for PaymentsApi {
         }
         validation::optional_identifier(&mut v, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
         validation::optional_identifier(&mut v, "customer_uid", &r.customer_uid, validation::CUSTOMER_UID);
-        let before_subscription_id = match convert::page_token::decode_as(&r.page_token, validation::ID) {
-            Ok(token) => token,
-            Err(e) => {
-                v.add("page_token", e.to_string());
+        let before_subscription_id = convert::page_token::decode_for(&r.page_token, SUBSCRIPTIONS_LIST, validation::ID)
+            .unwrap_or_else(|e| {
+                v.extend(e);
                 None
-            }
-        };
+            });
+        let (created_from, created_to) = time_range(&mut v, r.created_from.as_ref(), r.created_to.as_ref());
         v.check()?;
         let limit = page_size(r.page_size);
         let filter = subscriptions::ListFilter {
             statuses,
             channel_key: Some(r.channel_key).filter(|k| !k.is_empty()),
             customer_uid: Some(r.customer_uid).filter(|u| !u.is_empty()),
-            created_from: r.created_from.as_ref().map(convert::millis),
-            created_to: r.created_to.as_ref().map(convert::millis),
+            created_from,
+            created_to,
             before_subscription_id,
             // One extra row tells whether another page exists.
             limit: limit + 1,
         };
         let subs = subscriptions::list(&self.db, &caller.merchant_id, &filter).await?;
-        let (subs, next_page_token) = super::page(subs, limit, |s| s.subscription_id.clone());
+        let (subs, next_page_token) =
+            super::page(subs, limit, |s| convert::page_token::tagged(SUBSCRIPTIONS_LIST, &s.subscription_id));
         let subscriptions = self.subscription_replies(&caller, subs).await?;
         Ok(Response::new(pb::ListSubscriptionsResponse { subscriptions, next_page_token }))
     }

@@ -9,15 +9,13 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 
 use super::{Channel, ChannelError, ChannelMode, config::ProviderConfig};
 use crate::{
+    merchants::IN_SCOPE,
     secrets::MasterKeys,
     store::{Db, StoreError},
 };
 
 const COLUMNS: &str = "channel_key, merchant_id, owner_id, name, provider, mode, settings, secrets, version, \
     created_at, updated_at, disabled_at";
-
-/// Merchants a caller acts for: itself and its sub-merchants.
-const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredChannel {

@@ -18,6 +18,18 @@ use crate::{
 
 pub const MAX_NAME: usize = 128;
 
+/// Tenancy in SQL, defined once: the merchants a caller (bound as `$1`) acts for, itself and its
+/// sub-merchants.
+macro_rules! merchants_in_scope {
+    () => {
+        "(SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)"
+    };
+}
+/// `merchant_id IN <MERCHANTS_IN_SCOPE>` for a column of another name or table alias.
+pub const MERCHANTS_IN_SCOPE: &str = merchants_in_scope!();
+/// A row whose `merchant_id` the caller (`$1`) may see.
+pub const IN_SCOPE: &str = concat!("merchant_id IN ", merchants_in_scope!());
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("missing authorization metadata (expected \"authorization: Bearer <api key>\")")]

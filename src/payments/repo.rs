@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
 use super::{Payment, PaymentError, PaymentStatus, money::MinorUnits};
-use crate::store::{AnyQuery, Db, Flag, StoreError, UnixMs};
+use crate::{
+    merchants::IN_SCOPE,
+    store::{AnyQuery, Db, Flag, StoreError, UnixMs},
+};
 
 pub(super) const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
     order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
     country_code, language, custom_params, status, provider_ref, is_test, redirect_url, subscription_id, \
     cancelled_amount, pending_cancel_amount, version, created_at, updated_at, paid_at, failed_at, cancelled_at";
-
-/// Merchants a caller acts for: itself and its sub-merchants.
-const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
 
 fn bind_all<'q>(
     query: Query<'q, Any, sqlx::any::AnyArguments<'q>>,

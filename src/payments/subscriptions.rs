@@ -8,7 +8,10 @@ use super::{
     Payment, PaymentError,
     event_log::{EventDetail, EventKind},
 };
-use crate::store::{Db, Flag, UnixMs};
+use crate::{
+    merchants::{IN_SCOPE, MERCHANTS_IN_SCOPE},
+    store::{Db, Flag, UnixMs},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -364,13 +367,16 @@ pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), Pa
     Ok(())
 }
 
-/// Writes the mutable fields if the row still has `previous`'s status and renewal count. A
-/// cancel request, once recorded, stays (a writer holding an older copy cannot clear it).
+/// Writes the mutable fields if the row still has `previous`'s status, renewal count and cancel
+/// request: the caller's event then tells what is stored (a cancel request that committed after
+/// `previous` was read makes this `false`, so the caller reads again). A cancel request, once
+/// recorded, stays.
 pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subscription) -> Result<bool, PaymentError> {
     let done = sqlx::query(
         "UPDATE subscriptions SET status = $1, renewals = $2, cancel_requested_at = COALESCE(cancel_requested_at, $3), \
          ended_at = $4, updated_at = $5, renewals_after_end = $6, last_renewal_payment_id = $7, last_renewal_at = $8, \
-         started_at = $9 WHERE subscription_id = $10 AND status = $11 AND renewals = $12",
+         started_at = $9 WHERE subscription_id = $10 AND status = $11 AND renewals = $12 \
+         AND COALESCE(cancel_requested_at, -1) = $13",
     )
     .bind(s.status.as_str())
     .bind(s.renewals)
@@ -384,6 +390,7 @@ pub async fn update(conn: &mut AnyConnection, previous: &Subscription, s: &Subsc
     .bind(&s.subscription_id)
     .bind(previous.status.as_str())
     .bind(previous.renewals)
+    .bind(previous.cancel_requested_at.unwrap_or(-1))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -394,9 +401,6 @@ pub async fn get(conn: &mut AnyConnection, subscription_id: &str) -> Result<Opti
     let row = sqlx::query_as::<_, SubscriptionRow>(&sql).bind(subscription_id).fetch_optional(conn).await?;
     row.map(Subscription::try_from).transpose()
 }
-
-/// Merchants a caller acts for: itself and its sub-merchants.
-const IN_SCOPE: &str = "merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1)";
 
 /// How a caller names a subscription: by its id, or by a payment of it (the one that started it,
 /// or a renewal).
@@ -410,14 +414,16 @@ pub enum Lookup<'a> {
 /// A subscription of `merchant_id` or one of its sub-merchants; anyone else's reads as not found.
 pub async fn get_in_scope(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Subscription, PaymentError> {
     let (clause, value) = match lookup {
-        Lookup::SubscriptionId(id) => ("subscription_id = $2", id),
+        Lookup::SubscriptionId(id) => ("subscription_id = $2".to_owned(), id),
         Lookup::PaymentId(id) => {
-            ("subscription_id = (SELECT p.subscription_id FROM payments p WHERE p.payment_id = $2)", id)
+            ("subscription_id = (SELECT p.subscription_id FROM payments p WHERE p.payment_id = $2)".to_owned(), id)
         }
         // The same order id may exist under two sub-merchants: the newest subscription wins.
         Lookup::MerchantUid(uid) => (
-            "subscription_id IN (SELECT p.subscription_id FROM payments p WHERE p.merchant_uid = $2 AND p.merchant_id IN \
-             (SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1))",
+            format!(
+                "subscription_id IN (SELECT p.subscription_id FROM payments p WHERE p.merchant_uid = $2 \
+                 AND p.merchant_id IN {MERCHANTS_IN_SCOPE})"
+            ),
             uid,
         ),
     };
@@ -578,7 +584,8 @@ pub async fn cancel(
 }
 
 /// The ticket is out: records it, and its event, once (retrying the compare-and-set on the payment
-/// a pingback may race).
+/// a pingback may race). A subscription that ended meanwhile (its type 12 came before the ticket's
+/// answer) is left as it is, with no event: the log never says "asked to stop" after "cancelled".
 async fn record_cancel_request(
     db: &Db,
     subscription_id: &str,
@@ -590,7 +597,7 @@ async fn record_cancel_request(
         let now = now_ms();
         let recorded = sqlx::query(
             "UPDATE subscriptions SET cancel_requested_at = $1, cancel_ticket_started_at = NULL, updated_at = $1 \
-             WHERE subscription_id = $2 AND cancel_requested_at IS NULL",
+             WHERE subscription_id = $2 AND cancel_requested_at IS NULL AND status IN ('PENDING', 'ACTIVE')",
         )
         .bind(now)
         .bind(subscription_id)

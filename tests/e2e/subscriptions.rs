@@ -506,7 +506,7 @@ async fn one_subscriptions_stream_resumes_without_a_gap_sqlite() {
 /// owner S1): NOT_FOUND, and lists and streams with nothing in them. S1 and its parent A see it.
 async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
     let mut w = World::start(backend).await;
-    let (_, _, z, _, z_session) = three_and_a_foreign_one(&mut w).await;
+    let (x, _, z, foreign, z_session) = three_and_a_foreign_one(&mut w).await;
     let id = z.subscription_id.clone();
     let lookups = [
         Lookup::SubscriptionId(id.clone()),
@@ -542,8 +542,9 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         }
         let cancel = pb::CancelSubscriptionRequest { subscription_id: id.clone(), reason: String::new() };
         assert_eq!(client.cancel_subscription(cancel).await.unwrap_err().code(), Code::NotFound, "{who}");
-        let listed = ids(&mut client, listing(&[])).await;
-        assert!(!listed.contains(&id), "{who}: {listed:?}");
+        // B lists its own one only; the sibling S2 has none.
+        let own = if who == "another merchant" { vec![foreign.subscription_id.clone()] } else { vec![] };
+        assert_eq!(ids(&mut client, listing(&[])).await, own, "{who}");
         assert!(client.list_payments(payments.clone()).await.unwrap().into_inner().payments.is_empty(), "{who}");
         assert!(client.list_payment_events(events("")).await.unwrap().into_inner().events.is_empty(), "{who}");
         // A stream of it: no snapshot, no replay (from the start of the log), nothing live.
@@ -560,6 +561,33 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         assert!(next(&mut fresh, Duration::from_millis(300)).await.is_none(), "{who}");
         assert!(next(&mut replayed, Duration::from_millis(300)).await.is_none(), "{who}");
     }
+    // The renewal names its subscription too, by its payment id and by its ~uid/renewal/n order id
+    // (the proto's and README's promise), for the owner and its parent only.
+    let renewal = payment_by_ref(&mut w.s1, &id, &renewal).await;
+    assert_eq!(renewal.merchant_uid, "~z-asked/renewal/1");
+    let by_renewal = [Lookup::PaymentId(renewal.payment_id.clone()), Lookup::MerchantUid(renewal.merchant_uid.clone())];
+    for lookup in &by_renewal {
+        for client in [&mut w.a, &mut w.s1] {
+            assert_eq!(client.get_subscription(by(lookup.clone())).await.unwrap().into_inner().subscription_id, id);
+        }
+        for (who, client) in [("another merchant", &mut w.b), ("a sibling sub-merchant", &mut w.s2)] {
+            let status = client.get_subscription(by(lookup.clone())).await.unwrap_err();
+            assert_eq!(status.code(), Code::NotFound, "{who}: {lookup:?}");
+        }
+    }
+    // A sub-merchant does not see its parent's subscriptions.
+    let parents = [
+        Lookup::SubscriptionId(x.subscription_id.clone()),
+        Lookup::PaymentId(x.payment_id.clone()),
+        Lookup::MerchantUid("x-active".into()),
+    ];
+    for lookup in parents {
+        let status = w.s1.get_subscription(by(lookup.clone())).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "the parent's, by {lookup:?}");
+    }
+    assert_eq!(ids(&mut w.s1, listing(&[])).await, [id.as_str()], "only its own");
+    let parents_payments = pb::ListPaymentsRequest { subscription_id: x.subscription_id.clone(), ..Default::default() };
+    assert!(w.s1.list_payments(parents_payments).await.unwrap().into_inner().payments.is_empty());
 
     // A payment client token reads and watches its payment, never subscriptions.
     let request = pb::CreatePaymentClientTokenRequest { payment_id: z.payment_id.clone(), ttl_seconds: 60 };
@@ -592,4 +620,249 @@ async fn other_merchants_and_siblings_see_nothing_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_merchants_and_siblings_see_nothing_sqlite() {
     other_merchants_and_siblings_see_nothing(Backend::Sqlite).await;
+}
+
+/// A renewal that read the subscription just before CancelSubscription committed must not write
+/// (its event would say ACTIVE after `subscription.cancel_requested`): the compare-and-set sees the
+/// cancel request, so the renewal is retried on what is stored.
+async fn a_write_from_before_a_cancel_request_is_refused(backend: Backend) {
+    use paygate::payments::subscriptions;
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "race", "buyer-1").await;
+    w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let pool = w._db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let before = subscriptions::get(&mut conn, &id).await.unwrap().expect("stored");
+    assert_eq!(before.cancel_requested_at, None);
+    // CancelSubscription commits in between (status and renewals unchanged).
+    sqlx::query("UPDATE subscriptions SET cancel_requested_at = 1234 WHERE subscription_id = $1")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let renewal = subscriptions::renewed(&before, "pay_renewal", 2000);
+    assert!(!subscriptions::update(&mut conn, &before, &renewal).await.unwrap(), "a stale copy does not write");
+    let stored = subscriptions::get(&mut conn, &id).await.unwrap().unwrap();
+    assert_eq!((stored.renewals, stored.cancel_requested_at), (0, Some(1234)));
+    // Read again, the same renewal writes, and what it carries is what is stored.
+    let renewal = subscriptions::renewed(&stored, "pay_renewal", 2000);
+    assert!(subscriptions::update(&mut conn, &stored, &renewal).await.unwrap());
+    assert_eq!(subscriptions::get(&mut conn, &id).await.unwrap().unwrap(), renewal);
+    drop(conn);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_cancel_request_is_refused_postgres() {
+    a_write_from_before_a_cancel_request_is_refused(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_before_a_cancel_request_is_refused_sqlite() {
+    a_write_from_before_a_cancel_request_is_refused(Backend::Sqlite).await;
+}
+
+/// The type 12 lands while the stop ticket's answer is still on its way: the subscription stays
+/// CANCELLED, and the log has no `subscription.cancel_requested` after `subscription.cancelled`.
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let behaviour = serde_json::json!({ "ticket_pingbacks": false, "ticket_delay_ms": 1500 });
+    let url = format!("{}/control/behaviour", w.sim.base_url());
+    assert_eq!(w.sim.http.post(url).json(&behaviour).send().await.unwrap().status(), 204);
+    let session = World::subscribe(&mut w.a, "main", "early-end", "buyer-1").await;
+    let sim_session = w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let mut client = w.a.clone();
+    let cancel = pb::CancelSubscriptionRequest { subscription_id: id.clone(), reason: "stop".into() };
+    let cancelling = tokio::spawn(async move { client.cancel_subscription(cancel).await });
+    // The ticket is at Paymentwall (the simulator holds its answer); the type 12 comes first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.pingback(&sim_session, serde_json::json!({ "type": 12 })).await;
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Cancelled as i32).await;
+    let answered = cancelling.await.unwrap().expect("the ticket was accepted").into_inner();
+    assert_eq!(answered.status, SubscriptionStatus::Cancelled as i32, "{answered:?}");
+
+    let sub = get(&mut w.a, &id).await;
+    assert_eq!((sub.status, sub.cancel_requested_at), (SubscriptionStatus::Cancelled as i32, None));
+    let request = pb::ListPaymentEventsRequest { subscription_ids: vec![id.clone()], ..Default::default() };
+    let (a, expected) = (&w.a, ["payment.paid", "subscription.cancelled"]);
+    wait_until(|| {
+        let (mut a, request) = (a.clone(), request.clone());
+        async move {
+            let events = a.list_payment_events(request).await.unwrap().into_inner().events;
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            assert!(!kinds.contains(&"subscription.cancel_requested"), "{kinds:?}");
+            kinds == expected
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_postgres() {
+    a_type_12_before_the_tickets_answer_leaves_it_cancelled(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_12_before_the_tickets_answer_leaves_it_cancelled_sqlite() {
+    a_type_12_before_the_tickets_answer_leaves_it_cancelled(Backend::Sqlite).await;
+}
+
+/// Time ranges and page tokens of ListPayments and ListSubscriptions: an empty or reversed range, a
+/// timestamp whose nanos are out of range, and one list's token given to the other are refused,
+/// naming the field; ListPayments still takes the untagged tokens it issued before.
+async fn list_ranges_and_page_tokens_are_checked(backend: Backend) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut w = World::start(backend).await;
+    let first = World::subscribe(&mut w.a, "main", "r1", "buyer-1").await;
+    World::subscribe(&mut w.a, "main", "r2", "buyer-1").await;
+    let ts = |seconds: i64, nanos: i32| Some(prost_types::Timestamp { seconds, nanos });
+    let ranges = [
+        ("created_to", ts(100, 0), ts(100, 0)),
+        ("created_to", ts(200, 0), ts(100, 0)),
+        ("created_from.nanos", ts(100, 1_000_000_000), None),
+        ("created_to.nanos", None, ts(100, -1)),
+    ];
+    for (field, created_from, created_to) in ranges {
+        let request = pb::ListSubscriptionsRequest { created_from, created_to, ..listing(&[]) };
+        assert_names(&w.a.list_subscriptions(request).await.unwrap_err(), field);
+        let request = pb::ListPaymentsRequest { created_from, created_to, ..Default::default() };
+        assert_names(&w.a.list_payments(request).await.unwrap_err(), field);
+    }
+    // A range that holds something still lists it.
+    let wide =
+        pb::ListSubscriptionsRequest { created_from: ts(0, 0), created_to: ts(4_000_000_000, 0), ..listing(&[]) };
+    assert_eq!(ids(&mut w.a, wide).await.len(), 2);
+
+    let sub_token = w.a.list_subscriptions(pb::ListSubscriptionsRequest { page_size: 1, ..listing(&[]) }).await;
+    let sub_token = sub_token.unwrap().into_inner().next_page_token;
+    let pay_request = pb::ListPaymentsRequest { page_size: 1, ..Default::default() };
+    let pay_token = w.a.list_payments(pay_request).await.unwrap().into_inner().next_page_token;
+    assert!(!sub_token.is_empty() && !pay_token.is_empty());
+    let swapped = pb::ListSubscriptionsRequest { page_token: pay_token.clone(), ..listing(&[]) };
+    assert_names(&w.a.list_subscriptions(swapped).await.unwrap_err(), "page_token");
+    let swapped = pb::ListPaymentsRequest { page_token: sub_token.clone(), ..Default::default() };
+    assert_names(&w.a.list_payments(swapped).await.unwrap_err(), "page_token");
+    // Untagged tokens (a bare id, as issued before): ListPayments' still page; none other does.
+    let legacy = URL_SAFE_NO_PAD.encode(
+        &w.a.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner().payments[0].payment_id,
+    );
+    let old = pb::ListPaymentsRequest { page_token: legacy.clone(), ..Default::default() };
+    let rest = w.a.list_payments(old).await.unwrap().into_inner().payments;
+    assert_eq!(rest.iter().map(|p| p.payment_id.as_str()).collect::<Vec<_>>(), [first.payment_id.as_str()]);
+    let old = pb::ListSubscriptionsRequest { page_token: legacy, ..listing(&[]) };
+    assert_names(&w.a.list_subscriptions(old).await.unwrap_err(), "page_token");
+    let old =
+        pb::ListPaymentsRequest { page_token: URL_SAFE_NO_PAD.encode(&first.subscription_id), ..Default::default() };
+    assert_names(&w.a.list_payments(old).await.unwrap_err(), "page_token");
+    // And each list's own token goes on.
+    let next = pb::ListSubscriptionsRequest { page_token: sub_token, ..listing(&[]) };
+    assert_eq!(ids(&mut w.a, next).await, [first.subscription_id.as_str()]);
+    let next = pb::ListPaymentsRequest { page_token: pay_token, ..Default::default() };
+    assert_eq!(w.a.list_payments(next).await.unwrap().into_inner().payments[0].payment_id, first.payment_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_ranges_and_page_tokens_are_checked_postgres() {
+    list_ranges_and_page_tokens_are_checked(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_ranges_and_page_tokens_are_checked_sqlite() {
+    list_ranges_and_page_tokens_are_checked(Backend::Sqlite).await;
+}
+
+/// A renewal held for review (200) that the review then declines (202): the renewal payment is
+/// FAILED and stays counted as the subscription's last renewal; the subscription stays ACTIVE.
+async fn a_declined_review_of_a_renewal_stays_counted(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "reviewed", "buyer-1").await;
+    let sim_session = w.pay(&session).await;
+    let id = session.subscription_id.clone();
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+
+    let held = w.renew(&sim_session, true).await;
+    let sub = wait_for(&mut w.a, &id, |s| s.renewals == 1).await;
+    assert_eq!(status_of(&sub.last_renewal_payment), PaymentStatus::PendingReview as i32);
+    w.pingback(&sim_session, serde_json::json!({ "type": 202, "reference": held })).await;
+    let failed = |s: &pb::Subscription| status_of(&s.last_renewal_payment) == PaymentStatus::Failed as i32;
+    let sub = wait_for(&mut w.a, &id, failed).await;
+    assert_eq!(
+        (sub.status, sub.renewals, ref_of(&sub.last_renewal_payment)),
+        (SubscriptionStatus::Active as i32, 1, held.as_str())
+    );
+    let renewal = payment_by_ref(&mut w.a, &id, &held).await;
+    assert_eq!((renewal.status, renewal.merchant_uid.as_str()), (PaymentStatus::Failed as i32, "~reviewed/renewal/1"));
+    let by_renewal = w.a.get_subscription(by(Lookup::PaymentId(renewal.payment_id))).await.unwrap().into_inner();
+    assert_eq!(by_renewal, sub);
+
+    // The next renewal is the second.
+    let next = w.renew(&sim_session, false).await;
+    let sub = wait_for(&mut w.a, &id, |s| s.renewals == 2).await;
+    assert_eq!(
+        (ref_of(&sub.last_renewal_payment), status_of(&sub.last_renewal_payment)),
+        (next.as_str(), PaymentStatus::Paid as i32)
+    );
+    assert_eq!(sub.last_renewal_payment.unwrap().merchant_uid, "~reviewed/renewal/2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_review_of_a_renewal_stays_counted_postgres() {
+    a_declined_review_of_a_renewal_stays_counted(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_review_of_a_renewal_stays_counted_sqlite() {
+    a_declined_review_of_a_renewal_stays_counted(Backend::Sqlite).await;
+}
+
+/// WatchPayments with subscription_ids and statuses filters every event, the snapshot included,
+/// on the payment it carries: the snapshot on the first payment, a renewal's event on the renewal.
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries(backend: Backend) {
+    let mut w = World::start(backend).await;
+    let session = World::subscribe(&mut w.a, "main", "filtered", "buyer-1").await;
+    let id = session.subscription_id.clone();
+    let watching = |statuses: &[PaymentStatus]| pb::WatchPaymentsRequest {
+        statuses: statuses.iter().map(|s| *s as i32).collect(),
+        ..watch(&id, "")
+    };
+    // The first payment is READY: a snapshot for READY, none for PAID.
+    let mut ready = w.a.watch_payments(watching(&[PaymentStatus::Ready])).await.unwrap().into_inner();
+    let snapshot = collect(&mut ready, 1).await.remove(0);
+    assert_eq!(
+        (snapshot.kind.as_str(), snapshot.payment.unwrap().payment_id),
+        ("subscription.snapshot", session.payment_id.clone())
+    );
+    let mut paid = w.a.watch_payments(watching(&[PaymentStatus::Paid])).await.unwrap().into_inner();
+    assert!(next(&mut paid, Duration::from_millis(500)).await.is_none(), "no snapshot: the first payment is not PAID");
+
+    // Live: the PAID stream gets the payment and a paid renewal; the READY one neither.
+    let sim_session = w.pay(&session).await;
+    wait_for(&mut w.a, &id, |s| s.status == SubscriptionStatus::Active as i32).await;
+    let renewal = w.renew(&sim_session, false).await;
+    let live = collect(&mut paid, 2).await;
+    assert_eq!(live[0].payment.as_ref().unwrap().payment_id, session.payment_id);
+    assert_eq!(live[1].payment.as_ref().unwrap().provider_ref, renewal);
+    assert!(next(&mut ready, Duration::from_millis(500)).await.is_none());
+
+    // Now the first payment is PAID: a new PAID stream starts with the snapshot, a READY one without.
+    let mut again = w.a.watch_payments(watching(&[PaymentStatus::Paid])).await.unwrap().into_inner();
+    assert!(collect(&mut again, 1).await[0].snapshot);
+    let mut none = w.a.watch_payments(watching(&[PaymentStatus::Ready])).await.unwrap().into_inner();
+    assert!(next(&mut none, Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries_postgres() {
+    a_subscription_stream_filters_on_the_payment_each_event_carries(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stream_filters_on_the_payment_each_event_carries_sqlite() {
+    a_subscription_stream_filters_on_the_payment_each_event_carries(Backend::Sqlite).await;
 }

@@ -211,3 +211,16 @@ async fn subscriptions_stored_before_0005_read_complete_postgres() {
 async fn subscriptions_stored_before_0005_read_complete_sqlite() {
     subscriptions_stored_before_0005_read_complete(Backend::Sqlite).await;
 }
+
+/// 0005's fills look up each subscription's payments by `subscription_id`: the index on it must exist
+/// before them, or an upgrade scans every payment once per subscription.
+#[test]
+fn the_0005_fills_run_after_the_index_they_use() {
+    for dir in ["migrations/postgres", "migrations/sqlite"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join("0005_subscription_reads.sql");
+        let sql = std::fs::read_to_string(&path).unwrap();
+        let index = sql.find("CREATE INDEX payments_by_subscription").expect("the index");
+        let first_fill = sql.find("UPDATE subscriptions").expect("the fills");
+        assert!(index < first_fill, "{}: the index is created after the fills", path.display());
+    }
+}

@@ -4,7 +4,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { alertBox, clear, payments, showError, showOk, webhooks } from "../api";
-import { button, confirmDialog, details, field, fill, h, input, table } from "../dom";
+import { button, confirmDialog, details, field, fill, h, input, randomKey, table } from "../dom";
 import {
   cancellationStatusName,
   money,
@@ -343,7 +343,7 @@ function drawRefund(section: HTMLElement, p: Payment, reload: () => Promise<void
   const reason = input("reason", { required: true });
   const box = alertBox();
   // One key per refund the operator means: a retry of the same confirmation reuses it.
-  let idempotencyKey = crypto.randomUUID();
+  let idempotencyKey = randomKey();
   const form = h(
     "form",
     { class: "inline-form", "aria-labelledby": "refund-title" },
@@ -372,7 +372,7 @@ function drawRefund(section: HTMLElement, p: Payment, reload: () => Promise<void
         expectedRefundableAmount: refundable,
         idempotencyKey,
       });
-      idempotencyKey = crypto.randomUUID();
+      idempotencyKey = randomKey();
       showOk(notice, `Refund ${c.cancellationId} requested: ${cancellationStatusName(c.status)}.`);
       await reload();
     } catch (err) {
