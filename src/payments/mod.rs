@@ -111,36 +111,50 @@ async fn write_change(
     kind: event_log::EventKind,
     detail: Option<&event_log::EventDetail>,
 ) -> Result<Option<i64>, PaymentError> {
-    use crate::webhooks::outbox;
-    let data = webhook_data(payment, detail);
-    let queued = outbox::Queued {
+    let queued = crate::webhooks::outbox::Queued {
         merchant_id: &payment.merchant_id,
         payment_id: &payment.payment_id,
         event_type: kind.as_str(),
         now: crate::store::now_ms(),
     };
-    if !crate::store::Backend::of(conn).writes_in_ctes() {
-        if let Some(next) = update
-            && !repo::update(conn, next).await?
-        {
-            return Ok(None);
-        }
-        let position = event_log::append(conn, payment, kind, detail).await?;
-        let mut data = data;
-        data["event_id"] = position.to_string().into();
-        outbox::enqueue(conn, queued.merchant_id, queued.payment_id, queued.event_type, data).await?;
-        return Ok(Some(position.id));
+    let data = webhook_data(payment, detail);
+    if crate::store::Backend::of(conn).writes_in_ctes() {
+        return write_in_one_statement(conn, update, payment, kind, detail, &queued, data).await;
     }
-    let (head, tail) = outbox::payload_around_event_id(queued.event_type, data, queued.now);
-    let (moved, event_first, source) = match update {
-        Some(_) => (format!("moved AS (UPDATE payments SET {} RETURNING 1), ", repo::UPDATE_SET), 14, Some("moved")),
-        None => (String::new(), 1, None),
+    if let Some(next) = update
+        && !repo::update(conn, next).await?
+    {
+        return Ok(None);
+    }
+    let position = event_log::append(conn, payment, kind, detail).await?;
+    let mut data = data;
+    data["event_id"] = position.to_string().into();
+    crate::webhooks::outbox::enqueue(conn, queued.merchant_id, queued.payment_id, queued.event_type, data).await?;
+    Ok(Some(position.id))
+}
+
+/// `WITH moved AS (UPDATE ...), event AS (INSERT ... RETURNING ...), queued AS (INSERT ... SELECT ...)`:
+/// the event is appended only if the compare-and-set moved the payment, and the webhook body gets
+/// the event's id in SQL. Parameters: the update's 13, the event's 7, the outbox row's 7, then the
+/// body before and after the id.
+async fn write_in_one_statement(
+    conn: &mut sqlx::AnyConnection,
+    update: Option<&Payment>,
+    payment: &Payment,
+    kind: event_log::EventKind,
+    detail: Option<&event_log::EventDetail>,
+    queued: &crate::webhooks::outbox::Queued<'_>,
+    data: serde_json::Value,
+) -> Result<Option<i64>, PaymentError> {
+    use crate::webhooks::outbox;
+    let (moved, event) = match update {
+        Some(_) => (
+            format!("moved AS (UPDATE payments SET {} RETURNING 1), ", repo::UPDATE_SET),
+            event_log::insert_select(14, "moved"),
+        ),
+        None => (String::new(), event_log::insert_values(1)),
     };
-    let event = match source {
-        Some(source) => event_log::insert_select(event_first, source),
-        None => event_log::insert_values(event_first),
-    };
-    let queue_first = event_first + 7;
+    let queue_first = if update.is_some() { 21 } else { 8 };
     let payload = format!("${} || event.txid || '-' || event.event_id || ${}", queue_first + 7, queue_first + 8);
     let sql = format!(
         "WITH {moved}event AS (INSERT INTO payment_events {event} RETURNING event_id, txid), \
@@ -151,7 +165,8 @@ async fn write_change(
     if let Some(next) = update {
         query = repo::bind_update(query, next);
     }
-    let query = outbox::bind_queued(event_log::bind_event(query, payment, kind, detail)?, &queued);
+    let query = outbox::bind_queued(event_log::bind_event(query, payment, kind, detail)?, queued);
+    let (head, tail) = outbox::payload_around_event_id(queued.event_type, data, queued.now);
     let row = query.bind(head).bind(tail).fetch_optional(&mut *conn).await?;
     Ok(row.as_ref().map(event_log::position_of).transpose()?.map(|p| p.id))
 }
