@@ -279,6 +279,26 @@ pub mod page_token {
     }
 }
 
+/// A request's `statuses` filter: at most `MAX_STATUSES` values, each read by `parse`; a bad one is
+/// named by its index as not being a `what` status.
+pub fn statuses<T>(
+    v: &mut crate::validation::Violations,
+    values: &[i32],
+    parse: impl Fn(i32) -> Option<T>,
+    what: &str,
+) -> Vec<T> {
+    let mut statuses = Vec::new();
+    if crate::validation::count(v, "statuses", values.len(), crate::validation::MAX_STATUSES) {
+        for (i, value) in values.iter().enumerate() {
+            match parse(*value) {
+                Some(status) => statuses.push(status),
+                None => v.add(format!("statuses[{i}]"), format!("is not a {what} status")),
+            }
+        }
+    }
+    statuses
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

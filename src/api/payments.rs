@@ -327,15 +327,7 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let mut violations = Violations::default();
-        let mut statuses = Vec::new();
-        if validation::count(&mut violations, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
-            for (i, value) in r.statuses.iter().enumerate() {
-                match convert::status_from_proto(*value) {
-                    Some(status) => statuses.push(status),
-                    None => violations.add(format!("statuses[{i}]"), "is not a payment status"),
-                }
-            }
-        }
+        let statuses = convert::statuses(&mut violations, &r.statuses, convert::status_from_proto, "payment");
         validation::optional_identifier(&mut violations, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
         validation::optional_identifier(&mut violations, "subscription_id", &r.subscription_id, validation::ID);
         let before_payment_id = payments_page_token(&mut violations, &r.page_token);
@@ -485,15 +477,7 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
-        let mut statuses = Vec::new();
-        if validation::count(&mut v, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
-            for (i, value) in r.statuses.iter().enumerate() {
-                match convert::subscription_status_from_proto(*value) {
-                    Some(status) => statuses.push(status),
-                    None => v.add(format!("statuses[{i}]"), "is not a subscription status"),
-                }
-            }
-        }
+        let statuses = convert::statuses(&mut v, &r.statuses, convert::subscription_status_from_proto, "subscription");
         validation::optional_identifier(&mut v, "channel_key", &r.channel_key, validation::CHANNEL_KEY);
         validation::optional_identifier(&mut v, "customer_uid", &r.customer_uid, validation::CUSTOMER_UID);
         let before_subscription_id = convert::page_token::decode_for(&r.page_token, SUBSCRIPTIONS_LIST, validation::ID)

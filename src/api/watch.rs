@@ -63,17 +63,8 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
 fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option<Position>, Filter), Status> {
     let mut v = Violations::default();
     let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
-    let mut statuses = std::collections::HashSet::new();
-    if validation::count(&mut v, "statuses", r.statuses.len(), validation::MAX_STATUSES) {
-        for (i, value) in r.statuses.iter().enumerate() {
-            match convert::status_from_proto(*value) {
-                Some(status) => {
-                    statuses.insert(status);
-                }
-                None => v.add(format!("statuses[{i}]"), "is not a payment status"),
-            }
-        }
-    }
+    let statuses: std::collections::HashSet<_> =
+        convert::statuses(&mut v, &r.statuses, convert::status_from_proto, "payment").into_iter().collect();
     if validation::count(&mut v, "payment_ids", r.payment_ids.len(), MAX_FILTER_IDS) {
         for (i, id) in r.payment_ids.iter().enumerate() {
             validation::identifier(&mut v, format!("payment_ids[{i}]"), id, validation::ID);
