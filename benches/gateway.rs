@@ -568,11 +568,12 @@ async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str
     let settings =
         paygate::store::PoolSettings { max_connections: POOL_SIZE, acquire_timeout: Duration::from_secs(30) };
     let db = paygate::store::Db::connect(db_url, &settings).await.unwrap();
+    let notifications = paygate::payments::group_commit::GroupCommit::start(db.clone(), POOL_SIZE as usize / 4);
     let ids = Arc::new(Mutex::new(fresh_payments(gate, api_key, label).await));
     let meter = Meter::start(None);
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (ids, db) = (ids.clone(), db.clone());
+        let (ids, notifications) = (ids.clone(), notifications.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -592,7 +593,7 @@ async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str
                     test: true,
                 };
                 let sent = Instant::now();
-                let applied = notifications::ingest(&db, &raw, &notice).await.expect("applied");
+                let applied = notifications.ingest(raw, notice).await.expect("applied");
                 assert!(matches!(applied, notifications::Applied::Changed { .. }), "every one moves its payment");
                 latencies.push(sent.elapsed());
             }
@@ -642,13 +643,18 @@ async fn log_reads(gates: &[&Gate]) -> f64 {
 /// COMMIT, `PINGBACKS_PER_ROUND` in all.
 async fn insert_round(db_url: &str) -> Round {
     let pool = PgPoolOptions::new().max_connections(CONCURRENCY as u32).connect(db_url).await.unwrap();
+    // Connected before the clock starts, as pgbench reports "without initial connection time":
+    // 64 TLS handshakes and backend starts inside a one-second round would halve the floor.
+    let mut conns = Vec::new();
+    for _ in 0..CONCURRENCY {
+        conns.push(pool.acquire().await.unwrap());
+    }
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(PINGBACKS_PER_ROUND));
     let meter = Meter::start(None);
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (pool, left) = (pool.clone(), left.clone());
+    for mut conn in conns {
+        let left = left.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await.unwrap();
             let mut latencies = Vec::new();
             while left
                 .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
@@ -669,6 +675,25 @@ async fn insert_round(db_url: &str) -> Round {
     let round = meter.finish(tasks).await;
     pool.close().await;
     round
+}
+
+/// pgbench itself, on the floor's transaction (BEGIN; one INSERT; COMMIT), 64 clients on 2
+/// threads, about as many transactions as a round: its tps "without initial connection time".
+/// `None` when pgbench is not installed; the sqlx floor is the baseline either way.
+fn pgbench_round(db_url: &str) -> Option<f64> {
+    let script = std::env::temp_dir().join(format!("paygate-bench-{}.sql", std::process::id()));
+    std::fs::write(&script, "BEGIN;\nINSERT INTO bench_baseline (body) VALUES ('x');\nCOMMIT;\n").ok()?;
+    let per_client = (PINGBACKS_PER_ROUND / CONCURRENCY).to_string();
+    let output = std::process::Command::new("pgbench")
+        .args(["-n", "-c", &CONCURRENCY.to_string(), "-j", "2", "-t", &per_client, "-f"])
+        .arg(&script)
+        .arg(db_url)
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&script);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
 }
 
 /// Pingbacks to `sender`, one at a time; latency until a subscriber on `receiver` sees each.
@@ -868,6 +893,7 @@ async fn bench() {
     let (mut gate_checkout, mut bare_checkout, mut narrow_checkout) =
         (Side::default(), Side::default(), Side::default());
     let (mut gate_ingest, mut floor_ingest, mut transaction_only) = (Side::default(), Side::default(), Side::default());
+    let mut pgbench: Vec<f64> = Vec::new();
     for round in 0..if compare { ROUNDS } else { 0 } {
         if run_checkout {
             gate_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("c{round}"), &s.a.proc).await);
@@ -882,6 +908,7 @@ async fn bench() {
         if run_ingest {
             gate_ingest.rounds.push(ingest_round(&s.a, &[&s.a, &s.b], &s.api_key, &format!("i{round}")).await);
             floor_ingest.rounds.push(insert_round(&s.db_url).await);
+            pgbench.extend(pgbench_round(&s.db_url));
             transaction_only.rounds.push(transaction_round(&s.a, &s.db_url, &s.api_key, &format!("t{round}")).await);
         }
     }
@@ -896,6 +923,13 @@ async fn bench() {
                 "| (for reference) the pingback's transaction alone (paygate's code, pool of {POOL_SIZE}, no HTTP) | {:.0}/s | | {:.2} of the floor | | |",
                 transaction_only.per_second(),
                 transaction_only.per_second() / floor_ingest.per_second()
+            );
+        }
+        if !pgbench.is_empty() {
+            let tps = pgbench.iter().sum::<f64>() / pgbench.len() as f64;
+            println!(
+                "| (for reference) pgbench, the floor's transaction, 64 clients | {tps:.0}/s | | pingback ingest is {:.2} of it | | |",
+                gate_ingest.per_second() / tps
             );
         }
         if !narrow_checkout.rounds.is_empty() {

@@ -20,6 +20,7 @@ use crate::{
     net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
         Providers,
+        group_commit::GroupCommit,
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
     },
@@ -235,7 +236,11 @@ async fn start(
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
     let sweep = sweep_settings(&settings);
     sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop_rx.clone());
+    // A quarter of the pool: concurrent pingbacks share these transactions, and the rest of the
+    // pool stays free for the API.
+    let workers = (settings.database_max_connections as usize / 4).max(1);
     let state = AppState {
+        notifications: GroupCommit::start(db.clone(), workers),
         db,
         settings: Arc::new(settings),
         channels,

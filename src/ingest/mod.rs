@@ -17,7 +17,12 @@ use axum::{Router, extract::DefaultBodyLimit, routing::get};
 pub use pingback::PingbackError;
 
 use crate::{
-    channels::Channels, config::Settings, payments::Providers, ratelimit::Limiter, store::Db, store::redis::RedisHandle,
+    channels::Channels,
+    config::Settings,
+    payments::{Providers, group_commit::GroupCommit},
+    ratelimit::Limiter,
+    store::Db,
+    store::redis::RedisHandle,
 };
 
 /// The most a callback body may carry; provider notifications are a few KiB.
@@ -27,6 +32,8 @@ const MAX_CALLBACK_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Where verified notifications are stored and applied (concurrent ones in one transaction).
+    pub notifications: GroupCommit,
     pub settings: Arc<Settings>,
     pub channels: Channels,
     /// The providers whose callbacks are served.

@@ -23,7 +23,7 @@ use crate::{
     channels::ChannelError,
     net::client_ip,
     payments::{
-        notifications::{self, Applied, NotificationError},
+        notifications::{Applied, NotificationError},
         provider::{Callback, CallbackError, Provider},
     },
     store::StoreError,
@@ -289,5 +289,5 @@ async fn handle(
         return Err(PingbackError::UnknownChannel);
     }
     let verified = provider.read_callback(&channel, callback)?;
-    Ok(notifications::ingest(&state.db, &verified.raw, &verified.notice).await?)
+    Ok(state.notifications.ingest(verified.raw, verified.notice).await?)
 }

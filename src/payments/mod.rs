@@ -4,6 +4,7 @@
 pub mod cancellations;
 pub mod checkout;
 pub mod event_log;
+pub mod group_commit;
 pub mod idempotency;
 pub mod methods;
 pub mod model;

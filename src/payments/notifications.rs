@@ -117,30 +117,70 @@ impl From<sqlx::Error> for NotificationError {
 const OUTCOME_APPLIED: &str = "applied";
 const OUTCOME_UNMATCHED: &str = "unmatched";
 
-/// Stores `raw` and applies `notice` atomically. A notice for an unknown payment is stored (so
-/// nothing is lost) and reported as an error, so the provider retries it.
+/// Stores `raw` and applies `notice` atomically, in a transaction of its own. A notice for an
+/// unknown payment is stored (so nothing is lost) and reported as an error, so the provider
+/// retries it.
 pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
-    let (seen, payment) = record_delivery(&mut tx, raw, &notice.payment_id).await?;
-    if seen == Seen::Applied {
-        tx.commit().await?;
-        return Ok(Applied::Duplicate);
-    }
-    let result = apply(&mut tx, &raw.channel_key, notice, payment).await;
-    match &result {
-        Ok(_) if seen == Seen::Again => mark(&mut tx, raw, OUTCOME_APPLIED).await?,
-        Ok(_) => {}
-        Err(NotificationError::UnknownPayment(_)) => mark(&mut tx, raw, OUTCOME_UNMATCHED).await?,
-        Err(_) => return result, // rolled back on drop
-    }
+    let result = ingest_in(&mut tx, raw, notice).await?;
     tx.commit().await?;
-    if matches!(result, Ok(Applied::Changed { .. })) {
+    committed(db, std::slice::from_ref(&result));
+    result
+}
+
+/// What one notification did inside a transaction: what its sender is told once that commits
+/// (applied, or an unknown payment whose raw record is kept).
+pub type Committable = Result<Applied, NotificationError>;
+
+/// Stores `raw` and applies `notice` in the caller's transaction. The outer error means the
+/// transaction must roll back (a conflict, or the store failing); the inner result is the answer
+/// for after the commit.
+pub async fn ingest_in(
+    conn: &mut AnyConnection,
+    raw: &RawNotification,
+    notice: &Notice,
+) -> Result<Committable, NotificationError> {
+    let (seen, payment) = record_delivery(conn, raw, &notice.payment_id).await?;
+    apply_recorded(conn, raw, notice, seen, payment).await
+}
+
+/// `ingest_in` after the raw record was stored (`seen`) and the payment it names read.
+pub async fn apply_recorded(
+    conn: &mut AnyConnection,
+    raw: &RawNotification,
+    notice: &Notice,
+    seen: Seen,
+    payment: Option<Payment>,
+) -> Result<Committable, NotificationError> {
+    if seen == Seen::Applied {
+        return Ok(Ok(Applied::Duplicate));
+    }
+    match apply(conn, &raw.channel_key, notice, payment).await {
+        Ok(applied) => {
+            if seen == Seen::Again {
+                mark(conn, raw, OUTCOME_APPLIED).await?;
+            }
+            Ok(Ok(applied))
+        }
+        Err(unknown @ NotificationError::UnknownPayment(_)) => {
+            mark(conn, raw, OUTCOME_UNMATCHED).await?;
+            Ok(Err(unknown))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// After the commit of `results`: wakes the local event tailer, and counts money after a
+/// subscription's end.
+pub fn committed(db: &Db, results: &[Committable]) {
+    if results.iter().any(|r| matches!(r, Ok(Applied::Changed { .. }))) {
         db.signal_commit();
     }
-    if let Ok(Applied::Changed { renewed_after_end: Some(status), .. }) = &result {
-        count_renewal_after_end(*status);
+    for result in results {
+        if let Ok(Applied::Changed { renewed_after_end: Some(status), .. }) = result {
+            count_renewal_after_end(*status);
+        }
     }
-    result
 }
 
 const RENEWALS_AFTER_END: &str = "paygate_subscription_renewals_after_end_total";
@@ -186,8 +226,9 @@ pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Resul
     Ok(result)
 }
 
+/// Whether a notification's raw record is new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
+pub enum Seen {
     New,
     /// Delivered before but not applied (it matched no payment then).
     Again,
@@ -229,16 +270,74 @@ async fn record_delivery(
         .fetch_one(&mut *conn)
         .await?;
     let (stored_id, outcome): (String, String) = (row.try_get("pingback_id")?, row.try_get("outcome")?);
-    let seen = match () {
-        _ if stored_id == pingback_id => Seen::New,
-        _ if outcome == OUTCOME_APPLIED => Seen::Applied,
-        _ => Seen::Again,
-    };
+    let seen = seen_as(stored_id == pingback_id, &outcome);
     let payment = match joined {
         true => repo::joined_payment(&row)?,
         false => repo::get_in_tx(conn, payment_id).await?,
     };
     Ok((seen, payment))
+}
+
+/// PostgreSQL: `record_delivery` for a whole batch in one statement, the rows passed as one JSON
+/// parameter. The notifications must be distinct and name distinct payments: one statement cannot
+/// upsert a row twice, and each decision reads its payment as the statement found it.
+pub async fn record_deliveries(
+    conn: &mut AnyConnection,
+    batch: &[(&RawNotification, &Notice)],
+) -> Result<Vec<(Seen, Option<Payment>)>, NotificationError> {
+    let ids: Vec<String> = batch.iter().map(|_| format!("pb_{}", ulid::Ulid::new())).collect();
+    let rows: Vec<serde_json::Value> = batch
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(n, ((raw, notice), id))| {
+            serde_json::json!({
+                "n": n, "pb_id": id, "pb_channel": raw.channel_key, "pb_ref": raw.provider_ref, "pb_type": raw.kind,
+                "pb_unique": raw.unique_ref, "pb_query": raw.query, "pb_payment": notice.payment_id,
+            })
+        })
+        .collect();
+    let sql = format!(
+        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, pb_id text, pb_channel text, \
+           pb_ref text, pb_type bigint, pb_unique text, pb_query text, pb_payment text)), \
+         seen AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
+           received_at, last_seen_at) \
+           SELECT pb_id, pb_channel, pb_ref, pb_type, pb_unique, pb_query, 'applied', pb_payment, $2, $2 \
+           FROM input ORDER BY n \
+           ON CONFLICT (channel_key, ref, type, unique_ref) \
+           DO UPDATE SET deliveries = pingbacks.deliveries + 1, last_seen_at = excluded.last_seen_at \
+           RETURNING pingback_id AS seen_id, outcome AS seen_outcome, channel_key AS seen_channel, ref AS seen_ref, \
+             type AS seen_type, unique_ref AS seen_unique) \
+         SELECT input.n, seen.seen_id, seen.seen_outcome, {} FROM input \
+         JOIN seen ON seen_channel = pb_channel AND seen_ref = pb_ref AND seen_type = pb_type AND seen_unique = pb_unique \
+         LEFT JOIN payments ON payments.payment_id = input.pb_payment",
+        repo::COLUMNS
+    );
+    let found =
+        sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).bind(now_ms()).fetch_all(&mut *conn).await?;
+    let mut recorded: Vec<Option<(Seen, Option<Payment>)>> = vec![None; batch.len()];
+    for row in &found {
+        let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
+        let (stored_id, outcome): (String, String) = (row.try_get("seen_id")?, row.try_get("seen_outcome")?);
+        let seen = seen_as(ids.get(n).is_some_and(|id| *id == stored_id), &outcome);
+        if let Some(slot) = recorded.get_mut(n) {
+            *slot = Some((seen, repo::joined_payment(row)?));
+        }
+    }
+    recorded
+        .into_iter()
+        .map(|r| {
+            r.ok_or_else(|| PaymentError::Corrupt("a stored notification came back without its row".into()).into())
+        })
+        .collect()
+}
+
+fn seen_as(inserted_now: bool, outcome: &str) -> Seen {
+    match () {
+        _ if inserted_now => Seen::New,
+        _ if outcome == OUTCOME_APPLIED => Seen::Applied,
+        _ => Seen::Again,
+    }
 }
 
 /// Applies `notice` to `payment` (as read in this transaction: the one it names, if any).
