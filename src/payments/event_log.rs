@@ -152,18 +152,13 @@ pub fn position_of(row: &sqlx::any::AnyRow) -> Result<Position, StoreError> {
 }
 
 /// The event row's columns and `VALUES` with parameters from `$first` to `$first + 6`, bound by
-/// `bind_event`; also `SELECT`-able (`insert_select`) for a statement that appends only if an
-/// earlier write in it happened.
+/// `bind_event`.
 pub fn insert_values(first: usize) -> String {
     format!("{INSERT_COLUMNS} VALUES ({})", placeholders(first))
 }
 
-/// As `insert_values`, reading one row per row of `source`.
-pub fn insert_select(first: usize, source: &str) -> String {
-    format!("{INSERT_COLUMNS} SELECT {} FROM {source}", placeholders(first))
-}
-
-const INSERT_COLUMNS: &str = "(payment_id, merchant_id, kind, status, snapshot, detail, created_at)";
+/// The columns an event insert names, in `bind_event`'s order.
+pub const INSERT_COLUMNS: &str = "(payment_id, merchant_id, kind, status, snapshot, detail, created_at)";
 
 fn placeholders(first: usize) -> String {
     (first..first + 7).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
@@ -176,15 +171,30 @@ pub fn bind_event<'q>(
     kind: EventKind,
     detail: Option<&EventDetail>,
 ) -> Result<AnyQuery<'q>, StoreError> {
-    let snapshot = serde_json::to_string(payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = NewEvent::of(payment, detail)?;
     Ok(query
         .bind(payment.payment_id.clone())
         .bind(payment.merchant_id.clone())
         .bind(kind.as_str())
         .bind(payment.status.as_str())
-        .bind(snapshot)
-        .bind(detail.map(|d| d.value().to_string()))
-        .bind(UnixMs::now()))
+        .bind(row.snapshot)
+        .bind(row.detail)
+        .bind(UnixMs(row.created_at)))
+}
+
+/// What an event row stores besides the payment's ids, kind and status.
+pub struct NewEvent {
+    /// The payment after the change, as JSON.
+    pub snapshot: String,
+    pub detail: Option<String>,
+    pub created_at: i64,
+}
+
+impl NewEvent {
+    pub fn of(payment: &Payment, detail: Option<&EventDetail>) -> Result<Self, StoreError> {
+        let snapshot = serde_json::to_string(payment).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        Ok(Self { snapshot, detail: detail.map(|d| d.value().to_string()), created_at: crate::store::now_ms() })
+    }
 }
 
 const COLUMNS: &str = "event_id, txid, kind, snapshot, detail, created_at";

@@ -100,20 +100,18 @@ async fn run(db: Db, mut batch: Vec<Job>) {
     }
 }
 
-/// Applies every job in one transaction. On PostgreSQL one statement stores the raw records of
-/// the first job for each payment and reads those payments; the jobs are then applied one by one,
-/// and a later job for the same payment (or a repeat of the same notification) afterwards, with
-/// the writes before it in sight.
+/// Applies every job in one transaction. On PostgreSQL the first job for each payment go together
+/// (`notifications::ingest_all_in`: a statement for all their raw records, one for all their plain
+/// settlements); a later job for the same payment (or a repeat of the same notification) is
+/// applied afterwards on its own, with the writes before it in sight.
 async fn together(db: &Db, batch: &[Job]) -> Result<Vec<Committable>, NotificationError> {
     let mut tx = db.pool().begin().await?;
     let mut results: Vec<Option<Committable>> = batch.iter().map(|_| None).collect();
     let (firsts, later) = firsts_per_payment(batch);
     if Backend::of(&tx).writes_in_ctes() {
         let pairs: Vec<_> = firsts.iter().map(|&i| (&batch[i].raw, &batch[i].notice)).collect();
-        let recorded = notifications::record_deliveries(&mut tx, &pairs).await?;
-        for (&i, (seen, payment)) in firsts.iter().zip(recorded) {
-            let job = &batch[i];
-            results[i] = Some(notifications::apply_recorded(&mut tx, &job.raw, &job.notice, seen, payment).await?);
+        for (&i, result) in firsts.iter().zip(notifications::ingest_all_in(&mut tx, &pairs).await?) {
+            results[i] = Some(result);
         }
     } else {
         for &i in &firsts {

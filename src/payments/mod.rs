@@ -87,8 +87,8 @@ pub async fn record(
     kind: event_log::EventKind,
     detail: Option<&event_log::EventDetail>,
 ) -> Result<i64, PaymentError> {
-    let id = write_change(conn, None, payment, kind, detail).await?;
-    id.ok_or_else(|| PaymentError::Corrupt("an event insert returned no row".into()))
+    let ids = record_all(conn, &[Change { moves: false, payment, kind, detail }]).await?;
+    ids.into_iter().next().flatten().ok_or_else(|| PaymentError::Corrupt("an event insert returned no row".into()))
 }
 
 /// Moves the payment to `next` (a compare-and-set on the version before) and records the change
@@ -99,77 +99,119 @@ pub async fn record_update(
     kind: event_log::EventKind,
     detail: Option<&event_log::EventDetail>,
 ) -> Result<Option<i64>, PaymentError> {
-    write_change(conn, Some(next), next, kind, detail).await
+    let ids = record_all(conn, &[Change { moves: true, payment: next, kind, detail }]).await?;
+    Ok(ids.into_iter().next().flatten())
 }
 
-/// On PostgreSQL one statement makes every write (the update, the event, the webhook row): the
-/// pingback's transaction is round trips, most of its cost on a busy machine. SQLite has no
-/// writes in `WITH`; there each is its own statement.
-async fn write_change(
+/// A change to record: `payment` as it now is and its event; if it `moves`, the payment row too,
+/// by a compare-and-set from the version before.
+pub struct Change<'a> {
+    pub moves: bool,
+    pub payment: &'a Payment,
+    pub kind: event_log::EventKind,
+    pub detail: Option<&'a event_log::EventDetail>,
+}
+
+/// Records every change (each as `record` or `record_update` does) and returns their event ids,
+/// `None` for a move someone else made first (nothing of that change was written). On PostgreSQL
+/// one statement writes them all, when they concern distinct payments: a pingback's cost is
+/// mostly round trips. SQLite has no writes in `WITH`; there each write is its own statement.
+pub async fn record_all(
     conn: &mut sqlx::AnyConnection,
-    update: Option<&Payment>,
-    payment: &Payment,
-    kind: event_log::EventKind,
-    detail: Option<&event_log::EventDetail>,
-) -> Result<Option<i64>, PaymentError> {
-    let queued = crate::webhooks::outbox::Queued {
-        merchant_id: &payment.merchant_id,
-        payment_id: &payment.payment_id,
-        event_type: kind.as_str(),
-        now: crate::store::now_ms(),
-    };
-    let data = webhook_data(payment, detail);
-    if crate::store::Backend::of(conn).writes_in_ctes() {
-        return write_in_one_statement(conn, update, payment, kind, detail, &queued, data).await;
+    changes: &[Change<'_>],
+) -> Result<Vec<Option<i64>>, PaymentError> {
+    let distinct = changes.iter().map(|c| &c.payment.payment_id).collect::<std::collections::HashSet<_>>().len();
+    if crate::store::Backend::of(conn).writes_in_ctes() && distinct == changes.len() {
+        return write_in_one_statement(conn, changes).await;
     }
-    if let Some(next) = update
-        && !repo::update(conn, next).await?
-    {
+    let mut ids = Vec::with_capacity(changes.len());
+    for change in changes {
+        ids.push(write_separately(conn, change).await?);
+    }
+    Ok(ids)
+}
+
+async fn write_separately(conn: &mut sqlx::AnyConnection, change: &Change<'_>) -> Result<Option<i64>, PaymentError> {
+    let Change { moves, payment, kind, detail } = *change;
+    if moves && !repo::update(conn, payment).await? {
         return Ok(None);
     }
     let position = event_log::append(conn, payment, kind, detail).await?;
-    let mut data = data;
+    let mut data = webhook_data(payment, detail);
     data["event_id"] = position.to_string().into();
-    crate::webhooks::outbox::enqueue(conn, queued.merchant_id, queued.payment_id, queued.event_type, data).await?;
+    crate::webhooks::outbox::enqueue(conn, &payment.merchant_id, &payment.payment_id, kind.as_str(), data).await?;
     Ok(Some(position.id))
 }
 
-/// `WITH moved AS (UPDATE ...), event AS (INSERT ... RETURNING ...), queued AS (INSERT ... SELECT ...)`:
-/// the event is appended only if the compare-and-set moved the payment, and the webhook body gets
-/// the event's id in SQL. Parameters: the update's 13, the event's 7, the outbox row's 7, then the
-/// body before and after the id.
+/// `WITH input AS (the changes, one JSON parameter), moved AS (UPDATE ... FROM input), event AS
+/// (INSERT ... SELECT ...), queued AS (INSERT ... SELECT ...)`: a change's event is appended only
+/// if it does not move the payment or its compare-and-set did, and its webhook body gets the
+/// event's id in SQL. The payments must be distinct (events are matched to changes by payment).
 async fn write_in_one_statement(
     conn: &mut sqlx::AnyConnection,
-    update: Option<&Payment>,
-    payment: &Payment,
-    kind: event_log::EventKind,
-    detail: Option<&event_log::EventDetail>,
-    queued: &crate::webhooks::outbox::Queued<'_>,
-    data: serde_json::Value,
-) -> Result<Option<i64>, PaymentError> {
+    changes: &[Change<'_>],
+) -> Result<Vec<Option<i64>>, PaymentError> {
+    use sqlx::Row;
+
     use crate::webhooks::outbox;
-    let (moved, event) = match update {
-        Some(_) => (
-            format!("moved AS (UPDATE payments SET {} RETURNING 1), ", repo::UPDATE_SET),
-            event_log::insert_select(14, "moved"),
-        ),
-        None => (String::new(), event_log::insert_values(1)),
-    };
-    let queue_first = if update.is_some() { 21 } else { 8 };
-    let payload = format!("${} || event.txid || '-' || event.event_id || ${}", queue_first + 7, queue_first + 8);
-    let sql = format!(
-        "WITH {moved}event AS (INSERT INTO payment_events {event} RETURNING event_id, txid), \
-         queued AS ({}) SELECT event_id, txid FROM event",
-        outbox::queue_sql(queue_first, &payload, ", event")
-    );
-    let mut query = sqlx::query(&sql);
-    if let Some(next) = update {
-        query = repo::bind_update(query, next);
+    let mut rows = Vec::with_capacity(changes.len());
+    for (n, Change { moves, payment: p, kind, detail }) in changes.iter().enumerate() {
+        let event = event_log::NewEvent::of(p, *detail)?;
+        let queued = outbox::Queued {
+            merchant_id: &p.merchant_id,
+            payment_id: &p.payment_id,
+            event_type: kind.as_str(),
+            now: event.created_at,
+        };
+        let q = queued.values();
+        let (head, tail) = outbox::payload_around_event_id(kind.as_str(), webhook_data(p, *detail), queued.now);
+        rows.push(serde_json::json!({
+            "n": n, "moves": moves, "payment_id": p.payment_id, "version_before": p.version - 1,
+            "status": p.status.as_str(), "provider_ref": p.provider_ref, "is_test": i64::from(p.test),
+            "subscription_id": p.subscription_id, "cancelled_amount": p.cancelled_amount,
+            "pending_cancel_amount": p.pending_cancel_amount, "version": p.version, "updated_at": p.updated_at,
+            "paid_at": p.paid_at, "failed_at": p.failed_at, "cancelled_at": p.cancelled_at,
+            "merchant_id": p.merchant_id, "kind": kind.as_str(), "snapshot": event.snapshot, "detail": event.detail,
+            "event_at": event.created_at, "delivery_id": q.delivery_id, "type_pattern": q.type_pattern,
+            "family_pattern": q.family_pattern, "head": head, "tail": tail,
+        }));
     }
-    let query = outbox::bind_queued(event_log::bind_event(query, payment, kind, detail)?, queued);
-    let (head, tail) = outbox::payload_around_event_id(queued.event_type, data, queued.now);
-    let row = query.bind(head).bind(tail).fetch_optional(&mut *conn).await?;
-    Ok(row.as_ref().map(event_log::position_of).transpose()?.map(|p| p.id))
+    let queue_value = |n: usize| {
+        ["i.delivery_id", "i.payment_id", "i.kind", "i.event_at", "i.merchant_id", "i.type_pattern", "i.family_pattern"]
+            [n]
+            .to_owned()
+    };
+    let payload = "i.head || event.txid || '-' || event.event_id || i.tail";
+    let sql = format!(
+        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, moves boolean, payment_id text, \
+           version_before bigint, status text, provider_ref text, is_test bigint, subscription_id text, \
+           cancelled_amount bigint, pending_cancel_amount bigint, version bigint, updated_at bigint, paid_at bigint, \
+           failed_at bigint, cancelled_at bigint, merchant_id text, kind text, snapshot text, detail text, \
+           event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, tail text)), \
+         moved AS (UPDATE payments SET status = i.status, provider_ref = i.provider_ref, is_test = i.is_test, \
+           subscription_id = i.subscription_id, cancelled_amount = i.cancelled_amount, \
+           pending_cancel_amount = i.pending_cancel_amount, version = i.version, updated_at = i.updated_at, \
+           paid_at = i.paid_at, failed_at = i.failed_at, cancelled_at = i.cancelled_at \
+           FROM input i WHERE i.moves AND payments.payment_id = i.payment_id AND payments.version = i.version_before \
+           RETURNING i.n), \
+         event AS (INSERT INTO payment_events {} \
+           SELECT payment_id, merchant_id, kind, status, snapshot, detail, event_at FROM input \
+           WHERE NOT moves OR n IN (SELECT n FROM moved) ORDER BY n \
+           RETURNING event_id, txid, payment_id AS event_payment), \
+         queued AS ({}) \
+         SELECT i.n, event.event_id, event.txid FROM input i JOIN event ON event.event_payment = i.payment_id",
+        event_log::INSERT_COLUMNS,
+        outbox::queue_select(queue_value, payload, ", input i JOIN event ON event.event_payment = i.payment_id")
+    );
+    let found = sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).fetch_all(&mut *conn).await?;
+    let mut ids = vec![None; changes.len()];
+    for row in &found {
+        let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
+        if let Some(slot) = ids.get_mut(n) {
+            *slot = Some(event_log::position_of(row)?.id);
+        }
+    }
+    Ok(ids)
 }
 
 /// The webhook's `data` object for a change, without its `event_id`.

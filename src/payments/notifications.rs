@@ -145,29 +145,103 @@ pub async fn ingest_in(
 }
 
 /// `ingest_in` after the raw record was stored (`seen`) and the payment it names read.
-pub async fn apply_recorded(
+async fn apply_recorded(
     conn: &mut AnyConnection,
     raw: &RawNotification,
     notice: &Notice,
     seen: Seen,
     payment: Option<Payment>,
 ) -> Result<Committable, NotificationError> {
-    if seen == Seen::Applied {
-        return Ok(Ok(Applied::Duplicate));
+    let applied = match prepare(conn, raw, notice, seen, payment).await? {
+        Prepared::Answer(answer) => return Ok(answer),
+        Prepared::Write(decision) => write(conn, *decision).await?,
+    };
+    applied_after_all(conn, raw, seen).await?;
+    Ok(Ok(applied))
+}
+
+/// PostgreSQL: `ingest_in` for a batch of notifications that are distinct and name distinct
+/// payments, in two statements for the most common kind: one stores every raw record and reads
+/// every payment; after the decisions, one moves every payment that simply settles, with its
+/// event and webhook. Any other decision is written on its own.
+pub async fn ingest_all_in(
+    conn: &mut AnyConnection,
+    batch: &[(&RawNotification, &Notice)],
+) -> Result<Vec<Committable>, NotificationError> {
+    let recorded = record_deliveries(conn, batch).await?;
+    let mut results: Vec<Option<Committable>> = batch.iter().map(|_| None).collect();
+    let mut seens = Vec::with_capacity(batch.len());
+    let mut settlements = Vec::new();
+    for (i, (&(raw, notice), (seen, payment))) in batch.iter().zip(recorded).enumerate() {
+        seens.push(seen);
+        match prepare(conn, raw, notice, seen, payment).await? {
+            Prepared::Answer(answer) => results[i] = Some(answer),
+            Prepared::Write(decision) => match *decision {
+                Decision::Settle { next, kind, subscription: None } => settlements.push((i, next, kind)),
+                decision => results[i] = Some(Ok(write(conn, decision).await?)),
+            },
+        }
     }
-    match apply(conn, &raw.channel_key, notice, payment).await {
-        Ok(applied) => {
-            if seen == Seen::Again {
-                mark(conn, raw, OUTCOME_APPLIED).await?;
-            }
-            Ok(Ok(applied))
+    let changes: Vec<_> = settlements
+        .iter()
+        .map(|(_, next, kind)| super::Change { moves: true, payment: next, kind: *kind, detail: None })
+        .collect();
+    let event_ids = super::record_all(conn, &changes).await?;
+    for ((i, next, _), event_id) in settlements.into_iter().zip(event_ids) {
+        let event_id = event_id.ok_or(NotificationError::Concurrent)?;
+        results[i] = Some(Ok(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end: None }));
+    }
+    for (i, &(raw, _)) in batch.iter().enumerate() {
+        if matches!(results[i], Some(Ok(_))) {
+            applied_after_all(conn, raw, seens[i]).await?;
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| PaymentError::Corrupt("a notification of a batch got no result".into()).into()))
+        .collect()
+}
+
+/// Where a recorded notification stands before its writes.
+enum Prepared {
+    /// Nothing to write: the sender's answer (a duplicate, or an unknown payment now marked so).
+    Answer(Committable),
+    Write(Box<Decision>),
+}
+
+/// Reads what the decision needs and decides; an unknown payment's record is marked unmatched.
+async fn prepare(
+    conn: &mut AnyConnection,
+    raw: &RawNotification,
+    notice: &Notice,
+    seen: Seen,
+    payment: Option<Payment>,
+) -> Result<Prepared, NotificationError> {
+    if seen == Seen::Applied {
+        return Ok(Prepared::Answer(Ok(Applied::Duplicate)));
+    }
+    match read(conn, &raw.channel_key, notice, payment).await {
+        Ok((current, subscription, open)) => {
+            Ok(Prepared::Write(Box::new(decide(&current, subscription.as_ref(), &open, notice, now_ms())?)))
         }
         Err(unknown @ NotificationError::UnknownPayment(_)) => {
             mark(conn, raw, OUTCOME_UNMATCHED).await?;
-            Ok(Err(unknown))
+            Ok(Prepared::Answer(Err(unknown)))
         }
         Err(other) => Err(other),
     }
+}
+
+/// A notification stored earlier as unmatched that has now been applied says so.
+async fn applied_after_all(
+    conn: &mut AnyConnection,
+    raw: &RawNotification,
+    seen: Seen,
+) -> Result<(), NotificationError> {
+    if seen == Seen::Again {
+        mark(conn, raw, OUTCOME_APPLIED).await?;
+    }
+    Ok(())
 }
 
 /// After the commit of `results`: wakes the local event tailer, and counts money after a
@@ -228,7 +302,7 @@ pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Resul
 
 /// Whether a notification's raw record is new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
+enum Seen {
     New,
     /// Delivered before but not applied (it matched no payment then).
     Again,
@@ -281,7 +355,7 @@ async fn record_delivery(
 /// PostgreSQL: `record_delivery` for a whole batch in one statement, the rows passed as one JSON
 /// parameter. The notifications must be distinct and name distinct payments: one statement cannot
 /// upsert a row twice, and each decision reads its payment as the statement found it.
-pub async fn record_deliveries(
+async fn record_deliveries(
     conn: &mut AnyConnection,
     batch: &[(&RawNotification, &Notice)],
 ) -> Result<Vec<(Seen, Option<Payment>)>, NotificationError> {

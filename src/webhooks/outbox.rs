@@ -117,7 +117,13 @@ pub struct Queued<'a> {
 /// `event_types` (a compact JSON array of known types and `payment.*` / `subscription.*`);
 /// `Endpoint::wants` is the same rule in Rust.
 pub fn queue_sql(first: usize, payload: &str, from: &str) -> String {
-    let p = |n: usize| format!("${}", first + n);
+    queue_select(|n| format!("${}", first + n), payload, from)
+}
+
+/// `queue_sql` with each of its seven values an SQL expression `value(n)` (a parameter, or a
+/// column of a row the statement reads), in `bind_queued`'s order.
+pub fn queue_select(value: impl Fn(usize) -> String, payload: &str, from: &str) -> String {
+    let p = value;
     format!(
         "INSERT INTO webhook_deliveries (delivery_id, merchant_id, payment_id, event_type, payload, status, \
          next_attempt_at, created_at) \
@@ -136,15 +142,34 @@ pub fn queue_sql(first: usize, payload: &str, from: &str) -> String {
 }
 
 pub fn bind_queued<'q>(query: AnyQuery<'q>, q: &Queued<'_>) -> AnyQuery<'q> {
-    let family = q.event_type.split_once('.').map_or(String::new(), |(family, _)| format!("{family}.*"));
+    let v = q.values();
     query
-        .bind(format!("msg_{}", ulid::Ulid::new()))
+        .bind(v.delivery_id)
         .bind(q.payment_id.to_owned())
         .bind(q.event_type.to_owned())
         .bind(q.now)
         .bind(q.merchant_id.to_owned())
-        .bind(format!("%\"{}\"%", q.event_type))
-        .bind(format!("%\"{family}\"%"))
+        .bind(v.type_pattern)
+        .bind(v.family_pattern)
+}
+
+/// The values of a queued row that `Queued` does not hold as they are.
+pub struct QueuedValues {
+    pub delivery_id: String,
+    /// `LIKE` patterns matching the event type, and its family (`payment.*`), in `event_types`.
+    pub type_pattern: String,
+    pub family_pattern: String,
+}
+
+impl Queued<'_> {
+    pub fn values(&self) -> QueuedValues {
+        let family = self.event_type.split_once('.').map_or(String::new(), |(family, _)| format!("{family}.*"));
+        QueuedValues {
+            delivery_id: format!("msg_{}", ulid::Ulid::new()),
+            type_pattern: format!("%\"{}\"%", self.event_type),
+            family_pattern: format!("%\"{family}\"%"),
+        }
+    }
 }
 
 async fn insert(
