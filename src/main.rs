@@ -219,7 +219,7 @@ fn main() -> ExitCode {
         let is_demo = matches!(cli.command, Command::Demo(_));
         let level = if is_demo { "warn" } else { settings.log_level.as_str() };
         let _telemetry = telemetry::init(settings.log_format, level, !is_serve);
-        match cli.command {
+        let result = match cli.command {
             Command::Serve(_) => app::serve(settings).await.map_err(|e| e.to_string()),
             Command::Migrate => {
                 let db = app::connect_db(&settings).await.map_err(|e| e.to_string())?;
@@ -234,12 +234,16 @@ fn main() -> ExitCode {
             Command::Admin(admin) => run_admin(&settings, admin).await,
             Command::Watch(_) => unreachable!("handled above"),
             Command::Demo(args) => demo::run(args).await,
+        };
+        // Logged while the log writer still runs (it stops with `_telemetry`).
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "paygate failed");
         }
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "paygate failed");
             eprintln!("paygate: {e}");
             ExitCode::FAILURE
         }

@@ -13,13 +13,20 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    fmt::{self, writer::BoxMakeWriter},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 use crate::config::LogFormat;
 
 /// Flushes exported spans when dropped (at exit).
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// Writes out the log lines still queued when dropped.
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -37,10 +44,20 @@ pub fn init(format: LogFormat, level: &str, to_stderr: bool) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = move || -> Box<dyn std::io::Write> {
-        if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
-    };
     let terminal = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    // The server's lines go through a thread of their own that writes whatever is queued in one
+    // go: a request never waits for a write to stdout, and a busy server makes one write per
+    // batch of lines, not one per line. Nothing is dropped (a full queue waits). Commands write
+    // to stderr as they go.
+    let (writer, log_writer) = if to_stderr {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    } else {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("paygate-log")
+            .finish(std::io::BufWriter::new(std::io::stdout()));
+        (BoxMakeWriter::new(writer), Some(guard))
+    };
     let logs = match format.resolved(terminal) {
         // The current span's fields once, not again in the list of every enclosing span.
         LogFormat::Json | LogFormat::Auto => {
@@ -52,7 +69,7 @@ pub fn init(format: LogFormat, level: &str, to_stderr: bool) -> TelemetryGuard {
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("paygate")));
     // A second init (tests that run commands in one process) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(otel).try_init();
-    TelemetryGuard { provider }
+    TelemetryGuard { provider, _log_writer: log_writer }
 }
 
 /// The OTLP span pipeline, when an endpoint is configured; nothing (and no noise) otherwise.
