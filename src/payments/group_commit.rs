@@ -137,3 +137,42 @@ fn firsts_per_payment(batch: &[Job]) -> (Vec<usize>, Vec<usize>) {
         notifications.insert(key) && new_payment
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::{PaymentOutcome, notifications::ProviderEvent};
+
+    fn job(payment_id: &str, provider_ref: &str, kind: i64) -> Job {
+        let raw = RawNotification {
+            channel_key: "ch_1".into(),
+            provider_ref: provider_ref.into(),
+            kind,
+            unique_ref: String::new(),
+            query: String::new(),
+        };
+        let event = ProviderEvent::Payment(PaymentOutcome::Completed);
+        let notice = Notice { payment_id: payment_id.into(), provider_ref: provider_ref.into(), event, test: false };
+        Job { raw, notice, answer: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn a_batch_statement_gets_each_payment_and_each_notification_once() {
+        let batch = [
+            job("pay_1", "b1", 0),
+            job("pay_2", "b2", 0),
+            // The same payment again (a refund after its completion): after the first is applied.
+            job("pay_1", "b1", 2),
+            // The same notification again (a retry racing the first delivery): counted, not applied.
+            job("pay_2", "b2", 0),
+            // A new payment, but its notification repeats one already in the batch; and then a
+            // payment that job already brought in.
+            job("pay_3", "b2", 0),
+            job("pay_3", "b3", 0),
+            job("pay_4", "b4", 0),
+        ];
+        let (firsts, later) = firsts_per_payment(&batch);
+        assert_eq!(firsts, [0, 1, 6]);
+        assert_eq!(later, [2, 3, 4, 5]);
+    }
+}
