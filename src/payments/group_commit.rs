@@ -100,7 +100,7 @@ async fn run(db: Db, mut batch: Vec<Job>) {
     }
 }
 
-/// Applies every job in one transaction. On PostgreSQL the first job for each payment go together
+/// Applies every job in one transaction. On PostgreSQL each payment's first job goes in one batch
 /// (`notifications::ingest_all_in`: a statement for all their raw records, one for all their plain
 /// settlements); a later job for the same payment (or a repeat of the same notification) is
 /// applied afterwards on its own, with the writes before it in sight.
