@@ -121,8 +121,12 @@ async fn together(db: &Db, batch: &[Job]) -> Result<Vec<Committable>, Notificati
     for &i in &later {
         results[i] = Some(notifications::ingest_in(&mut tx, &batch[i].raw, &batch[i].notice).await?);
     }
+    // Every index is in `firsts` or `later`; if one were not, the batch would fall back, not panic.
+    let results = results.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+        NotificationError::Payment(super::PaymentError::Corrupt("a notification of a batch got no result".into()))
+    })?;
     tx.commit().await?;
-    Ok(results.into_iter().map(|r| r.expect("every job has its result")).collect())
+    Ok(results)
 }
 
 /// Indexes of the first job for each payment (each also the first of its notification), and of
