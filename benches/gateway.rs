@@ -568,7 +568,11 @@ async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str
     let settings =
         paygate::store::PoolSettings { max_connections: POOL_SIZE, acquire_timeout: Duration::from_secs(30) };
     let db = paygate::store::Db::connect(db_url, &settings).await.unwrap();
-    let notifications = paygate::payments::group_commit::GroupCommit::start(db.clone(), POOL_SIZE as usize / 4);
+    let notifications =
+        paygate::payments::group_commit::GroupCommit::<paygate::payments::group_commit::Notification>::start(
+            db.clone(),
+            POOL_SIZE as usize / 4,
+        );
     let ids = Arc::new(Mutex::new(fresh_payments(gate, api_key, label).await));
     let meter = Meter::start(None);
     let mut tasks = Vec::new();

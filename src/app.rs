@@ -20,6 +20,7 @@ use crate::{
     net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
         Providers,
+        checkout::NewPayments,
         group_commit::GroupCommit,
         methods::PaymentMethods,
         sweep::{self, SweepSettings},
@@ -141,6 +142,7 @@ struct Parts {
     cache: ChannelCache,
     per_key_limit: Option<Limiter>,
     webhook_settings: WebhookSettings,
+    new_payments: NewPayments,
 }
 
 /// Runs both servers with `providers` until `shutdown` completes, then drains.
@@ -236,9 +238,10 @@ async fn start(
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
     let sweep = sweep_settings(&settings);
     sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop_rx.clone());
-    // A quarter of the pool: concurrent pingbacks share these transactions, and the rest of the
-    // pool stays free for the API.
+    // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
+    // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
+    let new_payments = NewPayments::start(db.clone(), workers);
     let state = AppState {
         notifications: GroupCommit::start(db.clone(), workers),
         db,
@@ -251,7 +254,7 @@ async fn start(
         shutting_down: Default::default(),
         dependencies: Default::default(),
     };
-    let parts = Parts { state, hub, merchants, cache, per_key_limit, webhook_settings };
+    let parts = Parts { state, hub, merchants, cache, per_key_limit, webhook_settings, new_payments };
     Ok((parts, dispatcher))
 }
 
@@ -262,7 +265,7 @@ fn grpc_server(
     incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static, AppError> {
-    let Parts { state, hub, merchants, cache, per_key_limit, webhook_settings } = parts;
+    let Parts { state, hub, merchants, cache, per_key_limit, webhook_settings, new_payments } = parts;
     let providers = &state.providers;
     let (s, db, channels) = (&state.settings, &state.db, &state.channels);
     let auth = AuthSettings {
@@ -282,20 +285,21 @@ fn grpc_server(
     };
     let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let max_message = s.grpc_max_message_bytes;
-    let payments = api::payments::PaymentsApi::new(
-        db.clone(),
-        channels.clone(),
-        providers.clone(),
-        hub.clone(),
-        merchants.key_cache().clone(),
-        PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
-        api::payments::PaymentsApiSettings {
+    let payments = api::payments::PaymentsApi {
+        db: db.clone(),
+        new_payments: new_payments.clone(),
+        channels: channels.clone(),
+        providers: providers.clone(),
+        hub: hub.clone(),
+        keys: merchants.key_cache().clone(),
+        methods: PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
+        settings: api::payments::PaymentsApiSettings {
             idempotency_lease_ms: s.idempotency_lease_ms as i64,
             // At least a second: a token born expired helps nobody.
             client_token_ttl_ms: s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64,
             master_keys: cache.keys_arc(),
         },
-    );
+    };
     let webhooks = api::webhooks::WebhooksApi::new(
         db.clone(),
         cache.keys_arc(),

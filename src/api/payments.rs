@@ -16,7 +16,7 @@ use crate::{
     },
     payments::{
         Providers,
-        checkout::{self, CheckoutRequest, SubscriptionTerms},
+        checkout::{self, CheckoutRequest, NewPayments, SubscriptionTerms},
         methods::PaymentMethods,
         refunds::{self, RefundRequest},
         repo::{self, ListFilter, Lookup},
@@ -50,14 +50,17 @@ fn only_its_payment(grant: Option<&PaymentGrant>, payment_ids: &[&str]) -> Resul
     }
 }
 
+/// The service and all it reads and writes through.
 pub struct PaymentsApi {
-    db: Db,
-    channels: Channels,
-    providers: Providers,
-    hub: Arc<Hub>,
-    keys: KeyCache,
-    methods: PaymentMethods,
-    settings: PaymentsApiSettings,
+    pub db: Db,
+    /// Where checkouts insert their new payments (concurrent ones share an INSERT).
+    pub new_payments: NewPayments,
+    pub channels: Channels,
+    pub providers: Providers,
+    pub hub: Arc<Hub>,
+    pub keys: KeyCache,
+    pub methods: PaymentMethods,
+    pub settings: PaymentsApiSettings,
 }
 
 impl PaymentsApi {
@@ -106,18 +109,6 @@ impl PaymentsApi {
         let mut replies = self.subscription_replies(caller, vec![sub]).await?.into_iter();
         let reply = replies.next().ok_or_else(|| Status::internal("a subscription went missing from its reply"))?;
         Ok(Response::new(reply))
-    }
-
-    pub fn new(
-        db: Db,
-        channels: Channels,
-        providers: Providers,
-        hub: Arc<Hub>,
-        keys: KeyCache,
-        methods: PaymentMethods,
-        settings: PaymentsApiSettings,
-    ) -> Self {
-        Self { db, channels, providers, hub, keys, methods, settings }
     }
 }
 
@@ -273,6 +264,7 @@ impl PaymentService for PaymentsApi {
         };
         let session = checkout::create(
             &self.db,
+            &self.new_payments,
             &self.channels,
             &self.providers,
             &caller,

@@ -19,7 +19,10 @@ pub use pingback::PingbackError;
 use crate::{
     channels::Channels,
     config::Settings,
-    payments::{Providers, group_commit::GroupCommit},
+    payments::{
+        Providers,
+        group_commit::{GroupCommit, Notification},
+    },
     ratelimit::Limiter,
     store::Db,
     store::redis::RedisHandle,
@@ -33,7 +36,7 @@ const MAX_CALLBACK_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub db: Db,
     /// Where verified notifications are stored and applied (concurrent ones in one transaction).
-    pub notifications: GroupCommit,
+    pub notifications: GroupCommit<Notification>,
     pub settings: Arc<Settings>,
     pub channels: Channels,
     /// The providers whose callbacks are served.

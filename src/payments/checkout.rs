@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
     Payment, PaymentError, PaymentStatus, Providers,
+    group_commit::{Batched, GroupCommit},
     idempotency::{self, Claim, Key},
     model::new_payment_id,
     money,
@@ -67,6 +68,7 @@ pub struct CheckoutSession {
 
 pub async fn create(
     db: &Db,
+    new_payments: &NewPayments,
     channels: &Channels,
     providers: &Providers,
     caller: &Caller,
@@ -89,7 +91,9 @@ pub async fn create(
             let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&payment_id)).await?;
             Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
         }
-        Claim::New | Claim::TakenOver(None) => create_new(db, channels, providers, caller, &req, key.as_ref()).await,
+        Claim::New | Claim::TakenOver(None) => {
+            create_new(db, new_payments, channels, providers, caller, &req, key.as_ref()).await
+        }
     };
     if result.is_err()
         && let Some(key) = &key
@@ -101,6 +105,7 @@ pub async fn create(
 
 async fn create_new(
     db: &Db,
+    new_payments: &NewPayments,
     channels: &Channels,
     providers: &Providers,
     caller: &Caller,
@@ -113,7 +118,7 @@ async fn create_new(
     payment.redirect_url = provider
         .checkout_url(&channel, &payment, subscription.as_ref())
         .map_err(|e| PaymentError::Provider(e.to_string()))?;
-    write(db, &payment, subscription.as_ref(), key).await?;
+    write(db, new_payments, &payment, subscription.as_ref(), key).await?;
     Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
 }
 
@@ -212,17 +217,17 @@ fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Paymen
     (payment, subscription)
 }
 
-/// Stores a new payment: one INSERT in the common case; with a subscription or an idempotency
-/// key, one transaction that also records those.
+/// Stores a new payment: in the common case one INSERT, shared with the checkouts that arrive
+/// with it; with a subscription or an idempotency key, one transaction that also records those.
 async fn write(
     db: &Db,
+    new_payments: &NewPayments,
     payment: &Payment,
     subscription: Option<&Subscription>,
     key: Option<&Key<'_>>,
 ) -> Result<(), PaymentError> {
     if subscription.is_none() && key.is_none() {
-        repo::insert(db, payment).await?;
-        return Ok(());
+        return new_payments.submit(NewPayment(payment.clone())).await;
     }
     let mut tx = db.pool().begin().await?;
     repo::insert_in_tx(&mut tx, payment).await?;
@@ -235,6 +240,39 @@ async fn write(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// A new payment to insert. Checkouts that arrive together share one multi-row INSERT, which
+/// commits as one: a unique `merchant_uid` taken twice, or any other failure, rolls it back and
+/// each payment is then inserted on its own, so only the one at fault is refused.
+pub struct NewPayment(pub Payment);
+
+/// The workers that insert new payments.
+pub type NewPayments = GroupCommit<NewPayment>;
+
+impl Batched for NewPayment {
+    type Output = Result<(), PaymentError>;
+    type Error = PaymentError;
+    const KIND: &'static str = "new payment";
+
+    async fn together(db: &Db, jobs: &[&Self]) -> Result<Vec<Self::Output>, PaymentError> {
+        let payments: Vec<&Payment> = jobs.iter().map(|job| &job.0).collect();
+        repo::insert_many(db, &payments).await?;
+        Ok(jobs.iter().map(|_| Ok(())).collect())
+    }
+
+    async fn alone(&self, db: &Db) -> Self::Output {
+        repo::insert(db, &self.0).await
+    }
+
+    /// By the unique key a batch can clash on, so two batches never wait on each other's.
+    fn lock_order(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.0.merchant_id, &self.0.merchant_uid).cmp(&(&other.0.merchant_id, &other.0.merchant_uid))
+    }
+
+    fn stopped() -> Self::Output {
+        Err(crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed).into())
+    }
 }
 
 /// Every problem of the request, named by its proto field path.

@@ -1,38 +1,63 @@
-//! Notifications that arrive together commit together. A pingback's cost is mostly its
-//! transaction's fixed part (BEGIN, COMMIT and its WAL flush, the connection's trip back to the
-//! pool), so a few workers each take every notification waiting, apply them one after another in
-//! one transaction, commit once, and only then answer each sender. Nobody waits for a batch to
-//! fill: a worker takes what is queued when it is free, so a lone pingback goes alone.
+//! Writes that arrive together commit together. A short write's cost is mostly its transaction's
+//! fixed part (BEGIN, COMMIT and its WAL flush, the round trips, the connection's trip back to
+//! the pool), so a few workers each take every job of a kind waiting, write them at once, commit
+//! once, and only then answer each sender. Nobody waits for a batch to fill: a worker takes what
+//! is queued when it is free, so a lone job goes alone.
 //!
-//! A batch is all or nothing: if any notification in it must roll back (a concurrent change, a
-//! store error), the whole transaction does, and each notification is then applied in a
-//! transaction of its own, so one bad notification never fails the others.
+//! A batch is all or nothing: if anything in it must roll back (a concurrent change, a taken
+//! key, a store error), the whole of it does, and each job is then written on its own, so one
+//! bad job never fails the others. Two kinds use it: verified provider notifications
+//! ([`Notification`]) and new checkout payments ([`super::checkout::NewPayment`]).
 
-use std::{collections::HashSet, sync::Arc};
+use std::{cmp::Ordering, collections::HashSet, fmt::Display, sync::Arc};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::notifications::{self, Committable, Notice, NotificationError, RawNotification};
 use crate::store::{Backend, Db};
 
-/// The most notifications one transaction applies: bounds how long its row locks are held.
+/// The most jobs one batch holds: bounds how long its row locks are held.
 const MAX_BATCH: usize = 32;
-/// Notifications waiting for a worker; senders beyond it wait (backpressure, not loss).
+/// Jobs waiting for a worker; senders beyond it wait (backpressure, not loss).
 const QUEUE: usize = 1_024;
 
-struct Job {
-    raw: RawNotification,
-    notice: Notice,
-    answer: oneshot::Sender<Committable>,
+/// A kind of write that may share a transaction with others of its kind.
+pub trait Batched: Send + Sync + Sized + 'static {
+    /// What the sender is told once the job is written (or failed).
+    type Output: Send + 'static;
+    /// Why a batch rolled back (logged; its jobs are then written one by one).
+    type Error: Display + Send;
+    /// Names the kind in log lines.
+    const KIND: &'static str;
+
+    /// Writes every job (two or more) at once, all or nothing, and returns their outputs in order,
+    /// one per job (checked before the commit: a missing one is an error that rolls back).
+    fn together(db: &Db, jobs: &[&Self]) -> impl Future<Output = Result<Vec<Self::Output>, Self::Error>> + Send;
+    /// Writes one job on its own.
+    fn alone(&self, db: &Db) -> impl Future<Output = Self::Output> + Send;
+    /// One lock order for every batch, so two batches never deadlock on the rows they touch.
+    fn lock_order(&self, other: &Self) -> Ordering;
+    /// The workers are gone (shutting down, or a batch panicked): unavailable, so the sender retries.
+    fn stopped() -> Self::Output;
 }
 
-/// The entrance to the workers; cheap to clone.
-#[derive(Clone)]
-pub struct GroupCommit {
-    queue: mpsc::Sender<Job>,
+struct Entry<J: Batched> {
+    job: J,
+    answer: oneshot::Sender<J::Output>,
 }
 
-impl GroupCommit {
+/// The entrance to the workers of one kind of job; cheap to clone.
+pub struct GroupCommit<J: Batched> {
+    queue: mpsc::Sender<Entry<J>>,
+}
+
+impl<J: Batched> Clone for GroupCommit<J> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone() }
+    }
+}
+
+impl<J: Batched> GroupCommit<J> {
     /// Starts `workers` workers on `db`. They stop when the last `GroupCommit` is dropped.
     pub fn start(db: Db, workers: usize) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
@@ -43,20 +68,17 @@ impl GroupCommit {
         Self { queue }
     }
 
-    /// Stores `raw` and applies `notice`; returns once that has committed (or failed).
-    pub async fn ingest(&self, raw: RawNotification, notice: Notice) -> Committable {
+    /// Writes `job`; returns once that has committed (or failed).
+    pub async fn submit(&self, job: J) -> J::Output {
         let (answer, answered) = oneshot::channel();
-        self.queue.send(Job { raw, notice, answer }).await.map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        if self.queue.send(Entry { job, answer }).await.is_err() {
+            return J::stopped();
+        }
+        answered.await.unwrap_or_else(|_| J::stopped())
     }
 }
 
-/// The workers are gone (shutting down, or a batch panicked): unavailable, so the sender retries.
-fn stopped() -> NotificationError {
-    crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed).into()
-}
-
-async fn work(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn work<J: Batched>(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Entry<J>>>>) {
     loop {
         let batch = {
             let mut waiting = waiting.lock().await;
@@ -64,7 +86,7 @@ async fn work(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Job>>>) {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match waiting.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(entry) => batch.push(entry),
                     Err(_) => break,
                 }
             }
@@ -75,28 +97,65 @@ async fn work(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-async fn run(db: Db, mut batch: Vec<Job>) {
-    // A sender that gave up (timed out) was not answered OK, so its notification is not owed.
-    batch.retain(|job| !job.answer.is_closed());
-    // One lock order for every batch (payment rows first of all), so two batches never deadlock.
-    batch.sort_by(|a, b| a.notice.payment_id.cmp(&b.notice.payment_id));
+async fn run<J: Batched>(db: Db, mut batch: Vec<Entry<J>>) {
+    // A sender that gave up (timed out) was not answered, so its write is not owed.
+    batch.retain(|entry| !entry.answer.is_closed());
+    batch.sort_by(|a, b| a.job.lock_order(&b.job));
     if batch.len() > 1 {
-        match together(&db, &batch).await {
-            Ok(results) => {
-                notifications::committed(&db, &results);
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.answer.send(result);
+        let jobs: Vec<&J> = batch.iter().map(|entry| &entry.job).collect();
+        match J::together(&db, &jobs).await {
+            // `together` checks before its commit that every job has its output; a sender left
+            // without one would read it as unavailable.
+            Ok(outputs) => {
+                for (entry, output) in batch.into_iter().zip(outputs) {
+                    let _ = entry.answer.send(output);
                 }
                 return;
             }
             Err(error) => {
-                tracing::warn!(%error, notifications = batch.len(), "a batch rolled back; applying its notifications one by one")
+                tracing::warn!(%error, jobs = batch.len(), kind = J::KIND, "a batch rolled back; writing its jobs one by one")
             }
         }
     }
-    for job in batch {
-        let result = notifications::ingest(&db, &job.raw, &job.notice).await;
-        let _ = job.answer.send(result);
+    for entry in batch {
+        let output = entry.job.alone(&db).await;
+        let _ = entry.answer.send(output);
+    }
+}
+
+/// A verified provider notification: its raw record to store and the notice to apply.
+pub struct Notification {
+    pub raw: RawNotification,
+    pub notice: Notice,
+}
+
+impl Batched for Notification {
+    type Output = Committable;
+    type Error = NotificationError;
+    const KIND: &'static str = "notification";
+
+    async fn together(db: &Db, jobs: &[&Self]) -> Result<Vec<Committable>, NotificationError> {
+        together(db, jobs).await
+    }
+
+    async fn alone(&self, db: &Db) -> Committable {
+        notifications::ingest(db, &self.raw, &self.notice).await
+    }
+
+    /// Payment rows first of all.
+    fn lock_order(&self, other: &Self) -> Ordering {
+        self.notice.payment_id.cmp(&other.notice.payment_id)
+    }
+
+    fn stopped() -> Committable {
+        Err(crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed).into())
+    }
+}
+
+impl GroupCommit<Notification> {
+    /// Stores `raw` and applies `notice`; returns once that has committed (or failed).
+    pub async fn ingest(&self, raw: RawNotification, notice: Notice) -> Committable {
+        self.submit(Notification { raw, notice }).await
     }
 }
 
@@ -104,7 +163,7 @@ async fn run(db: Db, mut batch: Vec<Job>) {
 /// (`notifications::ingest_all_in`: a statement for all their raw records, one for all their plain
 /// settlements); a later job for the same payment (or a repeat of the same notification) is
 /// applied afterwards on its own, with the writes before it in sight.
-async fn together(db: &Db, batch: &[Job]) -> Result<Vec<Committable>, NotificationError> {
+async fn together(db: &Db, batch: &[&Notification]) -> Result<Vec<Committable>, NotificationError> {
     let mut tx = db.pool().begin().await?;
     let mut results: Vec<Option<Committable>> = batch.iter().map(|_| None).collect();
     let (firsts, later) = firsts_per_payment(batch);
@@ -126,12 +185,13 @@ async fn together(db: &Db, batch: &[Job]) -> Result<Vec<Committable>, Notificati
         NotificationError::Payment(super::PaymentError::Corrupt("a notification of a batch got no result".into()))
     })?;
     tx.commit().await?;
+    notifications::committed(db, &results);
     Ok(results)
 }
 
 /// Indexes of the first job for each payment (each also the first of its notification), and of
 /// the rest, each list in batch order.
-fn firsts_per_payment(batch: &[Job]) -> (Vec<usize>, Vec<usize>) {
+fn firsts_per_payment(batch: &[&Notification]) -> (Vec<usize>, Vec<usize>) {
     let (mut payments, mut notifications) = (HashSet::new(), HashSet::new());
     (0..batch.len()).partition(|&i| {
         let (raw, notice) = (&batch[i].raw, &batch[i].notice);
@@ -147,7 +207,7 @@ mod tests {
     use super::*;
     use crate::payments::{PaymentOutcome, notifications::ProviderEvent};
 
-    fn job(payment_id: &str, provider_ref: &str, kind: i64) -> Job {
+    fn job(payment_id: &str, provider_ref: &str, kind: i64) -> Notification {
         let raw = RawNotification {
             channel_key: "ch_1".into(),
             provider_ref: provider_ref.into(),
@@ -157,7 +217,7 @@ mod tests {
         };
         let event = ProviderEvent::Payment(PaymentOutcome::Completed);
         let notice = Notice { payment_id: payment_id.into(), provider_ref: provider_ref.into(), event, test: false };
-        Job { raw, notice, answer: oneshot::channel().0 }
+        Notification { raw, notice }
     }
 
     #[test]
@@ -175,7 +235,7 @@ mod tests {
             job("pay_3", "b3", 0),
             job("pay_4", "b4", 0),
         ];
-        let (firsts, later) = firsts_per_payment(&batch);
+        let (firsts, later) = firsts_per_payment(&batch.iter().collect::<Vec<_>>());
         assert_eq!(firsts, [0, 1, 6]);
         assert_eq!(later, [2, 3, 4, 5]);
     }

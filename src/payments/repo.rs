@@ -59,6 +59,9 @@ const INSERT: &str = "INSERT INTO payments (payment_id, merchant_id, channel_key
     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
     $25, $26, $27, $28, $29)";
 
+/// The parameters of one row of `INSERT`.
+const INSERT_PARAMS: usize = 29;
+
 fn custom_json(p: &Payment) -> Result<String, PaymentError> {
     serde_json::to_string(&p.custom_params).map_err(|e| PaymentError::Corrupt(e.to_string()))
 }
@@ -74,6 +77,23 @@ fn insert_result(result: Result<sqlx::any::AnyQueryResult, sqlx::Error>) -> Resu
 
 pub async fn insert(db: &Db, p: &Payment) -> Result<(), PaymentError> {
     insert_result(bind_all(sqlx::query(INSERT), p, custom_json(p)?).execute(db.pool()).await)
+}
+
+/// Inserts `payments` in one statement (all or none).
+pub async fn insert_many(db: &Db, payments: &[&Payment]) -> Result<(), PaymentError> {
+    let (head, _) = INSERT.split_once("VALUES").unwrap_or((INSERT, ""));
+    let rows: Vec<String> = (0..payments.len())
+        .map(|row| {
+            let params: Vec<String> = (1..=INSERT_PARAMS).map(|n| format!("${}", row * INSERT_PARAMS + n)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let sql = format!("{head}VALUES {}", rows.join(", "));
+    let mut query = sqlx::query(&sql);
+    for &p in payments {
+        query = bind_all(query, p, custom_json(p)?);
+    }
+    insert_result(query.execute(db.pool()).await)
 }
 
 pub async fn insert_in_tx(conn: &mut AnyConnection, p: &Payment) -> Result<(), PaymentError> {

@@ -1,5 +1,5 @@
-//! Pingbacks that arrive together commit together (`payments::group_commit`), and one that must
-//! roll back never takes the others with it.
+//! Pingbacks that arrive together commit together, and so do new checkout payments
+//! (`payments::group_commit`); one that must roll back never takes the others with it.
 
 use paygate::proto::v1::PaymentStatus;
 use sqlx::{Connection, Row};
@@ -135,7 +135,7 @@ async fn a_burst_commits_together(backend: Backend) {
     if backend == Backend::Postgres {
         let logs = gate.process.logs();
         assert!(
-            logs.iter().any(|l| l.contains("a batch rolled back; applying its notifications one by one")),
+            logs.iter().any(|l| l.contains("a batch rolled back; writing its jobs one by one")),
             "a poisoned pingback shared a batch, and the batch fell back to one by one"
         );
     }
@@ -188,4 +188,119 @@ async fn a_burst_commits_together(backend: Backend) {
     let response = http.get(url(5, &ids[5])).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "OK");
     assert_eq!(get_payment(&mut payments, &ids[5]).await.status(), PaymentStatus::Paid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_that_arrive_together_share_an_insert_and_a_taken_merchant_uid_fails_alone_on_postgres() {
+    checkouts_together(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_that_arrive_together_share_an_insert_and_a_taken_merchant_uid_fails_alone_on_sqlite() {
+    checkouts_together(Backend::Sqlite).await;
+}
+
+/// Sends a checkout for each merchant_uid at once and returns each one's outcome, in order. On
+/// PostgreSQL the test first locks `payments` against inserts, so the one insert worker (a pool
+/// of 4) waits on its first checkout while the rest queue; they then go in one batch.
+async fn burst_of_checkouts(db: &TestDb, payments: &Payments, uids: &[String]) -> Vec<Result<String, tonic::Status>> {
+    let send = |uid: String| {
+        let mut payments = payments.clone();
+        async move {
+            payments.create_checkout_session(checkout_request("main", &uid)).await.map(|r| r.into_inner().payment_id)
+        }
+    };
+    if db.backend == Backend::Sqlite {
+        return futures_util::future::join_all(uids.iter().cloned().map(send)).await;
+    }
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE payments IN SHARE MODE").execute(&mut lock).await.unwrap();
+    let (first, rest) = uids.split_first().unwrap();
+    let first = tokio::spawn(send(first.clone()));
+    let waiting =
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    wait_until(|| async {
+        let pool = db.pool().await;
+        let n: i64 = sqlx::query(waiting).fetch_one(&pool).await.unwrap().get(0);
+        pool.close().await;
+        n > 0
+    })
+    .await;
+    let rest = tokio::spawn(futures_util::future::join_all(rest.iter().cloned().map(send)));
+    // Time for the burst to reach the queue; any that has not simply goes in a later batch.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    let mut answers = vec![first.await.unwrap()];
+    answers.extend(rest.await.unwrap());
+    answers
+}
+
+async fn checkouts_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (_merchant_id, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_DATABASE_MAX_CONNECTIONS", "4")]);
+    let mut channels = gate.channels(&api_key).await;
+    let sim = Simulator::start();
+    channels.create_channel(channel_request(&sim, "main", paygate::proto::v1::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    // Warm: the key and the channel are cached, so a checkout's only query is its INSERT.
+    payments.create_checkout_session(checkout_request("main", "warm")).await.unwrap();
+    let pool = db.pool().await;
+
+    // 30 distinct orders: every one is stored, once, and on PostgreSQL they share statements.
+    let uids: Vec<String> = (0..30).map(|n| format!("order-{n}")).collect();
+    let answers = burst_of_checkouts(&db, &payments, &uids).await;
+    for (uid, answer) in uids.iter().zip(&answers) {
+        let payment_id = answer.as_ref().unwrap_or_else(|e| panic!("{uid}: {e:?}"));
+        let payment = get_payment(&mut payments, payment_id).await;
+        assert_eq!((payment.merchant_uid.as_str(), payment.status()), (uid.as_str(), PaymentStatus::Ready));
+    }
+    let stored: i64 = sqlx::query("SELECT COUNT(*) FROM payments WHERE merchant_uid LIKE 'order-%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 30);
+    if backend == Backend::Postgres {
+        // Rows one statement inserted share its transaction id.
+        let transactions: i64 =
+            sqlx::query("SELECT COUNT(DISTINCT xmin::text) FROM payments WHERE merchant_uid LIKE 'order-%'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get(0);
+        assert!(transactions < 10, "30 payments inserted in {transactions} transactions");
+    }
+
+    // A burst with merchant_uids taken twice in it, and one taken before it: each taken one is
+    // refused alone, naming the field; every other order of the burst is stored.
+    let mut uids: Vec<String> = (0..20).map(|n| format!("again-{n}")).collect();
+    uids.extend(["again-3", "again-11", "again-11", "order-7"].map(String::from));
+    let answers = burst_of_checkouts(&db, &payments, &uids).await;
+    for uid in uids.iter().collect::<std::collections::BTreeSet<_>>() {
+        let outcomes: Vec<_> = uids.iter().zip(&answers).filter(|(u, _)| *u == uid).map(|(_, a)| a).collect();
+        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM payments WHERE merchant_uid = $1")
+            .bind(uid)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 1, "{uid} is stored once");
+        let refused: Vec<_> = outcomes.iter().filter_map(|a| a.as_ref().err()).collect();
+        let expected_refusals = if uid == "order-7" { 1 } else { outcomes.len() - 1 };
+        assert_eq!(refused.len(), expected_refusals, "{uid}: {outcomes:?}");
+        for status in refused {
+            assert_eq!(status.code(), tonic::Code::AlreadyExists, "{uid}: {status:?}");
+            assert!(status.message().starts_with("merchant_uid: "), "{}", status.message());
+        }
+    }
+    if backend == Backend::Postgres {
+        let logs = gate.process.logs();
+        assert!(
+            logs.iter().any(|l| l.contains("a batch rolled back") && l.contains("new payment")),
+            "the batch with a taken merchant_uid fell back to one by one"
+        );
+    }
+    pool.close().await;
 }
