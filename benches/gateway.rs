@@ -463,16 +463,17 @@ impl Side {
         percentile(&all, 0.99)
     }
 
-    fn generator_cpu_share(&self) -> f64 {
+    /// Blank for a side that did not run (`PAYGATE_BENCH_ONLY`).
+    fn generator_cpu_share(&self) -> String {
         let cpu: f64 = self.rounds.iter().map(|r| r.generator_cpu.as_secs_f64()).sum();
         let wall: f64 = self.rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
-        cpu / wall
+        if wall > 0.0 { format!("{:.0}%", cpu / wall * 100.0) } else { String::new() }
     }
 
     fn per_request(&self, cpu: impl Fn(&Round) -> Duration) -> String {
         let total: f64 = self.rounds.iter().map(|r| cpu(r).as_secs_f64()).sum();
         let count: usize = self.rounds.iter().map(|r| r.count).sum();
-        format!("{:.0} µs", total / count.max(1) as f64 * 1e6)
+        if count > 0 { format!("{:.0} µs", total / count as f64 * 1e6) } else { String::new() }
     }
 }
 
@@ -1044,11 +1045,11 @@ fn cpu_table(gc: &Side, bc: &Side, gi: &Side, fi: &Side) {
     println!("| load generator and servers | checkout: paygate | checkout: bare | ingest: paygate | ingest: floor |");
     println!("|---|---|---|---|---|");
     println!(
-        "| load generator CPU (share of one core) | {:.0}% | {:.0}% | {:.0}% | {:.0}% |",
-        gc.generator_cpu_share() * 100.0,
-        bc.generator_cpu_share() * 100.0,
-        gi.generator_cpu_share() * 100.0,
-        fi.generator_cpu_share() * 100.0
+        "| load generator CPU (share of one core) | {} | {} | {} | {} |",
+        gc.generator_cpu_share(),
+        bc.generator_cpu_share(),
+        gi.generator_cpu_share(),
+        fi.generator_cpu_share()
     );
     println!(
         "| server CPU per request (paygate or the bare server) | {} | {} | {} | |",
@@ -1065,5 +1066,7 @@ fn cpu_table(gc: &Side, bc: &Side, gi: &Side, fi: &Side) {
     );
     let reads: f64 = gi.rounds.iter().map(|r| r.log_reads).sum();
     let count: usize = gi.rounds.iter().map(|r| r.count).sum();
-    println!("| event-log reads per pingback (both replicas' tailers) | | | {:.2} | |", reads / count.max(1) as f64);
+    if count > 0 {
+        println!("| event-log reads per pingback (both replicas' tailers) | | | {:.2} | |", reads / count as f64);
+    }
 }
