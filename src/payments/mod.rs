@@ -165,17 +165,35 @@ async fn write_in_one_statement(
         };
         let q = queued.values();
         let (head, tail) = outbox::payload_around_event_id(kind.as_str(), webhook_data(p, *detail), queued.now);
-        rows.push(serde_json::json!({
-            "n": n, "moves": moves, "payment_id": p.payment_id, "version_before": p.version - 1,
-            "status": p.status.as_str(), "provider_ref": p.provider_ref, "is_test": i64::from(p.test),
-            "subscription_id": p.subscription_id, "cancelled_amount": p.cancelled_amount,
-            "pending_cancel_amount": p.pending_cancel_amount, "version": p.version, "updated_at": p.updated_at,
-            "paid_at": p.paid_at, "failed_at": p.failed_at, "cancelled_at": p.cancelled_at,
-            "merchant_id": p.merchant_id, "kind": kind.as_str(), "snapshot": event.snapshot, "detail": event.detail,
-            "event_at": event.created_at, "delivery_id": q.delivery_id, "type_pattern": q.type_pattern,
-            "family_pattern": q.family_pattern, "head": head, "tail": tail,
-        }));
+        rows.push(ChangeRow {
+            n,
+            moves: *moves,
+            payment_id: &p.payment_id,
+            version_before: p.version - 1,
+            status: p.status.as_str(),
+            provider_ref: p.provider_ref.as_deref(),
+            is_test: i64::from(p.test),
+            subscription_id: p.subscription_id.as_deref(),
+            cancelled_amount: p.cancelled_amount,
+            pending_cancel_amount: p.pending_cancel_amount,
+            version: p.version,
+            updated_at: p.updated_at,
+            paid_at: p.paid_at,
+            failed_at: p.failed_at,
+            cancelled_at: p.cancelled_at,
+            merchant_id: &p.merchant_id,
+            kind: kind.as_str(),
+            snapshot: event.snapshot,
+            detail: event.detail,
+            event_at: event.created_at,
+            delivery_id: q.delivery_id,
+            type_pattern: q.type_pattern,
+            family_pattern: q.family_pattern,
+            head,
+            tail,
+        });
     }
+    let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let queue_value = |n: usize| {
         ["i.delivery_id", "i.payment_id", "i.kind", "i.event_at", "i.merchant_id", "i.type_pattern", "i.family_pattern"]
             [n]
@@ -203,7 +221,7 @@ async fn write_in_one_statement(
         event_log::INSERT_COLUMNS,
         outbox::queue_select(queue_value, payload, ", input i JOIN event ON event.event_payment = i.payment_id")
     );
-    let found = sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).fetch_all(&mut *conn).await?;
+    let found = sqlx::query(&sql).bind(rows).fetch_all(&mut *conn).await?;
     let mut ids = vec![None; changes.len()];
     for row in &found {
         let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
@@ -212,6 +230,36 @@ async fn write_in_one_statement(
         }
     }
     Ok(ids)
+}
+
+/// One change as `write_in_one_statement` passes it: a row of its JSON parameter.
+#[derive(serde::Serialize)]
+struct ChangeRow<'a> {
+    n: usize,
+    moves: bool,
+    payment_id: &'a str,
+    version_before: i64,
+    status: &'a str,
+    provider_ref: Option<&'a str>,
+    is_test: i64,
+    subscription_id: Option<&'a str>,
+    cancelled_amount: i64,
+    pending_cancel_amount: i64,
+    version: i64,
+    updated_at: i64,
+    paid_at: Option<i64>,
+    failed_at: Option<i64>,
+    cancelled_at: Option<i64>,
+    merchant_id: &'a str,
+    kind: &'a str,
+    snapshot: String,
+    detail: Option<String>,
+    event_at: i64,
+    delivery_id: String,
+    type_pattern: String,
+    family_pattern: String,
+    head: String,
+    tail: String,
 }
 
 /// The webhook's `data` object for a change, without its `event_id`.

@@ -360,17 +360,34 @@ async fn record_deliveries(
     batch: &[(&RawNotification, &Notice)],
 ) -> Result<Vec<(Seen, Option<Payment>)>, NotificationError> {
     let ids: Vec<String> = batch.iter().map(|_| format!("pb_{}", ulid::Ulid::new())).collect();
-    let rows: Vec<serde_json::Value> = batch
+    /// A row of the statement's JSON parameter.
+    #[derive(serde::Serialize)]
+    struct Delivery<'a> {
+        n: usize,
+        pb_id: &'a str,
+        pb_channel: &'a str,
+        pb_ref: &'a str,
+        pb_type: i64,
+        pb_unique: &'a str,
+        pb_query: &'a str,
+        pb_payment: &'a str,
+    }
+    let rows: Vec<Delivery> = batch
         .iter()
         .zip(&ids)
         .enumerate()
-        .map(|(n, ((raw, notice), id))| {
-            serde_json::json!({
-                "n": n, "pb_id": id, "pb_channel": raw.channel_key, "pb_ref": raw.provider_ref, "pb_type": raw.kind,
-                "pb_unique": raw.unique_ref, "pb_query": raw.query, "pb_payment": notice.payment_id,
-            })
+        .map(|(n, ((raw, notice), id))| Delivery {
+            n,
+            pb_id: id,
+            pb_channel: &raw.channel_key,
+            pb_ref: &raw.provider_ref,
+            pb_type: raw.kind,
+            pb_unique: &raw.unique_ref,
+            pb_query: &raw.query,
+            pb_payment: &notice.payment_id,
         })
         .collect();
+    let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let sql = format!(
         "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, pb_id text, pb_channel text, \
            pb_ref text, pb_type bigint, pb_unique text, pb_query text, pb_payment text)), \
@@ -387,8 +404,7 @@ async fn record_deliveries(
          LEFT JOIN payments ON payments.payment_id = input.pb_payment",
         repo::COLUMNS
     );
-    let found =
-        sqlx::query(&sql).bind(serde_json::Value::Array(rows).to_string()).bind(now_ms()).fetch_all(&mut *conn).await?;
+    let found = sqlx::query(&sql).bind(rows).bind(now_ms()).fetch_all(&mut *conn).await?;
     let mut recorded: Vec<Option<(Seen, Option<Payment>)>> = vec![None; batch.len()];
     for row in &found {
         let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
