@@ -137,9 +137,8 @@ async fn write_separately(conn: &mut sqlx::AnyConnection, change: &Change<'_>) -
         return Ok(None);
     }
     let position = event_log::append(conn, payment, kind, detail).await?;
-    let mut data = webhook_data(payment, detail);
-    data["event_id"] = position.to_string().into();
-    crate::webhooks::outbox::enqueue(conn, &payment.merchant_id, &payment.payment_id, kind.as_str(), data).await?;
+    let data = WebhookData::of(position.to_string(), payment, detail);
+    crate::webhooks::outbox::enqueue(conn, &payment.merchant_id, &payment.payment_id, kind.as_str(), &data).await?;
     Ok(Some(position.id))
 }
 
@@ -164,7 +163,8 @@ async fn write_in_one_statement(
             now: event.created_at,
         };
         let q = queued.values();
-        let (head, tail) = outbox::payload_around_event_id(kind.as_str(), webhook_data(p, *detail), queued.now);
+        let data = WebhookData::of(outbox::EVENT_ID_HOLE.to_owned(), p, *detail);
+        let (head, tail) = outbox::payload_around_event_id(kind.as_str(), &data, queued.now)?;
         rows.push(ChangeRow {
             n,
             moves: *moves,
@@ -262,16 +262,28 @@ struct ChangeRow<'a> {
     tail: String,
 }
 
-/// The webhook's `data` object for a change, without its `event_id`.
-fn webhook_data(payment: &Payment, detail: Option<&event_log::EventDetail>) -> serde_json::Value {
-    use event_log::EventDetail;
-    let mut data = serde_json::json!({ "payment": payment });
-    match detail {
-        Some(EventDetail::Cancellation(value)) => data["cancellation"] = value.clone(),
-        Some(EventDetail::Subscription(value)) => data["subscription"] = value.clone(),
-        None => {}
+/// The webhook's `data` object for a change: its event's id first, the payment as it now is, and
+/// the cancellation or subscription the event is about.
+#[derive(serde::Serialize)]
+struct WebhookData<'a> {
+    event_id: String,
+    payment: &'a Payment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancellation: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<&'a serde_json::Value>,
+}
+
+impl<'a> WebhookData<'a> {
+    fn of(event_id: String, payment: &'a Payment, detail: Option<&'a event_log::EventDetail>) -> Self {
+        use event_log::EventDetail;
+        let (cancellation, subscription) = match detail {
+            Some(EventDetail::Cancellation(value)) => (Some(value), None),
+            Some(EventDetail::Subscription(value)) => (None, Some(value)),
+            None => (None, None),
+        };
+        Self { event_id, payment, cancellation, subscription }
     }
-    data
 }
 
 impl From<crate::webhooks::WebhookError> for PaymentError {

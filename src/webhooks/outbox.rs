@@ -71,34 +71,50 @@ pub async fn enqueue(
     merchant_id: &str,
     payment_id: &str,
     event_type: &str,
-    data: serde_json::Value,
+    data: &impl serde::Serialize,
 ) -> Result<(), WebhookError> {
     let now = now_ms();
-    let payload = payload(event_type, data, now).to_string();
+    let payload = payload(event_type, data, now)?;
     let sql = queue_sql(1, "$8", "");
     let queued = Queued { merchant_id, payment_id, event_type, now };
     bind_queued(sqlx::query(&sql), &queued).bind(payload).execute(conn).await?;
     Ok(())
 }
 
-/// A webhook's body: `{type, timestamp, data}`.
-fn payload(event_type: &str, data: serde_json::Value, now: i64) -> serde_json::Value {
-    serde_json::json!({ "type": event_type, "timestamp": rfc3339(now), "data": data })
+/// A webhook's body.
+#[derive(serde::Serialize)]
+struct Body<'a, D> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    data: &'a D,
 }
 
+/// A webhook's body, `{type, timestamp, data}`, as sent.
+fn payload(event_type: &str, data: &impl serde::Serialize, now: i64) -> Result<String, WebhookError> {
+    let body = Body { event_type, timestamp: rfc3339(now), data };
+    serde_json::to_string(&body).map_err(|e| WebhookError::Corrupt(e.to_string()))
+}
+
+/// What `data.event_id` holds when passed to `payload_around_event_id`: where the id goes. The
+/// body's first occurrence of it is the id's, as the body writes `type`, `timestamp` and then
+/// `data.event_id` before any merchant text.
+pub const EVENT_ID_HOLE: &str = "\u{1}event_id\u{1}";
+
 /// The body of the webhook for an event whose id the database assigns in the statement that
-/// queues it: the text before the id and the text after it. `data` is as for `enqueue`, without
-/// `event_id`.
-pub fn payload_around_event_id(event_type: &str, mut data: serde_json::Value, now: i64) -> (String, String) {
-    // A control character serializes escaped (`\u0001`), so the quoted marker can only be the
-    // value written here; `event_id` sorts before every key that carries merchant text.
-    const MARKER: &str = "\u{1}event_id\u{1}";
-    data["event_id"] = MARKER.into();
-    let text = payload(event_type, data, now).to_string();
-    let marker = serde_json::to_string(MARKER).unwrap_or_default();
-    let hole = text.find(&marker).unwrap_or(text.len());
-    let (head, tail) = text.split_at(hole);
-    (format!("{head}\""), format!("\"{}", tail.get(marker.len()..).unwrap_or_default()))
+/// queues it: the text before the id and the text after it. `data` is as for `enqueue`, with
+/// [`EVENT_ID_HOLE`] as its `event_id`, serialized before any merchant text.
+pub fn payload_around_event_id(
+    event_type: &str,
+    data: &impl serde::Serialize,
+    now: i64,
+) -> Result<(String, String), WebhookError> {
+    let mut text = payload(event_type, data, now)?;
+    let marker = serde_json::to_string(EVENT_ID_HOLE).unwrap_or_default();
+    let hole = text.find(&marker).ok_or_else(|| WebhookError::Corrupt("a webhook body without its event id".into()))?;
+    let tail = format!("\"{}", &text[hole + marker.len()..]);
+    text.truncate(hole + 1);
+    Ok((text, tail))
 }
 
 /// What a queued delivery row needs besides its payload.
@@ -445,15 +461,19 @@ mod tests {
 
     #[test]
     fn the_id_goes_where_event_id_is_and_nowhere_else() {
-        // Merchant text that looks like the hole, in a field sorted before and after `event_id`.
-        let data = serde_json::json!({
-            "cancellation": { "reason": "\"event_id\":\"x\"" },
-            "payment": { "order_name": "\u{1}event_id\u{1}", "payment_id": "pay_1" },
-        });
-        let (head, tail) = payload_around_event_id("payment.paid", data.clone(), 0);
+        // Merchant text that looks like the hole, before and after `event_id`.
+        let data = |event_id: &str| {
+            serde_json::json!({
+                "cancellation": { "reason": "\"event_id\":\"x\"" },
+                "event_id": event_id,
+                "payment": { "order_name": EVENT_ID_HOLE, "payment_id": "pay_1" },
+            })
+        };
+        let (head, tail) = payload_around_event_id("payment.paid", &data(EVENT_ID_HOLE), 0).unwrap();
         let body: serde_json::Value = serde_json::from_str(&format!("{head}17-42{tail}")).expect("JSON");
-        let mut expected = payload("payment.paid", data, 0);
-        expected["data"]["event_id"] = "17-42".into();
+        let expected: serde_json::Value =
+            serde_json::from_str(&payload("payment.paid", &data("17-42"), 0).unwrap()).unwrap();
         assert_eq!(body, expected);
+        assert_eq!(body["data"]["payment"]["order_name"], EVENT_ID_HOLE);
     }
 }
