@@ -882,8 +882,24 @@ fn main() {
     runtime.block_on(bench());
 }
 
+/// How fast one core of this machine is right now: SHA-256 over 256 MiB. A shared host's cores
+/// slow down when its neighbours are busy; the rows with absolute targets (latency, fan-out) move
+/// with it, the ratios much less.
+fn speed_probe() -> Duration {
+    use sha2::Digest;
+    let started = Instant::now();
+    let block = vec![7u8; 1 << 20];
+    let mut hash = sha2::Sha256::new();
+    for _ in 0..256 {
+        hash.update(&block);
+    }
+    std::hint::black_box(hash.finalize());
+    started.elapsed()
+}
+
 async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let probe_before = speed_probe();
     let s = setup().await;
     // `PAYGATE_BENCH_ONLY=streams|checkout|ingest`: only those rows, for iterating on them.
     let only = std::env::var("PAYGATE_BENCH_ONLY").unwrap_or_default();
@@ -959,6 +975,11 @@ async fn bench() {
         );
     }
     println!("{LATENCY_SAMPLES} sequential pingbacks per latency row.");
+    println!(
+        "Machine speed probe (SHA-256 of 256 MiB on one core): {} before the rounds, {} after.",
+        ms(probe_before),
+        ms(speed_probe())
+    );
 
     let Setup { mut admin, name, a, b, .. } = s;
     drop((a, b));
