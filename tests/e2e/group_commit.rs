@@ -50,16 +50,34 @@ fn check_answers(answers: &[(usize, u16, String)], reference: impl Fn(usize) -> 
     }
 }
 
-async fn a_burst_commits_together(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let (_merchant_id, api_key) = create_merchant(&db, "Acme");
-    // PostgreSQL: a pool of 4 runs one notification worker, so the test can hold it in one batch
-    // while the burst queues up behind it.
-    let gate = Paygate::start(&db, &[("PAYGATE_DATABASE_MAX_CONNECTIONS", "4")]);
+/// Paygate with a pool of 4, which runs one worker of each kind, so that a test can hold it in one
+/// batch while a burst queues up behind it; a merchant with the test channel `main`.
+async fn one_worker_each(db: &TestDb) -> (Paygate, Payments, Simulator) {
+    let (_merchant_id, api_key) = create_merchant(db, "Acme");
+    let gate = Paygate::start(db, &[("PAYGATE_DATABASE_MAX_CONNECTIONS", "4")]);
     let mut channels = gate.channels(&api_key).await;
     let sim = Simulator::start();
     channels.create_channel(channel_request(&sim, "main", paygate::proto::v1::ChannelMode::Test)).await.unwrap();
-    let mut payments = gate.payments(&api_key).await;
+    let payments = gate.payments(&api_key).await;
+    (gate, payments, sim)
+}
+
+/// Returns once some connection of `db` waits on a lock the test holds.
+async fn someone_waits_on_a_lock(db: &TestDb) {
+    let waiting =
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    wait_until(|| async {
+        let pool = db.pool().await;
+        let n: i64 = sqlx::query(waiting).fetch_one(&pool).await.unwrap().get(0);
+        pool.close().await;
+        n > 0
+    })
+    .await;
+}
+
+async fn a_burst_commits_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gate, mut payments, _sim) = one_worker_each(&db).await;
 
     // 48 payments: 47 paid (4 of them by the same pingback sent twice at once), 1 poisoned.
     let mut ids = Vec::new();
@@ -108,18 +126,7 @@ async fn a_burst_commits_together(backend: Backend) {
     }
     let first = tokio::spawn(send(first.0, first.1.clone()));
     if let Some(mut lock) = held {
-        let waiting =
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-        wait_until(|| {
-            let db = &db;
-            async move {
-                let pool = db.pool().await;
-                let n: i64 = sqlx::query(waiting).fetch_one(&pool).await.unwrap().get(0);
-                pool.close().await;
-                n > 0
-            }
-        })
-        .await;
+        someone_waits_on_a_lock(&db).await;
         let burst = tokio::spawn(futures_util::future::join_all(rest.iter().map(|(n, url)| send(*n, url.clone()))));
         // Time for the burst to reach the queue; any that has not simply goes in a later batch.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -201,8 +208,8 @@ async fn checkouts_that_arrive_together_share_an_insert_and_a_taken_merchant_uid
 }
 
 /// Sends a checkout for each merchant_uid at once and returns each one's outcome, in order. On
-/// PostgreSQL the test first locks `payments` against inserts, so the one insert worker (a pool
-/// of 4) waits on its first checkout while the rest queue; they then go in one batch.
+/// PostgreSQL the test first locks `payments` against inserts, so the one insert worker waits on
+/// its first checkout while the rest queue; they then go in one batch.
 async fn burst_of_checkouts(db: &TestDb, payments: &Payments, uids: &[String]) -> Vec<Result<String, tonic::Status>> {
     let send = |uid: String| {
         let mut payments = payments.clone();
@@ -218,15 +225,7 @@ async fn burst_of_checkouts(db: &TestDb, payments: &Payments, uids: &[String]) -
     sqlx::query("LOCK TABLE payments IN SHARE MODE").execute(&mut lock).await.unwrap();
     let (first, rest) = uids.split_first().unwrap();
     let first = tokio::spawn(send(first.clone()));
-    let waiting =
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    wait_until(|| async {
-        let pool = db.pool().await;
-        let n: i64 = sqlx::query(waiting).fetch_one(&pool).await.unwrap().get(0);
-        pool.close().await;
-        n > 0
-    })
-    .await;
+    someone_waits_on_a_lock(db).await;
     let rest = tokio::spawn(futures_util::future::join_all(rest.iter().cloned().map(send)));
     // Time for the burst to reach the queue; any that has not simply goes in a later batch.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -238,12 +237,7 @@ async fn burst_of_checkouts(db: &TestDb, payments: &Payments, uids: &[String]) -
 
 async fn checkouts_together(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (_merchant_id, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[("PAYGATE_DATABASE_MAX_CONNECTIONS", "4")]);
-    let mut channels = gate.channels(&api_key).await;
-    let sim = Simulator::start();
-    channels.create_channel(channel_request(&sim, "main", paygate::proto::v1::ChannelMode::Test)).await.unwrap();
-    let mut payments = gate.payments(&api_key).await;
+    let (gate, mut payments, _sim) = one_worker_each(&db).await;
     // Warm: the key and the channel are cached, so a checkout's only query is its INSERT.
     payments.create_checkout_session(checkout_request("main", "warm")).await.unwrap();
     let pool = db.pool().await;
