@@ -271,7 +271,7 @@ impl Batched for NewPayment {
     }
 
     fn stopped() -> Self::Output {
-        Err(crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed).into())
+        Err(super::group_commit::workers_gone().into())
     }
 }
 

@@ -41,6 +41,11 @@ pub trait Batched: Send + Sync + Sized + 'static {
     fn stopped() -> Self::Output;
 }
 
+/// What a kind's `stopped` reports: the store is unavailable to this job, so its sender retries.
+pub fn workers_gone() -> crate::store::StoreError {
+    crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed)
+}
+
 struct Entry<J: Batched> {
     job: J,
     answer: oneshot::Sender<J::Output>,
@@ -148,7 +153,7 @@ impl Batched for Notification {
     }
 
     fn stopped() -> Committable {
-        Err(crate::store::StoreError::Unavailable(sqlx::Error::WorkerCrashed).into())
+        Err(workers_gone().into())
     }
 }
 
@@ -204,8 +209,103 @@ fn firsts_per_payment(batch: &[&Notification]) -> (Vec<usize>, Vec<usize>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex as StdMutex;
+
     use super::*;
     use crate::payments::{PaymentOutcome, notifications::ProviderEvent};
+
+    /// A kind of job that writes nothing: it records how it was applied. Together, a batch
+    /// holding 13 fails; alone, 13 fails and 99 panics.
+    struct Probe {
+        n: u32,
+        applied: Arc<StdMutex<Vec<String>>>,
+    }
+
+    impl Batched for Probe {
+        type Output = Result<u32, String>;
+        type Error = String;
+        const KIND: &'static str = "probe";
+
+        async fn together(_: &Db, jobs: &[&Self]) -> Result<Vec<Self::Output>, String> {
+            let ns: Vec<u32> = jobs.iter().map(|job| job.n).collect();
+            if ns.contains(&13) {
+                return Err("13 in the batch".into());
+            }
+            jobs[0].applied.lock().unwrap().push(format!("together {ns:?}"));
+            Ok(ns.into_iter().map(Ok).collect())
+        }
+
+        async fn alone(&self, _: &Db) -> Self::Output {
+            assert_ne!(self.n, 99, "a job that panics");
+            self.applied.lock().unwrap().push(format!("alone {}", self.n));
+            if self.n == 13 { Err("13 refused".into()) } else { Ok(self.n) }
+        }
+
+        fn lock_order(&self, other: &Self) -> Ordering {
+            self.n.cmp(&other.n)
+        }
+
+        fn stopped() -> Self::Output {
+            Err("stopped".into())
+        }
+    }
+
+    async fn sqlite_db(dir: &tempfile::TempDir) -> Db {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("probe.db").display());
+        let settings =
+            crate::store::PoolSettings { max_connections: 1, acquire_timeout: std::time::Duration::from_secs(5) };
+        Db::connect(&url, &settings).await.expect("connect")
+    }
+
+    /// Runs one batch of `ns` (with a sender that already gave up for each `gone`) and returns
+    /// each answer, in the order given, and how the batch was applied.
+    async fn run_batch(ns: &[u32], gone: &[u32]) -> (Vec<Result<u32, String>>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_db(&dir).await;
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for &n in ns.iter().chain(gone) {
+            let (answer, answered) = oneshot::channel();
+            batch.push(Entry { job: Probe { n, applied: applied.clone() }, answer });
+            answers.push(answered);
+        }
+        let waited = answers.split_off(ns.len());
+        drop(waited);
+        run(db, batch).await;
+        let mut outputs = Vec::new();
+        for answered in answers {
+            outputs.push(answered.await.expect("answered"));
+        }
+        let applied = applied.lock().unwrap().clone();
+        (outputs, applied)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_together_in_lock_order_without_the_senders_that_gave_up() {
+        let (outputs, applied) = run_batch(&[3, 1, 2], &[4]).await;
+        assert_eq!(outputs, [Ok(3), Ok(1), Ok(2)]);
+        assert_eq!(applied, ["together [1, 2, 3]"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_is_written_job_by_job_and_only_the_bad_one_fails() {
+        let (outputs, applied) = run_batch(&[3, 13, 1], &[]).await;
+        assert_eq!(outputs, [Ok(3), Err("13 refused".into()), Ok(1)]);
+        assert_eq!(applied, ["alone 1", "alone 3", "alone 13"]);
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_batch_panics_is_answered_unavailable_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let workers = GroupCommit::start(sqlite_db(&dir).await, 1);
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let probe = |n| Probe { n, applied: applied.clone() };
+        assert_eq!(workers.submit(probe(99)).await, Err("stopped".into()));
+        assert_eq!(workers.submit(probe(7)).await, Ok(7));
+        assert_eq!(*applied.lock().unwrap(), ["alone 7"]);
+    }
 
     fn job(payment_id: &str, provider_ref: &str, kind: i64) -> Notification {
         let raw = RawNotification {
