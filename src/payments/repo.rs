@@ -183,7 +183,10 @@ pub async fn find_by_provider_ref(
     channel_key: &str,
     provider_ref: &str,
 ) -> Result<Option<Payment>, PaymentError> {
-    let sql = format!("SELECT {COLUMNS} FROM payments WHERE channel_key = $1 AND provider_ref = $2 LIMIT 1");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM payments WHERE channel_key = $1 AND provider_ref = $2 \
+         AND subscription_id IS NOT NULL LIMIT 1"
+    );
     let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(channel_key).bind(provider_ref).fetch_optional(conn).await?;
     row.map(Payment::try_from).transpose()
 }
@@ -302,9 +305,12 @@ pub async fn claim_stuck(
     claim_until: i64,
     limit: u32,
 ) -> Result<Vec<Payment>, PaymentError> {
+    // The first term repeats `payments_by_status`'s own condition word for word: SQLite uses a
+    // partial index only for a query that says so.
     let sql = format!(
-        "SELECT {COLUMNS} FROM payments WHERE (check_after IS NULL OR check_after <= $1) AND \
-         ((status = 'CANCEL_PENDING' AND updated_at <= $2) OR (status = 'READY' AND created_at <= $3)) \
+        "SELECT {COLUMNS} FROM payments WHERE status IN ('READY', 'CANCEL_PENDING') \
+         AND (check_after IS NULL OR check_after <= $1) \
+         AND ((status = 'CANCEL_PENDING' AND updated_at <= $2) OR (status = 'READY' AND created_at <= $3)) \
          ORDER BY updated_at LIMIT $4"
     );
     let rows = sqlx::query_as::<_, PaymentRow>(&sql)
