@@ -9,8 +9,10 @@
 //! - pingback ingest (signed type 0 -> PAID, answered OK) at 64 concurrent senders, against 64
 //!   clients each running a one-INSERT transaction (pgbench's shape, through sqlx);
 //! - pingback -> WatchPayments subscriber p99, on one replica and across two (via Redis), against
-//!   a Redis PUBLISH -> subscriber round trip;
-//! - 10,000 open streams: server memory per stream and one event to all of them.
+//!   a Redis PUBLISH -> subscriber round trip, with a lone one-INSERT transaction's latency for
+//!   reference (an event cannot reach a subscriber before its transaction commits);
+//! - 10,000 open streams: server memory per stream and one event to all of them, against a bare
+//!   tonic server sending the same event to 10,000 streams of its own.
 //!
 //! It reports the CPU the load generator (this process) used, so nobody mistakes it for the
 //! bottleneck. PostgreSQL: PAYGATE_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres;
@@ -165,6 +167,10 @@ fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
 
 struct Bare {
     pool: sqlx::PgPool,
+    /// The fan-out floor: `GetPayment` sends this event (paygate's own, as a subscriber got it) to
+    /// every open `WatchPayments` stream.
+    event: Option<pb::PaymentEvent>,
+    streams: tokio::sync::broadcast::Sender<pb::PaymentEvent>,
     /// `Some(merchant)`: the same INSERT paygate makes (every column of a `payments` row, its
     /// indexes and foreign keys, for this merchant's channel "main"); `None`: a four-column row.
     same_insert_for: Option<String>,
@@ -224,7 +230,9 @@ impl PaymentService for Bare {
     }
 
     async fn get_payment(&self, _: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
-        Err(Status::unimplemented("bare"))
+        let event = self.event.clone().ok_or_else(|| Status::unimplemented("bare: no event to send"))?;
+        let _ = self.streams.send(event);
+        Ok(Response::new(pb::Payment::default()))
     }
 
     async fn list_payments(
@@ -280,13 +288,20 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
-    type WatchPaymentsStream = tokio_stream::Empty<Result<pb::PaymentEvent, Status>>;
+    type WatchPaymentsStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 
+    /// Each event `GetPayment` sends, as it is: no filter, no conversion, no credential check.
     async fn watch_payments(
         &self,
         _: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
-        Err(Status::unimplemented("bare"))
+        let events = self.streams.subscribe();
+        let stream = futures_util::stream::unfold(events, |mut events| async move {
+            let event = events.recv().await.ok()?;
+            Some((Ok(event), events))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_payment_events(
@@ -307,11 +322,16 @@ async fn run_bare_server() {
         .await
         .expect("pool");
     let same_insert_for = std::env::var("PAYGATE_BENCH_MERCHANT_ID").ok();
+    let event = std::env::var("PAYGATE_BENCH_EVENT_FILE").ok().map(|path| {
+        use prost::Message;
+        pb::PaymentEvent::decode(std::fs::read(path).expect("event file").as_slice()).expect("an encoded PaymentEvent")
+    });
+    let (streams, _) = tokio::sync::broadcast::channel(16);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     println!("{}", serde_json::json!({ "message": "bare ready", "grpc_addr": addr.to_string() }));
     tonic::transport::Server::builder()
-        .add_service(PaymentServiceServer::new(Bare { pool, same_insert_for }))
+        .add_service(PaymentServiceServer::new(Bare { pool, same_insert_for, event, streams }))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await
         .unwrap();
@@ -319,10 +339,22 @@ async fn run_bare_server() {
 
 /// The bare server; with `same_insert_for`, making paygate's own INSERT for that merchant.
 fn start_bare(db_url: &str, same_insert_for: Option<&str>) -> (Proc, String) {
+    start_bare_with(db_url, same_insert_for, None)
+}
+
+/// The bare server; with `event_file`, sending that encoded event to its streams on `GetPayment`.
+fn start_bare_with(
+    db_url: &str,
+    same_insert_for: Option<&str>,
+    event_file: Option<&std::path::Path>,
+) -> (Proc, String) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env_clear().env(ROLE, "bare-server").env("PAYGATE_DATABASE_URL", db_url);
     if let Some(merchant_id) = same_insert_for {
         cmd.env("PAYGATE_BENCH_MERCHANT_ID", merchant_id);
+    }
+    if let Some(path) = event_file {
+        cmd.env("PAYGATE_BENCH_EVENT_FILE", path);
     }
     let (proc, json) = start_until_ready(cmd, "bare ready");
     (proc, format!("http://{}", json["grpc_addr"].as_str().unwrap()))
@@ -771,22 +803,44 @@ async fn redis_round_trip(prefix: &str) -> Vec<Duration> {
     samples
 }
 
-/// Opens `count` streams (100 per connection), measures the server's RSS growth and the time for
-/// one event to reach every stream.
-async fn fan_out(gate: &Gate, api_key: &str, count: usize, label: &str) -> (f64, Duration) {
-    let before = gate.proc.rss_kib();
+/// What makes the one event of a fan-out: a pingback to paygate, or `GetPayment` on the bare server.
+enum Sends<'a> {
+    Pingback(&'a Gate),
+    BareEvent,
+}
+
+/// One fan-out: the server's memory per open stream, the time for one event to reach every
+/// stream, and that event as the first stream received it.
+struct FanOut {
+    bytes_per_stream: f64,
+    elapsed: Duration,
+    /// The server's CPU from sending the event until every stream had it.
+    server_cpu: Duration,
+    event: Option<pb::PaymentEvent>,
+}
+
+/// Opens `count` streams (100 per connection) on `grpc` (served by `server`), measures the
+/// server's RSS growth and the time for one event to reach every stream.
+async fn fan_out(grpc: &str, server: &Proc, api_key: &str, count: usize, sends: Sends<'_>) -> FanOut {
+    let before = server.rss_kib();
     let received = Arc::new(tokio::sync::Semaphore::new(0));
+    let (first, first_event) = tokio::sync::oneshot::channel();
+    let mut first = Some(first);
     let mut tasks = Vec::new();
     let mut opened = 0;
     while opened < count {
-        let client = connect(&gate.grpc, api_key).await;
+        let client = connect(grpc, api_key).await;
         for _ in 0..100.min(count - opened) {
             let mut payments = client.payments.clone();
             let mut stream =
                 payments.watch_payments(client.req(pb::WatchPaymentsRequest::default())).await.unwrap().into_inner();
             let received = received.clone();
+            let mut first = first.take();
             tasks.push(tokio::spawn(async move {
-                while let Ok(Some(_)) = stream.message().await {
+                while let Ok(Some(event)) = stream.message().await {
+                    if let Some(first) = first.take() {
+                        let _ = first.send(event);
+                    }
                     received.add_permits(1);
                 }
             }));
@@ -794,19 +848,48 @@ async fn fan_out(gate: &Gate, api_key: &str, count: usize, label: &str) -> (f64,
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = gate.proc.rss_kib();
-    let per_stream_bytes = (after.saturating_sub(before)) as f64 * 1024.0 / count as f64;
-    let mut client = connect(&gate.grpc, api_key).await;
-    let payment_id = checkout(&mut client, &format!("fan-{label}")).await;
-    let url = pingback_url(gate, &payment_id, &format!("fan{count}"));
-    let sent = Instant::now();
-    reqwest::get(url).await.unwrap();
+    let after = server.rss_kib();
+    let bytes_per_stream = (after.saturating_sub(before)) as f64 * 1024.0 / count as f64;
+    let mut client = connect(grpc, api_key).await;
+    let cpu_before = server.cpu();
+    let sent = match sends {
+        Sends::Pingback(gate) => {
+            let payment_id = checkout(&mut client, "fan-out").await;
+            let url = pingback_url(gate, &payment_id, &format!("fan{count}"));
+            let sent = Instant::now();
+            reqwest::get(url).await.unwrap();
+            sent
+        }
+        Sends::BareEvent => {
+            let sent = Instant::now();
+            client.payments.get_payment(client.req(pb::GetPaymentRequest::default())).await.unwrap();
+            sent
+        }
+    };
     let _all = received.acquire_many(count as u32).await.unwrap();
     let elapsed = sent.elapsed();
+    let server_cpu = server.cpu().saturating_sub(cpu_before);
     for task in tasks {
         task.abort();
     }
-    (per_stream_bytes, elapsed)
+    FanOut { bytes_per_stream, elapsed, server_cpu, event: first_event.await.ok() }
+}
+
+/// The latency floor of the stream rows: one-INSERT transactions (BEGIN; INSERT; COMMIT), one at
+/// a time on one connection, as sorted latencies. A pingback's event cannot reach a subscriber
+/// before its own transaction commits.
+async fn lone_commits(db_url: &str) -> Vec<Duration> {
+    let mut conn = PgConnection::connect(db_url).await.unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..LATENCY_SAMPLES {
+        let sent = Instant::now();
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind("x").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        samples.push(sent.elapsed());
+    }
+    samples.sort();
+    samples
 }
 
 struct Setup {
@@ -994,7 +1077,22 @@ async fn stream_rows(s: &Setup) {
     let same = stream_latency(&s.a, &s.a, &s.api_key, "same").await;
     let across = stream_latency(&s.a, &s.b, &s.api_key, "across").await;
     let redis_rtt = redis_round_trip(&s.prefix).await;
-    let (bytes_10k, fan_10k) = fan_out(&s.a, &s.api_key, 10_000, "10k").await;
+    let commits = lone_commits(&s.db_url).await;
+    let gate_fan = fan_out(&s.a.grpc, &s.a.proc, &s.api_key, 10_000, Sends::Pingback(&s.a)).await;
+    let (bytes_10k, fan_10k) = (gate_fan.bytes_per_stream, gate_fan.elapsed);
+    // The same fan-out from a bare tonic server, of the event paygate sent.
+    let bare_fan = match &gate_fan.event {
+        Some(event) => {
+            use prost::Message;
+            let path = std::env::temp_dir().join(format!("paygate-bench-event-{}.bin", std::process::id()));
+            std::fs::write(&path, event.encode_to_vec()).unwrap();
+            let (bare, bare_grpc) = start_bare_with(&s.db_url, None, Some(&path));
+            let fan = fan_out(&bare_grpc, &bare, &s.api_key, 10_000, Sends::BareEvent).await;
+            let _ = std::fs::remove_file(&path);
+            Some(fan)
+        }
+        None => None,
+    };
 
     let (same99, across99) = (percentile(&same.delivered, 0.99), percentile(&across.delivered, 0.99));
     println!(
@@ -1014,14 +1112,29 @@ async fn stream_rows(s: &Setup) {
         verdict(across99 < Duration::from_millis(10))
     );
     println!(
-        "| 10,000 open streams: server memory per stream | {bytes_10k:.0} bytes | | | <= 10,000 bytes | {} |",
+        "| (for reference) one-INSERT transaction, one at a time (sqlx), p99 (p50) | {} ({}) | | | | |",
+        ms(percentile(&commits, 0.99)),
+        ms(percentile(&commits, 0.5))
+    );
+    println!(
+        "| 10,000 open streams: server memory per stream | {bytes_10k:.0} bytes | {} | | <= 10,000 bytes | {} |",
+        bare_fan.as_ref().map_or(String::new(), |b| format!("{:.0} bytes: bare tonic server", b.bytes_per_stream)),
         verdict(bytes_10k <= 10_000.0)
     );
     println!(
-        "| one event to all 10,000 streams | {} | | | < 250 ms | {} |",
+        "| one event to all 10,000 streams | {} | {} | {} | < 250 ms | {} |",
         ms(fan_10k),
+        bare_fan.as_ref().map_or(String::new(), |b| format!("{}: bare tonic server, the same event", ms(b.elapsed))),
+        bare_fan.as_ref().map_or(String::new(), |b| format!("{:.2}", fan_10k.as_secs_f64() / b.elapsed.as_secs_f64())),
         verdict(fan_10k < Duration::from_millis(250))
     );
+    if let Some(bare) = &bare_fan {
+        println!(
+            "| (for reference) server CPU for that event, per stream: paygate, bare tonic server | {:.1} µs, {:.1} µs | | | | |",
+            gate_fan.server_cpu.as_secs_f64() * 1e6 / 10_000.0,
+            bare.server_cpu.as_secs_f64() * 1e6 / 10_000.0
+        );
+    }
 }
 
 /// The throughput and p99 rows: paygate against its baselines.
