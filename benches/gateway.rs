@@ -676,6 +676,13 @@ async fn log_reads(gates: &[&Gate]) -> f64 {
     total
 }
 
+/// The floor's transaction: BEGIN; one single-row INSERT; COMMIT.
+async fn one_insert_transaction(conn: &mut PgConnection) {
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind("x").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// pgbench's shape: 64 clients, each on its own connection, each running BEGIN; one INSERT;
 /// COMMIT, `PINGBACKS_PER_ROUND` in all.
 async fn insert_round(db_url: &str) -> Round {
@@ -700,9 +707,7 @@ async fn insert_round(db_url: &str) -> Round {
                 .is_ok()
             {
                 let sent = Instant::now();
-                let mut tx = conn.begin().await.unwrap();
-                sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind("x").execute(&mut *tx).await.unwrap();
-                tx.commit().await.unwrap();
+                one_insert_transaction(&mut conn).await;
                 latencies.push(sent.elapsed());
             }
             latencies
@@ -883,9 +888,7 @@ async fn lone_commits(db_url: &str) -> Vec<Duration> {
     let mut samples = Vec::new();
     for _ in 0..LATENCY_SAMPLES {
         let sent = Instant::now();
-        let mut tx = conn.begin().await.unwrap();
-        sqlx::query("INSERT INTO bench_baseline (body) VALUES ($1)").bind("x").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
+        one_insert_transaction(&mut conn).await;
         samples.push(sent.elapsed());
     }
     samples.sort();
