@@ -183,5 +183,7 @@ fn client_caller(grant: &PaymentGrant, address: IpAddr) -> Caller {
         scope: vec![grant.merchant_id.clone()],
         key_id: grant.key_id.clone(),
         address,
+        // Checked live on this call, but through the cache: its stream asks the cache again.
+        key_state: None,
     }
 }

@@ -12,7 +12,7 @@ use crate::{
         hub::{Ended, SubscribeError, Subscription},
         log,
     },
-    merchants::{Caller, KeyCache},
+    merchants::{Caller, KeyCache, KeyWatch},
     payments::{
         repo::{self, Lookup},
         subscriptions::{self, SubscriptionView},
@@ -129,8 +129,7 @@ pub async fn watch(
     };
     let state = Watch {
         db,
-        keys,
-        key_id: caller.key_id,
+        key: keys.watch(caller.key_id, caller.key_state),
         expires_at,
         merchant_id: caller.merchant_id,
         filter,
@@ -159,8 +158,7 @@ enum Phase {
 struct Watch {
     db: Db,
     /// A stream outlives the call that opened it: its key is checked again before every event.
-    keys: KeyCache,
-    key_id: String,
+    key: KeyWatch,
     /// Unix ms after which the stream's credential no longer admits it.
     expires_at: Option<i64>,
     merchant_id: String,
@@ -216,7 +214,7 @@ impl Watch {
             self.phase = Phase::Ended;
             return Some(Status::unauthenticated("payment client token has expired"));
         }
-        let refusal = Box::pin(self.keys.refusal(&self.key_id)).await?;
+        let refusal = Box::pin(self.key.refusal()).await?;
         self.phase = Phase::Ended;
         Some(Status::from(refusal))
     }

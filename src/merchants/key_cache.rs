@@ -34,10 +34,20 @@ const TOUCH_EVERY_MS: i64 = 60_000;
 const MAX_KEY_LEN: usize = 64;
 
 /// What a long-lived session re-checks about the key it was opened with.
-#[derive(Debug, Clone, Copy)]
-struct KeyState {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyState {
     revoked: bool,
     expires_at: Option<i64>,
+    /// The cache generation when it was read from the database, and when (Unix ms): it is good
+    /// while no invalidation came since and for at most the TTL, in the cache or out of it.
+    generation: u64,
+    read_at: i64,
+}
+
+impl KeyState {
+    fn current(&self, generation: u64, ttl: Duration, now: i64) -> bool {
+        self.generation == generation && now - self.read_at < ttl.as_millis() as i64
+    }
 }
 
 /// A key as verified against the database: enough to decide every later call without it.
@@ -50,8 +60,9 @@ struct VerifiedKey {
     /// The merchant's own blocks and its parent's: a call must pass both.
     allowlist: Vec<IpNet>,
     parent_allowlist: Vec<IpNet>,
-    /// The cache generation (count of invalidations) when it was read from the database.
+    /// The cache generation (count of invalidations) when it was read from the database, and when.
     generation: u64,
+    read_at: i64,
     last_touched: AtomicI64,
 }
 
@@ -93,6 +104,12 @@ impl KeyCache {
             scope: key.scope.clone(),
             key_id: key.key_id.clone(),
             address,
+            key_state: Some(KeyState {
+                revoked: false,
+                expires_at: key.expires_at,
+                generation: key.generation,
+                read_at: key.read_at,
+            }),
         })
     }
 
@@ -120,10 +137,7 @@ impl KeyCache {
                     load(&inner.db, &owned, generation).await
                 })
                 .await
-                .map_err(|e| match &*e {
-                    StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
-                    other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
-                })?;
+                .map_err(unshared)?;
             if current(&loaded) {
                 return Ok(loaded);
             }
@@ -134,14 +148,7 @@ impl KeyCache {
         Ok(load(&self.inner.db, digest, 0).await?)
     }
 
-    /// Why a key that authenticated earlier must not go on (revoked or expired since), for open
-    /// streams. Within the same bounds as `authenticate`. A database that cannot answer does not
-    /// end a session it already admitted.
-    pub async fn refusal(&self, key_id: &str) -> Option<AuthError> {
-        Self::refused(key_id, self.state(key_id).await.ok()?)
-    }
-
-    /// Like `refusal`, for admitting a new call on a key's behalf (a payment client token): a
+    /// Like `KeyWatch::refusal`, for admitting a new call on a key's behalf (a payment client token): a
     /// database that cannot answer refuses, as it would for the key itself.
     pub async fn check_live(&self, key_id: &str) -> Result<(), AuthError> {
         match Self::refused(key_id, self.state(key_id).await?) {
@@ -150,17 +157,42 @@ impl KeyCache {
         }
     }
 
+    /// A watch over `key_id` for a session opened with it (`seen`: its state when the session was
+    /// admitted, if known): `KeyWatch::refusal` before each step.
+    pub fn watch(&self, key_id: String, seen: Option<KeyState>) -> KeyWatch {
+        KeyWatch { cache: self.clone(), key_id, seen }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.invalidations.load(Ordering::SeqCst)
+    }
+
+    /// The key's state as of at most the TTL ago and after the latest invalidation. Concurrent
+    /// misses share one read: the first event after 10,000 streams opened asks the database once.
     async fn state(&self, key_id: &str) -> Result<KeyState, StoreError> {
-        if let Some(state) = self.inner.by_id.get(key_id).await {
-            return Ok(state);
+        for _ in 0..3 {
+            let inner = self.inner.clone();
+            let owned = key_id.to_owned();
+            let state = self
+                .inner
+                .by_id
+                .try_get_with(key_id.to_owned(), async move {
+                    let (generation, read_at) = (inner.invalidations.load(Ordering::SeqCst), now_ms());
+                    let (revoked, expires_at) = keys::state(&inner.db, &owned).await?;
+                    Ok::<_, StoreError>(KeyState { revoked, expires_at, generation, read_at })
+                })
+                .await
+                .map_err(unshared)?;
+            // An entry from before the latest invalidation is not used, however it got in.
+            if state.current(self.generation(), self.inner.ttl, now_ms()) {
+                return Ok(state);
+            }
+            self.inner.by_id.invalidate(key_id).await;
         }
-        let seen = self.inner.invalidations.load(Ordering::SeqCst);
-        let state = keys::state(&self.inner.db, key_id).await?;
-        let state = KeyState { revoked: state.0, expires_at: state.1 };
-        if self.inner.invalidations.load(Ordering::SeqCst) == seen {
-            self.inner.by_id.insert(key_id.to_owned(), state).await;
-        }
-        Ok(state)
+        // Invalidations keep coming: ask the database without the cache.
+        let (generation, read_at) = (self.generation(), now_ms());
+        let (revoked, expires_at) = keys::state(&self.inner.db, key_id).await?;
+        Ok(KeyState { revoked, expires_at, generation, read_at })
     }
 
     fn refused(key_id: &str, state: KeyState) -> Option<AuthError> {
@@ -245,6 +277,33 @@ impl KeyCache {
     }
 }
 
+/// The key an open session (a stream) was opened with, re-checked before each of its events. It
+/// keeps the state it last read and asks the cache again only once that is no longer current (an
+/// invalidation came, or the TTL passed): the same bounds as `KeyCache::refusal`, and one atomic
+/// read per event instead of a cache lookup among 10,000 streams.
+pub struct KeyWatch {
+    cache: KeyCache,
+    key_id: String,
+    seen: Option<KeyState>,
+}
+
+impl KeyWatch {
+    /// Why the session must not go on (its key was revoked or expired since it opened), within the
+    /// same bounds as `authenticate`. A database that cannot answer does not end a session it
+    /// already admitted.
+    pub async fn refusal(&mut self) -> Option<AuthError> {
+        let state = match self.seen {
+            Some(state) if state.current(self.cache.generation(), self.cache.inner.ttl, now_ms()) => state,
+            _ => {
+                let state = self.cache.state(&self.key_id).await.ok()?;
+                self.seen = Some(state);
+                state
+            }
+        };
+        KeyCache::refused(&self.key_id, state)
+    }
+}
+
 /// Publishes the invalidation, retrying until Redis takes it or `ttl` has passed (by then every
 /// cached entry has expired anyway).
 async fn announce(redis: RedisHandle, ttl: Duration) {
@@ -255,6 +314,14 @@ async fn announce(redis: RedisHandle, ttl: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A load's error as the cache shares it among the calls that waited for it, as one caller's own.
+fn unshared(error: Arc<StoreError>) -> StoreError {
+    match &*error {
+        StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
+        other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
     }
 }
 
@@ -275,6 +342,7 @@ fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError>
 /// The key with this digest, its merchant's scope and the allowlists that apply to it, as of
 /// cache `generation`.
 async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
+    let read_at = now_ms();
     let Some(row) = sqlx::query_as::<_, KeyRow>(
         "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, k.expires_at AS expires_at, \
          k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, m.api_allowlist AS own, \
@@ -301,6 +369,7 @@ async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<Verif
         allowlist: allowlist::decode(row.own.as_deref()),
         parent_allowlist: allowlist::decode(row.parent_list.as_deref()),
         generation,
+        read_at,
         last_touched: AtomicI64::new(row.last_used_at.unwrap_or_default().into()),
     })))
 }
@@ -331,8 +400,19 @@ mod tests {
             allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
             parent_allowlist: Vec::new(),
             generation: 0,
+            read_at: 0,
             last_touched: AtomicI64::new(0),
         }
+    }
+
+    #[test]
+    fn a_key_state_is_current_until_an_invalidation_or_its_ttl() {
+        let state = KeyState { revoked: false, expires_at: None, generation: 3, read_at: 1_000 };
+        let ttl = Duration::from_millis(500);
+        assert!(state.current(3, ttl, 1_000));
+        assert!(state.current(3, ttl, 1_499));
+        assert!(!state.current(3, ttl, 1_500), "read a TTL ago");
+        assert!(!state.current(4, ttl, 1_001), "an invalidation came since");
     }
 
     #[test]

@@ -9,7 +9,11 @@ pub mod keys;
 
 use std::{net::IpAddr, time::Duration};
 
-pub use self::{allowlist::Allowlist, key_cache::KeyCache, keys::ApiKey};
+pub use self::{
+    allowlist::Allowlist,
+    key_cache::{KeyCache, KeyState, KeyWatch},
+    keys::ApiKey,
+};
 use crate::{
     audit::{self, Action, Actor},
     store::{Db, StoreError, now_ms},
@@ -95,6 +99,9 @@ pub struct Caller {
     pub key_id: String,
     /// Where the call came from (the TCP peer, or X-Forwarded-For from a trusted proxy).
     pub address: IpAddr,
+    /// The key's state as authentication found it, when known: an open stream's re-checks of
+    /// the key start from it.
+    pub key_state: Option<KeyState>,
 }
 
 impl Caller {
@@ -333,6 +340,7 @@ mod tests {
             scope: scope.iter().map(|s| s.to_string()).collect(),
             key_id: "key_1".into(),
             address: "127.0.0.1".parse().unwrap(),
+            key_state: None,
         }
     }
 
