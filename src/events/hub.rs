@@ -8,7 +8,7 @@
 //! log up to that position and then reads its buffer sees every event once, with no gap.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
@@ -71,7 +71,8 @@ struct Subscriber {
 
 struct State {
     position: Position,
-    subscribers: HashMap<u64, Subscriber>,
+    /// In the order they subscribed: a connection's streams (opened together) are woken together.
+    subscribers: BTreeMap<u64, Subscriber>,
     next_id: u64,
     per_merchant: HashMap<String, usize>,
     closed: bool,
@@ -112,7 +113,7 @@ impl Hub {
         Arc::new(Self {
             state: Mutex::new(State {
                 position: Position::default(),
-                subscribers: HashMap::new(),
+                subscribers: BTreeMap::new(),
                 next_id: 0,
                 per_merchant: HashMap::new(),
                 closed: false,
@@ -176,7 +177,7 @@ impl Hub {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        for (_, sub) in state.subscribers.drain() {
+        for (_, sub) in std::mem::take(&mut state.subscribers) {
             let _ = sub.ended.set(Ended::Shutdown);
         }
         state.per_merchant.clear();
