@@ -126,26 +126,11 @@ impl KeyCache {
             return Ok(found);
         }
         metrics::counter!("paygate_auth_cache_requests_total", "result" => "miss").increment(1);
-        for _ in 0..3 {
-            let inner = self.inner.clone();
-            let owned = digest.to_owned();
-            let loaded = self
-                .inner
-                .local
-                .try_get_with(digest.to_owned(), async move {
-                    let generation = inner.invalidations.load(Ordering::SeqCst);
-                    load(&inner.db, &owned, generation).await
-                })
-                .await
-                .map_err(unshared)?;
-            if current(&loaded) {
-                return Ok(loaded);
-            }
-            // An invalidation raced the load: its result may predate the change.
-            self.inner.local.invalidate(digest).await;
-        }
-        // Invalidations keep coming: ask the database without the cache.
-        Ok(load(&self.inner.db, digest, 0).await?)
+        let read = || {
+            let (inner, digest) = (self.inner.clone(), digest.to_owned());
+            async move { load(&inner.db, &digest, inner.invalidations.load(Ordering::SeqCst)).await }
+        };
+        Ok(current_entry(&self.inner.local, digest, read, current).await?)
     }
 
     /// Like `KeyWatch::refusal`, for admitting a new call on a key's behalf (a payment client token): a
@@ -170,29 +155,16 @@ impl KeyCache {
     /// The key's state as of at most the TTL ago and after the latest invalidation. Concurrent
     /// misses share one read: the first event after 10,000 streams opened asks the database once.
     async fn state(&self, key_id: &str) -> Result<KeyState, StoreError> {
-        for _ in 0..3 {
-            let inner = self.inner.clone();
-            let owned = key_id.to_owned();
-            let state = self
-                .inner
-                .by_id
-                .try_get_with(key_id.to_owned(), async move {
-                    let (generation, read_at) = (inner.invalidations.load(Ordering::SeqCst), now_ms());
-                    let (revoked, expires_at) = keys::state(&inner.db, &owned).await?;
-                    Ok::<_, StoreError>(KeyState { revoked, expires_at, generation, read_at })
-                })
-                .await
-                .map_err(unshared)?;
-            // An entry from before the latest invalidation is not used, however it got in.
-            if state.current(self.generation(), self.inner.ttl, now_ms()) {
-                return Ok(state);
+        let read = || {
+            let (inner, key_id) = (self.inner.clone(), key_id.to_owned());
+            async move {
+                let (generation, read_at) = (inner.invalidations.load(Ordering::SeqCst), now_ms());
+                let (revoked, expires_at) = keys::state(&inner.db, &key_id).await?;
+                Ok(KeyState { revoked, expires_at, generation, read_at })
             }
-            self.inner.by_id.invalidate(key_id).await;
-        }
-        // Invalidations keep coming: ask the database without the cache.
-        let (generation, read_at) = (self.generation(), now_ms());
-        let (revoked, expires_at) = keys::state(&self.inner.db, key_id).await?;
-        Ok(KeyState { revoked, expires_at, generation, read_at })
+        };
+        let (ttl, now) = (self.inner.ttl, now_ms());
+        current_entry(&self.inner.by_id, key_id, read, |state| state.current(self.generation(), ttl, now)).await
     }
 
     fn refused(key_id: &str, state: KeyState) -> Option<AuthError> {
@@ -315,6 +287,30 @@ async fn announce(redis: RedisHandle, ttl: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `cache`'s entry for `key`, from `load` on a miss (concurrent misses share one load). An entry that
+/// is not `current` (an invalidation raced its load, however it got in) is loaded again; when
+/// invalidations keep coming, the database is asked without the cache.
+async fn current_entry<V, Load, Loading>(
+    cache: &Cache<String, V>,
+    key: &str,
+    load: Load,
+    current: impl Fn(&V) -> bool,
+) -> Result<V, StoreError>
+where
+    V: Clone + Send + Sync + 'static,
+    Load: Fn() -> Loading,
+    Loading: Future<Output = Result<V, StoreError>> + Send + 'static,
+{
+    for _ in 0..3 {
+        let entry = cache.try_get_with(key.to_owned(), load()).await.map_err(unshared)?;
+        if current(&entry) {
+            return Ok(entry);
+        }
+        cache.invalidate(key).await;
+    }
+    load().await
 }
 
 /// A load's error as the cache shares it among the calls that waited for it, as one caller's own.
