@@ -251,7 +251,7 @@ impl KeyCache {
 
 /// The key an open session (a stream) was opened with, re-checked before each of its events. It
 /// keeps the state it last read and asks the cache again only once that is no longer current (an
-/// invalidation came, or the TTL passed): the same bounds as `KeyCache::refusal`, and one atomic
+/// invalidation came, or the TTL passed): the same bounds as `KeyCache::authenticate`, and one atomic
 /// read per event instead of a cache lookup among 10,000 streams.
 pub struct KeyWatch {
     cache: KeyCache,
