@@ -23,6 +23,7 @@ use crate::{
         checkout::NewPayments,
         group_commit::GroupCommit,
         methods::PaymentMethods,
+        recent::RecentPayments,
         sweep::{self, SweepSettings},
     },
     proto::{
@@ -241,9 +242,11 @@ async fn start(
     // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
     // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
-    let new_payments = NewPayments::start(db.clone(), workers);
+    // Checkouts leave their payments here for the pingbacks that settle them.
+    let recent = RecentPayments::default();
+    let new_payments = NewPayments::start(db.clone(), recent.clone(), workers);
     let state = AppState {
-        notifications: GroupCommit::start(db.clone(), workers),
+        notifications: GroupCommit::start(db.clone(), recent, workers),
         db,
         settings: Arc::new(settings),
         channels,

@@ -9,6 +9,7 @@ use super::{
     idempotency::{self, Claim, Key},
     model::new_payment_id,
     money,
+    recent::RecentPayments,
     repo::{self, Lookup},
     subscriptions::{self, PERIOD_TYPES, Subscription, SubscriptionStatus},
 };
@@ -239,6 +240,7 @@ async fn write(
         idempotency::finish(&mut tx, key).await?;
     }
     tx.commit().await?;
+    new_payments.shared().wrote(payment).await;
     Ok(())
 }
 
@@ -254,15 +256,21 @@ impl Batched for NewPayment {
     type Output = Result<(), PaymentError>;
     type Error = PaymentError;
     const KIND: &'static str = "new payment";
+    type Shared = RecentPayments;
 
-    async fn together(db: &Db, jobs: &[&Self]) -> Result<Vec<Self::Output>, PaymentError> {
+    async fn together(db: &Db, recent: &RecentPayments, jobs: &[&Self]) -> Result<Vec<Self::Output>, PaymentError> {
         let payments: Vec<&Payment> = jobs.iter().map(|job| &job.0).collect();
         repo::insert_many(db, &payments).await?;
+        for payment in payments {
+            recent.wrote(payment).await;
+        }
         Ok(jobs.iter().map(|_| Ok(())).collect())
     }
 
-    async fn alone(&self, db: &Db) -> Self::Output {
-        repo::insert(db, &self.0).await
+    async fn alone(&self, db: &Db, recent: &RecentPayments) -> Self::Output {
+        repo::insert(db, &self.0).await?;
+        recent.wrote(&self.0).await;
+        Ok(())
     }
 
     /// By the unique key a batch can clash on, so two batches never wait on each other's.

@@ -13,7 +13,10 @@ use std::{cmp::Ordering, collections::HashSet, fmt::Display, sync::Arc};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::notifications::{self, Committable, Notice, NotificationError, RawNotification};
+use super::{
+    notifications::{self, Committable, Notice, NotificationError, RawNotification},
+    recent::RecentPayments,
+};
 use crate::store::{Backend, Db};
 
 /// The most jobs one batch holds: bounds how long its row locks are held.
@@ -29,12 +32,18 @@ pub trait Batched: Send + Sync + Sized + 'static {
     type Error: Display + Send;
     /// Names the kind in log lines.
     const KIND: &'static str;
+    /// What every job of the kind may read and update beside the store.
+    type Shared: Clone + Send + Sync + 'static;
 
     /// Writes every job (two or more) at once, all or nothing, and returns their outputs in order,
     /// one per job (checked before the commit: a missing one is an error that rolls back).
-    fn together(db: &Db, jobs: &[&Self]) -> impl Future<Output = Result<Vec<Self::Output>, Self::Error>> + Send;
+    fn together(
+        db: &Db,
+        shared: &Self::Shared,
+        jobs: &[&Self],
+    ) -> impl Future<Output = Result<Vec<Self::Output>, Self::Error>> + Send;
     /// Writes one job on its own.
-    fn alone(&self, db: &Db) -> impl Future<Output = Self::Output> + Send;
+    fn alone(&self, db: &Db, shared: &Self::Shared) -> impl Future<Output = Self::Output> + Send;
     /// One lock order for every batch, so two batches never deadlock on the rows they touch.
     fn lock_order(&self, other: &Self) -> Ordering;
     /// The workers are gone (shutting down, or a batch panicked): unavailable, so the sender retries.
@@ -54,23 +63,29 @@ struct Entry<J: Batched> {
 /// The entrance to the workers of one kind of job; cheap to clone.
 pub struct GroupCommit<J: Batched> {
     queue: mpsc::Sender<Entry<J>>,
+    shared: J::Shared,
 }
 
 impl<J: Batched> Clone for GroupCommit<J> {
     fn clone(&self) -> Self {
-        Self { queue: self.queue.clone() }
+        Self { queue: self.queue.clone(), shared: self.shared.clone() }
     }
 }
 
 impl<J: Batched> GroupCommit<J> {
     /// Starts `workers` workers on `db`. They stop when the last `GroupCommit` is dropped.
-    pub fn start(db: Db, workers: usize) -> Self {
+    pub fn start(db: Db, shared: J::Shared, workers: usize) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..workers.max(1) {
-            tokio::spawn(work(db.clone(), waiting.clone()));
+            tokio::spawn(work(db.clone(), shared.clone(), waiting.clone()));
         }
-        Self { queue }
+        Self { queue, shared }
+    }
+
+    /// What the jobs share.
+    pub fn shared(&self) -> &J::Shared {
+        &self.shared
     }
 
     /// Writes `job`; returns once that has committed (or failed).
@@ -83,7 +98,7 @@ impl<J: Batched> GroupCommit<J> {
     }
 }
 
-async fn work<J: Batched>(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Entry<J>>>>) {
+async fn work<J: Batched>(db: Db, shared: J::Shared, waiting: Arc<Mutex<mpsc::Receiver<Entry<J>>>>) {
     loop {
         let batch = {
             let mut waiting = waiting.lock().await;
@@ -98,17 +113,17 @@ async fn work<J: Batched>(db: Db, waiting: Arc<Mutex<mpsc::Receiver<Entry<J>>>>)
             batch
         };
         // Its own task, so that a panic in one batch fails only its senders, not the worker.
-        let _ = tokio::spawn(run(db.clone(), batch)).await;
+        let _ = tokio::spawn(run(db.clone(), shared.clone(), batch)).await;
     }
 }
 
-async fn run<J: Batched>(db: Db, mut batch: Vec<Entry<J>>) {
+async fn run<J: Batched>(db: Db, shared: J::Shared, mut batch: Vec<Entry<J>>) {
     // A sender that gave up (timed out) was not answered, so its write is not owed.
     batch.retain(|entry| !entry.answer.is_closed());
     batch.sort_by(|a, b| a.job.lock_order(&b.job));
     if batch.len() > 1 {
         let jobs: Vec<&J> = batch.iter().map(|entry| &entry.job).collect();
-        match J::together(&db, &jobs).await {
+        match J::together(&db, &shared, &jobs).await {
             // `together` checks before its commit that every job has its output; a sender left
             // without one would read it as unavailable.
             Ok(outputs) => {
@@ -123,7 +138,7 @@ async fn run<J: Batched>(db: Db, mut batch: Vec<Entry<J>>) {
         }
     }
     for entry in batch {
-        let output = entry.job.alone(&db).await;
+        let output = entry.job.alone(&db, &shared).await;
         let _ = entry.answer.send(output);
     }
 }
@@ -138,13 +153,16 @@ impl Batched for Notification {
     type Output = Committable;
     type Error = NotificationError;
     const KIND: &'static str = "notification";
+    type Shared = RecentPayments;
 
-    async fn together(db: &Db, jobs: &[&Self]) -> Result<Vec<Committable>, NotificationError> {
-        together(db, jobs).await
+    async fn together(db: &Db, recent: &RecentPayments, jobs: &[&Self]) -> Result<Vec<Committable>, NotificationError> {
+        let results = together(db, jobs).await?;
+        notifications::remember(recent, &results).await;
+        Ok(results)
     }
 
-    async fn alone(&self, db: &Db) -> Committable {
-        notifications::ingest(db, &self.raw, &self.notice).await
+    async fn alone(&self, db: &Db, recent: &RecentPayments) -> Committable {
+        notifications::ingest(db, recent, &self.raw, &self.notice).await
     }
 
     /// Payment rows first of all.
@@ -225,8 +243,9 @@ mod tests {
         type Output = Result<u32, String>;
         type Error = String;
         const KIND: &'static str = "probe";
+        type Shared = ();
 
-        async fn together(_: &Db, jobs: &[&Self]) -> Result<Vec<Self::Output>, String> {
+        async fn together(_: &Db, _: &(), jobs: &[&Self]) -> Result<Vec<Self::Output>, String> {
             let ns: Vec<u32> = jobs.iter().map(|job| job.n).collect();
             if ns.contains(&13) {
                 return Err("13 in the batch".into());
@@ -235,7 +254,7 @@ mod tests {
             Ok(ns.into_iter().map(Ok).collect())
         }
 
-        async fn alone(&self, _: &Db) -> Self::Output {
+        async fn alone(&self, _: &Db, _: &()) -> Self::Output {
             assert_ne!(self.n, 99, "a job that panics");
             self.applied.lock().unwrap().push(format!("alone {}", self.n));
             if self.n == 13 { Err("13 refused".into()) } else { Ok(self.n) }
@@ -273,7 +292,7 @@ mod tests {
         }
         let waited = answers.split_off(ns.len());
         drop(waited);
-        run(db, batch).await;
+        run(db, (), batch).await;
         let mut outputs = Vec::new();
         for answered in answers {
             outputs.push(answered.await.expect("answered"));
@@ -299,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_whose_batch_panics_is_answered_unavailable_and_the_worker_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let workers = GroupCommit::start(sqlite_db(&dir).await, 1);
+        let workers = GroupCommit::start(sqlite_db(&dir).await, (), 1);
         let applied = Arc::new(StdMutex::new(Vec::new()));
         let probe = |n| Probe { n, applied: applied.clone() };
         assert_eq!(workers.submit(probe(99)).await, Err("stopped".into()));

@@ -11,6 +11,7 @@ pub mod model;
 pub mod money;
 pub mod notifications;
 pub mod provider;
+pub mod recent;
 pub mod refunds;
 pub mod repo;
 pub mod status;
@@ -150,86 +151,121 @@ async fn write_in_one_statement(
     conn: &mut sqlx::AnyConnection,
     changes: &[Change<'_>],
 ) -> Result<Vec<Option<i64>>, PaymentError> {
-    use sqlx::Row;
+    let statement = ChangeStatement::new(changes, "")?;
+    let found = statement.query().fetch_all(&mut *conn).await?;
+    statement.event_ids(&found)
+}
 
-    use crate::webhooks::outbox;
-    let mut rows = Vec::with_capacity(changes.len());
-    for (n, Change { moves, payment: p, kind, detail }) in changes.iter().enumerate() {
-        let event = event_log::NewEvent::of(p, *detail)?;
-        let queued = outbox::Queued {
-            merchant_id: &p.merchant_id,
-            payment_id: &p.payment_id,
-            event_type: kind.as_str(),
-            now: event.created_at,
-        };
-        let q = queued.values();
-        let data = WebhookData::of(outbox::EVENT_ID_HOLE.to_owned(), p, *detail);
-        let (head, tail) = outbox::payload_around_event_id(kind.as_str(), &data, queued.now)?;
-        rows.push(ChangeRow {
-            n,
-            moves: *moves,
-            payment_id: &p.payment_id,
-            version_before: p.version - 1,
-            status: p.status.as_str(),
-            provider_ref: p.provider_ref.as_deref(),
-            is_test: i64::from(p.test),
-            subscription_id: p.subscription_id.as_deref(),
-            cancelled_amount: p.cancelled_amount,
-            pending_cancel_amount: p.pending_cancel_amount,
-            version: p.version,
-            updated_at: p.updated_at,
-            paid_at: p.paid_at,
-            failed_at: p.failed_at,
-            cancelled_at: p.cancelled_at,
-            merchant_id: &p.merchant_id,
-            kind: kind.as_str(),
-            snapshot: event.snapshot,
-            detail: event.detail,
-            event_at: event.created_at,
-            delivery_id: q.delivery_id,
-            type_pattern: q.type_pattern,
-            family_pattern: q.family_pattern,
-            head,
-            tail,
-        });
-    }
-    let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
-    let queue_value = |n: usize| {
-        ["i.delivery_id", "i.payment_id", "i.kind", "i.event_at", "i.merchant_id", "i.type_pattern", "i.family_pattern"]
-            [n]
-            .to_owned()
-    };
-    let payload = "i.head || event.txid || '-' || event.event_id || i.tail";
-    let sql = format!(
-        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, moves boolean, payment_id text, \
-           version_before bigint, status text, provider_ref text, is_test bigint, subscription_id text, \
-           cancelled_amount bigint, pending_cancel_amount bigint, version bigint, updated_at bigint, paid_at bigint, \
-           failed_at bigint, cancelled_at bigint, merchant_id text, kind text, snapshot text, detail text, \
-           event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, tail text)), \
-         moved AS (UPDATE payments SET status = i.status, provider_ref = i.provider_ref, is_test = i.is_test, \
-           subscription_id = i.subscription_id, cancelled_amount = i.cancelled_amount, \
-           pending_cancel_amount = i.pending_cancel_amount, version = i.version, updated_at = i.updated_at, \
-           paid_at = i.paid_at, failed_at = i.failed_at, cancelled_at = i.cancelled_at \
-           FROM input i WHERE i.moves AND payments.payment_id = i.payment_id AND payments.version = i.version_before \
-           RETURNING i.n), \
-         event AS (INSERT INTO payment_events {} \
-           SELECT payment_id, merchant_id, kind, status, snapshot, detail, event_at FROM input \
-           WHERE NOT moves OR n IN (SELECT n FROM moved) ORDER BY n \
-           RETURNING event_id, txid, payment_id AS event_payment), \
-         queued AS ({}) \
-         SELECT i.n, event.event_id, event.txid FROM input i JOIN event ON event.event_payment = i.payment_id",
-        event_log::INSERT_COLUMNS,
-        outbox::queue_select(queue_value, payload, ", input i JOIN event ON event.event_payment = i.payment_id")
-    );
-    let found = sqlx::query(&sql).bind(rows).fetch_all(&mut *conn).await?;
-    let mut ids = vec![None; changes.len()];
-    for row in &found {
-        let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
-        if let Some(slot) = ids.get_mut(n) {
-            *slot = Some(event_log::position_of(row)?.id);
+/// PostgreSQL: the statement `write_in_one_statement` runs, built once per call, with room for
+/// more writes: `also` holds CTEs that run in the same statement (so they commit with it or not
+/// at all), may read `moved` (the `n` of each change whose compare-and-set held), and take their
+/// parameters from `$2`.
+pub struct ChangeStatement {
+    sql: String,
+    rows: String,
+    len: usize,
+}
+
+impl ChangeStatement {
+    pub fn new(changes: &[Change<'_>], also: &str) -> Result<Self, PaymentError> {
+        use crate::webhooks::outbox;
+        let mut rows = Vec::with_capacity(changes.len());
+        for (n, Change { moves, payment: p, kind, detail }) in changes.iter().enumerate() {
+            let event = event_log::NewEvent::of(p, *detail)?;
+            let queued = outbox::Queued {
+                merchant_id: &p.merchant_id,
+                payment_id: &p.payment_id,
+                event_type: kind.as_str(),
+                now: event.created_at,
+            };
+            let q = queued.values();
+            let data = WebhookData::of(outbox::EVENT_ID_HOLE.to_owned(), p, *detail);
+            let (head, tail) = outbox::payload_around_event_id(kind.as_str(), &data, queued.now)?;
+            rows.push(ChangeRow {
+                n,
+                moves: *moves,
+                payment_id: &p.payment_id,
+                version_before: p.version - 1,
+                status: p.status.as_str(),
+                provider_ref: p.provider_ref.as_deref(),
+                is_test: i64::from(p.test),
+                subscription_id: p.subscription_id.as_deref(),
+                cancelled_amount: p.cancelled_amount,
+                pending_cancel_amount: p.pending_cancel_amount,
+                version: p.version,
+                updated_at: p.updated_at,
+                paid_at: p.paid_at,
+                failed_at: p.failed_at,
+                cancelled_at: p.cancelled_at,
+                merchant_id: &p.merchant_id,
+                kind: kind.as_str(),
+                snapshot: event.snapshot,
+                detail: event.detail,
+                event_at: event.created_at,
+                delivery_id: q.delivery_id,
+                type_pattern: q.type_pattern,
+                family_pattern: q.family_pattern,
+                head,
+                tail,
+            });
         }
+        let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
+        let queue_value = |n: usize| {
+            [
+                "i.delivery_id",
+                "i.payment_id",
+                "i.kind",
+                "i.event_at",
+                "i.merchant_id",
+                "i.type_pattern",
+                "i.family_pattern",
+            ][n]
+                .to_owned()
+        };
+        let payload = "i.head || event.txid || '-' || event.event_id || i.tail";
+        let also = if also.is_empty() { String::new() } else { format!(", {also}") };
+        let sql = format!(
+            "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, moves boolean, payment_id text, \
+               version_before bigint, status text, provider_ref text, is_test bigint, subscription_id text, \
+               cancelled_amount bigint, pending_cancel_amount bigint, version bigint, updated_at bigint, paid_at bigint, \
+               failed_at bigint, cancelled_at bigint, merchant_id text, kind text, snapshot text, detail text, \
+               event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, tail text)), \
+             moved AS (UPDATE payments SET status = i.status, provider_ref = i.provider_ref, is_test = i.is_test, \
+               subscription_id = i.subscription_id, cancelled_amount = i.cancelled_amount, \
+               pending_cancel_amount = i.pending_cancel_amount, version = i.version, updated_at = i.updated_at, \
+               paid_at = i.paid_at, failed_at = i.failed_at, cancelled_at = i.cancelled_at \
+               FROM input i WHERE i.moves AND payments.payment_id = i.payment_id AND payments.version = i.version_before \
+               RETURNING i.n), \
+             event AS (INSERT INTO payment_events {} \
+               SELECT payment_id, merchant_id, kind, status, snapshot, detail, event_at FROM input \
+               WHERE NOT moves OR n IN (SELECT n FROM moved) ORDER BY n \
+               RETURNING event_id, txid, payment_id AS event_payment), \
+             queued AS ({}){also} \
+             SELECT i.n, event.event_id, event.txid FROM input i JOIN event ON event.event_payment = i.payment_id",
+            event_log::INSERT_COLUMNS,
+            outbox::queue_select(queue_value, payload, ", input i JOIN event ON event.event_payment = i.payment_id")
+        );
+        Ok(Self { sql, rows, len: changes.len() })
     }
-    Ok(ids)
+
+    /// The statement with its first parameter bound; the caller binds those of `also`.
+    pub fn query(&self) -> crate::store::AnyQuery<'_> {
+        sqlx::query(&self.sql).bind(self.rows.as_str())
+    }
+
+    /// Each change's event id from what the statement returned, `None` for a move someone else
+    /// made first.
+    pub fn event_ids(&self, found: &[sqlx::any::AnyRow]) -> Result<Vec<Option<i64>>, PaymentError> {
+        use sqlx::Row;
+        let mut ids = vec![None; self.len];
+        for row in found {
+            let n = usize::try_from(row.try_get::<i32, _>("n")?).unwrap_or(usize::MAX);
+            if let Some(slot) = ids.get_mut(n) {
+                *slot = Some(event_log::position_of(row)?.id);
+            }
+        }
+        Ok(ids)
+    }
 }
 
 /// One change as `write_in_one_statement` passes it: a row of its JSON parameter.

@@ -9,6 +9,7 @@ use super::{
     Payment, PaymentError, PaymentOutcome, PaymentStatus,
     cancellations::{self, Cancellation},
     event_log::{EventDetail, EventKind},
+    recent::RecentPayments,
     refunds::{self, ReversalEffect},
     repo,
     status::next_status,
@@ -119,13 +120,91 @@ const OUTCOME_UNMATCHED: &str = "unmatched";
 
 /// Stores `raw` and applies `notice` atomically, in a transaction of its own. A notice for an
 /// unknown payment is stored (so nothing is lost) and reported as an error, so the provider
-/// retries it.
-pub async fn ingest(db: &Db, raw: &RawNotification, notice: &Notice) -> Result<Applied, NotificationError> {
-    let mut tx = db.pool().begin().await?;
-    let result = ingest_in(&mut tx, raw, notice).await?;
-    tx.commit().await?;
-    committed(db, std::slice::from_ref(&result));
+/// retries it. A plain settlement of a payment this replica wrote last is decided from its copy
+/// and written by one statement (`settle_from_copy`); everything else reads first.
+pub async fn ingest(
+    db: &Db,
+    recent: &RecentPayments,
+    raw: &RawNotification,
+    notice: &Notice,
+) -> Result<Applied, NotificationError> {
+    let result = match settle_from_copy(db, recent, raw, notice).await {
+        Some(applied) => Ok(applied),
+        None => {
+            let mut tx = db.pool().begin().await?;
+            let result = ingest_in(&mut tx, raw, notice).await?;
+            tx.commit().await?;
+            result
+        }
+    };
+    let results = std::slice::from_ref(&result);
+    committed(db, results);
+    remember(recent, results).await;
     result
+}
+
+/// PostgreSQL, for a payment whose copy this replica keeps: `ingest` in one round trip, when the
+/// copy says the notice simply settles the payment. One statement, committing on its own, moves
+/// the payment by a compare-and-set on the copy's version, and only if that held, stores the raw
+/// record (a plain INSERT: a notification delivered before takes its key, which fails the whole
+/// statement), appends the event and queues the webhook. `None` when nothing was written and the
+/// notification must take the reading path: no copy, a stale one, a repeat delivery, or a
+/// decision that needs more than the payment row (a subscription, refunds, a renewal).
+async fn settle_from_copy(db: &Db, recent: &RecentPayments, raw: &RawNotification, notice: &Notice) -> Option<Applied> {
+    if !db.backend().writes_in_ctes() || !matches!(notice.event, ProviderEvent::Payment(_)) {
+        return None;
+    }
+    let copy = recent.get(&notice.payment_id).await?;
+    // As `read` checks: a notification signed with one channel's secret touches only its payments.
+    if copy.channel_key != raw.channel_key || copy.subscription_id.is_some() {
+        return None;
+    }
+    let Ok(Decision::Settle { next, kind, subscription: None }) = decide(&copy, None, &[], notice, now_ms()) else {
+        return None;
+    };
+    let change = super::Change { moves: true, payment: &next, kind, detail: None };
+    let also = "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
+         payment_id, received_at, last_seen_at) SELECT $2, $3, $4, $5::bigint, $6, $7, 'applied', $8, $9::bigint, \
+         $9::bigint WHERE EXISTS (SELECT 1 FROM moved))";
+    let statement = super::ChangeStatement::new(&[change], also).ok()?;
+    let found = statement
+        .query()
+        .bind(format!("pb_{}", ulid::Ulid::new()))
+        .bind(&raw.channel_key)
+        .bind(&raw.provider_ref)
+        .bind(raw.kind)
+        .bind(&raw.unique_ref)
+        .bind(&raw.query)
+        .bind(&notice.payment_id)
+        .bind(now_ms())
+        .fetch_all(db.pool())
+        .await;
+    // Any failure wrote nothing (the statement is its own transaction), or, if only its answer was
+    // lost, wrote it all: the reading path then finds the raw record and answers a duplicate.
+    let event_id = match found.map(|rows| statement.event_ids(&rows)) {
+        Ok(Ok(ids)) => ids.into_iter().next().flatten(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "a settlement's answer was unreadable; reading the payment");
+            None
+        }
+        Err(error) => {
+            tracing::debug!(%error, "a settlement from a copy was refused; reading the payment");
+            None
+        }
+    };
+    if event_id.is_none() {
+        recent.forget(&notice.payment_id).await;
+    }
+    Some(Applied::Changed { payment: Box::new(next), event_id: event_id?, renewed_after_end: None })
+}
+
+/// After the commit of `results`: keeps the copy of every payment they moved.
+pub async fn remember(recent: &RecentPayments, results: &[Committable]) {
+    for result in results {
+        if let Ok(Applied::Changed { payment, .. }) = result {
+            recent.wrote(payment).await;
+        }
+    }
 }
 
 /// What one notification did inside a transaction: what its sender is told once that commits

@@ -539,6 +539,93 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let _ = &w.db;
 }
 
+/// A signed type 0 pingback for `payment_id` under `reference`, sent to `gate`; its answer.
+async fn completion(gate: &Paygate, payment_id: &str, reference: &str) -> String {
+    let params = [("uid", "user-40012"), ("goodsid", payment_id), ("type", "0"), ("ref", reference), ("is_test", "1")];
+    let query = signed_pingback_query(&params, SECRET_KEY, 3);
+    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
+    http_client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// (event kinds of `payment_id`, (outcome, deliveries) of each of its stored pingbacks by ref).
+async fn stored_history(db: &TestDb, payment_id: &str) -> (Vec<String>, Vec<(String, String, i64)>) {
+    use sqlx::Row;
+    let pool = db.pool().await;
+    let events = sqlx::query("SELECT kind FROM payment_events WHERE payment_id = $1 ORDER BY event_id")
+        .bind(payment_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let pingbacks =
+        sqlx::query("SELECT ref, outcome, deliveries FROM pingbacks WHERE payment_id = $1 AND type = 0 ORDER BY ref")
+            .bind(payment_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    (
+        events.iter().map(|row| row.get(0)).collect(),
+        pingbacks.iter().map(|row| (row.get(0), row.get(1), row.get::<i64, _>(2))).collect(),
+    )
+}
+
+/// A replica settles a pingback for a payment it created from the copy it kept, in one statement
+/// that compares and sets the copy's version. Here the copy is stale (another replica settled
+/// the payment under another ref): the statement changes nothing, and the pingback is decided
+/// again from the row, as money under a new ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pingback_decided_from_a_stale_copy_is_decided_again_from_the_row() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let b = Paygate::start(&w.db, &[]);
+    let session = w.payments.create_checkout_session(checkout_request("main", "order-stale")).await.unwrap();
+    let payment_id = session.into_inner().payment_id;
+    assert_eq!(completion(&b, &payment_id, "b-first").await, "OK");
+    // On the replica that created it, whose copy still says READY.
+    assert_eq!(completion(&w.gate, &payment_id, "b-second").await, "OK");
+    let lookup =
+        |uid: &str| pb::GetPaymentRequest { lookup: Some(pb::get_payment_request::Lookup::MerchantUid(uid.into())) };
+    let first = w.payments.get_payment(lookup("order-stale")).await.unwrap().into_inner();
+    assert_eq!((first.status, first.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-first"));
+    let repeat = w.payments.get_payment(lookup("~order-stale/repeat/b-second")).await.unwrap().into_inner();
+    assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
+    // The first delivery again, on the replica whose copy was stale: a duplicate, nothing written.
+    assert_eq!(completion(&w.gate, &payment_id, "b-first").await, "OK");
+    let (events, pingbacks) = stored_history(&w.db, &payment_id).await;
+    assert_eq!(events, ["payment.paid"], "one settlement, one event");
+    assert_eq!(
+        pingbacks,
+        [("b-first".into(), "applied".into(), 2), ("b-second".into(), "applied".into(), 1)],
+        "each delivery counted once, on its own record"
+    );
+}
+
+/// A pingback stored earlier without a payment to apply it to takes its key: the one-statement
+/// settlement fails whole on it (the payment does not move), and the reading path applies the
+/// stored record, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_from_a_copy_never_moves_a_payment_whose_pingback_is_already_stored() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
+    let session = w.payments.create_checkout_session(checkout_request("main", "order-early")).await.unwrap();
+    let payment_id = session.into_inner().payment_id;
+    let pool = w.db.pool().await;
+    sqlx::query(
+        "INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
+         received_at, last_seen_at) VALUES ('pb_early', 'main', 'b-early', 0, '', '', 'unmatched', $1, 0, 0)",
+    )
+    .bind(&payment_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(completion(&w.gate, &payment_id, "b-early").await, "OK");
+    let lookup = Some(pb::get_payment_request::Lookup::PaymentId(payment_id.clone()));
+    let paid = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
+    assert_eq!((paid.status, paid.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-early"));
+    let (events, pingbacks) = stored_history(&w.db, &payment_id).await;
+    assert_eq!(events, ["payment.paid"]);
+    assert_eq!(pingbacks, [("b-early".into(), "applied".into(), 2)], "the stored record, now applied, counted again");
+}
+
 const LEASE: [(&str, &str); 1] = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
 
 /// A World whose paygate reaches PostgreSQL through a proxy the test controls.
