@@ -1069,7 +1069,7 @@ async fn bench() {
             ROUND_TIME.as_secs()
         );
     }
-    println!("{LATENCY_SAMPLES} sequential pingbacks per latency row.");
+    println!("{LATENCY_SAMPLES} sequential pingbacks per latency row, after {LATENCY_WARMUP} unmeasured.");
     println!(
         "Machine speed probe (SHA-256 of 256 MiB on one core): {} before the rounds, {} after.",
         ms(probe_before),

@@ -155,10 +155,46 @@ impl Batched for Notification {
     const KIND: &'static str = "notification";
     type Shared = RecentPayments;
 
+    /// On PostgreSQL the plain settlements of payments this replica wrote last go first, in one
+    /// statement of their own (`notifications::settle_from_copies`); the rest then share a
+    /// transaction. Once some have committed, a failure of the rest can no longer roll them back,
+    /// so the rest fall back to one by one here.
     async fn together(db: &Db, recent: &RecentPayments, jobs: &[&Self]) -> Result<Vec<Committable>, NotificationError> {
-        let results = together(db, jobs).await?;
-        notifications::remember(recent, &results).await;
-        Ok(results)
+        let (firsts, _) = firsts_per_payment(jobs);
+        let pairs: Vec<_> = firsts.iter().map(|&i| (&jobs[i].raw, &jobs[i].notice)).collect();
+        let mut results: Vec<Option<Committable>> = jobs.iter().map(|_| None).collect();
+        for (&i, settled) in firsts.iter().zip(notifications::settle_from_copies(db, recent, &pairs).await) {
+            results[i] = settled.map(Ok);
+        }
+        let rest: Vec<usize> = (0..jobs.len()).filter(|&i| results[i].is_none()).collect();
+        if rest.len() == jobs.len() {
+            let results = together(db, jobs).await?;
+            notifications::remember(recent, &results).await;
+            return Ok(results);
+        }
+        let rest_jobs: Vec<&Notification> = rest.iter().map(|&i| jobs[i]).collect();
+        let rest_results = match rest_jobs.as_slice() {
+            [] => Vec::new(),
+            [job] => vec![job.alone(db, recent).await],
+            _ => match together(db, &rest_jobs).await {
+                Ok(rest_results) => {
+                    notifications::remember(recent, &rest_results).await;
+                    rest_results
+                }
+                Err(error) => {
+                    tracing::warn!(%error, jobs = rest_jobs.len(), kind = Self::KIND, "a batch rolled back; writing its jobs one by one");
+                    let mut one_by_one = Vec::with_capacity(rest_jobs.len());
+                    for job in rest_jobs {
+                        one_by_one.push(job.alone(db, recent).await);
+                    }
+                    one_by_one
+                }
+            },
+        };
+        for (i, result) in rest.into_iter().zip(rest_results) {
+            results[i] = Some(result);
+        }
+        Ok(results.into_iter().map(|result| result.unwrap_or_else(Self::stopped)).collect())
     }
 
     async fn alone(&self, db: &Db, recent: &RecentPayments) -> Committable {

@@ -121,37 +121,95 @@ const OUTCOME_UNMATCHED: &str = "unmatched";
 /// Stores `raw` and applies `notice` atomically, in a transaction of its own. A notice for an
 /// unknown payment is stored (so nothing is lost) and reported as an error, so the provider
 /// retries it. A plain settlement of a payment this replica wrote last is decided from its copy
-/// and written by one statement (`settle_from_copy`); everything else reads first.
+/// and written by one statement (`settle_from_copies`); everything else reads first.
 pub async fn ingest(
     db: &Db,
     recent: &RecentPayments,
     raw: &RawNotification,
     notice: &Notice,
 ) -> Result<Applied, NotificationError> {
-    let result = match settle_from_copy(db, recent, raw, notice).await {
-        Some(applied) => Ok(applied),
-        None => {
-            let mut tx = db.pool().begin().await?;
-            let result = ingest_in(&mut tx, raw, notice).await?;
-            tx.commit().await?;
-            result
-        }
-    };
+    if let Some(Some(applied)) = settle_from_copies(db, recent, &[(raw, notice)]).await.pop() {
+        return Ok(applied);
+    }
+    let mut tx = db.pool().begin().await?;
+    let result = ingest_in(&mut tx, raw, notice).await?;
+    tx.commit().await?;
     let results = std::slice::from_ref(&result);
     committed(db, results);
     remember(recent, results).await;
     result
 }
 
-/// PostgreSQL, for a payment whose copy this replica keeps: `ingest` in one round trip, when the
-/// copy says the notice simply settles the payment. One statement, committing on its own, moves
-/// the payment by a compare-and-set on the copy's version, and only if that held, stores the raw
-/// record (a plain INSERT: a notification delivered before takes its key, which fails the whole
-/// statement), appends the event and queues the webhook. `None` when nothing was written and the
-/// notification must take the reading path: no copy, a stale one, a repeat delivery, or a
-/// decision that needs more than the payment row (a subscription, refunds, a renewal).
-async fn settle_from_copy(db: &Db, recent: &RecentPayments, raw: &RawNotification, notice: &Notice) -> Option<Applied> {
-    if !db.backend().writes_in_ctes() || !matches!(notice.event, ProviderEvent::Payment(_)) {
+/// PostgreSQL: `ingest` for every notification of `batch` that simply settles a payment whose
+/// copy this replica keeps, decided from the copies, in one round trip. One statement, committing
+/// on its own, moves each payment by a compare-and-set on its copy's version, and for each move
+/// that held stores the raw record (a plain INSERT: a notification delivered before takes its key,
+/// which fails the whole statement), appends the event and queues the webhook. Each notification
+/// gets its result, or `None` when nothing of it was written and it must take the reading path: no
+/// copy, a stale one, a repeat delivery, or a decision that needs more than the payment row (a
+/// subscription, refunds, a renewal). The notifications must be distinct and name distinct
+/// payments (a later one for a payment already taken is left to the reading path).
+pub async fn settle_from_copies(
+    db: &Db,
+    recent: &RecentPayments,
+    batch: &[(&RawNotification, &Notice)],
+) -> Vec<Option<Applied>> {
+    let mut results: Vec<Option<Applied>> = batch.iter().map(|_| None).collect();
+    if !db.backend().writes_in_ctes() {
+        return results;
+    }
+    let now = now_ms();
+    // (index in the batch, the payment as it is to be, its event)
+    let mut settlements: Vec<(usize, Payment, EventKind)> = Vec::new();
+    for (i, (raw, notice)) in batch.iter().enumerate() {
+        if settlements.iter().any(|(_, next, _)| next.payment_id == notice.payment_id) {
+            continue;
+        }
+        if let Some((next, kind)) = settlement_from_copy(recent, raw, notice, now).await {
+            settlements.push((i, next, kind));
+        }
+    }
+    if settlements.is_empty() {
+        return results;
+    }
+    let changes: Vec<_> = settlements
+        .iter()
+        .map(|(_, next, kind)| super::Change { moves: true, payment: next, kind: *kind, detail: None })
+        .collect();
+    let found = match write_settlements(db, batch, &settlements, &changes, now).await {
+        Ok(found) => found,
+        // Nothing was written (the statement is its own transaction), or, if only its answer was
+        // lost, all of it: the reading path then finds the raw records and answers duplicates.
+        Err(error) => {
+            tracing::debug!(%error, "settlements from copies were refused; reading the payments");
+            return results;
+        }
+    };
+    let mut moved = false;
+    for ((i, next, _), event_id) in settlements.into_iter().zip(found) {
+        match event_id {
+            Some(event_id) => {
+                recent.wrote(&next).await;
+                results[i] = Some(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end: None });
+                moved = true;
+            }
+            None => recent.forget(&next.payment_id).await,
+        }
+    }
+    if moved {
+        db.signal_commit();
+    }
+    results
+}
+
+/// What the copy of the payment `notice` names says it does, when that is a plain settlement.
+async fn settlement_from_copy(
+    recent: &RecentPayments,
+    raw: &RawNotification,
+    notice: &Notice,
+    now: i64,
+) -> Option<(Payment, EventKind)> {
+    if !matches!(notice.event, ProviderEvent::Payment(_)) {
         return None;
     }
     let copy = recent.get(&notice.payment_id).await?;
@@ -159,43 +217,60 @@ async fn settle_from_copy(db: &Db, recent: &RecentPayments, raw: &RawNotificatio
     if copy.channel_key != raw.channel_key || copy.subscription_id.is_some() {
         return None;
     }
-    let Ok(Decision::Settle { next, kind, subscription: None }) = decide(&copy, None, &[], notice, now_ms()) else {
-        return None;
-    };
-    let change = super::Change { moves: true, payment: &next, kind, detail: None };
-    let also = "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
-         payment_id, received_at, last_seen_at) SELECT $2, $3, $4, $5::bigint, $6, $7, 'applied', $8, $9::bigint, \
-         $9::bigint WHERE EXISTS (SELECT 1 FROM moved))";
-    let statement = super::ChangeStatement::new(&[change], also).ok()?;
-    let found = statement
-        .query()
-        .bind(format!("pb_{}", ulid::Ulid::new()))
-        .bind(&raw.channel_key)
-        .bind(&raw.provider_ref)
-        .bind(raw.kind)
-        .bind(&raw.unique_ref)
-        .bind(&raw.query)
-        .bind(&notice.payment_id)
-        .bind(now_ms())
-        .fetch_all(db.pool())
-        .await;
-    // Any failure wrote nothing (the statement is its own transaction), or, if only its answer was
-    // lost, wrote it all: the reading path then finds the raw record and answers a duplicate.
-    let event_id = match found.map(|rows| statement.event_ids(&rows)) {
-        Ok(Ok(ids)) => ids.into_iter().next().flatten(),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "a settlement's answer was unreadable; reading the payment");
-            None
-        }
-        Err(error) => {
-            tracing::debug!(%error, "a settlement from a copy was refused; reading the payment");
-            None
-        }
-    };
-    if event_id.is_none() {
-        recent.forget(&notice.payment_id).await;
+    match decide(&copy, None, &[], notice, now) {
+        Ok(Decision::Settle { next, kind, subscription: None }) => Some((next, kind)),
+        _ => None,
     }
-    Some(Applied::Changed { payment: Box::new(next), event_id: event_id?, renewed_after_end: None })
+}
+
+/// The statement of `settle_from_copies`: the changes, and the raw record of each whose move held.
+/// Returns each change's event id (`None`: its compare-and-set failed, nothing of it written).
+async fn write_settlements(
+    db: &Db,
+    batch: &[(&RawNotification, &Notice)],
+    settlements: &[(usize, Payment, EventKind)],
+    changes: &[super::Change<'_>],
+    now: i64,
+) -> Result<Vec<Option<i64>>, NotificationError> {
+    /// A row of the statement's second JSON parameter: a raw record, numbered as its change.
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        n: usize,
+        pb_id: String,
+        pb_channel: &'a str,
+        pb_ref: &'a str,
+        pb_type: i64,
+        pb_unique: &'a str,
+        pb_query: &'a str,
+        pb_payment: &'a str,
+    }
+    let records: Vec<Record> = settlements
+        .iter()
+        .enumerate()
+        .map(|(n, (i, next, _))| {
+            let raw = batch[*i].0;
+            Record {
+                n,
+                pb_id: format!("pb_{}", ulid::Ulid::new()),
+                pb_channel: &raw.channel_key,
+                pb_ref: &raw.provider_ref,
+                pb_type: raw.kind,
+                pb_unique: &raw.unique_ref,
+                pb_query: &raw.query,
+                pb_payment: &next.payment_id,
+            }
+        })
+        .collect();
+    let records = serde_json::to_string(&records).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
+    let also = "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
+         payment_id, received_at, last_seen_at) \
+         SELECT pb_id, pb_channel, pb_ref, pb_type, pb_unique, pb_query, 'applied', pb_payment, $3, $3 \
+         FROM json_to_recordset($2::json) AS r(n int, pb_id text, pb_channel text, pb_ref text, pb_type bigint, \
+           pb_unique text, pb_query text, pb_payment text) \
+         WHERE r.n IN (SELECT n FROM moved) ORDER BY r.n)";
+    let statement = super::ChangeStatement::new(changes, also)?;
+    let found = statement.query().bind(records).bind(now).fetch_all(db.pool()).await?;
+    Ok(statement.event_ids(&found)?)
 }
 
 /// After the commit of `results`: keeps the copy of every payment they moved.
