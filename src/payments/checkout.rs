@@ -240,7 +240,7 @@ async fn write(
         idempotency::finish(&mut tx, key).await?;
     }
     tx.commit().await?;
-    new_payments.shared().wrote(payment).await;
+    new_payments.shared().wrote(payment);
     Ok(())
 }
 
@@ -262,14 +262,14 @@ impl Batched for NewPayment {
         let payments: Vec<&Payment> = jobs.iter().map(|job| &job.0).collect();
         repo::insert_many(db, &payments).await?;
         for payment in payments {
-            recent.wrote(payment).await;
+            recent.wrote(payment);
         }
         Ok(jobs.iter().map(|_| Ok(())).collect())
     }
 
     async fn alone(&self, db: &Db, recent: &RecentPayments) -> Self::Output {
         repo::insert(db, &self.0).await?;
-        recent.wrote(&self.0).await;
+        recent.wrote(&self.0);
         Ok(())
     }
 

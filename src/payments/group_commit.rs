@@ -169,7 +169,7 @@ impl Batched for Notification {
         let rest: Vec<usize> = (0..jobs.len()).filter(|&i| results[i].is_none()).collect();
         if rest.len() == jobs.len() {
             let results = together(db, jobs).await?;
-            notifications::remember(recent, &results).await;
+            notifications::remember(recent, &results);
             return Ok(results);
         }
         let rest_jobs: Vec<&Notification> = rest.iter().map(|&i| jobs[i]).collect();
@@ -178,7 +178,7 @@ impl Batched for Notification {
             [job] => vec![job.alone(db, recent).await],
             _ => match together(db, &rest_jobs).await {
                 Ok(rest_results) => {
-                    notifications::remember(recent, &rest_results).await;
+                    notifications::remember(recent, &rest_results);
                     rest_results
                 }
                 Err(error) => {

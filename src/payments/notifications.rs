@@ -136,7 +136,7 @@ pub async fn ingest(
     tx.commit().await?;
     let results = std::slice::from_ref(&result);
     committed(db, results);
-    remember(recent, results).await;
+    remember(recent, results);
     result
 }
 
@@ -165,7 +165,7 @@ pub async fn settle_from_copies(
         if settlements.iter().any(|(_, next, _)| next.payment_id == notice.payment_id) {
             continue;
         }
-        if let Some((next, kind)) = settlement_from_copy(recent, raw, notice, now).await {
+        if let Some((next, kind)) = settlement_from_copy(recent, raw, notice, now) {
             settlements.push((i, next, kind));
         }
     }
@@ -189,11 +189,11 @@ pub async fn settle_from_copies(
     for ((i, next, _), event_id) in settlements.into_iter().zip(found) {
         match event_id {
             Some(event_id) => {
-                recent.wrote(&next).await;
+                recent.wrote(&next);
                 results[i] = Some(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end: None });
                 moved = true;
             }
-            None => recent.forget(&next.payment_id).await,
+            None => recent.forget(&next.payment_id),
         }
     }
     if moved {
@@ -203,7 +203,7 @@ pub async fn settle_from_copies(
 }
 
 /// What the copy of the payment `notice` names says it does, when that is a plain settlement.
-async fn settlement_from_copy(
+fn settlement_from_copy(
     recent: &RecentPayments,
     raw: &RawNotification,
     notice: &Notice,
@@ -212,7 +212,7 @@ async fn settlement_from_copy(
     if !matches!(notice.event, ProviderEvent::Payment(_)) {
         return None;
     }
-    let copy = recent.get(&notice.payment_id).await?;
+    let copy = recent.get(&notice.payment_id)?;
     // As `read` checks: a notification signed with one channel's secret touches only its payments.
     if copy.channel_key != raw.channel_key || copy.subscription_id.is_some() {
         return None;
@@ -274,10 +274,10 @@ async fn write_settlements(
 }
 
 /// After the commit of `results`: keeps the copy of every payment they moved.
-pub async fn remember(recent: &RecentPayments, results: &[Committable]) {
+pub fn remember(recent: &RecentPayments, results: &[Committable]) {
     for result in results {
         if let Ok(Applied::Changed { payment, .. }) = result {
-            recent.wrote(payment).await;
+            recent.wrote(payment);
         }
     }
 }
