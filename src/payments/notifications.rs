@@ -232,34 +232,12 @@ async fn write_settlements(
     changes: &[super::Change<'_>],
     now: i64,
 ) -> Result<Vec<Option<i64>>, NotificationError> {
-    /// A row of the statement's second JSON parameter: a raw record, numbered as its change.
-    #[derive(serde::Serialize)]
-    struct Record<'a> {
-        n: usize,
-        pb_id: String,
-        pb_channel: &'a str,
-        pb_ref: &'a str,
-        pb_type: i64,
-        pb_unique: &'a str,
-        pb_query: &'a str,
-        pb_payment: &'a str,
-    }
-    let records: Vec<Record> = settlements
+    let ids: Vec<String> = settlements.iter().map(|_| format!("pb_{}", ulid::Ulid::new())).collect();
+    let records: Vec<RawRecordRow> = settlements
         .iter()
+        .zip(&ids)
         .enumerate()
-        .map(|(n, (i, next, _))| {
-            let raw = batch[*i].0;
-            Record {
-                n,
-                pb_id: format!("pb_{}", ulid::Ulid::new()),
-                pb_channel: &raw.channel_key,
-                pb_ref: &raw.provider_ref,
-                pb_type: raw.kind,
-                pb_unique: &raw.unique_ref,
-                pb_query: &raw.query,
-                pb_payment: &next.payment_id,
-            }
-        })
+        .map(|(n, ((i, next, _), id))| RawRecordRow::of(n, id, batch[*i].0, &next.payment_id))
         .collect();
     let records = serde_json::to_string(&records).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let also = "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
@@ -506,6 +484,34 @@ async fn record_delivery(
     Ok((seen, payment))
 }
 
+/// A raw record as a row of a statement's JSON parameter, numbered `n` within the statement.
+#[derive(serde::Serialize)]
+struct RawRecordRow<'a> {
+    n: usize,
+    pb_id: &'a str,
+    pb_channel: &'a str,
+    pb_ref: &'a str,
+    pb_type: i64,
+    pb_unique: &'a str,
+    pb_query: &'a str,
+    pb_payment: &'a str,
+}
+
+impl<'a> RawRecordRow<'a> {
+    fn of(n: usize, id: &'a str, raw: &'a RawNotification, payment_id: &'a str) -> Self {
+        Self {
+            n,
+            pb_id: id,
+            pb_channel: &raw.channel_key,
+            pb_ref: &raw.provider_ref,
+            pb_type: raw.kind,
+            pb_unique: &raw.unique_ref,
+            pb_query: &raw.query,
+            pb_payment: payment_id,
+        }
+    }
+}
+
 /// PostgreSQL: `record_delivery` for a whole batch in one statement, the rows passed as one JSON
 /// parameter. The notifications must be distinct and name distinct payments: one statement cannot
 /// upsert a row twice, and each decision reads its payment as the statement found it.
@@ -514,32 +520,11 @@ async fn record_deliveries(
     batch: &[(&RawNotification, &Notice)],
 ) -> Result<Vec<(Seen, Option<Payment>)>, NotificationError> {
     let ids: Vec<String> = batch.iter().map(|_| format!("pb_{}", ulid::Ulid::new())).collect();
-    /// A row of the statement's JSON parameter.
-    #[derive(serde::Serialize)]
-    struct Delivery<'a> {
-        n: usize,
-        pb_id: &'a str,
-        pb_channel: &'a str,
-        pb_ref: &'a str,
-        pb_type: i64,
-        pb_unique: &'a str,
-        pb_query: &'a str,
-        pb_payment: &'a str,
-    }
-    let rows: Vec<Delivery> = batch
+    let rows: Vec<RawRecordRow> = batch
         .iter()
         .zip(&ids)
         .enumerate()
-        .map(|(n, ((raw, notice), id))| Delivery {
-            n,
-            pb_id: id,
-            pb_channel: &raw.channel_key,
-            pb_ref: &raw.provider_ref,
-            pb_type: raw.kind,
-            pb_unique: &raw.unique_ref,
-            pb_query: &raw.query,
-            pb_payment: &notice.payment_id,
-        })
+        .map(|(n, ((raw, notice), id))| RawRecordRow::of(n, id, raw, &notice.payment_id))
         .collect();
     let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let sql = format!(
