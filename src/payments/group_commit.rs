@@ -35,8 +35,9 @@ pub trait Batched: Send + Sync + Sized + 'static {
     /// What every job of the kind may read and update beside the store.
     type Shared: Clone + Send + Sync + 'static;
 
-    /// Writes every job (two or more) at once, all or nothing, and returns their outputs in order,
-    /// one per job (checked before the commit: a missing one is an error that rolls back).
+    /// Writes every job (two or more) at once and returns their outputs in order, one per job
+    /// (checked before the commit: a missing one is an error that rolls back). An error means
+    /// nothing of the batch was written: each job is then written alone.
     fn together(
         db: &Db,
         shared: &Self::Shared,
@@ -175,7 +176,6 @@ impl Batched for Notification {
         let rest_jobs: Vec<&Notification> = rest.iter().map(|&i| jobs[i]).collect();
         let rest_results = match rest_jobs.as_slice() {
             [] => Vec::new(),
-            [job] => vec![job.alone(db, recent).await],
             _ => match together(db, &rest_jobs).await {
                 Ok(rest_results) => {
                     notifications::remember(recent, &rest_results);

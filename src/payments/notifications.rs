@@ -240,13 +240,14 @@ async fn write_settlements(
         .map(|(n, ((i, next, _), id))| RawRecordRow::of(n, id, batch[*i].0, &next.payment_id))
         .collect();
     let records = serde_json::to_string(&records).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
-    let also = "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
+    let also = format!(
+        "recorded AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, \
          payment_id, received_at, last_seen_at) \
          SELECT pb_id, pb_channel, pb_ref, pb_type, pb_unique, pb_query, 'applied', pb_payment, $3, $3 \
-         FROM json_to_recordset($2::json) AS r(n int, pb_id text, pb_channel text, pb_ref text, pb_type bigint, \
-           pb_unique text, pb_query text, pb_payment text) \
-         WHERE r.n IN (SELECT n FROM moved) ORDER BY r.n)";
-    let statement = super::ChangeStatement::new(changes, also)?;
+         FROM json_to_recordset($2::json) AS r({RAW_RECORD_COLUMNS}) \
+         WHERE r.n IN (SELECT n FROM moved) ORDER BY r.n)"
+    );
+    let statement = super::ChangeStatement::new(changes, &also)?;
     let found = statement.query().bind(records).bind(now).fetch_all(db.pool()).await?;
     Ok(statement.event_ids(&found)?)
 }
@@ -484,6 +485,10 @@ async fn record_delivery(
     Ok((seen, payment))
 }
 
+/// `RawRecordRow`'s columns, as `json_to_recordset` reads them.
+const RAW_RECORD_COLUMNS: &str =
+    "n int, pb_id text, pb_channel text, pb_ref text, pb_type bigint, pb_unique text, pb_query text, pb_payment text";
+
 /// A raw record as a row of a statement's JSON parameter, numbered `n` within the statement.
 #[derive(serde::Serialize)]
 struct RawRecordRow<'a> {
@@ -528,8 +533,7 @@ async fn record_deliveries(
         .collect();
     let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
     let sql = format!(
-        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, pb_id text, pb_channel text, \
-           pb_ref text, pb_type bigint, pb_unique text, pb_query text, pb_payment text)), \
+        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i({RAW_RECORD_COLUMNS})), \
          seen AS (INSERT INTO pingbacks (pingback_id, channel_key, ref, type, unique_ref, query, outcome, payment_id, \
            received_at, last_seen_at) \
            SELECT pb_id, pb_channel, pb_ref, pb_type, pb_unique, pb_query, 'applied', pb_payment, $2, $2 \
