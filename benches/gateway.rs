@@ -551,6 +551,7 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) 
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
     let reads_before = log_reads(gates).await;
+    perf_control("enable");
     let meter = Meter::start(Some(&gate.proc));
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -568,8 +569,18 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) 
         }));
     }
     let mut round = meter.finish(tasks).await;
+    perf_control("disable");
     round.log_reads = log_reads(gates).await - reads_before;
     round
+}
+
+/// With `PAYGATE_BENCH_PERF_CONTROL` naming the control FIFO of a `perf record --control
+/// fifo:<path> -D -1` (started disabled), profiles only paygate's ingest rounds, not the payments
+/// they start from nor the baselines.
+fn perf_control(command: &str) {
+    if let Ok(fifo) = std::env::var("PAYGATE_BENCH_PERF_CONTROL") {
+        let _ = std::fs::write(fifo, format!("{command}\n"));
+    }
 }
 
 /// `PINGBACKS_PER_ROUND` new READY payments, made by checkouts on `gate`.

@@ -6,12 +6,18 @@
 
 use std::sync::Arc;
 
-use quick_cache::sync::Cache;
+use quick_cache::{OptionsBuilder, sync::Cache};
 
 use super::Payment;
 
 /// Enough for the checkouts of several minutes at full speed; about 1 KiB each.
 const CAPACITY: usize = 20_000;
+/// The share of the map kept for copies read since they were written. quick_cache's default
+/// (97%) suits a workload that reads the same keys again and again; here each copy is read about
+/// once, by the pingback that follows its checkout, so the default would keep the first copies
+/// written forever and evict a new one after about 600 newer writes, long before its pingback.
+/// With a small share, the map evicts the oldest copies nobody read: it keeps the latest writes.
+const READ_AGAIN_SHARE: f64 = 0.05;
 
 /// Copies of recently written payments by id; cheap to clone (one shared cache). A plain bounded
 /// map: every checkout and every settled pingback writes to it, so a write must cost little.
@@ -22,11 +28,23 @@ pub struct RecentPayments {
 
 impl Default for RecentPayments {
     fn default() -> Self {
-        Self { copies: Arc::new(Cache::new(CAPACITY)) }
+        Self::with_capacity(CAPACITY)
     }
 }
 
 impl RecentPayments {
+    fn with_capacity(capacity: usize) -> Self {
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(capacity)
+            .weight_capacity(capacity as u64)
+            .hot_allocation(READ_AGAIN_SHARE)
+            .build()
+            .expect("a valid capacity and share");
+        Self {
+            copies: Arc::new(Cache::with_options(options, Default::default(), Default::default(), Default::default())),
+        }
+    }
+
     /// `payment` as it was just committed.
     pub fn wrote(&self, payment: &Payment) {
         self.copies.insert(payment.payment_id.clone(), Arc::new(payment.clone()));
@@ -40,5 +58,45 @@ impl RecentPayments {
     /// The copy turned out stale.
     pub fn forget(&self, payment_id: &str) {
         self.copies.remove(payment_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::{PaymentStatus, fixtures};
+
+    fn written(recent: &RecentPayments, n: usize) -> Payment {
+        let mut payment = fixtures::payment(PaymentStatus::Ready, 100, 0, 0);
+        payment.payment_id = format!("pay_{n}");
+        recent.wrote(&payment);
+        payment
+    }
+
+    /// Checkouts keep coming after the map is full, and each pingback reads the copy its checkout
+    /// left: the latest writes must be there, however many came before them.
+    #[test]
+    fn the_latest_copies_are_kept_after_the_map_filled() {
+        let capacity = 2_000;
+        let recent = RecentPayments::with_capacity(capacity);
+        for n in 0..3 * capacity {
+            written(&recent, n);
+        }
+        let latest = (2 * capacity..3 * capacity).rev().take(capacity / 2);
+        let missing: Vec<usize> = latest.filter(|n| recent.get(&format!("pay_{n}")).is_none()).collect();
+        assert!(missing.is_empty(), "{} of the latest {} copies are gone: {missing:?}", missing.len(), capacity / 2);
+    }
+
+    /// A copy read and written again (a pingback settling its payment) is the newer one.
+    #[test]
+    fn a_copy_written_again_replaces_the_earlier_one() {
+        let recent = RecentPayments::with_capacity(100);
+        let mut payment = written(&recent, 1);
+        assert_eq!(recent.get("pay_1").map(|p| p.status), Some(PaymentStatus::Ready));
+        payment.status = PaymentStatus::Paid;
+        recent.wrote(&payment);
+        assert_eq!(recent.get("pay_1").map(|p| p.status), Some(PaymentStatus::Paid));
+        recent.forget("pay_1");
+        assert!(recent.get("pay_1").is_none());
     }
 }
