@@ -95,15 +95,30 @@ fn own_cpu() -> Duration {
     cpu_of("/proc/self/stat")
 }
 
-/// CPU used so far by every PostgreSQL process on this machine (the server's backends included).
-fn postgres_cpu() -> Duration {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+/// CPU used so far by each PostgreSQL process on this machine (the server's backends included), by
+/// process id.
+fn postgres_cpu() -> std::collections::HashMap<String, Duration> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Default::default() };
     entries
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
         .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres"))
-        .map(|e| cpu_of(&e.path().join("stat").to_string_lossy()))
-        .sum()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), run_time_of(&e.path().join("schedstat"))))
+        .collect()
+}
+
+/// Time on a CPU of a single-threaded process, in nanoseconds (`/proc/<pid>/schedstat`): a
+/// backend of the floor's 64 runs for a few milliseconds a round, below `stat`'s 10 ms ticks.
+fn run_time_of(schedstat: &std::path::Path) -> Duration {
+    let text = std::fs::read_to_string(schedstat).unwrap_or_default();
+    Duration::from_nanos(text.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
+}
+
+/// PostgreSQL CPU since `before`, per process, so that a backend exiting during the round (the
+/// previous round's pool closing) does not take its earlier CPU out of the sum. A process that
+/// exits during the round takes its CPU of the round with it: rounds keep their connections.
+fn postgres_cpu_since(before: &std::collections::HashMap<String, Duration>) -> Duration {
+    postgres_cpu().into_iter().map(|(pid, now)| now.saturating_sub(before.get(&pid).copied().unwrap_or_default())).sum()
 }
 
 struct Gate {
@@ -451,7 +466,7 @@ struct Meter<'a> {
     server: Option<&'a Proc>,
     generator: Duration,
     server_cpu: Duration,
-    postgres: Duration,
+    postgres: std::collections::HashMap<String, Duration>,
 }
 
 impl<'a> Meter<'a> {
@@ -472,9 +487,8 @@ impl<'a> Meter<'a> {
             latencies,
             generator_cpu: own_cpu().saturating_sub(self.generator),
             server_cpu: self.server.map_or(Duration::ZERO, Proc::cpu).saturating_sub(self.server_cpu),
-            // Backends that exit during a round take their CPU out of the sum: the tool assumes a
-            // machine where only the benchmark uses PostgreSQL.
-            postgres_cpu: postgres_cpu().saturating_sub(self.postgres),
+            // The tool assumes a machine where only the benchmark uses PostgreSQL.
+            postgres_cpu: postgres_cpu_since(&self.postgres),
             log_reads: 0.0,
         }
     }
