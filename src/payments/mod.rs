@@ -179,8 +179,8 @@ impl ChangeStatement {
                 now: event.created_at,
             };
             let q = queued.values();
-            let data = WebhookData::of(outbox::EVENT_ID_HOLE.to_owned(), p, *detail);
-            let (head, tail) = outbox::payload_around_event_id(kind.as_str(), &data, queued.now)?;
+            let data = WebhookData::of(outbox::EVENT_ID_HOLE.to_owned(), outbox::PAYMENT_HOLE, *detail);
+            let body = outbox::payload_around_event_and_payment(kind.as_str(), &data, queued.now)?;
             rows.push(ChangeRow {
                 n,
                 moves: *moves,
@@ -205,8 +205,9 @@ impl ChangeStatement {
                 delivery_id: q.delivery_id,
                 type_pattern: q.type_pattern,
                 family_pattern: q.family_pattern,
-                head,
-                tail,
+                head: body.head,
+                between: body.between,
+                tail: body.tail,
             });
         }
         let rows = serde_json::to_string(&rows).map_err(|e| PaymentError::Corrupt(e.to_string()))?;
@@ -222,14 +223,15 @@ impl ChangeStatement {
             ][n]
                 .to_owned()
         };
-        let payload = "i.head || event.txid || '-' || event.event_id || i.tail";
+        // The body around the id the event gets here and the payment its snapshot holds.
+        let payload = "i.head || event.txid || '-' || event.event_id || i.between || i.snapshot || i.tail";
         let also = if also.is_empty() { String::new() } else { format!(", {also}") };
         let sql = format!(
             "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, moves boolean, payment_id text, \
                version_before bigint, status text, provider_ref text, is_test bigint, subscription_id text, \
                cancelled_amount bigint, pending_cancel_amount bigint, version bigint, updated_at bigint, paid_at bigint, \
                failed_at bigint, cancelled_at bigint, merchant_id text, kind text, snapshot text, detail text, \
-               event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, tail text)), \
+               event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, between text, tail text)), \
              moved AS (UPDATE payments SET status = i.status, provider_ref = i.provider_ref, is_test = i.is_test, \
                subscription_id = i.subscription_id, cancelled_amount = i.cancelled_amount, \
                pending_cancel_amount = i.pending_cancel_amount, version = i.version, updated_at = i.updated_at, \
@@ -295,23 +297,24 @@ struct ChangeRow<'a> {
     type_pattern: String,
     family_pattern: String,
     head: String,
+    between: String,
     tail: String,
 }
 
-/// The webhook's `data` object for a change: its event's id first, the payment as it now is, and
-/// the cancellation or subscription the event is about.
+/// The webhook's `data` object for a change: its event's id first, the payment as it now is (or
+/// where it goes), and the cancellation or subscription the event is about.
 #[derive(serde::Serialize)]
-struct WebhookData<'a> {
+struct WebhookData<'a, P: serde::Serialize> {
     event_id: String,
-    payment: &'a Payment,
+    payment: P,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancellation: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subscription: Option<&'a serde_json::Value>,
 }
 
-impl<'a> WebhookData<'a> {
-    fn of(event_id: String, payment: &'a Payment, detail: Option<&'a event_log::EventDetail>) -> Self {
+impl<'a, P: serde::Serialize> WebhookData<'a, P> {
+    fn of(event_id: String, payment: P, detail: Option<&'a event_log::EventDetail>) -> Self {
         use event_log::EventDetail;
         let (cancellation, subscription) = match detail {
             Some(EventDetail::Cancellation(value)) => (Some(value), None),

@@ -101,20 +101,44 @@ fn payload(event_type: &str, data: &impl serde::Serialize, now: i64) -> Result<S
 /// `data.event_id` before any merchant text.
 pub const EVENT_ID_HOLE: &str = "\u{1}event_id\u{1}";
 
-/// The body of the webhook for an event whose id the database assigns in the statement that
-/// queues it: the text before the id and the text after it. `data` is as for `enqueue`, with
-/// [`EVENT_ID_HOLE`] as its `event_id`, serialized before any merchant text.
-pub fn payload_around_event_id(
+/// What `data.payment` holds when passed to `payload_around_event_and_payment`: where the
+/// payment's JSON goes. It follows `event_id`, and merchant text comes only after it.
+pub const PAYMENT_HOLE: &str = "\u{1}payment\u{1}";
+
+/// The body of a webhook cut where its event id and its payment go, for the statement that
+/// assigns the id and holds the payment's JSON already (the event's snapshot): the body is
+/// `head`, the id, `between`, the payment, `tail`. So the statement's parameters carry the
+/// payment once, not twice.
+#[derive(Debug)]
+pub struct BodyAround {
+    pub head: String,
+    pub between: String,
+    pub tail: String,
+}
+
+/// `data` is as for `enqueue`, with [`EVENT_ID_HOLE`] as its `event_id` and [`PAYMENT_HOLE`] as
+/// its `payment`, both serialized before any merchant text.
+pub fn payload_around_event_and_payment(
     event_type: &str,
     data: &impl serde::Serialize,
     now: i64,
-) -> Result<(String, String), WebhookError> {
-    let mut text = payload(event_type, data, now)?;
-    let marker = serde_json::to_string(EVENT_ID_HOLE).unwrap_or_default();
-    let hole = text.find(&marker).ok_or_else(|| WebhookError::Corrupt("a webhook body without its event id".into()))?;
-    let tail = format!("\"{}", &text[hole + marker.len()..]);
-    text.truncate(hole + 1);
-    Ok((text, tail))
+) -> Result<BodyAround, WebhookError> {
+    let text = payload(event_type, data, now)?;
+    let hole = |marker: &str, from: usize| {
+        let marker = serde_json::to_string(marker).unwrap_or_default();
+        text[from..]
+            .find(&marker)
+            .map(|at| (from + at, from + at + marker.len()))
+            .ok_or_else(|| WebhookError::Corrupt("a webhook body without its event id or payment".into()))
+    };
+    let (id_at, id_end) = hole(EVENT_ID_HOLE, 0)?;
+    let (payment_at, payment_end) = hole(PAYMENT_HOLE, id_end)?;
+    // The id goes inside the quotes of the marker's string; the payment replaces its whole string.
+    Ok(BodyAround {
+        head: text[..=id_at].to_owned(),
+        between: format!("\"{}", &text[id_end..payment_at]),
+        tail: text[payment_end..].to_owned(),
+    })
 }
 
 /// What a queued delivery row needs besides its payload.
@@ -460,20 +484,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_id_goes_where_event_id_is_and_nowhere_else() {
-        // Merchant text that looks like the hole, before and after `event_id`.
-        let data = |event_id: &str| {
+    fn the_id_and_the_payment_go_where_their_holes_are_and_nowhere_else() {
+        // Merchant text that looks like the holes, in the payment and after it.
+        let payment = serde_json::json!({ "order_name": EVENT_ID_HOLE, "custom": PAYMENT_HOLE, "payment_id": "pay_1" });
+        let data = |event_id: &str, payment: serde_json::Value| {
             serde_json::json!({
-                "cancellation": { "reason": "\"event_id\":\"x\"" },
                 "event_id": event_id,
-                "payment": { "order_name": EVENT_ID_HOLE, "payment_id": "pay_1" },
+                "payment": payment,
+                "subscription": { "reason": format!("\"event_id\":\"x\" {PAYMENT_HOLE}") },
             })
         };
-        let (head, tail) = payload_around_event_id("payment.paid", &data(EVENT_ID_HOLE), 0).unwrap();
-        let body: serde_json::Value = serde_json::from_str(&format!("{head}17-42{tail}")).expect("JSON");
-        let expected: serde_json::Value =
-            serde_json::from_str(&payload("payment.paid", &data("17-42"), 0).unwrap()).unwrap();
-        assert_eq!(body, expected);
+        let around =
+            payload_around_event_and_payment("payment.paid", &data(EVENT_ID_HOLE, PAYMENT_HOLE.into()), 0).unwrap();
+        let snapshot = serde_json::to_string(&payment).unwrap();
+        let body = format!("{}17-42{}{snapshot}{}", around.head, around.between, around.tail);
+        // Byte for byte what the body of the whole data is: receivers verify signatures over it.
+        assert_eq!(body, payload("payment.paid", &data("17-42", payment), 0).unwrap());
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(body["data"]["payment"]["order_name"], EVENT_ID_HOLE);
+        assert_eq!(body["data"]["event_id"], "17-42");
+    }
+
+    #[test]
+    fn a_body_without_its_holes_is_refused() {
+        let data = serde_json::json!({ "event_id": EVENT_ID_HOLE, "payment": {} });
+        assert!(payload_around_event_and_payment("payment.paid", &data, 0).is_err());
     }
 }
