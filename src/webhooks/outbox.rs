@@ -96,9 +96,9 @@ fn payload(event_type: &str, data: &impl serde::Serialize, now: i64) -> Result<S
     serde_json::to_string(&body).map_err(|e| WebhookError::Corrupt(e.to_string()))
 }
 
-/// What `data.event_id` holds when passed to `payload_around_event_id`: where the id goes. The
-/// body's first occurrence of it is the id's, as the body writes `type`, `timestamp` and then
-/// `data.event_id` before any merchant text.
+/// What `data.event_id` holds when passed to `payload_around_event_and_payment`: where the id
+/// goes. The body's first occurrence of it is the id's, as the body writes `type`, `timestamp` and
+/// then `data.event_id` before any merchant text.
 pub const EVENT_ID_HOLE: &str = "\u{1}event_id\u{1}";
 
 /// What `data.payment` holds when passed to `payload_around_event_and_payment`: where the
