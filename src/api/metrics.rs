@@ -4,14 +4,21 @@
 //! is when it opens).
 
 use std::{
+    collections::HashSet,
     pin::Pin,
+    sync::LazyLock,
     task::{Context, Poll},
     time::Instant,
 };
 
+use prost::Message;
+use prost_types::FileDescriptorSet;
+
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use crate::proto;
 
 #[derive(Clone, Default)]
 pub struct MetricsLayer;
@@ -29,14 +36,35 @@ pub struct Metrics<S> {
     inner: S,
 }
 
-/// Only paths this server serves become label values, so a caller cannot grow the label set.
-fn method_label(path: &str) -> String {
-    let known = ["/paygate.v1.", "/grpc.health.v1.", "/grpc.reflection."];
-    if known.iter().any(|p| path.starts_with(p)) && path.len() <= 100 {
-        path.trim_start_matches('/').to_owned()
-    } else {
-        "other".to_owned()
-    }
+/// The label of every request that is not a method this server serves: unknown paths are
+/// answered before authentication, so a label per path would let anyone grow the label set (and
+/// the process) without bound.
+const OTHER: &str = "other";
+
+/// `package.Service/Method` of every method this server serves, from the descriptors it was built
+/// with (paygate's, health's and reflection's): the only label values besides `OTHER`.
+static SERVED_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    [
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .filter_map(|encoded| FileDescriptorSet::decode(encoded).ok())
+    .flat_map(|set| set.file)
+    .flat_map(|file| {
+        let package = file.package().to_owned();
+        file.service.into_iter().flat_map(move |service| {
+            let prefix = format!("{package}.{}/", service.name());
+            service.method.into_iter().map(move |method| format!("{prefix}{}", method.name()))
+        })
+    })
+    .collect()
+});
+
+fn method_label(path: &str) -> &'static str {
+    path.strip_prefix('/').and_then(|method| SERVED_METHODS.get(method)).map_or(OTHER, String::as_str)
 }
 
 impl<S, B> Service<http::Request<B>> for Metrics<S>
@@ -73,7 +101,7 @@ where
                 Err(_) => "transport_error".to_owned(),
             };
             record.record("rpc.grpc.status_code", code.as_str());
-            metrics::histogram!("paygate_grpc_request_duration_seconds", "method" => method.clone())
+            metrics::histogram!("paygate_grpc_request_duration_seconds", "method" => method)
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("paygate_grpc_requests_total", "method" => method, "code" => code).increment(1);
             response
@@ -86,8 +114,26 @@ mod tests {
     use super::method_label;
 
     #[test]
-    fn unknown_paths_share_one_label() {
-        assert_eq!(method_label("/paygate.v1.PaymentService/GetPayment"), "paygate.v1.PaymentService/GetPayment");
-        assert_eq!(method_label("/evil/random-1234"), "other");
+    fn only_served_methods_are_labels() {
+        for served in [
+            "paygate.v1.PaymentService/GetPayment",
+            "paygate.v1.MerchantService/CreateApiKey",
+            "grpc.health.v1.Health/Check",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(method_label(&format!("/{served}")), served);
+        }
+        // Under a served package or service, but not served: one label for all of them.
+        for unknown in [
+            "/evil/random-1234",
+            "/paygate.v1.0123456789abcdef/fedcba9876543210",
+            "/paygate.v1.PaymentService/NoSuchMethod",
+            "/paygate.v1.PaymentService/GetPayment/extra",
+            "paygate.v1.PaymentService/GetPayment",
+            "/grpc.health.v1.Health/",
+        ] {
+            assert_eq!(method_label(unknown), "other", "{unknown}");
+        }
     }
 }

@@ -341,3 +341,50 @@ fn the_demo_reaches_paid_on_its_own_and_stops_on_sigterm() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The resident memory of a process, from /proc (Linux), in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS line");
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS in kB") * 1024
+}
+
+/// Calls to methods paygate does not serve, with no credentials, each under a path of its own: they
+/// all count as one `other` label, so neither the process nor /metrics grows with them.
+/// `PAYGATE_TEST_UNKNOWN_CALLS` sets how many (the figure is 50,000); it prints the growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_unknown_methods_share_one_metric_label() {
+    let calls: usize = std::env::var("PAYGATE_TEST_UNKNOWN_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gate = Paygate::start(&db, &[]);
+    let other = [("method", "other")];
+    let before = metric_series(&gate, "paygate_grpc_requests_total", &other).await;
+    let rss_before = resident_bytes(gate.process.pid());
+    let metrics_before = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap().len();
+
+    let mut grpc = tonic::client::Grpc::new(gate.grpc().await);
+    for i in 0..calls {
+        let path = format!("/paygate.v1.{:060x}/{:016x}", i as u128 * 7919, i);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let status = grpc
+            .unary(tonic::Request::new(()), path.parse().unwrap(), codec)
+            .await
+            .expect_err("no such method, and no credentials");
+        assert!(matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::Unimplemented), "{status:?}");
+    }
+
+    let text = http_client().get(gate.http_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let after = metric_series(&gate, "paygate_grpc_requests_total", &other).await;
+    assert_eq!(after - before, calls as f64, "every unknown call counted under method=\"other\"");
+    assert!(!text.contains(&format!("{:016x}", 1)), "no label names a path a caller made up");
+    let series = text.lines().filter(|l| l.starts_with("paygate_grpc_requests_total{")).count();
+    assert!(series < 20, "{series} series of paygate_grpc_requests_total");
+    eprintln!(
+        "{calls} unknown calls: resident {} -> {} KiB, /metrics {} -> {} bytes",
+        rss_before / 1024,
+        resident_bytes(gate.process.pid()) / 1024,
+        metrics_before,
+        text.len()
+    );
+}
