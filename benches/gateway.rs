@@ -173,6 +173,7 @@ fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
         .env("PAYGATE_MAX_STREAMS_PER_MERCHANT", "20000")
         // The load comes from one key; its rate limit is not what is measured.
         .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "0")
+        .env("PAYGATE_API_MERCHANT_RATE_LIMIT_PER_SECOND", "0")
         .env("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "0");
     let (proc, json) = start_until_ready(cmd, "paygate ready");
     Gate {

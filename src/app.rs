@@ -34,7 +34,7 @@ use crate::{
         },
     },
     providers::{ProviderHttp, paymentwall::Paymentwall},
-    ratelimit::{Limiter, Rate},
+    ratelimit::{FailureLimit, Limiter, Rate},
     secrets::{KeySources, MasterKeys},
     store::{
         Db, StoreError,
@@ -84,7 +84,8 @@ pub fn connect_redis(settings: &Settings) -> Result<Option<RedisHandle>, AppErro
 
 /// Merchants, with the verified-key cache over the database and (when configured) Redis.
 pub fn merchants(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Merchants {
-    Merchants::new(db.clone(), KeyCache::new(db.clone(), redis, ms(settings.auth_cache_ttl_ms.max(1))))
+    let keys = KeyCache::new(db.clone(), redis, ms(settings.auth_cache_ttl_ms.max(1)));
+    Merchants::new(db.clone(), keys, settings.max_api_keys_per_merchant)
 }
 
 /// The admin token must be long, and must not be mistakable for an API key.
@@ -141,7 +142,7 @@ struct Parts {
     hub: Arc<Hub>,
     merchants: Merchants,
     cache: ChannelCache,
-    per_key_limit: Option<Limiter>,
+    limits: RateLimits,
     webhook_settings: WebhookSettings,
     new_payments: NewPayments,
 }
@@ -221,11 +222,11 @@ async fn start(
     let channels =
         Channels::new(db.clone(), cache.clone(), settings.provider_allow_private_targets, providers.config_rules());
     let merchants = merchants(&settings, &db, redis.clone());
-    let (per_key_limit, pingback_refusals) = rate_limits(&settings, &redis);
+    let limits = rate_limits(&settings, &redis);
+    let pingback_refusals = limits.pingback_refusals.clone();
     cache.spawn_background(stop_rx.clone());
     merchants.key_cache().spawn_background(stop_rx.clone());
-    let limiters = [per_key_limit.clone(), pingback_refusals.clone()].into_iter().flatten().collect();
-    spawn_limiter_upkeep(limiters, stop_rx.clone());
+    spawn_limiter_upkeep(limits.all(), stop_rx.clone());
     let hub = Hub::new(settings.stream_buffer, settings.max_streams_per_merchant);
     // Before serving: a stream resuming now must not start from an unset position.
     hub.start_at_head(&db).await.map_err(|e| AppError::Events(e.to_string()))?;
@@ -257,7 +258,7 @@ async fn start(
         shutting_down: Default::default(),
         dependencies: Default::default(),
     };
-    let parts = Parts { state, hub, merchants, cache, per_key_limit, webhook_settings, new_payments };
+    let parts = Parts { state, hub, merchants, cache, limits, webhook_settings, new_payments };
     Ok((parts, dispatcher))
 }
 
@@ -268,14 +269,16 @@ fn grpc_server(
     incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static, AppError> {
-    let Parts { state, hub, merchants, cache, per_key_limit, webhook_settings, new_payments } = parts;
+    let Parts { state, hub, merchants, cache, limits, webhook_settings, new_payments } = parts;
     let providers = &state.providers;
     let (s, db, channels) = (&state.settings, &state.db, &state.channels);
     let auth = AuthSettings {
         merchants: merchants.clone(),
         admin_token: s.admin_token.clone(),
         trusted_proxies: s.trusted_proxies.clone(),
-        per_key_limit: per_key_limit.clone(),
+        per_key_limit: limits.per_key.clone(),
+        per_merchant_limit: limits.per_merchant.clone(),
+        failures: limits.auth_failures.clone(),
         keys: cache.keys_arc(),
     };
     let reflection = || {
@@ -369,17 +372,44 @@ fn grpc_web_cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, A
     ))
 }
 
-/// The per-key and refused-pingback rate limits (either off when its rate is 0).
-fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> (Option<Limiter>, Option<Limiter>) {
+/// The rate limits (each off when its rate is 0).
+struct RateLimits {
+    per_key: Option<Limiter>,
+    per_merchant: Option<Limiter>,
+    auth_failures: Option<FailureLimit>,
+    pingback_refusals: Option<Limiter>,
+}
+
+impl RateLimits {
+    fn all(&self) -> Vec<Limiter> {
+        let failures = self.auth_failures.as_ref().map(|f| f.limiter().clone());
+        [self.per_key.clone(), self.per_merchant.clone(), failures, self.pingback_refusals.clone()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> RateLimits {
     let rate = |per_second, burst| Rate { per_second, burst };
-    (
-        Limiter::new("api_key", rate(s.api_rate_limit_per_second, s.api_rate_limit_burst), redis.clone()),
-        Limiter::new(
+    RateLimits {
+        per_key: Limiter::new("api_key", rate(s.api_rate_limit_per_second, s.api_rate_limit_burst), redis.clone()),
+        per_merchant: Limiter::new(
+            "api_merchant",
+            rate(s.api_merchant_rate_limit_per_second, s.api_merchant_rate_limit_burst),
+            redis.clone(),
+        ),
+        auth_failures: FailureLimit::new(
+            "auth_failures",
+            rate(s.auth_failure_rate_per_second, s.auth_failure_burst),
+            redis.clone(),
+        ),
+        pingback_refusals: Limiter::new(
             "pingback_refusals",
             rate(s.pingback_refusal_rate_per_second, s.pingback_refusal_burst),
             redis.clone(),
         ),
-    )
+    }
 }
 
 fn webhook_settings(s: &Settings) -> WebhookSettings {

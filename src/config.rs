@@ -83,6 +83,17 @@ pub struct Settings {
     /// Per API key, shared by every replica through Redis: requests per second and burst. 0: off.
     pub api_rate_limit_per_second: u32,
     pub api_rate_limit_burst: u32,
+    /// Per top-level merchant (its sub-merchants' keys included), beside the per-key limit, so
+    /// more keys do not mean more calls: requests per second and burst. 0: off.
+    pub api_merchant_rate_limit_per_second: u32,
+    pub api_merchant_rate_limit_burst: u32,
+    /// Live (neither revoked nor expired) API keys one merchant may hold; CreateApiKey refuses more.
+    pub max_api_keys_per_merchant: u32,
+    /// Per source address: failed authentications (unknown keys, bad tokens) per second and burst;
+    /// past them, the address's calls are refused before any lookup, except with a key already
+    /// verified in the cache. 0: off.
+    pub auth_failure_rate_per_second: u32,
+    pub auth_failure_burst: u32,
     /// Per source address: refused pingbacks (bad signature, unknown channel, source not allowed,
     /// malformed) per second and burst before further refusals are answered 429. Valid pingbacks
     /// are never limited. 0: off.
@@ -177,6 +188,11 @@ impl Default for Settings {
             auth_cache_ttl_ms: 10_000,
             api_rate_limit_per_second: 100,
             api_rate_limit_burst: 200,
+            api_merchant_rate_limit_per_second: 500,
+            api_merchant_rate_limit_burst: 1_000,
+            max_api_keys_per_merchant: 100,
+            auth_failure_rate_per_second: 5,
+            auth_failure_burst: 50,
             pingback_refusal_rate_per_second: 5,
             pingback_refusal_burst: 20,
             trusted_proxies: Vec::new(),

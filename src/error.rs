@@ -108,6 +108,7 @@ impl From<MerchantError> for Status {
                 Status::failed_precondition(err.to_string())
             }
             MerchantError::AdminOnly(_) => Status::permission_denied(err.to_string()),
+            MerchantError::TooManyKeys { .. } => Status::resource_exhausted(err.to_string()),
             MerchantError::Invalid(invalid) => invalid.into(),
             MerchantError::Store(store) => store.into(),
         }
@@ -140,7 +141,9 @@ impl From<AuthError> for Status {
             AuthError::AddressNotAllowed(_) | AuthError::AdminTokenNotAKey | AuthError::ClientTokenNotAllowed(_) => {
                 Status::permission_denied(err.to_string())
             }
-            AuthError::RateLimited { retry_after, .. } => Status::with_error_details(
+            AuthError::RateLimited { retry_after, .. }
+            | AuthError::MerchantRateLimited { retry_after, .. }
+            | AuthError::TooManyFailures { retry_after } => Status::with_error_details(
                 Code::ResourceExhausted,
                 err.to_string(),
                 ErrorDetails::with_retry_info(Some(retry_after)),

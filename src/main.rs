@@ -126,9 +126,7 @@ async fn run_admin(settings: &Settings, admin: Admin) -> Result<(), String> {
         Admin::CreateMerchant { name, parent } => {
             let created = merchants.create_merchant(&cli, &name, parent.as_deref()).await.map_err(|e| e.to_string())?;
             // The process ends next: the parent's keys must hear of their new scope first.
-            if parent.is_some() {
-                merchants.key_cache().invalidate_and_wait().await;
-            }
+            merchants.key_cache().flush().await;
             println!("{}", serde_json::to_string(&created).map_err(|e| e.to_string())?);
         }
         Admin::CreateApiKey { merchant, name, expires_in } => {
@@ -156,7 +154,7 @@ async fn run_admin(settings: &Settings, admin: Admin) -> Result<(), String> {
         Admin::RevokeApiKey { key_id } => {
             let key = merchants.get_api_key(&key_id).await.map_err(|e| e.to_string())?;
             let revoked = merchants.revoke_api_key(&cli, &key).await.map_err(|e| e.to_string())?;
-            merchants.key_cache().invalidate_and_wait().await;
+            merchants.key_cache().flush().await;
             println!("{}", key_json(&revoked));
         }
         Admin::RotateMasterKey => {

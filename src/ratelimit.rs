@@ -3,6 +3,9 @@
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
+use moka::future::Cache;
+use tokio::time::Instant;
+
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
@@ -71,6 +74,54 @@ impl Limiter {
     }
 }
 
+/// Failures counted per key (a source address) in a `Limiter`'s buckets. Once a key's bucket is
+/// empty the key is blocked until the bucket has a token again, and a blocked key is refused from
+/// memory, before any work or any Redis call.
+#[derive(Clone)]
+pub struct FailureLimit {
+    limiter: Limiter,
+    /// Key -> blocked until. Bounded: an attacker with more addresses than this only gets the
+    /// shared buckets' answer for the ones evicted.
+    blocked: Cache<String, Instant>,
+}
+
+/// Blocked keys remembered at once.
+const BLOCKED_KEYS: u64 = 10_000;
+
+impl FailureLimit {
+    /// `None` when the limit is off.
+    pub fn new(scope: &'static str, rate: Rate, redis: Option<RedisHandle>) -> Option<Self> {
+        let limiter = Limiter::new(scope, rate, redis)?;
+        // A block lasts until the bucket's next token: at most one refill interval of a burst.
+        let longest = Duration::from_secs(u64::from(rate.burst.max(1)).div_ceil(u64::from(rate.per_second)).max(1));
+        let blocked = Cache::builder().max_capacity(BLOCKED_KEYS).time_to_live(longest).build();
+        Some(Self { limiter, blocked })
+    }
+
+    /// How much longer `key` is blocked, if it is.
+    pub async fn blocked(&self, key: &str) -> Option<Duration> {
+        let left = self.blocked.get(key).await?.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        metrics::counter!("paygate_rate_limited_total", "scope" => self.limiter.inner.scope).increment(1);
+        Some(left)
+    }
+
+    /// Counts a failure of `key`; `Err(wait)` when its bucket was empty: the key is blocked for `wait`.
+    pub async fn record(&self, key: &str) -> Result<(), Duration> {
+        let verdict = self.limiter.check(key).await;
+        if let Err(wait) = verdict {
+            self.blocked.insert(key.to_owned(), Instant::now() + wait).await;
+        }
+        verdict
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +137,20 @@ mod tests {
         // Buckets are per key.
         assert!(limiter.check("other").await.is_ok());
         assert!(Limiter::new("off", Rate { per_second: 0, burst: 10 }, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_out_of_failures_is_blocked_until_its_next_token() {
+        let failures = FailureLimit::new("test", Rate { per_second: 10, burst: 2 }, None).unwrap();
+        assert_eq!(failures.blocked("a").await, None);
+        assert!(failures.record("a").await.is_ok());
+        assert!(failures.record("a").await.is_ok());
+        assert_eq!(failures.blocked("a").await, None, "the burst is allowed");
+        let wait = failures.record("a").await.unwrap_err();
+        let left = failures.blocked("a").await.expect("blocked once the bucket is empty");
+        assert!(left <= wait && wait <= Duration::from_millis(100), "{left:?} of {wait:?}");
+        assert_eq!(failures.blocked("b").await, None, "per key");
+        tokio::time::sleep(wait).await;
+        assert_eq!(failures.blocked("a").await, None, "a token came back");
     }
 }

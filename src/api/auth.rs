@@ -1,7 +1,9 @@
 //! Authentication as a tower layer. Every RPC needs `authorization: Bearer <credential>`, except
 //! health checks and reflection, which load balancers and `grpcurl` call without credentials.
 //! The credential is the admin token (MerchantService only) or a merchant's API key, which must be
-//! live, used from an address its merchant's allowlist admits, and within its rate limit.
+//! live, used from an address its merchant's allowlist admits, and within its own rate limit and
+//! its top-level merchant's. An address whose credentials keep failing is refused before any
+//! lookup for a while (a key already verified in the cache still works from it).
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -22,7 +24,7 @@ use crate::{
         client_tokens::{self, PaymentGrant},
     },
     net::client_ip,
-    ratelimit::Limiter,
+    ratelimit::{FailureLimit, Limiter},
     secrets::MasterKeys,
     store::now_ms,
 };
@@ -39,6 +41,10 @@ pub struct AuthSettings {
     pub admin_token: Option<SecretString>,
     pub trusted_proxies: Vec<IpNet>,
     pub per_key_limit: Option<Limiter>,
+    /// Per top-level merchant, all its keys and its sub-merchants' together.
+    pub per_merchant_limit: Option<Limiter>,
+    /// Failed authentications per source address.
+    pub failures: Option<FailureLimit>,
     /// Verifies payment client tokens.
     pub keys: Arc<MasterKeys>,
 }
@@ -74,8 +80,37 @@ impl AuthSettings {
         self.admin_token.as_ref().is_some_and(|t| bool::from(token.as_bytes().ct_eq(t.expose_secret().as_bytes())))
     }
 
-    /// Who is calling, or why not.
+    /// Who is calling, or why not. An address out of failures is refused before any lookup, but for
+    /// an API key the cache already holds; each failure that could be a guess counts.
     async fn principal(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Authenticated, AuthError> {
+        let Some(failures) = &self.failures else { return self.authenticate(path, authorization, address).await };
+        let source = address.to_string();
+        if let Some(retry_after) = failures.blocked(&source).await {
+            let cached = match merchants::bearer_token(authorization) {
+                Ok(token) => self.merchants.key_cache().authenticate_cached(token, address).await,
+                Err(_) => None,
+            };
+            return match cached {
+                Some(Ok(caller)) => self.admit(caller).await,
+                _ => Err(AuthError::TooManyFailures { retry_after }),
+            };
+        }
+        let result = self.authenticate(path, authorization, address).await;
+        if let Err(err) = &result
+            && err.is_guess()
+            && let Err(retry_after) = failures.record(&source).await
+        {
+            return Err(AuthError::TooManyFailures { retry_after });
+        }
+        result
+    }
+
+    async fn authenticate(
         &self,
         path: &str,
         authorization: Option<&str>,
@@ -93,10 +128,20 @@ impl AuthSettings {
             };
         }
         let caller = self.merchants.authenticate(token, address).await?;
+        self.admit(caller).await
+    }
+
+    /// A verified key's call, within the key's rate limit and its top-level merchant's.
+    async fn admit(&self, caller: Caller) -> Result<Authenticated, AuthError> {
         if let Some(limiter) = &self.per_key_limit
             && let Err(retry_after) = limiter.check(&caller.key_id).await
         {
             return Err(AuthError::RateLimited { key_id: caller.key_id, retry_after });
+        }
+        if let Some(limiter) = &self.per_merchant_limit
+            && let Err(retry_after) = limiter.check(&caller.top_merchant_id).await
+        {
+            return Err(AuthError::MerchantRateLimited { merchant_id: caller.top_merchant_id, retry_after });
         }
         Ok(Authenticated::Principal(Principal::Merchant(caller)))
     }
@@ -180,6 +225,7 @@ where
 fn client_caller(grant: &PaymentGrant, address: IpAddr) -> Caller {
     Caller {
         merchant_id: grant.merchant_id.clone(),
+        top_merchant_id: grant.merchant_id.clone(),
         scope: vec![grant.merchant_id.clone()],
         key_id: grant.key_id.clone(),
         address,

@@ -107,11 +107,21 @@ struct AllowlistRow {
     parent_list: Option<String>,
 }
 
-pub(super) async fn set(db: &Db, actor: &Actor, merchant_id: &str, blocks: &[IpNet]) -> Result<(), MerchantError> {
+/// Sets the merchant's own blocks; false when they already were these (in any order): then nothing
+/// is written or audited, and no cached key needs to change.
+pub(super) async fn set(db: &Db, actor: &Actor, merchant_id: &str, blocks: &[IpNet]) -> Result<bool, MerchantError> {
     let json = serde_json::to_string(&blocks.iter().map(ToString::to_string).collect::<Vec<_>>())
         .unwrap_or_else(|_| "[]".to_owned());
     let now = now_ms();
     let mut tx = db.pool().begin().await?;
+    let stored = sqlx::query_scalar::<_, Option<String>>("SELECT api_allowlist FROM merchants WHERE merchant_id = $1")
+        .bind(merchant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(MerchantError::NotFound)?;
+    if same_blocks(&decode(stored.as_deref()), blocks) {
+        return Ok(false);
+    }
     let done =
         sqlx::query("UPDATE merchants SET api_allowlist = $1, api_allowlist_updated_at = $2 WHERE merchant_id = $3")
             .bind(json)
@@ -131,7 +141,14 @@ pub(super) async fn set(db: &Db, actor: &Actor, merchant_id: &str, blocks: &[IpN
     };
     audit::record(&mut tx, &entry, now).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
+}
+
+fn same_blocks(stored: &[IpNet], new: &[IpNet]) -> bool {
+    let (mut stored, mut new) = (stored.to_vec(), new.to_vec());
+    stored.sort();
+    new.sort();
+    stored == new
 }
 
 #[cfg(test)]

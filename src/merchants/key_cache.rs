@@ -1,15 +1,18 @@
 //! Verified API keys, cached so that authentication costs no database query per RPC. Revocation
-//! beats the cache: every change that can refuse a key (revoke, allowlist, sub-merchants) drops
-//! the whole in-process cache here and, through Redis pub/sub, on every replica.
+//! beats the cache: a change that can refuse a key (a revocation, an allowlist change, a new
+//! sub-merchant) makes the cached keys of that merchant and its sub-merchants stale, here and,
+//! through Redis pub/sub, on every replica. Other merchants' cached keys stay: no merchant can
+//! empty the cache for everyone.
 //!
 //! Staleness bounds, for a replica other than the writer: with Redis up, the pub/sub delivery time
 //! (milliseconds); with Redis down or the announcement lost, the cache TTL (`auth_cache_ttl_ms`).
-//! A replica that (re)subscribes drops its cache, since it may have missed announcements.
+//! A replica that (re)subscribes treats every entry as stale, since it may have missed announcements.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,6 +20,7 @@ use std::{
 
 use ipnet::IpNet;
 use moka::future::Cache;
+use tokio::task::JoinSet;
 
 use super::{
     AuthError, Caller, allowlist,
@@ -28,42 +32,115 @@ use crate::store::{
 };
 
 const INVALIDATION_CHANNEL: &str = "api_keys:invalidate";
+/// An announcement that concerns every merchant (what releases before per-merchant invalidation sent).
+const EVERY_MERCHANT: &str = "*";
 /// `last_used_at` is written at most this often per key and replica.
 const TOUCH_EVERY_MS: i64 = 60_000;
 /// Longer than any key this server issues: refused before hashing or lookup.
 const MAX_KEY_LEN: usize = 64;
+const KNOWN_KEYS: u64 = 100_000;
+/// Digests that match no key have a small cache of their own, so made-up keys cannot evict real ones.
+const UNKNOWN_DIGESTS: u64 = 10_000;
+/// Merchants' invalidations remembered before the ones older than the TTL are forgotten.
+const REMEMBERED_INVALIDATIONS: usize = 1_000;
 
-/// What a long-lived session re-checks about the key it was opened with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyState {
-    revoked: bool,
-    expires_at: Option<i64>,
-    /// The cache generation when it was read from the database, and when (Unix ms): it is good
-    /// while no invalidation came since and for at most the TTL, in the cache or out of it.
-    generation: u64,
-    read_at: i64,
-}
-
-impl KeyState {
-    fn current(&self, generation: u64, ttl: Duration, now: i64) -> bool {
-        self.generation == generation && now - self.read_at < ttl.as_millis() as i64
-    }
-}
-
-/// A key as verified against the database: enough to decide every later call without it.
+/// A key as read from the database: enough to decide every later call without it.
+#[derive(Debug)]
 struct VerifiedKey {
     key_id: String,
     merchant_id: String,
+    parent_id: Option<String>,
     scope: Vec<String>,
     expires_at: Option<i64>,
     revoked: bool,
     /// The merchant's own blocks and its parent's: a call must pass both.
     allowlist: Vec<IpNet>,
     parent_allowlist: Vec<IpNet>,
-    /// The cache generation (count of invalidations) when it was read from the database, and when.
+    /// The invalidation count when it was read from the database, and when (Unix ms): it is good
+    /// while no invalidation of its merchant (or parent) came since, and for at most the TTL.
     generation: u64,
     read_at: i64,
     last_touched: AtomicI64,
+}
+
+/// What a long-lived session (an open stream) re-checks about the key it was opened with: the key
+/// as authentication found it, and the address the session was opened from.
+#[derive(Debug, Clone)]
+pub struct KeyState {
+    key: Arc<VerifiedKey>,
+    address: IpAddr,
+}
+
+impl PartialEq for KeyState {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.key, &other.key) && self.address == other.address
+    }
+}
+
+impl Eq for KeyState {}
+
+/// Why a key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("no such key")]
+    NoSuchKey,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for LoadError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// Counts invalidations and remembers each merchant's latest for a TTL: an entry read before its
+/// merchant's (or parent's) latest invalidation, or before the latest of everything, is stale.
+#[derive(Default)]
+struct Invalidations {
+    count: AtomicU64,
+    /// The count after the latest invalidation of every entry.
+    of_everything: AtomicU64,
+    /// Merchant id -> the count after its latest invalidation, and when (Unix ms).
+    of_merchant: Mutex<HashMap<String, (u64, i64)>>,
+}
+
+impl Invalidations {
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn everything(&self) {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        self.of_everything.fetch_max(n, Ordering::SeqCst);
+    }
+
+    fn merchant(&self, merchant_id: &str, ttl: Duration) {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = now_ms();
+        let mut of_merchant = self.of_merchant.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        of_merchant.insert(merchant_id.to_owned(), (n, now));
+        // An entry read before an invalidation older than the TTL is past its TTL anyway.
+        if of_merchant.len() > REMEMBERED_INVALIDATIONS {
+            of_merchant.retain(|_, (_, at)| now - *at < ttl.as_millis() as i64);
+        }
+    }
+
+    /// Whether no invalidation that concerns `key` came after it was read.
+    fn covers(&self, key: &VerifiedKey) -> bool {
+        let read = key.generation;
+        if self.count() == read {
+            return true; // none at all: the per-event path of 10,000 streams stops here
+        }
+        if self.of_everything.load(Ordering::SeqCst) > read {
+            return false;
+        }
+        let of_merchant = self.of_merchant.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        [Some(&key.merchant_id), key.parent_id.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|merchant| of_merchant.get(merchant).is_none_or(|(n, _)| *n <= read))
+    }
 }
 
 #[derive(Clone)]
@@ -74,107 +151,115 @@ pub struct KeyCache {
 struct Inner {
     db: Db,
     redis: Option<RedisHandle>,
-    /// Keyed by the key's digest; `None` remembers a digest that matches no key (keys are made
-    /// server-side at random, so a digest unknown now can never become a key later).
-    local: Cache<String, Option<Arc<VerifiedKey>>>,
-    /// Revocation and expiry by key id, for sessions that outlive one call (open streams).
-    by_id: Cache<String, KeyState>,
+    /// Keys by their digest.
+    known: Cache<String, Arc<VerifiedKey>>,
+    /// Digests that match no key (keys are made server-side at random, so a digest unknown now can
+    /// never become a key later).
+    unknown: Cache<String, ()>,
+    /// Keys by id, for sessions that outlive one call (open streams) and client tokens' issuers.
+    by_id: Cache<String, Arc<VerifiedKey>>,
     ttl: Duration,
-    /// Counts invalidations: a load that saw one happen meanwhile does not keep its result.
-    invalidations: AtomicU64,
+    invalidations: Invalidations,
+    /// Announcements of invalidations still going out.
+    announcing: Mutex<JoinSet<()>>,
 }
 
 impl KeyCache {
     pub fn new(db: Db, redis: Option<RedisHandle>, ttl: Duration) -> Self {
-        let local = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        let by_id = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        Self { inner: Arc::new(Inner { db, redis, local, by_id, ttl, invalidations: AtomicU64::new(0) }) }
+        let known = Cache::builder().max_capacity(KNOWN_KEYS).time_to_live(ttl).build();
+        let unknown = Cache::builder().max_capacity(UNKNOWN_DIGESTS).time_to_live(ttl).build();
+        let by_id = Cache::builder().max_capacity(KNOWN_KEYS).time_to_live(ttl).build();
+        let invalidations = Invalidations::default();
+        let announcing = Mutex::default();
+        Self { inner: Arc::new(Inner { db, redis, known, unknown, by_id, ttl, invalidations, announcing }) }
     }
 
     pub async fn authenticate(&self, api_key: &str, address: IpAddr) -> Result<Caller, AuthError> {
-        if !api_key.starts_with(KEY_PREFIX) || api_key.len() > MAX_KEY_LEN {
-            return Err(AuthError::UnknownKey);
-        }
-        let key = self.verified(&keys::digest(api_key)).await?.ok_or(AuthError::UnknownKey)?;
+        let key = match self.cached(api_key).await {
+            Some(cached) => cached?,
+            None => self.load_by_digest(&keys::digest(api_key)).await?,
+        };
         let now = now_ms();
         decide(&key, address, now)?;
         self.touch(&key, now);
-        Ok(Caller {
-            merchant_id: key.merchant_id.clone(),
-            scope: key.scope.clone(),
-            key_id: key.key_id.clone(),
-            address,
-            key_state: Some(KeyState {
-                revoked: false,
-                expires_at: key.expires_at,
-                generation: key.generation,
-                read_at: key.read_at,
-            }),
-        })
+        Ok(caller(key, address))
     }
 
-    async fn verified(&self, digest: &str) -> Result<Option<Arc<VerifiedKey>>, AuthError> {
-        // An entry read before the latest invalidation is never used, however it got into the
-        // cache (a load that began before the change, and that this call joined, included).
-        let current = |key: &Option<Arc<VerifiedKey>>| {
-            key.as_ref().is_none_or(|k| k.generation == self.inner.invalidations.load(Ordering::SeqCst))
+    /// `authenticate`, when the answer needs no database read (a key or an unknown digest in the
+    /// cache, or a secret no key can be); `None` otherwise.
+    pub async fn authenticate_cached(&self, api_key: &str, address: IpAddr) -> Option<Result<Caller, AuthError>> {
+        let key = match self.cached(api_key).await? {
+            Ok(key) => key,
+            Err(refused) => return Some(Err(refused)),
         };
-        if let Some(found) = self.inner.local.get(digest).await
-            && current(&found)
-        {
-            metrics::counter!("paygate_auth_cache_requests_total", "result" => "hit").increment(1);
-            return Ok(found);
+        Some(decide(&key, address, now_ms()).map(|()| caller(key, address)))
+    }
+
+    async fn cached(&self, api_key: &str) -> Option<Result<Arc<VerifiedKey>, AuthError>> {
+        if !api_key.starts_with(KEY_PREFIX) || api_key.len() > MAX_KEY_LEN {
+            return Some(Err(AuthError::UnknownKey));
         }
+        let digest = keys::digest(api_key);
+        if self.inner.unknown.contains_key(&digest) {
+            metrics::counter!("paygate_auth_cache_requests_total", "result" => "unknown").increment(1);
+            return Some(Err(AuthError::UnknownKey));
+        }
+        match self.inner.known.get(&digest).await {
+            Some(key) if self.fresh(&key) => {
+                metrics::counter!("paygate_auth_cache_requests_total", "result" => "hit").increment(1);
+                Some(Ok(key))
+            }
+            _ => None,
+        }
+    }
+
+    async fn load_by_digest(&self, digest: &str) -> Result<Arc<VerifiedKey>, AuthError> {
         metrics::counter!("paygate_auth_cache_requests_total", "result" => "miss").increment(1);
         let read = || {
             let (inner, digest) = (self.inner.clone(), digest.to_owned());
-            async move { load(&inner.db, &digest, inner.invalidations.load(Ordering::SeqCst)).await }
+            async move { load(&inner.db, KeyColumn::Digest, &digest, inner.invalidations.count()).await }
         };
-        Ok(current_entry(&self.inner.local, digest, read, current).await?)
+        match current_entry(&self.inner.known, digest, read, |key| self.fresh(key)).await {
+            Ok(key) => Ok(key),
+            Err(LoadError::NoSuchKey) => {
+                self.inner.unknown.insert(digest.to_owned(), ()).await;
+                Err(AuthError::UnknownKey)
+            }
+            Err(LoadError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Whether an entry read from the database is still good: within the TTL and after every
+    /// invalidation that concerns it.
+    fn fresh(&self, key: &VerifiedKey) -> bool {
+        now_ms() - key.read_at < self.inner.ttl.as_millis() as i64 && self.inner.invalidations.covers(key)
     }
 
     /// Like `KeyWatch::refusal`, for admitting a new call on a key's behalf (a payment client token): a
     /// database that cannot answer refuses, as it would for the key itself.
     pub async fn check_live(&self, key_id: &str) -> Result<(), AuthError> {
-        match Self::refused(key_id, self.state(key_id).await?) {
-            Some(refusal) => Err(refusal),
-            None => Ok(()),
+        match self.by_id(key_id).await {
+            Ok(key) => refused(&key).map_or(Ok(()), Err),
+            Err(LoadError::NoSuchKey) => Err(AuthError::Revoked(key_id.to_owned())),
+            Err(LoadError::Store(e)) => Err(e.into()),
         }
     }
 
-    /// A watch over `key_id` for a session opened with it (`seen`: its state when the session was
-    /// admitted, if known): `KeyWatch::refusal` before each step.
+    /// A watch over `key_id` for a session opened with it (`seen`: the key and address authentication
+    /// found when the session was admitted, if any): `KeyWatch::refusal` before each step.
     pub fn watch(&self, key_id: String, seen: Option<KeyState>) -> KeyWatch {
-        KeyWatch { cache: self.clone(), key_id, seen }
+        let address = seen.as_ref().map(|state| state.address);
+        KeyWatch { cache: self.clone(), key_id, seen: seen.map(|state| state.key), address }
     }
 
-    fn generation(&self) -> u64 {
-        self.inner.invalidations.load(Ordering::SeqCst)
-    }
-
-    /// The key's state as of at most the TTL ago and after the latest invalidation. Concurrent
-    /// misses share one read: the first event after 10,000 streams opened asks the database once.
-    async fn state(&self, key_id: &str) -> Result<KeyState, StoreError> {
+    /// The key with this id, as of at most the TTL ago and after the invalidations that concern it.
+    /// Concurrent misses share one read: the first event after 10,000 streams opened asks once.
+    async fn by_id(&self, key_id: &str) -> Result<Arc<VerifiedKey>, LoadError> {
         let read = || {
             let (inner, key_id) = (self.inner.clone(), key_id.to_owned());
-            async move {
-                let (generation, read_at) = (inner.invalidations.load(Ordering::SeqCst), now_ms());
-                let (revoked, expires_at) = keys::state(&inner.db, &key_id).await?;
-                Ok(KeyState { revoked, expires_at, generation, read_at })
-            }
+            async move { load(&inner.db, KeyColumn::Id, &key_id, inner.invalidations.count()).await }
         };
-        let (ttl, now) = (self.inner.ttl, now_ms());
-        current_entry(&self.inner.by_id, key_id, read, |state| state.current(self.generation(), ttl, now)).await
-    }
-
-    fn refused(key_id: &str, state: KeyState) -> Option<AuthError> {
-        if state.revoked {
-            Some(AuthError::Revoked(key_id.to_owned()))
-        } else if state.expires_at.is_some_and(|at| at <= now_ms()) {
-            Some(AuthError::Expired(key_id.to_owned()))
-        } else {
-            None
-        }
+        current_entry(&self.inner.by_id, key_id, read, |key| self.fresh(key)).await
     }
 
     fn touch(&self, key: &Arc<VerifiedKey>, now: i64) {
@@ -192,29 +277,29 @@ impl KeyCache {
         });
     }
 
-    fn drop_local(&self) {
-        self.inner.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.inner.local.invalidate_all();
-        self.inner.by_id.invalidate_all();
-    }
-
-    /// After a committed change that may refuse a key: drop every cached key here and tell every
-    /// replica. The announcement runs on its own task, so a caller that hangs up right after the
-    /// commit cannot cancel it, and is retried for as long as it could still matter (the TTL).
-    pub async fn invalidate(&self) {
-        self.drop_local();
+    /// After a committed change that may refuse some of `merchant_id`'s keys (or its
+    /// sub-merchants'): their cached entries go stale here, and every replica is told. The
+    /// announcement runs on its own task, so a caller that hangs up right after the commit cannot
+    /// cancel it, and is retried for as long as it could still matter (the TTL).
+    pub fn invalidate(&self, merchant_id: &str) {
+        self.inner.invalidations.merchant(merchant_id, self.inner.ttl);
         metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "write").increment(1);
         let Some(redis) = self.inner.redis.clone() else { return };
-        tokio::spawn(announce(redis, self.inner.ttl));
+        let mut announcing = self.inner.announcing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while announcing.try_join_next().is_some() {}
+        announcing.spawn(announce(redis, merchant_id.to_owned(), self.inner.ttl));
     }
 
-    /// `invalidate`, waiting until the announcement went out (or gave up): for the CLI, whose
-    /// process ends right after.
-    pub async fn invalidate_and_wait(&self) {
-        self.drop_local();
-        if let Some(redis) = self.inner.redis.clone() {
-            announce(redis, self.inner.ttl).await;
-        }
+    /// Waits until every announcement went out (or gave up): for the CLI, whose process ends next.
+    pub async fn flush(&self) {
+        let mut announcing = std::mem::take(&mut *self.inner.announcing.lock().unwrap_or_else(|p| p.into_inner()));
+        while announcing.join_next().await.is_some() {}
+    }
+
+    fn drop_everything(&self) {
+        self.inner.invalidations.everything();
+        self.inner.known.invalidate_all();
+        self.inner.by_id.invalidate_all();
     }
 
     /// Follows other replicas' invalidations until `shutdown`. Without Redis there is nothing to follow.
@@ -232,16 +317,23 @@ impl KeyCache {
     async fn follow_invalidations(&self, redis: RedisHandle) {
         redis
             .follow(INVALIDATION_CHANNEL, |followed| {
-                // Resubscribed: announcements may have been missed meanwhile, so everything goes.
-                self.drop_local();
                 match followed {
-                    Followed::Message(_) => {
+                    Followed::Message(merchant_id) => {
+                        if merchant_id.is_empty() || merchant_id == EVERY_MERCHANT {
+                            self.drop_everything();
+                        } else {
+                            self.inner.invalidations.merchant(&merchant_id, self.inner.ttl);
+                        }
                         metrics::counter!("paygate_auth_cache_invalidations_total", "source" => "remote").increment(1)
                     }
-                    Followed::Lost => tracing::warn!(
-                        "api key cache: invalidation subscription lost; entries now live at most their TTL"
-                    ),
-                    Followed::Subscribed => {}
+                    // (Re)subscribed or lost: announcements may have been missed, so everything goes.
+                    Followed::Lost => {
+                        self.drop_everything();
+                        tracing::warn!(
+                            "api key cache: invalidation subscription lost; entries now live at most their TTL"
+                        )
+                    }
+                    Followed::Subscribed => self.drop_everything(),
                 }
                 std::future::ready(())
             })
@@ -249,38 +341,60 @@ impl KeyCache {
     }
 }
 
-/// The key an open session (a stream) was opened with, re-checked before each of its events. It
-/// keeps the state it last read and asks the cache again only once that is no longer current (an
-/// invalidation came, or the TTL passed): the same bounds as `KeyCache::authenticate`, and one atomic
-/// read per event instead of a cache lookup among 10,000 streams.
-pub struct KeyWatch {
-    cache: KeyCache,
-    key_id: String,
-    seen: Option<KeyState>,
-}
-
-impl KeyWatch {
-    /// Why the session must not go on (its key was revoked or expired since it opened), within the
-    /// same bounds as `authenticate`. A database that cannot answer does not end a session it
-    /// already admitted.
-    pub async fn refusal(&mut self) -> Option<AuthError> {
-        let state = match self.seen {
-            Some(state) if state.current(self.cache.generation(), self.cache.inner.ttl, now_ms()) => state,
-            _ => {
-                let state = self.cache.state(&self.key_id).await.ok()?;
-                self.seen = Some(state);
-                state
-            }
-        };
-        KeyCache::refused(&self.key_id, state)
+/// The merchant a verified key acts for, as the auth layer puts it in a request.
+fn caller(key: Arc<VerifiedKey>, address: IpAddr) -> Caller {
+    Caller {
+        merchant_id: key.merchant_id.clone(),
+        top_merchant_id: key.parent_id.clone().unwrap_or_else(|| key.merchant_id.clone()),
+        scope: key.scope.clone(),
+        key_id: key.key_id.clone(),
+        address,
+        key_state: Some(KeyState { key, address }),
     }
 }
 
-/// Publishes the invalidation, retrying until Redis takes it or `ttl` has passed (by then every
-/// cached entry has expired anyway).
-async fn announce(redis: RedisHandle, ttl: Duration) {
+/// The key an open session (a stream) was opened with, re-checked before each of its events. It
+/// keeps the key as it last read it and asks the cache again only once that is no longer fresh (an
+/// invalidation of its merchant came, or the TTL passed): the same bounds as
+/// `KeyCache::authenticate`, and one atomic read per event while nothing was invalidated.
+pub struct KeyWatch {
+    cache: KeyCache,
+    key_id: String,
+    seen: Option<Arc<VerifiedKey>>,
+    /// The address a session of an API key was opened from: the merchant's allowlist must keep
+    /// admitting it. `None` for a payment client token's session (a buyer's browser), which no
+    /// allowlist concerns.
+    address: Option<IpAddr>,
+}
+
+impl KeyWatch {
+    /// Why the session must not go on (its key was revoked or expired since it opened, or its
+    /// merchant's allowlist no longer admits its address), within the same bounds as `authenticate`.
+    /// A database that cannot answer does not end a session it already admitted.
+    pub async fn refusal(&mut self) -> Option<AuthError> {
+        let key = match &self.seen {
+            Some(key) if self.cache.fresh(key) => key.clone(),
+            _ => match self.cache.by_id(&self.key_id).await {
+                Ok(key) => {
+                    self.seen = Some(key.clone());
+                    key
+                }
+                Err(LoadError::NoSuchKey) => return Some(AuthError::Revoked(self.key_id.clone())),
+                Err(LoadError::Store(_)) => return None,
+            },
+        };
+        match self.address {
+            Some(address) => decide(&key, address, now_ms()).err(),
+            None => refused(&key),
+        }
+    }
+}
+
+/// Publishes the invalidation of `merchant_id`, retrying until Redis takes it or `ttl` has passed
+/// (by then every cached entry has expired anyway).
+async fn announce(redis: RedisHandle, merchant_id: String, ttl: Duration) {
     let deadline = tokio::time::Instant::now() + ttl;
-    while redis.publish(&redis.key(INVALIDATION_CHANNEL), "*").await.is_err() {
+    while redis.publish(&redis.key(INVALIDATION_CHANNEL), &merchant_id).await.is_err() {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!("api key invalidation not announced; other replicas drop their copies within the TTL");
             return;
@@ -297,11 +411,11 @@ async fn current_entry<V, Load, Loading>(
     key: &str,
     load: Load,
     current: impl Fn(&V) -> bool,
-) -> Result<V, StoreError>
+) -> Result<V, LoadError>
 where
     V: Clone + Send + Sync + 'static,
     Load: Fn() -> Loading,
-    Loading: Future<Output = Result<V, StoreError>> + Send + 'static,
+    Loading: Future<Output = Result<V, LoadError>> + Send + 'static,
 {
     for _ in 0..3 {
         let entry = cache.try_get_with(key.to_owned(), load()).await.map_err(unshared)?;
@@ -314,20 +428,20 @@ where
 }
 
 /// A load's error as the cache shares it among the calls that waited for it, as one caller's own.
-fn unshared(error: Arc<StoreError>) -> StoreError {
+fn unshared(error: Arc<LoadError>) -> LoadError {
     match &*error {
-        StoreError::Unavailable(inner) => StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())),
-        other => StoreError::Query(sqlx::Error::Protocol(other.to_string())),
+        LoadError::NoSuchKey => LoadError::NoSuchKey,
+        LoadError::Store(StoreError::Unavailable(inner)) => {
+            StoreError::Unavailable(sqlx::Error::Protocol(inner.to_string())).into()
+        }
+        LoadError::Store(other) => StoreError::Query(sqlx::Error::Protocol(other.to_string())).into(),
     }
 }
 
 /// Whether a verified key may make this call now.
 fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError> {
-    if key.revoked {
-        return Err(AuthError::Revoked(key.key_id.clone()));
-    }
-    if key.expires_at.is_some_and(|at| at <= now) {
-        return Err(AuthError::Expired(key.key_id.clone()));
+    if let Some(refusal) = refused_at(key, now) {
+        return Err(refusal);
     }
     if !allowlist::admits(&key.allowlist, &key.parent_allowlist, address) {
         return Err(AuthError::AddressNotAllowed(address.to_canonical()));
@@ -335,30 +449,54 @@ fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError>
     Ok(())
 }
 
-/// The key with this digest, its merchant's scope and the allowlists that apply to it, as of
-/// cache `generation`.
-async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<VerifiedKey>>, StoreError> {
+/// Why the key itself acts no more (revoked or expired), wherever it is used from.
+fn refused(key: &VerifiedKey) -> Option<AuthError> {
+    refused_at(key, now_ms())
+}
+
+fn refused_at(key: &VerifiedKey, now: i64) -> Option<AuthError> {
+    if key.revoked {
+        Some(AuthError::Revoked(key.key_id.clone()))
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        Some(AuthError::Expired(key.key_id.clone()))
+    } else {
+        None
+    }
+}
+
+/// Which column finds the key.
+#[derive(Clone, Copy)]
+enum KeyColumn {
+    Digest,
+    Id,
+}
+
+/// The key, its merchant's scope and the allowlists that apply to it, as of invalidation count
+/// `generation` (read before the key, so an invalidation during the read makes it stale).
+async fn load(db: &Db, column: KeyColumn, value: &str, generation: u64) -> Result<Arc<VerifiedKey>, LoadError> {
     let read_at = now_ms();
-    let Some(row) = sqlx::query_as::<_, KeyRow>(
-        "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, k.expires_at AS expires_at, \
-         k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, m.api_allowlist AS own, \
-         p.api_allowlist AS parent_list FROM api_keys k JOIN merchants m ON m.merchant_id = k.merchant_id \
-         LEFT JOIN merchants p ON p.merchant_id = m.parent_id WHERE k.key_hash = $1",
-    )
-    .bind(digest)
-    .fetch_optional(db.pool())
-    .await?
-    else {
-        return Ok(None);
+    let condition = match column {
+        KeyColumn::Digest => "k.key_hash = $1",
+        KeyColumn::Id => "k.key_id = $1",
     };
+    let sql = format!(
+        "SELECT k.key_id AS key_id, k.merchant_id AS merchant_id, m.parent_id AS parent_id, \
+         k.expires_at AS expires_at, k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, \
+         m.api_allowlist AS own, p.api_allowlist AS parent_list FROM api_keys k \
+         JOIN merchants m ON m.merchant_id = k.merchant_id LEFT JOIN merchants p ON p.merchant_id = m.parent_id \
+         WHERE {condition}"
+    );
+    let row =
+        sqlx::query_as::<_, KeyRow>(&sql).bind(value).fetch_optional(db.pool()).await?.ok_or(LoadError::NoSuchKey)?;
     let scope =
         sqlx::query_scalar::<_, String>("SELECT merchant_id FROM merchants WHERE merchant_id = $1 OR parent_id = $1")
             .bind(&row.merchant_id)
             .fetch_all(db.pool())
             .await?;
-    Ok(Some(Arc::new(VerifiedKey {
+    Ok(Arc::new(VerifiedKey {
         key_id: row.key_id,
         merchant_id: row.merchant_id,
+        parent_id: row.parent_id,
         scope,
         expires_at: row.expires_at.map(i64::from),
         revoked: row.revoked_at.is_some(),
@@ -367,7 +505,7 @@ async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<Verif
         generation,
         read_at,
         last_touched: AtomicI64::new(row.last_used_at.unwrap_or_default().into()),
-    })))
+    }))
 }
 
 /// A key as authentication reads it, with its merchant's and parent's allowlists (JSON).
@@ -375,6 +513,7 @@ async fn load(db: &Db, digest: &str, generation: u64) -> Result<Option<Arc<Verif
 struct KeyRow {
     key_id: String,
     merchant_id: String,
+    parent_id: Option<String>,
     expires_at: Option<UnixMs>,
     revoked_at: Option<UnixMs>,
     last_used_at: Option<UnixMs>,
@@ -390,6 +529,7 @@ mod tests {
         VerifiedKey {
             key_id: "key_1".into(),
             merchant_id: "mer_1".into(),
+            parent_id: None,
             scope: vec!["mer_1".into()],
             expires_at,
             revoked,
@@ -401,14 +541,51 @@ mod tests {
         }
     }
 
+    fn read_at(merchant_id: &str, parent_id: Option<&str>, generation: u64) -> VerifiedKey {
+        VerifiedKey {
+            merchant_id: merchant_id.into(),
+            parent_id: parent_id.map(Into::into),
+            generation,
+            ..key(false, None, &[])
+        }
+    }
+
     #[test]
-    fn a_key_state_is_current_until_an_invalidation_or_its_ttl() {
-        let state = KeyState { revoked: false, expires_at: None, generation: 3, read_at: 1_000 };
-        let ttl = Duration::from_millis(500);
-        assert!(state.current(3, ttl, 1_000));
-        assert!(state.current(3, ttl, 1_499));
-        assert!(!state.current(3, ttl, 1_500), "read a TTL ago");
-        assert!(!state.current(4, ttl, 1_001), "an invalidation came since");
+    fn an_invalidation_makes_only_its_merchants_and_sub_merchants_keys_stale() {
+        let ttl = Duration::from_secs(10);
+        let invalidations = Invalidations::default();
+        let (own, sub, other) =
+            (read_at("mer_a", None, 0), read_at("mer_s", Some("mer_a"), 0), read_at("mer_b", None, 0));
+        assert!([&own, &sub, &other].iter().all(|k| invalidations.covers(k)));
+
+        invalidations.merchant("mer_a", ttl);
+        assert!(!invalidations.covers(&own), "the merchant's own key");
+        assert!(!invalidations.covers(&sub), "its sub-merchant's key");
+        assert!(invalidations.covers(&other), "another merchant's key stays");
+        // Read again after the invalidation: good.
+        assert!(invalidations.covers(&read_at("mer_a", None, invalidations.count())));
+
+        // A sub-merchant's change leaves its parent's keys alone.
+        let parents = read_at("mer_a", None, invalidations.count());
+        invalidations.merchant("mer_s", ttl);
+        assert!(invalidations.covers(&parents));
+        assert!(!invalidations.covers(&read_at("mer_s", Some("mer_a"), 1)));
+
+        invalidations.everything();
+        assert!(!invalidations.covers(&other), "everything goes after a resubscription");
+    }
+
+    #[test]
+    fn forgotten_invalidations_are_older_than_the_ttl() {
+        let ttl = Duration::from_millis(1);
+        let invalidations = Invalidations::default();
+        for i in 0..=REMEMBERED_INVALIDATIONS {
+            invalidations.merchant(&format!("mer_{i}"), Duration::from_secs(60));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        invalidations.merchant("mer_last", ttl);
+        let remembered = invalidations.of_merchant.lock().unwrap().len();
+        assert_eq!(remembered, 1, "only the invalidation younger than the TTL is kept");
     }
 
     #[test]

@@ -146,18 +146,16 @@ pub(super) async fn revoke(conn: &mut AnyConnection, key_id: &str, now: i64) -> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Whether the key is revoked, and when it expires; a key that no longer exists reads as revoked.
-pub(super) async fn state(db: &Db, key_id: &str) -> Result<(bool, Option<i64>), StoreError> {
-    let row = sqlx::query_as::<_, (Option<UnixMs>, Option<UnixMs>)>(
-        "SELECT revoked_at, expires_at FROM api_keys WHERE key_id = $1",
+/// The merchant's keys that still act: neither revoked nor expired at `now`.
+pub(super) async fn count_live(conn: &mut AnyConnection, merchant_id: &str, now: i64) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM api_keys WHERE merchant_id = $1 AND revoked_at IS NULL \
+         AND (expires_at IS NULL OR expires_at > $2)",
     )
-    .bind(key_id)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(match row {
-        None => (true, None),
-        Some((revoked_at, expires_at)) => (revoked_at.is_some(), expires_at.map(i64::from)),
-    })
+    .bind(merchant_id)
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Records that the key was used (best effort, off the request path).

@@ -53,6 +53,14 @@ pub enum AuthError {
     AdminTokenNotAKey,
     #[error("rate limit of API key {key_id} exceeded; retry in {} ms", retry_after.as_millis())]
     RateLimited { key_id: String, retry_after: Duration },
+    #[error(
+        "rate limit of merchant {merchant_id} (its keys and its sub-merchants' together) exceeded; retry in {} ms",
+        retry_after.as_millis()
+    )]
+    MerchantRateLimited { merchant_id: String, retry_after: Duration },
+    /// Said instead of whether the credential was right: the address guessed too often.
+    #[error("too many failed authentications from this address; retry in {} ms", retry_after.as_millis())]
+    TooManyFailures { retry_after: Duration },
     #[error(transparent)]
     ClientToken(#[from] client_tokens::TokenError),
     /// A payment client token reaches GetPayment and WatchPayments of its own payment only.
@@ -60,6 +68,13 @@ pub enum AuthError {
     ClientTokenNotAllowed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// A failure that could be someone trying credentials: what the per-address failure limit counts.
+    pub fn is_guess(&self) -> bool {
+        matches!(self, Self::Malformed | Self::UnknownKey | Self::ClientToken(_))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +92,8 @@ pub enum MerchantError {
          Add a block that contains it, or set the list with the admin token"
     )]
     WouldLockOut(IpAddr),
+    #[error("merchant {merchant_id} has {limit} live API keys, the most it may have; revoke one first")]
+    TooManyKeys { merchant_id: String, limit: u32 },
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
     #[error(transparent)]
@@ -93,6 +110,9 @@ impl From<sqlx::Error> for MerchantError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub merchant_id: String,
+    /// The top-level merchant: the merchant itself, or its parent for a sub-merchant. Its keys and
+    /// its sub-merchants' share one rate limit.
+    pub top_merchant_id: String,
     /// The merchant itself and its sub-merchants: everything this key may act for.
     pub scope: Vec<String>,
     /// The API key used.
@@ -173,11 +193,13 @@ pub struct CreatedMerchant {
 pub struct Merchants {
     db: Db,
     keys: KeyCache,
+    /// Live (neither revoked nor expired) API keys one merchant may hold.
+    max_live_keys: u32,
 }
 
 impl Merchants {
-    pub fn new(db: Db, keys: KeyCache) -> Self {
-        Self { db, keys }
+    pub fn new(db: Db, keys: KeyCache, max_live_keys: u32) -> Self {
+        Self { db, keys, max_live_keys }
     }
 
     pub fn key_cache(&self) -> &KeyCache {
@@ -224,9 +246,9 @@ impl Merchants {
         audit::record(&mut tx, &entry, now).await?;
         let created = keys::insert(&mut tx, actor, &merchant_id, &keys::NewApiKey::named("initial"), now).await?;
         tx.commit().await?;
-        if parent_id.is_some() {
+        if let Some(parent) = parent_id {
             // The parent's cached keys must start acting for the new sub-merchant.
-            self.keys.invalidate().await;
+            self.keys.invalidate(parent);
         }
         Ok(CreatedMerchant { merchant_id, api_key: created.secret, key_id: created.key.key_id })
     }
@@ -240,12 +262,17 @@ impl Merchants {
         let now = now_ms();
         new.validate(now)?;
         let mut tx = self.db.pool().begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM merchants WHERE merchant_id = $1")
+        // Takes the merchant's row (SQLite: the database) for writing first, so concurrent creations
+        // count one after another and none passes the cap.
+        let exists = sqlx::query("UPDATE merchants SET merchant_id = merchant_id WHERE merchant_id = $1")
             .bind(merchant_id)
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        if exists.is_none() {
+        if exists.rows_affected() == 0 {
             return Err(MerchantError::NotFound);
+        }
+        if keys::count_live(&mut tx, merchant_id, now).await? >= i64::from(self.max_live_keys) {
+            return Err(MerchantError::TooManyKeys { merchant_id: merchant_id.to_owned(), limit: self.max_live_keys });
         }
         let created = keys::insert(&mut tx, actor, merchant_id, new, now).await?;
         tx.commit().await?;
@@ -260,8 +287,9 @@ impl Merchants {
         keys::get(&self.db, key_id).await?.ok_or(MerchantError::KeyNotFound)
     }
 
-    /// Revokes a key (again: a no-op). Every replica refuses it once this returns and the
-    /// invalidation reached it: milliseconds with Redis, the cache TTL without.
+    /// Revokes a key (again: a no-op, which neither audits nor touches any cache). Every replica
+    /// refuses it once this returns and the invalidation reached it: milliseconds with Redis, the
+    /// cache TTL without.
     pub async fn revoke_api_key(&self, actor: &Actor, key: &ApiKey) -> Result<ApiKey, MerchantError> {
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
@@ -277,7 +305,9 @@ impl Merchants {
             audit::record(&mut tx, &entry, now).await?;
         }
         tx.commit().await?;
-        self.keys.invalidate().await;
+        if revoked {
+            self.keys.invalidate(&key.merchant_id);
+        }
         self.get_api_key(&key.key_id).await
     }
 
@@ -291,8 +321,9 @@ impl Merchants {
         merchant_id: &str,
         blocks: &[ipnet::IpNet],
     ) -> Result<Allowlist, MerchantError> {
-        allowlist::set(&self.db, actor, merchant_id, blocks).await?;
-        self.keys.invalidate().await;
+        if allowlist::set(&self.db, actor, merchant_id, blocks).await? {
+            self.keys.invalidate(merchant_id);
+        }
         self.get_allowlist(merchant_id).await
     }
 
@@ -337,6 +368,7 @@ mod tests {
     fn caller(merchant_id: &str, scope: &[&str]) -> Caller {
         Caller {
             merchant_id: merchant_id.into(),
+            top_merchant_id: merchant_id.into(),
             scope: scope.iter().map(|s| s.to_string()).collect(),
             key_id: "key_1".into(),
             address: "127.0.0.1".parse().unwrap(),

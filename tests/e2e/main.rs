@@ -13,6 +13,7 @@ mod db_outage;
 mod event_log;
 mod group_commit;
 mod hostile;
+mod key_abuse;
 mod lifecycle;
 mod limits;
 mod operations;

@@ -190,7 +190,12 @@ impl Paygate {
             .env("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true")
             // Tests poll as fast as they like; the rate-limit tests set their own limits.
             .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "100000")
-            .env("PAYGATE_API_RATE_LIMIT_BURST", "100000");
+            .env("PAYGATE_API_RATE_LIMIT_BURST", "100000")
+            .env("PAYGATE_API_MERCHANT_RATE_LIMIT_PER_SECOND", "100000")
+            .env("PAYGATE_API_MERCHANT_RATE_LIMIT_BURST", "100000")
+            // Tests try wrong credentials on purpose; the failure-limit tests set their own limits.
+            .env("PAYGATE_AUTH_FAILURE_RATE_PER_SECOND", "100000")
+            .env("PAYGATE_AUTH_FAILURE_BURST", "100000");
         for (k, v) in env {
             cmd.env(k, v);
         }
