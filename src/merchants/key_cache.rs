@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -102,7 +102,7 @@ struct Invalidations {
     /// The count after the latest invalidation of every entry.
     of_everything: AtomicU64,
     /// Merchant id -> the count after its latest invalidation, and when (Unix ms).
-    of_merchant: Mutex<HashMap<String, (u64, i64)>>,
+    of_merchant: RwLock<HashMap<String, (u64, i64)>>,
 }
 
 impl Invalidations {
@@ -118,7 +118,7 @@ impl Invalidations {
     fn merchant(&self, merchant_id: &str, ttl: Duration) {
         let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
         let now = now_ms();
-        let mut of_merchant = self.of_merchant.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut of_merchant = self.of_merchant.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         of_merchant.insert(merchant_id.to_owned(), (n, now));
         // An entry read before an invalidation older than the TTL is past its TTL anyway.
         if of_merchant.len() > REMEMBERED_INVALIDATIONS {
@@ -135,7 +135,7 @@ impl Invalidations {
         if self.of_everything.load(Ordering::SeqCst) > read {
             return false;
         }
-        let of_merchant = self.of_merchant.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let of_merchant = self.of_merchant.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         [Some(&key.merchant_id), key.parent_id.as_ref()]
             .into_iter()
             .flatten()
@@ -584,7 +584,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(5));
         invalidations.merchant("mer_last", ttl);
-        let remembered = invalidations.of_merchant.lock().unwrap().len();
+        let remembered = invalidations.of_merchant.read().unwrap().len();
         assert_eq!(remembered, 1, "only the invalidation younger than the TTL is kept");
     }
 
