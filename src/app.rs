@@ -58,8 +58,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("master key: {0}")]
     MasterKey(#[from] crate::secrets::KeyError),
-    #[error("{0}")]
-    WrongMasterKey(String),
+    #[error(transparent)]
+    WrongMasterKey(#[from] crate::channels::ChannelError),
     #[error("PAYGATE_REDIS_URL: {0}")]
     Redis(#[from] RedisError),
     #[error("the shutdown grace period ran out with work in flight")]
@@ -110,7 +110,7 @@ pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHand
         previous: settings.previous_master_keys.as_ref(),
         embedded_database: settings.sqlite_path(),
     })?;
-    channels::verify_master_key(db, &keys).await.map_err(AppError::WrongMasterKey)?;
+    channels::verify_master_key(db, &keys).await?;
     Ok(ChannelCache::new(
         db.clone(),
         Arc::new(keys),

@@ -57,12 +57,12 @@ impl From<ChannelError> for Status {
             ChannelError::Conflict => Status::aborted(err.to_string()),
             ChannelError::NotOwner { .. } => Status::permission_denied(err.to_string()),
             ChannelError::Store(store) => store.into(),
-            ChannelError::Crypto(problem) => {
+            ChannelError::Crypto(problem) | ChannelError::SecretUnreadable { error: problem, .. } => {
                 tracing::error!(%problem, "channel secret cannot be decrypted");
                 Status::internal("channel secret cannot be decrypted; check the master key configuration")
             }
-            ChannelError::Corrupt(what) => {
-                tracing::error!(problem = %what, "stored channel is unreadable");
+            ChannelError::Corrupt(_) | ChannelError::WrongMasterKey { .. } => {
+                tracing::error!(problem = %err, "stored channel is unreadable");
                 Status::internal("stored channel is unreadable")
             }
         }

@@ -159,7 +159,7 @@ async fn run_admin(settings: &Settings, admin: Admin) -> Result<(), String> {
         }
         Admin::RotateMasterKey => {
             let cache = app::channel_cache(settings, &db, redis).await.map_err(|e| e.to_string())?;
-            let (rotated, total) = channels::rotate_master_key(&db, &cache).await?;
+            let (rotated, total) = channels::rotate_master_key(&db, &cache).await.map_err(|e| e.to_string())?;
             let key_id = cache.keys().current_id();
             println!("{}", serde_json::json!({"rotated": rotated, "channels": total, "key_id": key_id}));
         }

@@ -44,6 +44,21 @@ pub enum ChannelError {
     Crypto(#[from] CryptoError),
     #[error("stored channel is unreadable: {0}")]
     Corrupt(String),
+    /// At start-up: stored secrets that the configured master keys cannot open.
+    #[error(
+        "{failed} of {total} channel secrets cannot be decrypted with the configured master key (current key id \
+         {key_id}); first: channel {channel_key}: {error}. Set PAYGATE_MASTER_KEY to the key they were written \
+         with, or list it in PAYGATE_PREVIOUS_MASTER_KEYS while rotating"
+    )]
+    WrongMasterKey { failed: usize, total: usize, key_id: String, channel_key: String, error: CryptoError },
+    #[error("channel {channel_key}: {error}")]
+    SecretUnreadable { channel_key: String, error: CryptoError },
+}
+
+impl From<sqlx::Error> for ChannelError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
 }
 
 impl ChannelError {
@@ -65,7 +80,10 @@ impl ChannelError {
             }
             Self::Store(other) => Self::Corrupt(other.to_string()),
             Self::Crypto(c) => Self::Crypto(c.clone()),
-            Self::Corrupt(s) => Self::Corrupt(s.clone()),
+            // Start-up and CLI errors, never shared by a cache load.
+            other @ (Self::Corrupt(_) | Self::WrongMasterKey { .. } | Self::SecretUnreadable { .. }) => {
+                Self::Corrupt(other.to_string())
+            }
         }
     }
 }
@@ -136,10 +154,10 @@ impl Channels {
         let mut channel = new.validate(&user, now_ms(), rules, self.allow_internal_targets)?;
         channel.owner_id = caller.merchant_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
-        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = self.db.pool().begin().await?;
         repo::insert(&mut tx, &stored).await?;
         audited(&mut tx, &caller.actor(), Action::ChannelCreated, &channel, &fields).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         self.cache.written(Some(&stored), &stored.channel_key).await;
         Ok(channel)
     }
@@ -216,23 +234,23 @@ impl Channels {
         channel.disabled_at = current.disabled_at;
         channel.owner_id = current.owner_id.clone();
         let stored = StoredChannel::seal(&channel, self.keys());
-        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = self.db.pool().begin().await?;
         if !repo::update(&mut tx, &stored).await? {
             return Err(ChannelError::Conflict);
         }
         let fields: Vec<&str> = patch.paths.iter().map(String::as_str).collect();
         audited(&mut tx, &caller.actor(), Action::ChannelUpdated, &channel, &fields).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         self.cache.written(Some(&stored), channel_key).await;
         Ok(channel)
     }
 
     pub async fn delete(&self, caller: &Caller, channel_key: &str) -> Result<Deleted, ChannelError> {
         let current = self.owned(caller, channel_key).await?;
-        let mut tx = self.db.pool().begin().await.map_err(StoreError::from)?;
+        let mut tx = self.db.pool().begin().await?;
         if repo::erase_if_unused(&mut tx, channel_key).await? {
             audited(&mut tx, &caller.actor(), Action::ChannelDeleted, &current, &["erased"]).await?;
-            tx.commit().await.map_err(StoreError::from)?;
+            tx.commit().await?;
             self.cache.written(None, channel_key).await;
             return Ok(Deleted::Erased);
         }
@@ -246,7 +264,7 @@ impl Channels {
                 return Err(ChannelError::Conflict);
             }
             audited(&mut tx, &caller.actor(), Action::ChannelDeleted, &channel, &["disabled_at"]).await?;
-            tx.commit().await.map_err(StoreError::from)?;
+            tx.commit().await?;
             self.cache.written(Some(&stored), channel_key).await;
         }
         Ok(Deleted::Disabled)
@@ -305,58 +323,61 @@ fn owner(caller: &Caller, sub_merchant_id: String, field: &str) -> Result<String
 }
 
 /// The secrets of one channel as stored: name -> ciphertext.
-fn sealed_secrets(json: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
-    serde_json::from_str(json).map_err(|e| format!("unreadable secrets column: {e}"))
+fn sealed_secrets(channel_key: &str, json: &str) -> Result<std::collections::BTreeMap<String, String>, ChannelError> {
+    serde_json::from_str(json)
+        .map_err(|e| ChannelError::Corrupt(format!("channel {channel_key}: unreadable secrets column: {e}")))
 }
 
 /// Start-up check: every stored secret must decrypt with the configured master keys, so a wrong
 /// key fails here, clearly, instead of at the first pingback.
-pub async fn verify_master_key(db: &Db, keys: &MasterKeys) -> Result<(), String> {
-    let channels = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
-    let mut failures: Vec<(String, String)> = Vec::new();
+pub async fn verify_master_key(db: &Db, keys: &MasterKeys) -> Result<(), ChannelError> {
+    let channels = repo::all_secrets(db).await?;
+    let mut failures: Vec<(String, CryptoError)> = Vec::new();
     let mut total = 0;
     for (channel_key, json) in &channels {
-        let sealed = sealed_secrets(json).map_err(|e| format!("channel {channel_key}: {e}"))?;
+        let sealed = sealed_secrets(channel_key, json)?;
         total += sealed.len();
         let failed = sealed.values().filter_map(|ciphertext| keys.decrypt(channel_key, ciphertext).err());
-        failures.extend(failed.map(|e| (channel_key.clone(), e.to_string())));
+        failures.extend(failed.map(|e| (channel_key.clone(), e)));
     }
-    match failures.first() {
+    let failed = failures.len();
+    match failures.into_iter().next() {
         None => Ok(()),
-        Some((first, error)) => Err(format!(
-            "{} of {} channel secrets cannot be decrypted with the configured master key (current key id {}); \
-             first: channel {first}: {error}. Set PAYGATE_MASTER_KEY to the key they were written with, or list \
-             it in PAYGATE_PREVIOUS_MASTER_KEYS while rotating",
-            failures.len(),
+        Some((channel_key, error)) => Err(ChannelError::WrongMasterKey {
+            failed,
             total,
-            keys.current_id(),
-        )),
+            key_id: keys.current_id().to_owned(),
+            channel_key,
+            error,
+        }),
     }
 }
 
 /// Re-encrypts every secret not yet under the current master key. Returns (rotated, total)
 /// counted in channels.
-pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, usize), String> {
+pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, usize), ChannelError> {
     let keys = cache.keys();
-    let channels = repo::all_secrets(db).await.map_err(|e| e.to_string())?;
+    let channels = repo::all_secrets(db).await?;
     let mut rotated = 0;
     for (channel_key, old) in &channels {
-        let mut sealed = sealed_secrets(old).map_err(|e| format!("channel {channel_key}: {e}"))?;
+        let mut sealed = sealed_secrets(channel_key, old)?;
         let stale: Vec<String> = sealed.iter().filter(|(_, c)| keys.is_stale(c)).map(|(n, _)| n.clone()).collect();
         if stale.is_empty() {
             continue;
         }
         for name in &stale {
-            let secret = keys.decrypt(channel_key, &sealed[name]).map_err(|e| format!("channel {channel_key}: {e}"))?;
+            let secret = keys
+                .decrypt(channel_key, &sealed[name])
+                .map_err(|error| ChannelError::SecretUnreadable { channel_key: channel_key.clone(), error })?;
             sealed.insert(name.clone(), keys.encrypt(channel_key, &secret));
         }
-        let new = serde_json::to_string(&sealed).map_err(|e| e.to_string())?;
-        let stored = repo::get(db, channel_key).await.map_err(|e| e.to_string())?;
+        let new = serde_json::to_string(&sealed).map_err(|e| ChannelError::Corrupt(e.to_string()))?;
+        let stored = repo::get(db, channel_key).await?;
         let prefix = field_prefix(stored.as_ref().map_or("", |c| c.provider.as_str()));
         let fields: Vec<String> = stale.iter().map(|name| format!("{prefix}{name}")).collect();
         let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-        let mut tx = db.pool().begin().await.map_err(|e| e.to_string())?;
-        if repo::replace_secrets(&mut tx, channel_key, old, &new).await.map_err(|e| e.to_string())? {
+        let mut tx = db.pool().begin().await?;
+        if repo::replace_secrets(&mut tx, channel_key, old, &new).await? {
             let entry = audit::Entry {
                 actor: &Actor::cli(),
                 action: Action::MasterKeyRotated,
@@ -364,9 +385,9 @@ pub async fn rotate_master_key(db: &Db, cache: &ChannelCache) -> Result<(usize, 
                 target: channel_key,
                 changed_fields: &fields,
             };
-            audit::record(&mut tx, &entry, now_ms()).await.map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
-            let stored = repo::get(db, channel_key).await.map_err(|e| e.to_string())?;
+            audit::record(&mut tx, &entry, now_ms()).await?;
+            tx.commit().await?;
+            let stored = repo::get(db, channel_key).await?;
             cache.written(stored.as_ref(), channel_key).await;
             rotated += 1;
         }

@@ -11,7 +11,7 @@ use super::{Channel, ChannelError, ChannelMode, config::ProviderConfig};
 use crate::{
     merchants::IN_SCOPE,
     secrets::MasterKeys,
-    store::{Db, StoreError},
+    store::{Db, OnUniqueViolation},
 };
 
 const COLUMNS: &str = "channel_key, merchant_id, owner_id, name, provider, mode, settings, secrets, version, \
@@ -108,11 +108,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &StoredChannel) -> Result<(), C
         .bind(c.disabled_at)
         .execute(conn)
         .await;
-    match result.map_err(StoreError::from) {
-        Ok(_) => Ok(()),
-        Err(StoreError::UniqueViolation) => Err(ChannelError::KeyTaken),
-        Err(e) => Err(e.into()),
-    }
+    result.on_unique_violation(|| ChannelError::KeyTaken).map(|_| ())
 }
 
 /// Writes `c` (whose version is already bumped) only if the row is still at `c.version - 1`.
@@ -132,8 +128,7 @@ pub async fn update(conn: &mut AnyConnection, c: &StoredChannel) -> Result<bool,
     .bind(&c.channel_key)
     .bind(c.version - 1)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -146,27 +141,21 @@ pub async fn erase_if_unused(conn: &mut AnyConnection, channel_key: &str) -> Res
     )
     .bind(channel_key)
     .execute(conn)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Any merchant's channel, by key.
 pub async fn get(db: &Db, channel_key: &str) -> Result<Option<StoredChannel>, ChannelError> {
     let sql = format!("SELECT {COLUMNS} FROM channels WHERE channel_key = $1");
-    let row = sqlx::query(&sql).bind(channel_key).fetch_optional(db.pool()).await.map_err(StoreError::from)?;
+    let row = sqlx::query(&sql).bind(channel_key).fetch_optional(db.pool()).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// A channel of `merchant_id` or of one of its sub-merchants; anyone else's reads as not found.
 pub async fn get_in_scope(db: &Db, merchant_id: &str, channel_key: &str) -> Result<StoredChannel, ChannelError> {
     let sql = format!("SELECT {COLUMNS} FROM channels WHERE {IN_SCOPE} AND channel_key = $2");
-    let row = sqlx::query(&sql)
-        .bind(merchant_id)
-        .bind(channel_key)
-        .fetch_optional(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+    let row = sqlx::query(&sql).bind(merchant_id).bind(channel_key).fetch_optional(db.pool()).await?;
     row.as_ref().map(from_row).transpose()?.ok_or(ChannelError::NotFound)
 }
 
@@ -207,22 +196,16 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Stor
     for arg in &args {
         query = query.bind(arg);
     }
-    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await.map_err(StoreError::from)?;
+    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Every channel's encrypted secrets (its `secrets` column as stored), for the start-up key check
 /// and key rotation.
 pub async fn all_secrets(db: &Db) -> Result<Vec<(String, String)>, ChannelError> {
-    let rows = sqlx::query("SELECT channel_key, secrets FROM channels ORDER BY channel_key")
-        .fetch_all(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-    rows.iter()
-        .map(|r| {
-            Ok((r.try_get("channel_key").map_err(StoreError::from)?, r.try_get("secrets").map_err(StoreError::from)?))
-        })
-        .collect()
+    let rows =
+        sqlx::query("SELECT channel_key, secrets FROM channels ORDER BY channel_key").fetch_all(db.pool()).await?;
+    rows.iter().map(|r| Ok((r.try_get("channel_key")?, r.try_get("secrets")?))).collect()
 }
 
 /// Replaces a channel's encrypted secrets if they are still `old` (key rotation). The version is
@@ -239,8 +222,7 @@ pub async fn replace_secrets(
             .bind(channel_key)
             .bind(old)
             .execute(conn)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 

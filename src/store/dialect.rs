@@ -97,16 +97,6 @@ impl Backend {
     }
 }
 
-/// PostgreSQL connection-class and shutdown errors, SQLite busy/locked: worth a retry.
-pub(super) fn is_transient(code: Option<&str>) -> bool {
-    match code {
-        Some(code) => {
-            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
-        }
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeMap, time::Duration};
