@@ -16,6 +16,7 @@ pub use self::{
 };
 use crate::{
     audit::{self, Action, Actor},
+    net::client_ip::Shown,
     store::{Db, StoreError, now_ms},
     validation::InvalidArgument,
 };
@@ -47,7 +48,7 @@ pub enum AuthError {
     #[error("API key {0} has expired")]
     Expired(String),
     /// Names the caller's address and nothing about the list.
-    #[error("caller address {0} is not allowed to use this merchant's API keys")]
+    #[error("caller address {} is not allowed to use this merchant's API keys", Shown(*.0))]
     AddressNotAllowed(IpAddr),
     #[error("the admin token is accepted by MerchantService only; call this RPC with a merchant API key")]
     AdminTokenNotAKey,
@@ -73,8 +74,9 @@ pub enum MerchantError {
     #[error("{0} needs the admin token")]
     AdminOnly(&'static str),
     #[error(
-        "this list does not include your address {0}: calls with this merchant's keys from it would be refused. \
-         Add a block that contains it, or set the list with the admin token"
+        "this list does not include your address {}: calls with this merchant's keys from it would be refused. \
+         Add a block that contains it, or set the list with the admin token",
+        Shown(*.0)
     )]
     WouldLockOut(IpAddr),
     #[error(transparent)]
@@ -110,7 +112,7 @@ impl Caller {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor::api_key(&self.key_id, self.address)
+        Actor::api_key(&self.key_id, Shown(self.address))
     }
 }
 
@@ -124,7 +126,7 @@ pub enum Principal {
 impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
-            Self::Admin { address } => Actor::admin(address),
+            Self::Admin { address } => Actor::admin(Shown(*address)),
             Self::Merchant(caller) => caller.actor(),
         }
     }
