@@ -73,16 +73,25 @@ pub enum MerchantError {
     NestedSubMerchant(String),
     #[error("{0} needs the admin token")]
     AdminOnly(&'static str),
-    #[error(
-        "this list does not include your address {}: calls with this merchant's keys from it would be refused. \
-         Add a block that contains it, or set the list with the admin token",
-        Shown(*.0)
-    )]
+    #[error("{}", would_lock_out(*.0))]
     WouldLockOut(IpAddr),
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn would_lock_out(address: IpAddr) -> String {
+    let fix = if crate::net::client_ip::is_unknown(address) {
+        "No block can contain an unknown address (your proxy sent no usable x-forwarded-for)"
+    } else {
+        "Add a block that contains it"
+    };
+    format!(
+        "this list does not include your address {}: calls with this merchant's keys from it would be refused. \
+         {fix}, or set the list with the admin token",
+        Shown(address)
+    )
 }
 
 impl From<sqlx::Error> for MerchantError {

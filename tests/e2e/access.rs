@@ -681,6 +681,7 @@ async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_
     let status = own_unknown.set_api_allowlist(set(&["0.0.0.0/0"])).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("your address unknown"), "{status:?}");
+    assert!(status.message().contains("No block can contain an unknown address"), "{status:?}");
 
     // With the widest list, a known caller passes and an unknown one does not.
     let mut admin_via_proxy = MerchantServiceClient::with_interceptor(gate.grpc_from(PROXY).await, Bearer::new(ADMIN));
