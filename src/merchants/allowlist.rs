@@ -1,6 +1,6 @@
 //! The API allowlist (the seeds' "security whitelist"): per merchant, the CIDR blocks its keys may
-//! be used from. A merchant without blocks allows any address; a list never admits a caller
-//! whose address paygate could not tell (`net::client_ip::UNKNOWN`). A sub-merchant's keys must pass its
+//! be used from. A merchant without blocks allows any address; a list never admits a caller whose
+//! address paygate could not tell (`net::client_ip::UNKNOWN`). A sub-merchant's keys must pass its
 //! parent's list as well as its own: a sub-merchant can narrow where its keys work, never widen it
 //! past its parent's (neither by clearing its list nor by setting a wider one). The admin token is
 //! never subject to a list.
