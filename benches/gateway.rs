@@ -169,7 +169,6 @@ fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
         .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
         .env("PAYGATE_REDIS_URL", "redis://127.0.0.1:6379/")
         .env("PAYGATE_REDIS_KEY_PREFIX", prefix)
-        .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
         .env("PAYGATE_MAX_STREAMS_PER_MERCHANT", "20000")
         // The load comes from one key; its rate limit is not what is measured.
         .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "0")

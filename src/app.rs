@@ -16,7 +16,7 @@ use crate::{
     config::Settings,
     events::{Hub, bridge::Bridge},
     ingest::{self, AppState},
-    merchants::{KeyCache, Merchants, keys::KEY_PREFIX},
+    merchants::{KeyCache, Merchants, client_tokens, keys::KEY_PREFIX},
     net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
         Providers,
@@ -88,11 +88,15 @@ pub fn merchants(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Me
     Merchants::new(db.clone(), keys, settings.max_api_keys_per_merchant)
 }
 
-/// The admin token must be long, and must not be mistakable for an API key.
+/// The admin token must be long, and must not be mistakable for an API key or a payment client
+/// token (either is read as such first, so the token could never be used).
 fn check_admin_token(settings: &Settings) -> Result<(), AppError> {
     match settings.admin_token.as_ref().map(|t| t.expose_secret()) {
         Some(token) if token.starts_with(KEY_PREFIX) => {
             Err(AppError::Config("PAYGATE_ADMIN_TOKEN must not start with pgk_ (the API key prefix)"))
+        }
+        Some(token) if token.starts_with(client_tokens::PREFIX) => {
+            Err(AppError::Config("PAYGATE_ADMIN_TOKEN must not start with pct_ (the payment client token prefix)"))
         }
         Some(token) if !token.is_empty() && token.len() < 16 => {
             Err(AppError::Config("PAYGATE_ADMIN_TOKEN must be at least 16 characters"))
@@ -347,17 +351,20 @@ fn grpc_server(
 /// browser refuses every cross-origin call (same-origin and non-browser clients are unaffected).
 fn grpc_web_cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, AppError> {
     use http::{HeaderName, HeaderValue, Method};
-    let origins: Vec<HeaderValue> = origins
+    let mut origins: Vec<HeaderValue> = origins
         .split(',')
         .map(str::trim)
         .filter(|o| !o.is_empty())
         .map(|o| match o {
             // A wildcard would let any page call with any token: origins are named one by one.
             "*" | "null" => Err(AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: name origins, not * or null")),
-            _ => HeaderValue::from_str(o)
-                .map_err(|_| AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: an origin is not valid")),
+            _ => normalised_origin(o).and_then(|o| {
+                HeaderValue::from_str(&o)
+                    .map_err(|_| AppError::Config("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: an origin is not valid"))
+            }),
         })
         .collect::<Result<_, _>>()?;
+    origins.dedup();
     if origins.is_empty() {
         return Ok(None);
     }
@@ -388,6 +395,32 @@ impl RateLimits {
             .flatten()
             .collect()
     }
+}
+
+/// An origin as a browser sends it in `Origin` (compared exactly): scheme and host in lower case
+/// (an IDN host in punycode), no default port, no trailing '/'. Anything past the authority is
+/// refused: no browser sends it, so the entry could only ever fail to match.
+fn normalised_origin(given: &str) -> Result<String, AppError> {
+    const NOT_AN_ORIGIN: AppError = AppError::Config(
+        "PAYGATE_GRPC_WEB_ALLOWED_ORIGINS: write each origin as scheme://host[:port] (http or https), \
+         without a path, query, fragment or user name",
+    );
+    // The URL parser drops tabs and newlines silently; what it reads must be what was written.
+    if given.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(NOT_AN_ORIGIN);
+    }
+    let url = url::Url::parse(given).map_err(|_| NOT_AN_ORIGIN)?;
+    let origin_only = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !origin_only {
+        return Err(NOT_AN_ORIGIN);
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> RateLimits {
@@ -544,7 +577,33 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::grpc_web_cors;
+    use super::{grpc_web_cors, normalised_origin};
+
+    #[test]
+    fn origins_are_written_as_browsers_send_them() {
+        for (given, stored) in [
+            ("https://Admin.Example", "https://admin.example"),
+            ("HTTPS://admin.example:443/", "https://admin.example"),
+            ("http://shop.example:80", "http://shop.example"),
+            ("https://shop.example:8443", "https://shop.example:8443"),
+            ("https://Bücher.example", "https://xn--bcher-kva.example"),
+            ("http://[::1]:3000/", "http://[::1]:3000"),
+        ] {
+            assert_eq!(normalised_origin(given).unwrap(), stored, "{given}");
+        }
+        for refused in [
+            "https://shop.example/app",
+            "https://shop.example?x=1",
+            "https://shop.example/#top",
+            "https://user@shop.example",
+            "ftp://shop.example",
+            "shop.example",
+            "https://shop.exa\tmple",
+        ] {
+            let err = normalised_origin(refused).unwrap_err().to_string();
+            assert!(err.starts_with("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS"), "{refused:?}: {err}");
+        }
+    }
 
     #[test]
     fn grpc_web_admits_named_origins_only() {

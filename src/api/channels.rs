@@ -93,8 +93,11 @@ impl ChannelService for ChannelsApi {
             }
             Some(generic) => {
                 let (name, config) = generic_config(generic, &mut v);
-                if self.channels.rules(&name).is_none() {
-                    v.add("credentials.provider", format!("{:?} is not a provider paygate runs", name));
+                // Bounded before it is quoted: the name can be anything a client sent.
+                if validation::identifier(&mut v, "credentials.provider", &name, validation::PARAMETER_NAME)
+                    && self.channels.rules(&name).is_none()
+                {
+                    v.add("credentials.provider", format!("{name:?} is not a provider paygate runs"));
                 }
                 (name, Some(config))
             }
@@ -189,7 +192,11 @@ impl ChannelService for ChannelsApi {
             name: update.name,
             mode: convert::mode_from_proto(update.mode),
             config: match (update.credentials, update.paymentwall) {
-                (Some(generic), _) => generic_config(generic, &mut v).1,
+                (Some(_), Some(_)) => {
+                    v.add("credentials", "give either credentials or paymentwall, not both");
+                    ProviderConfig::default()
+                }
+                (Some(generic), None) => generic_config(generic, &mut v).1,
                 (None, Some(pw)) => paymentwall_config(pw),
                 (None, None) => ProviderConfig::default(),
             },

@@ -11,14 +11,35 @@ use crate::{
     },
     proto::v1 as pb,
     providers::paymentwall::config as paymentwall,
+    validation::Violations,
 };
 
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-pub fn millis(ts: &Timestamp) -> i64 {
+fn millis(ts: &Timestamp) -> i64 {
     ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos / 1_000_000))
+}
+
+/// google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, in seconds:
+/// past it no JSON client can read the value back.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A Timestamp a request carries, in milliseconds, or `None` when absent. The one way requests
+/// read timestamps: one outside Timestamp's range, or whose nanos are not within a second, is
+/// named in `v` (and read as absent, so check `v` before acting).
+pub fn request_millis(v: &mut Violations, field: &str, ts: Option<&Timestamp>) -> Option<i64> {
+    let ts = ts?;
+    if !TIMESTAMP_SECONDS.contains(&ts.seconds) {
+        v.add(field, "must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z");
+        return None;
+    }
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        v.add(format!("{field}.nanos"), "must be from 0 to 999,999,999");
+        return None;
+    }
+    Some(millis(ts))
 }
 
 pub fn status_to_proto(status: PaymentStatus) -> pb::PaymentStatus {
@@ -309,6 +330,24 @@ mod tests {
             assert_eq!(millis(&timestamp(ms)), ms);
         }
         assert_eq!(timestamp(-1).nanos, 999_000_000);
+    }
+
+    #[test]
+    fn request_timestamps_stay_within_timestamps_range() {
+        let at = |seconds, nanos| Timestamp { seconds, nanos };
+        let read = |ts: Timestamp| {
+            let mut v = Violations::default();
+            let ms = request_millis(&mut v, "expires_at", Some(&ts));
+            (ms, v.iter().map(|x| x.field.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(read(at(253_402_300_799, 999_999_999)), (Some(253_402_300_799_999), vec![]));
+        assert_eq!(read(at(-62_135_596_800, 0)), (Some(-62_135_596_800_000), vec![]));
+        for seconds in [i64::MAX, i64::MIN, 253_402_300_800, -62_135_596_801] {
+            assert_eq!(read(at(seconds, 0)), (None, vec!["expires_at".to_owned()]), "{seconds}");
+        }
+        assert_eq!(read(at(0, -1)), (None, vec!["expires_at.nanos".to_owned()]));
+        assert_eq!(read(at(0, 1_000_000_000)), (None, vec!["expires_at.nanos".to_owned()]));
+        assert_eq!(request_millis(&mut Violations::default(), "x", None), None);
     }
 
     #[test]

@@ -113,9 +113,10 @@ impl MerchantService for MerchantsApi {
         let r = request.into_inner();
         let mut v = Violations::default();
         validation::optional_identifier(&mut v, "merchant_id", &r.merchant_id, validation::ID);
+        let expires_at = convert::request_millis(&mut v, "expires_at", r.expires_at.as_ref());
         v.check()?;
         let merchant_id = principal.target(&r.merchant_id)?;
-        let new = keys::NewApiKey { name: r.name, expires_at: r.expires_at.as_ref().map(convert::millis) };
+        let new = keys::NewApiKey { name: r.name, expires_at };
         let created = self.merchants.create_api_key(&principal.actor(), &merchant_id, &new).await?;
         tracing::info!(%merchant_id, key_id = %created.key.key_id, "api key created");
         Ok(Response::new(pb::CreateApiKeyResponse { api_key: created.secret, key: Some(api_key(created.key)) }))
@@ -213,8 +214,8 @@ impl MerchantService for MerchantsApi {
             v.add("page_token", e.0.iter().next().map(|f| f.description.clone()).unwrap_or_default());
             None
         });
-        let (from_ms, until_ms) =
-            (r.start_time.as_ref().map(convert::millis), r.end_time.as_ref().map(convert::millis));
+        let from_ms = convert::request_millis(&mut v, "start_time", r.start_time.as_ref());
+        let until_ms = convert::request_millis(&mut v, "end_time", r.end_time.as_ref());
         if let (Some(from), Some(until)) = (from_ms, until_ms)
             && until <= from
         {

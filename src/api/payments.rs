@@ -132,21 +132,13 @@ fn payments_page_token(v: &mut Violations, token: &str) -> Option<String> {
 }
 
 /// A creation-time range `[created_from, created_to)` in milliseconds: each a valid timestamp
-/// (nanos within a second), and a range that is not empty.
+/// (see `convert::request_millis`), and a range that is not empty.
 fn time_range(
     v: &mut Violations,
     from: Option<&prost_types::Timestamp>,
     to: Option<&prost_types::Timestamp>,
 ) -> (Option<i64>, Option<i64>) {
-    let mut millis = |field: &str, ts: Option<&prost_types::Timestamp>| {
-        let ts = ts?;
-        if !(0..1_000_000_000).contains(&ts.nanos) {
-            v.add(format!("{field}.nanos"), "must be from 0 to 999,999,999");
-            return None;
-        }
-        Some(convert::millis(ts))
-    };
-    let (from, to) = (millis("created_from", from), millis("created_to", to));
+    let (from, to) = (convert::request_millis(v, "created_from", from), convert::request_millis(v, "created_to", to));
     if let (Some(f), Some(t)) = (from, to)
         && f >= t
     {

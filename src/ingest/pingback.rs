@@ -42,7 +42,7 @@ pub enum PingbackError {
     /// Refused before any lookup or log line: the key can be anything a client typed.
     #[error("channel_key: {0}")]
     BadChannelKey(String),
-    #[error("source address {0} is not allowed for this channel")]
+    #[error("source address {} is not allowed for this channel", client_ip::Shown(*.0))]
     SourceNotAllowed(IpAddr),
     /// The provider's words: which part is malformed and how.
     #[error("{0}")]
@@ -200,7 +200,7 @@ async fn receive(state: AppState, provider_name: &str, r: Received) -> Response 
     let logged_key = validation::loggable(&r.channel_key, LOGGED_KEY_BYTES);
     let span = tracing::info_span!(
         "pingback", otel.kind = "server", provider = provider.map_or("unknown", |p| p.name()),
-        channel_key = %logged_key, %source,
+        channel_key = %logged_key, source = %client_ip::Shown(source),
         pingback_type = tracing::field::Empty, provider_ref = tracing::field::Empty,
         payment_id = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty
     );

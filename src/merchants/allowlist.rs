@@ -1,5 +1,6 @@
 //! The API allowlist (the seeds' "security whitelist"): per merchant, the CIDR blocks its keys may
-//! be used from. A merchant without blocks allows any address. A sub-merchant's keys must pass its
+//! be used from. A merchant without blocks allows any address; a list never admits a caller whose
+//! address paygate could not tell (`net::client_ip::UNKNOWN`). A sub-merchant's keys must pass its
 //! parent's list as well as its own: a sub-merchant can narrow where its keys work, never widen it
 //! past its parent's (neither by clearing its list nor by setting a wider one). The admin token is
 //! never subject to a list.
@@ -13,7 +14,7 @@ use crate::{
     audit::{self, Action, Actor},
     net,
     store::{Db, UnixMs, now_ms},
-    validation::{InvalidArgument, Violations},
+    validation::{self, InvalidArgument, Violations},
 };
 
 /// Most blocks one list holds.
@@ -40,10 +41,18 @@ pub fn parse(blocks: &[String]) -> Result<Vec<IpNet>, InvalidArgument> {
     }
     let mut parsed = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
+        let field = format!("cidr_blocks[{i}]");
+        // Bounded before parsing: the parser's message quotes the entry.
+        if !validation::text(&mut v, &field, block, validation::MAX_ENTRY) {
+            continue;
+        }
         match net::parse_cidr_block(block) {
-            Ok(net) if !parsed.contains(&net) => parsed.push(net),
-            Ok(_) => {}
-            Err(e) => v.add(format!("cidr_blocks[{i}]"), e),
+            Ok(net) => match net::unfit_for_a_list(&net) {
+                Some(problem) => v.add(field, problem),
+                None if !parsed.contains(&net) => parsed.push(net),
+                None => {}
+            },
+            Err(e) => v.add(field, e),
         }
     }
     v.check().map(|()| parsed)
@@ -55,10 +64,10 @@ pub fn effective<'a>(own: &'a [IpNet], parent: &'a [IpNet]) -> &'a [IpNet] {
     if own.is_empty() { parent } else { own }
 }
 
-/// Whether a call from `address` passes `list` (an empty list passes everything).
+/// Whether a call from `address` passes `list`: an empty list passes everything, a list only
+/// callers it names (never an unknown one).
 pub fn allows(list: &[IpNet], address: IpAddr) -> bool {
-    let address = address.to_canonical();
-    list.is_empty() || list.iter().any(|net| net.contains(&address))
+    list.is_empty() || net::in_blocks(list, address)
 }
 
 /// Whether a key of a merchant with `own` blocks (and a parent with `parent` blocks) may be used
@@ -191,12 +200,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_caller_passes_no_list_but_an_empty_one() {
+        let unknown = crate::net::client_ip::UNKNOWN;
+        assert!(!allows(&nets(&["0.0.0.0/0"]), unknown));
+        assert!(!admits(&nets(&["0.0.0.0/0", "::/0"]), &[], unknown));
+        assert!(!admits(&[], &nets(&["0.0.0.0/0"]), unknown), "nor the parent's");
+        assert!(allows(&[], unknown), "without a list, any caller");
+    }
+
+    #[test]
     fn lists_are_parsed_with_every_bad_entry_named() {
         let bad = parse(&["10.0.0.0/8".into(), "10.0.0.1".into(), "nope".into()]).unwrap_err();
         let fields: Vec<_> = bad.0.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["cidr_blocks[1]", "cidr_blocks[2]"]);
         assert!(bad.to_string().contains("10.0.0.1/32"), "{bad}");
         assert_eq!(parse(&["10.0.0.0/8".into(), "10.0.0.0/8".into()]).unwrap().len(), 1);
+        for unfit in ["0.0.0.0/32", "0.0.0.0/8", "::/128"] {
+            let bad = parse(&[unfit.into()]).unwrap_err();
+            assert_eq!(bad.0.iter().next().unwrap().field, "cidr_blocks[0]", "{unfit}");
+        }
+        let huge = parse(&["1".repeat(100_000)]).unwrap_err().to_string();
+        assert!(huge.contains("cidr_blocks[0]") && huge.len() < 200, "{huge}");
         let too_many: Vec<String> = (0..=MAX_BLOCKS).map(|i| format!("10.0.{i}.0/24")).collect();
         assert!(parse(&too_many).is_err());
     }

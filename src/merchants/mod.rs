@@ -16,6 +16,7 @@ pub use self::{
 };
 use crate::{
     audit::{self, Action, Actor},
+    net::client_ip::Shown,
     store::{Db, StoreError, now_ms},
     validation::InvalidArgument,
 };
@@ -47,7 +48,7 @@ pub enum AuthError {
     #[error("API key {0} has expired")]
     Expired(String),
     /// Names the caller's address and nothing about the list.
-    #[error("caller address {0} is not allowed to use this merchant's API keys")]
+    #[error("caller address {} is not allowed to use this merchant's API keys", Shown(*.0))]
     AddressNotAllowed(IpAddr),
     #[error("the admin token is accepted by MerchantService only; call this RPC with a merchant API key")]
     AdminTokenNotAKey,
@@ -87,10 +88,7 @@ pub enum MerchantError {
     NestedSubMerchant(String),
     #[error("{0} needs the admin token")]
     AdminOnly(&'static str),
-    #[error(
-        "this list does not include your address {0}: calls with this merchant's keys from it would be refused. \
-         Add a block that contains it, or set the list with the admin token"
-    )]
+    #[error("{}", would_lock_out(*.0))]
     WouldLockOut(IpAddr),
     #[error("merchant {merchant_id} has {limit} live API keys, the most it may have; revoke one first")]
     TooManyKeys { merchant_id: String, limit: u32 },
@@ -98,6 +96,19 @@ pub enum MerchantError {
     Invalid(#[from] InvalidArgument),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn would_lock_out(address: IpAddr) -> String {
+    let fix = if crate::net::client_ip::is_unknown(address) {
+        "No block can contain an unknown address (your proxy sent no usable x-forwarded-for)"
+    } else {
+        "Add a block that contains it"
+    };
+    format!(
+        "this list does not include your address {}: calls with this merchant's keys from it would be refused. \
+         {fix}, or set the list with the admin token",
+        Shown(address)
+    )
 }
 
 impl From<sqlx::Error> for MerchantError {
@@ -130,7 +141,7 @@ impl Caller {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor::api_key(&self.key_id, self.address)
+        Actor::api_key(&self.key_id, Shown(self.address))
     }
 }
 
@@ -144,7 +155,7 @@ pub enum Principal {
 impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
-            Self::Admin { address } => Actor::admin(address),
+            Self::Admin { address } => Actor::admin(Shown(*address)),
             Self::Merchant(caller) => caller.actor(),
         }
     }

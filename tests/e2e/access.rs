@@ -236,7 +236,7 @@ async fn a_revoked_key_fails_on_every_replica_within_a_second_and_within_the_ttl
 async fn an_api_allowlist_admits_callers_by_address_and_trusts_forwarded_for_from_proxies_only() {
     let db = TestDb::new(Backend::Sqlite).await;
     let (merchant, key) = create_merchant(&db, "Acme");
-    // 127.0.0.1 is the trusted proxy (set by the harness); 127.0.0.2 and .3 are hosts of their own.
+    // PROXY is the trusted proxy (set by the harness); 127.0.0.2 and .3 are hosts of their own.
     let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
     let mut admin = gate.merchants(ADMIN).await;
     let sub = admin
@@ -278,9 +278,8 @@ async fn an_api_allowlist_admits_callers_by_address_and_trusts_forwarded_for_fro
     assert!(!status.message().contains("127.0.0.2"), "the answer tells nothing about the list: {status:?}");
 
     // Through the trusted proxy, the forwarded address counts; from anyone else the header is ignored.
-    list_payments(&mut from("127.0.0.1", Bearer::forwarded_for(&key, "127.0.0.2")).await).await.unwrap();
-    let status =
-        list_payments(&mut from("127.0.0.1", Bearer::forwarded_for(&key, "127.0.0.9")).await).await.unwrap_err();
+    list_payments(&mut from(PROXY, Bearer::forwarded_for(&key, "127.0.0.2")).await).await.unwrap();
+    let status = list_payments(&mut from(PROXY, Bearer::forwarded_for(&key, "127.0.0.9")).await).await.unwrap_err();
     assert!(status.message().contains("127.0.0.9"), "{status:?}");
     let spoofed = Bearer::forwarded_for(&key, "127.0.0.2");
     let status = list_payments(&mut from("127.0.0.3", spoofed).await).await.unwrap_err();
@@ -649,4 +648,107 @@ async fn an_open_stream_ends_when_its_key_is_revoked() {
     let ended = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap_err();
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("revoked"), "{ended:?}");
+}
+
+/// A trusted proxy's own request (no `x-forwarded-for`), a chain of trusted hops only, or a chain
+/// paygate cannot read is an unknown caller: never the proxy, admitted by no list (not even
+/// 0.0.0.0/0, on the API allowlist or a channel's pingback allowlist), shown as "unknown"; and
+/// no list may name 0.0.0.0/8 or ::/128 to let such callers in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_list_admits_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (merchant, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
+    let from = |ip: &'static str, bearer: Bearer| {
+        let gate = &gate;
+        async move { PaymentServiceClient::with_interceptor(gate.grpc_from(ip).await, bearer) }
+    };
+    let set = |blocks: &[&str]| pb::SetApiAllowlistRequest {
+        merchant_id: merchant.clone(),
+        cidr_blocks: blocks.iter().map(|b| b.to_string()).collect(),
+    };
+
+    // A key behind the proxy sending junk cannot name the unknown caller on its own list.
+    let mut own_unknown =
+        MerchantServiceClient::with_interceptor(gate.grpc_from(PROXY).await, Bearer::forwarded_for(&key, "junk"));
+    for unfit in ["0.0.0.0/32", "0.0.0.0/8", "::/128"] {
+        let status = own_unknown.set_api_allowlist(set(&[unfit])).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{unfit}: {status:?}");
+        assert_eq!(field_names(&status), ["cidr_blocks[0]"], "{unfit}");
+    }
+    // Nor set any list: an unknown caller passes none, so it would lock itself out.
+    let status = own_unknown.set_api_allowlist(set(&["0.0.0.0/0"])).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("your address unknown"), "{status:?}");
+    assert!(status.message().contains("No block can contain an unknown address"), "{status:?}");
+
+    // With the widest list, a known caller passes and an unknown one does not.
+    let mut admin_via_proxy = MerchantServiceClient::with_interceptor(gate.grpc_from(PROXY).await, Bearer::new(ADMIN));
+    admin_via_proxy.set_api_allowlist(set(&["0.0.0.0/0", "::/0"])).await.unwrap();
+    list_payments(&mut from("127.0.0.2", Bearer::new(&key)).await).await.unwrap();
+    list_payments(&mut from(PROXY, Bearer::forwarded_for(&key, "127.0.0.2")).await).await.unwrap();
+    for (what, bearer) in [
+        ("the proxy's own request", Bearer::new(&key)),
+        ("a chain of trusted hops only", Bearer::forwarded_for(&key, PROXY)),
+        ("an unreadable chain", Bearer::forwarded_for(&key, "junk")),
+        ("a forwarded unspecified address", Bearer::forwarded_for(&key, "0.0.0.0")),
+    ] {
+        let status = list_payments(&mut from(PROXY, bearer).await).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+        assert!(status.message().contains("caller address unknown"), "{what}: {status:?}");
+    }
+
+    // The audit trail says who could not be named, not the proxy.
+    let audit = admin_via_proxy
+        .list_audit_events(pb::ListAuditEventsRequest {
+            merchant_id: merchant.clone(),
+            action: "api_allowlist.set".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audit.events.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["unknown"]);
+
+    // A channel's pingback allowlist: 0.0.0.0 is refused, and 0.0.0.0/0 admits no unknown source.
+    let mut channels = gate.channels(&key).await;
+    let mut bad = channel_request(&sim, "main", pb::ChannelMode::Test);
+    bad.paymentwall.as_mut().unwrap().pingback_allowlist = vec!["0.0.0.0".into()];
+    let status = channels.create_channel(bad).await.unwrap_err();
+    assert_eq!(field_names(&status), ["paymentwall.pingback_allowlist[0]"], "{status:?}");
+    let mut open = channel_request(&sim, "main", pb::ChannelMode::Test);
+    open.paymentwall.as_mut().unwrap().pingback_allowlist = vec!["0.0.0.0/0".into()];
+    channels.create_channel(open).await.unwrap();
+    let mut payments = from("127.0.0.2", Bearer::new(&key)).await;
+    let pid = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
+    let base = [
+        ("uid", "user-40012"),
+        ("goodsid", pid.payment_id.as_str()),
+        ("slength", ""),
+        ("speriod", ""),
+        ("type", "0"),
+        ("ref", "b1"),
+    ];
+    let url =
+        format!("{}?{}", gate.http_url("/pingback/paymentwall/main"), signed_pingback_query(&base, SECRET_KEY, 3));
+    let proxy = http_client_from(PROXY);
+    for chain in [None, Some(PROXY), Some("junk")] {
+        let mut request = proxy.get(&url);
+        if let Some(chain) = chain {
+            request = request.header("x-forwarded-for", chain);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 403, "{chain:?}");
+        let body = answer.text().await.unwrap();
+        assert_eq!(body.trim(), "source address unknown is not allowed for this channel", "{chain:?}");
+    }
+    let payment = payments
+        .get_payment(pb::GetPaymentRequest { lookup: Some(pb::get_payment_request::Lookup::PaymentId(pid.payment_id)) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(payment.status(), pb::PaymentStatus::Ready, "no refused pingback changed it");
+    let answer = proxy.get(&url).header("x-forwarded-for", "174.36.92.186").send().await.unwrap();
+    assert_eq!(answer.status(), 200, "a readable chain still names the source");
 }

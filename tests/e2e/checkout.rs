@@ -139,8 +139,9 @@ async fn refusals(db: &TestDb, gate: &Paygate, sim: &Simulator, channels: &mut C
     let pid = checkout.payment_id.as_str();
     let url = gate.http_url(&live.pingback_path);
     let from_paymentwall = "174.36.92.186"; // through our trusted loopback proxy
+    let through_proxy = http_client_from(PROXY);
     let send = |query: String, forwarded_for: &'static str| {
-        let request = http.get(format!("{url}?{query}")).header("x-forwarded-for", forwarded_for);
+        let request = through_proxy.get(format!("{url}?{query}")).header("x-forwarded-for", forwarded_for);
         async move {
             let response = request.send().await.unwrap();
             (response.status().as_u16(), response.text().await.unwrap())

@@ -258,3 +258,16 @@ async fn a_client_tokens_streams_are_capped_per_payment_apart_from_the_merchants
         open.push(payments.watch_payments(pb::WatchPaymentsRequest::default()).await.unwrap().into_inner());
     }
 }
+
+/// Configured origins are read as browsers write them: `https://Shop.Example:443/` is the origin
+/// a browser sends as `https://shop.example`, so its preflight is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_origins_are_normalised_so_a_browsers_origin_matches() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let origins = "HTTPS://Shop.Example:443/, http://Admin.Example:8080";
+    let gate = Paygate::start(&db, &[("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS", origins)]);
+    assert_eq!(preflight(&gate, "https://shop.example").await.as_deref(), Some("https://shop.example"));
+    assert_eq!(preflight(&gate, "http://admin.example:8080").await.as_deref(), Some("http://admin.example:8080"));
+    assert_eq!(preflight(&gate, "http://shop.example").await, None, "another scheme is another origin");
+    assert_eq!(preflight(&gate, "https://admin.example:8080").await, None);
+}

@@ -573,3 +573,130 @@ async fn a_value_postgres_refuses_is_the_callers_problem() {
     assert_eq!(answer.status(), 400);
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_are_never_quoted_and_out_of_range_times_are_refused_postgres() {
+    hostile_values_are_never_quoted_and_out_of_range_times_are_refused(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_are_never_quoted_and_out_of_range_times_are_refused_sqlite() {
+    hostile_values_are_never_quoted_and_out_of_range_times_are_refused(Backend::Sqlite).await;
+}
+
+/// INVALID_ARGUMENT naming `field`, whose whole answer (message and details) is small and quotes
+/// nothing of `hostile`.
+fn assert_refused_briefly(status: &tonic::Status, field: &str, hostile: &str) {
+    assert_names(status, field);
+    let answer = [status.message().as_bytes(), status.details()].concat();
+    assert!(answer.len() < 1024, "{field}: a {} byte answer: {:.300}", answer.len(), status.message());
+    let piece = &hostile.as_bytes()[..32];
+    assert!(
+        !answer.windows(piece.len()).any(|w| w == piece),
+        "{field}: the value is quoted: {:.300}",
+        status.message()
+    );
+}
+
+/// Four answers the README rules out: a 100,000-character provider name or allowlist entry quoted
+/// back, an expiry outside google.protobuf.Timestamp's range stored, and an update with both the
+/// typed and the generic credentials read as the generic one.
+async fn hostile_values_are_never_quoted_and_out_of_range_times_are_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sim = Simulator::start();
+    let (merchant, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    let mut channels = gate.channels(&key).await;
+    let mut payments = gate.payments(&key).await;
+    let mut merchants = gate.merchants(&key).await;
+    channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let pool = db.pool().await;
+    let snapshot = || {
+        let pool = &pool;
+        let merchant = merchant.clone();
+        async move {
+            let mut rows = stored_rows(pool).await;
+            let keys = sqlx::query("SELECT COUNT(*) FROM api_keys").fetch_one(pool).await.unwrap();
+            rows.push(sqlx::Row::try_get::<i64, _>(&keys, 0).unwrap());
+            let channel =
+                sqlx::query("SELECT version FROM channels WHERE channel_key = 'main'").fetch_one(pool).await.unwrap();
+            rows.push(sqlx::Row::try_get::<i64, _>(&channel, 0).unwrap());
+            let list = sqlx::query("SELECT api_allowlist FROM merchants WHERE merchant_id = $1")
+                .bind(merchant)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            (rows, sqlx::Row::try_get::<Option<String>, _>(&list, 0).unwrap())
+        }
+    };
+    let before = snapshot().await;
+    let hostile = "A".repeat(100_000);
+
+    // CreateChannel: a 100,000-character provider name.
+    let credentials =
+        pb::ProviderCredentials { provider: hostile.clone(), settings_json: "{}".into(), secrets: Default::default() };
+    let create = pb::CreateChannelRequest {
+        channel_key: "second".into(),
+        name: "second".into(),
+        credentials: Some(credentials),
+        ..Default::default()
+    };
+    let status = channels.create_channel(create).await.unwrap_err();
+    assert_refused_briefly(&status, "credentials.provider", &hostile);
+
+    // SetApiAllowlist: a 100,000-character entry.
+    let set = pb::SetApiAllowlistRequest { merchant_id: String::new(), cidr_blocks: vec![hostile.clone()] };
+    let status = merchants.set_api_allowlist(set).await.unwrap_err();
+    assert_refused_briefly(&status, "cidr_blocks[0]", &hostile);
+
+    // Every Timestamp a request takes stays within Timestamp's range (0001-01-01 to 9999-12-31).
+    let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    for seconds in [i64::MAX, 253_402_300_800] {
+        let create = pb::CreateApiKeyRequest { name: "far".into(), expires_at: at(seconds), ..Default::default() };
+        let status = merchants.create_api_key(create).await.unwrap_err();
+        assert_refused_briefly(&status, "expires_at", &hostile);
+        assert!(status.message().contains("9999-12-31"), "{status:?}");
+    }
+    let audit = pb::ListAuditEventsRequest { start_time: at(i64::MIN), end_time: at(i64::MAX), ..Default::default() };
+    let status = merchants.list_audit_events(audit).await.unwrap_err();
+    assert_names(&status, "start_time");
+    assert_names(&status, "end_time");
+    let list = pb::ListPaymentsRequest { created_from: at(-62_135_596_801), ..Default::default() };
+    assert_names(&payments.list_payments(list).await.unwrap_err(), "created_from");
+    let list = pb::ListSubscriptionsRequest { created_to: at(i64::MAX), ..Default::default() };
+    assert_names(&payments.list_subscriptions(list).await.unwrap_err(), "created_to");
+    // The bounds themselves are fine.
+    let list = pb::ListPaymentsRequest {
+        created_from: at(-62_135_596_800),
+        created_to: at(253_402_300_799),
+        ..Default::default()
+    };
+    payments.list_payments(list).await.unwrap();
+
+    // UpdateChannel with both the typed paymentwall update and credentials.
+    let both = pb::ChannelUpdate {
+        paymentwall: Some(pb::PaymentwallCredentials {
+            project_key: "pk-new".into(),
+            secret_key: "sk-new".into(),
+            ..Default::default()
+        }),
+        credentials: Some(pb::ProviderCredentials { provider: "paymentwall".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let update = pb::UpdateChannelRequest {
+        channel_key: "main".into(),
+        channel: Some(both),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["paymentwall.project_key".into(), "paymentwall.secret_key".into()],
+        }),
+    };
+    let status = channels.update_channel(update).await.unwrap_err();
+    assert_refused_briefly(&status, "credentials", &hostile);
+    use tonic_types::StatusExt;
+    let named: Vec<String> =
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(named, ["credentials"], "only the conflict, not the fields that were given: {status:?}");
+
+    assert_eq!(snapshot().await, before, "nothing stored or changed");
+    pool.close().await;
+}

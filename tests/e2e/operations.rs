@@ -1,5 +1,7 @@
 //! Operations: Prometheus metrics move by exactly the requests made.
 
+use std::time::Duration;
+
 use paygate::proto::v1 as pb;
 
 use crate::support::*;
@@ -387,4 +389,40 @@ async fn calls_to_unknown_methods_share_one_metric_label() {
         metrics_before,
         text.len()
     );
+}
+
+/// Settings that could never work are refused at start-up, naming the variable: an admin token
+/// that reads as a payment client token (`pct_`, checked first, so it could never be used), and
+/// a gRPC-Web origin with a path (no browser sends one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_admin_token_that_reads_as_a_client_token_and_an_origin_with_a_path() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let workdir = tempfile::tempdir().unwrap();
+    for (variable, value) in [
+        ("PAYGATE_ADMIN_TOKEN", "pct_an-operator-token-0123456789"),
+        ("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS", "https://shop.example, https://admin.example/console"),
+        ("PAYGATE_GRPC_WEB_ALLOWED_ORIGINS", "https://admin.example?x=1"),
+    ] {
+        let mut cmd = paygate_command(&db, workdir.path());
+        cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]).env(variable, value);
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{variable}={value:?}: paygate kept running");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{variable}={value:?}");
+        assert!(stderr.contains(variable), "{variable}={value:?}: {stderr}");
+        if variable == "PAYGATE_ADMIN_TOKEN" {
+            assert!(stderr.contains("pct_") && !stderr.contains(value), "names the prefix, not the token: {stderr}");
+        }
+    }
 }

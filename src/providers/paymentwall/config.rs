@@ -9,7 +9,7 @@ use serde_json::json;
 use super::signature::SignVersion;
 use crate::{
     channels::config::{ConfigContext, ConfigField, ProviderConfig},
-    net::parse_cidr,
+    net::{parse_cidr, unfit_for_a_list},
     payments::provider::ProviderError,
     validation::{self, Violations},
 };
@@ -187,7 +187,10 @@ fn check_allowlist(given: &[String], field: &str, v: &mut Violations) -> Vec<IpN
                 continue;
             }
             match parse_cidr(cidr) {
-                Ok(net) => allowlist.push(net),
+                Ok(net) => match unfit_for_a_list(&net) {
+                    Some(problem) => v.add(format!("{field}[{i}]"), problem),
+                    None => allowlist.push(net),
+                },
                 Err(e) => v.add(format!("{field}[{i}]"), e),
             }
         }
@@ -294,6 +297,9 @@ mod tests {
         let mut c = valid();
         c.1.pingback_allowlist = vec!["10.0.0.0/8".into(), "300.1.1.1".into()];
         assert_eq!(fields(c), ["paymentwall.pingback_allowlist[1]"]);
+        let mut c = valid();
+        c.1.pingback_allowlist = vec!["0.0.0.0/0".into(), "0.0.0.0".into(), "::/128".into()];
+        assert_eq!(fields(c), ["paymentwall.pingback_allowlist[1]", "paymentwall.pingback_allowlist[2]"]);
         let mut c = valid();
         c.1.secret_key = SecretString::from("");
         assert_eq!(fields(c), ["paymentwall.secret_key"]);

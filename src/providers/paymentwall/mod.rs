@@ -69,7 +69,7 @@ impl Provider for Paymentwall {
     /// Order of checks: source address -> parse -> signature -> v1 refused -> test on LIVE.
     fn read_callback(&self, channel: &Channel, callback: &Callback<'_>) -> Result<CallbackNotice, CallbackError> {
         let pw = credentials(channel)?;
-        if !pw.pingback_allowlist.iter().any(|net| net.contains(&callback.source)) {
+        if !crate::net::in_blocks(&pw.pingback_allowlist, callback.source) {
             return Err(CallbackError::SourceNotAllowed(callback.source));
         }
         let malformed = |e: pingback::ParseError| CallbackError::Malformed(format!("malformed pingback: {e}"));

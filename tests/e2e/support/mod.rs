@@ -168,6 +168,10 @@ impl Drop for Process {
     }
 }
 
+/// The trusted proxy of every `Paygate` (connect from it with `grpc_from` or `http_client_from`);
+/// not 127.0.0.1, so that other calls (and the simulator's pingbacks) come from hosts of their own.
+pub const PROXY: &str = "127.0.0.254";
+
 /// A running `paygate serve`.
 pub struct Paygate {
     pub process: Process,
@@ -184,8 +188,8 @@ impl Paygate {
         cmd.arg("serve")
             .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
-            // As if behind an ingress on loopback: tests can present X-Forwarded-For like a proxy.
-            .env("PAYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
+            // As if behind an ingress on loopback: tests present X-Forwarded-For from PROXY.
+            .env("PAYGATE_TRUSTED_PROXIES", format!("{PROXY}/32"))
             // The simulator (a channel's api_base_url) listens on loopback.
             .env("PAYGATE_PROVIDER_ALLOW_PRIVATE_TARGETS", "true")
             // Tests poll as fast as they like; the rate-limit tests set their own limits.
@@ -367,6 +371,13 @@ impl Simulator {
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+/// An HTTP client whose connections come from `local` (e.g. `PROXY`).
+pub fn http_client_from(local: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let local: std::net::IpAddr = local.parse().expect("an IP address");
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).local_address(local).build().expect("client")
 }
 
 /// A channel pointing at the simulator, accepting pingbacks from loopback.
