@@ -2,7 +2,7 @@
 //! untrusted address in `X-Forwarded-For`. Never believe the header from anyone else, and never
 //! make the proxy itself the caller: a proxy's own request (no header), a chain of trusted hops
 //! only, or a chain paygate cannot read answers [`UNKNOWN`], which no non-empty list admits
-//! (see [`super::in_blocks`]).
+//! (see `net::in_blocks`).
 
 use std::{
     fmt,
