@@ -18,13 +18,13 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
 use moka::future::Cache;
 use tokio::task::JoinSet;
 
 use super::{
     AuthError, Caller, allowlist,
     keys::{self, KEY_PREFIX},
+    verified::{KeyState, VerifiedKey, decide, refused},
 };
 use crate::store::{
     Db, StoreError, UnixMs, now_ms,
@@ -43,41 +43,6 @@ const KNOWN_KEYS: u64 = 100_000;
 const UNKNOWN_DIGESTS: u64 = 10_000;
 /// Merchants' invalidations remembered before the ones older than the TTL are forgotten.
 const REMEMBERED_INVALIDATIONS: usize = 1_000;
-
-/// A key as read from the database: enough to decide every later call without it.
-#[derive(Debug)]
-struct VerifiedKey {
-    key_id: String,
-    merchant_id: String,
-    parent_id: Option<String>,
-    scope: Vec<String>,
-    expires_at: Option<i64>,
-    revoked: bool,
-    /// The merchant's own blocks and its parent's: a call must pass both.
-    allowlist: Vec<IpNet>,
-    parent_allowlist: Vec<IpNet>,
-    /// The invalidation count when it was read from the database, and when (Unix ms): it is good
-    /// while no invalidation of its merchant (or parent) came since, and for at most the TTL.
-    generation: u64,
-    read_at: i64,
-    last_touched: AtomicI64,
-}
-
-/// What a long-lived session (an open stream) re-checks about the key it was opened with: the key
-/// as authentication found it, and the address the session was opened from.
-#[derive(Debug, Clone)]
-pub struct KeyState {
-    key: Arc<VerifiedKey>,
-    address: IpAddr,
-}
-
-impl PartialEq for KeyState {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.key, &other.key) && self.address == other.address
-    }
-}
-
-impl Eq for KeyState {}
 
 /// Why a key could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -438,32 +403,6 @@ fn unshared(error: Arc<LoadError>) -> LoadError {
     }
 }
 
-/// Whether a verified key may make this call now.
-fn decide(key: &VerifiedKey, address: IpAddr, now: i64) -> Result<(), AuthError> {
-    if let Some(refusal) = refused_at(key, now) {
-        return Err(refusal);
-    }
-    if !allowlist::admits(&key.allowlist, &key.parent_allowlist, address) {
-        return Err(AuthError::AddressNotAllowed(address.to_canonical()));
-    }
-    Ok(())
-}
-
-/// Why the key itself acts no more (revoked or expired), wherever it is used from.
-fn refused(key: &VerifiedKey) -> Option<AuthError> {
-    refused_at(key, now_ms())
-}
-
-fn refused_at(key: &VerifiedKey, now: i64) -> Option<AuthError> {
-    if key.revoked {
-        Some(AuthError::Revoked(key.key_id.clone()))
-    } else if key.expires_at.is_some_and(|at| at <= now) {
-        Some(AuthError::Expired(key.key_id.clone()))
-    } else {
-        None
-    }
-}
-
 /// Which column finds the key.
 #[derive(Clone, Copy)]
 enum KeyColumn {
@@ -525,28 +464,12 @@ struct KeyRow {
 mod tests {
     use super::*;
 
-    fn key(revoked: bool, expires_at: Option<i64>, allowlist: &[&str]) -> VerifiedKey {
-        VerifiedKey {
-            key_id: "key_1".into(),
-            merchant_id: "mer_1".into(),
-            parent_id: None,
-            scope: vec!["mer_1".into()],
-            expires_at,
-            revoked,
-            allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
-            parent_allowlist: Vec::new(),
-            generation: 0,
-            read_at: 0,
-            last_touched: AtomicI64::new(0),
-        }
-    }
-
     fn read_at(merchant_id: &str, parent_id: Option<&str>, generation: u64) -> VerifiedKey {
         VerifiedKey {
             merchant_id: merchant_id.into(),
             parent_id: parent_id.map(Into::into),
             generation,
-            ..key(false, None, &[])
+            ..VerifiedKey::example(false, None, &[])
         }
     }
 
@@ -586,17 +509,5 @@ mod tests {
         invalidations.merchant("mer_last", ttl);
         let remembered = invalidations.of_merchant.read().unwrap().len();
         assert_eq!(remembered, 1, "only the invalidation younger than the TTL is kept");
-    }
-
-    #[test]
-    fn revoked_expired_and_outside_keys_are_refused_in_that_order() {
-        let here: IpAddr = "127.0.0.2".parse().unwrap();
-        let elsewhere: IpAddr = "127.0.0.3".parse().unwrap();
-        assert!(decide(&key(false, None, &[]), elsewhere, 10).is_ok());
-        assert!(decide(&key(false, Some(11), &["127.0.0.2/32"]), here, 10).is_ok());
-        assert!(matches!(decide(&key(true, Some(5), &[]), here, 10), Err(AuthError::Revoked(_))));
-        assert!(matches!(decide(&key(false, Some(10), &[]), here, 10), Err(AuthError::Expired(_))));
-        let refused = decide(&key(false, None, &["127.0.0.2/32"]), elsewhere, 10).unwrap_err();
-        assert_eq!(refused.to_string(), "caller address 127.0.0.3 is not allowed to use this merchant's API keys");
     }
 }

@@ -6,7 +6,7 @@ use rand::{Rng, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use super::{MerchantError, validate_name};
+use super::MerchantError;
 use crate::{
     audit::{self, Action, Actor},
     store::{Db, StoreError, UnixMs},
@@ -14,6 +14,8 @@ use crate::{
 };
 
 pub const KEY_PREFIX: &str = "pgk_";
+/// The longest merchant or key name, in characters.
+pub const MAX_NAME: usize = 128;
 const KEY_RANDOM_CHARS: usize = 32; // 62^32 ~ 2^190
 /// Characters of the key shown in listings: the prefix and 6 random ones (~2^36 of the 2^190).
 const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
@@ -29,6 +31,16 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+}
+
+/// A name as people give one: trimmed, 1 to `MAX_NAME` printable characters.
+pub(super) fn validate_name<'a>(field: &str, name: &'a str) -> Result<&'a str, InvalidArgument> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(InvalidArgument::single(field, format!("must be 1 to {MAX_NAME} printable characters")));
+    }
+    Ok(name)
 }
 
 #[derive(Debug, Clone, Default)]
