@@ -12,12 +12,14 @@ use crate::{
         hub::{Ended, SubscribeError, Subscription},
         log,
     },
-    merchants::{Caller, KeyCache, KeyWatch},
+    merchants::{Caller, KeyCache, KeyWatch, client_tokens},
     payments::{
+        Payment,
         repo::{self, Lookup},
         subscriptions::{self, SubscriptionView},
     },
     proto::v1 as pb,
+    secrets::MasterKeys,
     store::Db,
     validation::{self, MAX_FILTER_IDS, Violations},
 };
@@ -26,14 +28,56 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status
 
 const REPLAY_PAGE: u32 = 500;
 
-fn to_proto(event: &Event) -> pb::PaymentEvent {
-    pb::PaymentEvent {
-        event_id: event.position.to_string(),
-        kind: event.kind.as_str().to_owned(),
-        payment: Some(convert::payment(event.payment.clone())),
-        created_at: Some(convert::timestamp(event.created_at)),
-        snapshot: false,
-        subscription: event.detail.as_ref().and_then(SubscriptionView::from_detail).map(convert::subscription_view),
+/// Whom a stream's events are shown to.
+pub enum View {
+    /// A merchant's key: the payment as ListPayments shows it, cursors as log positions.
+    Merchant,
+    /// A payment client token (a buyer's browser): the browser's view of its payment, and cursors
+    /// sealed to it that say nothing of the log (other merchants' activity).
+    Browser { payment_id: String, keys: Arc<MasterKeys> },
+}
+
+impl View {
+    fn cursor(&self, position: Position) -> String {
+        match self {
+            Self::Merchant => position.to_string(),
+            Self::Browser { payment_id, keys } => client_tokens::seal_cursor(keys, payment_id, &position.to_string()),
+        }
+    }
+
+    /// A cursor the stream's caller gave back. A browser's is one sealed to its payment, or a log
+    /// position from before cursors were sealed: its replay reads only its payment's events, so
+    /// any position before the payment's first event starts at that event.
+    fn parse_cursor(&self, field: &str, value: &str, v: &mut Violations) -> Option<Position> {
+        let opened = match self {
+            Self::Browser { payment_id, keys } if value.starts_with(client_tokens::CURSOR_PREFIX) => {
+                client_tokens::open_cursor(keys, payment_id, value)
+            }
+            _ => None,
+        };
+        parse_cursor(field, opened.as_deref().unwrap_or(value), v)
+    }
+
+    fn payment(&self, payment: Payment) -> pb::Payment {
+        match self {
+            Self::Merchant => convert::payment(payment),
+            Self::Browser { .. } => convert::browser_payment(payment),
+        }
+    }
+
+    fn event(&self, event: &Event) -> pb::PaymentEvent {
+        let subscription = match self {
+            Self::Merchant => event.detail.as_ref().and_then(SubscriptionView::from_detail),
+            Self::Browser { .. } => None,
+        };
+        pb::PaymentEvent {
+            event_id: self.cursor(event.position),
+            kind: event.kind.as_str().to_owned(),
+            payment: Some(self.payment(event.payment.clone())),
+            created_at: Some(convert::timestamp(event.created_at)),
+            snapshot: false,
+            subscription: subscription.map(convert::subscription_view),
+        }
     }
 }
 
@@ -60,9 +104,13 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
 }
 
 /// A WatchPaymentsRequest checked: its cursor and its filter.
-fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option<Position>, Filter), Status> {
+fn read_request(
+    caller: &Caller,
+    view: &View,
+    r: &pb::WatchPaymentsRequest,
+) -> Result<(Option<Position>, Filter), Status> {
     let mut v = Violations::default();
-    let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
+    let resume_after = view.parse_cursor("resume_after", &r.resume_after, &mut v);
     let statuses: std::collections::HashSet<_> =
         convert::statuses(&mut v, &r.statuses, convert::status_from_proto, "payment").into_iter().collect();
     if validation::count(&mut v, "payment_ids", r.payment_ids.len(), MAX_FILTER_IDS) {
@@ -97,10 +145,10 @@ pub async fn watch(
     hub: &Arc<Hub>,
     keys: KeyCache,
     caller: Caller,
-    expires_at: Option<i64>,
+    (expires_at, view): (Option<i64>, View),
     r: pb::WatchPaymentsRequest,
 ) -> Result<EventStream, Status> {
-    let (resume_after, filter) = read_request(&caller, &r)?;
+    let (resume_after, filter) = read_request(&caller, &view, &r)?;
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
     // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
@@ -133,6 +181,7 @@ pub async fn watch(
         expires_at,
         merchant_id: caller.merchant_id,
         filter,
+        view,
         payment_ids: r.payment_ids,
         subscription_ids: r.subscription_ids,
         subscription,
@@ -163,6 +212,7 @@ struct Watch {
     expires_at: Option<i64>,
     merchant_id: String,
     filter: Arc<Filter>,
+    view: View,
     payment_ids: Vec<String>,
     subscription_ids: Vec<String>,
     subscription: Subscription,
@@ -198,10 +248,10 @@ impl Watch {
             None => ("payment.snapshot", payment.updated_at),
         };
         Some(pb::PaymentEvent {
-            event_id: self.start.to_string(),
+            event_id: self.view.cursor(self.start),
             kind: kind.into(),
             created_at: Some(convert::timestamp(updated_at)),
-            payment: Some(convert::payment(payment)),
+            payment: Some(self.view.payment(payment)),
             snapshot: true,
             subscription: subscription.map(convert::subscription),
         })
@@ -248,7 +298,7 @@ impl Watch {
                         for event in events.iter().take_while(|e| e.position <= self.start) {
                             reached = event.position;
                             if self.filter.matches(event) {
-                                self.pending.push_back((event.position, to_proto(event)));
+                                self.pending.push_back((event.position, self.view.event(event)));
                             }
                         }
                         self.phase = if reached == position { Phase::Live } else { Phase::Replay(reached) };
@@ -282,11 +332,11 @@ impl Watch {
                             return Some((Err(status), self));
                         }
                         self.last = event.position;
-                        return Some((Ok(to_proto(&event)), self));
+                        return Some((Ok(self.view.event(&event)), self));
                     }
                     None => {
                         self.phase = Phase::Ended;
-                        let last = self.last;
+                        let last = self.view.cursor(self.last);
                         let status = match self.subscription.ended() {
                             Some(Ended::Lagged) => Status::resource_exhausted(format!(
                                 "the stream fell behind and was ended; reconnect with resume_after={last}"
@@ -323,5 +373,5 @@ pub async fn list(
     };
     let (events, _) = log::list(db, &caller.merchant_id, scope, after, limit).await?;
     let next_cursor = events.last().map(|e| e.position.to_string()).unwrap_or_else(|| r.after.clone());
-    Ok(pb::ListPaymentEventsResponse { events: events.iter().map(to_proto).collect(), next_cursor })
+    Ok(pb::ListPaymentEventsResponse { events: events.iter().map(|e| View::Merchant.event(e)).collect(), next_cursor })
 }
