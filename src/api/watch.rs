@@ -180,10 +180,12 @@ pub async fn watch(
         key: keys.watch(caller.key_id, caller.key_state),
         expires_at,
         merchant_id: caller.merchant_id,
+        statuses: filter.statuses.iter().map(|s| s.as_str()).collect(),
         filter,
         view,
         payment_ids: r.payment_ids,
         subscription_ids: r.subscription_ids,
+        merchant_uids: r.merchant_uids,
         subscription,
         start,
         last,
@@ -215,6 +217,9 @@ struct Watch {
     view: View,
     payment_ids: Vec<String>,
     subscription_ids: Vec<String>,
+    merchant_uids: Vec<String>,
+    /// The filter's statuses as stored.
+    statuses: Vec<&'static str>,
     subscription: Subscription,
     start: Position,
     /// The cursor to resume after: the last event sent.
@@ -257,6 +262,18 @@ impl Watch {
         })
     }
 
+    /// The next page of the replay: the events after `position` that the stream's scope and
+    /// filter select, chosen in SQL (on an index), so a replay reads its own events only.
+    async fn replay_page(&self, position: Position) -> Result<(Vec<Event>, bool), crate::payments::PaymentError> {
+        let scope = log::ListScope {
+            payment_ids: &self.payment_ids,
+            subscription_ids: &self.subscription_ids,
+            merchant_uids: &self.merchant_uids,
+            statuses: &self.statuses,
+        };
+        log::list(&self.db, &self.merchant_id, scope, position, REPLAY_PAGE).await
+    }
+
     /// Ends the stream when its key was revoked or expired since it opened, or its client token
     /// expired.
     async fn refused(&mut self) -> Option<Status> {
@@ -291,7 +308,7 @@ impl Watch {
                 Phase::Replay(position) if position >= self.start => self.phase = Phase::Live,
                 // Boxed: the stream's waiting state is sized by its largest await, and the live
                 // phase (almost all of a stream's life) should not carry a database call's size.
-                Phase::Replay(position) => match Box::pin(log::read_after(&self.db, position, REPLAY_PAGE)).await {
+                Phase::Replay(position) => match Box::pin(self.replay_page(position)).await {
                     Ok((events, _)) if events.is_empty() => self.phase = Phase::Live,
                     Ok((events, _)) => {
                         let mut reached = position;
@@ -367,10 +384,11 @@ pub async fn list(
         0 => 100,
         n => n.min(500),
     };
-    let scope = log::ListScope {
-        payment_id: Some(r.payment_id.as_str()).filter(|p| !p.is_empty()),
-        subscription_ids: &r.subscription_ids,
+    let payment_ids = match r.payment_id.is_empty() {
+        true => &[][..],
+        false => std::slice::from_ref(&r.payment_id),
     };
+    let scope = log::ListScope { payment_ids, subscription_ids: &r.subscription_ids, ..Default::default() };
     let (events, _) = log::list(db, &caller.merchant_id, scope, after, limit).await?;
     let next_cursor = events.last().map(|e| e.position.to_string()).unwrap_or_else(|| r.after.clone());
     Ok(pb::ListPaymentEventsResponse { events: events.iter().map(|e| View::Merchant.event(e)).collect(), next_cursor })

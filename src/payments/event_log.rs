@@ -244,15 +244,63 @@ pub async fn head(db: &Db) -> Result<Position, PaymentError> {
     Ok(row.map(Position::from).unwrap_or_default())
 }
 
-/// Which of a merchant's events a page holds: all, or only one payment's and/or only these
-/// subscriptions' payments'.
+/// Which of a merchant's events a read takes: all, or only those of these payments, of these
+/// subscriptions' payments, of these merchant uids, in these statuses (each filter applies when
+/// not empty). Each is a condition in SQL on an index, so a read never walks other merchants' or
+/// other payments' events (`payment_events_by_payment`, `payment_events_by_merchant`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListScope<'a> {
-    pub payment_id: Option<&'a str>,
+    pub payment_ids: &'a [String],
     pub subscription_ids: &'a [String],
+    pub merchant_uids: &'a [String],
+    pub statuses: &'a [&'static str],
 }
 
-/// A page of one merchant's (and its sub-merchants') events after `after`.
+/// The SELECT of a page of `list`, with `$1`-`$4` (after, merchant, limit) then one parameter per
+/// id, uid and status in `scope`'s order.
+fn list_sql(horizon: &str, scope: &ListScope<'_>) -> String {
+    let mut n = 4;
+    let mut params = |count: usize| {
+        let list: Vec<String> = (0..count)
+            .map(|_| {
+                n += 1;
+                format!("${n}")
+            })
+            .collect();
+        list.join(", ")
+    };
+    let mut clauses = String::new();
+    if !scope.payment_ids.is_empty() {
+        clauses.push_str(&format!(" AND payment_id IN ({})", params(scope.payment_ids.len())));
+    }
+    if !scope.subscription_ids.is_empty() {
+        clauses.push_str(&format!(
+            " AND payment_id IN (SELECT payment_id FROM payments WHERE subscription_id IN ({}))",
+            params(scope.subscription_ids.len())
+        ));
+    }
+    if !scope.merchant_uids.is_empty() {
+        clauses.push_str(&format!(
+            " AND payment_id IN (SELECT payment_id FROM payments WHERE merchant_id IN ({IN_SCOPE}) \
+             AND merchant_uid IN ({}))",
+            params(scope.merchant_uids.len())
+        ));
+    }
+    if !scope.statuses.is_empty() {
+        clauses.push_str(&format!(" AND status IN ({})", params(scope.statuses.len())));
+    }
+    format!(
+        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
+         AND merchant_id IN ({IN_SCOPE}){clauses} ORDER BY txid, event_id LIMIT $4"
+    )
+}
+
+/// The merchant `$3` and its sub-merchants.
+const IN_SCOPE: &str = "SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3";
+
+/// A page of one merchant's (and its sub-merchants') events after `after`, as `scope` narrows
+/// them. The flag is true when committed events were held back behind a still-running
+/// transaction.
 pub async fn list(
     db: &Db,
     merchant_id: &str,
@@ -260,42 +308,17 @@ pub async fn list(
     after: Position,
     limit: u32,
 ) -> Result<(Vec<Event>, bool), PaymentError> {
-    let horizon = horizon(db);
-    let mut clauses = String::new();
-    let mut n = 4;
-    if scope.payment_id.is_some() {
-        n += 1;
-        clauses.push_str(&format!(" AND payment_id = ${n}"));
-    }
-    if !scope.subscription_ids.is_empty() {
-        let placeholders: Vec<String> = scope
-            .subscription_ids
-            .iter()
-            .map(|_| {
-                n += 1;
-                format!("${n}")
-            })
-            .collect();
-        clauses.push_str(&format!(
-            " AND payment_id IN (SELECT payment_id FROM payments WHERE subscription_id IN ({}))",
-            placeholders.join(", ")
-        ));
-    }
-    let sql = format!(
-        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
-         AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3) \
-         {clauses} ORDER BY txid, event_id LIMIT $4"
-    );
+    let sql = list_sql(horizon(db), &scope);
     let mut query = sqlx::query_as::<_, HeldEventRow>(&sql)
         .bind(after.txid)
         .bind(after.id)
         .bind(merchant_id)
         .bind(i64::from(limit));
-    if let Some(payment_id) = scope.payment_id {
-        query = query.bind(payment_id);
+    for value in scope.payment_ids.iter().chain(scope.subscription_ids).chain(scope.merchant_uids) {
+        query = query.bind(value.as_str());
     }
-    for id in scope.subscription_ids {
-        query = query.bind(id);
+    for status in scope.statuses {
+        query = query.bind(*status);
     }
     let rows = query.fetch_all(db.pool()).await?;
     below_horizon(rows)
