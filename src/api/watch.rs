@@ -271,7 +271,8 @@ impl Watch {
             merchant_uids: &self.merchant_uids,
             statuses: &self.statuses,
         };
-        log::list(&self.db, &self.merchant_id, scope, position, REPLAY_PAGE).await
+        let tenancy = log::Tenancy { merchant_id: &self.merchant_id, merchants: &self.filter.scope };
+        log::list(&self.db, tenancy, scope, position, REPLAY_PAGE).await
     }
 
     /// Ends the stream when its key was revoked or expired since it opened, or its client token
@@ -389,7 +390,8 @@ pub async fn list(
         false => std::slice::from_ref(&r.payment_id),
     };
     let scope = log::ListScope { payment_ids, subscription_ids: &r.subscription_ids, ..Default::default() };
-    let (events, _) = log::list(db, &caller.merchant_id, scope, after, limit).await?;
+    let tenancy = log::Tenancy { merchant_id: &caller.merchant_id, merchants: &caller.scope };
+    let (events, _) = log::list(db, tenancy, scope, after, limit).await?;
     let next_cursor = events.last().map(|e| e.position.to_string()).unwrap_or_else(|| r.after.clone());
     Ok(pb::ListPaymentEventsResponse { events: events.iter().map(|e| View::Merchant.event(e)).collect(), next_cursor })
 }
