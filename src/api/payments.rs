@@ -173,13 +173,13 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
-        let client = match request.extensions().get::<PaymentGrant>() {
-            Some(grant) => {
-                let view =
-                    View::Browser { payment_id: grant.payment_id.clone(), keys: self.settings.master_keys.clone() };
-                (Some(grant.expires_at), view)
-            }
-            None => (None, View::Merchant),
+        let view = match request.extensions().get::<PaymentGrant>() {
+            Some(grant) => View::Browser {
+                payment_id: grant.payment_id.clone(),
+                keys: self.settings.master_keys.clone(),
+                expires_at: grant.expires_at,
+            },
+            None => View::Merchant,
         };
         if let Some(grant) = request.extensions().get::<PaymentGrant>() {
             let r = request.get_ref();
@@ -190,7 +190,7 @@ impl PaymentService for PaymentsApi {
             only_its_payment(Some(grant), if by_id_alone { &ids } else { &[] })?;
         }
         let stream =
-            super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, client, request.into_inner())
+            super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, view, request.into_inner())
                 .await?;
         Ok(Response::new(stream))
     }

@@ -33,15 +33,26 @@ pub enum View {
     /// A merchant's key: the payment as ListPayments shows it, cursors as log positions.
     Merchant,
     /// A payment client token (a buyer's browser): the browser's view of its payment, and cursors
-    /// sealed to it that say nothing of the log (other merchants' activity).
-    Browser { payment_id: String, keys: Arc<MasterKeys> },
+    /// sealed to it that say nothing of the log (other merchants' activity). The stream ends at
+    /// the token's expiry (Unix ms), with or without an event.
+    Browser { payment_id: String, keys: Arc<MasterKeys>, expires_at: i64 },
 }
 
 impl View {
+    /// When the credential the stream was opened with stops being good.
+    fn expires_at(&self) -> Option<i64> {
+        match self {
+            Self::Merchant => None,
+            Self::Browser { expires_at, .. } => Some(*expires_at),
+        }
+    }
+
     fn cursor(&self, position: Position) -> String {
         match self {
             Self::Merchant => position.to_string(),
-            Self::Browser { payment_id, keys } => client_tokens::seal_cursor(keys, payment_id, &position.to_string()),
+            Self::Browser { payment_id, keys, .. } => {
+                client_tokens::seal_cursor(keys, payment_id, &position.to_string())
+            }
         }
     }
 
@@ -50,7 +61,7 @@ impl View {
     /// any position before the payment's first event starts at that event.
     fn parse_cursor(&self, field: &str, value: &str, v: &mut Violations) -> Option<Position> {
         let opened = match self {
-            Self::Browser { payment_id, keys } if value.starts_with(client_tokens::CURSOR_PREFIX) => {
+            Self::Browser { payment_id, keys, .. } if value.starts_with(client_tokens::CURSOR_PREFIX) => {
                 client_tokens::open_cursor(keys, payment_id, value)
             }
             _ => None,
@@ -138,17 +149,16 @@ fn read_request(
 /// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
 const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
 
-/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
-/// token's expiry); the stream ends then, with or without an event.
 pub async fn watch(
     db: Db,
     hub: &Arc<Hub>,
     keys: KeyCache,
     caller: Caller,
-    (expires_at, view): (Option<i64>, View),
+    view: View,
     r: pb::WatchPaymentsRequest,
 ) -> Result<EventStream, Status> {
     let (resume_after, filter) = read_request(&caller, &view, &r)?;
+    let expires_at = view.expires_at();
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
     // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
