@@ -267,6 +267,11 @@ async fn start(
 }
 
 /// The gRPC server with every service, behind metrics and auth, serving `incoming` until `stop`.
+/// The longest a payment client token lives: at least a second (a token born expired helps nobody).
+fn client_token_ttl_ms(s: &Settings) -> i64 {
+    s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64
+}
+
 fn grpc_server(
     parts: &Parts,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -284,6 +289,7 @@ fn grpc_server(
         per_merchant_limit: limits.per_merchant.clone(),
         failures: limits.auth_failures.clone(),
         keys: cache.keys_arc(),
+        client_token_max_ttl_ms: client_token_ttl_ms(s),
     };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -305,8 +311,7 @@ fn grpc_server(
         methods: PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
         settings: api::payments::PaymentsApiSettings {
             idempotency_lease_ms: s.idempotency_lease_ms as i64,
-            // At least a second: a token born expired helps nobody.
-            client_token_ttl_ms: s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64,
+            client_token_ttl_ms: client_token_ttl_ms(s),
             master_keys: cache.keys_arc(),
         },
     };

@@ -21,10 +21,11 @@ pub enum Action {
     ChannelDeleted,
     WebhookEndpointSet,
     MasterKeyRotated,
+    PaymentClientTokenIssued,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Self::MerchantCreated,
         Self::SubMerchantCreated,
         Self::ApiKeyCreated,
@@ -35,6 +36,7 @@ impl Action {
         Self::ChannelDeleted,
         Self::WebhookEndpointSet,
         Self::MasterKeyRotated,
+        Self::PaymentClientTokenIssued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Action {
             Self::ChannelDeleted => "channel.deleted",
             Self::WebhookEndpointSet => "webhook_endpoint.set",
             Self::MasterKeyRotated => "master_key.rotated",
+            Self::PaymentClientTokenIssued => "payment_client_token.issued",
         }
     }
 
@@ -136,6 +139,12 @@ pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> Re
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Appends `entry` on its own, for an action that changes nothing stored (issuing a client token).
+pub async fn record_alone(db: &Db, entry: &Entry<'_>, now: i64) -> Result<(), StoreError> {
+    let mut conn = db.pool().acquire().await?;
+    record(&mut conn, entry, now).await
 }
 
 /// What `list` returns: newest first.

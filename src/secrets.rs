@@ -10,7 +10,10 @@ use aes_gcm::{
     Aes256Gcm, Nonce,
     aead::{Aead, AeadCore, KeyInit, OsRng, Payload},
 };
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -160,8 +163,33 @@ impl MasterKeys {
         let Some(key) = std::iter::once(&self.current).chain(&self.previous).find(|k| k.id == key_id) else {
             return false;
         };
-        let Ok(given) = hex::decode(hex_tag) else { return false };
-        bool::from(subtle::ConstantTimeEq::ct_eq(Self::hmac(key, purpose, data).as_slice(), given.as_slice()))
+        // Compared as text: the tag is lower-case hex, and no other spelling of it is the tag.
+        let expected = hex::encode(Self::hmac(key, purpose, data));
+        bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), hex_tag.as_bytes()))
+    }
+
+    /// `plain` encrypted for `purpose` under the current key, as URL-safe base64 (nonce and
+    /// ciphertext): for values paygate hands out that must reveal nothing and come back unaltered.
+    pub fn seal(&self, purpose: &str, plain: &[u8]) -> String {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let payload = Payload { msg: plain, aad: purpose.as_bytes() };
+        let ciphertext = self.current.cipher.encrypt(&nonce, payload).expect("AES-GCM encrypts any input under 64 GiB");
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&ciphertext);
+        URL_SAFE_NO_PAD.encode(blob)
+    }
+
+    /// What `seal` sealed for `purpose` under a configured key; `None` for anything else.
+    pub fn open(&self, purpose: &str, sealed: &str) -> Option<Vec<u8>> {
+        let blob = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if blob.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, ciphertext) = blob.split_at(12);
+        std::iter::once(&self.current).chain(&self.previous).find_map(|key| {
+            let payload = Payload { msg: ciphertext, aad: purpose.as_bytes() };
+            key.cipher.decrypt(Nonce::from_slice(nonce), payload).ok()
+        })
     }
 
     fn hmac(key: &MasterKey, purpose: &str, data: &[u8]) -> [u8; 32] {

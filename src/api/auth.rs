@@ -47,6 +47,8 @@ pub struct AuthSettings {
     pub failures: Option<FailureLimit>,
     /// Verifies payment client tokens.
     pub keys: Arc<MasterKeys>,
+    /// The longest a payment client token may live: one that claims longer is refused.
+    pub client_token_max_ttl_ms: i64,
 }
 
 #[derive(Clone)]
@@ -149,7 +151,7 @@ impl AuthSettings {
     /// A payment client token: verified, on one of its paths, within its payment's rate limit (it
     /// lives in a buyer's browser), and its issuing key still live (an outage refuses it).
     async fn client(&self, path: &str, token: &str) -> Result<PaymentGrant, AuthError> {
-        let grant = client_tokens::verify(&self.keys, token, now_ms())?;
+        let grant = client_tokens::verify(&self.keys, token, now_ms(), self.client_token_max_ttl_ms)?;
         if !CLIENT_TOKEN_PATHS.contains(&path) {
             return Err(AuthError::ClientTokenNotAllowed(path.trim_start_matches('/').to_owned()));
         }

@@ -104,6 +104,24 @@ pub fn payment(p: Payment) -> pb::Payment {
     }
 }
 
+/// What a payment client token (a buyer's browser) sees of its payment: its id, status, amount,
+/// order name and timestamps. Nothing about the buyer (e-mail, uid), nor the merchant's own
+/// fields (merchant_uid, channel_key, custom_params, provider ref, refunds, subscription).
+pub fn browser_payment(p: Payment) -> pb::Payment {
+    pb::Payment {
+        payment_id: p.payment_id,
+        status: status_to_proto(p.status) as i32,
+        amount: Some(pb::Money { amount_minor: p.amount_minor, currency: p.currency }),
+        order_name: p.order_name,
+        created_at: Some(timestamp(p.created_at)),
+        updated_at: Some(timestamp(p.updated_at)),
+        paid_at: p.paid_at.map(timestamp),
+        failed_at: p.failed_at.map(timestamp),
+        cancelled_at: p.cancelled_at.map(timestamp),
+        ..Default::default()
+    }
+}
+
 pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
     let trigger = match c.trigger {
         Trigger::MerchantRequest => pb::CancellationTrigger::MerchantRequest,

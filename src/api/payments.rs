@@ -6,8 +6,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, page_size};
+use super::{caller, convert, page_size, watch::View};
 use crate::{
+    audit,
     channels::Channels,
     events::Hub,
     merchants::{
@@ -164,7 +165,14 @@ impl PaymentService for PaymentsApi {
         request: Request<pb::WatchPaymentsRequest>,
     ) -> Result<Response<Self::WatchPaymentsStream>, Status> {
         let caller = caller(&request)?;
-        let expires_at = request.extensions().get::<PaymentGrant>().map(|grant| grant.expires_at);
+        let view = match request.extensions().get::<PaymentGrant>() {
+            Some(grant) => View::Browser {
+                payment_id: grant.payment_id.clone(),
+                keys: self.settings.master_keys.clone(),
+                expires_at: grant.expires_at,
+            },
+            None => View::Merchant,
+        };
         if let Some(grant) = request.extensions().get::<PaymentGrant>() {
             let r = request.get_ref();
             // By its payment_id alone: a merchant_uid filter could name another payment.
@@ -173,15 +181,9 @@ impl PaymentService for PaymentsApi {
             let by_id_alone = r.merchant_uids.is_empty() && r.subscription_ids.is_empty();
             only_its_payment(Some(grant), if by_id_alone { &ids } else { &[] })?;
         }
-        let stream = super::watch::watch(
-            self.db.clone(),
-            &self.hub,
-            self.keys.clone(),
-            caller,
-            expires_at,
-            request.into_inner(),
-        )
-        .await?;
+        let stream =
+            super::watch::watch(self.db.clone(), &self.hub, self.keys.clone(), caller, view, request.into_inner())
+                .await?;
         Ok(Response::new(stream))
     }
 
@@ -197,13 +199,25 @@ impl PaymentService for PaymentsApi {
         let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&r.payment_id)).await?;
         let limit = self.settings.client_token_ttl_ms;
         let ttl = if r.ttl_seconds == 0 { limit } else { (i64::from(r.ttl_seconds) * 1000).min(limit) };
+        let now = now_ms();
         let grant = PaymentGrant {
             payment_id: payment.payment_id.clone(),
             // The payment's own merchant: the token acts for it alone, even when a parent's key made it.
             merchant_id: payment.merchant_id,
             key_id: caller.key_id.clone(),
-            expires_at: now_ms() + ttl,
+            issued_at: Some(now),
+            expires_at: now.saturating_add(ttl),
         };
+        // Recorded before the token exists: no token without its entry (which never holds the token).
+        let actor = caller.actor();
+        let entry = audit::Entry {
+            actor: &actor,
+            action: audit::Action::PaymentClientTokenIssued,
+            merchant_id: Some(&grant.merchant_id),
+            target: &grant.payment_id,
+            changed_fields: &[],
+        };
+        audit::record_alone(&self.db, &entry, now).await?;
         let token = client_tokens::issue(&self.settings.master_keys, &grant);
         tracing::info!(payment_id = %grant.payment_id, key_id = %grant.key_id, ttl_ms = ttl, "payment client token issued");
         Ok(Response::new(pb::PaymentClientToken {
@@ -297,6 +311,11 @@ impl PaymentService for PaymentsApi {
             Lookup::MerchantUid(_) => "",
         };
         only_its_payment(request.extensions().get::<PaymentGrant>(), &[by_id])?;
+        if request.extensions().get::<PaymentGrant>().is_some() {
+            // A buyer's browser: what its checkout page shows, nothing of the merchant's.
+            let payment = repo::get(&self.db, &caller.merchant_id, lookup).await?;
+            return Ok(Response::new(convert::browser_payment(payment)));
+        }
         let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);

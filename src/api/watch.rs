@@ -12,12 +12,14 @@ use crate::{
         hub::{Ended, SubscribeError, Subscription},
         log,
     },
-    merchants::{Caller, KeyCache, KeyWatch},
+    merchants::{Caller, KeyCache, KeyWatch, client_tokens},
     payments::{
+        Payment,
         repo::{self, Lookup},
         subscriptions::{self, SubscriptionView},
     },
     proto::v1 as pb,
+    secrets::MasterKeys,
     store::Db,
     validation::{self, MAX_FILTER_IDS, Violations},
 };
@@ -26,14 +28,67 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status
 
 const REPLAY_PAGE: u32 = 500;
 
-fn to_proto(event: &Event) -> pb::PaymentEvent {
-    pb::PaymentEvent {
-        event_id: event.position.to_string(),
-        kind: event.kind.as_str().to_owned(),
-        payment: Some(convert::payment(event.payment.clone())),
-        created_at: Some(convert::timestamp(event.created_at)),
-        snapshot: false,
-        subscription: event.detail.as_ref().and_then(SubscriptionView::from_detail).map(convert::subscription_view),
+/// Whom a stream's events are shown to.
+pub enum View {
+    /// A merchant's key: the payment as ListPayments shows it, cursors as log positions.
+    Merchant,
+    /// A payment client token (a buyer's browser): the browser's view of its payment, and cursors
+    /// sealed to it that say nothing of the log (other merchants' activity). The stream ends at
+    /// the token's expiry (Unix ms), with or without an event.
+    Browser { payment_id: String, keys: Arc<MasterKeys>, expires_at: i64 },
+}
+
+impl View {
+    /// When the credential the stream was opened with stops being good.
+    fn expires_at(&self) -> Option<i64> {
+        match self {
+            Self::Merchant => None,
+            Self::Browser { expires_at, .. } => Some(*expires_at),
+        }
+    }
+
+    fn cursor(&self, position: Position) -> String {
+        match self {
+            Self::Merchant => position.to_string(),
+            Self::Browser { payment_id, keys, .. } => {
+                client_tokens::seal_cursor(keys, payment_id, &position.to_string())
+            }
+        }
+    }
+
+    /// A cursor the stream's caller gave back. A browser's is one sealed to its payment, or a log
+    /// position from before cursors were sealed: its replay reads only its payment's events, so
+    /// any position before the payment's first event starts at that event.
+    fn parse_cursor(&self, field: &str, value: &str, v: &mut Violations) -> Option<Position> {
+        let opened = match self {
+            Self::Browser { payment_id, keys, .. } if value.starts_with(client_tokens::CURSOR_PREFIX) => {
+                client_tokens::open_cursor(keys, payment_id, value)
+            }
+            _ => None,
+        };
+        parse_cursor(field, opened.as_deref().unwrap_or(value), v)
+    }
+
+    fn payment(&self, payment: Payment) -> pb::Payment {
+        match self {
+            Self::Merchant => convert::payment(payment),
+            Self::Browser { .. } => convert::browser_payment(payment),
+        }
+    }
+
+    fn event(&self, event: &Event) -> pb::PaymentEvent {
+        let subscription = match self {
+            Self::Merchant => event.detail.as_ref().and_then(SubscriptionView::from_detail),
+            Self::Browser { .. } => None,
+        };
+        pb::PaymentEvent {
+            event_id: self.cursor(event.position),
+            kind: event.kind.as_str().to_owned(),
+            payment: Some(self.payment(event.payment.clone())),
+            created_at: Some(convert::timestamp(event.created_at)),
+            snapshot: false,
+            subscription: subscription.map(convert::subscription_view),
+        }
     }
 }
 
@@ -60,9 +115,13 @@ fn parse_cursor(field: &str, value: &str, v: &mut Violations) -> Option<Position
 }
 
 /// A WatchPaymentsRequest checked: its cursor and its filter.
-fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option<Position>, Filter), Status> {
+fn read_request(
+    caller: &Caller,
+    view: &View,
+    r: &pb::WatchPaymentsRequest,
+) -> Result<(Option<Position>, Filter), Status> {
     let mut v = Violations::default();
-    let resume_after = parse_cursor("resume_after", &r.resume_after, &mut v);
+    let resume_after = view.parse_cursor("resume_after", &r.resume_after, &mut v);
     let statuses: std::collections::HashSet<_> =
         convert::statuses(&mut v, &r.statuses, convert::status_from_proto, "payment").into_iter().collect();
     if validation::count(&mut v, "payment_ids", r.payment_ids.len(), MAX_FILTER_IDS) {
@@ -90,17 +149,16 @@ fn read_request(caller: &Caller, r: &pb::WatchPaymentsRequest) -> Result<(Option
 /// Open streams of one payment through payment client tokens (a checkout page, a few tabs).
 const MAX_STREAMS_PER_CLIENT_TOKEN_PAYMENT: usize = 4;
 
-/// `expires_at`: when the credential the stream was opened with stops being good (a payment client
-/// token's expiry); the stream ends then, with or without an event.
 pub async fn watch(
     db: Db,
     hub: &Arc<Hub>,
     keys: KeyCache,
     caller: Caller,
-    expires_at: Option<i64>,
+    view: View,
     r: pb::WatchPaymentsRequest,
 ) -> Result<EventStream, Status> {
-    let (resume_after, filter) = read_request(&caller, &r)?;
+    let (resume_after, filter) = read_request(&caller, &view, &r)?;
+    let expires_at = view.expires_at();
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
     // merchant's quota, so a leaked token cannot crowd out the merchant's own watchers.
@@ -132,9 +190,12 @@ pub async fn watch(
         key: keys.watch(caller.key_id, caller.key_state),
         expires_at,
         merchant_id: caller.merchant_id,
+        statuses: filter.statuses.iter().map(|s| s.as_str()).collect(),
         filter,
+        view,
         payment_ids: r.payment_ids,
         subscription_ids: r.subscription_ids,
+        merchant_uids: r.merchant_uids,
         subscription,
         start,
         last,
@@ -163,8 +224,12 @@ struct Watch {
     expires_at: Option<i64>,
     merchant_id: String,
     filter: Arc<Filter>,
+    view: View,
     payment_ids: Vec<String>,
     subscription_ids: Vec<String>,
+    merchant_uids: Vec<String>,
+    /// The filter's statuses as stored.
+    statuses: Vec<&'static str>,
     subscription: Subscription,
     start: Position,
     /// The cursor to resume after: the last event sent.
@@ -198,13 +263,26 @@ impl Watch {
             None => ("payment.snapshot", payment.updated_at),
         };
         Some(pb::PaymentEvent {
-            event_id: self.start.to_string(),
+            event_id: self.view.cursor(self.start),
             kind: kind.into(),
             created_at: Some(convert::timestamp(updated_at)),
-            payment: Some(convert::payment(payment)),
+            payment: Some(self.view.payment(payment)),
             snapshot: true,
             subscription: subscription.map(convert::subscription),
         })
+    }
+
+    /// The next page of the replay: the events after `position` that the stream's scope and
+    /// filter select, chosen in SQL (on an index), so a replay reads its own events only.
+    async fn replay_page(&self, position: Position) -> Result<(Vec<Event>, bool), crate::payments::PaymentError> {
+        let scope = log::ListScope {
+            payment_ids: &self.payment_ids,
+            subscription_ids: &self.subscription_ids,
+            merchant_uids: &self.merchant_uids,
+            statuses: &self.statuses,
+        };
+        let tenancy = log::Tenancy { merchant_id: &self.merchant_id, merchants: &self.filter.scope };
+        log::list(&self.db, tenancy, scope, position, REPLAY_PAGE).await
     }
 
     /// Ends the stream when its key was revoked or expired since it opened, or its client token
@@ -241,14 +319,14 @@ impl Watch {
                 Phase::Replay(position) if position >= self.start => self.phase = Phase::Live,
                 // Boxed: the stream's waiting state is sized by its largest await, and the live
                 // phase (almost all of a stream's life) should not carry a database call's size.
-                Phase::Replay(position) => match Box::pin(log::read_after(&self.db, position, REPLAY_PAGE)).await {
+                Phase::Replay(position) => match Box::pin(self.replay_page(position)).await {
                     Ok((events, _)) if events.is_empty() => self.phase = Phase::Live,
                     Ok((events, _)) => {
                         let mut reached = position;
                         for event in events.iter().take_while(|e| e.position <= self.start) {
                             reached = event.position;
                             if self.filter.matches(event) {
-                                self.pending.push_back((event.position, to_proto(event)));
+                                self.pending.push_back((event.position, self.view.event(event)));
                             }
                         }
                         self.phase = if reached == position { Phase::Live } else { Phase::Replay(reached) };
@@ -282,11 +360,11 @@ impl Watch {
                             return Some((Err(status), self));
                         }
                         self.last = event.position;
-                        return Some((Ok(to_proto(&event)), self));
+                        return Some((Ok(self.view.event(&event)), self));
                     }
                     None => {
                         self.phase = Phase::Ended;
-                        let last = self.last;
+                        let last = self.view.cursor(self.last);
                         let status = match self.subscription.ended() {
                             Some(Ended::Lagged) => Status::resource_exhausted(format!(
                                 "the stream fell behind and was ended; reconnect with resume_after={last}"
@@ -317,11 +395,13 @@ pub async fn list(
         0 => 100,
         n => n.min(500),
     };
-    let scope = log::ListScope {
-        payment_id: Some(r.payment_id.as_str()).filter(|p| !p.is_empty()),
-        subscription_ids: &r.subscription_ids,
+    let payment_ids = match r.payment_id.is_empty() {
+        true => &[][..],
+        false => std::slice::from_ref(&r.payment_id),
     };
-    let (events, _) = log::list(db, &caller.merchant_id, scope, after, limit).await?;
+    let scope = log::ListScope { payment_ids, subscription_ids: &r.subscription_ids, ..Default::default() };
+    let tenancy = log::Tenancy { merchant_id: &caller.merchant_id, merchants: &caller.scope };
+    let (events, _) = log::list(db, tenancy, scope, after, limit).await?;
     let next_cursor = events.last().map(|e| e.position.to_string()).unwrap_or_else(|| r.after.clone());
-    Ok(pb::ListPaymentEventsResponse { events: events.iter().map(to_proto).collect(), next_cursor })
+    Ok(pb::ListPaymentEventsResponse { events: events.iter().map(|e| View::Merchant.event(e)).collect(), next_cursor })
 }

@@ -244,58 +244,99 @@ pub async fn head(db: &Db) -> Result<Position, PaymentError> {
     Ok(row.map(Position::from).unwrap_or_default())
 }
 
-/// Which of a merchant's events a page holds: all, or only one payment's and/or only these
-/// subscriptions' payments'.
+/// Which of a merchant's events a read takes: all, or only those of these payments, of these
+/// subscriptions' payments, of these merchant uids, in these statuses (each filter applies when
+/// not empty). Each is a condition in SQL on an index, so a read never walks other merchants' or
+/// other payments' events (`payment_events_by_payment`, `payment_events_by_merchant`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListScope<'a> {
-    pub payment_id: Option<&'a str>,
+    pub payment_ids: &'a [String],
     pub subscription_ids: &'a [String],
+    pub merchant_uids: &'a [String],
+    pub statuses: &'a [&'static str],
 }
 
-/// A page of one merchant's (and its sub-merchants') events after `after`.
+/// Whose events: a merchant and its sub-merchants, named (`Caller::scope`) or looked up.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenancy<'a> {
+    pub merchant_id: &'a str,
+    /// The merchant and its sub-merchants, as authentication found them.
+    pub merchants: &'a [String],
+}
+
+/// Up to this many merchants are named in the query, so the planner reads their events by
+/// `payment_events_by_merchant` (its statistics see which merchants they are); a larger tree is
+/// looked up in the query.
+const MAX_NAMED_MERCHANTS: usize = 1000;
+
+/// The SELECT of a page of `list` (`$1`, `$2`: the cursor, `$3`: the limit) and its text
+/// parameters from `$4` on, in order.
+fn list_sql<'a>(horizon: &str, tenancy: Tenancy<'a>, scope: &ListScope<'a>) -> (String, Vec<&'a str>) {
+    let mut args: Vec<&'a str> = Vec::new();
+    let mut params = |values: &mut dyn Iterator<Item = &'a str>| {
+        let numbers: Vec<String> = values
+            .map(|value| {
+                args.push(value);
+                format!("${}", args.len() + 3)
+            })
+            .collect();
+        numbers.join(", ")
+    };
+    let merchants = match tenancy.merchants.len() {
+        1..=MAX_NAMED_MERCHANTS => params(&mut tenancy.merchants.iter().map(String::as_str)),
+        _ => {
+            let n = params(&mut std::iter::once(tenancy.merchant_id));
+            format!("SELECT merchant_id FROM merchants WHERE merchant_id = {n} OR parent_id = {n}")
+        }
+    };
+    // Of a few payments, the rows come by `payment_events_by_payment` and the tenancy only checks
+    // them: written so that no planner takes the merchant's index for it (SQLite would, and read
+    // all of the merchant's events).
+    let narrow = !(scope.payment_ids.is_empty() && scope.subscription_ids.is_empty() && scope.merchant_uids.is_empty());
+    let tenant = if narrow { "merchant_id || ''" } else { "merchant_id" };
+    let mut clauses = format!(" AND {tenant} IN ({merchants})");
+    if !scope.payment_ids.is_empty() {
+        let list = params(&mut scope.payment_ids.iter().map(String::as_str));
+        clauses.push_str(&format!(" AND payment_id IN ({list})"));
+    }
+    if !scope.subscription_ids.is_empty() {
+        let list = params(&mut scope.subscription_ids.iter().map(String::as_str));
+        clauses.push_str(&format!(
+            " AND payment_id IN (SELECT payment_id FROM payments WHERE subscription_id IN ({list}))"
+        ));
+    }
+    if !scope.merchant_uids.is_empty() {
+        let list = params(&mut scope.merchant_uids.iter().map(String::as_str));
+        clauses.push_str(&format!(
+            " AND payment_id IN (SELECT payment_id FROM payments WHERE merchant_id IN ({merchants}) \
+             AND merchant_uid IN ({list}))"
+        ));
+    }
+    if !scope.statuses.is_empty() {
+        let list = params(&mut scope.statuses.iter().copied());
+        clauses.push_str(&format!(" AND status IN ({list})"));
+    }
+    let sql = format!(
+        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2){clauses} \
+         ORDER BY txid, event_id LIMIT $3"
+    );
+    (sql, args)
+}
+
+/// A page of one merchant's (and its sub-merchants') events after `after`, as `scope` narrows
+/// them. The flag is true when committed events were held back behind a still-running
+/// transaction.
 pub async fn list(
     db: &Db,
-    merchant_id: &str,
+    tenancy: Tenancy<'_>,
     scope: ListScope<'_>,
     after: Position,
     limit: u32,
 ) -> Result<(Vec<Event>, bool), PaymentError> {
-    let horizon = horizon(db);
-    let mut clauses = String::new();
-    let mut n = 4;
-    if scope.payment_id.is_some() {
-        n += 1;
-        clauses.push_str(&format!(" AND payment_id = ${n}"));
-    }
-    if !scope.subscription_ids.is_empty() {
-        let placeholders: Vec<String> = scope
-            .subscription_ids
-            .iter()
-            .map(|_| {
-                n += 1;
-                format!("${n}")
-            })
-            .collect();
-        clauses.push_str(&format!(
-            " AND payment_id IN (SELECT payment_id FROM payments WHERE subscription_id IN ({}))",
-            placeholders.join(", ")
-        ));
-    }
-    let sql = format!(
-        "SELECT {COLUMNS}, {horizon} AS horizon FROM payment_events WHERE (txid, event_id) > ($1, $2) \
-         AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = $3 OR parent_id = $3) \
-         {clauses} ORDER BY txid, event_id LIMIT $4"
-    );
-    let mut query = sqlx::query_as::<_, HeldEventRow>(&sql)
-        .bind(after.txid)
-        .bind(after.id)
-        .bind(merchant_id)
-        .bind(i64::from(limit));
-    if let Some(payment_id) = scope.payment_id {
-        query = query.bind(payment_id);
-    }
-    for id in scope.subscription_ids {
-        query = query.bind(id);
+    let (sql, args) = list_sql(horizon(db), tenancy, &scope);
+    let mut query = sqlx::query_as::<_, HeldEventRow>(&sql).bind(after.txid).bind(after.id).bind(i64::from(limit));
+    for arg in args {
+        query = query.bind(arg);
     }
     let rows = query.fetch_all(db.pool()).await?;
     below_horizon(rows)
@@ -361,6 +402,127 @@ mod tests {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(EventKind::parse("payment.snapshot"), None);
+    }
+
+    /// What the scans of `payment_events` in a text `EXPLAIN ANALYZE` took from the table: the
+    /// rows they returned and the rows their filters threw away, times their loops.
+    fn event_rows_read(plan: &[String]) -> i64 {
+        let number_after = |line: &str, key: &str| -> i64 {
+            line.split(key)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let (mut total, mut loops, mut in_scan) = (0, 1, false);
+        for line in plan {
+            if line.contains("->") || !line.starts_with(' ') {
+                in_scan = line.contains(" on payment_events  (");
+                if in_scan {
+                    loops = number_after(line, " loops=");
+                    total += number_after(line.rsplit("actual").next().unwrap_or(""), " rows=") * loops;
+                }
+            } else if in_scan && line.contains("Rows Removed by") {
+                total += number_after(line, ": ") * loops;
+            }
+        }
+        total
+    }
+
+    /// On PostgreSQL, with 20,000 of another merchant's events in the log, a page of one payment's
+    /// events, or of one merchant's, reads that payment's or merchant's rows and no others (a
+    /// stream's replay before reads every event after its cursor).
+    #[tokio::test]
+    async fn a_page_reads_its_own_events_not_the_log() {
+        use sqlx::{Connection, Row};
+
+        let admin_url = std::env::var("PAYGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        sqlx::any::install_default_drivers();
+        let mut admin = AnyConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+        let name = format!("paygate_events_{}", ulid::Ulid::new().to_string().to_lowercase());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+        let base = admin_url.split('?').next().unwrap_or(&admin_url);
+        let url = format!("{}/{name}", base.rsplit_once('/').map_or(base, |(b, _)| b));
+        let settings =
+            crate::store::PoolSettings { max_connections: 2, acquire_timeout: std::time::Duration::from_secs(10) };
+        let db = Db::connect(&url, &settings).await.expect("connect");
+        db.migrate().await.expect("migrations apply");
+        // Events alone, without their payments: the reads under test never look at a payment row.
+        for sql in [
+            "ALTER TABLE payment_events DROP CONSTRAINT payment_events_payment_id_fkey",
+            "INSERT INTO merchants (merchant_id, name, created_at) VALUES ('mer_busy', 'Busy', 0), ('mer_mine', 'Mine', 0)",
+            "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, created_at) \
+             SELECT 'pay_busy_' || (i % 5000), 'mer_busy', 'payment.paid', 'PAID', '{}', 0 FROM generate_series(1, 20000) i",
+            "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, created_at) \
+             VALUES ('pay_mine', 'mer_mine', 'payment.paid', 'PAID', '{}', 0), \
+             ('pay_other', 'mer_mine', 'payment.paid', 'PAID', '{}', 0), \
+             ('pay_mine', 'mer_mine', 'payment.cancelled', 'CANCELLED', '{}', 0)",
+            "ANALYZE",
+        ] {
+            sqlx::query(sql).execute(db.pool()).await.expect(sql);
+        }
+        let (mine, merchants) = (["pay_mine".to_owned()], ["mer_mine".to_owned()]);
+        let named = Tenancy { merchant_id: "mer_mine", merchants: &merchants };
+        for (scope, returned) in
+            [(ListScope { payment_ids: &mine, ..Default::default() }, 2), (ListScope::default(), 3)]
+        {
+            let (sql, args) = list_sql(horizon(&db), named, &scope);
+            let run = |sql: String| {
+                let (db, args) = (db.clone(), args.clone());
+                async move {
+                    let mut query = sqlx::query(&sql).bind(0_i64).bind(0_i64).bind(500_i64);
+                    for arg in args {
+                        query = query.bind(arg);
+                    }
+                    query.fetch_all(db.pool()).await.expect("query")
+                }
+            };
+            assert_eq!(run(sql.clone()).await.len(), returned);
+            let plan: Vec<String> =
+                run(format!("EXPLAIN ANALYZE {sql}")).await.iter().map(|r| r.get::<String, _>(0)).collect();
+            let read = event_rows_read(&plan);
+            assert!(read <= 10, "{scope:?} read {read} event rows for {returned}:\n{}", plan.join("\n"));
+        }
+        db.close().await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.expect("drop database");
+    }
+
+    /// SQLite plans the same reads on the same indexes (it keeps no statistics unless told to).
+    #[tokio::test]
+    async fn sqlite_plans_a_page_on_the_payment_or_merchant_index() {
+        use sqlx::Row;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("events.db").display());
+        let settings =
+            crate::store::PoolSettings { max_connections: 1, acquire_timeout: std::time::Duration::from_secs(10) };
+        let db = Db::connect(&url, &settings).await.expect("connect");
+        db.migrate().await.expect("migrations apply");
+        let (mine, merchants) = (["pay_mine".to_owned()], ["mer_mine".to_owned(), "mer_sub".to_owned()]);
+        let tenancy = Tenancy { merchant_id: "mer_mine", merchants: &merchants };
+        let paid = ["PAID"];
+        for (scope, index) in [
+            (ListScope { payment_ids: &mine, ..Default::default() }, "payment_events_by_payment"),
+            (ListScope { subscription_ids: &mine, ..Default::default() }, "payment_events_by_payment"),
+            (ListScope::default(), "payment_events_by_merchant"),
+            (ListScope { statuses: &paid, ..Default::default() }, "payment_events_by_merchant"),
+        ] {
+            let (sql, args) = list_sql(horizon(&db), tenancy, &scope);
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain).bind(0_i64).bind(0_i64).bind(500_i64);
+            for arg in args {
+                query = query.bind(arg);
+            }
+            let rows = query.fetch_all(db.pool()).await.expect("explain");
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(3)).collect();
+            let events: Vec<&String> = plan.iter().filter(|l| l.contains("payment_events ")).collect();
+            assert!(
+                events.len() == 1 && events[0].contains(index),
+                "{scope:?} should read by {index}:\n{}",
+                plan.join("\n")
+            );
+        }
+        db.close().await;
     }
 
     #[test]

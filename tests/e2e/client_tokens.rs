@@ -271,3 +271,159 @@ async fn configured_origins_are_normalised_so_a_browsers_origin_matches() {
     assert_eq!(preflight(&gate, "http://shop.example").await, None, "another scheme is another origin");
     assert_eq!(preflight(&gate, "https://admin.example:8080").await, None);
 }
+
+/// What a payment's answer to a browser may hold: no buyer, nothing of the merchant's own.
+fn assert_browser_view(payment: &pb::Payment, payment_id: &str) {
+    assert_eq!(payment.payment_id, payment_id);
+    assert_eq!(payment.order_name, "Gold Membership");
+    assert_eq!(payment.amount, Some(pb::Money { amount_minor: 999, currency: "USD".into() }));
+    assert!(payment.created_at.is_some() && payment.updated_at.is_some());
+    let merchant_side = (
+        &payment.customer,
+        &payment.custom_params,
+        payment.channel_key.as_str(),
+        payment.merchant_uid.as_str(),
+        payment.provider_ref.as_str(),
+        payment.payment_method.as_str(),
+        &payment.refundable_amount,
+        &payment.cancelled_amount,
+    );
+    assert_eq!(merchant_side, (&None, &Default::default(), "", "", "", "", &None, &None), "{payment:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_sees_the_browser_view_of_its_payment() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let mut request = checkout_request("main", "order-a");
+    request.custom_params.insert("internal_note".into(), "vip-margin-12".into());
+    let session = payments.create_checkout_session(request).await.unwrap().into_inner();
+    // The merchant's key sees it all.
+    let full = get_payment(&mut payments, &session.payment_id).await;
+    assert_eq!(full.customer.as_ref().unwrap().email, "buyer@example.com");
+    assert_eq!(full.custom_params["internal_note"], "vip-margin-12");
+
+    let token = token_for(&mut payments, &session.payment_id, 0).await;
+    let mut browser = gate.payments(&token).await;
+    let read = browser.get_payment(by_id(&session.payment_id)).await.unwrap().into_inner();
+    assert_eq!(read.status(), PaymentStatus::Ready);
+    assert_browser_view(&read, &session.payment_id);
+
+    // The stream too: its snapshot and its events.
+    let watch = pb::WatchPaymentsRequest { payment_ids: vec![session.payment_id.clone()], ..Default::default() };
+    let mut stream = browser.watch_payments(watch).await.unwrap().into_inner();
+    let snapshot = stream.message().await.unwrap().unwrap();
+    assert_browser_view(snapshot.payment.as_ref().unwrap(), &session.payment_id);
+    let query = signed_pingback_query(
+        &[("uid", "user-40012"), ("goodsid", &session.payment_id), ("type", "0"), ("ref", "b778"), ("is_test", "1")],
+        SECRET_KEY,
+        3,
+    );
+    let answer = http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await;
+    assert_eq!(answer.unwrap().text().await.unwrap(), "OK");
+    let paid = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    let payment = paid.payment.unwrap();
+    assert_eq!(payment.status(), PaymentStatus::Paid);
+    assert!(payment.paid_at.is_some());
+    assert_browser_view(&payment, &session.payment_id);
+    let read = browser.get_payment(by_id(&session.payment_id)).await.unwrap().into_inner();
+    assert_browser_view(&read, &session.payment_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuing_a_client_token_is_audited_without_the_token() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (merchant_id, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+    let token = token_for(&mut payments, &session.payment_id, 60).await;
+
+    let mut merchants = gate.merchants(&api_key).await;
+    let keys =
+        merchants.list_api_keys(pb::ListApiKeysRequest { merchant_id: merchant_id.clone(), ..Default::default() });
+    let key_id = keys.await.unwrap().into_inner().keys.remove(0).key_id;
+    let issued = pb::ListAuditEventsRequest { action: "payment_client_token.issued".into(), ..Default::default() };
+    let entries = merchants.list_audit_events(issued).await.unwrap().into_inner().events;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    assert_eq!(
+        (entry.actor.as_str(), entry.target.as_str(), entry.merchant_id.as_str(), entry.address.as_str()),
+        (key_id.as_str(), session.payment_id.as_str(), merchant_id.as_str(), "127.0.0.1")
+    );
+    let (_, tag) = token.split_once('.').unwrap();
+    let printed = format!("{entries:?}");
+    assert!(!printed.contains(&token) && !printed.contains(tag), "{printed}");
+}
+
+/// A token made with the deployment's master key, as a forger who has it (a leaked test key) would.
+fn forge(master_key: &str, payload: &serde_json::Value) -> String {
+    let key = secrecy::SecretString::from(master_key.to_owned());
+    let sources = paygate::secrets::KeySources {
+        master_key: Some(&key),
+        master_key_file: None,
+        previous: None,
+        embedded_database: None,
+    };
+    let keys = paygate::secrets::MasterKeys::load(&sources).unwrap();
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload.to_string());
+    format!("pct_{payload}.{}", keys.tag("payment client token v1", payload.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_lives_no_longer_than_the_maximum_and_its_tag_has_one_spelling() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let (merchant_id, api_key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_CLIENT_TOKEN_TTL_MS", "600000")]);
+    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
+    let mut merchants = gate.merchants(&api_key).await;
+    let keys =
+        merchants.list_api_keys(pb::ListApiKeysRequest { merchant_id: merchant_id.clone(), ..Default::default() });
+    let key_id = keys.await.unwrap().into_inner().keys.remove(0).key_id;
+    let master_key = db.master_key.clone().unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let grant = |issued_at: Option<i64>, expires_at: i64| {
+        let mut payload = serde_json::json!({"p": session.payment_id, "m": merchant_id, "k": key_id, "e": expires_at});
+        if let Some(at) = issued_at {
+            payload["i"] = at.into();
+        }
+        forge(&master_key, &payload)
+    };
+    let year_2100 = 4_102_444_800_000;
+    let read = |token: String| {
+        let gate = &gate;
+        let payment_id = session.payment_id.clone();
+        async move { gate.payments(&token).await.get_payment(by_id(&payment_id)).await.map(|_| ()) }
+    };
+    // Within the maximum (10 minutes here): good, with or without an issue time (the previous
+    // release's tokens have none).
+    read(grant(Some(now_ms), now_ms + 600_000)).await.unwrap();
+    read(grant(None, now_ms + 300_000)).await.unwrap();
+    // Beyond it: refused, however the token dates itself.
+    for forged in [
+        grant(None, year_2100),
+        grant(Some(now_ms), year_2100),
+        grant(Some(now_ms), now_ms + 700_000),
+        grant(Some(year_2100 - 600_000), year_2100),
+    ] {
+        let status = read(forged).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+
+    // A real token's tag in upper case is not its tag.
+    let token = token_for(&mut payments, &session.payment_id, 0).await;
+    read(token.clone()).await.unwrap();
+    let (body, tag) = token.rsplit_once(':').unwrap();
+    assert!(tag.chars().any(|c| c.is_ascii_alphabetic()), "{tag}");
+    let status = read(format!("{body}:{}", tag.to_ascii_uppercase())).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}

@@ -233,3 +233,194 @@ async fn a_reader_that_never_reads_is_cut_off_while_a_hundred_others_get_everyth
     assert!(got < 150, "it was cut off before the end ({got} events)");
     assert!(metric(&gate, "paygate_streams_lagged_total").await >= 1.0);
 }
+
+/// Pays `payment_id` with a pingback on `channel_key`.
+async fn pay(gate: &Paygate, channel_key: &str, payment_id: &str) {
+    let reference = format!("b{}", ulid::Ulid::new());
+    let query = signed_pingback_query(
+        &[("uid", "user-40012"), ("goodsid", payment_id), ("type", "0"), ("ref", &reference), ("is_test", "1")],
+        SECRET_KEY,
+        3,
+    );
+    let url = format!("{}?{query}", gate.http_url(&format!("/pingback/paymentwall/{channel_key}")));
+    assert_eq!(http_client().get(url).send().await.unwrap().text().await.unwrap(), "OK");
+}
+
+/// Copies `payment_id`'s events `count` times, straight in SQL: a busy merchant's log in a moment.
+pub async fn copy_events(db: &TestDb, payment_id: &str, count: i64) {
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO payment_events (payment_id, merchant_id, kind, status, snapshot, detail, created_at) \
+         SELECT e.payment_id, e.merchant_id, e.kind, e.status, e.snapshot, e.detail, e.created_at \
+         FROM payment_events e, \
+              (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) SELECT i FROM n) copies \
+         WHERE e.payment_id = $1",
+    )
+    .bind(payment_id)
+    .bind(count)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+/// A resume reads the caller's own events after its cursor, in order, whatever else is in the
+/// log; a client token's stream shows cursors sealed to its payment, resumes from them, and
+/// starts at its payment's first event from any earlier position.
+async fn a_resume_reads_its_own_events(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let (_, busy_key) = create_merchant(&db, "Busy Co");
+    let gate = Paygate::start(&db, &[]);
+    setup_channel(&gate, &sim, &key).await;
+    gate.channels(&busy_key).await.create_channel(channel_request(&sim, "busy", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&key).await;
+    let first = checkout_and_pay(&gate, &mut payments, "order-1").await;
+    let watched = payments.create_checkout_session(checkout_request("main", "order-2")).await.unwrap().into_inner();
+    let watched = watched.payment_id;
+    let token = payments
+        .create_payment_client_token(pb::CreatePaymentClientTokenRequest {
+            payment_id: watched.clone(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut browser = gate.payments(&token).await;
+    let watch_it = |resume_after: &str| pb::WatchPaymentsRequest {
+        payment_ids: vec![watched.clone()],
+        resume_after: resume_after.into(),
+        ..Default::default()
+    };
+    let mut live = browser.watch_payments(watch_it("")).await.unwrap().into_inner();
+    let snapshot = collect(&mut live, 1, Duration::from_secs(5)).await.remove(0);
+    assert!(snapshot.snapshot);
+
+    // Another merchant's busy log, then the watched payment's first event.
+    let busy = gate.payments(&busy_key).await.create_checkout_session(checkout_request("busy", "order-b")).await;
+    let busy = busy.unwrap().into_inner().payment_id;
+    pay(&gate, "busy", &busy).await;
+    wait_for_status(&mut gate.payments(&busy_key).await, &busy, PaymentStatus::Paid).await;
+    copy_events(&db, &busy, 2_000).await;
+    pay(&gate, "main", &watched).await;
+    let paid = collect(&mut live, 1, Duration::from_secs(10)).await.remove(0);
+    assert_eq!((paid.kind.as_str(), paid.payment.as_ref().unwrap().status()), ("payment.paid", PaymentStatus::Paid));
+
+    // The merchant's key: its events in log order, by payment and in all.
+    let listed = payments
+        .list_payment_events(pb::ListPaymentEventsRequest { payment_id: watched.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 1);
+    let mut by_payment = payments.watch_payments(watch_it("0-0")).await.unwrap().into_inner();
+    let replayed = collect(&mut by_payment, 1, Duration::from_secs(10)).await;
+    assert_eq!(replayed.iter().map(|e| &e.event_id).collect::<Vec<_>>(), [&listed[0].event_id]);
+    assert!(!replayed[0].snapshot);
+    let mut everything = payments.watch_payments(watch_all("0-0")).await.unwrap().into_inner();
+    let mine = collect(&mut everything, 2, Duration::from_secs(10)).await;
+    assert_eq!(payment_ids(&mine), [first.clone(), watched.clone()]);
+
+    // The token's cursors: sealed, none the log position.
+    let position = &listed[0].event_id;
+    for cursor in [&snapshot.event_id, &paid.event_id] {
+        assert!(cursor.starts_with("pcc_") && !cursor.contains(position.as_str()), "{cursor} shows the log");
+    }
+    // From before the payment's first event (its snapshot, or any earlier position): that event.
+    for from in [snapshot.event_id.as_str(), "0-0"] {
+        let mut resumed = browser.watch_payments(watch_it(from)).await.unwrap().into_inner();
+        let event = collect(&mut resumed, 1, Duration::from_secs(10)).await.remove(0);
+        assert_eq!((event.kind.as_str(), event.payment.unwrap().payment_id), ("payment.paid", watched.clone()));
+        assert!(event.event_id.starts_with("pcc_"), "{}", event.event_id);
+    }
+    // A cursor is its payment's alone.
+    let other_token = payments
+        .create_payment_client_token(pb::CreatePaymentClientTokenRequest { payment_id: first.clone(), ttl_seconds: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let elsewhere = pb::WatchPaymentsRequest {
+        payment_ids: vec![first.clone()],
+        resume_after: paid.event_id.clone(),
+        ..Default::default()
+    };
+    let status = gate.payments(&other_token).await.watch_payments(elsewhere).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("resume_after") && !status.message().contains(&paid.event_id), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_reads_its_own_events_postgres() {
+    a_resume_reads_its_own_events(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_reads_its_own_events_sqlite() {
+    a_resume_reads_its_own_events(Backend::Sqlite).await;
+}
+
+/// User and system CPU the process has used, in seconds (`/proc/<pid>/stat`, clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Not a check (no timings are asserted): what a client token's resume from "0-0" costs the
+/// server with 300,000 of another merchant's events in the PostgreSQL log, the figure of issue 27.
+/// `cargo test --test e2e -- --ignored --nocapture resume_cost`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn resume_cost_with_300k_foreign_events_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let (_, busy_key) = create_merchant(&db, "Busy Co");
+    let gate = Paygate::start(&db, &[]);
+    setup_channel(&gate, &sim, &key).await;
+    gate.channels(&busy_key).await.create_channel(channel_request(&sim, "busy", pb::ChannelMode::Test)).await.unwrap();
+    let mut payments = gate.payments(&key).await;
+    let watched = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
+    let watched = watched.payment_id;
+    let request = pb::CreatePaymentClientTokenRequest { payment_id: watched.clone(), ttl_seconds: 0 };
+    let token = payments.create_payment_client_token(request).await.unwrap().into_inner().token;
+    let busy = gate.payments(&busy_key).await.create_checkout_session(checkout_request("busy", "order-b")).await;
+    let busy = busy.unwrap().into_inner().payment_id;
+    pay(&gate, "busy", &busy).await;
+    wait_for_status(&mut gate.payments(&busy_key).await, &busy, PaymentStatus::Paid).await;
+    copy_events(&db, &busy, 300_000).await;
+    // The watched payment's event comes after them; once a live stream has it, the hub has read
+    // past the copies, and the server is idle again.
+    let watch_it = |resume_after: &str| pb::WatchPaymentsRequest {
+        payment_ids: vec![watched.clone()],
+        resume_after: resume_after.into(),
+        ..Default::default()
+    };
+    let mut live = payments.watch_payments(watch_it("")).await.unwrap().into_inner();
+    collect(&mut live, 1, Duration::from_secs(10)).await;
+    pay(&gate, "main", &watched).await;
+    collect(&mut live, 1, Duration::from_secs(600)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The token's stream of its payment, then the merchant key's stream of all its events.
+    let pid = gate.process.pid();
+    let streams = [
+        (token.as_str(), watch_it("0-0"), "a client token's resume of its payment"),
+        (key.as_str(), watch_all("0-0"), "a merchant key's resume of all its events"),
+    ];
+    for (credential, request, what) in streams {
+        let mut client = gate.payments(credential).await;
+        let (cpu, started) = (cpu_seconds(pid), Instant::now());
+        let mut resumed = client.watch_payments(request).await.unwrap().into_inner();
+        let event = collect(&mut resumed, 1, Duration::from_secs(600)).await.remove(0);
+        let (wall, used) = (started.elapsed(), cpu_seconds(pid) - cpu);
+        assert_eq!(event.payment.unwrap().payment_id, watched);
+        println!("{what}, 300,000 foreign events in the log: server CPU {used:.2} s, its event after {wall:?}");
+    }
+}
