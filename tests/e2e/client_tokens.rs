@@ -91,11 +91,7 @@ async fn a_client_token_reads_and_watches_its_payment_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_token_expires_and_dies_with_its_key() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
-    let (merchant_id, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[]);
-    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
     let mut payments = gate.payments(&api_key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
@@ -293,11 +289,7 @@ fn assert_browser_view(payment: &pb::Payment, payment_id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_token_sees_the_browser_view_of_its_payment() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
-    let (_, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[]);
-    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let Shop { db: _db, sim: _sim, merchant_id: _, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
     let mut payments = gate.payments(&api_key).await;
     let mut request = checkout_request("main", "order-a");
     request.custom_params.insert("internal_note".into(), "vip-margin-12".into());
@@ -336,11 +328,7 @@ async fn a_client_token_sees_the_browser_view_of_its_payment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuing_a_client_token_is_audited_without_the_token() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
-    let (merchant_id, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[]);
-    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
     let mut payments = gate.payments(&api_key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
     let token = token_for(&mut payments, &session.payment_id, 60).await;

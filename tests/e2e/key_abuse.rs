@@ -172,11 +172,8 @@ async fn more_keys_do_not_mean_more_calls_and_live_keys_are_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_stream_ends_when_the_allowlist_no_longer_admits_its_caller() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
-    let (acme, key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
-    gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    let Shop { db: _db, sim: _sim, merchant_id: acme, api_key: key, gate } =
+        Shop::open(Backend::Sqlite, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]).await;
     let mut admin = gate.merchants(ADMIN).await;
     admin.set_api_allowlist(allowlist(&acme, &["127.0.0.2/32", "127.0.0.3/32"])).await.unwrap();
     let mut watcher = payments_from(&gate, "127.0.0.2", &key).await;

@@ -46,6 +46,15 @@ async fn setup_channel(gate: &Paygate, sim: &Simulator, api_key: &str) {
     gate.channels(api_key).await.create_channel(channel_request(sim, "main", pb::ChannelMode::Test)).await.unwrap();
 }
 
+/// Acme's shop, and a second merchant with a channel of its own whose events fill the log.
+async fn shop_beside_a_busy_merchant(backend: Backend) -> (Shop, String) {
+    let shop = Shop::open(backend, &[]).await;
+    let (_, busy_key) = create_merchant(&shop.db, "Busy Co");
+    let busy_channel = channel_request(&shop.sim, "busy", pb::ChannelMode::Test);
+    shop.gate.channels(&busy_key).await.create_channel(busy_channel).await.unwrap();
+    (shop, busy_key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_cross_replicas_resume_and_survive_a_redis_outage() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -268,13 +277,7 @@ pub async fn copy_events(db: &TestDb, payment_id: &str, count: i64) {
 /// log; a client token's stream shows cursors sealed to its payment, resumes from them, and
 /// starts at its payment's first event from any earlier position.
 async fn a_resume_reads_its_own_events(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let sim = Simulator::start();
-    let (_, key) = create_merchant(&db, "Acme");
-    let (_, busy_key) = create_merchant(&db, "Busy Co");
-    let gate = Paygate::start(&db, &[]);
-    setup_channel(&gate, &sim, &key).await;
-    gate.channels(&busy_key).await.create_channel(channel_request(&sim, "busy", pb::ChannelMode::Test)).await.unwrap();
+    let (Shop { db, sim: _sim, api_key: key, gate, .. }, busy_key) = shop_beside_a_busy_merchant(backend).await;
     let mut payments = gate.payments(&key).await;
     let first = checkout_and_pay(&gate, &mut payments, "order-1").await;
     let watched = payments.create_checkout_session(checkout_request("main", "order-2")).await.unwrap().into_inner();
@@ -378,13 +381,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn resume_cost_with_300k_foreign_events_postgres() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let sim = Simulator::start();
-    let (_, key) = create_merchant(&db, "Acme");
-    let (_, busy_key) = create_merchant(&db, "Busy Co");
-    let gate = Paygate::start(&db, &[]);
-    setup_channel(&gate, &sim, &key).await;
-    gate.channels(&busy_key).await.create_channel(channel_request(&sim, "busy", pb::ChannelMode::Test)).await.unwrap();
+    let (Shop { db, sim: _sim, api_key: key, gate, .. }, busy_key) =
+        shop_beside_a_busy_merchant(Backend::Postgres).await;
     let mut payments = gate.payments(&key).await;
     let watched = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
     let watched = watched.payment_id;

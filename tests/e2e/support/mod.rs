@@ -651,3 +651,28 @@ pub async fn metric_series(gate: &Paygate, name: &str, labels: &[(&str, &str)]) 
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The usual start of a test: a database, the simulator, merchant "Acme" with its key, paygate
+/// (with `env`), and Acme's TEST channel "main".
+pub struct Shop {
+    pub db: TestDb,
+    pub sim: Simulator,
+    pub merchant_id: String,
+    pub api_key: String,
+    pub gate: Paygate,
+}
+
+impl Shop {
+    pub async fn open(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let db = TestDb::new(backend).await;
+        let sim = Simulator::start();
+        let (merchant_id, api_key) = create_merchant(&db, "Acme");
+        let gate = Paygate::start(&db, env);
+        gate.channels(&api_key)
+            .await
+            .create_channel(channel_request(&sim, "main", pb::ChannelMode::Test))
+            .await
+            .unwrap();
+        Self { db, sim, merchant_id, api_key, gate }
+    }
+}
