@@ -1,0 +1,68 @@
+//! What can go wrong with a payment, in terms the API answers with; errors convert themselves.
+
+use super::ProviderError;
+use crate::{channels::ChannelError, store::StoreError, validation::InvalidArgument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidArgument),
+    #[error("payment not found")]
+    NotFound,
+    #[error("subscription not found")]
+    SubscriptionNotFound,
+    #[error("merchant_uid already used by another payment")]
+    MerchantUidTaken,
+    #[error("{0}")]
+    NotRefundable(String),
+    #[error("{0}")]
+    NotCancellable(String),
+    /// ResolveCancellation on a cancellation whose outcome is known.
+    #[error("{0}")]
+    NotResolvable(String),
+    #[error("the provider refused: {0}")]
+    ProviderRefused(String),
+    #[error("the provider cannot be reached ({0}); nothing was changed")]
+    ProviderUnavailable(String),
+    #[error("idempotency_key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this idempotency_key is still in progress; retry later")]
+    IdempotencyInFlight,
+    #[error("the payment changed concurrently; retry")]
+    Concurrent,
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("provider: {0}")]
+    Provider(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored payment is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What a provider's failure means to the caller: its refusal is a failed precondition (with its
+/// words); not reaching it, or not understanding its answer, is "unavailable, nothing changed".
+impl From<ProviderError> for PaymentError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Refused(message) => Self::ProviderRefused(message),
+            ProviderError::Unreachable(detail) | ProviderError::BadAnswer(detail) => Self::ProviderUnavailable(detail),
+            ProviderError::Unsupported(detail) => Self::Provider(detail),
+        }
+    }
+}
+
+impl From<sqlx::Error> for PaymentError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<crate::webhooks::WebhookError> for PaymentError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        match e {
+            crate::webhooks::WebhookError::Store(store) => Self::Store(store),
+            other => Self::Corrupt(other.to_string()),
+        }
+    }
+}
