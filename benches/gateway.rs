@@ -624,8 +624,8 @@ async fn fresh_payments(gate: &Gate, api_key: &str, label: &str) -> Vec<String> 
 /// database work of a pingback allows on this machine.
 async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str) -> Round {
     use paygate::payments::{
-        PaymentOutcome,
-        notifications::{self, Notice, ProviderEvent, RawNotification},
+        PaymentOutcome, notifications,
+        provider::{Notice, ProviderEvent, RawNotification},
     };
     let settings =
         paygate::store::PoolSettings { max_connections: POOL_SIZE, acquire_timeout: Duration::from_secs(30) };

@@ -14,7 +14,8 @@ use std::{cmp::Ordering, collections::HashSet, fmt::Display, sync::Arc};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    notifications::{self, Committable, Notice, NotificationError, RawNotification},
+    notifications::{self, Committable, NotificationError},
+    provider::{Notice, RawNotification},
     recent::RecentPayments,
 };
 use crate::store::{Backend, Db};
@@ -266,7 +267,7 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use super::*;
-    use crate::payments::{PaymentOutcome, notifications::ProviderEvent};
+    use crate::payments::{PaymentOutcome, provider::ProviderEvent};
 
     /// A kind of job that writes nothing: it records how it was applied. Together, a batch
     /// holding 13 fails; alone, 13 fails and 99 panics.

@@ -21,7 +21,7 @@ use super::{
     cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
     event_log::{EventDetail, EventKind},
     idempotency::{self, Claim, Key},
-    notifications::{ReversalKind, ReversalNotice},
+    provider::{ReversalKind, ReversalNotice},
     repo::{self, Lookup},
 };
 use crate::{

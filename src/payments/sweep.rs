@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use super::{
     PaymentOutcome, PaymentStatus, Providers,
     cancellations::{self, TicketState},
-    idempotency,
-    notifications::{self, Notice, ProviderEvent},
+    idempotency, notifications,
+    provider::{Notice, ProviderEvent},
     refunds, repo,
 };
 use crate::{

@@ -19,8 +19,10 @@ use paygate::{
     },
     payments::{
         Payment, PaymentOutcome,
-        notifications::{Notice, ProviderEvent, RawNotification, ReversalKind, ReversalNotice},
-        provider::{Callback, CallbackError, CallbackNotice, PaymentMethod, Provider, ProviderError, RemotePayment},
+        provider::{
+            Callback, CallbackError, CallbackNotice, Notice, PaymentMethod, Provider, ProviderError, ProviderEvent,
+            RawNotification, RemotePayment, ReversalKind, ReversalNotice,
+        },
         subscriptions::Subscription,
     },
     proto::v1 as pb,

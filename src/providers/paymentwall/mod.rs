@@ -18,8 +18,8 @@ use crate::{
     },
     payments::{
         Payment, money,
-        notifications::{Notice, RawNotification},
         provider::{Callback, CallbackError, CallbackNotice},
+        provider::{Notice, RawNotification},
         subscriptions::Subscription,
     },
     store::now_ms,

@@ -5,7 +5,7 @@ use super::signature::{SignVersion, pingback_signature, signatures_match};
 use crate::{
     payments::{
         PaymentOutcome,
-        notifications::{ProviderEvent, ReversalKind, ReversalNotice},
+        provider::{ProviderEvent, ReversalKind, ReversalNotice},
         subscriptions::SubscriptionEnd,
     },
     validation::{self, Rule},
