@@ -7,7 +7,7 @@
 //! A batch is all or nothing: if anything in it must roll back (a concurrent change, a taken
 //! key, a store error), the whole of it does, and each job is then written on its own, so one
 //! bad job never fails the others. Two kinds use it: verified provider notifications
-//! ([`Notification`]) and new checkout payments ([`super::checkout::NewPayment`]).
+//! ([`Notification`]) and new checkout payments (`checkout::NewPayment`).
 
 use std::{cmp::Ordering, collections::HashSet, fmt::Display, sync::Arc};
 
