@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod merchants;
 pub mod net;
 pub mod payments;
+pub mod personal;
 pub mod proto;
 pub mod providers;
 pub mod ratelimit;

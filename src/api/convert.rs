@@ -92,7 +92,7 @@ pub fn payment(p: Payment) -> pb::Payment {
         status: status_to_proto(p.status) as i32,
         amount: Some(pb::Money { amount_minor: p.amount_minor, currency: p.currency }),
         order_name: p.order_name,
-        customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email }),
+        customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email.into_exposed() }),
         payment_method: p.payment_method,
         provider_ref: p.provider_ref.unwrap_or_default(),
         test: p.test,

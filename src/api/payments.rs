@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size, watch::View};
+use crate::personal::Email;
 use crate::{
     audit,
     channels::Channels,
@@ -252,7 +253,7 @@ impl PaymentService for PaymentsApi {
             amount: r.amount.map(|m| (m.amount_minor, m.currency)),
             order_name: r.order_name,
             customer_uid: r.customer.as_ref().map(|c| c.uid.clone()),
-            customer_email: r.customer.map(|c| c.email).unwrap_or_default(),
+            customer_email: Email::new(r.customer.map(|c| c.email).unwrap_or_default()),
             payment_method: r.payment_method,
             widget: r.widget,
             success_url: r.success_url,

@@ -13,6 +13,7 @@ use super::{
     repo::{self, Lookup},
     subscriptions::{self, PERIOD_TYPES, Subscription, SubscriptionStatus},
 };
+use crate::personal::Email;
 use crate::{
     channels::{Channel, ChannelError, Channels},
     merchants::Caller,
@@ -37,7 +38,7 @@ pub struct CheckoutRequest {
     pub amount: Option<(i64, String)>,
     pub order_name: String,
     pub customer_uid: Option<String>,
-    pub customer_email: String,
+    pub customer_email: Email,
     pub payment_method: String,
     pub widget: String,
     pub success_url: String,
@@ -323,8 +324,8 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
         }
     }
     if !req.customer_email.is_empty()
-        && validation::text(&mut v, "customer.email", &req.customer_email, MAX_EMAIL)
-        && !looks_like_email(&req.customer_email)
+        && validation::text(&mut v, "customer.email", req.customer_email.expose(), MAX_EMAIL)
+        && !looks_like_email(req.customer_email.expose())
     {
         v.add("customer.email", "is not an e-mail address");
     }
@@ -461,7 +462,7 @@ mod tests {
             ("order_name", Box::new(|r| r.order_name = "x".repeat(257))),
             ("merchant_uid", Box::new(|r| r.merchant_uid = String::new())),
             ("merchant_uid", Box::new(|r| r.merchant_uid = "~order-1/renewal/1".into())),
-            ("customer.email", Box::new(|r| r.customer_email = "nope".into())),
+            ("customer.email", Box::new(|r| r.customer_email = Email::new("nope"))),
             ("success_url", Box::new(|r| r.success_url = "javascript:alert(1)".into())),
             ("country_code", Box::new(|r| r.country_code = "kor".into())),
         ];
@@ -494,7 +495,7 @@ mod tests {
                 1 => { req.merchant_uid = value.clone(); "merchant_uid" }
                 2 => { req.order_name = value.clone(); "order_name" }
                 3 => { req.customer_uid = Some(value.clone()); "customer.uid" }
-                4 => { req.customer_email = value.clone(); "customer.email" }
+                4 => { req.customer_email = Email::new(value.clone()); "customer.email" }
                 5 => { req.success_url = value.clone(); "success_url" }
                 6 => { req.failure_url = value.clone(); "failure_url" }
                 7 => { req.idempotency_key = value.clone(); "idempotency_key" }

@@ -39,7 +39,7 @@ pub fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64)
         currency: "USD".into(),
         order_name: "Gold".into(),
         customer_uid: "u".into(),
-        customer_email: String::new(),
+        customer_email: Default::default(),
         payment_method: "all".into(),
         widget: "p1_1".into(),
         success_url: String::new(),

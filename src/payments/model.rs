@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::PaymentStatus;
+use crate::personal::Email;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
@@ -16,7 +17,7 @@ pub struct Payment {
     pub currency: String,
     pub order_name: String,
     pub customer_uid: String,
-    pub customer_email: String,
+    pub customer_email: Email,
     pub payment_method: String,
     pub widget: String,
     pub success_url: String,
@@ -68,4 +69,21 @@ fn status_from_name<'de, D: Deserializer<'de>>(d: D) -> Result<PaymentStatus, D:
 /// `pay_` + a ULID: unique without coordination between replicas, and sorts by creation time.
 pub fn new_payment_id() -> String {
     format!("pay_{}", ulid::Ulid::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::fixtures::payment;
+
+    #[test]
+    fn a_payment_printed_for_a_log_or_an_error_shows_no_email() {
+        let paid =
+            Payment { customer_email: Email::new("buyer@example.com"), ..payment(PaymentStatus::Paid, 999, 0, 0) };
+        let printed = format!("{paid:?}");
+        assert!(!printed.contains("buyer") && !printed.contains("example.com"), "{printed}");
+        assert!(printed.contains("customer_email: Email(***)"), "{printed}");
+        // What is stored and sent in webhooks keeps the address.
+        assert!(serde_json::to_string(&paid).unwrap().contains("\"customer_email\":\"buyer@example.com\""));
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
 use super::{Payment, PaymentError, PaymentStatus, money::MinorUnits};
+use crate::personal::Email;
 use crate::{
     merchants::IN_SCOPE,
     store::{AnyQuery, Db, Flag, StoreError, UnixMs},
@@ -29,7 +30,7 @@ fn bind_all<'q>(
         .bind(&p.currency)
         .bind(&p.order_name)
         .bind(&p.customer_uid)
-        .bind(&p.customer_email)
+        .bind(p.customer_email.expose())
         .bind(&p.payment_method)
         .bind(&p.widget)
         .bind(&p.success_url)
@@ -388,7 +389,7 @@ impl TryFrom<PaymentRow> for Payment {
             currency: row.currency,
             order_name: row.order_name,
             customer_uid: row.customer_uid,
-            customer_email: row.customer_email,
+            customer_email: Email::new(row.customer_email),
             payment_method: row.payment_method,
             widget: row.widget,
             success_url: row.success_url,

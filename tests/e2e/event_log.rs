@@ -30,7 +30,7 @@ fn payment(merchant_id: &str, n: usize) -> Payment {
         currency: "USD".into(),
         order_name: "x".into(),
         customer_uid: "u".into(),
-        customer_email: String::new(),
+        customer_email: Default::default(),
         payment_method: "all".into(),
         widget: "p1_1".into(),
         success_url: String::new(),

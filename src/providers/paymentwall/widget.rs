@@ -83,13 +83,13 @@ pub fn checkout_url(
         ("timestamp", &timestamp),
     ];
     let optional = [
-        ("email", &payment.customer_email),
-        ("success_url", &payment.success_url),
-        ("failure_url", &payment.failure_url),
-        ("country_code", &payment.country_code),
-        ("lang", &payment.language),
+        ("email", payment.customer_email.expose()),
+        ("success_url", payment.success_url.as_str()),
+        ("failure_url", payment.failure_url.as_str()),
+        ("country_code", payment.country_code.as_str()),
+        ("lang", payment.language.as_str()),
     ];
-    params.extend(optional.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (*k, v.as_str())));
+    params.extend(optional.into_iter().filter(|(_, v)| !v.is_empty()));
     if let Some(s) = subscription {
         params.push(("ag_period_length", &period_length));
         params.push(("ag_period_type", &s.period_type));
@@ -114,6 +114,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
+    use crate::personal::Email;
 
     #[test]
     fn the_parameters_the_widget_sets_are_reserved_through_the_port() {
@@ -148,7 +149,7 @@ mod tests {
             currency: "USD".into(),
             order_name: "Automatic Test Product Name".into(),
             customer_uid: "test_user".into(),
-            customer_email: "user@hostname.com".into(),
+            customer_email: Email::new("user@hostname.com"),
             payment_method: "all".into(),
             widget: "p10".into(),
             success_url: "https://shop.example/thanks?ref=$ref".into(),
