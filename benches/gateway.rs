@@ -619,23 +619,19 @@ async fn fresh_payments(gate: &Gate, api_key: &str, label: &str) -> Vec<String> 
     ids
 }
 
-/// The pingback's transaction alone: paygate's own `notifications::ingest` called from here, 64
+/// The pingback's transaction alone: paygate's own notification ingest (with its batch layer) called from here, 64
 /// at a time through a pool of paygate's size, with no HTTP, signature, or log line. What the
 /// database work of a pingback allows on this machine.
 async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str) -> Round {
     use paygate::payments::{
-        PaymentOutcome, notifications,
+        PaymentOutcome, batch,
+        flows::notification,
         provider::{Notice, ProviderEvent, RawNotification},
     };
     let settings =
         paygate::store::PoolSettings { max_connections: POOL_SIZE, acquire_timeout: Duration::from_secs(30) };
     let db = paygate::store::Db::connect(db_url, &settings).await.unwrap();
-    let notifications =
-        paygate::payments::group_commit::GroupCommit::<paygate::payments::group_commit::Notification>::start(
-            db.clone(),
-            Default::default(),
-            POOL_SIZE as usize / 4,
-        );
+    let notifications = batch::writers(&db, POOL_SIZE as usize / 4).notifications;
     let ids = Arc::new(Mutex::new(fresh_payments(gate, api_key, label).await));
     let meter = Meter::start(None);
     let mut tasks = Vec::new();
@@ -661,7 +657,7 @@ async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str
                 };
                 let sent = Instant::now();
                 let applied = notifications.ingest(raw, notice).await.expect("applied");
-                assert!(matches!(applied, notifications::Applied::Changed { .. }), "every one moves its payment");
+                assert!(matches!(applied, notification::Applied::Changed { .. }), "every one moves its payment");
                 latencies.push(sent.elapsed());
             }
             latencies

@@ -19,12 +19,12 @@ use crate::{
     merchants::{KeyCache, Merchants, client_tokens, keys::KEY_PREFIX},
     net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
     payments::{
-        Providers,
-        checkout::NewPayments,
-        group_commit::GroupCommit,
-        methods::PaymentMethods,
-        recent::RecentPayments,
-        sweep::{self, SweepSettings},
+        Providers, batch,
+        flows::{
+            methods::PaymentMethods,
+            sweep::{self, SweepSettings},
+            writers::PaymentInserts,
+        },
     },
     proto::{
         self,
@@ -148,7 +148,7 @@ struct Parts {
     cache: ChannelCache,
     limits: RateLimits,
     webhook_settings: WebhookSettings,
-    new_payments: NewPayments,
+    new_payments: Arc<dyn PaymentInserts>,
 }
 
 /// Runs both servers with `providers` until `shutdown` completes, then drains.
@@ -215,7 +215,7 @@ async fn start(
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
-    crate::payments::notifications::announce_metrics();
+    crate::payments::flows::notification::announce_metrics();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {
         db.migrate().await?;
@@ -247,11 +247,10 @@ async fn start(
     // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
     // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
-    // Checkouts leave their payments here for the pingbacks that settle them.
-    let recent = RecentPayments::default();
-    let new_payments = NewPayments::start(db.clone(), recent.clone(), workers);
+    let writers = batch::writers(&db, workers);
+    let new_payments = writers.payments;
     let state = AppState {
-        notifications: GroupCommit::start(db.clone(), recent, workers),
+        notifications: writers.notifications,
         db,
         settings: Arc::new(settings),
         channels,

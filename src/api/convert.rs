@@ -6,8 +6,10 @@ use crate::{
     channels::{Channel, ChannelMode},
     payments::{
         Payment, PaymentStatus,
-        cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
-        subscriptions::{ShownStatus, Subscription, SubscriptionView},
+        core::{
+            Cancellation, CancellationStatus, TicketState, Trigger,
+            subscription::{ShownStatus, Subscription, SubscriptionView},
+        },
     },
     proto::v1 as pb,
     providers::paymentwall::config as paymentwall,

@@ -18,11 +18,17 @@ use crate::{
     },
     payments::{
         Providers,
-        checkout::{self, CheckoutRequest, NewPayments, SubscriptionTerms},
-        methods::PaymentMethods,
-        refunds::{self, RefundRequest},
-        repo::{self, ListFilter, Lookup},
-        subscriptions::{self, Subscription},
+        core::{
+            Cancellation,
+            checkout::{CheckoutRequest, SubscriptionTerms},
+            refund::{self as refunds, RefundRequest, Resolution},
+            subscription::Subscription,
+        },
+        flows::{self, methods::PaymentMethods, refund::Refunded, writers::PaymentInserts},
+        store::{
+            payments::{self as repo, ListFilter, Lookup},
+            subscriptions,
+        },
     },
     proto::v1::{self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService},
     secrets::MasterKeys,
@@ -56,7 +62,7 @@ fn only_its_payment(grant: Option<&PaymentGrant>, payment_ids: &[&str]) -> Resul
 pub struct PaymentsApi {
     pub db: Db,
     /// Where checkouts insert their new payments (concurrent ones share an INSERT).
-    pub new_payments: NewPayments,
+    pub new_payments: std::sync::Arc<dyn PaymentInserts>,
     pub channels: Channels,
     pub providers: Providers,
     pub hub: Arc<Hub>,
@@ -70,7 +76,7 @@ impl PaymentsApi {
     async fn cancellation_reply(
         &self,
         caller: &Caller,
-        cancellation: crate::payments::cancellations::Cancellation,
+        cancellation: Cancellation,
     ) -> Result<Response<pb::Cancellation>, Status> {
         let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
         Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
@@ -269,9 +275,9 @@ impl PaymentService for PaymentsApi {
             idempotency_key: r.idempotency_key,
             request_hash,
         };
-        let session = checkout::create(
+        let session = flows::checkout::create(
             &self.db,
-            &self.new_payments,
+            &*self.new_payments,
             &self.channels,
             &self.providers,
             &caller,
@@ -364,38 +370,19 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
-        let currency = r.amount.as_ref().map(|m| m.currency.clone());
         let req = RefundRequest {
             payment_id: r.payment_id,
+            currency: r.amount.as_ref().map(|m| m.currency.clone()),
             amount_minor: r.amount.map(|m| m.amount_minor),
             reason: r.reason,
             expected_refundable_amount: r.expected_refundable_amount,
             idempotency_key: r.idempotency_key,
             request_hash,
         };
-        // Checked before the payment is read for the currency check below.
-        refunds::validate(&req).check()?;
-        // The amount's currency must be the payment's: refunds never convert.
-        if let Some(currency) = currency
-            && let Ok(payment) = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await
-            && currency != payment.currency
-        {
-            return Err(InvalidArgument::single(
-                "amount.currency",
-                format!("must be the payment's currency ({})", payment.currency),
-            )
-            .into());
-        }
-        let cancellation = refunds::refund(
-            &self.db,
-            &self.channels,
-            &self.providers,
-            &caller,
-            req,
-            self.settings.idempotency_lease_ms,
-        )
-        .await?;
-        self.cancellation_reply(&caller, cancellation).await
+        let lease_ms = self.settings.idempotency_lease_ms;
+        let Refunded { cancellation, currency } =
+            flows::refund::refund(&self.db, &self.channels, &self.providers, &caller, req, lease_ms).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &currency)))
     }
 
     async fn resolve_cancellation(
@@ -407,8 +394,8 @@ impl PaymentService for PaymentsApi {
         let mut v = Violations::default();
         validation::identifier(&mut v, "cancellation_id", &r.cancellation_id, validation::ID);
         let resolution = match pb::Resolution::try_from(r.resolution) {
-            Ok(pb::Resolution::Succeeded) => Some(refunds::Resolution::Succeeded),
-            Ok(pb::Resolution::Failed) => Some(refunds::Resolution::Failed),
+            Ok(pb::Resolution::Succeeded) => Some(Resolution::Succeeded),
+            Ok(pb::Resolution::Failed) => Some(Resolution::Failed),
             _ => None,
         };
         if resolution.is_none() {
@@ -417,7 +404,7 @@ impl PaymentService for PaymentsApi {
         validation::text(&mut v, "note", &r.note, refunds::MAX_REASON);
         v.check()?;
         let resolution = resolution.expect("checked above");
-        let cancellation = refunds::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
+        let cancellation = flows::refund::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
         self.cancellation_reply(&caller, cancellation).await
     }
 
@@ -432,7 +419,7 @@ impl PaymentService for PaymentsApi {
         validation::text(&mut v, "reason", &r.reason, refunds::MAX_REASON);
         v.check()?;
         let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
-        let sub = subscriptions::cancel(
+        let sub = flows::subscription::cancel(
             &self.db,
             &self.channels,
             &self.providers,

@@ -15,8 +15,11 @@ use crate::{
     merchants::{Caller, KeyCache, KeyWatch, client_tokens},
     payments::{
         Payment,
-        repo::{self, Lookup},
-        subscriptions::{self, SubscriptionView},
+        core::subscription::SubscriptionView,
+        store::{
+            payments::{self as repo, Lookup},
+            subscriptions,
+        },
     },
     proto::v1 as pb,
     secrets::MasterKeys,

@@ -7,4 +7,7 @@ pub mod hub;
 
 pub use hub::{Filter, Hub};
 
-pub use crate::payments::event_log::{self as log, Event, EventDetail, EventKind, Position};
+pub use crate::payments::{
+    core::{Event, EventDetail, EventKind, Position},
+    store::event_log as log,
+};

@@ -23,7 +23,7 @@ use crate::{
     channels::ChannelError,
     net::client_ip,
     payments::{
-        notifications::{Applied, NotificationError},
+        flows::notification::{Applied, NotificationError},
         provider::{Callback, CallbackError, Provider},
     },
     store::StoreError,

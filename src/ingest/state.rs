@@ -12,10 +12,7 @@ use super::dependencies::Dependencies;
 use crate::{
     channels::Channels,
     config::Settings,
-    payments::{
-        Providers,
-        group_commit::{GroupCommit, Notification},
-    },
+    payments::{Providers, flows::writers::NotificationIngest},
     ratelimit::Limiter,
     store::Db,
     store::redis::RedisHandle,
@@ -26,7 +23,7 @@ use crate::{
 pub struct AppState {
     pub db: Db,
     /// Where verified notifications are stored and applied (concurrent ones in one transaction).
-    pub notifications: GroupCommit<Notification>,
+    pub notifications: Arc<dyn NotificationIngest>,
     pub settings: Arc<Settings>,
     pub channels: Channels,
     /// The providers whose callbacks are served.

@@ -1,6 +1,6 @@
-//! What can go wrong with a payment, in terms the API answers with; errors convert themselves.
+//! What can go wrong with a payment, in terms the API answers with, and with a provider (the
+//! port's error, re-exported by `provider`); errors convert themselves.
 
-use super::ProviderError;
 use crate::{channels::ChannelError, store::StoreError, validation::InvalidArgument};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,22 @@ pub enum PaymentError {
     Store(#[from] StoreError),
     #[error("stored payment is unreadable: {0}")]
     Corrupt(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the payment cannot be expressed for this provider: {0}")]
+    Unsupported(String),
+    /// The provider answered and said no; its words are in the message.
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    /// The provider could not be reached; the request never arrived, so nothing was done there.
+    #[error("the provider cannot be reached: {0}")]
+    Unreachable(String),
+    /// The request went out but no clear answer came back (timeout, an answer paygate does not
+    /// understand): the provider may or may not have acted on it.
+    #[error("no clear answer from the provider: {0}")]
+    BadAnswer(String),
 }
 
 /// What a provider's failure means to the caller: its refusal is a failed precondition (with its

@@ -2,10 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{
-    Payment, PaymentStatus,
-    cancellations::{Cancellation, CancellationStatus, TicketState, Trigger},
-    subscriptions::{Subscription, SubscriptionStatus},
+use super::core::{
+    Cancellation, CancellationStatus, Payment, PaymentStatus, Subscription, SubscriptionStatus, TicketState, Trigger,
 };
 
 /// A merchant's open refund request `can_<amount>` on `pay_1`, its ticket at `ticket`.

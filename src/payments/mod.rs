@@ -1,31 +1,17 @@
 //! Payments: checkout, the status machine, refunds, subscriptions, idempotency, and applying what
-//! providers report.
+//! providers report. Four floors, each importing only the ones below it:
+//! `batch` (speed, switched on by `app.rs`) -> `flows` (read, decide, write) -> `store` (SQL) ->
+//! `core` (decisions, pure). `provider` is the port providers implement; `error` what goes wrong.
 
-pub mod cancellations;
-mod changes;
-pub mod checkout;
+pub mod batch;
+pub mod core;
 mod error;
-pub mod event_log;
 #[cfg(test)]
 pub(crate) mod fixtures;
-pub mod group_commit;
-pub mod idempotency;
-pub mod methods;
-pub mod model;
-pub mod money;
-pub mod notifications;
+pub mod flows;
 pub mod provider;
-pub mod recent;
-pub mod refunds;
-pub mod repo;
-pub mod status;
-pub mod subscriptions;
-pub mod sweep;
+pub mod store;
 
-pub use model::Payment;
-pub use status::{PaymentOutcome, PaymentStatus};
-
-pub use provider::{Provider, ProviderError, Providers};
-
-pub use changes::{Change, ChangeStatement, record, record_all, record_update};
-pub use error::PaymentError;
+pub use core::{Payment, PaymentOutcome, PaymentStatus};
+pub use error::{PaymentError, ProviderError};
+pub use provider::{Provider, Providers};

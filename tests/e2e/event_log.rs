@@ -8,7 +8,8 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use paygate::{
     payments::{
         Payment, PaymentStatus,
-        event_log::{self, Position},
+        core::{EventKind, Position},
+        store::event_log,
     },
     store::{Db, PoolSettings},
 };
@@ -73,7 +74,7 @@ async fn prove_gapless(backend: Backend) {
     .await
     .unwrap();
     for n in 0..WRITERS {
-        paygate::payments::repo::insert(&db, &payment("m", n)).await.unwrap();
+        paygate::payments::store::payments::insert(&db, &payment("m", n)).await.unwrap();
     }
 
     let done = Arc::new(tokio::sync::Notify::new());
@@ -84,7 +85,7 @@ async fn prove_gapless(backend: Backend) {
                 let p = payment("m", n);
                 for _ in 0..EVENTS_PER_WRITER {
                     let mut tx = db.pool().begin().await.unwrap();
-                    event_log::append(&mut tx, &p, event_log::EventKind::PaymentPaid, None).await.unwrap();
+                    event_log::append(&mut tx, &p, EventKind::PaymentPaid, None).await.unwrap();
                     // Hold the transaction open a random while: later ids commit first.
                     let hold = rand::rng().random_range(0..4);
                     tokio::time::sleep(Duration::from_millis(hold)).await;

@@ -626,7 +626,7 @@ async fn other_merchants_and_siblings_see_nothing_sqlite() {
 /// (its event would say ACTIVE after `subscription.cancel_requested`): the compare-and-set sees the
 /// cancel request, so the renewal is retried on what is stored.
 async fn a_write_from_before_a_cancel_request_is_refused(backend: Backend) {
-    use paygate::payments::subscriptions;
+    use paygate::payments::{core::subscription::renewed, store::subscriptions};
     let mut w = World::start(backend).await;
     let session = World::subscribe(&mut w.a, "main", "race", "buyer-1").await;
     w.pay(&session).await;
@@ -643,12 +643,12 @@ async fn a_write_from_before_a_cancel_request_is_refused(backend: Backend) {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let renewal = subscriptions::renewed(&before, "pay_renewal", 2000);
+    let renewal = renewed(&before, "pay_renewal", 2000);
     assert!(!subscriptions::update(&mut conn, &before, &renewal).await.unwrap(), "a stale copy does not write");
     let stored = subscriptions::get(&mut conn, &id).await.unwrap().unwrap();
     assert_eq!((stored.renewals, stored.cancel_requested_at), (0, Some(1234)));
     // Read again, the same renewal writes, and what it carries is what is stored.
-    let renewal = subscriptions::renewed(&stored, "pay_renewal", 2000);
+    let renewal = renewed(&stored, "pay_renewal", 2000);
     assert!(subscriptions::update(&mut conn, &stored, &renewal).await.unwrap());
     assert_eq!(subscriptions::get(&mut conn, &id).await.unwrap().unwrap(), renewal);
     drop(conn);

@@ -21,9 +21,8 @@ use paygate::{
         Payment, PaymentOutcome,
         provider::{
             Callback, CallbackError, CallbackNotice, Notice, PaymentMethod, Provider, ProviderError, ProviderEvent,
-            RawNotification, RemotePayment, ReversalKind, ReversalNotice,
+            RawNotification, RemotePayment, ReversalKind, ReversalNotice, Subscription,
         },
-        subscriptions::Subscription,
     },
     proto::v1 as pb,
     validation::Violations,

@@ -17,10 +17,8 @@ use crate::{
         config::{ConfigContext, ConfigField, ConfigRules, ProviderConfig},
     },
     payments::{
-        Payment, money,
         provider::{Callback, CallbackError, CallbackNotice},
-        provider::{Notice, RawNotification},
-        subscriptions::Subscription,
+        provider::{Notice, Payment, RawNotification, Subscription, money},
     },
     store::now_ms,
     validation::Violations,

@@ -3,11 +3,7 @@
 
 use super::signature::{SignVersion, pingback_signature, signatures_match};
 use crate::{
-    payments::{
-        PaymentOutcome,
-        provider::{ProviderEvent, ReversalKind, ReversalNotice},
-        subscriptions::SubscriptionEnd,
-    },
+    payments::provider::{PaymentOutcome, ProviderEvent, ReversalKind, ReversalNotice, SubscriptionEnd},
     validation::{self, Rule},
 };
 

@@ -8,7 +8,7 @@ use super::{
     signature::{SignVersion, sign_request},
 };
 use crate::{
-    payments::{Payment, money, subscriptions::Subscription},
+    payments::provider::{Payment, Subscription, money},
     providers::ProviderError,
 };
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use quick_cache::{OptionsBuilder, sync::Cache};
 
-use super::Payment;
+use crate::payments::Payment;
 
 /// About 1 KiB each. At 10 checkouts a second, the last half hour's; a pingback that comes later
 /// than that for its copy takes the reading path.

@@ -1,46 +1,26 @@
-//! RefundPayment, and what a provider's reversal does to a payment.
-//!
-//! A refund is reserved before the provider is asked: the requested amount joins the payment's
-//! `pending_cancel_amount` in a compare-and-set on the payment's version, so concurrent refunds of
-//! one payment are serialized and can never together exceed what was paid. The reservation commits
-//! with its ticket UNSENT; the ticket is marked SENDING (committed) before it leaves. So a crash at
-//! any point leaves a state that says what is known, and a take-over (a retry with the same key
-//! after its lease, or the sweep) acts on it: an UNSENT ticket is sent then; a SENDING one may have
-//! reached the provider, so it is never sent again and becomes OUTCOME_UNKNOWN, which the sweep
-//! (asking the provider) or an operator (`ResolveCancellation`) settles.
-//!
-//! A refund is reported accepted only when the provider accepted it: then the payment shows
-//! CANCEL_PENDING until the provider confirms. Refused or unreachable: the reservation is released,
-//! the cancellation is recorded as FAILED and the idempotency key is forgotten (nothing was done,
-//! so a retry runs the refund again); the payment's status never moved.
+//! Refund and reversal decisions, pure: how much a refund may take, what reserving, accepting,
+//! releasing and confirming it do to the payment, what a take-over does, and what a provider's
+//! reversal does to a payment and its open requests. `flows::refund` reads, calls these, writes.
 
-use sqlx::AnyConnection;
-
+use super::notice::{ReversalKind, ReversalNotice};
 use super::{
-    Payment, PaymentError, PaymentStatus, Provider, ProviderError, Providers,
-    cancellations::{self, Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id},
-    event_log::{EventDetail, EventKind},
-    idempotency::{self, Claim, Key},
-    provider::{ReversalKind, ReversalNotice},
-    repo::{self, Lookup},
+    Cancellation, CancellationStatus, EventKind, Payment, PaymentStatus, TicketState, Trigger, new_cancellation_id,
 };
 use crate::{
-    channels::{Channel, Channels},
-    merchants::Caller,
-    store::{Db, now_ms},
-    validation::{self, Violations},
+    payments::PaymentError,
+    validation::{self, InvalidArgument, Violations},
 };
 
 pub const MAX_REASON: usize = 255;
-/// The idempotency keys' operation name.
-const OPERATION: &str = "RefundPayment";
-const CAS_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Default)]
 pub struct RefundRequest {
     pub payment_id: String,
     /// `None`: everything still refundable.
     pub amount_minor: Option<i64>,
+    /// The amount's currency, when the caller named one: it must be the payment's (refunds never
+    /// convert).
+    pub currency: Option<String>,
     pub reason: String,
     /// Refuse unless exactly this much is refundable now (guards against acting on a stale read).
     pub expected_refundable_amount: Option<i64>,
@@ -61,50 +41,6 @@ pub fn validate(req: &RefundRequest) -> Violations {
     }
     validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
     v
-}
-
-pub async fn refund(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: RefundRequest,
-    lease_ms: i64,
-) -> Result<Cancellation, PaymentError> {
-    validate(&req).check()?;
-    let key = (!req.idempotency_key.is_empty()).then(|| Key {
-        merchant_id: &caller.merchant_id,
-        operation: OPERATION,
-        key: &req.idempotency_key,
-    });
-    let claim = match &key {
-        Some(key) => idempotency::claim(db, key, &req.request_hash, lease_ms).await?,
-        None => Claim::New,
-    };
-    let result = match claim {
-        Claim::Done(cancellation_id) => read(db, caller, &cancellation_id).await,
-        Claim::TakenOver(Some(cancellation_id)) => {
-            take_over(db, channels, providers, caller, &cancellation_id, key.as_ref(), lease_ms).await
-        }
-        Claim::New | Claim::TakenOver(None) => request(db, channels, providers, caller, &req, key.as_ref()).await,
-    };
-    if result.is_err()
-        && let Some(key) = &key
-    {
-        idempotency::release(db, key).await;
-    }
-    result
-}
-
-/// A cancellation the caller may see.
-async fn read(db: &Db, caller: &Caller, cancellation_id: &str) -> Result<Cancellation, PaymentError> {
-    let c = get(db, cancellation_id).await?;
-    if caller.acts_for(&c.merchant_id) { Ok(c) } else { Err(PaymentError::NotFound) }
-}
-
-async fn get(db: &Db, cancellation_id: &str) -> Result<Cancellation, PaymentError> {
-    let mut conn = db.pool().acquire().await?;
-    cancellations::get(&mut conn, cancellation_id).await?.ok_or(PaymentError::NotFound)
 }
 
 /// What a take-over does with a request whose first worker stopped (its lease ran out).
@@ -138,123 +74,15 @@ pub fn take_over_action(c: &Cancellation, now: i64, lease_ms: i64) -> TakeOver {
     }
 }
 
-/// A retry with the same key after the first attempt stopped mid-way.
-async fn take_over(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    cancellation_id: &str,
-    key: Option<&Key<'_>>,
-    lease_ms: i64,
-) -> Result<Cancellation, PaymentError> {
-    let c = read(db, caller, cancellation_id).await?;
-    match take_over_action(&c, now_ms(), lease_ms) {
-        TakeOver::Send => {
-            let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&c.payment_id)).await?;
-            let channel = channels.for_caller(caller, &payment.channel_key).await?;
-            return send(db, providers.for_channel(&channel), &channel, &payment, &c, key).await;
-        }
-        TakeOver::MarkUnknown => mark_unknown(db, &c, key).await?,
-        TakeOver::FinishAccepted => accept(db, &c, key).await?,
-        TakeOver::InFlight => return Err(PaymentError::IdempotencyInFlight),
-        TakeOver::Answer => {
-            if let Some(key) = key {
-                let mut conn = db.pool().acquire().await?;
-                idempotency::finish(&mut conn, key).await?;
-            }
-        }
-    }
-    read(db, caller, cancellation_id).await
-}
-
-async fn request(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: &RefundRequest,
-    key: Option<&Key<'_>>,
-) -> Result<Cancellation, PaymentError> {
-    let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await?;
-    let channel = channels.for_caller(caller, &payment.channel_key).await?;
-    let (payment, cancellation) = reserve(db, &payment.payment_id, req, key).await?;
-    send(db, providers.for_channel(&channel), &channel, &payment, &cancellation, key).await
-}
-
-/// Sends the ticket of a reserved request (ticket UNSENT) and records what came of it. Used by
-/// the first attempt, by a take-over and by the sweep; the UNSENT -> SENDING compare-and-set
-/// makes sure only one of them sends it.
-pub async fn send(
-    db: &Db,
-    provider: &dyn Provider,
-    channel: &Channel,
-    payment: &Payment,
-    cancellation: &Cancellation,
-    key: Option<&Key<'_>>,
-) -> Result<Cancellation, PaymentError> {
-    let id = &cancellation.cancellation_id;
-    {
-        let mut conn = db.pool().acquire().await?;
-        let started =
-            cancellations::move_ticket(&mut conn, id, &[TicketState::Unsent], TicketState::Sending, now_ms()).await?;
-        if !started {
-            // Someone else sends it, or the request ended meanwhile: report what is there.
-            return get(db, id).await;
-        }
-    }
-    let amount = cancellation.amount_minor.unwrap_or_default();
-    match provider.request_refund(channel, payment, amount, &cancellation.reason).await {
-        Ok(()) => {
-            accept(db, cancellation, key).await?;
-            metrics::counter!("paygate_refund_tickets_total", "outcome" => "accepted").increment(1);
-            tracing::info!(payment_id = %payment.payment_id, cancellation_id = %id, amount, "refund requested");
-        }
-        Err(ProviderError::BadAnswer(detail)) => {
-            // The ticket may have been accepted: releasing the amount could refund it twice, and
-            // sending it again could too. Its outcome is unknown until the provider or an operator says.
-            tracing::warn!(payment_id = %payment.payment_id, cancellation_id = %id, %detail, "refund ticket outcome unknown");
-            mark_unknown(db, cancellation, key).await?;
-        }
-        Err(problem) => {
-            tracing::warn!(payment_id = %payment.payment_id, cancellation_id = %id, %problem, "refund ticket not accepted");
-            let outcome = if matches!(problem, ProviderError::Refused(_)) { "refused" } else { "unreachable" };
-            metrics::counter!("paygate_refund_tickets_total", "outcome" => outcome).increment(1);
-            release(db, cancellation, &problem.to_string(), None).await?;
-            return Err(problem.into());
-        }
-    }
-    get(db, id).await
-}
-
-/// Adds the refund to the payment's pending amount and records the cancellation (ticket UNSENT),
-/// atomically.
-async fn reserve(
-    db: &Db,
-    payment_id: &str,
-    req: &RefundRequest,
-    key: Option<&Key<'_>>,
-) -> Result<(Payment, Cancellation), PaymentError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await?;
-        let current = repo::get_in_tx(&mut tx, payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let (next, cancellation) = reservation(&current, req, now_ms())?;
-        if !repo::update(&mut tx, &next).await? {
-            continue; // another refund or notification got there first: read again
-        }
-        cancellations::insert(&mut tx, &cancellation).await?;
-        if let Some(key) = key {
-            idempotency::attach(&mut tx, key, &cancellation.cancellation_id).await?;
-        }
-        tx.commit().await?;
-        return Ok((next, cancellation));
-    }
-    Err(PaymentError::Concurrent)
-}
-
 /// The payment with the refund reserved (added to its pending amount, so what is refunded and
 /// requested never exceeds what was paid), and the request recorded with its ticket UNSENT.
 pub fn reservation(current: &Payment, req: &RefundRequest, now: i64) -> Result<(Payment, Cancellation), PaymentError> {
+    if let Some(currency) = &req.currency
+        && *currency != current.currency
+    {
+        let problem = format!("must be the payment's currency ({})", current.currency);
+        return Err(InvalidArgument::single("amount.currency", problem).into());
+    }
     let amount = refundable_amount(current, req.amount_minor, req.expected_refundable_amount)?;
     let mut next = current.next_version(now);
     next.pending_cancel_amount += amount;
@@ -310,102 +138,10 @@ pub fn refundable_amount(
     Ok(amount)
 }
 
-/// The provider accepted the ticket (now, or a late answer after it was marked unknown): the
-/// payment shows CANCEL_PENDING (unless the provider's confirmation already arrived).
-async fn accept(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await?;
-        let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let id = &cancellation.cancellation_id;
-        let from = [TicketState::Sending, TicketState::Unknown, TicketState::Accepted];
-        let still_requested = cancellations::move_ticket(&mut tx, id, &from, TicketState::Accepted, now_ms()).await?;
-        if still_requested && let Some(next) = after_acceptance(&current, now_ms()) {
-            if !repo::update(&mut tx, &next).await? {
-                continue;
-            }
-            super::record(
-                &mut tx,
-                &next,
-                EventKind::PaymentCancelPending,
-                Some(&EventDetail::cancellation(cancellation)),
-            )
-            .await?;
-        }
-        if let Some(key) = key {
-            idempotency::finish(&mut tx, key).await?;
-        }
-        tx.commit().await?;
-        db.signal_commit();
-        return Ok(());
-    }
-    Err(PaymentError::Concurrent)
-}
-
 /// The payment once the provider accepted an open request: CANCEL_PENDING (`None`: it shows that already).
 pub fn after_acceptance(current: &Payment, now: i64) -> Option<Payment> {
     (current.status != PaymentStatus::CancelPending)
         .then(|| Payment { status: PaymentStatus::CancelPending, ..current.next_version(now) })
-}
-
-/// The ticket went out and no clear answer came back (or its sender died): OUTCOME_UNKNOWN. The
-/// amount stays reserved and the key is done: a retry answers with this state, never a resend.
-pub async fn mark_unknown(db: &Db, cancellation: &Cancellation, key: Option<&Key<'_>>) -> Result<(), PaymentError> {
-    let mut tx = db.pool().begin().await?;
-    let id = &cancellation.cancellation_id;
-    let marked =
-        cancellations::move_ticket(&mut tx, id, &[TicketState::Sending], TicketState::Unknown, now_ms()).await?;
-    if let Some(key) = key {
-        idempotency::finish(&mut tx, key).await?;
-    }
-    tx.commit().await?;
-    if marked {
-        metrics::counter!("paygate_refund_tickets_total", "outcome" => "unknown").increment(1);
-        tracing::warn!(cancellation_id = %id, payment_id = %cancellation.payment_id, "refund outcome unknown; the sweep asks the provider, or an operator resolves it");
-    }
-    Ok(())
-}
-
-/// The ticket was not accepted (or an operator says the provider never acted on it): the
-/// cancellation fails and its amount is refundable again. Nothing was done, so an idempotency
-/// key still in progress on it is forgotten in the same transaction: a retry runs the refund
-/// again. (An operator's decision comes after the key was done: a retry answers with it.) With
-/// `only_if`, the ticket must still be in that state.
-async fn release(
-    db: &Db,
-    cancellation: &Cancellation,
-    failure: &str,
-    only_if: Option<TicketState>,
-) -> Result<bool, PaymentError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await?;
-        let current = repo::get_in_tx(&mut tx, &cancellation.payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let stored = cancellations::get(&mut tx, &cancellation.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
-        let Some(Release { failed, next, settled }) = release_plan(&current, stored, failure, only_if, now_ms()) else {
-            return Ok(false);
-        };
-        if !cancellations::finish(&mut tx, &failed).await? {
-            return Ok(false); // settled meanwhile by the provider's own notification
-        }
-        if !repo::update(&mut tx, &next).await? {
-            continue;
-        }
-        if settled {
-            super::record(
-                &mut tx,
-                &next,
-                EventKind::PaymentPartiallyCancelled,
-                Some(&EventDetail::cancellation(&failed)),
-            )
-            .await?;
-        }
-        idempotency::forget_resource(&mut tx, OPERATION, &cancellation.cancellation_id).await?;
-        tx.commit().await?;
-        if settled {
-            db.signal_commit();
-        }
-        return Ok(true);
-    }
-    Err(PaymentError::Concurrent)
 }
 
 /// What releasing a request writes.
@@ -455,74 +191,6 @@ pub enum Resolution {
     Succeeded,
     /// The provider has no such refund: the amount is refundable again.
     Failed,
-}
-
-/// `ResolveCancellation`: only a cancellation in OUTCOME_UNKNOWN can be resolved; resolving it
-/// again the same way answers the same (idempotent), another way is refused.
-pub async fn resolve(
-    db: &Db,
-    caller: &Caller,
-    cancellation_id: &str,
-    resolution: Resolution,
-    note: &str,
-) -> Result<Cancellation, PaymentError> {
-    let c = read(db, caller, cancellation_id).await?;
-    let wanted = match resolution {
-        Resolution::Succeeded => CancellationStatus::Succeeded,
-        Resolution::Failed => CancellationStatus::Failed,
-    };
-    let unknown = c.status == CancellationStatus::Requested && c.ticket == Some(TicketState::Unknown);
-    if !unknown {
-        if c.status == wanted && c.trigger == Trigger::MerchantRequest {
-            return Ok(c);
-        }
-        return Err(PaymentError::NotResolvable(format!(
-            "the cancellation is {} (ticket {}); only one whose outcome is unknown can be resolved",
-            c.status.as_str(),
-            c.ticket.map_or("none", TicketState::as_str)
-        )));
-    }
-    let note = note.trim();
-    let applied = match resolution {
-        Resolution::Failed => {
-            let failure = format!("resolved by an operator: the provider did not refund it. {note}");
-            release(db, &c, failure.trim(), Some(TicketState::Unknown)).await?
-        }
-        Resolution::Succeeded => confirm_unknown(db, &c).await?,
-    };
-    let resolution_name = if resolution == Resolution::Succeeded { "succeeded" } else { "failed" };
-    tracing::info!(cancellation_id, resolution = resolution_name, applied, "cancellation resolved by an operator");
-    let c = read(db, caller, cancellation_id).await?;
-    if !applied && c.status != wanted {
-        return Err(PaymentError::NotResolvable(format!(
-            "the cancellation changed meanwhile; it is now {}",
-            c.status.as_str()
-        )));
-    }
-    Ok(c)
-}
-
-/// An operator says the provider refunded a request whose outcome was unknown.
-async fn confirm_unknown(db: &Db, c: &Cancellation) -> Result<bool, PaymentError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let mut tx = db.pool().begin().await?;
-        let current = repo::get_in_tx(&mut tx, &c.payment_id).await?.ok_or(PaymentError::NotFound)?;
-        let stored = cancellations::get(&mut tx, &c.cancellation_id).await?.ok_or(PaymentError::NotFound)?;
-        let Some((done, next, kind)) = unknown_confirmed(&current, stored, now_ms()) else {
-            return Ok(false);
-        };
-        if !cancellations::finish(&mut tx, &done).await? {
-            return Ok(false);
-        }
-        if !repo::update(&mut tx, &next).await? {
-            continue;
-        }
-        super::record(&mut tx, &next, kind, Some(&EventDetail::cancellation(&done))).await?;
-        tx.commit().await?;
-        db.signal_commit();
-        return Ok(true);
-    }
-    Err(PaymentError::Concurrent)
 }
 
 /// An operator says the provider refunded `stored`: it succeeds and its amount counts as refunded
@@ -699,24 +367,6 @@ pub fn reversal_effect(
     }
 }
 
-/// Writes a reversal in the caller's transaction. A request finished meanwhile was finished by a
-/// transaction that also moved the payment, so the payment's compare-and-set would fail as well:
-/// either way the change is concurrent and rolls back.
-pub async fn write_reversal(conn: &mut AnyConnection, effect: &ReversalEffect) -> Result<(), PaymentError> {
-    for request in &effect.finish {
-        if !cancellations::finish(conn, request).await? {
-            return Err(PaymentError::Concurrent);
-        }
-    }
-    if let Some(record) = &effect.record {
-        cancellations::insert(conn, record).await?;
-    }
-    if !repo::update(conn, &effect.next).await? {
-        return Err(PaymentError::Concurrent);
-    }
-    Ok(())
-}
-
 fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotice, now: i64) -> Cancellation {
     Cancellation {
         cancellation_id: new_cancellation_id(),
@@ -827,6 +477,18 @@ mod tests {
         assert_eq!((c.amount_minor, next.pending_cancel_amount), (Some(500), 700), "all that is left");
         assert!(reservation(&p, &refund_of(Some(501)), 42).is_err());
         assert!(reservation(&unpaid(1000), &refund_of(None), 42).is_err(), "nothing paid, nothing to refund");
+    }
+
+    #[test]
+    fn a_refund_in_another_currency_is_refused_by_name_before_anything_else() {
+        let p = payment(PaymentStatus::Paid, 1000, 0, 0);
+        let in_currency = |currency: &str| RefundRequest { currency: Some(currency.into()), ..refund_of(Some(100)) };
+        let problem = reservation(&p, &in_currency("EUR"), 42).unwrap_err().to_string();
+        assert!(problem.contains("amount.currency") && problem.contains(&p.currency), "{problem}");
+        let unrefundable = in_currency("EUR");
+        let problem = reservation(&unpaid(1000), &unrefundable, 42).unwrap_err().to_string();
+        assert!(problem.contains("amount.currency"), "the currency is checked first: {problem}");
+        assert!(reservation(&p, &in_currency(&p.currency), 42).is_ok());
     }
 
     #[test]

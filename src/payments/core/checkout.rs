@@ -1,33 +1,31 @@
-//! CreateCheckoutSession: validate, build the provider's signed hosted-page URL, store the payment
-//! as READY. The URL is built before the insert so a payment is never stored without one.
+//! A checkout, decided: what a valid request is, and the payment (and subscription) it makes on a
+//! channel. Pure; `flows::checkout` claims the key, finds the channel, asks the provider for the
+//! URL, and writes.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use super::{
-    Payment, PaymentError, PaymentStatus, Providers,
-    group_commit::{Batched, GroupCommit},
-    idempotency::{self, Claim, Key},
-    model::new_payment_id,
-    money,
-    recent::RecentPayments,
-    repo::{self, Lookup},
-    subscriptions::{self, PERIOD_TYPES, Subscription, SubscriptionStatus},
+    Payment, PaymentStatus, money, new_payment_id,
+    subscription::{PERIOD_TYPES, Subscription, SubscriptionStatus},
 };
-use crate::personal::Email;
 use crate::{
-    channels::{Channel, ChannelError, Channels},
-    merchants::Caller,
-    store::{Db, now_ms},
+    channels::Channel,
+    personal::Email,
     validation::{self, Rule, Violations},
 };
 
 pub const MAX_ORDER_NAME: usize = 256;
+
 pub const MAX_EMAIL: usize = 254;
+
 /// `payment_method`, `widget`: provider codes.
 const CODE: Rule = Rule { charset: validation::Charset::Token, max: 64 };
+
 /// `custom_params` keys (they become widget URL parameters).
 const CUSTOM_KEY: Rule = Rule { charset: validation::Charset::Token, max: 64 };
+
 pub const MAX_CUSTOM_PARAMS: usize = 20;
+
 pub const MAX_CUSTOM_VALUE: usize = 256;
 
 /// A checkout as the merchant asked for it; `None` amount means the field was absent.
@@ -62,102 +60,9 @@ pub struct SubscriptionTerms {
 
 pub const MAX_PERIOD_LENGTH: i64 = 365;
 
-#[derive(Debug, Clone)]
-pub struct CheckoutSession {
-    pub payment: Payment,
-    pub redirect_url: String,
-}
-
-pub async fn create(
-    db: &Db,
-    new_payments: &NewPayments,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: CheckoutRequest,
-    lease_ms: i64,
-) -> Result<CheckoutSession, PaymentError> {
-    let key = (!req.idempotency_key.is_empty()).then(|| Key {
-        merchant_id: &caller.merchant_id,
-        operation: "CreateCheckoutSession",
-        key: &req.idempotency_key,
-    });
-    // Validate before claiming the key, so a bad request does not hold it.
-    validate(&req).check()?;
-    let claim = match &key {
-        Some(key) => idempotency::claim(db, key, &req.request_hash, lease_ms).await?,
-        None => Claim::New,
-    };
-    let result = match claim {
-        Claim::Done(payment_id) | Claim::TakenOver(Some(payment_id)) => {
-            let payment = repo::get(db, &caller.merchant_id, Lookup::PaymentId(&payment_id)).await?;
-            Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
-        }
-        Claim::New | Claim::TakenOver(None) => {
-            create_new(db, new_payments, channels, providers, caller, &req, key.as_ref()).await
-        }
-    };
-    if result.is_err()
-        && let Some(key) = &key
-    {
-        idempotency::release(db, key).await;
-    }
-    result
-}
-
-async fn create_new(
-    db: &Db,
-    new_payments: &NewPayments,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: &CheckoutRequest,
-    key: Option<&Key<'_>>,
-) -> Result<CheckoutSession, PaymentError> {
-    let channel = usable_channel(channels, providers, caller, req).await?;
-    let provider = providers.for_channel(&channel);
-    let (mut payment, subscription) = new_payment(&channel, req.clone(), now_ms());
-    payment.redirect_url = provider
-        .checkout_url(&channel, &payment, subscription.as_ref())
-        .map_err(|e| PaymentError::Provider(e.to_string()))?;
-    write(db, new_payments, &payment, subscription.as_ref(), key).await?;
-    Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })
-}
-
-/// The channel a checkout names, if the caller may use it for new payments; the custom
-/// parameters checked against those its provider sets itself.
-async fn usable_channel(
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: &CheckoutRequest,
-) -> Result<Arc<Channel>, PaymentError> {
-    let mut violations = Violations::default();
-    let channel = match channels.for_caller(caller, &req.channel_key).await {
-        Ok(channel) if channel.disabled_at.is_some() => {
-            violations.add("channel_key", "the channel is disabled (deleted while it had payments)");
-            None
-        }
-        Ok(channel) => Some(channel),
-        Err(ChannelError::NotFound) => {
-            violations.add("channel_key", "no channel with this key");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(channel) = &channel {
-        let provider = providers.for_channel(channel);
-        for key in req.custom_params.keys().filter(|key| provider.is_reserved_param(key)) {
-            violations.add(format!("custom_params[{key}]"), "key is a parameter paygate sets itself");
-        }
-    }
-    violations.check()?;
-    channel.ok_or(PaymentError::Channel(ChannelError::NotFound))
-}
-
 /// The payment (and subscription) a valid checkout request makes on `channel`: decided here,
 /// written by `write`.
-fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Payment, Option<Subscription>) {
+pub fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Payment, Option<Subscription>) {
     // Stored (and signed into the hosted-page URL) as the URL parser writes them.
     req.success_url = validation::normalised_url(&req.success_url);
     req.failure_url = validation::normalised_url(&req.failure_url);
@@ -219,71 +124,6 @@ fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Paymen
     (payment, subscription)
 }
 
-/// Stores a new payment: in the common case one INSERT, shared with the checkouts that arrive
-/// with it; with a subscription or an idempotency key, one transaction that also records those.
-async fn write(
-    db: &Db,
-    new_payments: &NewPayments,
-    payment: &Payment,
-    subscription: Option<&Subscription>,
-    key: Option<&Key<'_>>,
-) -> Result<(), PaymentError> {
-    if subscription.is_none() && key.is_none() {
-        return new_payments.submit(NewPayment(payment.clone())).await;
-    }
-    let mut tx = db.pool().begin().await?;
-    repo::insert_in_tx(&mut tx, payment).await?;
-    if let Some(subscription) = subscription {
-        subscriptions::insert(&mut tx, subscription).await?;
-    }
-    if let Some(key) = key {
-        idempotency::attach(&mut tx, key, &payment.payment_id).await?;
-        idempotency::finish(&mut tx, key).await?;
-    }
-    tx.commit().await?;
-    new_payments.shared().wrote(payment);
-    Ok(())
-}
-
-/// A new payment to insert. Checkouts that arrive together share one multi-row INSERT, which
-/// commits as one: a unique `merchant_uid` taken twice, or any other failure, rolls it back and
-/// each payment is then inserted on its own, so only the one at fault is refused.
-pub struct NewPayment(pub Payment);
-
-/// The workers that insert new payments.
-pub type NewPayments = GroupCommit<NewPayment>;
-
-impl Batched for NewPayment {
-    type Output = Result<(), PaymentError>;
-    type Error = PaymentError;
-    const KIND: &'static str = "new payment";
-    type Shared = RecentPayments;
-
-    async fn together(db: &Db, recent: &RecentPayments, jobs: &[&Self]) -> Result<Vec<Self::Output>, PaymentError> {
-        let payments: Vec<&Payment> = jobs.iter().map(|job| &job.0).collect();
-        repo::insert_many(db, &payments).await?;
-        for payment in payments {
-            recent.wrote(payment);
-        }
-        Ok(jobs.iter().map(|_| Ok(())).collect())
-    }
-
-    async fn alone(&self, db: &Db, recent: &RecentPayments) -> Self::Output {
-        repo::insert(db, &self.0).await?;
-        recent.wrote(&self.0);
-        Ok(())
-    }
-
-    /// By the unique key a batch can clash on, so two batches never wait on each other's.
-    fn lock_order(&self, other: &Self) -> std::cmp::Ordering {
-        (&self.0.merchant_id, &self.0.merchant_uid).cmp(&(&other.0.merchant_id, &other.0.merchant_uid))
-    }
-
-    fn stopped() -> Self::Output {
-        Err(super::group_commit::workers_gone().into())
-    }
-}
-
 /// Every problem of the request, named by its proto field path.
 pub fn validate(req: &CheckoutRequest) -> Violations {
     let mut v = Violations::default();
@@ -293,12 +133,12 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
     } else {
         validation::identifier(&mut v, "merchant_uid", &req.merchant_uid, validation::MERCHANT_UID);
     }
-    if req.merchant_uid.starts_with(super::notifications::GENERATED_UID_PREFIX) {
+    if req.merchant_uid.starts_with(super::notification::GENERATED_UID_PREFIX) {
         v.add(
             "merchant_uid",
             format!(
                 "must not start with '{}' (reserved for renewals and repeat payments paygate records)",
-                super::notifications::GENERATED_UID_PREFIX
+                super::notification::GENERATED_UID_PREFIX
             ),
         );
     }
@@ -380,7 +220,6 @@ fn looks_like_email(s: &str) -> bool {
         None => false,
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

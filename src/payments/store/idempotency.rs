@@ -2,7 +2,7 @@
 //! made, read back); with a different request it is refused. A key whose request is still running
 //! is refused too, until its lease runs out: then a retry takes over (the first worker crashed).
 
-use super::PaymentError;
+use crate::payments::PaymentError;
 use crate::store::{Db, UnixMs, now_ms};
 
 /// What to do with a request carrying an idempotency key.

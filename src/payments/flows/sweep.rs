@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    PaymentOutcome, PaymentStatus, Providers,
-    cancellations::{self, TicketState},
-    idempotency, notifications,
-    provider::{Notice, ProviderEvent},
-    refunds, repo,
-};
+use super::{notification, refund};
 use crate::{
     channels::Channels,
+    payments::{
+        PaymentError, PaymentOutcome, PaymentStatus, Providers,
+        core::TicketState,
+        provider::{Notice, ProviderEvent},
+        store::{cancellations, idempotency, payments as repo},
+    },
     store::{Db, now_ms},
 };
 
@@ -71,7 +71,7 @@ pub async fn run_once(
     channels: &Channels,
     providers: &Providers,
     s: &SweepSettings,
-) -> Result<usize, super::PaymentError> {
+) -> Result<usize, PaymentError> {
     let now = now_ms();
     let ms = |d: Duration| d.as_millis() as i64;
     let claimed =
@@ -105,8 +105,8 @@ pub async fn run_once(
             event,
             test: payment.test,
         };
-        match notifications::apply_learned(db, &payment.channel_key, &notice).await {
-            Ok(notifications::Applied::Changed { payment: p, .. }) => {
+        match notification::apply_learned(db, &payment.channel_key, &notice).await {
+            Ok(notification::Applied::Changed { payment: p, .. }) => {
                 tracing::info!(payment_id = %p.payment_id, status = %p.status, "sweep applied the provider's status");
                 repaired += 1;
             }
@@ -126,7 +126,7 @@ async fn sweep_tickets(
     channels: &Channels,
     providers: &Providers,
     s: &SweepSettings,
-) -> Result<usize, super::PaymentError> {
+) -> Result<usize, PaymentError> {
     let now = now_ms();
     let ms = |d: Duration| d.as_millis() as i64;
     let stale =
@@ -148,7 +148,7 @@ async fn sweep_tickets(
         match c.ticket {
             Some(TicketState::Unsent) => {
                 // Reserved and never sent (its worker died before the send): send it now.
-                match refunds::send(db, providers.for_channel(&channel), &channel, &payment, &c, None).await {
+                match refund::send(db, providers.for_channel(&channel), &channel, &payment, &c, None).await {
                     Ok(sent) => {
                         tracing::info!(cancellation_id = %c.cancellation_id, ticket = sent.ticket.map_or("none", |t| t.as_str()), "sweep sent a refund ticket nobody sent");
                         repaired += 1;
@@ -159,7 +159,7 @@ async fn sweep_tickets(
                 }
                 continue;
             }
-            Some(TicketState::Sending) => refunds::mark_unknown(db, &c, None).await?,
+            Some(TicketState::Sending) => refund::mark_unknown(db, &c, None).await?,
             Some(TicketState::Unknown) => {}
             _ => continue,
         }
@@ -180,8 +180,8 @@ async fn sweep_tickets(
             event: ProviderEvent::RefundConfirmed,
             test: payment.test,
         };
-        match notifications::apply_learned(db, &payment.channel_key, &notice).await {
-            Ok(notifications::Applied::Changed { .. }) => {
+        match notification::apply_learned(db, &payment.channel_key, &notice).await {
+            Ok(notification::Applied::Changed { .. }) => {
                 tracing::info!(cancellation_id = %c.cancellation_id, "sweep settled a refund whose outcome was unknown");
                 repaired += 1;
             }

@@ -2,15 +2,19 @@
 //! that announces it, in the caller's transaction, so none commits without the others; on
 //! PostgreSQL all of a batch's changes in one statement.
 
-use super::{Payment, PaymentError, event_log, repo};
+use super::{event_log, payments as repo};
+use crate::payments::{
+    Payment, PaymentError,
+    core::{EventDetail, EventKind},
+};
 
 /// Records a change in the caller's transaction: its event in the log and the webhook that
 /// announces it, so neither commits without the other. Returns the event's id.
 pub async fn record(
     conn: &mut sqlx::AnyConnection,
     payment: &Payment,
-    kind: event_log::EventKind,
-    detail: Option<&event_log::EventDetail>,
+    kind: EventKind,
+    detail: Option<&EventDetail>,
 ) -> Result<i64, PaymentError> {
     let ids = record_all(conn, &[Change { moves: false, payment, kind, detail }]).await?;
     ids.into_iter().next().flatten().ok_or_else(|| PaymentError::Corrupt("an event insert returned no row".into()))
@@ -21,8 +25,8 @@ pub async fn record(
 pub async fn record_update(
     conn: &mut sqlx::AnyConnection,
     next: &Payment,
-    kind: event_log::EventKind,
-    detail: Option<&event_log::EventDetail>,
+    kind: EventKind,
+    detail: Option<&EventDetail>,
 ) -> Result<Option<i64>, PaymentError> {
     let ids = record_all(conn, &[Change { moves: true, payment: next, kind, detail }]).await?;
     Ok(ids.into_iter().next().flatten())
@@ -33,8 +37,8 @@ pub async fn record_update(
 pub struct Change<'a> {
     pub moves: bool,
     pub payment: &'a Payment,
-    pub kind: event_log::EventKind,
-    pub detail: Option<&'a event_log::EventDetail>,
+    pub kind: EventKind,
+    pub detail: Option<&'a EventDetail>,
 }
 
 /// Records every change (each as `record` or `record_update` does) and returns their event ids,
@@ -238,8 +242,7 @@ struct WebhookData<'a, P: serde::Serialize> {
 }
 
 impl<'a, P: serde::Serialize> WebhookData<'a, P> {
-    fn of(event_id: String, payment: P, detail: Option<&'a event_log::EventDetail>) -> Self {
-        use event_log::EventDetail;
+    fn of(event_id: String, payment: P, detail: Option<&'a EventDetail>) -> Self {
         let (cancellation, subscription) = match detail {
             Some(EventDetail::Cancellation(value)) => (Some(value), None),
             Some(EventDetail::Subscription(value)) => (None, Some(value)),

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
-use super::{Payment, PaymentError, PaymentStatus, money::MinorUnits};
+use crate::payments::{
+    PaymentError,
+    core::{Cancellation, Payment, PaymentStatus, money::MinorUnits},
+};
 use crate::personal::Email;
 use crate::{
     merchants::IN_SCOPE,
@@ -110,13 +113,23 @@ pub enum Lookup<'a> {
 /// A payment of `merchant_id` or of one of its sub-merchants; anyone else's reads as not found.
 /// By `merchant_uid`, the newest match wins (the same order id may exist under two sub-merchants).
 pub async fn get(db: &Db, merchant_id: &str, lookup: Lookup<'_>) -> Result<Payment, PaymentError> {
+    let mut conn = db.pool().acquire().await?;
+    get_in_scope(&mut conn, merchant_id, lookup).await
+}
+
+/// `get` inside a transaction.
+pub async fn get_in_scope(
+    conn: &mut AnyConnection,
+    merchant_id: &str,
+    lookup: Lookup<'_>,
+) -> Result<Payment, PaymentError> {
     let (column, value) = match lookup {
         Lookup::PaymentId(id) => ("payment_id", id),
         Lookup::MerchantUid(uid) => ("merchant_uid", uid),
     };
     let sql =
         format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND {column} = $2 ORDER BY payment_id DESC LIMIT 1");
-    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id).bind(value).fetch_optional(db.pool()).await?;
+    let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id).bind(value).fetch_optional(conn).await?;
     row.map(Payment::try_from).transpose()?.ok_or(PaymentError::NotFound)
 }
 
@@ -126,7 +139,7 @@ pub async fn get_with_cancellations(
     db: &Db,
     merchant_id: &str,
     lookup: Lookup<'_>,
-) -> Result<(Payment, Vec<super::cancellations::Cancellation>), PaymentError> {
+) -> Result<(Payment, Vec<Cancellation>), PaymentError> {
     let (column, value) = match lookup {
         Lookup::PaymentId(id) => ("payment_id", id),
         Lookup::MerchantUid(uid) => ("merchant_uid", uid),

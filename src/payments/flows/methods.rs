@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use moka::future::Cache;
 
-use super::{
+use crate::payments::{
     PaymentError, Providers,
     provider::{PaymentMethod, ProviderError},
 };

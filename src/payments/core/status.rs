@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use super::event_log::EventKind;
+use super::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {

@@ -1,0 +1,20 @@
+//! The decisions, pure (no SQL, no I/O, no clock of their own): the payment and its money, the
+//! status machine, what a checkout makes, what a notice does, refund and reversal planning, and
+//! the subscription rules. The flows read, call these, and write; the tests here need nothing.
+
+pub mod cancellation;
+pub mod checkout;
+pub mod event;
+pub mod model;
+pub mod money;
+pub mod notice;
+pub mod notification;
+pub mod refund;
+pub mod status;
+pub mod subscription;
+
+pub use cancellation::{Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id};
+pub use event::{Event, EventDetail, EventKind, Position};
+pub use model::{Payment, new_payment_id};
+pub use status::{PaymentOutcome, PaymentStatus, next_status};
+pub use subscription::{Subscription, SubscriptionStatus};
