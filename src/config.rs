@@ -1,5 +1,5 @@
 //! Settings: defaults, then a TOML file, then `PAYGATE_*` environment variables (env wins).
-//! Every setting and its default is listed in the README's configuration table.
+//! Every setting and its default is listed in docs/configuration.md.
 
 use std::{
     net::SocketAddr,

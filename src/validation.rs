@@ -3,8 +3,8 @@
 //! services, the pingback route and parser) check input here before any lookup or log line, so
 //! a NUL byte or a 60 KB id is refused naming its field instead of reaching the database.
 //!
-//! Ground floor: this module imports nothing from the rest of the crate. The README's "Limits"
-//! section documents the rules below; keep the two in step.
+//! Ground floor: this module imports nothing from the rest of the crate. docs/limits.md documents
+//! the rules below; keep the two in step.
 
 use std::fmt;
 

@@ -598,7 +598,7 @@ fn assert_refused_briefly(status: &tonic::Status, field: &str, hostile: &str) {
     );
 }
 
-/// Four answers the README rules out: a 100,000-character provider name or allowlist entry quoted
+/// Four answers docs/limits.md rules out: a 100,000-character provider name or allowlist entry quoted
 /// back, an expiry outside google.protobuf.Timestamp's range stored, and an update with both the
 /// typed and the generic credentials read as the generic one.
 async fn hostile_values_are_never_quoted_and_out_of_range_times_are_refused(backend: Backend) {

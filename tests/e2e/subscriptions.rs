@@ -562,7 +562,7 @@ async fn other_merchants_and_siblings_see_nothing(backend: Backend) {
         assert!(next(&mut replayed, Duration::from_millis(300)).await.is_none(), "{who}");
     }
     // The renewal names its subscription too, by its payment id and by its ~uid/renewal/n order id
-    // (the proto's and README's promise), for the owner and its parent only.
+    // (the proto's and docs/payments.md's promise), for the owner and its parent only.
     let renewal = payment_by_ref(&mut w.s1, &id, &renewal).await;
     assert_eq!(renewal.merchant_uid, "~z-asked/renewal/1");
     let by_renewal = [Lookup::PaymentId(renewal.payment_id.clone()), Lookup::MerchantUid(renewal.merchant_uid.clone())];
