@@ -75,13 +75,13 @@ pub fn payment(p: Payment) -> pb::Payment {
     pb::Payment {
         cancelled_at: p.cancelled_at.map(timestamp),
         subscription_id: p.subscription_id.clone().unwrap_or_default(),
-        cancelled_amount: Some(pb::Money { amount_minor: p.cancelled_amount, currency: p.currency.clone() }),
+        cancelled_amount: Some(pb::Money { amount_minor: p.cancelled_amount.into(), currency: p.currency.clone() }),
         refundable_amount: Some(pb::Money {
             amount_minor: if matches!(
                 p.status,
                 PaymentStatus::Paid | PaymentStatus::PartialCancelled | PaymentStatus::CancelPending
             ) {
-                refundable
+                refundable.into()
             } else {
                 0
             },
@@ -92,7 +92,7 @@ pub fn payment(p: Payment) -> pb::Payment {
         merchant_uid: p.merchant_uid,
         channel_key: p.channel_key,
         status: status_to_proto(p.status) as i32,
-        amount: Some(pb::Money { amount_minor: p.amount_minor, currency: p.currency }),
+        amount: Some(pb::Money { amount_minor: p.amount_minor.into(), currency: p.currency }),
         order_name: p.order_name,
         customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email.into_exposed() }),
         payment_method: p.payment_method,
@@ -113,7 +113,7 @@ pub fn browser_payment(p: Payment) -> pb::Payment {
     pb::Payment {
         payment_id: p.payment_id,
         status: status_to_proto(p.status) as i32,
-        amount: Some(pb::Money { amount_minor: p.amount_minor, currency: p.currency }),
+        amount: Some(pb::Money { amount_minor: p.amount_minor.into(), currency: p.currency }),
         order_name: p.order_name,
         created_at: Some(timestamp(p.created_at)),
         updated_at: Some(timestamp(p.updated_at)),
@@ -142,7 +142,7 @@ pub fn cancellation(c: Cancellation, currency: &str) -> pb::Cancellation {
     pb::Cancellation {
         cancellation_id: c.cancellation_id,
         payment_id: c.payment_id,
-        amount: c.amount_minor.map(|amount_minor| pb::Money { amount_minor, currency: currency.to_owned() }),
+        amount: c.amount_minor.map(|amount| pb::Money { amount_minor: amount.into(), currency: currency.to_owned() }),
         reason: c.reason,
         trigger: trigger as i32,
         status: status as i32,

@@ -21,6 +21,7 @@ use crate::{
         core::{
             Cancellation,
             checkout::{CheckoutRequest, SubscriptionTerms},
+            money::MinorUnits,
             refund::{self as refunds, RefundRequest, Resolution},
             subscription::Subscription,
         },
@@ -373,9 +374,9 @@ impl PaymentService for PaymentsApi {
         let req = RefundRequest {
             payment_id: r.payment_id,
             currency: r.amount.as_ref().map(|m| m.currency.clone()),
-            amount_minor: r.amount.map(|m| m.amount_minor),
+            amount_minor: r.amount.map(|m| MinorUnits(m.amount_minor)),
             reason: r.reason,
-            expected_refundable_amount: r.expected_refundable_amount,
+            expected_refundable_amount: r.expected_refundable_amount.map(MinorUnits),
             idempotency_key: r.idempotency_key,
             request_hash,
         };

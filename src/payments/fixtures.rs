@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::core::{
     Cancellation, CancellationStatus, Payment, PaymentStatus, Subscription, SubscriptionStatus, TicketState, Trigger,
+    money::MinorUnits, subscription::PeriodType,
 };
 
 /// A merchant's open refund request `can_<amount>` on `pay_1`, its ticket at `ticket`.
@@ -12,7 +13,7 @@ pub fn refund_request(amount: i64, ticket: TicketState, updated_at: i64) -> Canc
         cancellation_id: format!("can_{amount}"),
         payment_id: "pay_1".into(),
         merchant_id: "mer_1".into(),
-        amount_minor: Some(amount),
+        amount_minor: Some(MinorUnits(amount)),
         reason: "asked".into(),
         trigger: Trigger::MerchantRequest,
         status: CancellationStatus::Requested,
@@ -33,7 +34,7 @@ pub fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64)
         merchant_id: "mer_1".into(),
         channel_key: "ch_1".into(),
         merchant_uid: "order-1".into(),
-        amount_minor: amount,
+        amount_minor: MinorUnits(amount),
         currency: "USD".into(),
         order_name: "Gold".into(),
         customer_uid: "u".into(),
@@ -50,8 +51,8 @@ pub fn payment(status: PaymentStatus, amount: i64, cancelled: i64, pending: i64)
         test: true,
         redirect_url: String::new(),
         subscription_id: None,
-        cancelled_amount: cancelled,
-        pending_cancel_amount: pending,
+        cancelled_amount: MinorUnits(cancelled),
+        pending_cancel_amount: MinorUnits(pending),
         version: 1,
         created_at: 0,
         updated_at: 0,
@@ -75,7 +76,7 @@ pub fn subscription(status: SubscriptionStatus, renewals: i64) -> Subscription {
         initial_payment_id: "pay_1".into(),
         customer_uid: "u".into(),
         period_length: 1,
-        period_type: "month".into(),
+        period_type: PeriodType::Month,
         recurring: true,
         status,
         renewals,

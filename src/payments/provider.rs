@@ -10,7 +10,11 @@ use serde::Serialize;
 
 pub use super::core::notice::{Notice, ProviderEvent, RawNotification, ReversalKind, ReversalNotice};
 /// The payment's words a provider reads and answers in.
-pub use super::core::{Payment, PaymentOutcome, Subscription, money, subscription::SubscriptionEnd};
+pub use super::core::{
+    Payment, PaymentOutcome, Subscription,
+    money::{self, MinorUnits},
+    subscription::SubscriptionEnd,
+};
 pub use super::error::ProviderError;
 use crate::channels::{Channel, config::ConfigRules};
 
@@ -102,13 +106,13 @@ pub trait Provider: ConfigRules {
         subscription: Option<&Subscription>,
     ) -> Result<String, ProviderError>;
 
-    /// Asks the provider to refund `amount_minor` of a paid payment. The refund itself is reported
+    /// Asks the provider to refund `amount` of a paid payment. The refund itself is reported
     /// later by a provider notification.
     async fn request_refund(
         &self,
         channel: &Channel,
         payment: &Payment,
-        amount_minor: i64,
+        amount: MinorUnits,
         reason: &str,
     ) -> Result<(), ProviderError>;
 
@@ -196,7 +200,7 @@ impl Provider for NotRunning {
         Err(ProviderError::Unsupported(NOT_RUNNING.into()))
     }
 
-    async fn request_refund(&self, _: &Channel, _: &Payment, _: i64, _: &str) -> Result<(), ProviderError> {
+    async fn request_refund(&self, _: &Channel, _: &Payment, _: MinorUnits, _: &str) -> Result<(), ProviderError> {
         Err(ProviderError::Unreachable(NOT_RUNNING.into()))
     }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use paygate::{
     payments::{
         Payment, PaymentStatus,
-        core::{EventKind, Position},
+        core::{EventKind, Position, money::MinorUnits},
         store::event_log,
     },
     store::{Db, PoolSettings},
@@ -27,7 +27,7 @@ fn payment(merchant_id: &str, n: usize) -> Payment {
         merchant_id: merchant_id.into(),
         channel_key: "main".into(),
         merchant_uid: format!("order-{n}"),
-        amount_minor: 100,
+        amount_minor: MinorUnits(100),
         currency: "USD".into(),
         order_name: "x".into(),
         customer_uid: "u".into(),
@@ -44,8 +44,8 @@ fn payment(merchant_id: &str, n: usize) -> Payment {
         test: true,
         redirect_url: String::new(),
         subscription_id: None,
-        cancelled_amount: 0,
-        pending_cancel_amount: 0,
+        cancelled_amount: MinorUnits(0),
+        pending_cancel_amount: MinorUnits(0),
         version: 1,
         created_at: 0,
         updated_at: 0,

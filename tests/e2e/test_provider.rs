@@ -20,8 +20,8 @@ use paygate::{
     payments::{
         Payment, PaymentOutcome,
         provider::{
-            Callback, CallbackError, CallbackNotice, Notice, PaymentMethod, Provider, ProviderError, ProviderEvent,
-            RawNotification, RemotePayment, ReversalKind, ReversalNotice, Subscription,
+            Callback, CallbackError, CallbackNotice, MinorUnits, Notice, PaymentMethod, Provider, ProviderError,
+            ProviderEvent, RawNotification, RemotePayment, ReversalKind, ReversalNotice, Subscription,
         },
     },
     proto::v1 as pb,
@@ -141,8 +141,14 @@ impl Provider for TestPay {
         ))
     }
 
-    async fn request_refund(&self, _: &Channel, payment: &Payment, amount: i64, _: &str) -> Result<(), ProviderError> {
-        self.refunds_asked.lock().unwrap().push((payment.payment_id.clone(), amount));
+    async fn request_refund(
+        &self,
+        _: &Channel,
+        payment: &Payment,
+        amount: MinorUnits,
+        _: &str,
+    ) -> Result<(), ProviderError> {
+        self.refunds_asked.lock().unwrap().push((payment.payment_id.clone(), amount.into()));
         Ok(())
     }
 

@@ -9,6 +9,8 @@
 
 use serde::Serialize;
 
+use super::money::MinorUnits;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Trigger {
@@ -68,7 +70,7 @@ pub struct Cancellation {
     pub payment_id: String,
     pub merchant_id: String,
     /// `None` when the provider reversed part of the payment without saying how much.
-    pub amount_minor: Option<i64>,
+    pub amount_minor: Option<MinorUnits>,
     pub reason: String,
     pub trigger: Trigger,
     pub status: CancellationStatus,

@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Payment, PaymentStatus, money, new_payment_id,
-    subscription::{PERIOD_TYPES, Subscription, SubscriptionStatus},
+    Payment, PaymentStatus,
+    money::{self, MinorUnits},
+    new_payment_id,
+    subscription::{PeriodType, Subscription, SubscriptionStatus},
 };
 use crate::{
     channels::Channel,
     personal::Email,
-    validation::{self, Rule, Violations},
+    validation::{self, InvalidArgument, Rule, Violations},
 };
 
 pub const MAX_ORDER_NAME: usize = 256;
@@ -60,22 +62,32 @@ pub struct SubscriptionTerms {
 
 pub const MAX_PERIOD_LENGTH: i64 = 365;
 
-/// The payment (and subscription) a valid checkout request makes on `channel`: decided here,
-/// written by `write`.
-pub fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Payment, Option<Subscription>) {
+/// The payment (and subscription) a checkout request that passed `validate` makes on `channel`:
+/// decided here, written by `flows::checkout`.
+pub fn new_payment(
+    channel: &Channel,
+    mut req: CheckoutRequest,
+    now: i64,
+) -> Result<(Payment, Option<Subscription>), InvalidArgument> {
+    let period_type = match &req.subscription {
+        Some(terms) => Some(PeriodType::parse(&terms.period_type).ok_or_else(|| {
+            InvalidArgument::single("subscription.period_type", "is not a billing period paygate knows")
+        })?),
+        None => None,
+    };
     // Stored (and signed into the hosted-page URL) as the URL parser writes them.
     req.success_url = validation::normalised_url(&req.success_url);
     req.failure_url = validation::normalised_url(&req.failure_url);
     let (amount_minor, currency) = req.amount.clone().unwrap_or_default();
     let payment_id = new_payment_id();
-    let subscription = req.subscription.as_ref().map(|terms| Subscription {
+    let subscription = req.subscription.as_ref().zip(period_type).map(|(terms, period_type)| Subscription {
         subscription_id: format!("sub_{}", ulid::Ulid::new()),
         merchant_id: channel.merchant_id.clone(),
         channel_key: channel.channel_key.clone(),
         initial_payment_id: payment_id.clone(),
         customer_uid: req.customer_uid.clone().unwrap_or_default(),
         period_length: terms.period_length,
-        period_type: terms.period_type.clone(),
+        period_type,
         recurring: terms.recurring,
         status: SubscriptionStatus::Pending,
         renewals: 0,
@@ -94,7 +106,7 @@ pub fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Pa
         merchant_id: channel.merchant_id.clone(),
         channel_key: channel.channel_key.clone(),
         merchant_uid: req.merchant_uid,
-        amount_minor,
+        amount_minor: MinorUnits(amount_minor),
         currency,
         order_name: req.order_name,
         customer_uid: req.customer_uid.unwrap_or_default(),
@@ -112,8 +124,8 @@ pub fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Pa
         test: false,
         redirect_url: String::new(),
         subscription_id: subscription.as_ref().map(|s| s.subscription_id.clone()),
-        cancelled_amount: 0,
-        pending_cancel_amount: 0,
+        cancelled_amount: MinorUnits::ZERO,
+        pending_cancel_amount: MinorUnits::ZERO,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -121,7 +133,7 @@ pub fn new_payment(channel: &Channel, mut req: CheckoutRequest, now: i64) -> (Pa
         failed_at: None,
         cancelled_at: None,
     };
-    (payment, subscription)
+    Ok((payment, subscription))
 }
 
 /// Every problem of the request, named by its proto field path.
@@ -184,8 +196,9 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
         if !(1..=MAX_PERIOD_LENGTH).contains(&terms.period_length) {
             v.add("subscription.period_length", format!("must be 1 to {MAX_PERIOD_LENGTH}"));
         }
-        if !PERIOD_TYPES.contains(&terms.period_type.as_str()) {
-            v.add("subscription.period_type", format!("must be one of {}", PERIOD_TYPES.join(", ")));
+        if PeriodType::parse(&terms.period_type).is_none() {
+            let words: Vec<&str> = PeriodType::ALL.iter().map(|t| t.as_str()).collect();
+            v.add("subscription.period_type", format!("must be one of {}", words.join(", ")));
         }
     }
     validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
@@ -244,11 +257,11 @@ mod tests {
     fn a_checkout_makes_a_ready_payment_of_the_channels_merchant() {
         let mut req = valid();
         req.success_url = "HTTPS://Shop.Example/thanks".into();
-        let (payment, subscription) = new_payment(&channel_of("mer_sub"), req, 7);
+        let (payment, subscription) = new_payment(&channel_of("mer_sub"), req, 7).unwrap();
         assert_eq!(payment.status, PaymentStatus::Ready);
         assert_eq!(payment.merchant_id, "mer_sub", "a sub-merchant's channel makes that sub-merchant's payment");
-        assert_eq!((payment.amount_minor, payment.currency.as_str()), (999, "USD"));
-        assert_eq!((payment.cancelled_amount, payment.pending_cancel_amount, payment.version), (0, 0, 1));
+        assert_eq!((payment.amount_minor.0, payment.currency.as_str()), (999, "USD"));
+        assert_eq!((payment.cancelled_amount.0, payment.pending_cancel_amount.0, payment.version), (0, 0, 1));
         assert_eq!(payment.payment_method, "all");
         assert_eq!(payment.success_url, "https://shop.example/thanks", "stored as the URL parser writes it");
         assert_eq!((payment.created_at, payment.paid_at), (7, None));
@@ -259,7 +272,7 @@ mod tests {
     fn a_subscription_checkout_makes_a_pending_subscription_of_its_first_payment() {
         let mut req = valid();
         req.subscription = Some(SubscriptionTerms { period_length: 1, period_type: "month".into(), recurring: true });
-        let (payment, subscription) = new_payment(&channel_of("mer_1"), req, 7);
+        let (payment, subscription) = new_payment(&channel_of("mer_1"), req, 7).unwrap();
         let subscription = subscription.expect("a subscription");
         assert_eq!(subscription.status, SubscriptionStatus::Pending);
         assert_eq!(subscription.initial_payment_id, payment.payment_id);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::PaymentStatus;
+use super::{PaymentStatus, money::MinorUnits};
 use crate::personal::Email;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,7 +13,7 @@ pub struct Payment {
     pub merchant_id: String,
     pub channel_key: String,
     pub merchant_uid: String,
-    pub amount_minor: i64,
+    pub amount_minor: MinorUnits,
     pub currency: String,
     pub order_name: String,
     pub customer_uid: String,
@@ -34,9 +34,9 @@ pub struct Payment {
     /// The subscription this payment started or renewed.
     pub subscription_id: Option<String>,
     /// Refunded and confirmed by the provider.
-    pub cancelled_amount: i64,
+    pub cancelled_amount: MinorUnits,
     /// Requested from the provider and not yet confirmed.
-    pub pending_cancel_amount: i64,
+    pub pending_cancel_amount: MinorUnits,
     /// Bumped by every change; every write is a compare-and-set on it.
     pub version: i64,
     pub created_at: i64,
@@ -48,7 +48,7 @@ pub struct Payment {
 
 impl Payment {
     /// What may still be refunded: paid, less confirmed and requested refunds.
-    pub fn refundable(&self) -> i64 {
+    pub fn refundable(&self) -> MinorUnits {
         self.amount_minor - self.cancelled_amount - self.pending_cancel_amount
     }
 

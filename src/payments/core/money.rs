@@ -2,14 +2,58 @@
 
 use iso_currency::Currency;
 
-/// An amount in its currency's minor units (cents for USD, won for KRW), as stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, sqlx::Type)]
-#[sqlx(transparent)]
+use std::{
+    fmt,
+    ops::{Add, AddAssign, Sub, SubAssign},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// An amount in its currency's minor units (cents for USD, won for KRW). Serialized as the bare
+/// integer, so stored snapshots and webhook bodies read as before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct MinorUnits(pub i64);
+
+impl MinorUnits {
+    pub const ZERO: Self = Self(0);
+}
 
 impl From<MinorUnits> for i64 {
     fn from(amount: MinorUnits) -> Self {
         amount.0
+    }
+}
+
+impl fmt::Display for MinorUnits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Add for MinorUnits {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self(self.0 + other.0)
+    }
+}
+
+impl Sub for MinorUnits {
+    type Output = Self;
+    fn sub(self, other: Self) -> Self {
+        Self(self.0 - other.0)
+    }
+}
+
+impl AddAssign for MinorUnits {
+    fn add_assign(&mut self, other: Self) {
+        self.0 += other.0;
+    }
+}
+
+impl SubAssign for MinorUnits {
+    fn sub_assign(&mut self, other: Self) {
+        self.0 -= other.0;
     }
 }
 
@@ -22,10 +66,10 @@ pub fn parse_currency(code: &str) -> Option<Currency> {
 
 /// `999` USD -> `"9.99"`, `1000` USD -> `"10"`, `15000` KRW -> `"15000"`, `1500` BHD -> `"1.5"`.
 /// Trailing zeros of the fraction are dropped, as Paymentwall's own examples write amounts.
-pub fn to_decimal_string(amount_minor: i64, currency: Currency) -> String {
+pub fn to_decimal_string(amount: MinorUnits, currency: Currency) -> String {
     let exponent = u32::from(currency.exponent().unwrap_or(0));
-    let negative = amount_minor < 0;
-    let digits = amount_minor.unsigned_abs();
+    let negative = amount.0 < 0;
+    let digits = amount.0.unsigned_abs();
     let scale = 10u64.pow(exponent);
     let (whole, fraction) = (digits / scale, digits % scale);
     let mut out = String::new();
@@ -46,7 +90,7 @@ mod tests {
     use super::*;
 
     fn fmt(amount: i64, code: &str) -> String {
-        to_decimal_string(amount, parse_currency(code).expect("known currency"))
+        to_decimal_string(MinorUnits(amount), parse_currency(code).expect("known currency"))
     }
 
     #[test]

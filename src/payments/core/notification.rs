@@ -2,11 +2,14 @@
 //! machine's move, a renewal, a subscription's end, or a reversal. `flows::notification` reads,
 //! calls `decide`, and writes the `Decision`.
 
-use super::notice::{Notice, ProviderEvent};
 use super::{
     Cancellation, EventKind, Payment, PaymentOutcome, PaymentStatus, new_payment_id, next_status,
     refund::{self, ReversalEffect},
     subscription::{self, Subscription},
+};
+use super::{
+    money::MinorUnits,
+    notice::{Notice, ProviderEvent},
 };
 use crate::payments::PaymentError;
 
@@ -93,7 +96,6 @@ fn settlement(
     now: i64,
 ) -> Decision {
     let Some(status) = next_status(current.status, outcome) else {
-        tracing::info!(payment_id = %current.payment_id, status = %current.status, outcome = outcome.event_kind().as_str(), "notification changes nothing");
         return Decision::Unchanged;
     };
     let mut next = current.next_version(now);
@@ -150,10 +152,7 @@ fn renewal(
     }
     let merchant_uid = match subscription {
         Some(sub) => generated_merchant_uid(&initial.merchant_uid, Generated::Renewal(sub.renewals + 1)),
-        None => {
-            tracing::warn!(payment_id = %initial.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded");
-            generated_merchant_uid(&initial.merchant_uid, Generated::Repeat(&notice.provider_ref))
-        }
+        None => generated_merchant_uid(&initial.merchant_uid, Generated::Repeat(&notice.provider_ref)),
     };
     let reviewing = outcome == PaymentOutcome::ReviewStarted;
     let payment = Payment {
@@ -163,8 +162,8 @@ fn renewal(
         provider_ref: Some(notice.provider_ref.clone()),
         test: notice.test,
         redirect_url: String::new(),
-        cancelled_amount: 0,
-        pending_cancel_amount: 0,
+        cancelled_amount: MinorUnits::ZERO,
+        pending_cancel_amount: MinorUnits::ZERO,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -173,11 +172,9 @@ fn renewal(
         cancelled_at: None,
         ..initial.clone()
     };
-    let subscription = subscription.map(|sub| {
-        if sub.status.is_final() {
-            tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway");
-        }
-        SubscriptionChange { before: sub.clone(), after: subscription::renewed(sub, &payment.payment_id, now) }
+    let subscription = subscription.map(|sub| SubscriptionChange {
+        before: sub.clone(),
+        after: subscription::renewed(sub, &payment.payment_id, now),
     });
     Ok(Decision::Renew { payment, kind: outcome.event_kind(), subscription })
 }
@@ -221,7 +218,7 @@ mod tests {
             (PaymentStatus::Paid, Some("b7"), Some(50))
         );
         assert_eq!((next.version, next.updated_at, next.test, kind), (2, 50, false, EventKind::PaymentPaid));
-        assert_eq!((next.amount_minor, next.cancelled_amount, next.pending_cancel_amount), (999, 0, 0));
+        assert_eq!((next.amount_minor.0, next.cancelled_amount.0, next.pending_cancel_amount.0), (999, 0, 0));
         assert_eq!(subscription, None);
     }
 
@@ -292,7 +289,7 @@ mod tests {
             (PaymentStatus::Paid, Some("b2"), Some(50))
         );
         assert_eq!(
-            (payment.amount_minor, payment.cancelled_amount, payment.pending_cancel_amount, payment.version),
+            (payment.amount_minor.0, payment.cancelled_amount.0, payment.pending_cancel_amount.0, payment.version),
             (999, 0, 0, 1)
         );
         assert_eq!((payment.subscription_id.as_deref(), kind), (Some("sub_1"), EventKind::PaymentPaid));
@@ -329,7 +326,7 @@ mod tests {
         else {
             panic!("records the second payment")
         };
-        assert_eq!((payment.merchant_uid.as_str(), payment.cancelled_amount), ("~order-1/repeat/b77", 0));
+        assert_eq!((payment.merchant_uid.as_str(), payment.cancelled_amount.0), ("~order-1/repeat/b77", 0));
         assert_eq!(subscription, None);
     }
 
@@ -358,8 +355,11 @@ mod tests {
         let n = Notice { test: true, ..notice("b5", ProviderEvent::Reversal(reversal)) };
         let Decision::Reverse(effect) = decided(&unpaid(999), None, &n) else { panic!("reverses") };
         assert_eq!((effect.next.provider_ref.as_deref(), effect.next.test), (Some("b5"), true));
-        assert_eq!((effect.next.status, effect.next.cancelled_amount), (PaymentStatus::Cancelled, 999));
-        assert_eq!((effect.completed.trigger, effect.completed.amount_minor), (Trigger::Chargeback, Some(999)));
+        assert_eq!((effect.next.status, effect.next.cancelled_amount.0), (PaymentStatus::Cancelled, 999));
+        assert_eq!(
+            (effect.completed.trigger, effect.completed.amount_minor.map(i64::from)),
+            (Trigger::Chargeback, Some(999))
+        );
         let gone = effect.next;
         assert_eq!(decided(&gone, None, &n), Decision::Unchanged, "reversed once");
     }
@@ -373,7 +373,7 @@ mod tests {
         else {
             panic!("confirms")
         };
-        assert_eq!((effect.next.cancelled_amount, effect.next.pending_cancel_amount), (400, 0));
+        assert_eq!((effect.next.cancelled_amount.0, effect.next.pending_cancel_amount.0), (400, 0));
         assert_eq!((effect.next.status, effect.finish.len()), (PaymentStatus::PartialCancelled, 1));
         let unsent = decide(&p, None, &[open(TicketState::Unsent)], &confirmed, 50).unwrap();
         assert_eq!(unsent, Decision::Unchanged);

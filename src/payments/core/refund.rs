@@ -2,9 +2,12 @@
 //! releasing and confirming it do to the payment, what a take-over does, and what a provider's
 //! reversal does to a payment and its open requests. `flows::refund` reads, calls these, writes.
 
-use super::notice::{ReversalKind, ReversalNotice};
 use super::{
     Cancellation, CancellationStatus, EventKind, Payment, PaymentStatus, TicketState, Trigger, new_cancellation_id,
+};
+use super::{
+    money::MinorUnits,
+    notice::{ReversalKind, ReversalNotice},
 };
 use crate::{
     payments::PaymentError,
@@ -17,13 +20,13 @@ pub const MAX_REASON: usize = 255;
 pub struct RefundRequest {
     pub payment_id: String,
     /// `None`: everything still refundable.
-    pub amount_minor: Option<i64>,
+    pub amount_minor: Option<MinorUnits>,
     /// The amount's currency, when the caller named one: it must be the payment's (refunds never
     /// convert).
     pub currency: Option<String>,
     pub reason: String,
     /// Refuse unless exactly this much is refundable now (guards against acting on a stale read).
-    pub expected_refundable_amount: Option<i64>,
+    pub expected_refundable_amount: Option<MinorUnits>,
     pub idempotency_key: String,
     /// Fingerprint of the request for the idempotency check.
     pub request_hash: String,
@@ -33,10 +36,10 @@ pub fn validate(req: &RefundRequest) -> Violations {
     let mut v = Violations::default();
     validation::identifier(&mut v, "payment_id", &req.payment_id, validation::ID);
     validation::required_text(&mut v, "reason", &req.reason, MAX_REASON);
-    if req.amount_minor.is_some_and(|a| a <= 0) {
+    if req.amount_minor.is_some_and(|a| a <= MinorUnits::ZERO) {
         v.add("amount.amount_minor", "must be greater than zero");
     }
-    if req.expected_refundable_amount.is_some_and(|a| a < 0) {
+    if req.expected_refundable_amount.is_some_and(|a| a < MinorUnits::ZERO) {
         v.add("expected_refundable_amount", "must not be negative");
     }
     validation::optional_identifier(&mut v, "idempotency_key", &req.idempotency_key, validation::IDEMPOTENCY_KEY);
@@ -108,9 +111,9 @@ pub fn reservation(current: &Payment, req: &RefundRequest, now: i64) -> Result<(
 /// How much a refund of `requested` (`None`: all that is left) takes from `current`, or why not.
 pub fn refundable_amount(
     current: &Payment,
-    requested: Option<i64>,
-    expected_refundable: Option<i64>,
-) -> Result<i64, PaymentError> {
+    requested: Option<MinorUnits>,
+    expected_refundable: Option<MinorUnits>,
+) -> Result<MinorUnits, PaymentError> {
     if !matches!(current.status, PaymentStatus::Paid | PaymentStatus::PartialCancelled | PaymentStatus::CancelPending) {
         return Err(PaymentError::NotRefundable(format!(
             "the payment is {}; only a paid payment can be refunded",
@@ -128,7 +131,7 @@ pub fn refundable_amount(
             "expected_refundable_amount is {expected} but {refundable} is refundable"
         )));
     }
-    if refundable <= 0 {
+    if refundable <= MinorUnits::ZERO {
         return Err(PaymentError::NotRefundable("nothing is left to refund".into()));
     }
     let amount = requested.unwrap_or(refundable);
@@ -169,8 +172,9 @@ pub fn release_plan(
     let mut next = current.next_version(now);
     next.pending_cancel_amount -= stored.amount_minor.unwrap_or_default();
     // Waiting for nothing any more: a payment partly refunded meanwhile shows it.
-    let settled =
-        next.pending_cancel_amount == 0 && next.status == PaymentStatus::CancelPending && next.cancelled_amount > 0;
+    let settled = next.pending_cancel_amount == MinorUnits::ZERO
+        && next.status == PaymentStatus::CancelPending
+        && next.cancelled_amount > MinorUnits::ZERO;
     if settled {
         next.status = PaymentStatus::PartialCancelled;
     }
@@ -210,11 +214,11 @@ pub fn unknown_confirmed(
 }
 
 /// The payment after the provider confirmed requests of these amounts, and the event kind.
-pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Payment, EventKind) {
+pub fn after_confirming(current: &Payment, amounts: &[MinorUnits], now: i64) -> (Payment, EventKind) {
     let mut next = current.next_version(now);
     for amount in amounts {
-        next.pending_cancel_amount -= amount;
-        next.cancelled_amount += amount;
+        next.pending_cancel_amount -= *amount;
+        next.cancelled_amount += *amount;
     }
     next.status = status_by_amounts(&next);
     if next.status == PaymentStatus::Cancelled {
@@ -232,7 +236,7 @@ pub fn after_confirming(current: &Payment, amounts: &[i64], now: i64) -> (Paymen
 fn status_by_amounts(p: &Payment) -> PaymentStatus {
     if p.cancelled_amount >= p.amount_minor {
         PaymentStatus::Cancelled
-    } else if p.pending_cancel_amount > 0 {
+    } else if p.pending_cancel_amount > MinorUnits::ZERO {
         PaymentStatus::CancelPending
     } else {
         PaymentStatus::PartialCancelled
@@ -329,7 +333,7 @@ pub fn reversal_effect(
                     ..open[i].clone()
                 })
                 .collect();
-            let amounts: Vec<i64> = finish.iter().map(|c| c.amount_minor.unwrap_or_default()).collect();
+            let amounts: Vec<MinorUnits> = finish.iter().map(|c| c.amount_minor.unwrap_or_default()).collect();
             let (next, kind) = after_confirming(current, &amounts, now);
             let completed = finish.last()?.clone();
             Some(ReversalEffect { finish, record: None, next, kind, completed })
@@ -357,7 +361,7 @@ pub fn reversal_effect(
             let remaining = current.amount_minor - current.cancelled_amount;
             let completed = new_reversal(current, Some(remaining), reversal, now);
             let mut next = current.next_version(now);
-            next.pending_cancel_amount = 0;
+            next.pending_cancel_amount = MinorUnits::ZERO;
             next.cancelled_amount = current.amount_minor;
             next.status = PaymentStatus::Cancelled;
             next.cancelled_at = Some(now);
@@ -367,7 +371,7 @@ pub fn reversal_effect(
     }
 }
 
-fn new_reversal(current: &Payment, amount: Option<i64>, reversal: &ReversalNotice, now: i64) -> Cancellation {
+fn new_reversal(current: &Payment, amount: Option<MinorUnits>, reversal: &ReversalNotice, now: i64) -> Cancellation {
     Cancellation {
         cancellation_id: new_cancellation_id(),
         payment_id: current.payment_id.clone(),
@@ -430,13 +434,13 @@ mod tests {
     #[test]
     fn confirmed_amounts_move_from_pending_to_cancelled() {
         let p = payment(PaymentStatus::CancelPending, 1000, 0, 700);
-        let (next, kind) = after_confirming(&p, &[300], 9);
-        assert_eq!((next.cancelled_amount, next.pending_cancel_amount), (300, 400));
+        let (next, kind) = after_confirming(&p, &[MinorUnits(300)], 9);
+        assert_eq!((next.cancelled_amount.0, next.pending_cancel_amount.0), (300, 400));
         assert_eq!((next.status, kind), (PaymentStatus::CancelPending, EventKind::PaymentPartiallyCancelled));
-        let (next, kind) = after_confirming(&next, &[400], 10);
-        assert_eq!((next.status, next.pending_cancel_amount), (PaymentStatus::PartialCancelled, 0));
+        let (next, kind) = after_confirming(&next, &[MinorUnits(400)], 10);
+        assert_eq!((next.status, next.pending_cancel_amount.0), (PaymentStatus::PartialCancelled, 0));
         assert_eq!(kind, EventKind::PaymentPartiallyCancelled);
-        let (next, kind) = after_confirming(&p, &[700, 300], 11);
+        let (next, kind) = after_confirming(&p, &[MinorUnits(700), MinorUnits(300)], 11);
         assert_eq!(
             (next.status, next.cancelled_at, kind),
             (PaymentStatus::Cancelled, Some(11), EventKind::PaymentCancelled)
@@ -446,17 +450,17 @@ mod tests {
     #[test]
     fn a_refund_takes_at_most_what_is_left() {
         let p = payment(PaymentStatus::PartialCancelled, 1000, 300, 200);
-        assert_eq!(refundable_amount(&p, None, None).unwrap(), 500);
-        assert_eq!(refundable_amount(&p, Some(500), Some(500)).unwrap(), 500);
-        assert!(refundable_amount(&p, Some(501), None).is_err());
-        assert!(refundable_amount(&p, Some(1), Some(499)).is_err());
+        assert_eq!(refundable_amount(&p, None, None).unwrap(), MinorUnits(500));
+        assert_eq!(refundable_amount(&p, Some(MinorUnits(500)), Some(MinorUnits(500))).unwrap(), MinorUnits(500));
+        assert!(refundable_amount(&p, Some(MinorUnits(501)), None).is_err());
+        assert!(refundable_amount(&p, Some(MinorUnits(1)), Some(MinorUnits(499))).is_err());
         assert!(refundable_amount(&payment(PaymentStatus::Ready, 1000, 0, 0), None, None).is_err());
     }
 
     fn refund_of(amount: Option<i64>) -> RefundRequest {
         RefundRequest {
             payment_id: "pay_1".into(),
-            amount_minor: amount,
+            amount_minor: amount.map(MinorUnits),
             reason: " asked ".into(),
             ..Default::default()
         }
@@ -466,15 +470,15 @@ mod tests {
     fn a_reservation_holds_the_amount_and_records_an_unsent_request() {
         let p = payment(PaymentStatus::PartialCancelled, 1000, 300, 200);
         let (next, c) = reservation(&p, &refund_of(Some(150)), 42).unwrap();
-        assert_eq!((next.pending_cancel_amount, next.cancelled_amount, next.status), (350, 300, p.status));
+        assert_eq!((next.pending_cancel_amount.0, next.cancelled_amount.0, next.status), (350, 300, p.status));
         assert_eq!((next.version, next.updated_at), (p.version + 1, 42));
         assert_eq!(
-            (c.amount_minor, c.status, c.ticket),
+            (c.amount_minor.map(i64::from), c.status, c.ticket),
             (Some(150), CancellationStatus::Requested, Some(TicketState::Unsent))
         );
         assert_eq!((c.trigger, c.reason.as_str(), c.payment_id.as_str()), (Trigger::MerchantRequest, "asked", "pay_1"));
         let (next, c) = reservation(&p, &refund_of(None), 42).unwrap();
-        assert_eq!((c.amount_minor, next.pending_cancel_amount), (Some(500), 700), "all that is left");
+        assert_eq!((c.amount_minor.map(i64::from), next.pending_cancel_amount.0), (Some(500), 700), "all that is left");
         assert!(reservation(&p, &refund_of(Some(501)), 42).is_err());
         assert!(reservation(&unpaid(1000), &refund_of(None), 42).is_err(), "nothing paid, nothing to refund");
     }
@@ -494,7 +498,7 @@ mod tests {
     #[test]
     fn acceptance_shows_cancel_pending_once() {
         let next = after_acceptance(&payment(PaymentStatus::Paid, 1000, 0, 400), 5).unwrap();
-        assert_eq!((next.status, next.pending_cancel_amount, next.version), (PaymentStatus::CancelPending, 400, 2));
+        assert_eq!((next.status, next.pending_cancel_amount.0, next.version), (PaymentStatus::CancelPending, 400, 2));
         assert_eq!(after_acceptance(&payment(PaymentStatus::CancelPending, 1000, 0, 400), 5), None);
     }
 
@@ -502,13 +506,16 @@ mod tests {
     fn a_release_gives_the_amount_back() {
         let p = payment(PaymentStatus::CancelPending, 1000, 0, 400);
         let r = release_plan(&p, request(400, TicketState::Sending, 0), "refused", None, 8).unwrap();
-        assert_eq!((r.next.pending_cancel_amount, r.next.status, r.settled), (0, PaymentStatus::CancelPending, false));
+        assert_eq!(
+            (r.next.pending_cancel_amount.0, r.next.status, r.settled),
+            (0, PaymentStatus::CancelPending, false)
+        );
         assert_eq!((r.failed.status, r.failed.failure.as_deref()), (CancellationStatus::Failed, Some("refused")));
         // Partly refunded meanwhile and waiting for nothing else: it shows PARTIAL_CANCELLED.
         let p = payment(PaymentStatus::CancelPending, 1000, 300, 400);
         let r = release_plan(&p, request(400, TicketState::Unknown, 0), "no", Some(TicketState::Unknown), 8).unwrap();
         assert_eq!(
-            (r.next.pending_cancel_amount, r.next.status, r.settled),
+            (r.next.pending_cancel_amount.0, r.next.status, r.settled),
             (0, PaymentStatus::PartialCancelled, true)
         );
         let other = release_plan(&p, request(400, TicketState::Accepted, 0), "no", Some(TicketState::Unknown), 8);
@@ -520,7 +527,7 @@ mod tests {
         let p = payment(PaymentStatus::CancelPending, 1000, 0, 400);
         let (done, next, kind) = unknown_confirmed(&p, request(400, TicketState::Unknown, 0), 3).unwrap();
         assert_eq!(done.status, CancellationStatus::Succeeded);
-        assert_eq!((next.cancelled_amount, next.pending_cancel_amount), (400, 0));
+        assert_eq!((next.cancelled_amount.0, next.pending_cancel_amount.0), (400, 0));
         assert_eq!((next.status, kind), (PaymentStatus::PartialCancelled, EventKind::PaymentPartiallyCancelled));
         assert_eq!(unknown_confirmed(&p, request(400, TicketState::Accepted, 0), 3), None);
     }
@@ -534,10 +541,10 @@ mod tests {
         let e = reversal_effect(&p, plan, &open, Some(&notice), 4).unwrap();
         assert!(e.finish.iter().all(|c| c.status == CancellationStatus::Succeeded && c.provider_reason == Some(9)));
         assert_eq!(
-            (e.next.cancelled_amount, e.next.pending_cancel_amount, e.next.status),
+            (e.next.cancelled_amount.0, e.next.pending_cancel_amount.0, e.next.status),
             (300, 0, PaymentStatus::PartialCancelled)
         );
-        assert_eq!((e.record, e.completed.amount_minor), (None, Some(200)));
+        assert_eq!((e.record, e.completed.amount_minor.map(i64::from)), (None, Some(200)));
         assert_eq!(plan_confirmation(&p, &[request(100, TicketState::Unsent, 0)]), ReversalPlan::Nothing);
     }
 
@@ -550,8 +557,8 @@ mod tests {
         let e = reversal_effect(&p, plan_reversal(&p, notice.kind, &open), &open, Some(&notice), 6).unwrap();
         assert_eq!(e.finish[0].status, CancellationStatus::Failed);
         let recorded = e.record.expect("the chargeback is recorded");
-        assert_eq!((recorded.amount_minor, recorded.trigger), (Some(700), Trigger::Chargeback));
-        assert_eq!((e.next.cancelled_amount, e.next.pending_cancel_amount), (1000, 0));
+        assert_eq!((recorded.amount_minor.map(i64::from), recorded.trigger), (Some(700), Trigger::Chargeback));
+        assert_eq!((e.next.cancelled_amount.0, e.next.pending_cancel_amount.0), (1000, 0));
         assert_eq!(
             (e.next.status, e.next.cancelled_at, e.kind),
             (PaymentStatus::Cancelled, Some(6), EventKind::PaymentCancelled)
@@ -562,7 +569,7 @@ mod tests {
             ReversalNotice { kind: ReversalKind::PartialRefund, provider_reason: Some(10), description: "part" };
         let e = reversal_effect(&p, plan_reversal(&p, notice.kind, &[]), &[], Some(&notice), 6).unwrap();
         assert_eq!(
-            (e.completed.amount_minor, e.next.cancelled_amount, e.next.status),
+            (e.completed.amount_minor.map(i64::from), e.next.cancelled_amount.0, e.next.status),
             (None, 0, PaymentStatus::PartialCancelled)
         );
     }
@@ -576,12 +583,16 @@ mod tests {
             let (cancelled, pending) = (cancelled.min(amount), pending.min(amount - cancelled.min(amount)));
             for status in PaymentStatus::ALL {
                 let p = payment(status, amount, cancelled, pending);
-                let req = RefundRequest { amount_minor: requested, expected_refundable_amount: expected, ..refund_of(None) };
+                let req = RefundRequest {
+                    amount_minor: requested.map(MinorUnits),
+                    expected_refundable_amount: expected.map(MinorUnits),
+                    ..refund_of(None)
+                };
                 if let Ok((next, c)) = reservation(&p, &req, 1) {
-                    let taken = c.amount_minor.unwrap_or_default();
+                    let taken = c.amount_minor.unwrap_or_default().0;
                     proptest::prop_assert!(taken > 0 && requested.is_none_or(|r| r == taken));
-                    proptest::prop_assert_eq!(next.pending_cancel_amount, pending + taken);
-                    proptest::prop_assert!(next.cancelled_amount + next.pending_cancel_amount <= next.amount_minor);
+                    proptest::prop_assert_eq!(next.pending_cancel_amount.0, pending + taken);
+                    proptest::prop_assert!(next.cancelled_amount.0 + next.pending_cancel_amount.0 <= next.amount_minor.0);
                 }
             }
         }

@@ -77,7 +77,7 @@ async fn create_new(
 ) -> Result<CheckoutSession, PaymentError> {
     let channel = usable_channel(channels, providers, caller, req).await?;
     let provider = providers.for_channel(&channel);
-    let (mut payment, subscription) = new_payment(&channel, req.clone(), now_ms());
+    let (mut payment, subscription) = new_payment(&channel, req.clone(), now_ms())?;
     payment.redirect_url = provider
         .checkout_url(&channel, &payment, subscription.as_ref())
         .map_err(|e| PaymentError::Provider(e.to_string()))?;

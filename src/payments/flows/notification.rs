@@ -130,7 +130,9 @@ pub async fn prepare(
     }
     match read(conn, &raw.channel_key, notice, payment).await {
         Ok((current, subscription, open)) => {
-            Ok(Prepared::Write(Box::new(decide(&current, subscription.as_ref(), &open, notice, now_ms())?)))
+            let decision = decide(&current, subscription.as_ref(), &open, notice, now_ms())?;
+            log(&current, notice, &decision);
+            Ok(Prepared::Write(Box::new(decision)))
         }
         Err(unknown @ NotificationError::UnknownPayment(_)) => {
             pingbacks::mark(conn, raw, OUTCOME_UNMATCHED).await?;
@@ -201,7 +203,25 @@ async fn apply(
 ) -> Result<Applied, NotificationError> {
     let (current, subscription, open) = read(conn, channel_key, notice, payment).await?;
     let decision = decide(&current, subscription.as_ref(), &open, notice, now_ms())?;
+    log(&current, notice, &decision);
     write(conn, decision).await
+}
+
+/// The decisions an operator may want to hear of.
+fn log(current: &Payment, notice: &Notice, decision: &Decision) {
+    match decision {
+        Decision::Unchanged => {
+            tracing::info!(payment_id = %current.payment_id, status = %current.status, event = ?notice.event, "notification changes nothing")
+        }
+        Decision::Renew { subscription: None, .. } => {
+            tracing::warn!(payment_id = %current.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded")
+        }
+        Decision::Renew { subscription: Some(change), .. } if change.before.status.is_final() => {
+            let sub = &change.before;
+            tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway")
+        }
+        _ => {}
+    }
 }
 
 /// What the decision needs: the payment the notice concerns, its subscription, and (for money

@@ -150,7 +150,7 @@ pub async fn send(
         Ok(()) => {
             accept(db, cancellation, key, Some(payment.clone())).await?;
             metrics::counter!("paygate_refund_tickets_total", "outcome" => "accepted").increment(1);
-            tracing::info!(payment_id = %payment.payment_id, cancellation_id = %id, amount, "refund requested");
+            tracing::info!(payment_id = %payment.payment_id, cancellation_id = %id, amount = amount.0, "refund requested");
         }
         Err(ProviderError::BadAnswer(detail)) => {
             // The ticket may have been accepted: releasing the amount could refund it twice, and

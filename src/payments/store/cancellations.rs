@@ -21,7 +21,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &Cancellation) -> Result<(), Pa
     .bind(&c.cancellation_id)
     .bind(&c.payment_id)
     .bind(&c.merchant_id)
-    .bind(c.amount_minor.map(MinorUnits))
+    .bind(c.amount_minor.map(i64::from))
     .bind(&c.reason)
     .bind(c.trigger.as_str())
     .bind(c.status.as_str())
@@ -168,7 +168,7 @@ struct CancellationRow {
     cancellation_id: String,
     payment_id: String,
     merchant_id: String,
-    amount_minor: Option<MinorUnits>,
+    amount_minor: Option<i64>,
     reason: String,
     trigger: String,
     status: String,
@@ -196,7 +196,7 @@ impl TryFrom<CancellationRow> for Cancellation {
             cancellation_id: row.cancellation_id,
             payment_id: row.payment_id,
             merchant_id: row.merchant_id,
-            amount_minor: row.amount_minor.map(i64::from),
+            amount_minor: row.amount_minor.map(MinorUnits),
             reason: row.reason,
             provider_reason: row.provider_reason,
             failure: row.failure,

@@ -29,7 +29,7 @@ fn bind_all<'q>(
         .bind(&p.merchant_id)
         .bind(&p.channel_key)
         .bind(&p.merchant_uid)
-        .bind(MinorUnits(p.amount_minor))
+        .bind(p.amount_minor.0)
         .bind(&p.currency)
         .bind(&p.order_name)
         .bind(&p.customer_uid)
@@ -46,8 +46,8 @@ fn bind_all<'q>(
         .bind(Flag(p.test))
         .bind(&p.redirect_url)
         .bind(&p.subscription_id)
-        .bind(MinorUnits(p.cancelled_amount))
-        .bind(MinorUnits(p.pending_cancel_amount))
+        .bind(p.cancelled_amount.0)
+        .bind(p.pending_cancel_amount.0)
         .bind(p.version)
         .bind(UnixMs(p.created_at))
         .bind(UnixMs(p.updated_at))
@@ -223,8 +223,8 @@ pub(super) fn bind_update<'q>(query: AnyQuery<'q>, p: &Payment) -> AnyQuery<'q> 
         .bind(p.provider_ref.clone())
         .bind(Flag(p.test))
         .bind(p.subscription_id.clone())
-        .bind(MinorUnits(p.cancelled_amount))
-        .bind(MinorUnits(p.pending_cancel_amount))
+        .bind(p.cancelled_amount.0)
+        .bind(p.pending_cancel_amount.0)
         .bind(p.version)
         .bind(UnixMs(p.updated_at))
         .bind(p.paid_at.map(UnixMs))
@@ -359,7 +359,7 @@ struct PaymentRow {
     merchant_id: String,
     channel_key: String,
     merchant_uid: String,
-    amount_minor: MinorUnits,
+    amount_minor: i64,
     currency: String,
     order_name: String,
     customer_uid: String,
@@ -377,8 +377,8 @@ struct PaymentRow {
     is_test: Flag,
     redirect_url: String,
     subscription_id: Option<String>,
-    cancelled_amount: MinorUnits,
-    pending_cancel_amount: MinorUnits,
+    cancelled_amount: i64,
+    pending_cancel_amount: i64,
     version: i64,
     created_at: UnixMs,
     updated_at: UnixMs,
@@ -398,7 +398,7 @@ impl TryFrom<PaymentRow> for Payment {
             merchant_id: row.merchant_id,
             channel_key: row.channel_key,
             merchant_uid: row.merchant_uid,
-            amount_minor: row.amount_minor.into(),
+            amount_minor: MinorUnits(row.amount_minor),
             currency: row.currency,
             order_name: row.order_name,
             customer_uid: row.customer_uid,
@@ -415,8 +415,8 @@ impl TryFrom<PaymentRow> for Payment {
             test: row.is_test.into(),
             redirect_url: row.redirect_url,
             subscription_id: row.subscription_id,
-            cancelled_amount: row.cancelled_amount.into(),
-            pending_cancel_amount: row.pending_cancel_amount.into(),
+            cancelled_amount: MinorUnits(row.cancelled_amount),
+            pending_cancel_amount: MinorUnits(row.pending_cancel_amount),
             version: row.version,
             created_at: row.created_at.into(),
             updated_at: row.updated_at.into(),

@@ -6,7 +6,7 @@ use crate::{
     merchants::{IN_SCOPE, MERCHANTS_IN_SCOPE},
     payments::{
         PaymentError,
-        core::subscription::{ShownStatus, Subscription, SubscriptionStatus},
+        core::subscription::{PeriodType, ShownStatus, Subscription, SubscriptionStatus},
     },
     store::{Db, Flag, UnixMs},
 };
@@ -26,7 +26,7 @@ pub async fn insert(conn: &mut AnyConnection, s: &Subscription) -> Result<(), Pa
     .bind(&s.initial_payment_id)
     .bind(&s.customer_uid)
     .bind(s.period_length)
-    .bind(&s.period_type)
+    .bind(s.period_type.as_str())
     .bind(Flag(s.recurring))
     .bind(s.status.as_str())
     .bind(s.renewals)
@@ -129,7 +129,7 @@ pub struct ListFilter {
 pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Subscription>, PaymentError> {
     let mut sql = format!("SELECT {COLUMNS} FROM subscriptions WHERE {IN_SCOPE}");
     if !f.statuses.is_empty() {
-        let predicates: Vec<&str> = f.statuses.iter().map(|s| s.sql_predicate()).collect();
+        let predicates: Vec<&str> = f.statuses.iter().map(|s| shown_predicate(*s)).collect();
         sql.push_str(&format!(" AND ({})", predicates.join(" OR ")));
     }
     let mut binds: Vec<Bound<'_>> = Vec::new();
@@ -193,6 +193,9 @@ impl TryFrom<SubscriptionRow> for Subscription {
     fn try_from(row: SubscriptionRow) -> Result<Self, PaymentError> {
         let status = SubscriptionStatus::parse(&row.status)
             .ok_or_else(|| PaymentError::Corrupt(format!("subscriptions.status: unknown {:?}", row.status)))?;
+        let period_type = PeriodType::parse(&row.period_type).ok_or_else(|| {
+            PaymentError::Corrupt(format!("subscriptions.period_type: unknown {:?}", row.period_type))
+        })?;
         Ok(Subscription {
             subscription_id: row.subscription_id,
             merchant_id: row.merchant_id,
@@ -200,7 +203,7 @@ impl TryFrom<SubscriptionRow> for Subscription {
             initial_payment_id: row.initial_payment_id,
             customer_uid: row.customer_uid,
             period_length: row.period_length,
-            period_type: row.period_type,
+            period_type,
             recurring: row.recurring.into(),
             status,
             renewals: row.renewals,
@@ -266,5 +269,58 @@ pub async fn release_cancel_ticket(db: &Db, subscription_id: &str, claim: i64) {
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, subscription_id, "could not release a cancel claim; it runs out on its own");
+    }
+}
+
+/// The rows a ListSubscriptions status filter selects (constant SQL over stored columns).
+pub fn shown_predicate(shown: ShownStatus) -> &'static str {
+    match shown {
+        ShownStatus::Pending => "(status = 'PENDING' AND cancel_requested_at IS NULL)",
+        ShownStatus::Active => "(status = 'ACTIVE' AND cancel_requested_at IS NULL)",
+        ShownStatus::CancelRequested => "(status IN ('PENDING', 'ACTIVE') AND cancel_requested_at IS NOT NULL)",
+        ShownStatus::Cancelled => "(status = 'CANCELLED')",
+        ShownStatus::Expired => "(status = 'EXPIRED')",
+        ShownStatus::PaymentFailed => "(status = 'PAYMENT_FAILED')",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::{
+        core::subscription::{SubscriptionStatus as S, shown_status},
+        fixtures::subscription,
+    };
+
+    #[test]
+    fn each_shown_status_selects_what_it_shows() {
+        use ShownStatus as V;
+        // The SQL predicates, read as the stored (status, cancel asked) pairs they admit.
+        let admits = |shown: V, status: S, asked: bool| {
+            let p = shown_predicate(shown);
+            let status_ok = p.contains(&format!("'{}'", status.as_str()));
+            let asked_ok = if p.contains("IS NULL") {
+                !asked
+            } else if p.contains("IS NOT NULL") {
+                asked
+            } else {
+                true
+            };
+            status_ok && asked_ok
+        };
+        for status in [S::Pending, S::Active, S::Cancelled, S::Expired, S::PaymentFailed] {
+            for asked in [false, true] {
+                let sub = Subscription { cancel_requested_at: asked.then_some(1), ..subscription(status, 0) };
+                let shown = shown_status(&sub);
+                for candidate in [V::Pending, V::Active, V::CancelRequested, V::Cancelled, V::Expired, V::PaymentFailed]
+                {
+                    assert_eq!(
+                        admits(candidate, status, asked),
+                        candidate == shown,
+                        "{candidate:?} {status:?} {asked}"
+                    );
+                }
+            }
+        }
     }
 }

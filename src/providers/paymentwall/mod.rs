@@ -18,7 +18,7 @@ use crate::{
     },
     payments::{
         provider::{Callback, CallbackError, CallbackNotice},
-        provider::{Notice, Payment, RawNotification, Subscription, money},
+        provider::{MinorUnits, Notice, Payment, RawNotification, Subscription, money},
     },
     store::now_ms,
     validation::Violations,
@@ -128,12 +128,12 @@ impl Provider for Paymentwall {
         &self,
         channel: &Channel,
         payment: &Payment,
-        amount_minor: i64,
+        amount: MinorUnits,
         reason: &str,
     ) -> Result<(), ProviderError> {
         let provider_ref =
             payment.provider_ref.as_deref().ok_or_else(|| ProviderError::Unsupported("no ref".into()))?;
-        let message = refund_message(payment, amount_minor, reason)?;
+        let message = refund_message(payment, amount, reason)?;
         client::send_ticket(
             &self.http,
             &credentials(channel)?,
@@ -188,13 +188,13 @@ impl Provider for Paymentwall {
 
 /// The Cancellation API has no amount field: a partial refund is asked for in the message, and
 /// Paymentwall confirms it with a type 2 pingback with reason 10.
-fn refund_message(payment: &Payment, amount_minor: i64, reason: &str) -> Result<String, ProviderError> {
+fn refund_message(payment: &Payment, refunded: MinorUnits, reason: &str) -> Result<String, ProviderError> {
     let currency = money::parse_currency(&payment.currency)
         .ok_or_else(|| ProviderError::Unsupported(format!("currency {}", payment.currency)))?;
-    let amount = money::to_decimal_string(amount_minor, currency);
+    let amount = money::to_decimal_string(refunded, currency);
     let total = money::to_decimal_string(payment.amount_minor, currency);
     let code = &payment.currency;
-    Ok(if amount_minor == payment.amount_minor {
+    Ok(if refunded == payment.amount_minor {
         format!("Refund of {amount} {code} (full). Reason: {reason}")
     } else {
         format!("Partial refund of {amount} {code} of {total} {code}. Reason: {reason}")

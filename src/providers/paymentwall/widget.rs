@@ -92,7 +92,7 @@ pub fn checkout_url(
     params.extend(optional.into_iter().filter(|(_, v)| !v.is_empty()));
     if let Some(s) = subscription {
         params.push(("ag_period_length", &period_length));
-        params.push(("ag_period_type", &s.period_type));
+        params.push(("ag_period_type", s.period_type.as_str()));
         params.push(("ag_recurring", recurring));
     }
     params.extend(payment.custom_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -114,7 +114,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::personal::Email;
+    use crate::{payments::provider::MinorUnits, personal::Email};
 
     #[test]
     fn the_parameters_the_widget_sets_are_reserved_through_the_port() {
@@ -145,7 +145,7 @@ mod tests {
             merchant_id: "mer_1".into(),
             channel_key: "ch_1".into(),
             merchant_uid: "order-1".into(),
-            amount_minor: 999,
+            amount_minor: MinorUnits(999),
             currency: "USD".into(),
             order_name: "Automatic Test Product Name".into(),
             customer_uid: "test_user".into(),
@@ -162,8 +162,8 @@ mod tests {
             test: false,
             redirect_url: String::new(),
             subscription_id: None,
-            cancelled_amount: 0,
-            pending_cancel_amount: 0,
+            cancelled_amount: MinorUnits(0),
+            pending_cancel_amount: MinorUnits(0),
             version: 1,
             created_at: 0,
             updated_at: 0,
