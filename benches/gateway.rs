@@ -555,12 +555,12 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
     meter.finish(tasks).await
 }
 
-/// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments, 64 at a time; each must be
-/// answered OK.
-async fn ingest_round(gate: &Gate, gates: &[&Gate], api_key: &str, label: &str) -> Round {
+/// `PINGBACKS_PER_ROUND` signed type 0 pingbacks for fresh payments made on `gate`, 64 at a time,
+/// sent in turn to each of `senders` (a load balancer's spread); each must be answered OK.
+async fn ingest_round(gate: &Gate, gates: &[&Gate], senders: &[&Gate], api_key: &str, label: &str) -> Round {
     let mut urls = Vec::new();
-    for id in fresh_payments(gate, api_key, label).await {
-        urls.push(pingback_url(gate, &id, &format!("r{id}")));
+    for (n, id) in fresh_payments(gate, api_key, label).await.into_iter().enumerate() {
+        urls.push(pingback_url(senders[n % senders.len()], &id, &format!("r{id}")));
     }
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
@@ -1030,6 +1030,7 @@ async fn bench() {
     let (mut gate_checkout, mut bare_checkout, mut narrow_checkout) =
         (Side::default(), Side::default(), Side::default());
     let (mut gate_ingest, mut floor_ingest, mut transaction_only) = (Side::default(), Side::default(), Side::default());
+    let mut spread_ingest = Side::default();
     let mut pgbench: Vec<f64> = Vec::new();
     for round in 0..if compare { ROUNDS } else { 0 } {
         if run_checkout {
@@ -1043,7 +1044,9 @@ async fn bench() {
             }
         }
         if run_ingest {
-            gate_ingest.rounds.push(ingest_round(&s.a, &[&s.a, &s.b], &s.api_key, &format!("i{round}")).await);
+            let (gates, label) = ([&s.a, &s.b], format!("i{round}"));
+            gate_ingest.rounds.push(ingest_round(&s.a, &gates, &[&s.a], &s.api_key, &label).await);
+            spread_ingest.rounds.push(ingest_round(&s.a, &gates, &gates, &s.api_key, &format!("s{round}")).await);
             floor_ingest.rounds.push(insert_round(&s.db_url).await);
             pgbench.extend(pgbench_round(&s.db_url));
             transaction_only.rounds.push(transaction_round(&s.a, &s.db_url, &s.api_key, &format!("t{round}")).await);
@@ -1055,6 +1058,15 @@ async fn bench() {
     println!("|---|---|---|---|---|---|");
     if compare {
         comparison_rows(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+        if !spread_ingest.rounds.is_empty() {
+            let ratio = spread_ingest.per_second() / floor_ingest.per_second();
+            println!(
+                "| pingback ingest spread over two replicas (every other one to the replica that did not make the payment) | {:.0}/s | {:.0}/s: the same floor | {ratio:.2} | >= 0.5 | {} |",
+                spread_ingest.per_second(),
+                floor_ingest.per_second(),
+                verdict(ratio >= 0.5)
+            );
+        }
         if !transaction_only.rounds.is_empty() {
             println!(
                 "| (for reference) the pingback's transaction alone (paygate's code, pool of {POOL_SIZE}, no HTTP) | {:.0}/s | | {:.2} of the floor | | |",

@@ -21,6 +21,7 @@ use crate::{
     payments::{
         Providers, batch,
         flows::{
+            Payments,
             methods::PaymentMethods,
             sweep::{self, SweepSettings},
             writers::PaymentInserts,
@@ -301,15 +302,18 @@ fn grpc_server(
     let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let max_message = s.grpc_max_message_bytes;
     let payments = api::payments::PaymentsApi {
+        payments: Payments {
+            db: db.clone(),
+            channels: channels.clone(),
+            providers: providers.clone(),
+            new_payments: new_payments.clone(),
+            idempotency_lease_ms: s.idempotency_lease_ms as i64,
+        },
         db: db.clone(),
-        new_payments: new_payments.clone(),
-        channels: channels.clone(),
-        providers: providers.clone(),
         hub: hub.clone(),
         keys: merchants.key_cache().clone(),
         methods: PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
         settings: api::payments::PaymentsApiSettings {
-            idempotency_lease_ms: s.idempotency_lease_ms as i64,
             client_token_ttl_ms: client_token_ttl_ms(s),
             master_keys: cache.keys_arc(),
         },

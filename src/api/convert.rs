@@ -8,9 +8,13 @@ use crate::{
         Payment, PaymentStatus,
         core::{
             Cancellation, CancellationStatus, TicketState, Trigger,
+            checkout::{CheckoutRequest, SubscriptionTerms},
+            money::MinorUnits,
+            refund::RefundRequest,
             subscription::{ShownStatus, Subscription, SubscriptionView},
         },
     },
+    personal::Email,
     proto::v1 as pb,
     providers::paymentwall::config as paymentwall,
     validation::Violations,
@@ -338,6 +342,45 @@ pub fn statuses<T>(
         }
     }
     statuses
+}
+
+/// A checkout as the flow takes it; `request_hash` fingerprints the request for its idempotency key.
+pub fn checkout_request(r: pb::CreateCheckoutSessionRequest, request_hash: String) -> CheckoutRequest {
+    CheckoutRequest {
+        channel_key: r.channel_key,
+        merchant_uid: r.merchant_uid,
+        amount: r.amount.map(|m| (m.amount_minor, m.currency)),
+        order_name: r.order_name,
+        customer_uid: r.customer.as_ref().map(|c| c.uid.clone()),
+        customer_email: Email::new(r.customer.map(|c| c.email).unwrap_or_default()),
+        payment_method: r.payment_method,
+        widget: r.widget,
+        success_url: r.success_url,
+        failure_url: r.failure_url,
+        country_code: r.country_code,
+        language: r.language,
+        custom_params: r.custom_params,
+        subscription: r.subscription.map(|s| SubscriptionTerms {
+            period_length: i64::from(s.period_length),
+            period_type: s.period_type,
+            recurring: s.recurring,
+        }),
+        idempotency_key: r.idempotency_key,
+        request_hash,
+    }
+}
+
+/// A refund as the flow takes it; `request_hash` fingerprints the request for its idempotency key.
+pub fn refund_request(r: pb::RefundPaymentRequest, request_hash: String) -> RefundRequest {
+    RefundRequest {
+        payment_id: r.payment_id,
+        currency: r.amount.as_ref().map(|m| m.currency.clone()),
+        amount_minor: r.amount.map(|m| MinorUnits(m.amount_minor)),
+        reason: r.reason,
+        expected_refundable_amount: r.expected_refundable_amount.map(MinorUnits),
+        idempotency_key: r.idempotency_key,
+        request_hash,
+    }
 }
 
 #[cfg(test)]

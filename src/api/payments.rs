@@ -7,28 +7,23 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size, watch::View};
-use crate::personal::Email;
 use crate::{
     audit,
-    channels::Channels,
     events::Hub,
     merchants::{
         Caller, KeyCache,
         client_tokens::{self, PaymentGrant},
     },
     payments::{
-        Providers,
         core::{
-            Cancellation,
-            checkout::{CheckoutRequest, SubscriptionTerms},
-            money::MinorUnits,
-            refund::{self as refunds, RefundRequest, Resolution},
+            refund::{self as refunds, Resolution},
             subscription::Subscription,
         },
-        flows::{self, methods::PaymentMethods, refund::Refunded, writers::PaymentInserts},
-        store::{
-            payments::{self as repo, ListFilter, Lookup},
-            subscriptions,
+        flows::{
+            Payments,
+            methods::PaymentMethods,
+            queries::{ListFilter, Lookup, SubscriptionFilter, SubscriptionLookup},
+            refund::Refunded,
         },
     },
     proto::v1::{self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService},
@@ -40,8 +35,6 @@ use crate::{
 /// The API's own settings.
 #[derive(Clone)]
 pub struct PaymentsApiSettings {
-    /// How long an idempotency key's in-flight request holds it.
-    pub idempotency_lease_ms: i64,
     /// The longest a payment client token lives.
     pub client_token_ttl_ms: i64,
     /// Signs payment client tokens.
@@ -61,11 +54,10 @@ fn only_its_payment(grant: Option<&PaymentGrant>, payment_ids: &[&str]) -> Resul
 
 /// The service and all it reads and writes through.
 pub struct PaymentsApi {
+    /// The payments: every flow, and every read of a payment or subscription.
+    pub payments: Payments,
+    /// The event log and the audit trail.
     pub db: Db,
-    /// Where checkouts insert their new payments (concurrent ones share an INSERT).
-    pub new_payments: std::sync::Arc<dyn PaymentInserts>,
-    pub channels: Channels,
-    pub providers: Providers,
     pub hub: Arc<Hub>,
     pub keys: KeyCache,
     pub methods: PaymentMethods,
@@ -73,16 +65,6 @@ pub struct PaymentsApi {
 }
 
 impl PaymentsApi {
-    /// A cancellation as answered: in its payment's currency.
-    async fn cancellation_reply(
-        &self,
-        caller: &Caller,
-        cancellation: Cancellation,
-    ) -> Result<Response<pb::Cancellation>, Status> {
-        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
-        Ok(Response::new(convert::cancellation(cancellation, &payment.currency)))
-    }
-
     /// Subscriptions as answered: each with its initial and last renewal payments (one query).
     async fn subscription_replies(
         &self,
@@ -94,11 +76,7 @@ impl PaymentsApi {
             .flat_map(|s| std::iter::once(s.initial_payment_id.as_str()).chain(s.last_renewal_payment_id.as_deref()))
             .collect();
         let payments: std::collections::HashMap<String, crate::payments::Payment> =
-            repo::get_many(&self.db, &caller.merchant_id, &ids)
-                .await?
-                .into_iter()
-                .map(|p| (p.payment_id.clone(), p))
-                .collect();
+            self.payments.payments_by_id(caller, &ids).await?.into_iter().map(|p| (p.payment_id.clone(), p)).collect();
         Ok(subs
             .into_iter()
             .map(|s| {
@@ -204,7 +182,7 @@ impl PaymentService for PaymentsApi {
         let mut v = Violations::default();
         validation::identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
         v.check()?;
-        let payment = repo::get(&self.db, &caller.merchant_id, Lookup::PaymentId(&r.payment_id)).await?;
+        let payment = self.payments.payment(&caller, Lookup::PaymentId(&r.payment_id)).await?;
         let limit = self.settings.client_token_ttl_ms;
         let ttl = if r.ttl_seconds == 0 { limit } else { (i64::from(r.ttl_seconds) * 1000).min(limit) };
         let now = now_ms();
@@ -254,38 +232,8 @@ impl PaymentService for PaymentsApi {
             true => String::new(),
             false => fingerprint(&r, |m| m.idempotency_key.clear()),
         };
-        let req = CheckoutRequest {
-            channel_key: r.channel_key,
-            merchant_uid: r.merchant_uid,
-            amount: r.amount.map(|m| (m.amount_minor, m.currency)),
-            order_name: r.order_name,
-            customer_uid: r.customer.as_ref().map(|c| c.uid.clone()),
-            customer_email: Email::new(r.customer.map(|c| c.email).unwrap_or_default()),
-            payment_method: r.payment_method,
-            widget: r.widget,
-            success_url: r.success_url,
-            failure_url: r.failure_url,
-            country_code: r.country_code,
-            language: r.language,
-            custom_params: r.custom_params,
-            subscription: r.subscription.map(|s| SubscriptionTerms {
-                period_length: i64::from(s.period_length),
-                period_type: s.period_type,
-                recurring: s.recurring,
-            }),
-            idempotency_key: r.idempotency_key,
-            request_hash,
-        };
-        let session = flows::checkout::create(
-            &self.db,
-            &*self.new_payments,
-            &self.channels,
-            &self.providers,
-            &caller,
-            req,
-            self.settings.idempotency_lease_ms,
-        )
-        .await?;
+        let req = convert::checkout_request(r, request_hash);
+        let session = self.payments.checkout(&caller, req).await?;
         let span = tracing::Span::current();
         span.record("payment_id", session.payment.payment_id.as_str());
         span.record("channel_key", session.payment.channel_key.as_str());
@@ -321,10 +269,10 @@ impl PaymentService for PaymentsApi {
         only_its_payment(request.extensions().get::<PaymentGrant>(), &[by_id])?;
         if request.extensions().get::<PaymentGrant>().is_some() {
             // A buyer's browser: what its checkout page shows, nothing of the merchant's.
-            let payment = repo::get(&self.db, &caller.merchant_id, lookup).await?;
+            let payment = self.payments.payment(&caller, lookup).await?;
             return Ok(Response::new(convert::browser_payment(payment)));
         }
-        let (payment, cancellations) = repo::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await?;
+        let (payment, cancellations) = self.payments.payment_with_cancellations(&caller, lookup).await?;
         let currency = payment.currency.clone();
         let mut out = convert::payment(payment);
         out.cancellations = cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();
@@ -355,7 +303,7 @@ impl PaymentService for PaymentsApi {
             // One extra row tells whether another page exists.
             limit: limit + 1,
         };
-        let payments = repo::list(&self.db, &caller.merchant_id, &filter).await?;
+        let payments = self.payments.payments(&caller, &filter).await?;
         let (payments, next_page_token) =
             super::page(payments, limit, |p| convert::page_token::tagged(PAYMENTS_LIST, &p.payment_id));
         Ok(Response::new(pb::ListPaymentsResponse {
@@ -371,18 +319,8 @@ impl PaymentService for PaymentsApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
-        let req = RefundRequest {
-            payment_id: r.payment_id,
-            currency: r.amount.as_ref().map(|m| m.currency.clone()),
-            amount_minor: r.amount.map(|m| MinorUnits(m.amount_minor)),
-            reason: r.reason,
-            expected_refundable_amount: r.expected_refundable_amount.map(MinorUnits),
-            idempotency_key: r.idempotency_key,
-            request_hash,
-        };
-        let lease_ms = self.settings.idempotency_lease_ms;
-        let Refunded { cancellation, currency } =
-            flows::refund::refund(&self.db, &self.channels, &self.providers, &caller, req, lease_ms).await?;
+        let req = convert::refund_request(r, request_hash);
+        let Refunded { cancellation, currency } = self.payments.refund(&caller, req).await?;
         Ok(Response::new(convert::cancellation(cancellation, &currency)))
     }
 
@@ -405,8 +343,9 @@ impl PaymentService for PaymentsApi {
         validation::text(&mut v, "note", &r.note, refunds::MAX_REASON);
         v.check()?;
         let resolution = resolution.expect("checked above");
-        let cancellation = flows::refund::resolve(&self.db, &caller, &r.cancellation_id, resolution, &r.note).await?;
-        self.cancellation_reply(&caller, cancellation).await
+        let Refunded { cancellation, currency } =
+            self.payments.resolve(&caller, &r.cancellation_id, resolution, &r.note).await?;
+        Ok(Response::new(convert::cancellation(cancellation, &currency)))
     }
 
     async fn cancel_subscription(
@@ -420,16 +359,7 @@ impl PaymentService for PaymentsApi {
         validation::text(&mut v, "reason", &r.reason, refunds::MAX_REASON);
         v.check()?;
         let reason = if r.reason.trim().is_empty() { "requested by the merchant" } else { r.reason.trim() };
-        let sub = flows::subscription::cancel(
-            &self.db,
-            &self.channels,
-            &self.providers,
-            &caller,
-            &r.subscription_id,
-            reason,
-            self.settings.idempotency_lease_ms,
-        )
-        .await?;
+        let sub = self.payments.cancel_subscription(&caller, &r.subscription_id, reason).await?;
         self.subscription_reply(&caller, sub).await
     }
 
@@ -442,15 +372,15 @@ impl PaymentService for PaymentsApi {
         let lookup = match &request.get_ref().lookup {
             Some(get_subscription_request::Lookup::SubscriptionId(id)) if !id.is_empty() => {
                 validation::identifier(&mut v, "subscription_id", id, validation::ID);
-                subscriptions::Lookup::SubscriptionId(id)
+                SubscriptionLookup::SubscriptionId(id)
             }
             Some(get_subscription_request::Lookup::PaymentId(id)) if !id.is_empty() => {
                 validation::identifier(&mut v, "payment_id", id, validation::ID);
-                subscriptions::Lookup::PaymentId(id)
+                SubscriptionLookup::PaymentId(id)
             }
             Some(get_subscription_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => {
                 validation::identifier(&mut v, "merchant_uid", uid, validation::MERCHANT_UID_LOOKUP);
-                subscriptions::Lookup::MerchantUid(uid)
+                SubscriptionLookup::MerchantUid(uid)
             }
             _ => {
                 let problem = "subscription_id, payment_id or merchant_uid is required";
@@ -458,7 +388,7 @@ impl PaymentService for PaymentsApi {
             }
         };
         v.check()?;
-        let sub = subscriptions::get_in_scope(&self.db, &caller.merchant_id, lookup).await?;
+        let sub = self.payments.subscription(&caller, lookup).await?;
         self.subscription_reply(&caller, sub).await
     }
 
@@ -480,7 +410,7 @@ impl PaymentService for PaymentsApi {
         let (created_from, created_to) = time_range(&mut v, r.created_from.as_ref(), r.created_to.as_ref());
         v.check()?;
         let limit = page_size(r.page_size);
-        let filter = subscriptions::ListFilter {
+        let filter = SubscriptionFilter {
             statuses,
             channel_key: Some(r.channel_key).filter(|k| !k.is_empty()),
             customer_uid: Some(r.customer_uid).filter(|u| !u.is_empty()),
@@ -490,7 +420,7 @@ impl PaymentService for PaymentsApi {
             // One extra row tells whether another page exists.
             limit: limit + 1,
         };
-        let subs = subscriptions::list(&self.db, &caller.merchant_id, &filter).await?;
+        let subs = self.payments.subscriptions(&caller, &filter).await?;
         let (subs, next_page_token) =
             super::page(subs, limit, |s| convert::page_token::tagged(SUBSCRIPTIONS_LIST, &s.subscription_id));
         let subscriptions = self.subscription_replies(&caller, subs).await?;
@@ -503,8 +433,10 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<pb::ListPaymentMethodsResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let methods =
-            self.methods.list(&self.channels, &self.providers, &caller, &r.channel_key, &r.country_code).await?;
+        let methods = self
+            .methods
+            .list(&self.payments.channels, &self.payments.providers, &caller, &r.channel_key, &r.country_code)
+            .await?;
         Ok(Response::new(pb::ListPaymentMethodsResponse {
             methods: methods
                 .iter()

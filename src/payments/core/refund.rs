@@ -197,6 +197,41 @@ pub enum Resolution {
     Failed,
 }
 
+impl Resolution {
+    /// The status a cancellation resolved this way ends in.
+    pub fn status(self) -> CancellationStatus {
+        match self {
+            Self::Succeeded => CancellationStatus::Succeeded,
+            Self::Failed => CancellationStatus::Failed,
+        }
+    }
+}
+
+/// What ResolveCancellation does with the cancellation as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveStep {
+    /// Resolved this way already: answer with it (resolving is idempotent).
+    Answer,
+    /// Its outcome is unknown: settle it.
+    Apply,
+}
+
+/// Only a merchant's request whose outcome is unknown can be resolved; the same resolution again
+/// answers; anything else is refused, saying where the cancellation stands.
+pub fn resolve_step(c: &Cancellation, resolution: Resolution) -> Result<ResolveStep, PaymentError> {
+    if c.status == CancellationStatus::Requested && c.ticket == Some(TicketState::Unknown) {
+        return Ok(ResolveStep::Apply);
+    }
+    if c.status == resolution.status() && c.trigger == Trigger::MerchantRequest {
+        return Ok(ResolveStep::Answer);
+    }
+    Err(PaymentError::NotResolvable(format!(
+        "the cancellation is {} (ticket {}); only one whose outcome is unknown can be resolved",
+        c.status.as_str(),
+        c.ticket.map_or("none", TicketState::as_str)
+    )))
+}
+
 /// An operator says the provider refunded `stored`: it succeeds and its amount counts as refunded
 /// (`None` unless it is open with an unknown outcome).
 pub fn unknown_confirmed(
@@ -530,6 +565,24 @@ mod tests {
         assert_eq!((next.cancelled_amount.0, next.pending_cancel_amount.0), (400, 0));
         assert_eq!((next.status, kind), (PaymentStatus::PartialCancelled, EventKind::PaymentPartiallyCancelled));
         assert_eq!(unknown_confirmed(&p, request(400, TicketState::Accepted, 0), 3), None);
+    }
+
+    #[test]
+    fn only_an_unknown_outcome_is_resolved_and_the_same_resolution_answers_again() {
+        let unknown = request(500, TicketState::Unknown, 0);
+        for resolution in [Resolution::Succeeded, Resolution::Failed] {
+            assert_eq!(resolve_step(&unknown, resolution).unwrap(), ResolveStep::Apply);
+        }
+        let done = Cancellation { status: CancellationStatus::Succeeded, ..unknown.clone() };
+        assert_eq!(resolve_step(&done, Resolution::Succeeded).unwrap(), ResolveStep::Answer);
+        let problem = resolve_step(&done, Resolution::Failed).unwrap_err().to_string();
+        assert!(problem.contains("SUCCEEDED") && problem.contains("unknown"), "{problem}");
+        let reversal = Cancellation { trigger: Trigger::Chargeback, ticket: None, ..done };
+        assert!(
+            resolve_step(&reversal, Resolution::Succeeded).is_err(),
+            "a chargeback is not an operator's to resolve"
+        );
+        assert!(resolve_step(&request(500, TicketState::Accepted, 0), Resolution::Failed).is_err());
     }
 
     #[test]

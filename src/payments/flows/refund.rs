@@ -16,16 +16,17 @@
 
 use std::sync::Arc;
 
+use super::{idempotent, service::Payments};
 use crate::{
-    channels::{Channel, Channels},
+    channels::Channel,
     merchants::Caller,
     payments::{
-        PaymentError, Provider, ProviderError, Providers,
+        PaymentError, Provider, ProviderError,
         core::{
-            Cancellation, CancellationStatus, EventDetail, EventKind, Payment, TicketState, Trigger,
+            Cancellation, EventDetail, EventKind, Payment, TicketState,
             refund::{
-                RefundRequest, Release, Resolution, TakeOver, after_acceptance, release_plan, reservation,
-                take_over_action, unknown_confirmed, validate,
+                RefundRequest, Release, Resolution, ResolveStep, TakeOver, after_acceptance, release_plan, reservation,
+                resolve_step, take_over_action, unknown_confirmed, validate,
             },
         },
         store::{
@@ -49,92 +50,109 @@ pub struct Refunded {
     pub currency: String,
 }
 
-/// `RefundPayment`: validates, claims the idempotency key, then reserves and sends (or answers
-/// what a first attempt with the same key did).
-pub async fn refund(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: RefundRequest,
-    lease_ms: i64,
-) -> Result<Refunded, PaymentError> {
-    validate(&req).check()?;
-    let key = (!req.idempotency_key.is_empty()).then(|| Key {
-        merchant_id: &caller.merchant_id,
-        operation: OPERATION,
-        key: &req.idempotency_key,
-    });
-    let claim = match &key {
-        Some(key) => idempotency::claim(db, key, &req.request_hash, lease_ms).await?,
-        None => Claim::New,
-    };
-    let result = match claim {
-        Claim::Done(cancellation_id) => answer(db, caller, &cancellation_id).await,
-        Claim::TakenOver(Some(cancellation_id)) => {
-            take_over(db, channels, providers, caller, &cancellation_id, key.as_ref(), lease_ms).await
-        }
-        Claim::New | Claim::TakenOver(None) => request(db, channels, providers, caller, &req, key.as_ref()).await,
-    };
-    if result.is_err()
-        && let Some(key) = &key
-    {
-        idempotency::release(db, key).await;
+impl Payments {
+    /// `RefundPayment`: validates, claims the idempotency key, then reserves and sends (or answers
+    /// what a first attempt with the same key did).
+    pub async fn refund(&self, caller: &Caller, req: RefundRequest) -> Result<Refunded, PaymentError> {
+        validate(&req).check()?;
+        let (req, key) = (&req, idempotent::key(caller, OPERATION, &req.idempotency_key));
+        let key = key.as_ref();
+        idempotent::claimed(&self.db, key, &req.request_hash, self.idempotency_lease_ms, |claim| async move {
+            match claim {
+                Claim::Done(cancellation_id) => answer(&self.db, caller, &cancellation_id).await,
+                Claim::TakenOver(Some(cancellation_id)) => self.take_over(caller, &cancellation_id, key).await,
+                Claim::New | Claim::TakenOver(None) => self.request(caller, req, key).await,
+            }
+        })
+        .await
     }
-    result
+
+    /// The first attempt: reserve (the one read of the payment), then send.
+    async fn request(
+        &self,
+        caller: &Caller,
+        req: &RefundRequest,
+        key: Option<&Key<'_>>,
+    ) -> Result<Refunded, PaymentError> {
+        let (payment, channel, cancellation) = self.reserve(caller, req, key).await?;
+        let provider = self.providers.for_channel(&channel);
+        let ticket = Ticket { provider, channel: &channel, payment: &payment, cancellation: &cancellation };
+        let cancellation = send(&self.db, ticket, key).await?;
+        Ok(Refunded { cancellation, currency: payment.currency })
+    }
+
+    /// Adds the refund to the payment's pending amount and records the cancellation (ticket UNSENT),
+    /// atomically. The payment is the caller's; its channel is looked up before anything is written,
+    /// so a refund that cannot be sent changes nothing.
+    async fn reserve(
+        &self,
+        caller: &Caller,
+        req: &RefundRequest,
+        key: Option<&Key<'_>>,
+    ) -> Result<(Payment, Arc<Channel>, Cancellation), PaymentError> {
+        cas(&self.db, |mut tx| async move {
+            let lookup = Lookup::PaymentId(&req.payment_id);
+            let current = rows::get_in_scope(&mut tx, &caller.merchant_id, lookup).await?;
+            let (next, cancellation) = reservation(&current, req, now_ms())?;
+            let channel = self.channels.for_caller(caller, &current.channel_key).await?;
+            if !rows::update(&mut tx, &next).await? {
+                return Ok(Attempt::Conflict); // another refund or notification got there first
+            }
+            cancellations::insert(&mut tx, &cancellation).await?;
+            if let Some(key) = key {
+                idempotency::attach(&mut tx, key, &cancellation.cancellation_id).await?;
+            }
+            Ok(Attempt::Done(tx, (next, channel, cancellation)))
+        })
+        .await
+    }
+
+    /// A retry with the same key after the first attempt stopped mid-way.
+    async fn take_over(
+        &self,
+        caller: &Caller,
+        cancellation_id: &str,
+        key: Option<&Key<'_>>,
+    ) -> Result<Refunded, PaymentError> {
+        let db = &self.db;
+        let c = read(db, caller, cancellation_id).await?;
+        match take_over_action(&c, now_ms(), self.idempotency_lease_ms) {
+            TakeOver::Send => {
+                let payment = rows::get(db, &caller.merchant_id, Lookup::PaymentId(&c.payment_id)).await?;
+                let channel = self.channels.for_caller(caller, &payment.channel_key).await?;
+                let provider = self.providers.for_channel(&channel);
+                let ticket = Ticket { provider, channel: &channel, payment: &payment, cancellation: &c };
+                let cancellation = send(db, ticket, key).await?;
+                return Ok(Refunded { cancellation, currency: payment.currency });
+            }
+            TakeOver::MarkUnknown => mark_unknown(db, &c, key).await?,
+            TakeOver::FinishAccepted => accept(db, &c, key, None).await?,
+            TakeOver::InFlight => return Err(PaymentError::IdempotencyInFlight),
+            TakeOver::Answer => {
+                if let Some(key) = key {
+                    let mut conn = db.pool().acquire().await?;
+                    idempotency::finish(&mut conn, key).await?;
+                }
+            }
+        }
+        answer(db, caller, cancellation_id).await
+    }
 }
 
-/// The first attempt: reserve (the one read of the payment), then send.
-async fn request(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    req: &RefundRequest,
-    key: Option<&Key<'_>>,
-) -> Result<Refunded, PaymentError> {
-    let (payment, channel, cancellation) = reserve(db, channels, caller, req, key).await?;
-    let cancellation = send(db, providers.for_channel(&channel), &channel, &payment, &cancellation, key).await?;
-    Ok(Refunded { cancellation, currency: payment.currency })
-}
-
-/// Adds the refund to the payment's pending amount and records the cancellation (ticket UNSENT),
-/// atomically. The payment is the caller's; its channel is looked up before anything is written,
-/// so a refund that cannot be sent changes nothing.
-async fn reserve(
-    db: &Db,
-    channels: &Channels,
-    caller: &Caller,
-    req: &RefundRequest,
-    key: Option<&Key<'_>>,
-) -> Result<(Payment, Arc<Channel>, Cancellation), PaymentError> {
-    cas(db, |mut tx| async move {
-        let current = rows::get_in_scope(&mut tx, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await?;
-        let (next, cancellation) = reservation(&current, req, now_ms())?;
-        let channel = channels.for_caller(caller, &current.channel_key).await?;
-        if !rows::update(&mut tx, &next).await? {
-            return Ok(Attempt::Conflict); // another refund or notification got there first
-        }
-        cancellations::insert(&mut tx, &cancellation).await?;
-        if let Some(key) = key {
-            idempotency::attach(&mut tx, key, &cancellation.cancellation_id).await?;
-        }
-        Ok(Attempt::Done(tx, (next, channel, cancellation)))
-    })
-    .await
+/// A reserved request's ticket, and where it goes.
+pub struct Ticket<'a> {
+    pub provider: &'a dyn Provider,
+    pub channel: &'a Channel,
+    /// The payment as the reservation left it.
+    pub payment: &'a Payment,
+    pub cancellation: &'a Cancellation,
 }
 
 /// Sends the ticket of a reserved request (ticket UNSENT) and records what came of it. Used by
 /// the first attempt, by a take-over and by the sweep; the UNSENT -> SENDING compare-and-set
-/// makes sure only one of them sends it. `payment` is the payment as the reservation left it.
-pub async fn send(
-    db: &Db,
-    provider: &dyn Provider,
-    channel: &Channel,
-    payment: &Payment,
-    cancellation: &Cancellation,
-    key: Option<&Key<'_>>,
-) -> Result<Cancellation, PaymentError> {
+/// makes sure only one of them sends it.
+pub async fn send(db: &Db, ticket: Ticket<'_>, key: Option<&Key<'_>>) -> Result<Cancellation, PaymentError> {
+    let Ticket { provider, channel, payment, cancellation } = ticket;
     let id = &cancellation.cancellation_id;
     {
         let mut conn = db.pool().acquire().await?;
@@ -263,40 +281,12 @@ async fn release(
     Ok(settled.is_some())
 }
 
-/// A retry with the same key after the first attempt stopped mid-way.
-async fn take_over(
-    db: &Db,
-    channels: &Channels,
-    providers: &Providers,
-    caller: &Caller,
-    cancellation_id: &str,
-    key: Option<&Key<'_>>,
-    lease_ms: i64,
-) -> Result<Refunded, PaymentError> {
-    let c = read(db, caller, cancellation_id).await?;
-    match take_over_action(&c, now_ms(), lease_ms) {
-        TakeOver::Send => {
-            let payment = rows::get(db, &caller.merchant_id, Lookup::PaymentId(&c.payment_id)).await?;
-            let channel = channels.for_caller(caller, &payment.channel_key).await?;
-            let cancellation = send(db, providers.for_channel(&channel), &channel, &payment, &c, key).await?;
-            return Ok(Refunded { cancellation, currency: payment.currency });
-        }
-        TakeOver::MarkUnknown => mark_unknown(db, &c, key).await?,
-        TakeOver::FinishAccepted => accept(db, &c, key, None).await?,
-        TakeOver::InFlight => return Err(PaymentError::IdempotencyInFlight),
-        TakeOver::Answer => {
-            if let Some(key) = key {
-                let mut conn = db.pool().acquire().await?;
-                idempotency::finish(&mut conn, key).await?;
-            }
-        }
-    }
-    answer(db, caller, cancellation_id).await
-}
-
 /// A cancellation the caller may see, with its payment's currency.
 async fn answer(db: &Db, caller: &Caller, cancellation_id: &str) -> Result<Refunded, PaymentError> {
-    let cancellation = read(db, caller, cancellation_id).await?;
+    with_currency(db, caller, read(db, caller, cancellation_id).await?).await
+}
+
+async fn with_currency(db: &Db, caller: &Caller, cancellation: Cancellation) -> Result<Refunded, PaymentError> {
     let payment = rows::get(db, &caller.merchant_id, Lookup::PaymentId(&cancellation.payment_id)).await?;
     Ok(Refunded { cancellation, currency: payment.currency })
 }
@@ -312,49 +302,40 @@ async fn get(db: &Db, cancellation_id: &str) -> Result<Cancellation, PaymentErro
     cancellations::get(&mut conn, cancellation_id).await?.ok_or(PaymentError::NotFound)
 }
 
-/// `ResolveCancellation`: only a cancellation in OUTCOME_UNKNOWN can be resolved; resolving it
-/// again the same way answers the same (idempotent), another way is refused.
-pub async fn resolve(
-    db: &Db,
-    caller: &Caller,
-    cancellation_id: &str,
-    resolution: Resolution,
-    note: &str,
-) -> Result<Cancellation, PaymentError> {
-    let c = read(db, caller, cancellation_id).await?;
-    let wanted = match resolution {
-        Resolution::Succeeded => CancellationStatus::Succeeded,
-        Resolution::Failed => CancellationStatus::Failed,
-    };
-    let unknown = c.status == CancellationStatus::Requested && c.ticket == Some(TicketState::Unknown);
-    if !unknown {
-        if c.status == wanted && c.trigger == Trigger::MerchantRequest {
-            return Ok(c);
+impl Payments {
+    /// `ResolveCancellation`: only a cancellation in OUTCOME_UNKNOWN can be resolved; resolving it
+    /// again the same way answers the same (idempotent), another way is refused.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        cancellation_id: &str,
+        resolution: Resolution,
+        note: &str,
+    ) -> Result<Refunded, PaymentError> {
+        let db = &self.db;
+        let c = read(db, caller, cancellation_id).await?;
+        if resolve_step(&c, resolution)? == ResolveStep::Answer {
+            return with_currency(db, caller, c).await;
         }
-        return Err(PaymentError::NotResolvable(format!(
-            "the cancellation is {} (ticket {}); only one whose outcome is unknown can be resolved",
-            c.status.as_str(),
-            c.ticket.map_or("none", TicketState::as_str)
-        )));
-    }
-    let note = note.trim();
-    let applied = match resolution {
-        Resolution::Failed => {
-            let failure = format!("resolved by an operator: the provider did not refund it. {note}");
-            release(db, &c, failure.trim(), Some(TicketState::Unknown)).await?
+        let note = note.trim();
+        let applied = match resolution {
+            Resolution::Failed => {
+                let failure = format!("resolved by an operator: the provider did not refund it. {note}");
+                release(db, &c, failure.trim(), Some(TicketState::Unknown)).await?
+            }
+            Resolution::Succeeded => confirm_unknown(db, &c).await?,
+        };
+        let resolution_name = if resolution == Resolution::Succeeded { "succeeded" } else { "failed" };
+        tracing::info!(cancellation_id, resolution = resolution_name, applied, "cancellation resolved by an operator");
+        let c = read(db, caller, cancellation_id).await?;
+        if !applied && c.status != resolution.status() {
+            return Err(PaymentError::NotResolvable(format!(
+                "the cancellation changed meanwhile; it is now {}",
+                c.status.as_str()
+            )));
         }
-        Resolution::Succeeded => confirm_unknown(db, &c).await?,
-    };
-    let resolution_name = if resolution == Resolution::Succeeded { "succeeded" } else { "failed" };
-    tracing::info!(cancellation_id, resolution = resolution_name, applied, "cancellation resolved by an operator");
-    let c = read(db, caller, cancellation_id).await?;
-    if !applied && c.status != wanted {
-        return Err(PaymentError::NotResolvable(format!(
-            "the cancellation changed meanwhile; it is now {}",
-            c.status.as_str()
-        )));
+        with_currency(db, caller, c).await
     }
-    Ok(c)
 }
 
 /// An operator says the provider refunded a request whose outcome was unknown.

@@ -74,9 +74,13 @@ pub async fn run_once(
 ) -> Result<usize, PaymentError> {
     let now = now_ms();
     let ms = |d: Duration| d.as_millis() as i64;
-    let claimed =
-        repo::claim_stuck(db, now - ms(s.pending_after), now - ms(s.ready_after), now, now + ms(s.recheck), BATCH)
-            .await?;
+    let stuck = repo::Stuck {
+        pending_before: now - ms(s.pending_after),
+        ready_before: now - ms(s.ready_after),
+        now,
+        claim_until: now + ms(s.recheck),
+    };
+    let claimed = repo::claim_stuck(db, &stuck, BATCH).await?;
     let mut repaired = 0;
     for payment in claimed {
         let channel = match channels.unscoped(&payment.channel_key).await {
@@ -148,7 +152,13 @@ async fn sweep_tickets(
         match c.ticket {
             Some(TicketState::Unsent) => {
                 // Reserved and never sent (its worker died before the send): send it now.
-                match refund::send(db, providers.for_channel(&channel), &channel, &payment, &c, None).await {
+                let ticket = refund::Ticket {
+                    provider: providers.for_channel(&channel),
+                    channel: &channel,
+                    payment: &payment,
+                    cancellation: &c,
+                };
+                match refund::send(db, ticket, None).await {
                     Ok(sent) => {
                         tracing::info!(cancellation_id = %c.cancellation_id, ticket = sent.ticket.map_or("none", |t| t.as_str()), "sweep sent a refund ticket nobody sent");
                         repaired += 1;

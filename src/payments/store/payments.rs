@@ -308,17 +308,23 @@ pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Paym
     rows.into_iter().map(Payment::try_from).collect()
 }
 
-/// Payments the sweep should ask the provider about: in CANCEL_PENDING since before `pending_before`,
-/// or READY since before `ready_before`, not checked recently. Each returned payment is claimed
-/// (its `check_after` moved to `claim_until`) by a compare-and-set, so replicas never share one.
-pub async fn claim_stuck(
-    db: &Db,
-    pending_before: i64,
-    ready_before: i64,
-    now: i64,
-    claim_until: i64,
-    limit: u32,
-) -> Result<Vec<Payment>, PaymentError> {
+/// Which payments count as stuck, and for how long a pass claims them.
+#[derive(Debug, Clone, Copy)]
+pub struct Stuck {
+    /// In CANCEL_PENDING since before this.
+    pub pending_before: i64,
+    /// READY since before this.
+    pub ready_before: i64,
+    pub now: i64,
+    /// A claimed payment is not checked again before this.
+    pub claim_until: i64,
+}
+
+/// Payments the sweep should ask the provider about (`Stuck`), not checked recently, at most
+/// `limit`. Each returned payment is claimed (its `check_after` moved to `claim_until`) by a
+/// compare-and-set, so replicas never share one.
+pub async fn claim_stuck(db: &Db, stuck: &Stuck, limit: u32) -> Result<Vec<Payment>, PaymentError> {
+    let Stuck { pending_before, ready_before, now, claim_until } = *stuck;
     // The first term repeats `payments_by_status`'s own condition word for word: SQLite uses a
     // partial index only for a query that says so.
     let sql = format!(

@@ -62,39 +62,39 @@ struct TicketAnswer {
     errors: Vec<serde_json::Value>,
 }
 
+/// A Cancellation API ticket about one transaction.
+pub struct Ticket<'a> {
+    pub kind: TicketType,
+    /// The transaction (Paymentwall's `ref`) and its buyer (`uid`).
+    pub provider_ref: &'a str,
+    pub uid: &'a str,
+    pub message: &'a str,
+    /// A test transaction (`test_mode=1`).
+    pub test: bool,
+}
+
 /// The signed form of a Cancellation API ticket.
-fn ticket_form(
-    config: &PaymentwallConfig,
-    provider_ref: &str,
-    uid: &str,
-    ticket: TicketType,
-    message: &str,
-    test: bool,
-) -> Vec<(&'static str, String)> {
+fn ticket_form(config: &PaymentwallConfig, ticket: &Ticket<'_>) -> Vec<(&'static str, String)> {
     let mut params = vec![
         ("key", config.project_key.clone()),
-        ("ref", provider_ref.to_owned()),
-        ("uid", uid.to_owned()),
-        ("type", (ticket as u8).to_string()),
-        ("message", message.to_owned()),
+        ("ref", ticket.provider_ref.to_owned()),
+        ("uid", ticket.uid.to_owned()),
+        ("type", (ticket.kind as u8).to_string()),
+        ("message", ticket.message.to_owned()),
     ];
-    if test {
+    if ticket.test {
         params.push(("test_mode", "1".to_owned()));
     }
     signed(config, params)
 }
 
-#[tracing::instrument(name = "paymentwall.ticket", skip_all, fields(otel.kind = "client", provider_ref = %provider_ref))]
+#[tracing::instrument(name = "paymentwall.ticket", skip_all, fields(otel.kind = "client", provider_ref = %ticket.provider_ref))]
 pub async fn send_ticket(
     http: &ProviderHttp,
     config: &PaymentwallConfig,
-    provider_ref: &str,
-    uid: &str,
-    ticket: TicketType,
-    message: &str,
-    test: bool,
+    ticket: &Ticket<'_>,
 ) -> Result<(), ProviderError> {
-    let form = ticket_form(config, provider_ref, uid, ticket, message, test);
+    let form = ticket_form(config, ticket);
     let url = format!("{}/developers/api/ticket", config.api_base_url);
     let (status, body) = exchange(http, http.client().post(url).form(&form)).await?;
     let answer: TicketAnswer = serde_json::from_str(&body)
@@ -210,7 +210,14 @@ mod tests {
 
     #[test]
     fn the_ticket_paygate_sends_carries_vector_w5() {
-        let ticket = |v| ticket_form(&config(v), "t1234", "user40012", TicketType::Refund, "cancelled order", true);
+        let refund = Ticket {
+            kind: TicketType::Refund,
+            provider_ref: "t1234",
+            uid: "user40012",
+            message: "cancelled order",
+            test: true,
+        };
+        let ticket = |v| ticket_form(&config(v), &refund);
         assert_eq!(sign_of(&ticket(SignVersion::V2)), "50b1e70d451299b9d8f31e3bd5b023ba");
         assert_eq!(
             sign_of(&ticket(SignVersion::V3)),

@@ -134,32 +134,28 @@ impl Provider for Paymentwall {
         let provider_ref =
             payment.provider_ref.as_deref().ok_or_else(|| ProviderError::Unsupported("no ref".into()))?;
         let message = refund_message(payment, amount, reason)?;
-        client::send_ticket(
-            &self.http,
-            &credentials(channel)?,
+        let ticket = client::Ticket {
+            kind: client::TicketType::Refund,
             provider_ref,
-            &payment.customer_uid,
-            client::TicketType::Refund,
-            &message,
-            payment.test,
-        )
-        .await
+            uid: &payment.customer_uid,
+            message: &message,
+            test: payment.test,
+        };
+        client::send_ticket(&self.http, &credentials(channel)?, &ticket).await
     }
 
     async fn stop_recurring(&self, channel: &Channel, initial: &Payment, reason: &str) -> Result<(), ProviderError> {
         let provider_ref =
             initial.provider_ref.as_deref().ok_or_else(|| ProviderError::Unsupported("no ref".into()))?;
         let message = format!("Stop recurring billing. Reason: {reason}");
-        client::send_ticket(
-            &self.http,
-            &credentials(channel)?,
+        let ticket = client::Ticket {
+            kind: client::TicketType::StopRecurring,
             provider_ref,
-            &initial.customer_uid,
-            client::TicketType::StopRecurring,
-            &message,
-            initial.test,
-        )
-        .await
+            uid: &initial.customer_uid,
+            message: &message,
+            test: initial.test,
+        };
+        client::send_ticket(&self.http, &credentials(channel)?, &ticket).await
     }
 
     async fn payment_methods(
