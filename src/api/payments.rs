@@ -8,12 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, page_size, watch::View};
 use crate::{
-    audit,
     events::Hub,
-    merchants::{
-        Caller, KeyCache,
-        client_tokens::{self, PaymentGrant},
-    },
+    merchants::{Caller, KeyCache, client_tokens::PaymentGrant},
     payments::{
         core::{
             refund::{self as refunds, Resolution},
@@ -21,6 +17,7 @@ use crate::{
         },
         flows::{
             Payments,
+            client_token::TokenRequest,
             methods::PaymentMethods,
             queries::{ListFilter, Lookup, SubscriptionFilter, SubscriptionLookup},
             refund::Refunded,
@@ -28,7 +25,7 @@ use crate::{
     },
     proto::v1::{self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService},
     secrets::MasterKeys,
-    store::{Db, now_ms},
+    store::Db,
     validation::{self, InvalidArgument, Violations},
 };
 
@@ -182,30 +179,13 @@ impl PaymentService for PaymentsApi {
         let mut v = Violations::default();
         validation::identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
         v.check()?;
-        let payment = self.payments.payment(&caller, Lookup::PaymentId(&r.payment_id)).await?;
-        let limit = self.settings.client_token_ttl_ms;
-        let ttl = if r.ttl_seconds == 0 { limit } else { (i64::from(r.ttl_seconds) * 1000).min(limit) };
-        let now = now_ms();
-        let grant = PaymentGrant {
-            payment_id: payment.payment_id.clone(),
-            // The payment's own merchant: the token acts for it alone, even when a parent's key made it.
-            merchant_id: payment.merchant_id,
-            key_id: caller.key_id.clone(),
-            issued_at: Some(now),
-            expires_at: now.saturating_add(ttl),
+        let req = TokenRequest {
+            payment_id: &r.payment_id,
+            ttl_ms: (r.ttl_seconds != 0).then(|| i64::from(r.ttl_seconds) * 1000),
+            max_ttl_ms: self.settings.client_token_ttl_ms,
         };
-        // Recorded before the token exists: no token without its entry (which never holds the token).
-        let actor = caller.actor();
-        let entry = audit::Entry {
-            actor: &actor,
-            action: audit::Action::PaymentClientTokenIssued,
-            merchant_id: Some(&grant.merchant_id),
-            target: &grant.payment_id,
-            changed_fields: &[],
-        };
-        audit::record_alone(&self.db, &entry, now).await?;
-        let token = client_tokens::issue(&self.settings.master_keys, &grant);
-        tracing::info!(payment_id = %grant.payment_id, key_id = %grant.key_id, ttl_ms = ttl, "payment client token issued");
+        let keys = &self.settings.master_keys;
+        let (token, grant) = self.payments.issue_client_token(&caller, keys, req).await?;
         Ok(Response::new(pb::PaymentClientToken {
             token,
             payment_id: grant.payment_id,

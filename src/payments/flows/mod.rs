@@ -6,6 +6,7 @@
 //! `idempotent`, for every flow that takes one.
 
 pub mod checkout;
+pub mod client_token;
 mod idempotent;
 pub mod methods;
 pub mod notification;
