@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pingback;
 pub mod proxy;
 /// The simulator's own signer (independent of the gateway's), for signing as Paymentwall does.
 #[path = "../../../src/bin/paymentwall-sim/sim/signature.rs"]
@@ -21,6 +22,7 @@ use paygate::proto::v1::{
     self as pb, channel_service_client::ChannelServiceClient, merchant_service_client::MerchantServiceClient,
     payment_service_client::PaymentServiceClient,
 };
+pub use pingback::Pingback;
 use sqlx::{AnyPool, Connection, Executor, PgConnection, Row};
 use tonic::{
     Request, Status,
