@@ -455,11 +455,7 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
     let (mut forbidden, mut too_many, mut valid_ok) = (0, 0, 0);
     let flood_started = Instant::now();
     for i in 0..30 {
-        let forged = signed_pingback_query(
-            &[("uid", "u"), ("goodsid", "pay_x"), ("type", "0"), ("ref", &format!("f{i}")), ("is_test", "1")],
-            "not-the-secret",
-            3,
-        );
+        let forged = Pingback::new("pay_x").uid("u").reference(&format!("f{i}")).test().signed("not-the-secret");
         let response = http.get(format!("{}?{forged}", a.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
         match response.status().as_u16() {
             403 => forbidden += 1,
@@ -483,17 +479,8 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
                     Err(status) => panic!("{status:?}"),
                 }
             };
-            let valid = signed_pingback_query(
-                &[
-                    ("uid", "user-40012"),
-                    ("goodsid", &payment_id),
-                    ("type", "0"),
-                    ("ref", &format!("v{i}")),
-                    ("is_test", "1"),
-                ],
-                SECRET_KEY,
-                3,
-            );
+            let valid =
+                Pingback::new(&payment_id).uid("user-40012").reference(&format!("v{i}")).test().signed(SECRET_KEY);
             let response =
                 http.get(format!("{}?{valid}", a.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
             assert_eq!(response.text().await.unwrap(), "OK");
@@ -722,16 +709,8 @@ async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_
     channels.create_channel(open).await.unwrap();
     let mut payments = from("127.0.0.2", Bearer::new(&key)).await;
     let pid = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
-    let base = [
-        ("uid", "user-40012"),
-        ("goodsid", pid.payment_id.as_str()),
-        ("slength", ""),
-        ("speriod", ""),
-        ("type", "0"),
-        ("ref", "b1"),
-    ];
-    let url =
-        format!("{}?{}", gate.http_url("/pingback/paymentwall/main"), signed_pingback_query(&base, SECRET_KEY, 3));
+    let base = Pingback::new(&pid.payment_id).uid("user-40012").one_time().reference("b1");
+    let url = format!("{}?{}", gate.http_url("/pingback/paymentwall/main"), base.signed(SECRET_KEY));
     let proxy = http_client_from(PROXY);
     for chain in [None, Some(PROXY), Some("junk")] {
         let mut request = proxy.get(&url);

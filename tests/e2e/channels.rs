@@ -178,19 +178,8 @@ async fn the_channel_api_scopes_updates_and_deletes() {
     assert_eq!(keys(a.list_channels(with_disabled).await.unwrap().into_inner()), ["sub-1", "test-1"]);
     let status = payments_a.create_checkout_session(checkout_request("test-1", "order-late")).await.unwrap_err();
     assert_eq!((status.code(), field_names(&status)), (Code::InvalidArgument, vec!["channel_key".to_owned()]));
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &checkout.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b31"),
-            ("is_test", "1"),
-        ],
-        NEW_SECRET,
-        3,
-    );
+    let query =
+        Pingback::new(&checkout.payment_id).uid("user-40012").one_time().reference("b31").test().signed(NEW_SECRET);
     let response =
         http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/test-1"))).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "OK");
@@ -385,19 +374,8 @@ async fn replicas_share_channel_configs_through_redis_and_survive_its_outage() {
     let during = checkout(&mut payments_a, "a-outage".into()).await;
     let on_b = checkout(&mut payments_b, "b-outage".into()).await;
     assert!(signed_with(&during.redirect_url, NEW_SECRET) && signed_with(&on_b.redirect_url, NEW_SECRET));
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &during.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b-out"),
-            ("is_test", "1"),
-        ],
-        NEW_SECRET,
-        3,
-    );
+    let query =
+        Pingback::new(&during.payment_id).uid("user-40012").one_time().reference("b-out").test().signed(NEW_SECRET);
     let response =
         http_client().get(format!("{}?{query}", gate_b.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "OK");

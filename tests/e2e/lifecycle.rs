@@ -191,19 +191,8 @@ async fn refunds_full_partial_refused_and_unreachable() {
     let mut request = checkout_request("dead", "order-dead");
     request.amount = Some(pb::Money { amount_minor: 700, currency: "USD".into() });
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &session.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b700"),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
+    let query =
+        Pingback::new(&session.payment_id).uid("user-40012").one_time().reference("b700").test().signed(SECRET_KEY);
     let url = format!("{}?{query}", w.gate.http_url(&dead_channel.pingback_path));
     assert_eq!(http_client().get(url).send().await.unwrap().text().await.unwrap(), "OK");
     let status = w.payments.refund_payment(refund(&session.payment_id, None, "")).await.unwrap_err();
@@ -490,19 +479,13 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
     let mut w = World::start(Backend::Sqlite, &[]).await;
     let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
     let send = |payment_id: &str, pingback_type: &str, reference: &str| {
-        let query = signed_pingback_query(
-            &[
-                ("uid", "user-40012"),
-                ("goodsid", payment_id),
-                ("slength", ""),
-                ("speriod", ""),
-                ("type", pingback_type),
-                ("ref", reference),
-                ("is_test", "1"),
-            ],
-            SECRET_KEY,
-            3,
-        );
+        let query = Pingback::new(payment_id)
+            .uid("user-40012")
+            .one_time()
+            .kind(pingback_type)
+            .reference(reference)
+            .test()
+            .signed(SECRET_KEY);
         let url = format!("{pingback_url}?{query}");
         async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
     };
@@ -541,10 +524,7 @@ async fn money_under_a_new_ref_is_recorded_never_dropped() {
 
 /// A signed type 0 pingback for `payment_id` under `reference`, sent to `gate`; its answer.
 async fn completion(gate: &Paygate, payment_id: &str, reference: &str) -> String {
-    let params = [("uid", "user-40012"), ("goodsid", payment_id), ("type", "0"), ("ref", reference), ("is_test", "1")];
-    let query = signed_pingback_query(&params, SECRET_KEY, 3);
-    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
-    http_client().get(url).send().await.unwrap().text().await.unwrap()
+    Pingback::new(payment_id).uid("user-40012").reference(reference).test().send(gate, "main").await
 }
 
 /// (event kinds of `payment_id`, (outcome, deliveries) of each of its stored pingbacks by ref).
@@ -926,19 +906,8 @@ async fn generated_payments_never_collide_with_merchant_uids() {
         let mut w = World::start(backend, &[]).await;
         let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
         let send = |payment_id: &str, reference: &str| {
-            let query = signed_pingback_query(
-                &[
-                    ("uid", "user-40012"),
-                    ("goodsid", payment_id),
-                    ("slength", ""),
-                    ("speriod", ""),
-                    ("type", "0"),
-                    ("ref", reference),
-                    ("is_test", "1"),
-                ],
-                SECRET_KEY,
-                3,
-            );
+            let query =
+                Pingback::new(payment_id).uid("user-40012").one_time().reference(reference).test().signed(SECRET_KEY);
             let url = format!("{pingback_url}?{query}");
             async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
         };
