@@ -110,7 +110,7 @@ fn money(m: &Option<pb::Money>) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refunds_full_partial_refused_and_unreachable() {
+async fn a_full_refund_is_requested_then_confirmed_by_its_type_2() {
     let mut w = World::start(Backend::Postgres, &[]).await;
 
     // Full refund: REQUESTED, then CANCEL_PENDING, then the type 2 (reason 9) makes it CANCELLED.
@@ -129,6 +129,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     );
     let status = w.payments.refund_payment(refund(&full, Some(1), "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "nothing left: {}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_refunds_add_up_and_never_exceed_what_is_left() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // Two partial refunds, then more than what is left.
     let (part, _) = w.paid("order-part", 1000).await;
@@ -170,6 +175,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     let (unpaid, _) = w.checkout("order-unpaid", 500).await;
     let status = w.payments.refund_payment(refund(&unpaid, None, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_provider_refuses_leaves_the_amount_refundable() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // The provider refuses: FAILED_PRECONDITION with its words; the amount is refundable again.
     let (refused, _) = w.paid("order-refused", 800).await;
@@ -181,6 +191,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 800));
     assert_eq!(p.cancellations[0].status, CancellationStatus::Failed as i32);
     w.behave(serde_json::json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_to_an_unreachable_provider_is_unavailable_and_leaves_nothing_requested() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // The provider cannot be reached: UNAVAILABLE, nothing requested stays behind.
     let mut channels = w.gate.channels(&w.api_key).await;
