@@ -252,7 +252,7 @@ async fn twenty_concurrent_refunds_never_exceed_what_was_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chargebacks_reviews_and_out_of_order_notifications() {
+async fn a_chargeback_nobody_asked_for_reverses_the_whole_payment() {
     let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // A chargeback nobody asked for reverses the whole payment.
@@ -265,11 +265,22 @@ async fn chargebacks_reviews_and_out_of_order_notifications() {
         (c.trigger, c.status, money(&c.amount)),
         (CancellationTrigger::Chargeback as i32, CancellationStatus::Succeeded as i32, 1500)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fraud_reversal_is_a_provider_reversal() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
+
     // Fraud (reason 2) is a provider reversal.
     let (fraud, session) = w.paid("order-fraud", 400).await;
     w.pingback(&session, 2, Some(2)).await;
     let p = wait_for_status(&mut w.payments, &fraud, PaymentStatus::Cancelled).await;
     assert_eq!(p.cancellations[0].trigger, CancellationTrigger::Provider as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_accepted_pays_and_a_review_declined_fails() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // Review accepted: READY -> PENDING_REVIEW -> PAID. Declined: -> FAILED.
     let (accepted, session) = w.checkout("order-review-ok", 600).await;
@@ -284,6 +295,11 @@ async fn chargebacks_reviews_and_out_of_order_notifications() {
     w.pingback(&session, 202, None).await;
     let p = wait_for_status(&mut w.payments, &declined, PaymentStatus::Failed).await;
     assert!(p.failed_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_before_its_completion_leaves_the_payment_cancelled() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // Out of order: the reversal (type 2) arrives before the completion (type 0). The payment ends
     // CANCELLED, and the late completion is acknowledged without moving it back.
