@@ -505,50 +505,59 @@ async fn payment_methods_are_signed_and_cached() {
     assert!(status.message().contains("channel_key"));
 }
 
+/// A signed one-time pingback of `pingback_type` for `payment_id` under `reference`, sent to
+/// `gate`'s channel "main"; its answer.
+async fn send(gate: &Paygate, payment_id: &str, pingback_type: &str, reference: &str) -> String {
+    Pingback::new(payment_id)
+        .uid("user-40012")
+        .one_time()
+        .kind(pingback_type)
+        .reference(reference)
+        .test()
+        .send(gate, "main")
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn money_under_a_new_ref_is_recorded_never_dropped() {
+async fn a_one_time_payment_paid_again_under_another_ref_is_a_second_payment() {
     let mut w = World::start(Backend::Sqlite, &[]).await;
-    let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
-    let send = |payment_id: &str, pingback_type: &str, reference: &str| {
-        let query = Pingback::new(payment_id)
-            .uid("user-40012")
-            .one_time()
-            .kind(pingback_type)
-            .reference(reference)
-            .test()
-            .signed(SECRET_KEY);
-        let url = format!("{pingback_url}?{query}");
-        async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
-    };
     // A one-time payment paid, then paid again under another ref: a second payment, not silence.
     let (once, _) = w.paid("order-once", 500).await;
-    assert_eq!(send(&once, "0", "b-second").await, "OK");
+    assert_eq!(send(&w.gate, &once, "0", "b-second").await, "OK");
     let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~order-once/repeat/b-second".into()));
     let repeat = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
-    assert_eq!(send(&once, "0", "b-second").await, "OK", "the replay is a duplicate");
+    assert_eq!(send(&w.gate, &once, "0", "b-second").await, "OK", "the replay is a duplicate");
     let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.payments.len(), 2);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_held_for_review_is_pending_review_then_paid_by_its_201() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
     // A subscription renewal that goes through review: PENDING_REVIEW, then PAID by its 201.
     let mut request = checkout_request("main", "sub-1");
     request.subscription =
         Some(pb::SubscriptionTerms { period_length: 1, period_type: "week".into(), recurring: true });
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
-    assert_eq!(send(&session.payment_id, "0", "b-first").await, "OK");
-    assert_eq!(send(&session.payment_id, "200", "b-renew").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "0", "b-first").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "200", "b-renew").await, "OK");
     let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("~sub-1/renewal/1".into()));
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(renewal.status, PaymentStatus::PendingReview as i32);
-    assert_eq!(send(&session.payment_id, "201", "b-renew").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "201", "b-renew").await, "OK");
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(
         (renewal.status, renewal.subscription_id.as_str()),
         (PaymentStatus::Paid as i32, session.subscription_id.as_str())
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_pingback_for_an_unknown_payment_is_refused() {
+    let w = World::start(Backend::Sqlite, &[]).await;
     // A valid pingback for a payment paygate does not know is refused (Paymentwall retries it).
-    let answer = send("pay_unknown", "0", "b-unknown").await;
+    let answer = send(&w.gate, "pay_unknown", "0", "b-unknown").await;
     assert!(answer.contains("no such payment"), "{answer}");
     let _ = &w.db;
 }
