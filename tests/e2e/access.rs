@@ -647,13 +647,12 @@ async fn an_open_stream_ends_when_its_key_is_revoked() {
 }
 
 /// A trusted proxy's own request (no `x-forwarded-for`), a chain of trusted hops only, or a chain
-/// paygate cannot read is an unknown caller: never the proxy, admitted by no list (not even
-/// 0.0.0.0/0, on the API allowlist or a channel's pingback allowlist), shown as "unknown"; and
-/// no list may name 0.0.0.0/8 or ::/128 to let such callers in.
+/// paygate cannot read is an unknown caller: never the proxy, admitted by no API allowlist (not
+/// even 0.0.0.0/0), shown as "unknown"; and no list may name 0.0.0.0/8 or ::/128 to let such
+/// callers in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_list_admits_it() {
+async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_api_allowlist_admits_it() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
     let (merchant, key) = create_merchant(&db, "Acme");
     let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
     let from = |ip: &'static str, bearer: Bearer| {
@@ -706,6 +705,20 @@ async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_
         .unwrap()
         .into_inner();
     assert_eq!(audit.events.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["unknown"]);
+}
+
+/// The same for a pingback: a source behind the proxy paygate cannot name is admitted by no
+/// channel's pingback allowlist, not even 0.0.0.0/0, and no pingback allowlist may name 0.0.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pingback_behind_the_proxy_without_a_readable_address_is_unknown_and_no_allowlist_admits_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
+    let from = |ip: &'static str, bearer: Bearer| {
+        let gate = &gate;
+        async move { PaymentServiceClient::with_interceptor(gate.grpc_from(ip).await, bearer) }
+    };
 
     // A channel's pingback allowlist: 0.0.0.0 is refused, and 0.0.0.0/0 admits no unknown source.
     let mut channels = gate.channels(&key).await;
