@@ -85,8 +85,8 @@ async fn a_client_token_reads_and_watches_its_payment_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_token_expires_and_dies_with_its_key() {
-    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
+async fn a_client_token_expires_and_its_open_stream_ends() {
+    let Shop { db: _db, sim: _sim, api_key, gate, .. } = Shop::open(Backend::Sqlite, &[]).await;
     let mut payments = gate.payments(&api_key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
@@ -106,6 +106,13 @@ async fn a_client_token_expires_and_dies_with_its_key() {
     let status = gate.payments(&short).await.get_payment(by_id(&session.payment_id)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_dies_with_the_key_that_made_it() {
+    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
     // A second key makes a token; revoking that key kills the token.
     let mut merchants = gate.merchants(&api_key).await;
