@@ -399,7 +399,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
+async fn a_checkout_idempotency_key_replays_its_answer_and_refuses_another_request() {
     let lease = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
     let mut w = World::start(Backend::Postgres, &lease).await;
 
@@ -413,6 +413,12 @@ async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
     let status = w.payments.create_checkout_session(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
     assert!(status.message().contains("different request"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_idempotency_keys_replay_refuse_and_survive_a_crash() {
+    let lease = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
+    let mut w = World::start(Backend::Postgres, &lease).await;
 
     // Refund: the same key and request -> the same cancellation, and one ticket.
     let (payment_id, _) = w.paid("order-idem-refund", 1000).await;
