@@ -402,8 +402,9 @@ async fn a_sub_merchant_uses_its_parents_channel_but_cannot_change_it() {
     child.update_channel(update("own", renamed, "name")).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_forged_pingbacks_get_429() {
+/// `N` replicas on one database and one Redis, limiting a key to 1 call a second (burst 10) and
+/// an address to 1 refused pingback a second (burst 5); and Acme's key.
+async fn limited_replicas<const N: usize>() -> (TestDb, RedisServer, String, [Paygate; N]) {
     let db = TestDb::new(Backend::Postgres).await;
     let redis = RedisServer::start();
     let (_, key) = create_merchant(&db, "Acme");
@@ -417,8 +418,13 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
         ("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "1"),
         ("PAYGATE_PINGBACK_REFUSAL_BURST", "5"),
     ];
-    let a = Paygate::start(&db, &env);
-    let b = Paygate::start(&db, &env);
+    let replicas = std::array::from_fn(|_| Paygate::start(&db, &env));
+    (db, redis, key, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together() {
+    let (_db, _redis, key, [a, b]) = limited_replicas().await;
     let (mut on_a, mut on_b) = (a.payments(&key).await, b.payments(&key).await);
 
     // 40 calls, alternating replicas, as fast as they go: together they get the one bucket.
@@ -444,22 +450,21 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
     assert!(f64::from(ok) <= allowed && ok < 20, "{ok} calls passed; the replicas do not share the limit");
     assert!(metric_series(&a, "paygate_rate_limited_total", &[("scope", "api_key")]).await >= 1.0);
     assert!(metric_series(&b, "paygate_rate_limited_total", &[("scope", "api_key")]).await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_pingbacks_from_one_address_get_429_and_valid_ones_from_it_never_do() {
+    let (_db, _redis, key, [a]) = limited_replicas().await;
 
     // Forged pingbacks from one address are limited; valid ones from it are never.
     let sim = Simulator::start();
     let mut channels = a.channels(&key).await;
-    // The key's bucket refills first.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
     let http = http_client();
     let (mut forbidden, mut too_many, mut valid_ok) = (0, 0, 0);
     let flood_started = Instant::now();
     for i in 0..30 {
-        let forged = signed_pingback_query(
-            &[("uid", "u"), ("goodsid", "pay_x"), ("type", "0"), ("ref", &format!("f{i}")), ("is_test", "1")],
-            "not-the-secret",
-            3,
-        );
+        let forged = Pingback::new("pay_x").uid("u").reference(&format!("f{i}")).test().signed("not-the-secret");
         let response = http.get(format!("{}?{forged}", a.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
         match response.status().as_u16() {
             403 => forbidden += 1,
@@ -483,17 +488,8 @@ async fn a_burst_over_the_key_limit_is_refused_on_both_replicas_together_and_for
                     Err(status) => panic!("{status:?}"),
                 }
             };
-            let valid = signed_pingback_query(
-                &[
-                    ("uid", "user-40012"),
-                    ("goodsid", &payment_id),
-                    ("type", "0"),
-                    ("ref", &format!("v{i}")),
-                    ("is_test", "1"),
-                ],
-                SECRET_KEY,
-                3,
-            );
+            let valid =
+                Pingback::new(&payment_id).uid("user-40012").reference(&format!("v{i}")).test().signed(SECRET_KEY);
             let response =
                 http.get(format!("{}?{valid}", a.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
             assert_eq!(response.text().await.unwrap(), "OK");
@@ -651,13 +647,12 @@ async fn an_open_stream_ends_when_its_key_is_revoked() {
 }
 
 /// A trusted proxy's own request (no `x-forwarded-for`), a chain of trusted hops only, or a chain
-/// paygate cannot read is an unknown caller: never the proxy, admitted by no list (not even
-/// 0.0.0.0/0, on the API allowlist or a channel's pingback allowlist), shown as "unknown"; and
-/// no list may name 0.0.0.0/8 or ::/128 to let such callers in.
+/// paygate cannot read is an unknown caller: never the proxy, admitted by no API allowlist (not
+/// even 0.0.0.0/0), shown as "unknown"; and no list may name 0.0.0.0/8 or ::/128 to let such
+/// callers in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_list_admits_it() {
+async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_api_allowlist_admits_it() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
     let (merchant, key) = create_merchant(&db, "Acme");
     let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
     let from = |ip: &'static str, bearer: Bearer| {
@@ -710,6 +705,20 @@ async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_
         .unwrap()
         .into_inner();
     assert_eq!(audit.events.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["unknown"]);
+}
+
+/// The same for a pingback: a source behind the proxy paygate cannot name is admitted by no
+/// channel's pingback allowlist, not even 0.0.0.0/0, and no pingback allowlist may name 0.0.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pingback_behind_the_proxy_without_a_readable_address_is_unknown_and_no_allowlist_admits_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN)]);
+    let from = |ip: &'static str, bearer: Bearer| {
+        let gate = &gate;
+        async move { PaymentServiceClient::with_interceptor(gate.grpc_from(ip).await, bearer) }
+    };
 
     // A channel's pingback allowlist: 0.0.0.0 is refused, and 0.0.0.0/0 admits no unknown source.
     let mut channels = gate.channels(&key).await;
@@ -722,16 +731,8 @@ async fn a_caller_behind_the_proxy_without_a_readable_address_is_unknown_and_no_
     channels.create_channel(open).await.unwrap();
     let mut payments = from("127.0.0.2", Bearer::new(&key)).await;
     let pid = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
-    let base = [
-        ("uid", "user-40012"),
-        ("goodsid", pid.payment_id.as_str()),
-        ("slength", ""),
-        ("speriod", ""),
-        ("type", "0"),
-        ("ref", "b1"),
-    ];
-    let url =
-        format!("{}?{}", gate.http_url("/pingback/paymentwall/main"), signed_pingback_query(&base, SECRET_KEY, 3));
+    let base = Pingback::new(&pid.payment_id).uid("user-40012").one_time().reference("b1");
+    let url = format!("{}?{}", gate.http_url("/pingback/paymentwall/main"), base.signed(SECRET_KEY));
     let proxy = http_client_from(PROXY);
     for chain in [None, Some(PROXY), Some("junk")] {
         let mut request = proxy.get(&url);

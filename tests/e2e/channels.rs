@@ -35,31 +35,73 @@ fn field_names(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_channel_api_scopes_updates_and_deletes() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let sim = Simulator::start();
-    let (merchant_a, key_a) = create_merchant(&db, "Acme");
-    let (_, key_b) = create_merchant(&db, "Other Co");
-    let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
-    let mut a = gate.channels(&key_a).await;
-    let mut b = gate.channels(&key_b).await;
-    let mut payments_a = gate.payments(&key_a).await;
+/// Merchant A (Acme) and merchant B (Other Co) on one paygate with an admin token, and A's
+/// sub-merchant, made through the admin service; the channel clients of all three, A's payments.
+struct TwoMerchants {
+    db: TestDb,
+    sim: Simulator,
+    gate: Paygate,
+    sub: pb::CreateMerchantResponse,
+    a: Channels,
+    b: Channels,
+    s: Channels,
+    payments_a: Payments,
+}
 
-    // A sub-merchant, through the admin service; a merchant key is not an admin token.
-    let mut admin = MerchantServiceClient::with_interceptor(gate.grpc().await, Bearer::new(ADMIN_TOKEN));
-    let sub = admin
-        .create_sub_merchant(pb::CreateSubMerchantRequest {
-            parent_merchant_id: merchant_a.clone(),
-            name: "Acme KR".into(),
-        })
-        .await
-        .expect("CreateSubMerchant")
-        .into_inner();
-    let mut not_admin = MerchantServiceClient::with_interceptor(gate.grpc().await, Bearer::new(&key_a));
-    let status = not_admin.create_merchant(pb::CreateMerchantRequest { name: "x".into() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    let mut s = gate.channels(&sub.api_key).await;
+impl TwoMerchants {
+    async fn open() -> Self {
+        let db = TestDb::new(Backend::Postgres).await;
+        let sim = Simulator::start();
+        let (merchant_a, key_a) = create_merchant(&db, "Acme");
+        let (_, key_b) = create_merchant(&db, "Other Co");
+        let gate = Paygate::start(&db, &[("PAYGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+        let a = gate.channels(&key_a).await;
+        let b = gate.channels(&key_b).await;
+        let payments_a = gate.payments(&key_a).await;
+
+        // A sub-merchant, through the admin service; a merchant key is not an admin token.
+        let mut admin = MerchantServiceClient::with_interceptor(gate.grpc().await, Bearer::new(ADMIN_TOKEN));
+        let sub = admin
+            .create_sub_merchant(pb::CreateSubMerchantRequest {
+                parent_merchant_id: merchant_a.clone(),
+                name: "Acme KR".into(),
+            })
+            .await
+            .expect("CreateSubMerchant")
+            .into_inner();
+        let mut not_admin = MerchantServiceClient::with_interceptor(gate.grpc().await, Bearer::new(&key_a));
+        let status = not_admin.create_merchant(pb::CreateMerchantRequest { name: "x".into() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        let s = gate.channels(&sub.api_key).await;
+        Self { db, sim, gate, sub, a, b, s, payments_a }
+    }
+
+    async fn with_three_channels() -> Self {
+        let Self { db, sim, gate, sub, mut a, b, s, payments_a } = Self::open().await;
+        // TEST and LIVE side by side, and one assigned to the sub-merchant.
+        a.create_channel(channel_request(&sim, "test-1", pb::ChannelMode::Test)).await.unwrap();
+        a.create_channel(channel_request(&sim, "live-1", pb::ChannelMode::Live)).await.unwrap();
+        let mut assigned = channel_request(&sim, "sub-1", pb::ChannelMode::Test);
+        assigned.sub_merchant_id = sub.merchant_id.clone();
+        let assigned = a.create_channel(assigned).await.unwrap().into_inner();
+        assert_eq!(assigned.merchant_id, sub.merchant_id);
+        Self { db, sim, gate, sub, a, b, s, payments_a }
+    }
+}
+
+/// No secret ever reached a log line.
+fn assert_no_secret_logged(gate: &Paygate) {
+    let logs = gate.process.logs().join("\n");
+    assert!(!logs.contains(SECRET_KEY) && !logs.contains(NEW_SECRET));
+}
+
+fn keys(r: pb::ListChannelsResponse) -> Vec<String> {
+    r.channels.into_iter().map(|c| c.channel_key).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_channel_input_names_the_field_and_stores_nothing() {
+    let TwoMerchants { db, sim, gate, mut a, .. } = TwoMerchants::open().await;
 
     // Bad input names the field, and stores nothing.
     let channels_stored = "SELECT COUNT(*) FROM channels WHERE merchant_id <> $1";
@@ -86,16 +128,13 @@ async fn the_channel_api_scopes_updates_and_deletes() {
         assert_eq!(field_names(&status), [field]);
     }
     assert_eq!(db.count(channels_stored, "").await, 0);
+    assert_no_secret_logged(&gate);
+}
 
-    // TEST and LIVE side by side, and one assigned to the sub-merchant.
-    a.create_channel(channel_request(&sim, "test-1", pb::ChannelMode::Test)).await.unwrap();
-    a.create_channel(channel_request(&sim, "live-1", pb::ChannelMode::Live)).await.unwrap();
-    let mut assigned = channel_request(&sim, "sub-1", pb::ChannelMode::Test);
-    assigned.sub_merchant_id = sub.merchant_id.clone();
-    let assigned = a.create_channel(assigned).await.unwrap().into_inner();
-    assert_eq!(assigned.merchant_id, sub.merchant_id);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_listed_by_mode_by_sub_merchant_and_by_page() {
+    let TwoMerchants { db: _db, sim: _sim, gate, sub, mut a, mut s, .. } = TwoMerchants::with_three_channels().await;
 
-    let keys = |r: pb::ListChannelsResponse| r.channels.into_iter().map(|c| c.channel_key).collect::<Vec<_>>();
     let all = a.list_channels(pb::ListChannelsRequest::default()).await.unwrap().into_inner();
     assert_eq!(keys(all), ["live-1", "sub-1", "test-1"]);
     let live = pb::ListChannelsRequest { mode: pb::ChannelMode::Live as i32, ..Default::default() };
@@ -111,6 +150,12 @@ async fn the_channel_api_scopes_updates_and_deletes() {
     assert_eq!(keys(s.list_channels(pb::ListChannelsRequest::default()).await.unwrap().into_inner()), ["sub-1"]);
     let status = s.get_channel(pb::GetChannelRequest { channel_key: "test-1".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    assert_no_secret_logged(&gate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_merchant_can_neither_see_change_nor_delete_a_channel() {
+    let TwoMerchants { db: _db, sim: _sim, gate, mut b, .. } = TwoMerchants::with_three_channels().await;
 
     // Another merchant can neither see, change nor delete A's channels.
     assert!(b.list_channels(pb::ListChannelsRequest::default()).await.unwrap().into_inner().channels.is_empty());
@@ -121,6 +166,13 @@ async fn the_channel_api_scopes_updates_and_deletes() {
     assert_eq!(status.code(), Code::NotFound);
     let status = b.delete_channel(pb::DeleteChannelRequest { channel_key: "test-1".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    assert_no_secret_logged(&gate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_changes_by_its_mask_rotates_its_secret_and_once_used_is_disabled_not_erased() {
+    let TwoMerchants { db: _db, sim: _sim, gate, mut a, mut payments_a, .. } =
+        TwoMerchants::with_three_channels().await;
 
     // Update: only the masked fields change; the version moves.
     let before = a.get_channel(pb::GetChannelRequest { channel_key: "test-1".into() }).await.unwrap().into_inner();
@@ -178,27 +230,13 @@ async fn the_channel_api_scopes_updates_and_deletes() {
     assert_eq!(keys(a.list_channels(with_disabled).await.unwrap().into_inner()), ["sub-1", "test-1"]);
     let status = payments_a.create_checkout_session(checkout_request("test-1", "order-late")).await.unwrap_err();
     assert_eq!((status.code(), field_names(&status)), (Code::InvalidArgument, vec!["channel_key".to_owned()]));
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &checkout.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b31"),
-            ("is_test", "1"),
-        ],
-        NEW_SECRET,
-        3,
-    );
+    let query =
+        Pingback::new(&checkout.payment_id).uid("user-40012").one_time().reference("b31").test().signed(NEW_SECRET);
     let response =
         http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/test-1"))).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "OK");
     wait_for_status(&mut payments_a, &checkout.payment_id, PaymentStatus::Paid).await;
-
-    // No secret ever reached a log line.
-    let logs = gate.process.logs().join("\n");
-    assert!(!logs.contains(SECRET_KEY) && !logs.contains(NEW_SECRET));
+    assert_no_secret_logged(&gate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,19 +423,8 @@ async fn replicas_share_channel_configs_through_redis_and_survive_its_outage() {
     let during = checkout(&mut payments_a, "a-outage".into()).await;
     let on_b = checkout(&mut payments_b, "b-outage".into()).await;
     assert!(signed_with(&during.redirect_url, NEW_SECRET) && signed_with(&on_b.redirect_url, NEW_SECRET));
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &during.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b-out"),
-            ("is_test", "1"),
-        ],
-        NEW_SECRET,
-        3,
-    );
+    let query =
+        Pingback::new(&during.payment_id).uid("user-40012").one_time().reference("b-out").test().signed(NEW_SECRET);
     let response =
         http_client().get(format!("{}?{query}", gate_b.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "OK");

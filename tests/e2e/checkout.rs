@@ -147,14 +147,13 @@ async fn refusals(db: &TestDb, gate: &Paygate, sim: &Simulator, channels: &mut C
             (response.status().as_u16(), response.text().await.unwrap())
         }
     };
-    let base =
-        [("uid", "user-40012"), ("goodsid", pid), ("slength", ""), ("speriod", ""), ("type", "0"), ("ref", "b777")];
+    let base = Pingback::new(pid).uid("user-40012").one_time().reference("b777");
 
     // Wrong signature.
-    let good = signed_pingback_query(&base, SECRET_KEY, 3);
+    let good = base.signed(SECRET_KEY);
     let (status, body) = send(good.replace("ref=b777", "ref=b778"), from_paymentwall).await;
     assert_eq!((status, body.trim()), (403, "bad signature"));
-    let (status, _) = send(signed_pingback_query(&base, "not-the-secret", 3), from_paymentwall).await;
+    let (status, _) = send(base.signed("not-the-secret"), from_paymentwall).await;
     assert_eq!(status, 403);
 
     // Source outside the allowlist: direct from loopback, and forwarded from an unlisted address.
@@ -165,9 +164,7 @@ async fn refusals(db: &TestDb, gate: &Paygate, sim: &Simulator, channels: &mut C
     assert_eq!((status, body.trim()), (403, "source address 203.0.113.9 is not allowed for this channel"));
 
     // is_test=1 on a LIVE channel.
-    let mut test_params = base.to_vec();
-    test_params.push(("is_test", "1"));
-    let (status, body) = send(signed_pingback_query(&test_params, SECRET_KEY, 3), from_paymentwall).await;
+    let (status, body) = send(base.clone().test().signed(SECRET_KEY), from_paymentwall).await;
     assert_eq!((status, body.trim()), (403, "test pingback (is_test=1) on a LIVE channel"));
 
     // Unknown channel, malformed query.
@@ -304,11 +301,7 @@ async fn the_generic_callback_route_takes_paymentwall_pingbacks_and_refuses_unkn
     gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
     let mut payments = gate.payments(&key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-cb")).await.unwrap().into_inner();
-    let query = signed_pingback_query(
-        &[("uid", "user-40012"), ("goodsid", &session.payment_id), ("type", "0"), ("ref", "b-cb-1"), ("is_test", "1")],
-        SECRET_KEY,
-        3,
-    );
+    let query = Pingback::new(&session.payment_id).uid("user-40012").reference("b-cb-1").test().signed(SECRET_KEY);
     let http = http_client();
     let unknown = http.get(format!("{}?{query}", gate.http_url("/callbacks/stripe/main"))).send().await.unwrap();
     assert_eq!(unknown.status(), 404);

@@ -73,13 +73,8 @@ async fn a_client_token_reads_and_watches_its_payment_and_nothing_else() {
     let mut stream = with_token.watch_payments(watch).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.payment.unwrap().status(), PaymentStatus::Ready);
-    let query = signed_pingback_query(
-        &[("uid", "user-40012"), ("goodsid", &mine.payment_id), ("type", "0"), ("ref", "b777"), ("is_test", "1")],
-        SECRET_KEY,
-        3,
-    );
-    let answer = http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await;
-    assert_eq!(answer.unwrap().text().await.unwrap(), "OK");
+    let pingback = Pingback::new(&mine.payment_id).uid("user-40012").reference("b777").test();
+    assert_eq!(pingback.send(&gate, "main").await, "OK");
     let paid = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(paid.payment.unwrap().status(), PaymentStatus::Paid);
 
@@ -90,8 +85,8 @@ async fn a_client_token_reads_and_watches_its_payment_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_token_expires_and_dies_with_its_key() {
-    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
+async fn a_client_token_expires_and_its_open_stream_ends() {
+    let Shop { db: _db, sim: _sim, api_key, gate, .. } = Shop::open(Backend::Sqlite, &[]).await;
     let mut payments = gate.payments(&api_key).await;
     let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
@@ -111,6 +106,13 @@ async fn a_client_token_expires_and_dies_with_its_key() {
     let status = gate.payments(&short).await.get_payment(by_id(&session.payment_id)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_dies_with_the_key_that_made_it() {
+    let Shop { db: _db, sim: _sim, merchant_id, api_key, gate } = Shop::open(Backend::Sqlite, &[]).await;
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-a")).await.unwrap().into_inner();
 
     // A second key makes a token; revoking that key kills the token.
     let mut merchants = gate.merchants(&api_key).await;
@@ -310,13 +312,8 @@ async fn a_client_token_sees_the_browser_view_of_its_payment() {
     let mut stream = browser.watch_payments(watch).await.unwrap().into_inner();
     let snapshot = stream.message().await.unwrap().unwrap();
     assert_browser_view(snapshot.payment.as_ref().unwrap(), &session.payment_id);
-    let query = signed_pingback_query(
-        &[("uid", "user-40012"), ("goodsid", &session.payment_id), ("type", "0"), ("ref", "b778"), ("is_test", "1")],
-        SECRET_KEY,
-        3,
-    );
-    let answer = http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await;
-    assert_eq!(answer.unwrap().text().await.unwrap(), "OK");
+    let pingback = Pingback::new(&session.payment_id).uid("user-40012").reference("b778").test();
+    assert_eq!(pingback.send(&gate, "main").await, "OK");
     let paid = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
     let payment = paid.payment.unwrap();
     assert_eq!(payment.status(), PaymentStatus::Paid);

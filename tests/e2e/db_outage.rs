@@ -32,19 +32,7 @@ async fn a_pingback_cut_off_from_the_database_is_not_acknowledged_and_its_retry_
     let checkout = payments.create_checkout_session(checkout_request("main", "order-1")).await.unwrap().into_inner();
     let pid = checkout.payment_id.as_str();
 
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", pid),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b4242"),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
+    let query = Pingback::new(pid).uid("user-40012").one_time().reference("b4242").test().signed(SECRET_KEY);
     let url = format!("{}?{query}", gate.http_url(&channel.pingback_path));
     let http = http_client();
 

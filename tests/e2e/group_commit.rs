@@ -87,11 +87,7 @@ async fn a_burst_commits_together(backend: Backend) {
     }
     let reference = |n: usize| if n == 5 { format!("poison{n}") } else { format!("b{n}") };
     let url = |n: usize, payment_id: &str| {
-        let query = signed_pingback_query(
-            &[("uid", "u"), ("goodsid", payment_id), ("type", "0"), ("ref", &reference(n)), ("is_test", "1")],
-            SECRET_KEY,
-            3,
-        );
+        let query = Pingback::new(payment_id).uid("u").reference(&reference(n)).test().signed(SECRET_KEY);
         gate.http_url(&format!("/pingback/paymentwall/main?{query}"))
     };
     let mut sends: Vec<(usize, String)> = ids.iter().enumerate().map(|(n, id)| (n, url(n, id))).collect();

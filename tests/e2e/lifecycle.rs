@@ -110,7 +110,7 @@ fn money(m: &Option<pb::Money>) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refunds_full_partial_refused_and_unreachable() {
+async fn a_full_refund_is_requested_then_confirmed_by_its_type_2() {
     let mut w = World::start(Backend::Postgres, &[]).await;
 
     // Full refund: REQUESTED, then CANCEL_PENDING, then the type 2 (reason 9) makes it CANCELLED.
@@ -129,6 +129,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     );
     let status = w.payments.refund_payment(refund(&full, Some(1), "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "nothing left: {}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_refunds_add_up_and_never_exceed_what_is_left() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // Two partial refunds, then more than what is left.
     let (part, _) = w.paid("order-part", 1000).await;
@@ -170,6 +175,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     let (unpaid, _) = w.checkout("order-unpaid", 500).await;
     let status = w.payments.refund_payment(refund(&unpaid, None, "")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_the_provider_refuses_leaves_the_amount_refundable() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // The provider refuses: FAILED_PRECONDITION with its words; the amount is refundable again.
     let (refused, _) = w.paid("order-refused", 800).await;
@@ -181,6 +191,11 @@ async fn refunds_full_partial_refused_and_unreachable() {
     assert_eq!((p.status, money(&p.refundable_amount)), (PaymentStatus::Paid as i32, 800));
     assert_eq!(p.cancellations[0].status, CancellationStatus::Failed as i32);
     w.behave(serde_json::json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_to_an_unreachable_provider_is_unavailable_and_leaves_nothing_requested() {
+    let mut w = World::start(Backend::Postgres, &[]).await;
 
     // The provider cannot be reached: UNAVAILABLE, nothing requested stays behind.
     let mut channels = w.gate.channels(&w.api_key).await;
@@ -191,19 +206,8 @@ async fn refunds_full_partial_refused_and_unreachable() {
     let mut request = checkout_request("dead", "order-dead");
     request.amount = Some(pb::Money { amount_minor: 700, currency: "USD".into() });
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &session.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b700"),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
+    let query =
+        Pingback::new(&session.payment_id).uid("user-40012").one_time().reference("b700").test().signed(SECRET_KEY);
     let url = format!("{}?{query}", w.gate.http_url(&dead_channel.pingback_path));
     assert_eq!(http_client().get(url).send().await.unwrap().text().await.unwrap(), "OK");
     let status = w.payments.refund_payment(refund(&session.payment_id, None, "")).await.unwrap_err();
@@ -248,7 +252,7 @@ async fn twenty_concurrent_refunds_never_exceed_what_was_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chargebacks_reviews_and_out_of_order_notifications() {
+async fn a_chargeback_nobody_asked_for_reverses_the_whole_payment() {
     let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // A chargeback nobody asked for reverses the whole payment.
@@ -261,11 +265,22 @@ async fn chargebacks_reviews_and_out_of_order_notifications() {
         (c.trigger, c.status, money(&c.amount)),
         (CancellationTrigger::Chargeback as i32, CancellationStatus::Succeeded as i32, 1500)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fraud_reversal_is_a_provider_reversal() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
+
     // Fraud (reason 2) is a provider reversal.
     let (fraud, session) = w.paid("order-fraud", 400).await;
     w.pingback(&session, 2, Some(2)).await;
     let p = wait_for_status(&mut w.payments, &fraud, PaymentStatus::Cancelled).await;
     assert_eq!(p.cancellations[0].trigger, CancellationTrigger::Provider as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_accepted_pays_and_a_review_declined_fails() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // Review accepted: READY -> PENDING_REVIEW -> PAID. Declined: -> FAILED.
     let (accepted, session) = w.checkout("order-review-ok", 600).await;
@@ -280,6 +295,11 @@ async fn chargebacks_reviews_and_out_of_order_notifications() {
     w.pingback(&session, 202, None).await;
     let p = wait_for_status(&mut w.payments, &declined, PaymentStatus::Failed).await;
     assert!(p.failed_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_before_its_completion_leaves_the_payment_cancelled() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
 
     // Out of order: the reversal (type 2) arrives before the completion (type 0). The payment ends
     // CANCELLED, and the late completion is acknowledged without moving it back.
@@ -379,7 +399,7 @@ async fn a_subscription_renews_twice_and_is_cancelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
+async fn a_checkout_idempotency_key_replays_its_answer_and_refuses_another_request() {
     let lease = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
     let mut w = World::start(Backend::Postgres, &lease).await;
 
@@ -393,6 +413,12 @@ async fn idempotency_keys_replay_refuse_and_survive_a_crash() {
     let status = w.payments.create_checkout_session(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
     assert!(status.message().contains("different request"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_idempotency_keys_replay_refuse_and_survive_a_crash() {
+    let lease = [("PAYGATE_IDEMPOTENCY_LEASE_MS", "1000")];
+    let mut w = World::start(Backend::Postgres, &lease).await;
 
     // Refund: the same key and request -> the same cancellation, and one ticket.
     let (payment_id, _) = w.paid("order-idem-refund", 1000).await;
@@ -485,66 +511,66 @@ async fn payment_methods_are_signed_and_cached() {
     assert!(status.message().contains("channel_key"));
 }
 
+/// A signed one-time pingback of `pingback_type` for `payment_id` under `reference`, sent to
+/// `gate`'s channel "main"; its answer.
+async fn send(gate: &Paygate, payment_id: &str, pingback_type: &str, reference: &str) -> String {
+    Pingback::new(payment_id)
+        .uid("user-40012")
+        .one_time()
+        .kind(pingback_type)
+        .reference(reference)
+        .test()
+        .send(gate, "main")
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn money_under_a_new_ref_is_recorded_never_dropped() {
+async fn a_one_time_payment_paid_again_under_another_ref_is_a_second_payment() {
     let mut w = World::start(Backend::Sqlite, &[]).await;
-    let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
-    let send = |payment_id: &str, pingback_type: &str, reference: &str| {
-        let query = signed_pingback_query(
-            &[
-                ("uid", "user-40012"),
-                ("goodsid", payment_id),
-                ("slength", ""),
-                ("speriod", ""),
-                ("type", pingback_type),
-                ("ref", reference),
-                ("is_test", "1"),
-            ],
-            SECRET_KEY,
-            3,
-        );
-        let url = format!("{pingback_url}?{query}");
-        async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
-    };
     // A one-time payment paid, then paid again under another ref: a second payment, not silence.
     let (once, _) = w.paid("order-once", 500).await;
-    assert_eq!(send(&once, "0", "b-second").await, "OK");
+    assert_eq!(send(&w.gate, &once, "0", "b-second").await, "OK");
     let lookup = Some(pb::get_payment_request::Lookup::MerchantUid("~order-once/repeat/b-second".into()));
     let repeat = w.payments.get_payment(pb::GetPaymentRequest { lookup }).await.unwrap().into_inner();
     assert_eq!((repeat.status, repeat.provider_ref.as_str()), (PaymentStatus::Paid as i32, "b-second"));
-    assert_eq!(send(&once, "0", "b-second").await, "OK", "the replay is a duplicate");
+    assert_eq!(send(&w.gate, &once, "0", "b-second").await, "OK", "the replay is a duplicate");
     let all = w.payments.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.payments.len(), 2);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_held_for_review_is_pending_review_then_paid_by_its_201() {
+    let mut w = World::start(Backend::Sqlite, &[]).await;
     // A subscription renewal that goes through review: PENDING_REVIEW, then PAID by its 201.
     let mut request = checkout_request("main", "sub-1");
     request.subscription =
         Some(pb::SubscriptionTerms { period_length: 1, period_type: "week".into(), recurring: true });
     let session = w.payments.create_checkout_session(request).await.unwrap().into_inner();
-    assert_eq!(send(&session.payment_id, "0", "b-first").await, "OK");
-    assert_eq!(send(&session.payment_id, "200", "b-renew").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "0", "b-first").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "200", "b-renew").await, "OK");
     let lookup = || Some(pb::get_payment_request::Lookup::MerchantUid("~sub-1/renewal/1".into()));
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(renewal.status, PaymentStatus::PendingReview as i32);
-    assert_eq!(send(&session.payment_id, "201", "b-renew").await, "OK");
+    assert_eq!(send(&w.gate, &session.payment_id, "201", "b-renew").await, "OK");
     let renewal = w.payments.get_payment(pb::GetPaymentRequest { lookup: lookup() }).await.unwrap().into_inner();
     assert_eq!(
         (renewal.status, renewal.subscription_id.as_str()),
         (PaymentStatus::Paid as i32, session.subscription_id.as_str())
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_pingback_for_an_unknown_payment_is_refused() {
+    let w = World::start(Backend::Sqlite, &[]).await;
     // A valid pingback for a payment paygate does not know is refused (Paymentwall retries it).
-    let answer = send("pay_unknown", "0", "b-unknown").await;
+    let answer = send(&w.gate, "pay_unknown", "0", "b-unknown").await;
     assert!(answer.contains("no such payment"), "{answer}");
     let _ = &w.db;
 }
 
 /// A signed type 0 pingback for `payment_id` under `reference`, sent to `gate`; its answer.
 async fn completion(gate: &Paygate, payment_id: &str, reference: &str) -> String {
-    let params = [("uid", "user-40012"), ("goodsid", payment_id), ("type", "0"), ("ref", reference), ("is_test", "1")];
-    let query = signed_pingback_query(&params, SECRET_KEY, 3);
-    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
-    http_client().get(url).send().await.unwrap().text().await.unwrap()
+    Pingback::new(payment_id).uid("user-40012").reference(reference).test().send(gate, "main").await
 }
 
 /// (event kinds of `payment_id`, (outcome, deliveries) of each of its stored pingbacks by ref).
@@ -926,19 +952,8 @@ async fn generated_payments_never_collide_with_merchant_uids() {
         let mut w = World::start(backend, &[]).await;
         let pingback_url = w.gate.http_url("/pingback/paymentwall/main");
         let send = |payment_id: &str, reference: &str| {
-            let query = signed_pingback_query(
-                &[
-                    ("uid", "user-40012"),
-                    ("goodsid", payment_id),
-                    ("slength", ""),
-                    ("speriod", ""),
-                    ("type", "0"),
-                    ("ref", reference),
-                    ("is_test", "1"),
-                ],
-                SECRET_KEY,
-                3,
-            );
+            let query =
+                Pingback::new(payment_id).uid("user-40012").one_time().reference(reference).test().signed(SECRET_KEY);
             let url = format!("{pingback_url}?{query}");
             async move { http_client().get(url).send().await.unwrap().text().await.unwrap() }
         };

@@ -27,11 +27,7 @@ async fn metrics_count_exactly_a_checkout_and_its_pingbacks() {
 
     // One checkout and its pingback, one forged pingback.
     checkout_and_pay(&gate, &mut payments, "order-1").await;
-    let forged = signed_pingback_query(
-        &[("uid", "u"), ("goodsid", "pay_x"), ("slength", ""), ("speriod", ""), ("type", "0"), ("ref", "b1")],
-        "not-the-secret",
-        3,
-    );
+    let forged = Pingback::new("pay_x").uid("u").one_time().reference("b1").signed("not-the-secret");
     let response =
         http_client().get(format!("{}?{forged}", gate.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
     assert_eq!(response.status(), 403);
@@ -90,19 +86,8 @@ async fn sigterm_ends_streams_finishes_the_pingback_in_flight_and_exits_zero() {
     let mut stream = payments.watch_payments(pb::WatchPaymentsRequest::default()).await.unwrap().into_inner();
 
     // A pingback stuck on the database when SIGTERM arrives.
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &session.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b-term"),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
+    let query =
+        Pingback::new(&session.payment_id).uid("user-40012").one_time().reference("b-term").test().signed(SECRET_KEY);
     let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
     proxy.freeze();
     let in_flight = tokio::spawn(async move {
@@ -206,22 +191,8 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
     let mut request = tonic::Request::new(checkout_request("main", "order-traced"));
     request.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
     let session = payments.create_checkout_session(request).await.unwrap().into_inner();
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &session.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", "b-traced"),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
-    let response =
-        http_client().get(format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"))).send().await.unwrap();
-    assert_eq!(response.text().await.unwrap(), "OK");
+    let pingback = Pingback::new(&session.payment_id).uid("user-40012").one_time().reference("b-traced").test();
+    assert_eq!(pingback.send(&gate, "main").await, "OK");
 
     let mut checkout_span = None;
     let mut pingback_span = None;

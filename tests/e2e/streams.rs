@@ -246,13 +246,8 @@ async fn a_reader_that_never_reads_is_cut_off_while_a_hundred_others_get_everyth
 /// Pays `payment_id` with a pingback on `channel_key`.
 async fn pay(gate: &Paygate, channel_key: &str, payment_id: &str) {
     let reference = format!("b{}", ulid::Ulid::new());
-    let query = signed_pingback_query(
-        &[("uid", "user-40012"), ("goodsid", payment_id), ("type", "0"), ("ref", &reference), ("is_test", "1")],
-        SECRET_KEY,
-        3,
-    );
-    let url = format!("{}?{query}", gate.http_url(&format!("/pingback/paymentwall/{channel_key}")));
-    assert_eq!(http_client().get(url).send().await.unwrap().text().await.unwrap(), "OK");
+    let pingback = Pingback::new(payment_id).uid("user-40012").reference(&reference).test();
+    assert_eq!(pingback.send(gate, channel_key).await, "OK");
 }
 
 /// Copies `payment_id`'s events `count` times, straight in SQL: a busy merchant's log in a moment.

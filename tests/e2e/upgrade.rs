@@ -7,8 +7,8 @@ use secrecy::SecretString;
 use sqlx::{Executor, migrate::Migrator};
 
 use crate::support::{
-    self, Backend, PROJECT_KEY, Paygate, SECRET_KEY, Simulator, TestDb, checkout_request, get_payment, http_client,
-    paygate_command, signed_pingback_query,
+    self, Backend, PROJECT_KEY, Paygate, Pingback, SECRET_KEY, Simulator, TestDb, checkout_request, get_payment,
+    http_client, paygate_command,
 };
 
 /// Applies the migrations before 0004, as the previous release left the database.
@@ -92,23 +92,14 @@ async fn upgrades_in_place(backend: Backend) {
             .into_inner();
         assert!(support::signed_with(&session.redirect_url, SECRET_KEY), "{}", session.redirect_url);
         let reference = format!("b{}", ulid::Ulid::new());
-        let query = signed_pingback_query(
-            &[
-                ("uid", "user-40012"),
-                ("goodsid", &session.payment_id),
-                ("type", "0"),
-                ("ref", &reference),
-                ("is_test", "1"),
-            ],
-            SECRET_KEY,
-            3,
-        );
+        let query =
+            Pingback::new(&session.payment_id).uid("user-40012").reference(&reference).test().signed(SECRET_KEY);
         let answer = http_client().get(format!("{}?{query}", gate.http_url(path))).send().await.unwrap();
         assert_eq!(answer.text().await.unwrap(), "OK", "{path}");
         assert_eq!(get_payment(&mut payments, &session.payment_id).await.status(), pb::PaymentStatus::Paid);
     }
     // Signed with anything else, refused as before.
-    let forged = signed_pingback_query(&[("goodsid", "pay_x"), ("type", "0"), ("ref", "b1")], "another secret", 3);
+    let forged = Pingback::new("pay_x").reference("b1").signed("another secret");
     let answer = http_client().get(format!("{}?{forged}", gate.http_url("/pingback/paymentwall/old-ch"))).send().await;
     assert_eq!(answer.unwrap().status().as_u16(), 403);
 }

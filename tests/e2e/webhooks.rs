@@ -163,17 +163,19 @@ async fn a_paid_then_refunded_payment_sends_signed_webhooks_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_until_the_receiver_recovers_and_410_disables_the_endpoint() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let sim = Simulator::start();
+/// A Shop on SQLite with fast retries, and its webhook endpoint: a receiver that trusts its secret.
+async fn shop_with_receiver() -> (Shop, Receiver, Webhooks) {
+    let shop = Shop::open(Backend::Sqlite, &FAST_RETRIES).await;
     let receiver = Receiver::start(0);
-    let (_, api_key) = create_merchant(&db, "Acme");
-    let gate = Paygate::start(&db, &FAST_RETRIES);
-    let mut hooks = webhooks(&gate, &api_key).await;
+    let mut hooks = webhooks(&shop.gate, &shop.api_key).await;
     let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
     receiver.trust(&[&secret]).await;
-    gate.channels(&api_key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    (shop, receiver, hooks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_the_receiver_recovers_and_a_redelivery_sends_the_same_webhook_id() {
+    let (Shop { db: _db, sim: _sim, api_key, gate, .. }, receiver, mut hooks) = shop_with_receiver().await;
     let mut payments = gate.payments(&api_key).await;
 
     // 500 three times, then 200: delivered on the fourth attempt.
@@ -196,6 +198,12 @@ async fn retries_until_the_receiver_recovers_and_410_disables_the_endpoint() {
     let status =
         hooks.redeliver_webhook(pb::RedeliverWebhookRequest { delivery_id: "msg_nope".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_answer_disables_the_endpoint() {
+    let (Shop { db: _db, sim: _sim, api_key, gate, .. }, receiver, mut hooks) = shop_with_receiver().await;
+    let mut payments = gate.payments(&api_key).await;
 
     // 410 Gone disables the endpoint.
     receiver.fail_next(1, 410).await;

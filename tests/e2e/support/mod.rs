@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pingback;
 pub mod proxy;
 /// The simulator's own signer (independent of the gateway's), for signing as Paymentwall does.
 #[path = "../../../src/bin/paymentwall-sim/sim/signature.rs"]
@@ -21,6 +22,7 @@ use paygate::proto::v1::{
     self as pb, channel_service_client::ChannelServiceClient, merchant_service_client::MerchantServiceClient,
     payment_service_client::PaymentServiceClient,
 };
+pub use pingback::Pingback;
 use sqlx::{AnyPool, Connection, Executor, PgConnection, Row};
 use tonic::{
     Request, Status,
@@ -554,22 +556,8 @@ impl Process {
 pub async fn checkout_and_pay(gate: &Paygate, payments: &mut Payments, uid: &str) -> String {
     let session = payments.create_checkout_session(checkout_request("main", uid)).await.unwrap().into_inner();
     let reference = format!("b{}", ulid::Ulid::new());
-    let query = signed_pingback_query(
-        &[
-            ("uid", "user-40012"),
-            ("goodsid", &session.payment_id),
-            ("slength", ""),
-            ("speriod", ""),
-            ("type", "0"),
-            ("ref", &reference),
-            ("is_test", "1"),
-        ],
-        SECRET_KEY,
-        3,
-    );
-    let url = format!("{}?{query}", gate.http_url("/pingback/paymentwall/main"));
-    let response = http_client().get(url).send().await.unwrap();
-    assert_eq!(response.text().await.unwrap(), "OK");
+    let pingback = Pingback::new(&session.payment_id).uid("user-40012").one_time().reference(&reference).test();
+    assert_eq!(pingback.send(gate, "main").await, "OK");
     session.payment_id
 }
 
