@@ -142,6 +142,103 @@ pub async fn prepare(
     }
 }
 
+/// What the decision needs: the payment the notice concerns, its subscription, and (for money
+/// going back) its open refund requests.
+async fn read(
+    conn: &mut AnyConnection,
+    channel_key: &str,
+    notice: &Notice,
+    payment: Option<Payment>,
+) -> Result<(Payment, Option<Subscription>, Vec<Cancellation>), NotificationError> {
+    let mut current = match payment {
+        // A notification signed with one channel's secret may only touch that channel's payments.
+        Some(payment) if payment.channel_key == channel_key => payment,
+        _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
+    };
+    // A subscription's notifications all name its first payment (`goodsid`); one about a renewal
+    // carries the renewal's ref, so that payment is the one it concerns.
+    if current.subscription_id.is_some()
+        && current.provider_ref.as_deref().is_some_and(|r| r != notice.provider_ref)
+        && let Some(renewal) = rows::find_by_provider_ref(conn, channel_key, &notice.provider_ref).await?
+    {
+        current = renewal;
+    }
+    let subscription = match &current.subscription_id {
+        Some(id) => subscriptions::get(conn, id).await?,
+        None => None,
+    };
+    let open = match notice.event {
+        ProviderEvent::Reversal(_) | ProviderEvent::RefundConfirmed => {
+            cancellations::requested(conn, &current.payment_id).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok((current, subscription, open))
+}
+
+/// The decisions an operator may want to hear of.
+fn log(current: &Payment, notice: &Notice, decision: &Decision) {
+    match decision {
+        Decision::Unchanged => {
+            tracing::info!(payment_id = %current.payment_id, status = %current.status, event = ?notice.event, "notification changes nothing")
+        }
+        Decision::Renew { subscription: None, .. } => {
+            tracing::warn!(payment_id = %current.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded")
+        }
+        Decision::Renew { subscription: Some(change), .. } if change.before.status.is_final() => {
+            let sub = &change.before;
+            tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway")
+        }
+        _ => {}
+    }
+}
+
+/// Carries out a decision in the caller's transaction, with its event and outbox rows.
+pub async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, NotificationError> {
+    let renewed_after_end = match &decision {
+        Decision::Renew { subscription: Some(change), .. } => renewal_after_end(&change.before),
+        _ => None,
+    };
+    let (payment, kind, detail) = match decision {
+        Decision::Unchanged => return Ok(Applied::Unchanged),
+        Decision::Settle { next, kind, subscription } => {
+            let detail = write_subscription(conn, subscription).await?;
+            let moved = changes::record_update(conn, &next, kind, detail.as_ref()).await?;
+            let event_id = moved.ok_or(NotificationError::Concurrent)?;
+            return Ok(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end });
+        }
+        Decision::Renew { mut payment, kind, subscription } => {
+            // Only a payment stored before the namespace existed can hold the name: never fail over it.
+            if rows::merchant_uid_taken(conn, &payment.merchant_id, &payment.merchant_uid).await? {
+                payment.merchant_uid = format!("{}/{}", payment.merchant_uid, payment.payment_id);
+            }
+            rows::insert_in_tx(conn, &payment).await?;
+            (payment, kind, write_subscription(conn, subscription).await?)
+        }
+        Decision::EndSubscription { payment, kind, subscription } => {
+            (payment, kind, write_subscription(conn, Some(subscription)).await?)
+        }
+        Decision::Reverse(effect) => {
+            reversal::write_reversal(conn, &effect).await?;
+            (effect.next, effect.kind, Some(EventDetail::cancellation(&effect.completed)))
+        }
+    };
+    let event_id = changes::record(conn, &payment, kind, detail.as_ref()).await?;
+    Ok(Applied::Changed { payment: Box::new(payment), event_id, renewed_after_end })
+}
+
+/// Writes a subscription change (compare-and-set); the event then carries the subscription.
+async fn write_subscription(
+    conn: &mut AnyConnection,
+    change: Option<SubscriptionChange>,
+) -> Result<Option<EventDetail>, NotificationError> {
+    let Some(SubscriptionChange { before, after }) = change else { return Ok(None) };
+    if !subscriptions::update(conn, &before, &after).await? {
+        return Err(NotificationError::Concurrent);
+    }
+    Ok(Some(EventDetail::subscription(&after)))
+}
+
 /// A notification stored earlier as unmatched that has now been applied says so.
 pub async fn applied_after_all(
     conn: &mut AnyConnection,
@@ -205,101 +302,4 @@ async fn apply(
     let decision = decide(&current, subscription.as_ref(), &open, notice, now_ms())?;
     log(&current, notice, &decision);
     write(conn, decision).await
-}
-
-/// The decisions an operator may want to hear of.
-fn log(current: &Payment, notice: &Notice, decision: &Decision) {
-    match decision {
-        Decision::Unchanged => {
-            tracing::info!(payment_id = %current.payment_id, status = %current.status, event = ?notice.event, "notification changes nothing")
-        }
-        Decision::Renew { subscription: None, .. } => {
-            tracing::warn!(payment_id = %current.payment_id, provider_ref = %notice.provider_ref, "a second payment for a one-time checkout; recorded")
-        }
-        Decision::Renew { subscription: Some(change), .. } if change.before.status.is_final() => {
-            let sub = &change.before;
-            tracing::warn!(subscription_id = %sub.subscription_id, status = sub.status.as_str(), "renewal of an ended subscription recorded anyway")
-        }
-        _ => {}
-    }
-}
-
-/// What the decision needs: the payment the notice concerns, its subscription, and (for money
-/// going back) its open refund requests.
-async fn read(
-    conn: &mut AnyConnection,
-    channel_key: &str,
-    notice: &Notice,
-    payment: Option<Payment>,
-) -> Result<(Payment, Option<Subscription>, Vec<Cancellation>), NotificationError> {
-    let mut current = match payment {
-        // A notification signed with one channel's secret may only touch that channel's payments.
-        Some(payment) if payment.channel_key == channel_key => payment,
-        _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
-    };
-    // A subscription's notifications all name its first payment (`goodsid`); one about a renewal
-    // carries the renewal's ref, so that payment is the one it concerns.
-    if current.subscription_id.is_some()
-        && current.provider_ref.as_deref().is_some_and(|r| r != notice.provider_ref)
-        && let Some(renewal) = rows::find_by_provider_ref(conn, channel_key, &notice.provider_ref).await?
-    {
-        current = renewal;
-    }
-    let subscription = match &current.subscription_id {
-        Some(id) => subscriptions::get(conn, id).await?,
-        None => None,
-    };
-    let open = match notice.event {
-        ProviderEvent::Reversal(_) | ProviderEvent::RefundConfirmed => {
-            cancellations::requested(conn, &current.payment_id).await?
-        }
-        _ => Vec::new(),
-    };
-    Ok((current, subscription, open))
-}
-
-/// Carries out a decision in the caller's transaction, with its event and outbox rows.
-pub async fn write(conn: &mut AnyConnection, decision: Decision) -> Result<Applied, NotificationError> {
-    let renewed_after_end = match &decision {
-        Decision::Renew { subscription: Some(change), .. } => renewal_after_end(&change.before),
-        _ => None,
-    };
-    let (payment, kind, detail) = match decision {
-        Decision::Unchanged => return Ok(Applied::Unchanged),
-        Decision::Settle { next, kind, subscription } => {
-            let detail = write_subscription(conn, subscription).await?;
-            let moved = changes::record_update(conn, &next, kind, detail.as_ref()).await?;
-            let event_id = moved.ok_or(NotificationError::Concurrent)?;
-            return Ok(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end });
-        }
-        Decision::Renew { mut payment, kind, subscription } => {
-            // Only a payment stored before the namespace existed can hold the name: never fail over it.
-            if rows::merchant_uid_taken(conn, &payment.merchant_id, &payment.merchant_uid).await? {
-                payment.merchant_uid = format!("{}/{}", payment.merchant_uid, payment.payment_id);
-            }
-            rows::insert_in_tx(conn, &payment).await?;
-            (payment, kind, write_subscription(conn, subscription).await?)
-        }
-        Decision::EndSubscription { payment, kind, subscription } => {
-            (payment, kind, write_subscription(conn, Some(subscription)).await?)
-        }
-        Decision::Reverse(effect) => {
-            reversal::write_reversal(conn, &effect).await?;
-            (effect.next, effect.kind, Some(EventDetail::cancellation(&effect.completed)))
-        }
-    };
-    let event_id = changes::record(conn, &payment, kind, detail.as_ref()).await?;
-    Ok(Applied::Changed { payment: Box::new(payment), event_id, renewed_after_end })
-}
-
-/// Writes a subscription change (compare-and-set); the event then carries the subscription.
-async fn write_subscription(
-    conn: &mut AnyConnection,
-    change: Option<SubscriptionChange>,
-) -> Result<Option<EventDetail>, NotificationError> {
-    let Some(SubscriptionChange { before, after }) = change else { return Ok(None) };
-    if !subscriptions::update(conn, &before, &after).await? {
-        return Err(NotificationError::Concurrent);
-    }
-    Ok(Some(EventDetail::subscription(&after)))
 }
