@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::{
@@ -37,6 +37,7 @@ use crate::{
     providers::{ProviderHttp, paymentwall::Paymentwall},
     ratelimit::{FailureLimit, Limiter, Rate},
     secrets::{KeySources, MasterKeys},
+    shutdown::{Shutdown, ShutdownTrigger},
     store::{
         Db, StoreError,
         redis::{RedisError, RedisHandle},
@@ -160,8 +161,8 @@ pub async fn serve_with(
 ) -> Result<(), AppError> {
     let grpc_listener = bind(settings.grpc_addr, GRPC_ADDR_SETTING).await?;
     let http_listener = bind(settings.http_addr, HTTP_ADDR_SETTING).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (parts, dispatcher) = start(settings, providers, &stop_rx).await?;
+    let stop = ShutdownTrigger::new();
+    let (parts, dispatcher) = start(settings, providers, &stop).await?;
     let s = parts.state.settings.clone();
     let bound = |listener: &TcpListener, addr, setting| {
         listener.local_addr().map_err(|source| AppError::Bind { addr, setting, source })
@@ -170,14 +171,15 @@ pub async fn serve_with(
     let http_addr = bound(&http_listener, s.http_addr, HTTP_ADDR_SETTING)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
-    spawn_readiness(parts.state.clone(), health.clone(), stop_rx.clone());
-    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop_rx.clone()))?;
+    spawn_readiness(parts.state.clone(), health.clone(), stop.handle());
+    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop.handle()))?;
     let limits = ingest::server::HttpLimits {
         max_connections: s.http_max_connections,
         header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
         request_timeout: ms(s.http_request_timeout_ms.max(1)),
     };
-    let http = ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop_rx));
+    let http =
+        ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop.handle()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let database = crate::store::redacted_url(s.database_url.expose_secret());
@@ -189,7 +191,7 @@ pub async fn serve_with(
     set_health(&health, false).await;
     // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
     parts.hub.close();
-    let _ = stop_tx.send(true);
+    stop.fire();
 
     // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
     let drained = tokio::time::timeout(ms(s.shutdown_grace_ms), async {
@@ -213,7 +215,7 @@ pub async fn serve_with(
 async fn start(
     settings: Settings,
     providers: Providers,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &ShutdownTrigger,
 ) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
     crate::payments::flows::notification::announce_metrics();
@@ -229,22 +231,22 @@ async fn start(
     let merchants = merchants(&settings, &db, redis.clone());
     let limits = rate_limits(&settings, &redis);
     let pingback_refusals = limits.pingback_refusals.clone();
-    cache.spawn_background(stop_rx.clone());
-    merchants.key_cache().spawn_background(stop_rx.clone());
-    spawn_limiter_upkeep(limits.all(), stop_rx.clone());
+    cache.spawn_background(stop.handle());
+    merchants.key_cache().spawn_background(stop.handle());
+    spawn_limiter_upkeep(limits.all(), stop.handle());
     let hub = Hub::new(settings.stream_buffer, settings.max_streams_per_merchant);
     // Before serving: a stream resuming now must not start from an unset position.
     hub.start_at_head(&db).await.map_err(|e| AppError::Events(e.to_string()))?;
     let bridge = redis.clone().map(Bridge::new);
     if let Some(bridge) = &bridge {
-        bridge.spawn_listener(hub.clone(), stop_rx.clone());
+        bridge.spawn_listener(hub.clone(), stop.handle());
     }
     let poll = ms(settings.event_poll_interval_ms.max(10));
-    tokio::spawn(hub.clone().run(db.clone(), bridge, poll, stop_rx.clone()));
+    tokio::spawn(hub.clone().run(db.clone(), bridge, poll, stop.handle()));
     let webhook_settings = webhook_settings(&settings);
-    let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
+    let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
-    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop_rx.clone());
+    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop.handle());
     // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
     // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
@@ -479,7 +481,7 @@ fn sweep_settings(s: &Settings) -> SweepSettings {
 
 /// Checks the dependencies every second and keeps gRPC health in step with `/readyz`: SERVING
 /// while the database answers (Redis down is degraded, still serving), NOT_SERVING otherwise.
-fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter, mut stop: Shutdown) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -487,7 +489,7 @@ fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.signalled() => return,
             }
             let ready = state.dependencies.check(&state.db, state.redis.as_ref()).await && !state.shutting_down();
             metrics::gauge!("paygate_ready").set(f64::from(u8::from(ready)));
@@ -534,13 +536,13 @@ fn guarded_incoming(
 }
 
 /// Local rate-limit buckets of keys and addresses no longer seen are dropped once a minute.
-fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: watch::Receiver<bool>) {
+fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: Shutdown) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = every.tick() => limiters.iter().for_each(Limiter::shrink),
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.signalled() => return,
             }
         }
     });
@@ -558,8 +560,8 @@ async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, Ap
     TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, setting, source })
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+async fn stopped(mut stop: Shutdown) {
+    stop.signalled().await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
