@@ -77,16 +77,15 @@ pub async fn connect_db(settings: &Settings) -> Result<Db, StoreError> {
 }
 
 pub fn connect_redis(settings: &Settings) -> Result<Option<RedisHandle>, AppError> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
     Ok(match &settings.redis_url {
-        Some(url) => Some(RedisHandle::new(url.expose_secret(), &settings.redis_key_prefix, timeout)?),
+        Some(url) => Some(RedisHandle::new(url.expose_secret(), &settings.redis_key_prefix, settings.redis_timeout)?),
         None => None,
     })
 }
 
 /// Merchants, with the verified-key cache over the database and (when configured) Redis.
 pub fn merchants(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Merchants {
-    let keys = KeyCache::new(db.clone(), redis, ms(settings.auth_cache_ttl_ms.max(1)));
+    let keys = KeyCache::new(db.clone(), redis, settings.auth_cache_ttl);
     Merchants::new(db.clone(), keys, settings.max_api_keys_per_merchant)
 }
 
@@ -121,7 +120,7 @@ pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHand
         db.clone(),
         Arc::new(keys),
         redis,
-        Duration::from_millis(settings.channel_cache_ttl_ms),
+        settings.channel_cache_ttl,
         settings.channel_cache_capacity,
     ))
 }
@@ -134,11 +133,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
 /// The providers this build ships, each with its own HTTP client.
 pub fn shipped_providers(s: &Settings) -> Providers {
-    let http = ProviderHttp::new(
-        ms(s.provider_connect_timeout_ms),
-        ms(s.provider_timeout_ms),
-        s.provider_allow_private_targets,
-    );
+    let http = ProviderHttp::new(s.provider_connect_timeout, s.provider_timeout, s.provider_allow_private_targets);
     Providers::new().with(Arc::new(Paymentwall::new(http)))
 }
 
@@ -175,8 +170,8 @@ pub async fn serve_with(
     let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop.handle()))?;
     let limits = ingest::server::HttpLimits {
         max_connections: s.http_max_connections,
-        header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
-        request_timeout: ms(s.http_request_timeout_ms.max(1)),
+        header_read_timeout: s.http_header_read_timeout,
+        request_timeout: s.http_request_timeout,
     };
     let http =
         ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop.handle()));
@@ -194,13 +189,13 @@ pub async fn serve_with(
     stop.fire();
 
     // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
-    let drained = tokio::time::timeout(ms(s.shutdown_grace_ms), async {
+    let drained = tokio::time::timeout(s.shutdown_grace, async {
         let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
         (grpc_result.unwrap_or(Ok(())), http_result)
     })
     .await;
     let Ok((grpc_result, http_result)) = drained else {
-        tracing::error!(grace_ms = s.shutdown_grace_ms, "grace period over with work in flight; exiting");
+        tracing::error!(grace_ms = millis(s.shutdown_grace), "grace period over with work in flight; exiting");
         return Err(AppError::GraceExceeded);
     };
     parts.state.db.close().await;
@@ -241,8 +236,7 @@ async fn start(
     if let Some(bridge) = &bridge {
         bridge.spawn_listener(hub.clone(), stop.handle());
     }
-    let poll = ms(settings.event_poll_interval_ms.max(10));
-    tokio::spawn(hub.clone().run(db.clone(), bridge, poll, stop.handle()));
+    tokio::spawn(hub.clone().run(db.clone(), bridge, settings.event_poll_interval, stop.handle()));
     let webhook_settings = webhook_settings(&settings);
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
@@ -269,11 +263,6 @@ async fn start(
 }
 
 /// The gRPC server with every service, behind metrics and auth, serving `incoming` until `stop`.
-/// The longest a payment client token lives: at least a second (a token born expired helps nobody).
-fn client_token_ttl_ms(s: &Settings) -> i64 {
-    s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64
-}
-
 fn grpc_server(
     parts: &Parts,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -291,7 +280,7 @@ fn grpc_server(
         per_merchant_limit: limits.per_merchant.clone(),
         failures: limits.auth_failures.clone(),
         keys: cache.keys_arc(),
-        client_token_max_ttl_ms: client_token_ttl_ms(s),
+        client_token_max_ttl_ms: millis(s.client_token_ttl),
     };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -309,14 +298,14 @@ fn grpc_server(
             channels: channels.clone(),
             providers: providers.clone(),
             new_payments: new_payments.clone(),
-            idempotency_lease_ms: s.idempotency_lease_ms as i64,
+            idempotency_lease_ms: millis(s.idempotency_lease),
         },
         db: db.clone(),
         hub: hub.clone(),
         keys: merchants.key_cache().clone(),
-        methods: PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
+        methods: PaymentMethods::new(s.payment_methods_cache_ttl),
         settings: api::payments::PaymentsApiSettings {
-            client_token_ttl_ms: client_token_ttl_ms(s),
+            client_token_ttl_ms: millis(s.client_token_ttl),
             master_keys: cache.keys_arc(),
         },
     };
@@ -324,15 +313,15 @@ fn grpc_server(
         db.clone(),
         cache.keys_arc(),
         webhook_settings.allow_internal_targets,
-        webhook_settings.rotation_overlap.as_millis() as i64,
+        millis(webhook_settings.rotation_overlap),
     );
     let merchants_api = api::merchants::MerchantsApi::new(db.clone(), merchants.clone());
     let cors = grpc_web_cors(&s.grpc_web_allowed_origins)?;
     Ok(Server::builder()
         // gRPC-Web (browsers) arrives over HTTP/1.1 as well as HTTP/2.
         .accept_http1(true)
-        .http2_keepalive_interval(Some(ms(s.http2_keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(s.http2_keepalive_timeout_ms)))
+        .http2_keepalive_interval(Some(s.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
         .max_concurrent_streams(s.grpc_max_concurrent_streams.max(1))
         .concurrency_limit_per_connection(s.grpc_max_in_flight_per_connection.max(1))
         .layer(
@@ -458,24 +447,24 @@ fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> RateLimits {
 fn webhook_settings(s: &Settings) -> WebhookSettings {
     WebhookSettings {
         allow_internal_targets: s.webhook_allow_private_targets,
-        connect_timeout: ms(s.webhook_connect_timeout_ms),
-        timeout: ms(s.webhook_timeout_ms),
-        retry_base: ms(s.webhook_retry_base_ms),
-        retry_max: ms(s.webhook_retry_max_ms),
-        retry_window: ms(s.webhook_retry_window_ms),
-        poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
-        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
-        claim: ms(s.webhook_claim_ms.max(2 * s.webhook_timeout_ms + s.webhook_connect_timeout_ms)),
-        rotation_overlap: ms(s.webhook_secret_overlap_ms),
+        connect_timeout: s.webhook_connect_timeout,
+        timeout: s.webhook_timeout,
+        retry_base: s.webhook_retry_base,
+        retry_max: s.webhook_retry_max,
+        retry_window: s.webhook_retry_window,
+        poll_interval: s.webhook_poll_interval,
+        // At least a whole attempt (config.rs checks), or two replicas could send the same delivery.
+        claim: s.webhook_claim,
+        rotation_overlap: s.webhook_secret_overlap,
     }
 }
 
 fn sweep_settings(s: &Settings) -> SweepSettings {
     SweepSettings {
-        interval: ms(s.sweep_interval_ms.max(10)),
-        ready_after: ms(s.sweep_ready_after_ms),
-        pending_after: ms(s.sweep_pending_after_ms),
-        recheck: ms(s.sweep_recheck_ms),
+        interval: s.sweep_interval,
+        ready_after: s.sweep_ready_after,
+        pending_after: s.sweep_pending_after,
+        recheck: s.sweep_recheck,
     }
 }
 
@@ -527,7 +516,7 @@ fn guarded_incoming(
     settings: &Settings,
 ) -> impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + use<> {
     let cap = ConnectionCap::new(settings.grpc_max_connections);
-    let handshake = ms(settings.grpc_handshake_timeout_ms.max(1));
+    let handshake = settings.grpc_handshake_timeout;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     incoming.then(move |accepted| {
         let cap = cap.clone();
@@ -548,8 +537,10 @@ fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: Shutdown) {
     });
 }
 
-fn ms(millis: u64) -> Duration {
-    Duration::from_millis(millis)
+/// Milliseconds, for the services that count time as epoch milliseconds (`store::now_ms`). Every
+/// duration setting is bounded by config.rs far below `i64::MAX` milliseconds.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Where each address is set, for the error a taken port gives.
