@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::{
@@ -37,6 +37,7 @@ use crate::{
     providers::{ProviderHttp, paymentwall::Paymentwall},
     ratelimit::{FailureLimit, Limiter, Rate},
     secrets::{KeySources, MasterKeys},
+    shutdown::{Shutdown, ShutdownTrigger},
     store::{
         Db, StoreError,
         redis::{RedisError, RedisHandle},
@@ -76,16 +77,15 @@ pub async fn connect_db(settings: &Settings) -> Result<Db, StoreError> {
 }
 
 pub fn connect_redis(settings: &Settings) -> Result<Option<RedisHandle>, AppError> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
     Ok(match &settings.redis_url {
-        Some(url) => Some(RedisHandle::new(url.expose_secret(), &settings.redis_key_prefix, timeout)?),
+        Some(url) => Some(RedisHandle::new(url.expose_secret(), &settings.redis_key_prefix, settings.redis_timeout)?),
         None => None,
     })
 }
 
 /// Merchants, with the verified-key cache over the database and (when configured) Redis.
 pub fn merchants(settings: &Settings, db: &Db, redis: Option<RedisHandle>) -> Merchants {
-    let keys = KeyCache::new(db.clone(), redis, ms(settings.auth_cache_ttl_ms.max(1)));
+    let keys = KeyCache::new(db.clone(), redis, settings.auth_cache_ttl);
     Merchants::new(db.clone(), keys, settings.max_api_keys_per_merchant)
 }
 
@@ -120,7 +120,7 @@ pub async fn channel_cache(settings: &Settings, db: &Db, redis: Option<RedisHand
         db.clone(),
         Arc::new(keys),
         redis,
-        Duration::from_millis(settings.channel_cache_ttl_ms),
+        settings.channel_cache_ttl,
         settings.channel_cache_capacity,
     ))
 }
@@ -133,11 +133,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
 /// The providers this build ships, each with its own HTTP client.
 pub fn shipped_providers(s: &Settings) -> Providers {
-    let http = ProviderHttp::new(
-        ms(s.provider_connect_timeout_ms),
-        ms(s.provider_timeout_ms),
-        s.provider_allow_private_targets,
-    );
+    let http = ProviderHttp::new(s.provider_connect_timeout, s.provider_timeout, s.provider_allow_private_targets);
     Providers::new().with(Arc::new(Paymentwall::new(http)))
 }
 
@@ -160,8 +156,8 @@ pub async fn serve_with(
 ) -> Result<(), AppError> {
     let grpc_listener = bind(settings.grpc_addr, GRPC_ADDR_SETTING).await?;
     let http_listener = bind(settings.http_addr, HTTP_ADDR_SETTING).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (parts, dispatcher) = start(settings, providers, &stop_rx).await?;
+    let stop = ShutdownTrigger::new();
+    let (parts, dispatcher) = start(settings, providers, &stop).await?;
     let s = parts.state.settings.clone();
     let bound = |listener: &TcpListener, addr, setting| {
         listener.local_addr().map_err(|source| AppError::Bind { addr, setting, source })
@@ -170,14 +166,15 @@ pub async fn serve_with(
     let http_addr = bound(&http_listener, s.http_addr, HTTP_ADDR_SETTING)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
-    spawn_readiness(parts.state.clone(), health.clone(), stop_rx.clone());
-    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop_rx.clone()))?;
+    spawn_readiness(parts.state.clone(), health.clone(), stop.handle());
+    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop.handle()))?;
     let limits = ingest::server::HttpLimits {
         max_connections: s.http_max_connections,
-        header_read_timeout: ms(s.http_header_read_timeout_ms.max(1)),
-        request_timeout: ms(s.http_request_timeout_ms.max(1)),
+        header_read_timeout: s.http_header_read_timeout,
+        request_timeout: s.http_request_timeout,
     };
-    let http = ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop_rx));
+    let http =
+        ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop.handle()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let database = crate::store::redacted_url(s.database_url.expose_secret());
@@ -189,16 +186,16 @@ pub async fn serve_with(
     set_health(&health, false).await;
     // Open streams end now with UNAVAILABLE and their cursor, so clients resume elsewhere.
     parts.hub.close();
-    let _ = stop_tx.send(true);
+    stop.fire();
 
     // In-flight requests and webhook deliveries finish; past the grace period paygate gives up.
-    let drained = tokio::time::timeout(ms(s.shutdown_grace_ms), async {
+    let drained = tokio::time::timeout(s.shutdown_grace, async {
         let (grpc_result, http_result, _) = tokio::join!(grpc, http, dispatcher);
         (grpc_result.unwrap_or(Ok(())), http_result)
     })
     .await;
     let Ok((grpc_result, http_result)) = drained else {
-        tracing::error!(grace_ms = s.shutdown_grace_ms, "grace period over with work in flight; exiting");
+        tracing::error!(grace_ms = millis(s.shutdown_grace), "grace period over with work in flight; exiting");
         return Err(AppError::GraceExceeded);
     };
     parts.state.db.close().await;
@@ -213,7 +210,7 @@ pub async fn serve_with(
 async fn start(
     settings: Settings,
     providers: Providers,
-    stop_rx: &watch::Receiver<bool>,
+    stop: &ShutdownTrigger,
 ) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
     crate::payments::flows::notification::announce_metrics();
@@ -229,22 +226,21 @@ async fn start(
     let merchants = merchants(&settings, &db, redis.clone());
     let limits = rate_limits(&settings, &redis);
     let pingback_refusals = limits.pingback_refusals.clone();
-    cache.spawn_background(stop_rx.clone());
-    merchants.key_cache().spawn_background(stop_rx.clone());
-    spawn_limiter_upkeep(limits.all(), stop_rx.clone());
+    cache.spawn_background(stop.handle());
+    merchants.key_cache().spawn_background(stop.handle());
+    spawn_limiter_upkeep(limits.all(), stop.handle());
     let hub = Hub::new(settings.stream_buffer, settings.max_streams_per_merchant);
     // Before serving: a stream resuming now must not start from an unset position.
     hub.start_at_head(&db).await.map_err(|e| AppError::Events(e.to_string()))?;
     let bridge = redis.clone().map(Bridge::new);
     if let Some(bridge) = &bridge {
-        bridge.spawn_listener(hub.clone(), stop_rx.clone());
+        bridge.spawn_listener(hub.clone(), stop.handle());
     }
-    let poll = ms(settings.event_poll_interval_ms.max(10));
-    tokio::spawn(hub.clone().run(db.clone(), bridge, poll, stop_rx.clone()));
+    tokio::spawn(hub.clone().run(db.clone(), bridge, settings.event_poll_interval, stop.handle()));
     let webhook_settings = webhook_settings(&settings);
-    let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop_rx.clone());
+    let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
-    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop_rx.clone());
+    sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop.handle());
     // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
     // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
@@ -267,11 +263,6 @@ async fn start(
 }
 
 /// The gRPC server with every service, behind metrics and auth, serving `incoming` until `stop`.
-/// The longest a payment client token lives: at least a second (a token born expired helps nobody).
-fn client_token_ttl_ms(s: &Settings) -> i64 {
-    s.client_token_ttl_ms.clamp(1_000, i64::MAX as u64) as i64
-}
-
 fn grpc_server(
     parts: &Parts,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -289,7 +280,7 @@ fn grpc_server(
         per_merchant_limit: limits.per_merchant.clone(),
         failures: limits.auth_failures.clone(),
         keys: cache.keys_arc(),
-        client_token_max_ttl_ms: client_token_ttl_ms(s),
+        client_token_max_ttl_ms: millis(s.client_token_ttl),
     };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -307,14 +298,14 @@ fn grpc_server(
             channels: channels.clone(),
             providers: providers.clone(),
             new_payments: new_payments.clone(),
-            idempotency_lease_ms: s.idempotency_lease_ms as i64,
+            idempotency_lease_ms: millis(s.idempotency_lease),
         },
         db: db.clone(),
         hub: hub.clone(),
         keys: merchants.key_cache().clone(),
-        methods: PaymentMethods::new(ms(s.payment_methods_cache_ttl_ms)),
+        methods: PaymentMethods::new(s.payment_methods_cache_ttl),
         settings: api::payments::PaymentsApiSettings {
-            client_token_ttl_ms: client_token_ttl_ms(s),
+            client_token_ttl_ms: millis(s.client_token_ttl),
             master_keys: cache.keys_arc(),
         },
     };
@@ -322,15 +313,15 @@ fn grpc_server(
         db.clone(),
         cache.keys_arc(),
         webhook_settings.allow_internal_targets,
-        webhook_settings.rotation_overlap.as_millis() as i64,
+        millis(webhook_settings.rotation_overlap),
     );
     let merchants_api = api::merchants::MerchantsApi::new(db.clone(), merchants.clone());
     let cors = grpc_web_cors(&s.grpc_web_allowed_origins)?;
     Ok(Server::builder()
         // gRPC-Web (browsers) arrives over HTTP/1.1 as well as HTTP/2.
         .accept_http1(true)
-        .http2_keepalive_interval(Some(ms(s.http2_keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(ms(s.http2_keepalive_timeout_ms)))
+        .http2_keepalive_interval(Some(s.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
         .max_concurrent_streams(s.grpc_max_concurrent_streams.max(1))
         .concurrency_limit_per_connection(s.grpc_max_in_flight_per_connection.max(1))
         .layer(
@@ -456,30 +447,30 @@ fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> RateLimits {
 fn webhook_settings(s: &Settings) -> WebhookSettings {
     WebhookSettings {
         allow_internal_targets: s.webhook_allow_private_targets,
-        connect_timeout: ms(s.webhook_connect_timeout_ms),
-        timeout: ms(s.webhook_timeout_ms),
-        retry_base: ms(s.webhook_retry_base_ms),
-        retry_max: ms(s.webhook_retry_max_ms),
-        retry_window: ms(s.webhook_retry_window_ms),
-        poll_interval: ms(s.webhook_poll_interval_ms.max(10)),
-        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
-        claim: ms(s.webhook_claim_ms.max(2 * s.webhook_timeout_ms + s.webhook_connect_timeout_ms)),
-        rotation_overlap: ms(s.webhook_secret_overlap_ms),
+        connect_timeout: s.webhook_connect_timeout,
+        timeout: s.webhook_timeout,
+        retry_base: s.webhook_retry_base,
+        retry_max: s.webhook_retry_max,
+        retry_window: s.webhook_retry_window,
+        poll_interval: s.webhook_poll_interval,
+        // At least a whole attempt (config.rs checks), or two replicas could send the same delivery.
+        claim: s.webhook_claim,
+        rotation_overlap: s.webhook_secret_overlap,
     }
 }
 
 fn sweep_settings(s: &Settings) -> SweepSettings {
     SweepSettings {
-        interval: ms(s.sweep_interval_ms.max(10)),
-        ready_after: ms(s.sweep_ready_after_ms),
-        pending_after: ms(s.sweep_pending_after_ms),
-        recheck: ms(s.sweep_recheck_ms),
+        interval: s.sweep_interval,
+        ready_after: s.sweep_ready_after,
+        pending_after: s.sweep_pending_after,
+        recheck: s.sweep_recheck,
     }
 }
 
 /// Checks the dependencies every second and keeps gRPC health in step with `/readyz`: SERVING
 /// while the database answers (Redis down is degraded, still serving), NOT_SERVING otherwise.
-fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter, mut stop: Shutdown) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -487,7 +478,7 @@ fn spawn_readiness(state: AppState, health: tonic_health::server::HealthReporter
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.signalled() => return,
             }
             let ready = state.dependencies.check(&state.db, state.redis.as_ref()).await && !state.shutting_down();
             metrics::gauge!("paygate_ready").set(f64::from(u8::from(ready)));
@@ -525,7 +516,7 @@ fn guarded_incoming(
     settings: &Settings,
 ) -> impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + use<> {
     let cap = ConnectionCap::new(settings.grpc_max_connections);
-    let handshake = ms(settings.grpc_handshake_timeout_ms.max(1));
+    let handshake = settings.grpc_handshake_timeout;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     incoming.then(move |accepted| {
         let cap = cap.clone();
@@ -534,20 +525,22 @@ fn guarded_incoming(
 }
 
 /// Local rate-limit buckets of keys and addresses no longer seen are dropped once a minute.
-fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: watch::Receiver<bool>) {
+fn spawn_limiter_upkeep(limiters: Vec<Limiter>, mut stop: Shutdown) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = every.tick() => limiters.iter().for_each(Limiter::shrink),
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.signalled() => return,
             }
         }
     });
 }
 
-fn ms(millis: u64) -> Duration {
-    Duration::from_millis(millis)
+/// Milliseconds, for the services that count time as epoch milliseconds (`store::now_ms`). Every
+/// duration setting is bounded by config.rs far below `i64::MAX` milliseconds.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Where each address is set, for the error a taken port gives.
@@ -558,8 +551,8 @@ async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, Ap
     TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, setting, source })
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+async fn stopped(mut stop: Shutdown) {
+    stop.signalled().await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

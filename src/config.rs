@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,7 +14,7 @@ use figment::{
 };
 use ipnet::IpNet;
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::store::PoolSettings;
 
@@ -41,6 +42,10 @@ impl LogFormat {
 
 /// Serialized only to feed the defaults to figment: secrets and lists are skipped there (their
 /// defaults come from `Default` through `#[serde(default)]`), so they are written once, below.
+///
+/// Durations are given in milliseconds under their `_ms` names (`PAYGATE_PINGBACK_TIMEOUT_MS=5000`,
+/// `pingback_timeout_ms = 5000`), and each must lie in its range (`duration_ranges`),
+/// checked by `load`: out of it, paygate does not start.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
@@ -53,7 +58,8 @@ pub struct Settings {
     pub database_url: SecretString,
     pub database_max_connections: u32,
     /// How long a request waits for a database connection before it fails as unavailable.
-    pub database_acquire_timeout_ms: u64,
+    #[serde(rename = "database_acquire_timeout_ms", with = "millis")]
+    pub database_acquire_timeout: Duration,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
     /// Redis for the shared cache and cross-replica fan-out; none means in-process only.
@@ -62,7 +68,8 @@ pub struct Settings {
     /// Prefix of every Redis key and pub/sub channel, so several deployments can share a Redis.
     pub redis_key_prefix: String,
     /// Connect and response timeout for Redis calls; past it, paygate goes to the database.
-    pub redis_timeout_ms: u64,
+    #[serde(rename = "redis_timeout_ms", with = "millis")]
+    pub redis_timeout: Duration,
     /// Base64 of 32 random bytes; encrypts channel secrets (AES-256-GCM).
     #[serde(skip_serializing)]
     pub master_key: Option<SecretString>,
@@ -72,14 +79,16 @@ pub struct Settings {
     #[serde(skip_serializing)]
     pub previous_master_keys: Option<SecretString>,
     /// In-process channel cache: how long an entry lives, and how many entries at most.
-    pub channel_cache_ttl_ms: u64,
+    #[serde(rename = "channel_cache_ttl_ms", with = "millis")]
+    pub channel_cache_ttl: Duration,
     pub channel_cache_capacity: u64,
     /// Token for the admin RPCs.
     #[serde(skip_serializing)]
     pub admin_token: Option<SecretString>,
     /// How long a verified API key is trusted without asking the database. Revocation reaches
     /// every replica through Redis at once; with Redis down, within this time.
-    pub auth_cache_ttl_ms: u64,
+    #[serde(rename = "auth_cache_ttl_ms", with = "millis")]
+    pub auth_cache_ttl: Duration,
     /// Per API key, shared by every replica through Redis: requests per second and burst. 0: off.
     pub api_rate_limit_per_second: u32,
     pub api_rate_limit_burst: u32,
@@ -104,18 +113,22 @@ pub struct Settings {
     #[serde(deserialize_with = "cidr_list", skip_serializing)]
     pub trusted_proxies: Vec<IpNet>,
     /// A pingback that cannot be stored within this time is answered 503 (the provider retries).
-    pub pingback_timeout_ms: u64,
+    #[serde(rename = "pingback_timeout_ms", with = "millis")]
+    pub pingback_timeout: Duration,
     /// The public HTTP port: open connections at most; a request head must arrive within the
     /// header timeout (of the connection opening or the previous response, so idle keep-alive
     /// connections close then too); a whole request must be answered within the request timeout.
     pub http_max_connections: usize,
-    pub http_header_read_timeout_ms: u64,
-    pub http_request_timeout_ms: u64,
+    #[serde(rename = "http_header_read_timeout_ms", with = "millis")]
+    pub http_header_read_timeout: Duration,
+    #[serde(rename = "http_request_timeout_ms", with = "millis")]
+    pub http_request_timeout: Duration,
     /// The gRPC port: open connections at most; a new connection must send its first bytes (the
     /// HTTP/2 preface) within the handshake timeout; concurrent HTTP/2 streams and in-flight
     /// requests per connection; the largest request message accepted.
     pub grpc_max_connections: usize,
-    pub grpc_handshake_timeout_ms: u64,
+    #[serde(rename = "grpc_handshake_timeout_ms", with = "millis")]
+    pub grpc_handshake_timeout: Duration,
     pub grpc_max_concurrent_streams: u32,
     pub grpc_max_in_flight_per_connection: usize,
     pub grpc_max_message_bytes: usize,
@@ -123,45 +136,66 @@ pub struct Settings {
     /// addresses: for the simulator in tests and local runs.
     pub provider_allow_private_targets: bool,
     /// Outgoing provider API calls: connect timeout and whole-request timeout.
-    pub provider_connect_timeout_ms: u64,
-    pub provider_timeout_ms: u64,
+    #[serde(rename = "provider_connect_timeout_ms", with = "millis")]
+    pub provider_connect_timeout: Duration,
+    #[serde(rename = "provider_timeout_ms", with = "millis")]
+    pub provider_timeout: Duration,
     /// How long a request holds its idempotency key; after that a retry may take over.
-    pub idempotency_lease_ms: u64,
+    #[serde(rename = "idempotency_lease_ms", with = "millis")]
+    pub idempotency_lease: Duration,
     /// The longest a payment client token (CreatePaymentClientToken) lives.
-    pub client_token_ttl_ms: u64,
+    #[serde(rename = "client_token_ttl_ms", with = "millis")]
+    pub client_token_ttl: Duration,
     /// Browser origins allowed to call the gRPC port through gRPC-Web (CORS), comma-separated,
     /// e.g. "https://shop.example". Empty: none, so a cross-origin browser call is refused.
     pub grpc_web_allowed_origins: String,
     /// How long a provider's payment-method list is cached per channel and country.
-    pub payment_methods_cache_ttl_ms: u64,
+    #[serde(rename = "payment_methods_cache_ttl_ms", with = "millis")]
+    pub payment_methods_cache_ttl: Duration,
     /// The stuck-payment sweep: how often it runs, which payments it asks the provider about, and
     /// how long before it asks about the same payment again.
-    pub sweep_interval_ms: u64,
-    pub sweep_ready_after_ms: u64,
-    pub sweep_pending_after_ms: u64,
-    pub sweep_recheck_ms: u64,
+    #[serde(rename = "sweep_interval_ms", with = "millis")]
+    pub sweep_interval: Duration,
+    #[serde(rename = "sweep_ready_after_ms", with = "millis")]
+    pub sweep_ready_after: Duration,
+    #[serde(rename = "sweep_pending_after_ms", with = "millis")]
+    pub sweep_pending_after: Duration,
+    #[serde(rename = "sweep_recheck_ms", with = "millis")]
+    pub sweep_recheck: Duration,
     /// Events buffered per open stream; a stream that falls this far behind is ended (it resumes).
     pub stream_buffer: usize,
     pub max_streams_per_merchant: usize,
     /// The event tailer reads the log at least this often (catching up what a lost Redis message missed).
-    pub event_poll_interval_ms: u64,
+    #[serde(rename = "event_poll_interval_ms", with = "millis")]
+    pub event_poll_interval: Duration,
     /// HTTP/2 keepalive pings on gRPC connections, and how long to wait for the answer.
-    pub http2_keepalive_interval_ms: u64,
-    pub http2_keepalive_timeout_ms: u64,
+    #[serde(rename = "http2_keepalive_interval_ms", with = "millis")]
+    pub http2_keepalive_interval: Duration,
+    #[serde(rename = "http2_keepalive_timeout_ms", with = "millis")]
+    pub http2_keepalive_timeout: Duration,
     /// Let webhooks reach loopback, private and link-local addresses (tests, private networks).
     pub webhook_allow_private_targets: bool,
-    pub webhook_connect_timeout_ms: u64,
-    pub webhook_timeout_ms: u64,
+    #[serde(rename = "webhook_connect_timeout_ms", with = "millis")]
+    pub webhook_connect_timeout: Duration,
+    #[serde(rename = "webhook_timeout_ms", with = "millis")]
+    pub webhook_timeout: Duration,
     /// Retries: the first after this, each next 4 times longer up to the max, for the window.
-    pub webhook_retry_base_ms: u64,
-    pub webhook_retry_max_ms: u64,
-    pub webhook_retry_window_ms: u64,
-    pub webhook_poll_interval_ms: u64,
-    pub webhook_claim_ms: u64,
+    #[serde(rename = "webhook_retry_base_ms", with = "millis")]
+    pub webhook_retry_base: Duration,
+    #[serde(rename = "webhook_retry_max_ms", with = "millis")]
+    pub webhook_retry_max: Duration,
+    #[serde(rename = "webhook_retry_window_ms", with = "millis")]
+    pub webhook_retry_window: Duration,
+    #[serde(rename = "webhook_poll_interval_ms", with = "millis")]
+    pub webhook_poll_interval: Duration,
+    #[serde(rename = "webhook_claim_ms", with = "millis")]
+    pub webhook_claim: Duration,
     /// How long the previous secret keeps signing after SetWebhookEndpoint made a new one.
-    pub webhook_secret_overlap_ms: u64,
+    #[serde(rename = "webhook_secret_overlap_ms", with = "millis")]
+    pub webhook_secret_overlap: Duration,
     /// After SIGTERM: how long in-flight requests and deliveries may take before paygate exits anyway.
-    pub shutdown_grace_ms: u64,
+    #[serde(rename = "shutdown_grace_ms", with = "millis")]
+    pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `paygate=debug,info`.
     pub log_level: String,
@@ -174,18 +208,18 @@ impl Default for Settings {
             http_addr: ([0, 0, 0, 0], 8080).into(),
             database_url: SecretString::from("sqlite://paygate.db?mode=rwc"),
             database_max_connections: 16,
-            database_acquire_timeout_ms: 3_000,
+            database_acquire_timeout: ms(3_000),
             migrate_on_start: true,
             redis_url: None,
             redis_key_prefix: "paygate:".to_owned(),
-            redis_timeout_ms: 250,
+            redis_timeout: ms(250),
             master_key: None,
             master_key_file: None,
             previous_master_keys: None,
-            channel_cache_ttl_ms: 30_000,
+            channel_cache_ttl: ms(30_000),
             channel_cache_capacity: 10_000,
             admin_token: None,
-            auth_cache_ttl_ms: 10_000,
+            auth_cache_ttl: ms(10_000),
             api_rate_limit_per_second: 100,
             api_rate_limit_burst: 200,
             api_merchant_rate_limit_per_second: 500,
@@ -196,41 +230,41 @@ impl Default for Settings {
             pingback_refusal_rate_per_second: 5,
             pingback_refusal_burst: 20,
             trusted_proxies: Vec::new(),
-            pingback_timeout_ms: 10_000,
+            pingback_timeout: ms(10_000),
             http_max_connections: 1_024,
-            http_header_read_timeout_ms: 10_000,
-            http_request_timeout_ms: 30_000,
+            http_header_read_timeout: ms(10_000),
+            http_request_timeout: ms(30_000),
             grpc_max_connections: 1_024,
-            grpc_handshake_timeout_ms: 5_000,
+            grpc_handshake_timeout: ms(5_000),
             grpc_max_concurrent_streams: 200,
             grpc_max_in_flight_per_connection: 256,
             grpc_max_message_bytes: 1_048_576,
             provider_allow_private_targets: false,
-            provider_connect_timeout_ms: 3_000,
-            provider_timeout_ms: 10_000,
-            idempotency_lease_ms: 30_000,
-            client_token_ttl_ms: 900_000,
+            provider_connect_timeout: ms(3_000),
+            provider_timeout: ms(10_000),
+            idempotency_lease: ms(30_000),
+            client_token_ttl: ms(900_000),
             grpc_web_allowed_origins: String::new(),
-            payment_methods_cache_ttl_ms: 600_000,
-            sweep_interval_ms: 60_000,
-            sweep_ready_after_ms: 3_600_000,
-            sweep_pending_after_ms: 600_000,
-            sweep_recheck_ms: 300_000,
+            payment_methods_cache_ttl: ms(600_000),
+            sweep_interval: ms(60_000),
+            sweep_ready_after: ms(HOUR),
+            sweep_pending_after: ms(600_000),
+            sweep_recheck: ms(300_000),
             stream_buffer: 256,
             max_streams_per_merchant: 1_000,
-            event_poll_interval_ms: 1_000,
-            http2_keepalive_interval_ms: 30_000,
-            http2_keepalive_timeout_ms: 10_000,
+            event_poll_interval: ms(1_000),
+            http2_keepalive_interval: ms(30_000),
+            http2_keepalive_timeout: ms(10_000),
             webhook_allow_private_targets: false,
-            webhook_connect_timeout_ms: 5_000,
-            webhook_timeout_ms: 10_000,
-            webhook_retry_base_ms: 60_000,
-            webhook_retry_max_ms: 6 * 3_600_000,
-            webhook_retry_window_ms: 25 * 3_600_000,
-            webhook_poll_interval_ms: 250,
-            webhook_claim_ms: 60_000,
-            webhook_secret_overlap_ms: 24 * 3_600_000,
-            shutdown_grace_ms: 25_000,
+            webhook_connect_timeout: ms(5_000),
+            webhook_timeout: ms(10_000),
+            webhook_retry_base: ms(60_000),
+            webhook_retry_max: ms(6 * HOUR),
+            webhook_retry_window: ms(25 * HOUR),
+            webhook_poll_interval: ms(250),
+            webhook_claim: ms(60_000),
+            webhook_secret_overlap: ms(DAY),
+            shutdown_grace: ms(25_000),
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
         }
@@ -241,6 +275,9 @@ impl Default for Settings {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// Settings out of their ranges, each named as it was given (variable, or key and file).
+    #[error("configuration: {}", .0.join("; "))]
+    OutOfRange(Vec<String>),
     #[error("configuration file {0} does not exist")]
     MissingFile(String),
 }
@@ -256,7 +293,78 @@ impl Settings {
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
         figment = figment.merge(Env::prefixed("PAYGATE_").ignore(&["config"]));
-        figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        let settings: Self = figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let problems = settings.out_of_range(|key| given_as(&figment, key));
+        if problems.is_empty() { Ok(settings) } else { Err(ConfigError::OutOfRange(problems)) }
+    }
+
+    /// Each duration setting: its key (`_ms`, in milliseconds), its value, and the milliseconds it
+    /// must lie between. 0 is allowed only where it means off.
+    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 29] {
+        [
+            ("database_acquire_timeout_ms", self.database_acquire_timeout, 1..=10 * MINUTE),
+            ("redis_timeout_ms", self.redis_timeout, 1..=MINUTE),
+            // 0: no in-process caching.
+            ("channel_cache_ttl_ms", self.channel_cache_ttl, 0..=DAY),
+            ("auth_cache_ttl_ms", self.auth_cache_ttl, 1..=DAY),
+            ("pingback_timeout_ms", self.pingback_timeout, 1..=10 * MINUTE),
+            ("http_header_read_timeout_ms", self.http_header_read_timeout, 1..=10 * MINUTE),
+            ("http_request_timeout_ms", self.http_request_timeout, 1..=HOUR),
+            ("grpc_handshake_timeout_ms", self.grpc_handshake_timeout, 1..=10 * MINUTE),
+            ("provider_connect_timeout_ms", self.provider_connect_timeout, 1..=10 * MINUTE),
+            ("provider_timeout_ms", self.provider_timeout, 1..=10 * MINUTE),
+            ("idempotency_lease_ms", self.idempotency_lease, 1..=DAY),
+            // A token born expired helps nobody.
+            ("client_token_ttl_ms", self.client_token_ttl, SECOND..=DAY),
+            // 0: not cached.
+            ("payment_methods_cache_ttl_ms", self.payment_methods_cache_ttl, 0..=DAY),
+            ("sweep_interval_ms", self.sweep_interval, 10..=DAY),
+            ("sweep_ready_after_ms", self.sweep_ready_after, 1..=30 * DAY),
+            ("sweep_pending_after_ms", self.sweep_pending_after, 1..=30 * DAY),
+            ("sweep_recheck_ms", self.sweep_recheck, 1..=30 * DAY),
+            ("event_poll_interval_ms", self.event_poll_interval, 10..=MINUTE),
+            ("http2_keepalive_interval_ms", self.http2_keepalive_interval, SECOND..=HOUR),
+            ("http2_keepalive_timeout_ms", self.http2_keepalive_timeout, 1..=10 * MINUTE),
+            ("webhook_connect_timeout_ms", self.webhook_connect_timeout, 1..=10 * MINUTE),
+            ("webhook_timeout_ms", self.webhook_timeout, 1..=10 * MINUTE),
+            ("webhook_retry_base_ms", self.webhook_retry_base, 1..=DAY),
+            ("webhook_retry_max_ms", self.webhook_retry_max, 1..=7 * DAY),
+            // 0: no retries.
+            ("webhook_retry_window_ms", self.webhook_retry_window, 0..=30 * DAY),
+            ("webhook_poll_interval_ms", self.webhook_poll_interval, 10..=MINUTE),
+            // At least a whole attempt too (below).
+            ("webhook_claim_ms", self.webhook_claim, 1..=DAY),
+            // 0: the previous secret stops signing at once.
+            ("webhook_secret_overlap_ms", self.webhook_secret_overlap, 0..=30 * DAY),
+            ("shutdown_grace_ms", self.shutdown_grace, 1..=HOUR),
+        ]
+    }
+
+    /// What is out of range, each setting named by `named` (from its key).
+    fn out_of_range(&self, named: impl Fn(&str) -> String) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .duration_ranges()
+            .into_iter()
+            .filter_map(|(key, value, range)| {
+                let got = millis_of(value);
+                (!range.contains(&got)).then(|| {
+                    format!("{} must be between {} and {} (got {got})", named(key), range.start(), range.end())
+                })
+            })
+            .collect();
+        // A claim must outlast a whole attempt, or two replicas could send the same delivery.
+        let attempt = 2 * self.webhook_timeout + self.webhook_connect_timeout;
+        if self.webhook_claim < attempt {
+            problems.push(format!(
+                "{} must be at least 2 x {} + {} = {} (got {})",
+                named("webhook_claim_ms"),
+                named("webhook_timeout_ms"),
+                named("webhook_connect_timeout_ms"),
+                millis_of(attempt),
+                millis_of(self.webhook_claim),
+            ));
+        }
+        problems
     }
 
     /// The SQLite database file, when the database is SQLite (for the embedded master key file).
@@ -271,8 +379,42 @@ impl Settings {
     pub fn pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.database_max_connections.max(1),
-            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
+            acquire_timeout: self.database_acquire_timeout,
         }
+    }
+}
+
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+const fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How a setting was given, for an error: its key and file when a file gave it, else its variable.
+fn given_as(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!("{key} in {}", path.display()),
+        _ => format!("PAYGATE_{}", key.to_ascii_uppercase()),
+    }
+}
+
+/// A duration as whole milliseconds (the unit of every `_ms` setting), in TOML and the environment.
+mod millis {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(millis_of(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }
 
@@ -320,7 +462,7 @@ mod tests {
             // Defaults written once, in `Default`, reach the loaded settings.
             let d = Settings::default();
             assert_eq!((s.api_rate_limit_burst, s.grpc_max_message_bytes), (d.api_rate_limit_burst, 1_048_576));
-            assert_eq!(s.webhook_retry_window_ms, 25 * 3_600_000);
+            assert_eq!(s.webhook_retry_window, Duration::from_secs(25 * 3600));
             assert_eq!(s.trusted_proxies.len(), 2);
             assert_eq!(s.trusted_proxies[1].to_string(), "192.168.1.1/32");
             Ok(())
@@ -334,6 +476,104 @@ mod tests {
             assert!(Settings::load(None).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_duration_is_read_in_milliseconds_from_the_environment_and_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("paygate.toml", "webhook_poll_interval_ms = 50\nwebhook_secret_overlap_ms = 0")?;
+            jail.set_env("PAYGATE_PINGBACK_TIMEOUT_MS", "5000");
+            let s = Settings::load(None).expect("settings load");
+            assert_eq!(s.pingback_timeout, Duration::from_secs(5));
+            assert_eq!(s.webhook_poll_interval, Duration::from_millis(50));
+            // 0 where it means off: the previous secret stops signing at once.
+            assert_eq!(s.webhook_secret_overlap, Duration::ZERO);
+            assert_eq!(s.event_poll_interval, Settings::default().event_poll_interval);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_duration_out_of_its_range_is_refused_naming_the_variable_and_the_range() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGATE_EVENT_POLL_INTERVAL_MS", "3");
+            let err = Settings::load(None).expect_err("3 ms is below the range").to_string();
+            assert_eq!(err, "configuration: PAYGATE_EVENT_POLL_INTERVAL_MS must be between 10 and 60000 (got 3)");
+            // Every setting out of range is named at once; 0 is refused where it does not mean off.
+            jail.set_env("PAYGATE_SHUTDOWN_GRACE_MS", "0");
+            jail.set_env("PAYGATE_CLIENT_TOKEN_TTL_MS", "999");
+            let err = Settings::load(None).expect_err("three out of range").to_string();
+            for named in [
+                "PAYGATE_EVENT_POLL_INTERVAL_MS must be between 10 and 60000 (got 3)",
+                "PAYGATE_SHUTDOWN_GRACE_MS must be between 1 and 3600000 (got 0)",
+                "PAYGATE_CLIENT_TOKEN_TTL_MS must be between 1000 and 86400000 (got 999)",
+            ] {
+                assert!(err.contains(named), "{err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_duration_out_of_range_in_the_file_is_named_by_its_key_and_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("paygate.toml", "sweep_interval_ms = 5")?;
+            let err = Settings::load(None).expect_err("5 ms is below the range").to_string();
+            assert!(err.contains("sweep_interval_ms in "), "{err}");
+            assert!(err.contains("paygate.toml must be between 10 and 86400000 (got 5)"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_duration_not_in_whole_milliseconds_is_refused() {
+        for given in ["-5", "5s", "1.5"] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("PAYGATE_SWEEP_INTERVAL_MS", given);
+                let err = Settings::load(None).expect_err("not whole milliseconds").to_string();
+                // figment's own wording names the variable without its prefix, then the prefix.
+                assert!(err.contains("\"SWEEP_INTERVAL_MS\" in `PAYGATE_` environment"), "{given}: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_webhook_claim_shorter_than_an_attempt_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGATE_WEBHOOK_TIMEOUT_MS", "40000");
+            let err = Settings::load(None).expect_err("2 x 40 s + 5 s outlasts the 60 s claim").to_string();
+            assert_eq!(
+                err,
+                "configuration: PAYGATE_WEBHOOK_CLAIM_MS must be at least 2 x PAYGATE_WEBHOOK_TIMEOUT_MS + \
+                 PAYGATE_WEBHOOK_CONNECT_TIMEOUT_MS = 85000 (got 60000)"
+            );
+            jail.set_env("PAYGATE_WEBHOOK_CLAIM_MS", "85000");
+            assert_eq!(Settings::load(None).expect("settings load").webhook_claim, Duration::from_secs(85));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_defaults_lie_in_their_ranges_under_the_names_they_are_read_by() {
+        let defaults = Settings::default();
+        assert_eq!(defaults.out_of_range(str::to_owned), Vec::<String>::new());
+        let figment = Figment::from(Serialized::defaults(&defaults));
+        for (key, value, _) in defaults.duration_ranges() {
+            assert_eq!(figment.extract_inner::<u64>(key).ok(), Some(millis_of(value)), "{key}");
+        }
+    }
+
+    /// docs/configuration.md gives each duration's range as it is enforced.
+    #[test]
+    fn the_reference_gives_each_range() {
+        let reference = include_str!("../docs/configuration.md");
+        for (key, _, range) in Settings::default().duration_ranges() {
+            let row = format!("| `PAYGATE_{}` |", key.to_ascii_uppercase());
+            let line = reference.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("no row {row}"));
+            let given = format!("`{}`–`{}`", range.start(), range.end());
+            assert!(line.contains(&given), "{row} should give {given}");
+        }
     }
 
     #[test]

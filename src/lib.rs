@@ -19,6 +19,7 @@ pub mod proto;
 pub mod providers;
 pub mod ratelimit;
 pub mod secrets;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod validation;

@@ -21,6 +21,7 @@ use super::{
     repo::{self, StoredChannel},
 };
 use crate::secrets::MasterKeys;
+use crate::shutdown::Shutdown;
 use crate::store::{
     Db,
     redis::{Followed, RedisError, RedisHandle},
@@ -188,14 +189,14 @@ impl ChannelCache {
 
     /// Background work: the invalidation subscriber and the replay of failed announcements.
     /// Returns at once without Redis (the in-process cache alone serves, invalidated on write).
-    pub fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub fn spawn_background(&self, shutdown: Shutdown) {
         let Some(redis) = self.inner.redis.clone() else { return };
         let subscriber = self.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = subscriber.follow_invalidations(redis) => {}
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stop.signalled() => {}
             }
         });
         let replayer = self.clone();
@@ -203,7 +204,7 @@ impl ChannelCache {
         tokio::spawn(async move {
             tokio::select! {
                 _ = replayer.replay_pending() => {}
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stop.signalled() => {}
             }
         });
     }

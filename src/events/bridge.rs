@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use super::Hub;
-use crate::store::redis::{Followed, RedisHandle};
+use crate::{
+    shutdown::Shutdown,
+    store::redis::{Followed, RedisHandle},
+};
 
 const CHANNEL: &str = "events";
 
@@ -27,7 +28,7 @@ impl Bridge {
     }
 
     /// Wakes `hub` whenever another replica announces, and once on every (re)subscription.
-    pub fn spawn_listener(&self, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    pub fn spawn_listener(&self, hub: Arc<Hub>, mut shutdown: Shutdown) {
         let redis = self.redis.clone();
         tokio::spawn(async move {
             let listen = redis.follow(CHANNEL, |followed| {
@@ -42,7 +43,7 @@ impl Bridge {
             });
             tokio::select! {
                 _ = listen => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
+                _ = shutdown.signalled() => {}
             }
         });
     }

@@ -13,11 +13,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use super::{Event, Position, bridge::Bridge, log};
 use crate::{
     payments::PaymentStatus,
+    shutdown::Shutdown,
     store::{Db, now_ms},
 };
 
@@ -215,19 +216,13 @@ impl Hub {
     }
 
     /// The tailer: follows the log from the position set by `start_at_head` until shutdown.
-    pub async fn run(
-        self: Arc<Self>,
-        db: Db,
-        bridge: Option<Bridge>,
-        poll: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, db: Db, bridge: Option<Bridge>, poll: Duration, mut shutdown: Shutdown) {
         loop {
             let local = tokio::select! {
                 _ = db.committed() => true,
                 _ = self.remote.notified() => false,
                 _ = tokio::time::sleep(poll) => false,
-                _ = stopped(&mut shutdown) => return,
+                _ = shutdown.signalled() => return,
             };
             // Tell the other replicas while reading: local subscribers do not wait for Redis.
             let announce = async {
@@ -266,10 +261,6 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn forget(state: &mut State, merchant_id: &str) {

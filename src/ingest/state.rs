@@ -39,7 +39,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn pingback_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.pingback_timeout_ms)
+        self.settings.pingback_timeout
     }
 
     pub fn shutting_down(&self) -> bool {

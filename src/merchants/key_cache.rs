@@ -26,6 +26,7 @@ use super::{
     keys::{self, KEY_PREFIX},
     verified::{KeyState, VerifiedKey, decide, refused},
 };
+use crate::shutdown::Shutdown;
 use crate::store::{
     Db, StoreError, UnixMs, now_ms,
     redis::{Followed, RedisHandle},
@@ -268,13 +269,13 @@ impl KeyCache {
     }
 
     /// Follows other replicas' invalidations until `shutdown`. Without Redis there is nothing to follow.
-    pub fn spawn_background(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub fn spawn_background(&self, mut shutdown: Shutdown) {
         let Some(redis) = self.inner.redis.clone() else { return };
         let cache = self.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cache.follow_invalidations(redis) => {}
-                _ = shutdown.wait_for(|s| *s) => {}
+                _ = shutdown.signalled() => {}
             }
         });
     }

@@ -10,7 +10,6 @@ use std::{
 
 use rand::Rng;
 use secrecy::ExposeSecret;
-use tokio::sync::watch;
 
 use super::{
     endpoints,
@@ -20,6 +19,7 @@ use super::{
 use crate::{
     net::egress,
     secrets::MasterKeys,
+    shutdown::Shutdown,
     store::{Db, now_ms},
 };
 
@@ -67,7 +67,7 @@ impl Dispatcher {
     }
 
     /// Runs until shutdown; a batch in flight finishes first.
-    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(self, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 // In-flight deliveries finish before the loop looks at the shutdown signal again.
@@ -76,12 +76,12 @@ impl Dispatcher {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "webhook dispatcher: cannot claim deliveries"),
                 }
-                if *shutdown.borrow() {
+                if shutdown.is_signalled() {
                     return;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = shutdown.signalled() => return,
                 }
             }
         })

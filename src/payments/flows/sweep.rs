@@ -13,8 +13,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::{notification, refund};
 use crate::{
     channels::Channels,
@@ -24,6 +22,7 @@ use crate::{
         provider::{Notice, ProviderEvent},
         store::{cancellations, idempotency, payments as repo},
     },
+    shutdown::Shutdown,
     store::{Db, now_ms},
 };
 
@@ -40,18 +39,12 @@ pub struct SweepSettings {
 
 const BATCH: u32 = 50;
 
-pub fn spawn(
-    db: Db,
-    channels: Channels,
-    providers: Providers,
-    settings: SweepSettings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub fn spawn(db: Db, channels: Channels, providers: Providers, settings: SweepSettings, mut shutdown: Shutdown) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(settings.interval) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.signalled() => return,
             }
             match run_once(&db, &channels, &providers, &settings).await {
                 Ok(0) => {}
