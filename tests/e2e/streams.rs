@@ -1,7 +1,13 @@
 //! WatchPayments through the real binaries: across replicas, resumed after disconnects, through a
 //! Redis outage, with snapshots, slow readers, limits, and shutdown.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use paygate::proto::v1::{self as pb, PaymentStatus, payment_service_client::PaymentServiceClient};
 use tonic::{Code, Streaming, transport::Endpoint};
@@ -212,15 +218,32 @@ async fn a_reader_that_never_reads_is_cut_off_while_a_hundred_others_get_everyth
     let status = payments.watch_payments(watch_all("")).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "the per-merchant stream limit: {status:?}");
 
+    // Each reader counts what it got; the payments go no faster than the slowest reader reads
+    // (at most 8 events ahead of it, half its buffer), so a reader of this test process that the
+    // scheduler leaves waiting on a loaded machine is never mistaken for one that does not read.
+    let received: Vec<Arc<AtomicUsize>> = (0..readers.len()).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let collectors: Vec<_> = readers
         .into_iter()
-        .map(|mut stream| {
-            tokio::spawn(async move { payment_ids(&collect(&mut stream, 150, Duration::from_secs(60)).await) })
+        .zip(received.clone())
+        .map(|(mut stream, received)| {
+            tokio::spawn(async move {
+                let mut events = Vec::new();
+                while events.len() < 150 {
+                    events.extend(collect(&mut stream, 1, Duration::from_secs(60)).await);
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                payment_ids(&events)
+            })
         })
         .collect();
     let mut paid = Vec::new();
     for n in 0..150 {
         paid.push(checkout_and_pay(&gate, &mut payments, &format!("order-{n}")).await);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received.iter().any(|r| r.load(Ordering::Relaxed) + 8 <= n) {
+            assert!(Instant::now() < deadline, "a reader stopped reading at event {n}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     for collector in collectors {
         assert_eq!(collector.await.unwrap(), paid, "every reader got every event, in order");
