@@ -458,6 +458,8 @@ struct Round {
     postgres_cpu: Duration,
     /// Event-log reads by both replicas' tailers during the round.
     log_reads: f64,
+    /// Pingbacks of the round settled by one statement (from a copy), over both replicas.
+    one_statement: f64,
 }
 
 /// CPU counters at a round's start, and the clock.
@@ -490,6 +492,7 @@ impl<'a> Meter<'a> {
             // The tool assumes a machine where only the benchmark uses PostgreSQL.
             postgres_cpu: postgres_cpu_since(&self.postgres),
             log_reads: 0.0,
+            one_statement: 0.0,
         }
     }
 }
@@ -565,6 +568,7 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], senders: &[&Gate], api_key: 
     let urls = Arc::new(Mutex::new(urls));
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
     let reads_before = log_reads(gates).await;
+    let one_statement_before = summed(gates, "paygate_pingbacks_settled_in_one_statement_total").await;
     perf_control("enable");
     let meter = Meter::start(Some(&gate.proc));
     let mut tasks = Vec::new();
@@ -585,6 +589,8 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], senders: &[&Gate], api_key: 
     let mut round = meter.finish(tasks).await;
     perf_control("disable");
     round.log_reads = log_reads(gates).await - reads_before;
+    round.one_statement =
+        summed(gates, "paygate_pingbacks_settled_in_one_statement_total").await - one_statement_before;
     round
 }
 
@@ -695,9 +701,14 @@ async fn metric(gate: &Gate, name: &str) -> f64 {
 
 /// `paygate_event_log_reads_total` summed over `gates`.
 async fn log_reads(gates: &[&Gate]) -> f64 {
+    summed(gates, "paygate_event_log_reads_total").await
+}
+
+/// A counter summed over `gates`.
+async fn summed(gates: &[&Gate], name: &str) -> f64 {
     let mut total = 0.0;
     for gate in gates {
-        total += metric(gate, "paygate_event_log_reads_total").await;
+        total += metric(gate, name).await;
     }
     total
 }
@@ -1065,6 +1076,17 @@ async fn bench() {
                 spread_ingest.per_second(),
                 floor_ingest.per_second(),
                 verdict(ratio >= 0.5)
+            );
+        }
+        if !spread_ingest.rounds.is_empty() {
+            let share = |side: &Side| {
+                let count: usize = side.rounds.iter().map(|r| r.count).sum();
+                100.0 * side.rounds.iter().map(|r| r.one_statement).sum::<f64>() / count.max(1) as f64
+            };
+            println!(
+                "| (for reference) pingbacks settled by one statement from a copy: all to one replica, spread | {:.0}%, {:.0}% | | | | |",
+                share(&gate_ingest),
+                share(&spread_ingest)
             );
         }
         if !transaction_only.rounds.is_empty() {

@@ -1,6 +1,9 @@
-//! Settling pingbacks from this replica's copies of the payments it wrote last: a plain
-//! settlement decided from the copy and written by one statement, and a batch's raw records and
-//! settlements in two statements. Speed only: everything here falls back to the reading path.
+//! Settling pingbacks in one statement each batch: a plain settlement decided from a copy of its
+//! payment (this replica's own, kept since it wrote the payment, or read just now) and written by a
+//! compare-and-set on the copy's version; and a batch's raw records and settlements in two
+//! statements. Speed only: everything here falls back to the reading path.
+
+use std::{collections::HashMap, sync::Arc};
 
 use sqlx::AnyConnection;
 
@@ -16,11 +19,15 @@ use crate::{
         provider::{Notice, ProviderEvent, RawNotification},
         store::{
             changes::{self, Change, ChangeStatement},
+            payments as rows,
             pingbacks::{self, RAW_RECORD_COLUMNS, RawRecordRow},
         },
     },
     store::{Db, now_ms},
 };
+
+/// Pingbacks settled by the one statement (the rest took the reading path): what the copies buy.
+pub const SETTLED_IN_ONE_STATEMENT: &str = "paygate_pingbacks_settled_in_one_statement_total";
 
 /// `flows::notification::ingest`, first trying this replica's copy of the payment; the payment it
 /// moved is kept as a copy.
@@ -51,6 +58,7 @@ pub async fn settle_from_copies(
     if !db.backend().writes_in_ctes() {
         return results;
     }
+    let copies = copies_of(db, recent, batch).await;
     let now = now_ms();
     // (index in the batch, the payment as it is to be, its event)
     let mut settlements: Vec<(usize, Payment, EventKind)> = Vec::new();
@@ -58,7 +66,8 @@ pub async fn settle_from_copies(
         if settlements.iter().any(|(_, next, _)| next.payment_id == notice.payment_id) {
             continue;
         }
-        if let Some((next, kind)) = settlement_from_copy(recent, raw, notice, now) {
+        let copy = copies.get(notice.payment_id.as_str());
+        if let Some((next, kind)) = copy.and_then(|copy| settlement_from_copy(copy, raw, notice, now)) {
             settlements.push((i, next, kind));
         }
     }
@@ -78,26 +87,52 @@ pub async fn settle_from_copies(
             return results;
         }
     };
-    let mut moved = false;
+    let mut moved = 0;
     for ((i, next, _), event_id) in settlements.into_iter().zip(found) {
         match event_id {
             Some(event_id) => {
                 recent.wrote(&next);
                 results[i] = Some(Applied::Changed { payment: Box::new(next), event_id, renewed_after_end: None });
-                moved = true;
+                moved += 1;
             }
             None => recent.forget(&next.payment_id),
         }
     }
-    if moved {
+    if moved > 0 {
+        metrics::counter!(SETTLED_IN_ONE_STATEMENT).increment(moved);
         db.signal_commit();
     }
     results
 }
 
-/// What the copy of the payment `notice` names says it does, when that is a plain settlement.
-fn settlement_from_copy(
+/// A copy of each payment the batch's payment notices name: this replica's own (it wrote it last),
+/// or, for the rest, the row as one plain read finds it now (a pingback that reaches another
+/// replica than the one that made its payment). Either may be stale: the statement's
+/// compare-and-set on its version then writes nothing of it, and it takes the reading path.
+async fn copies_of(
+    db: &Db,
     recent: &RecentPayments,
+    batch: &[(&RawNotification, &Notice)],
+) -> HashMap<String, Arc<Payment>> {
+    let mut copies = HashMap::new();
+    let mut missing = Vec::new();
+    for (_, notice) in batch.iter().filter(|(_, notice)| matches!(notice.event, ProviderEvent::Payment(_))) {
+        match recent.get(&notice.payment_id) {
+            Some(copy) => drop(copies.insert(notice.payment_id.clone(), copy)),
+            None => missing.push(notice.payment_id.as_str()),
+        }
+    }
+    match rows::get_many_by_id(db, &missing).await {
+        Ok(read) => copies.extend(read.into_iter().map(|p| (p.payment_id.clone(), Arc::new(p)))),
+        // Those take the reading path, which will say what is wrong.
+        Err(error) => tracing::debug!(%error, "payments for one-statement settlements could not be read"),
+    }
+    copies
+}
+
+/// What `copy` (of the payment `notice` names) says the notice does, when that is a plain settlement.
+fn settlement_from_copy(
+    copy: &Payment,
     raw: &RawNotification,
     notice: &Notice,
     now: i64,
@@ -105,12 +140,11 @@ fn settlement_from_copy(
     if !matches!(notice.event, ProviderEvent::Payment(_)) {
         return None;
     }
-    let copy = recent.get(&notice.payment_id)?;
     // As `read` checks: a notification signed with one channel's secret touches only its payments.
     if copy.channel_key != raw.channel_key || copy.subscription_id.is_some() {
         return None;
     }
-    match decide(&copy, None, &[], notice, now) {
+    match decide(copy, None, &[], notice, now) {
         Ok(Decision::Settle { next, kind, subscription: None }) => Some((next, kind)),
         _ => None,
     }

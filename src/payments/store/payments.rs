@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
-use crate::payments::{
-    PaymentError,
-    core::{Cancellation, Payment, PaymentStatus, money::MinorUnits},
-};
-use crate::personal::Email;
 use crate::{
     merchants::IN_SCOPE,
-    store::{AnyQuery, Db, Flag, StoreError, UnixMs},
+    payments::{
+        PaymentError,
+        core::{Cancellation, Payment, PaymentStatus, money::MinorUnits},
+    },
+    personal::Email,
+    store::{AnyQuery, Db, Flag, OnUniqueViolation, UnixMs},
 };
 
 pub(super) const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
@@ -71,12 +71,8 @@ fn custom_json(p: &Payment) -> Result<String, PaymentError> {
 }
 
 fn insert_result(result: Result<sqlx::any::AnyQueryResult, sqlx::Error>) -> Result<(), PaymentError> {
-    match result.map_err(StoreError::from) {
-        Ok(_) => Ok(()),
-        // payment_id is a fresh ULID, so the only unique key that can clash is (merchant, merchant_uid).
-        Err(StoreError::UniqueViolation) => Err(PaymentError::MerchantUidTaken),
-        Err(e) => Err(e.into()),
-    }
+    // payment_id is a fresh ULID, so the only unique key that can clash is (merchant, merchant_uid).
+    result.on_unique_violation(|| PaymentError::MerchantUidTaken).map(drop)
 }
 
 pub async fn insert(db: &Db, p: &Payment) -> Result<(), PaymentError> {
@@ -184,6 +180,22 @@ pub async fn get_many(db: &Db, merchant_id: &str, payment_ids: &[&str]) -> Resul
     let sql =
         format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND payment_id IN ({})", placeholders.join(", "));
     let mut query = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id);
+    for id in payment_ids {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.into_iter().map(Payment::try_from).collect()
+}
+
+/// Any merchant's payments by id (a verified notification names its payment; its channel is
+/// checked by the caller), in no particular order.
+pub async fn get_many_by_id(db: &Db, payment_ids: &[&str]) -> Result<Vec<Payment>, PaymentError> {
+    if payment_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=payment_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query_as::<_, PaymentRow>(&sql);
     for id in payment_ids {
         query = query.bind(*id);
     }
