@@ -14,10 +14,18 @@ use crate::{
     store::{AnyQuery, Db, Flag, OnUniqueViolation, UnixMs},
 };
 
-pub(super) const COLUMNS: &str = "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
-    order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
-    country_code, language, custom_params, status, provider_ref, is_test, redirect_url, subscription_id, \
-    cancelled_amount, pending_cancel_amount, version, created_at, updated_at, paid_at, failed_at, cancelled_at";
+/// The payment's columns, once, in the order `bind_all` binds them: the SELECT lists and the INSERT
+/// both come from here.
+macro_rules! payment_columns {
+    () => {
+        "payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, order_name, customer_uid, \
+         customer_email, payment_method, widget, success_url, failure_url, country_code, language, custom_params, \
+         status, provider_ref, is_test, redirect_url, subscription_id, cancelled_amount, pending_cancel_amount, \
+         version, created_at, updated_at, paid_at, failed_at, cancelled_at"
+    };
+}
+
+pub(super) const COLUMNS: &str = payment_columns!();
 
 fn bind_all<'q>(
     query: Query<'q, Any, sqlx::any::AnyArguments<'q>>,
@@ -56,12 +64,12 @@ fn bind_all<'q>(
         .bind(p.cancelled_at.map(UnixMs))
 }
 
-const INSERT: &str = "INSERT INTO payments (payment_id, merchant_id, channel_key, merchant_uid, amount_minor, currency, \
-    order_name, customer_uid, customer_email, payment_method, widget, success_url, failure_url, \
-    country_code, language, custom_params, status, provider_ref, is_test, redirect_url, subscription_id, \
-    cancelled_amount, pending_cancel_amount, version, created_at, updated_at, paid_at, failed_at, cancelled_at) VALUES \
-    ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-    $25, $26, $27, $28, $29)";
+const INSERT: &str = concat!(
+    "INSERT INTO payments (",
+    payment_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+     $22, $23, $24, $25, $26, $27, $28, $29)"
+);
 
 /// The parameters of one row of `INSERT`.
 const INSERT_PARAMS: usize = 29;
@@ -442,5 +450,17 @@ impl TryFrom<PaymentRow> for Payment {
             failed_at: row.failed_at.map(i64::from),
             cancelled_at: row.cancelled_at.map(i64::from),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_column_list_names_every_parameter_the_insert_binds() {
+        assert_eq!(COLUMNS.split(',').count(), INSERT_PARAMS);
+        assert!(INSERT.starts_with(&format!("INSERT INTO payments ({COLUMNS}) VALUES ($1, ")));
+        assert!(INSERT.ends_with(&format!("${INSERT_PARAMS})")), "{INSERT}");
     }
 }
