@@ -2,7 +2,7 @@
 //! that announces it, in the caller's transaction, so none commits without the others; on
 //! PostgreSQL all of a batch's changes in one statement.
 
-use super::{event_log, payments as repo};
+use super::{event_log, payments};
 use crate::payments::{
     Payment, PaymentError,
     core::{EventDetail, EventKind},
@@ -62,7 +62,7 @@ pub async fn record_all(
 
 async fn write_separately(conn: &mut sqlx::AnyConnection, change: &Change<'_>) -> Result<Option<i64>, PaymentError> {
     let Change { moves, payment, kind, detail } = *change;
-    if moves && !repo::update(conn, payment).await? {
+    if moves && !payments::update(conn, payment).await? {
         return Ok(None);
     }
     let position = event_log::append(conn, payment, kind, detail).await?;
@@ -154,16 +154,16 @@ impl ChangeStatement {
         // The body around the id the event gets here and the payment its snapshot holds.
         let payload = "i.head || event.txid || '-' || event.event_id || i.between || i.snapshot || i.tail";
         let also = if also.is_empty() { String::new() } else { format!(", {also}") };
+        let moving_types: Vec<String> =
+            payments::MOVING.iter().map(|(column, kind)| format!("{column} {kind}")).collect();
+        let moving_set: Vec<String> =
+            payments::MOVING.iter().map(|(column, _)| format!("{column} = i.{column}")).collect();
+        let (moving_types, moving_set) = (moving_types.join(", "), moving_set.join(", "));
         let sql = format!(
             "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS i(n int, moves boolean, payment_id text, \
-               version_before bigint, status text, provider_ref text, is_test bigint, subscription_id text, \
-               cancelled_amount bigint, pending_cancel_amount bigint, version bigint, updated_at bigint, paid_at bigint, \
-               failed_at bigint, cancelled_at bigint, merchant_id text, kind text, snapshot text, detail text, \
+               version_before bigint, {moving_types}, merchant_id text, kind text, snapshot text, detail text, \
                event_at bigint, delivery_id text, type_pattern text, family_pattern text, head text, between text, tail text)), \
-             moved AS (UPDATE payments SET status = i.status, provider_ref = i.provider_ref, is_test = i.is_test, \
-               subscription_id = i.subscription_id, cancelled_amount = i.cancelled_amount, \
-               pending_cancel_amount = i.pending_cancel_amount, version = i.version, updated_at = i.updated_at, \
-               paid_at = i.paid_at, failed_at = i.failed_at, cancelled_at = i.cancelled_at \
+             moved AS (UPDATE payments SET {moving_set} \
                FROM input i WHERE i.moves AND payments.payment_id = i.payment_id AND payments.version = i.version_before \
                RETURNING i.n), \
              event AS (INSERT INTO payment_events {} \

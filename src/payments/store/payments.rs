@@ -1,6 +1,6 @@
 //! Payment rows: the SQL for reading and writing payments.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::LazyLock};
 
 use sqlx::{Any, AnyConnection, any::AnyRow, query::Query};
 
@@ -228,14 +228,34 @@ pub async fn find_by_provider_ref(
 /// Writes `p` (already at its next version) only if the row is still at the version before: a
 /// compare-and-set that works the same on both backends. False when someone else wrote first.
 pub async fn update(conn: &mut AnyConnection, p: &Payment) -> Result<bool, PaymentError> {
-    let done = bind_update(sqlx::query(&format!("UPDATE payments SET {UPDATE_SET}")), p).execute(conn).await?;
+    let done = bind_update(sqlx::query(&UPDATE), p).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// The compare-and-set's `SET ... WHERE`, parameters `$1` to `$13` (bound by `bind_update`).
-pub(super) const UPDATE_SET: &str = "status = $1, provider_ref = $2, is_test = $3, subscription_id = $4, \
-    cancelled_amount = $5, pending_cancel_amount = $6, version = $7, updated_at = $8, paid_at = $9, failed_at = $10, \
-    cancelled_at = $11 WHERE payment_id = $12 AND version = $13";
+/// The columns a change of a payment moves, with their type in a JSON recordset, in the order
+/// `bind_update` binds them: the compare-and-set here and the one-statement changes
+/// (`changes::ChangeStatement`) both come from this list.
+pub(super) const MOVING: [(&str, &str); 11] = [
+    ("status", "text"),
+    ("provider_ref", "text"),
+    ("is_test", "bigint"),
+    ("subscription_id", "text"),
+    ("cancelled_amount", "bigint"),
+    ("pending_cancel_amount", "bigint"),
+    ("version", "bigint"),
+    ("updated_at", "bigint"),
+    ("paid_at", "bigint"),
+    ("failed_at", "bigint"),
+    ("cancelled_at", "bigint"),
+];
+
+/// The compare-and-set: the moving columns `$1` to `$11`, then `WHERE payment_id = $12 AND
+/// version = $13` (the version before).
+static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let set: Vec<String> = MOVING.iter().enumerate().map(|(i, (column, _))| format!("{column} = ${}", i + 1)).collect();
+    let n = MOVING.len();
+    format!("UPDATE payments SET {} WHERE payment_id = ${} AND version = ${}", set.join(", "), n + 1, n + 2)
+});
 
 pub(super) fn bind_update<'q>(query: AnyQuery<'q>, p: &Payment) -> AnyQuery<'q> {
     query
@@ -462,5 +482,15 @@ mod tests {
         assert_eq!(COLUMNS.split(',').count(), INSERT_PARAMS);
         assert!(INSERT.starts_with(&format!("INSERT INTO payments ({COLUMNS}) VALUES ($1, ")));
         assert!(INSERT.ends_with(&format!("${INSERT_PARAMS})")), "{INSERT}");
+    }
+
+    #[test]
+    fn the_compare_and_set_moves_the_moving_columns_on_the_version_before() {
+        assert_eq!(
+            *UPDATE,
+            "UPDATE payments SET status = $1, provider_ref = $2, is_test = $3, subscription_id = $4, \
+             cancelled_amount = $5, pending_cancel_amount = $6, version = $7, updated_at = $8, paid_at = $9, \
+             failed_at = $10, cancelled_at = $11 WHERE payment_id = $12 AND version = $13"
+        );
     }
 }
