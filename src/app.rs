@@ -241,8 +241,8 @@ async fn start(
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
     sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop.handle());
-    // A quarter of the pool for pingbacks, which share these transactions, and a quarter for new
-    // checkout payments, which share INSERTs; the rest of the pool stays free for the API.
+    // A quarter of the pool for new checkout payments, which share INSERTs, and an eighth for
+    // pingbacks, which share statements (`batch::writers`); the rest stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
     let writers = batch::writers(&db, workers);
     let new_payments = writers.payments;

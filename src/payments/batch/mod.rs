@@ -18,12 +18,16 @@ use std::sync::Arc;
 use super::flows::writers::Writers;
 use crate::store::Db;
 
-/// The write ports with group commit: `workers` workers for each kind, sharing the copies.
+/// The write ports with group commit, sharing the copies: `workers` workers for new payments, half
+/// as many for notifications. A notification batch's one statement costs PostgreSQL far more than
+/// an INSERT, and a worker free to take a batch takes whatever is queued, so fewer workers make
+/// larger batches: with pingbacks spread over two replicas (each seeing half the load), 2 workers
+/// instead of 4 took the spread from 0.48-0.51 of the floor to 0.54 (BENCHMARKS.md).
 pub fn writers(db: &Db, workers: usize) -> Writers {
     // Checkouts leave their payments here for the pingbacks that settle them.
     let recent = RecentPayments::default();
     Writers {
         payments: Arc::new(NewPayments::start(db.clone(), recent.clone(), workers)),
-        notifications: Arc::new(GroupCommit::<Notification>::start(db.clone(), recent, workers)),
+        notifications: Arc::new(GroupCommit::<Notification>::start(db.clone(), recent, (workers / 2).max(1))),
     }
 }
