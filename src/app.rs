@@ -24,7 +24,7 @@ use crate::{
             Payments,
             methods::PaymentMethods,
             sweep::{self, SweepSettings},
-            writers::PaymentInserts,
+            writers::{PaymentInserts, Writers},
         },
     },
     proto::{
@@ -244,7 +244,10 @@ async fn start(
     // A quarter of the pool for new checkout payments, which share INSERTs, and an eighth for
     // pingbacks, which share statements (`batch::writers`); the rest stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
-    let writers = batch::writers(&db, workers);
+    let writers = match settings.batch_writes {
+        true => batch::writers(&db, workers),
+        false => Writers::plain(db.clone()),
+    };
     let new_payments = writers.payments;
     let state = AppState {
         notifications: writers.notifications,

@@ -62,6 +62,9 @@ pub struct Settings {
     pub database_acquire_timeout: Duration,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+    /// Group commit, copies and one-statement settlements (`payments::batch`); off, every write is a
+    /// transaction of its own (the plain path).
+    pub batch_writes: bool,
     /// Redis for the shared cache and cross-replica fan-out; none means in-process only.
     #[serde(skip_serializing)]
     pub redis_url: Option<SecretString>,
@@ -210,6 +213,7 @@ impl Default for Settings {
             database_max_connections: 16,
             database_acquire_timeout: ms(3_000),
             migrate_on_start: true,
+            batch_writes: true,
             redis_url: None,
             redis_key_prefix: "paygate:".to_owned(),
             redis_timeout: ms(250),

@@ -294,3 +294,20 @@ async fn checkouts_together(backend: Backend) {
     }
     pool.close().await;
 }
+
+/// With `PAYGATE_BATCH_WRITES=false` the flows write on their own (the plain path): checkouts and
+/// pingbacks still do everything, and none is settled by the batch layer's one statement, which the
+/// default uses for a payment its replica just made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_path_alone_checks_out_and_settles_and_batch_writes_are_the_default() {
+    for (batch_writes, settled_in_one_statement) in [("false", false), ("true", true)] {
+        let shop = Shop::open(Backend::Postgres, &[("PAYGATE_BATCH_WRITES", batch_writes)]).await;
+        let mut payments = shop.gate.payments(&shop.api_key).await;
+        for n in 0..3 {
+            let payment_id = checkout_and_pay(&shop.gate, &mut payments, &format!("plain-{n}")).await;
+            assert_eq!(get_payment(&mut payments, &payment_id).await.status, PaymentStatus::Paid as i32);
+        }
+        let one_statement = metric(&shop.gate, "paygate_pingbacks_settled_in_one_statement_total").await;
+        assert_eq!(one_statement > 0.0, settled_in_one_statement, "batch writes {batch_writes}: {one_statement}");
+    }
+}
