@@ -118,7 +118,9 @@ async fn copies_of(
     let mut missing = Vec::new();
     for (_, notice) in batch.iter().filter(|(_, notice)| matches!(notice.event, ProviderEvent::Payment(_))) {
         match recent.get(&notice.payment_id) {
-            Some(copy) => drop(copies.insert(notice.payment_id.clone(), copy)),
+            Some(copy) => {
+                copies.insert(notice.payment_id.clone(), copy);
+            }
             None => missing.push(notice.payment_id.as_str()),
         }
     }

@@ -181,29 +181,28 @@ pub async fn merchant_uid_taken(
 
 /// Payments by id, in scope of `merchant_id` (the subscription reads fill their payments in one query).
 pub async fn get_many(db: &Db, merchant_id: &str, payment_ids: &[&str]) -> Result<Vec<Payment>, PaymentError> {
-    if payment_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let placeholders: Vec<String> = (0..payment_ids.len()).map(|i| format!("${}", i + 2)).collect();
-    let sql =
-        format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE} AND payment_id IN ({})", placeholders.join(", "));
-    let mut query = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id);
-    for id in payment_ids {
-        query = query.bind(*id);
-    }
-    let rows = query.fetch_all(db.pool()).await?;
-    rows.into_iter().map(Payment::try_from).collect()
+    by_ids(db, Some(merchant_id), payment_ids).await
 }
 
 /// Any merchant's payments by id (a verified notification names its payment; its channel is
 /// checked by the caller), in no particular order.
 pub async fn get_many_by_id(db: &Db, payment_ids: &[&str]) -> Result<Vec<Payment>, PaymentError> {
+    by_ids(db, None, payment_ids).await
+}
+
+/// `payment_ids`, in scope of `merchant_id` when given.
+async fn by_ids(db: &Db, merchant_id: Option<&str>, payment_ids: &[&str]) -> Result<Vec<Payment>, PaymentError> {
     if payment_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (1..=payment_ids.len()).map(|i| format!("${i}")).collect();
-    let sql = format!("SELECT {COLUMNS} FROM payments WHERE payment_id IN ({})", placeholders.join(", "));
+    let first = 1 + usize::from(merchant_id.is_some());
+    let placeholders: Vec<String> = (first..first + payment_ids.len()).map(|n| format!("${n}")).collect();
+    let scope = if merchant_id.is_some() { format!("{IN_SCOPE} AND ") } else { String::new() };
+    let sql = format!("SELECT {COLUMNS} FROM payments WHERE {scope}payment_id IN ({})", placeholders.join(", "));
     let mut query = sqlx::query_as::<_, PaymentRow>(&sql);
+    if let Some(merchant_id) = merchant_id {
+        query = query.bind(merchant_id);
+    }
     for id in payment_ids {
         query = query.bind(*id);
     }
