@@ -465,16 +465,23 @@ struct Round {
 /// CPU counters at a round's start, and the clock.
 struct Meter<'a> {
     started: Instant,
-    server: Option<&'a Proc>,
+    servers: Vec<&'a Proc>,
     generator: Duration,
     server_cpu: Duration,
     postgres: std::collections::HashMap<String, Duration>,
 }
 
 impl<'a> Meter<'a> {
-    fn start(server: Option<&'a Proc>) -> Self {
-        let server_cpu = server.map_or(Duration::ZERO, Proc::cpu);
-        Self { started: Instant::now(), server, generator: own_cpu(), server_cpu, postgres: postgres_cpu() }
+    /// Counts the CPU of `servers` (summed) besides the load generator's and PostgreSQL's.
+    fn start(servers: &[&'a Proc]) -> Self {
+        let server_cpu = servers.iter().map(|proc| proc.cpu()).sum();
+        Self {
+            started: Instant::now(),
+            servers: servers.to_vec(),
+            generator: own_cpu(),
+            server_cpu,
+            postgres: postgres_cpu(),
+        }
     }
 
     /// Waits for every caller's latencies, then reads what the round cost.
@@ -488,7 +495,7 @@ impl<'a> Meter<'a> {
             elapsed: self.started.elapsed(),
             latencies,
             generator_cpu: own_cpu().saturating_sub(self.generator),
-            server_cpu: self.server.map_or(Duration::ZERO, Proc::cpu).saturating_sub(self.server_cpu),
+            server_cpu: self.servers.iter().map(|proc| proc.cpu()).sum::<Duration>().saturating_sub(self.server_cpu),
             // The tool assumes a machine where only the benchmark uses PostgreSQL.
             postgres_cpu: postgres_cpu_since(&self.postgres),
             log_reads: 0.0,
@@ -536,7 +543,7 @@ async fn checkout_round(grpc: &str, api_key: &str, label: &str, server: &Proc) -
     for _ in 0..8 {
         clients.push(connect(grpc, api_key).await);
     }
-    let meter = Meter::start(Some(server));
+    let meter = Meter::start(&[server]);
     let started = meter.started;
     let mut tasks = Vec::new();
     for caller in 0..CONCURRENCY {
@@ -570,7 +577,7 @@ async fn ingest_round(gate: &Gate, gates: &[&Gate], senders: &[&Gate], api_key: 
     let reads_before = log_reads(gates).await;
     let one_statement_before = summed(gates, "paygate_pingbacks_settled_in_one_statement_total").await;
     perf_control("enable");
-    let meter = Meter::start(Some(&gate.proc));
+    let meter = Meter::start(&gates.iter().map(|gate| &gate.proc).collect::<Vec<_>>());
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (urls, http) = (urls.clone(), http.clone());
@@ -639,7 +646,7 @@ async fn transaction_round(gate: &Gate, db_url: &str, api_key: &str, label: &str
     let db = paygate::store::Db::connect(db_url, &settings).await.unwrap();
     let notifications = batch::writers(&db, POOL_SIZE as usize / 4).notifications;
     let ids = Arc::new(Mutex::new(fresh_payments(gate, api_key, label).await));
-    let meter = Meter::start(None);
+    let meter = Meter::start(&[]);
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (ids, notifications) = (ids.clone(), notifications.clone());
@@ -731,7 +738,7 @@ async fn insert_round(db_url: &str) -> Round {
         conns.push(pool.acquire().await.unwrap());
     }
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(PINGBACKS_PER_ROUND));
-    let meter = Meter::start(None);
+    let meter = Meter::start(&[]);
     let mut tasks = Vec::new();
     for mut conn in conns {
         let left = left.clone();
@@ -1115,7 +1122,7 @@ async fn bench() {
         stream_rows(&s).await;
     }
     if compare {
-        cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &floor_ingest);
+        cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &spread_ingest, &floor_ingest);
     }
     println!();
     if compare {
@@ -1241,33 +1248,45 @@ fn checkout_rows(gc: &Side, bc: &Side) {
 }
 
 /// Who used how much CPU per request.
-fn cpu_table(gc: &Side, bc: &Side, gi: &Side, fi: &Side) {
+fn cpu_table(gc: &Side, bc: &Side, gi: &Side, si: &Side, fi: &Side) {
     println!();
-    println!("| load generator and servers | checkout: paygate | checkout: bare | ingest: paygate | ingest: floor |");
-    println!("|---|---|---|---|---|");
     println!(
-        "| load generator CPU (share of one core) | {} | {} | {} | {} |",
+        "| load generator and servers | checkout: paygate | checkout: bare | ingest: paygate | ingest: spread | ingest: floor |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| load generator CPU (share of one core) | {} | {} | {} | {} | {} |",
         gc.generator_cpu_share(),
         bc.generator_cpu_share(),
         gi.generator_cpu_share(),
+        si.generator_cpu_share(),
         fi.generator_cpu_share()
     );
     println!(
-        "| server CPU per request (paygate or the bare server) | {} | {} | {} | |",
+        "| server CPU per request (paygate's two replicas, or the bare server) | {} | {} | {} | {} | |",
         gc.per_request(|r| r.server_cpu),
         bc.per_request(|r| r.server_cpu),
-        gi.per_request(|r| r.server_cpu)
+        gi.per_request(|r| r.server_cpu),
+        si.per_request(|r| r.server_cpu)
     );
     println!(
-        "| PostgreSQL CPU per request | {} | {} | {} | {} |",
+        "| PostgreSQL CPU per request | {} | {} | {} | {} | {} |",
         gc.per_request(|r| r.postgres_cpu),
         bc.per_request(|r| r.postgres_cpu),
         gi.per_request(|r| r.postgres_cpu),
+        si.per_request(|r| r.postgres_cpu),
         fi.per_request(|r| r.postgres_cpu)
     );
-    let reads: f64 = gi.rounds.iter().map(|r| r.log_reads).sum();
-    let count: usize = gi.rounds.iter().map(|r| r.count).sum();
-    if count > 0 {
-        println!("| event-log reads per pingback (both replicas' tailers) | | | {:.2} | |", reads / count as f64);
+    let reads_per_pingback = |side: &Side| {
+        let reads: f64 = side.rounds.iter().map(|r| r.log_reads).sum();
+        let count: usize = side.rounds.iter().map(|r| r.count).sum();
+        if count > 0 { format!("{:.2}", reads / count as f64) } else { String::new() }
+    };
+    if !gi.rounds.is_empty() {
+        println!(
+            "| event-log reads per pingback (both replicas' tailers) | | | {} | {} | |",
+            reads_per_pingback(gi),
+            reads_per_pingback(si)
+        );
     }
 }
