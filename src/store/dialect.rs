@@ -6,8 +6,10 @@ use sqlx::{Any, AnyPool, Executor, Transaction, any::AnyPoolOptions, migrate::Mi
 
 use super::{PoolSettings, StoreError};
 
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+// `ignore_missing`: a schema a newer release has already moved on (its migrations applied) is one
+// this release still runs on, during a rolling upgrade and after a rollback (docs/upgrades.md).
+static POSTGRES_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("migrations/postgres") };
+static SQLITE_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("migrations/sqlite") };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -183,5 +185,21 @@ mod tests {
         differences.sort();
         differences.dedup();
         assert!(differences.is_empty(), "the migrations disagree (None: no such column):\n{}", differences.join("\n"));
+    }
+
+    /// A rolling upgrade's old replicas, and a rollback, run `migrate` on a schema a newer release
+    /// already migrated: a migration this build does not know is applied, and that must not stop it.
+    #[tokio::test]
+    async fn a_schema_a_newer_release_migrated_still_migrates() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = migrated(&format!("sqlite://{}?mode=rwc", dir.path().join("newer.db").display())).await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99999999, 'a newer release', TRUE, x'00', 1)",
+        )
+        .execute(db.pool())
+        .await
+        .expect("a newer release's migration");
+        db.migrate().await.expect("this release migrates a schema a newer release moved on");
     }
 }
