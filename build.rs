@@ -7,6 +7,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=migrations");
 
+    // The schema a build needs: its newest migration, the same in both dialects.
+    let newest = |dialect: &str| -> Result<u32, Box<dyn std::error::Error>> {
+        let mut newest = 0;
+        for entry in fs::read_dir(format!("migrations/{dialect}"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(version) = name.split('_').next().and_then(|v| v.parse().ok()) {
+                newest = newest.max(version);
+            }
+        }
+        Ok(newest)
+    };
+    let schema = newest("postgres")?;
+    if newest("sqlite")? != schema {
+        return Err("migrations/postgres and migrations/sqlite must end at the same version".into());
+    }
+    println!("cargo:rustc-env=PAYGATE_SCHEMA_VERSION={schema}");
+
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let include = protoc_bin_vendored::include_path()?;
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.

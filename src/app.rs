@@ -213,6 +213,9 @@ async fn start(
     stop: &ShutdownTrigger,
 ) -> Result<(Parts, tokio::task::JoinHandle<()>), AppError> {
     let metrics = telemetry::metrics();
+    // Which release runs, and the schema it needs: tells the replicas apart during an upgrade.
+    let (version, schema) = (env!("CARGO_PKG_VERSION"), crate::store::SCHEMA_VERSION);
+    metrics::gauge!("paygate_build_info", "version" => version, "schema" => schema).set(1.0);
     crate::payments::flows::notification::announce_metrics();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {

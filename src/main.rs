@@ -20,8 +20,11 @@ use paygate::{
     telemetry,
 };
 
+/// `paygate --version`: the release, and the schema (newest migration) it needs.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema ", env!("PAYGATE_SCHEMA_VERSION"), ")");
+
 #[derive(Parser)]
-#[command(name = "paygate", version, about = "Payments gateway: gRPC API, provider pingbacks")]
+#[command(name = "paygate", version = VERSION, about = "Payments gateway: gRPC API, provider pingbacks")]
 struct Cli {
     /// TOML settings file (default: ./paygate.toml when present). PAYGATE_* variables override it.
     #[arg(long, global = true, env = "PAYGATE_CONFIG")]

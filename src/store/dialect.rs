@@ -202,4 +202,14 @@ mod tests {
         .expect("a newer release's migration");
         db.migrate().await.expect("this release migrates a schema a newer release moved on");
     }
+
+    /// `paygate --version` and `paygate_build_info` name the schema a build needs: its newest
+    /// migration, in both dialects.
+    #[test]
+    fn the_schema_version_is_the_newest_migration() {
+        for backend in [Backend::Postgres, Backend::Sqlite] {
+            let newest = backend.migrator().iter().map(|m| m.version).max().unwrap();
+            assert_eq!(super::super::SCHEMA_VERSION, newest.to_string(), "{backend:?}");
+        }
+    }
 }

@@ -13,3 +13,6 @@ pub use db::{AnyQuery, Db, PoolSettings, now_ms, redacted_url};
 pub use dialect::Backend;
 pub use error::{OnUniqueViolation, StoreError};
 pub use types::{Flag, UnixMs};
+
+/// The schema this build needs: its newest migration's version (build.rs reads `migrations/`).
+pub const SCHEMA_VERSION: &str = env!("PAYGATE_SCHEMA_VERSION");

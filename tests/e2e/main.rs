@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod readiness;
+mod rolling_upgrade;
 mod streams;
 mod subscriptions;
 mod test_provider;

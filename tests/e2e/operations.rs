@@ -397,3 +397,23 @@ async fn serve_refuses_an_admin_token_that_reads_as_a_client_token_and_an_origin
         }
     }
 }
+
+/// An operator (and the upgrade test) tells releases apart by `paygate --version` and by the
+/// `paygate_build_info` series of each replica: the release, and the schema version it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_and_the_schema_it_needs_are_printed_and_exported() {
+    let newest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_string_lossy().split('_').next()?.parse::<u32>().ok())
+        .max()
+        .unwrap()
+        .to_string();
+    let out = std::process::Command::new(PAYGATE).arg("--version").output().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("paygate {version} (schema {newest})\n"));
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gate = Paygate::start(&db, &[]);
+    let labels = [("version", version), ("schema", newest.as_str())];
+    assert_eq!(metric_series(&gate, "paygate_build_info", &labels).await, 1.0);
+}

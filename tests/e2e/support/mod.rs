@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod pingback;
 pub mod proxy;
 /// The simulator's own signer (independent of the gateway's), for signing as Paymentwall does.
@@ -185,8 +186,13 @@ pub struct Paygate {
 impl Paygate {
     /// `paygate serve` on `db`; `env` may override anything (e.g. PAYGATE_DATABASE_URL for a proxy).
     pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        Self::start_binary(PAYGATE, db, env)
+    }
+
+    /// `start`, with the `paygate` executable at `binary` (another release's).
+    pub fn start_binary(binary: &str, db: &TestDb, env: &[(&str, &str)]) -> Self {
         let workdir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = paygate_command(db, workdir.path());
+        let mut cmd = paygate_command_of(binary, db, workdir.path());
         cmd.arg("serve")
             .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYGATE_HTTP_ADDR", "127.0.0.1:0")
@@ -242,9 +248,17 @@ impl Paygate {
     }
 }
 
+/// The `paygate` executable this build made.
+pub const PAYGATE: &str = env!("CARGO_BIN_EXE_paygate");
+
 /// A `paygate` command on `db`, with a clean environment and its own working directory.
 pub fn paygate_command(db: &TestDb, workdir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    paygate_command_of(PAYGATE, db, workdir)
+}
+
+/// `paygate_command`, with the executable at `binary`.
+pub fn paygate_command_of(binary: &str, db: &TestDb, workdir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.current_dir(workdir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -258,8 +272,13 @@ pub fn paygate_command(db: &TestDb, workdir: &std::path::Path) -> Command {
 
 /// `paygate admin create-merchant`, as an operator runs it. Returns (merchant_id, api_key).
 pub fn create_merchant(db: &TestDb, name: &str) -> (String, String) {
+    create_merchant_with(PAYGATE, db, name)
+}
+
+/// `create_merchant`, by the `paygate` executable at `binary`.
+pub fn create_merchant_with(binary: &str, db: &TestDb, name: &str) -> (String, String) {
     let workdir = tempfile::tempdir().expect("temp dir");
-    let out = paygate_command(db, workdir.path())
+    let out = paygate_command_of(binary, db, workdir.path())
         .args(["admin", "create-merchant", "--name", name])
         .output()
         .expect("run paygate admin");
