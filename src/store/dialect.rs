@@ -212,4 +212,86 @@ mod tests {
             assert_eq!(super::super::SCHEMA_VERSION, newest.to_string(), "{backend:?}");
         }
     }
+
+    /// Migrations 0001-0007 shipped in release 0.2.0, before the rule was written down.
+    const BEFORE_THE_RULE: i64 = 7;
+
+    /// What in a PostgreSQL migration breaks the release before it, or stops its writes: the rule
+    /// in docs/upgrades.md. A contract step says why it is safe on a `-- contract:` line.
+    fn breaks_the_release_before(sql: &str) -> Vec<&'static str> {
+        let sql = sql.to_uppercase();
+        let code: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join(" ");
+        let code = code.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut problems = Vec::new();
+        let contract = sql.lines().any(|l| l.trim_start().starts_with("-- CONTRACT:"));
+        for (pattern, problem) in [
+            ("DROP TABLE", "drops a table"),
+            ("DROP COLUMN", "drops a column"),
+            ("RENAME", "renames"),
+            ("SET NOT NULL", "makes a column required"),
+            (" TYPE ", "changes a column's type"),
+        ] {
+            if code.contains(pattern) && !contract {
+                problems.push(problem);
+            }
+        }
+        for statement in code.split(';') {
+            let statement = statement.trim();
+            if statement.starts_with("CREATE INDEX") || statement.starts_with("CREATE UNIQUE INDEX") {
+                if !statement.contains("CONCURRENTLY") {
+                    problems.push("builds an index without CONCURRENTLY (writes wait for it)");
+                } else if !sql.trim_start().starts_with("-- NO-TRANSACTION") {
+                    problems.push("CONCURRENTLY needs `-- no-transaction` as the first line");
+                }
+            }
+            if statement.starts_with("ALTER TABLE")
+                && statement.contains("ADD COLUMN")
+                && statement.contains("NOT NULL")
+                && !statement.contains("DEFAULT")
+            {
+                problems.push("adds a required column without a default (the release before inserts without it)");
+            }
+        }
+        problems
+    }
+
+    /// Every migration after the rule only adds (expand), or says on a `-- contract:` line which
+    /// release stopped using what it removes; indexes are built CONCURRENTLY.
+    #[test]
+    fn migrations_leave_the_release_before_working() {
+        let mut problems = Vec::new();
+        for migration in Backend::Postgres.migrator().iter().filter(|m| m.version > BEFORE_THE_RULE) {
+            for problem in breaks_the_release_before(&migration.sql) {
+                problems.push(format!("{} {}: {problem}", migration.version, migration.description));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "migrations that break the release before (docs/upgrades.md):\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_migration_rule_tells_expand_from_contract() {
+        assert!(breaks_the_release_before("ALTER TABLE payments ADD COLUMN region TEXT;").is_empty());
+        assert!(breaks_the_release_before("ALTER TABLE payments ADD COLUMN n BIGINT NOT NULL DEFAULT 0;").is_empty());
+        assert!(
+            breaks_the_release_before("-- no-transaction\nCREATE INDEX CONCURRENTLY x ON payments (a);").is_empty()
+        );
+        assert_eq!(breaks_the_release_before("ALTER TABLE payments DROP COLUMN order_name;"), ["drops a column"]);
+        assert_eq!(
+            breaks_the_release_before("ALTER TABLE payments ADD COLUMN region TEXT NOT NULL;"),
+            ["adds a required column without a default (the release before inserts without it)"]
+        );
+        assert_eq!(
+            breaks_the_release_before("CREATE INDEX x ON payments (a);"),
+            ["builds an index without CONCURRENTLY (writes wait for it)"]
+        );
+        let contract = "-- contract: 0.3.0 stopped reading order_name\nALTER TABLE payments DROP COLUMN order_name;";
+        assert!(breaks_the_release_before(contract).is_empty());
+        // Migration 0004 did what the upgrade test now catches.
+        let m4 = Backend::Postgres.migrator().iter().find(|m| m.version == 4).unwrap();
+        assert!(breaks_the_release_before(&m4.sql).contains(&"drops a column"));
+    }
 }

@@ -216,6 +216,13 @@ async fn all_events(payments: &mut Payments) -> Vec<String> {
     }
 }
 
+/// The payment's status as paygate answers it now.
+async fn status_of(payments: &mut Payments, payment_id: &str) -> Result<PaymentStatus, tonic::Status> {
+    let lookup = pb::get_payment_request::Lookup::PaymentId(payment_id.into());
+    let payment = payments.get_payment(pb::GetPaymentRequest { lookup: Some(lookup) }).await?.into_inner();
+    Ok(payment.status())
+}
+
 /// What the provider says a payment is now: its session's status, and whether it was refunded.
 fn expected_status(session: &serde_json::Value) -> PaymentStatus {
     match (session["status"].as_str(), session["refunded"].as_bool()) {
@@ -327,15 +334,16 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
     let mut retried_with = BTreeMap::new();
     let mut wrong_state = Vec::new();
     let mut reader = payments_client(grpc.addr, &api_key);
+    // Long enough for the simulator's retries (every 200 ms); a broken upgrade must not wait it out per payment.
+    let settle_by = Instant::now() + Duration::from_secs(30);
     for (payment_id, sim_session, _) in &payments_made {
         let mut session = sim.session(sim_session).await;
-        for _ in 0..500 {
+        while Instant::now() < settle_by {
             let settled = session["pingbacks"].as_array().is_some_and(|list| {
                 list.iter().all(|p| p["delivered"] == true || p["attempts"].as_array().is_some_and(|a| a.len() >= 50))
             });
-            let want = expected_status(&session);
-            let have = get_payment(&mut reader, payment_id).await.status;
-            if settled && have == want as i32 {
+            let have = status_of(&mut reader, payment_id).await;
+            if settled && have.as_ref().is_ok_and(|have| *have == expected_status(&session)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -353,16 +361,21 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
             }
         }
         paid_at_provider += usize::from(session["status"] == "paid");
-        let (want, have) = (expected_status(&session), get_payment(&mut reader, payment_id).await.status());
-        if want != have {
+        let (want, have) = (expected_status(&session), status_of(&mut reader, payment_id).await);
+        if have.as_ref().ok() != Some(&want) {
             wrong_state.push(format!("{payment_id}: the provider says {want:?}, paygate {have:?}"));
         }
     }
     let events = all_events(&mut reader).await;
     let after_start: Vec<String> = events.iter().skip_while(|e| **e != start).skip(1).cloned().collect();
-    let webhooks = receiver.wait_for(events.len()).await;
+    let received = || async { receiver.received().await["received"].as_array().cloned().unwrap_or_default() };
+    let webhooks_by = Instant::now() + Duration::from_secs(15);
+    while received().await.len() < events.len() && Instant::now() < webhooks_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything still on its way would be a duplicate.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let webhooks = receiver.received().await["received"].as_array().cloned().unwrap_or(webhooks);
+    let webhooks = received().await;
     // Each stream stops once it has the last event; a stream still short of it after 15 s is wrong.
     *streams_end.last_event.lock().unwrap() = events.last().cloned();
     let give_up = streams_end.clone();
@@ -386,7 +399,7 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
         tally.reads,
         tally.failures.len()
     );
-    for failure in &tally.failures {
+    for failure in tally.failures.iter().take(10) {
         println!("  failed: {failure}");
     }
     println!(
@@ -431,7 +444,7 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
         payments_made.len()
     );
 
-    assert!(tally.failures.is_empty(), "RPCs failed during the upgrade:\n{}", tally.failures.join("\n"));
+    assert!(tally.failures.is_empty(), "{} RPCs failed during the upgrade (the first above)", tally.failures.len());
     assert_eq!(pingbacks.0, pingbacks.1, "every pingback answered OK");
     assert!(stream_problems.is_empty(), "{}", stream_problems.join("\n"));
     assert_eq!((missing_webhooks, webhook_events.len() - distinct.len()), (0, 0), "every webhook once");
