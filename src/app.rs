@@ -17,7 +17,7 @@ use crate::{
     events::{Hub, bridge::Bridge},
     ingest::{self, AppState},
     merchants::{KeyCache, Merchants, client_tokens, keys::KEY_PREFIX},
-    net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN},
+    net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN, Lingerers, Lingering, LingeringClose},
     payments::{
         Providers, batch,
         flows::{
@@ -167,14 +167,21 @@ pub async fn serve_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     spawn_readiness(parts.state.clone(), health.clone(), stop.handle());
-    let grpc = grpc_server(&parts, health_service, guarded_incoming(grpc_listener, &s), stopped(stop.handle()))?;
+    let lingerers = Lingerers::default();
+    let incoming = guarded_incoming(grpc_listener, &s, lingerers.handle());
+    let grpc = grpc_server(&parts, health_service, incoming, stopped(stop.handle()))?;
     let limits = ingest::server::HttpLimits {
         max_connections: s.http_max_connections,
         header_read_timeout: s.http_header_read_timeout,
         request_timeout: s.http_request_timeout,
     };
-    let http =
-        ingest::server::serve(http_listener, ingest::router(parts.state.clone()), limits, stopped(stop.handle()));
+    let http = ingest::server::serve(
+        http_listener,
+        ingest::router(parts.state.clone()),
+        limits,
+        lingerers.handle(),
+        stopped(stop.handle()),
+    );
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(http);
     let database = crate::store::redacted_url(s.database_url.expose_secret());
@@ -199,6 +206,8 @@ pub async fn serve_with(
         return Err(AppError::GraceExceeded);
     };
     parts.state.db.close().await;
+    // The connections just closed finish closing: cut short by the exit, each would be a reset.
+    lingerers.finished(LingeringClose::LINGER).await;
     grpc_result?;
     http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
     tracing::info!("stopped");
@@ -272,7 +281,7 @@ async fn start(
 fn grpc_server(
     parts: &Parts,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + Send + 'static,
+    incoming: impl futures_util::Stream<Item = std::io::Result<Guarded<LingeringClose>>> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static, AppError> {
     let Parts { state, hub, merchants, cache, limits, webhook_settings, new_payments } = parts;
@@ -520,13 +529,17 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
 fn guarded_incoming(
     listener: TcpListener,
     settings: &Settings,
-) -> impl futures_util::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> + use<> {
+    lingering: Lingering,
+) -> impl futures_util::Stream<Item = std::io::Result<Guarded<LingeringClose>>> + use<> {
     let cap = ConnectionCap::new(settings.grpc_max_connections);
     let handshake = settings.grpc_handshake_timeout;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     incoming.then(move |accepted| {
-        let cap = cap.clone();
-        async move { Ok(Guarded::new(accepted?, handshake, HTTP2_PREFACE_LEN, cap.slot().await)) }
+        let (cap, lingering) = (cap.clone(), lingering.clone());
+        async move {
+            let tcp = LingeringClose::new(accepted?, lingering);
+            Ok(Guarded::new(tcp, handshake, HTTP2_PREFACE_LEN, cap.slot().await))
+        }
     })
 }
 

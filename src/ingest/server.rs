@@ -14,7 +14,7 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::net::conn::{ConnectionCap, Guarded};
+use crate::net::conn::{ConnectionCap, Guarded, Lingering, LingeringClose};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -27,8 +27,15 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
-pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: impl Future<Output = ()>) {
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish; every
+/// connection closes lingering, as one of `lingering`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    lingering: Lingering,
+    shutdown: impl Future<Output = ()>,
+) {
     let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         http::StatusCode::REQUEST_TIMEOUT,
         limits.request_timeout,
@@ -63,7 +70,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
             request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             request
         });
-        let io = Guarded::new(tcp, limits.header_read_timeout, 0, slot);
+        let io = Guarded::new(LingeringClose::new(tcp, lingering.clone()), limits.header_read_timeout, 0, slot);
         let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
