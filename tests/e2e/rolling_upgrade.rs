@@ -319,7 +319,16 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
     // A first event, so that every stream starts from the same cursor and must see all the rest.
     let mut reader = payments_client(grpc.addr, &api_key);
     checkout_and_pay(&old[0], &mut reader, "order-first").await;
-    let start = all_events(&mut reader).await.last().cloned().expect("the first payment's event");
+    // Listed once the log's horizon has passed it (right after its commit, it may not have).
+    let mut start = None;
+    for _ in 0..250 {
+        start = all_events(&mut reader).await.last().cloned();
+        if start.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = start.expect("the first payment's event");
 
     let (tally, stop, streams_end) =
         (Shared::default(), Arc::new(AtomicBool::new(false)), Arc::new(StreamsEnd::default()));
