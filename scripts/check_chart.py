@@ -2,6 +2,7 @@
 
 import copy
 import ipaddress
+import math
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ CHART = Path("helm/paygate")
 KUBE_VERSION = "1.30.0"
 # Custom resources: the Kubernetes schemas do not know them; their shape is checked here instead.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector.matchLabels", "spec.endpoints"]}
+# What paygate needs after its drain (config.shutdownGraceMs) to close the pool and flush its logs.
+STOP_MARGIN_SECONDS = 5
 # Kinds that must be ordinary release resources: Helm never deletes hook resources on `helm uninstall`,
 # so a hook Secret (the database URL, the master key) or ConfigMap would be left behind.
 NO_HOOK_KINDS = {"Secret", "ConfigMap", "ServiceAccount"}
@@ -42,6 +45,7 @@ def check(name, values):
     except helm.HelmError as e:
         return problems + [f"render: {e}"]
     kinds = []
+    docs = []
     for path, text in sorted(manifests.items()):
         if not path.endswith(".yaml") or not text.strip():
             continue
@@ -50,6 +54,7 @@ def check(name, values):
                 continue
             kind = (doc.get("apiVersion"), doc.get("kind"))
             kinds.append(kind[1])
+            docs.append((path, doc))
             problems += rule_problems(path, doc)
             if kind in CUSTOM_KINDS:
                 problems += [f"{path}: {kind[1]} lacks {f}" for f in CUSTOM_KINDS[kind] if lookup(doc, f) is None]
@@ -60,7 +65,38 @@ def check(name, values):
                 problems.append(f"{path}: {kind[1]}: {e.message} at {'.'.join(map(str, e.path))}")
             except kubernetes_validate.SchemaNotFoundError as e:
                 problems.append(f"{path}: no schema for {kind}: {e}")
+    problems += release_problems(docs)
     print(f"{name}: {len(kinds)} manifests ({', '.join(sorted(set(kinds)))}): {len(problems)} problems")
+    return problems
+
+
+def release_problems(docs):
+    """The chart's rules across manifests: a rolling update and a pod's stop fail no request."""
+    problems = []
+    config = next((d.get("data") or {} for _, d in docs if d.get("kind") == "ConfigMap"
+                   and "PAYGATE_SHUTDOWN_GRACE_MS" in (d.get("data") or {})), {})
+    for path, doc in docs:
+        if doc.get("kind") != "Deployment":
+            continue
+        spec = doc["spec"]
+        strategy = spec.get("strategy") or {}
+        rolling = strategy.get("rollingUpdate") or {}
+        if (strategy.get("type"), rolling.get("maxUnavailable"), rolling.get("maxSurge")) != ("RollingUpdate", 0, 1):
+            problems.append(f"{path}: the rollout must be RollingUpdate with maxUnavailable 0 and maxSurge 1, not {strategy}")
+        pod = spec["template"]["spec"]
+        server = next(c for c in pod["containers"] if c["name"] == "paygate")
+        sleep = lookup(server, "lifecycle.preStop.sleep.seconds")
+        if not isinstance(sleep, int) or sleep < 1:
+            problems.append(f"{path}: no preStop sleep: endpoints would still send requests to a pod that no longer takes them")
+            sleep = 0
+        grace_ms = config.get("PAYGATE_SHUTDOWN_GRACE_MS")
+        if grace_ms is None:
+            problems.append(f"{path}: no PAYGATE_SHUTDOWN_GRACE_MS in the ConfigMap")
+            continue
+        needed = sleep + math.ceil(int(grace_ms) / 1000) + STOP_MARGIN_SECONDS
+        if pod.get("terminationGracePeriodSeconds", 30) < needed:
+            problems.append(f"{path}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} < preStop "
+                            f"{sleep} s + PAYGATE_SHUTDOWN_GRACE_MS {grace_ms} + {STOP_MARGIN_SECONDS} s")
     return problems
 
 
@@ -95,13 +131,25 @@ def without(values, dotted):
     return values
 
 
-def refuses(values, key):
+def having(values, dotted, value):
+    """A deep copy of `values` with the key at `dotted` set to `value`."""
+    values = copy.deepcopy(values)
+    *parents, last = dotted.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return values
+
+
+def refuses(values, key, case=None):
     """The chart must refuse to render `values`, naming `key` in its message."""
+    case = case or f"without {key}"
     try:
         helm.Chart.load(str(CHART)).render(values, name="paygate", namespace="payments", is_install=True)
     except helm.HelmError as e:
-        return [] if key in str(e) else [f"without {key}: refused, but the message does not name it: {e}"]
-    return [f"without {key}: rendered, but the chart must require {key}"]
+        return [] if key in str(e) else [f"{case}: refused, but the message does not name {key}: {e}"]
+    return [f"{case}: rendered, but the chart must refuse it (naming {key})"]
 
 
 def main():
@@ -121,6 +169,11 @@ def main():
     problems += refuses(without(minimal, "image.repository"), "image.repository")
     problems += refuses(without(minimal, "secrets.databaseUrl"), "secrets.databaseUrl")
     problems += refuses(without(ingress, "config.trustedProxies"), "config.trustedProxies")
+    # A pod killed before its preStop sleep and drain are over fails the requests it still holds.
+    problems += refuses(having(minimal, "terminationGracePeriodSeconds", 30), "terminationGracePeriodSeconds",
+                        "terminationGracePeriodSeconds 30 with the default preStop sleep and drain")
+    problems += refuses(having(having(minimal, "config.shutdownGraceMs", 60000), "terminationGracePeriodSeconds", 70),
+                        "terminationGracePeriodSeconds", "terminationGracePeriodSeconds 70 with config.shutdownGraceMs 60000")
     for p in problems:
         print(p, file=sys.stderr)
     print(f"chart: {len(sets)} value sets, {len(problems)} problems")

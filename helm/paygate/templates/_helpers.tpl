@@ -64,3 +64,15 @@ envFrom:
   - secretRef:
       name: {{ include "paygate.secretName" . }}
 {{- end -}}
+
+{{/* The pod's whole stop must fit in terminationGracePeriodSeconds, which counts from the start of
+     preStop: the preStop sleep, then paygate's drain (config.shutdownGraceMs, after which paygate
+     exits by itself), then 5 s to close the database pool and write out the last log lines. Past it
+     the kubelet kills the process, and requests still in flight fail. */}}
+{{- define "paygate.checkShutdownTiming" -}}
+{{- $drain := div (add (int64 .Values.config.shutdownGraceMs) 999) 1000 -}}
+{{- $needed := add (int64 .Values.preStopSleepSeconds) $drain 5 -}}
+{{- if lt (int64 .Values.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds (%d) + config.shutdownGraceMs in seconds (%d) + 5 = %d, or the kubelet kills paygate before it has drained" (int64 .Values.terminationGracePeriodSeconds) (int64 .Values.preStopSleepSeconds) $drain $needed) -}}
+{{- end -}}
+{{- end -}}
