@@ -225,7 +225,7 @@ async fn start(
     // Which release runs, and the schema it needs: tells the replicas apart during an upgrade.
     let (version, schema) = (env!("CARGO_PKG_VERSION"), crate::store::SCHEMA_VERSION);
     metrics::gauge!("paygate_build_info", "version" => version, "schema" => schema).set(1.0);
-    crate::payments::flows::notification::announce_metrics();
+    crate::metrics_catalog::announce();
     let db = connect_db(&settings).await?;
     if settings.migrate_on_start {
         db.migrate().await?;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod merchants;
+pub mod metrics_catalog;
 pub mod net;
 pub mod payments;
 pub mod personal;

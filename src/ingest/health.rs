@@ -39,6 +39,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let idle = pool.num_idle() as f64;
     metrics::gauge!("paygate_db_pool_connections", "state" => "idle").set(idle);
     metrics::gauge!("paygate_db_pool_connections", "state" => "in_use").set(f64::from(pool.size()) - idle);
+    // The pool's limit beside its use: saturation (in use / max) is what the alert on the pool
+    // watches, and the limit differs by backend (SQLite: one) and setting.
+    metrics::gauge!("paygate_db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
     match &state.metrics {
         Some(handle) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled in this process\n").into_response(),

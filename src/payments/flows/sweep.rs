@@ -41,6 +41,11 @@ const BATCH: u32 = 50;
 
 pub fn spawn(db: Db, channels: Channels, providers: Providers, settings: SweepSettings, mut shutdown: Shutdown) {
     tokio::spawn(async move {
+        // The gauge from the start rather than after the first interval (a minute): the alert on it
+        // and the dashboard read every replica, a restarted one included.
+        if let Err(e) = count_unknown_refunds(&db).await {
+            tracing::warn!(error = %e, "could not count refunds whose outcome is unknown");
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(settings.interval) => {}
@@ -112,9 +117,15 @@ pub async fn run_once(
         }
     }
     repaired += sweep_tickets(db, channels, providers, s).await?;
+    count_unknown_refunds(db).await?;
+    Ok(repaired)
+}
+
+/// Sets `paygate_refunds_outcome_unknown`: refunds whose ticket's outcome is unknown, open now.
+async fn count_unknown_refunds(db: &Db) -> Result<(), PaymentError> {
     let unknown = cancellations::count_unknown(db).await?;
     metrics::gauge!("paygate_refunds_outcome_unknown").set(unknown as f64);
-    Ok(repaired)
+    Ok(())
 }
 
 /// Refund tickets whose worker is gone; returns how many requests moved on.
