@@ -2,6 +2,7 @@
 
 import copy
 import ipaddress
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,7 +14,13 @@ import yaml
 CHART = Path("helm/paygate")
 KUBE_VERSION = "1.30.0"
 # Custom resources: the Kubernetes schemas do not know them; their shape is checked here instead.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector.matchLabels", "spec.endpoints"]}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector.matchLabels", "spec.endpoints"],
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
+}
+# The alerts and the dashboard are files of the chart, rendered as they are (scripts/check-alerts tests them).
+ALERTS = CHART / "files/paygate-alerts.yaml"
+DASHBOARD = CHART / "files/paygate-dashboard.json"
 # What paygate needs after its drain (config.shutdownGraceMs) to close the pool and flush its logs.
 STOP_MARGIN_SECONDS = 5
 # Kinds that must be ordinary release resources: Helm never deletes hook resources on `helm uninstall`,
@@ -55,7 +62,7 @@ def check(name, values):
             kind = (doc.get("apiVersion"), doc.get("kind"))
             kinds.append(kind[1])
             docs.append((path, doc))
-            problems += rule_problems(path, doc)
+            problems += rule_problems(path, doc, values)
             if kind in CUSTOM_KINDS:
                 problems += [f"{path}: {kind[1]} lacks {f}" for f in CUSTOM_KINDS[kind] if lookup(doc, f) is None]
                 continue
@@ -100,10 +107,23 @@ def release_problems(docs):
     return problems
 
 
-def rule_problems(path, doc):
+def rule_problems(path, doc, values):
     """The chart's own rules, on one rendered manifest."""
     problems = []
     kind = doc.get("kind")
+    metadata = doc.get("metadata") or {}
+    if kind == "PrometheusRule" and doc.get("spec") != yaml.safe_load(ALERTS.read_text()):
+        problems.append(f"{path}: the PrometheusRule's spec is not {ALERTS} as it is")
+    if kind == "ConfigMap" and "paygate.json" in (doc.get("data") or {}):
+        dashboard = values.get("grafanaDashboard") or {}
+        label = dashboard.get("sidecarLabel", "grafana_dashboard")
+        if (metadata.get("labels") or {}).get(label) != dashboard.get("sidecarLabelValue", "1"):
+            problems.append(f"{path}: the dashboard's ConfigMap lacks the Grafana sidecar's label {label}")
+        try:
+            if json.loads(doc["data"]["paygate.json"]) != json.loads(DASHBOARD.read_text()):
+                problems.append(f"{path}: the dashboard is not {DASHBOARD} as it is")
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}: the dashboard is not JSON: {e}")
     annotations = (doc.get("metadata") or {}).get("annotations") or {}
     if kind in NO_HOOK_KINDS and "helm.sh/hook" in annotations:
         problems.append(f"{path}: {kind} is a Helm hook ({annotations['helm.sh/hook']}); helm uninstall would leave it behind")

@@ -16,6 +16,7 @@ mod hostile;
 mod key_abuse;
 mod lifecycle;
 mod limits;
+mod observability;
 mod operations;
 mod readiness;
 mod rolling_upgrade;
