@@ -2,7 +2,7 @@
 
     python3 scripts/fresh_machine_proxy.py LISTEN_ADDRESS PORT ALLOWED_CLIENT
 
-CONNECT (HTTPS: crates.io, PyPI) is tunnelled as it is; a plain request (apt's http://deb.debian.org) is
+CONNECT (HTTPS: crates.io, PyPI) is tunnelled as it is; a plain request (apt's http:// mirror) is
 sent on to its server in origin form with `Connection: close`, one request per connection (apt then
 opens another). Only ALLOWED_CLIENT may connect. Prints "proxy ready" once it listens.
 """
