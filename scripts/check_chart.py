@@ -194,6 +194,9 @@ def main():
                         "terminationGracePeriodSeconds 30 with the default preStop sleep and drain")
     problems += refuses(having(having(minimal, "config.shutdownGraceMs", 60000), "terminationGracePeriodSeconds", 70),
                         "terminationGracePeriodSeconds", "terminationGracePeriodSeconds 70 with config.shutdownGraceMs 60000")
+    # The drain the timing above is checked against is config.shutdownGraceMs: no other way in.
+    problems += refuses(having(minimal, "config.extraEnv", {"PAYGATE_SHUTDOWN_GRACE_MS": "60000"}),
+                        "PAYGATE_SHUTDOWN_GRACE_MS", "config.extraEnv with PAYGATE_SHUTDOWN_GRACE_MS")
     for p in problems:
         print(p, file=sys.stderr)
     print(f"chart: {len(sets)} value sets, {len(problems)} problems")
