@@ -67,8 +67,9 @@ envFrom:
 
 {{/* The pod's whole stop must fit in terminationGracePeriodSeconds, which counts from the start of
      preStop: the preStop sleep, then paygate's drain (config.shutdownGraceMs, after which paygate
-     exits by itself), then 5 s to close the database pool and write out the last log lines. Past it
-     the kubelet kills the process, and requests still in flight fail. */}}
+     exits by itself), then 5 s to close the database pool, let the closed connections linger (up to
+     2 s, so no client sees a reset) and write out the last log lines. Past it the kubelet kills the
+     process, and requests still in flight fail. */}}
 {{- define "paygate.checkShutdownTiming" -}}
 {{- $drain := div (add (int64 .Values.config.shutdownGraceMs) 999) 1000 -}}
 {{- $needed := add (int64 .Values.preStopSleepSeconds) $drain 5 -}}
