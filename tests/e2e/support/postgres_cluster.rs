@@ -43,12 +43,14 @@ impl TestDb {
     }
 }
 
-/// Where the PostgreSQL server programs are, if anywhere.
+/// Where the PostgreSQL server programs are, if anywhere. A `PAYGATE_TEST_PG_BINDIR` without them
+/// is a mistake, and says so.
 pub fn server_bin_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("PAYGATE_TEST_PG_BINDIR") {
-        return Some(PathBuf::from(dir));
-    }
     let complete = |dir: &Path| ["postgres", "initdb", "pg_basebackup"].iter().all(|p| dir.join(p).is_file());
+    if let Some(dir) = std::env::var_os("PAYGATE_TEST_PG_BINDIR").map(PathBuf::from) {
+        assert!(complete(&dir), "PAYGATE_TEST_PG_BINDIR={} has no postgres, initdb and pg_basebackup", dir.display());
+        return Some(dir);
+    }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
