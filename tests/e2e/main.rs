@@ -11,6 +11,7 @@ mod client_tokens;
 mod crash_storm;
 mod db_outage;
 mod event_log;
+mod failover;
 mod group_commit;
 mod hostile;
 mod key_abuse;

@@ -6,6 +6,7 @@
 
 pub mod balancer;
 pub mod pingback;
+pub mod postgres_cluster;
 pub mod proxy;
 /// The simulator's own signer (independent of the gateway's), for signing as Paymentwall does.
 #[path = "../../../src/bin/paymentwall-sim/sim/signature.rs"]

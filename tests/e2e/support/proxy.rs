@@ -3,7 +3,9 @@
 //! `restore` lets traffic through again. `trap_commit_after` watches PostgreSQL's wire protocol
 //! for the COMMIT of a transaction that ran a given statement: it lets that COMMIT through, holds
 //! the server's answer (so the client never learns it committed) and tells the test, which can
-//! then kill the client at exactly that moment.
+//! then kill the client at exactly that moment. `retarget` moves the proxy to another server, as
+//! a failover manager moves a virtual IP or a pooler's backend: new connections go there, and the
+//! ones still open to the old server are closed.
 
 use std::{
     net::SocketAddr,
@@ -29,6 +31,7 @@ type Trap = Arc<Mutex<Option<(Vec<u8>, oneshot::Sender<()>)>>>;
 pub struct TcpProxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    target: watch::Sender<SocketAddr>,
     trap: Trap,
     task: tokio::task::JoinHandle<()>,
 }
@@ -43,6 +46,7 @@ impl TcpProxy {
         let listener = TcpListener::bind(listen).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (mode, rx) = watch::channel(Mode::Pass);
+        let (target, targets) = watch::channel(target);
         let trap: Trap = Arc::new(Mutex::new(None));
         let traps = trap.clone();
         let task = tokio::spawn(async move {
@@ -52,20 +56,29 @@ impl TcpProxy {
                 }
                 let rx = rx.clone();
                 let trap = traps.clone();
+                let mut moved = targets.clone();
+                let target = *moved.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else { return };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     // Set once this connection's trapped COMMIT went through: its answer is held.
                     let (hold_tx, hold_rx) = watch::channel(false);
-                    tokio::join!(
-                        pump(cr, sw, rx.clone(), Some((trap, hold_tx)), None),
-                        pump(sr, cw, rx, None, Some(hold_rx))
-                    );
+                    let pumps = async {
+                        tokio::join!(
+                            pump(cr, sw, rx.clone(), Some((trap, hold_tx)), None),
+                            pump(sr, cw, rx, None, Some(hold_rx))
+                        )
+                    };
+                    // Moved elsewhere: this connection to the old server closes (both halves dropped).
+                    tokio::select! {
+                        _ = pumps => {}
+                        _ = moved.changed() => {}
+                    }
                 });
             }
         });
-        Self { addr, mode, trap, task }
+        Self { addr, mode, target, trap, task }
     }
 
     pub fn freeze(&self) {
@@ -78,6 +91,11 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.mode.send_replace(Mode::Pass);
+    }
+
+    /// Sends new connections to `target` from now on and closes those open to the old one.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
     }
 
     /// Arms a one-shot trap: the first COMMIT on a connection that sent `statement` (e.g.
