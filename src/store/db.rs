@@ -50,10 +50,13 @@ impl Db {
         self.backend
     }
 
-    /// Readiness: can we run a query right now?
+    /// Readiness: can we write right now? A PostgreSQL standby answers queries but refuses writes,
+    /// so it does not count (during a failover, paygate's address may reach one before promotion).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match sqlx::query(self.backend.readiness_query()).fetch_optional(&self.pool).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Unavailable(sqlx::Error::Protocol("the database is a read-only standby".into()))),
+        }
     }
 
     /// Call after committing a transaction that appended events.

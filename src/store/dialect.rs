@@ -59,6 +59,14 @@ impl Backend {
     /// PostgreSQL runs INSERT and UPDATE inside `WITH`, so one statement can make several writes:
     /// one round trip instead of several on the hot paths. SQLite cannot (and its round trips are
     /// function calls).
+    /// One row when the database takes writes: a PostgreSQL standby (in recovery) does not.
+    pub fn readiness_query(self) -> &'static str {
+        match self {
+            Self::Postgres => "SELECT 1 WHERE NOT pg_is_in_recovery()",
+            Self::Sqlite => "SELECT 1",
+        }
+    }
+
     pub fn writes_in_ctes(self) -> bool {
         self == Self::Postgres
     }

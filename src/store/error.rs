@@ -51,11 +51,18 @@ impl<T> OnUniqueViolation<T> for Result<T, sqlx::Error> {
     }
 }
 
-/// PostgreSQL connection-class and shutdown errors, SQLite busy/locked: worth a retry.
+/// PostgreSQL connection-class and shutdown errors, a write refused by a standby (25006: the
+/// database behind paygate's address is not, or not yet, the primary, as during a failover), SQLite
+/// busy/locked: worth a retry.
 fn is_transient(code: Option<&str>) -> bool {
     match code {
         Some(code) => {
-            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "5" || code == "6"
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "25006"
+                || code == "5"
+                || code == "6"
         }
         None => false,
     }

@@ -94,6 +94,51 @@ async fn negative_control_a_failover_that_does_not_move_the_proxy() {
     failover(Scenario { synchronous: true, move_proxy: false }).await;
 }
 
+/// Pointed at a standby not yet promoted (a failover manager that moves the address first, a DNS
+/// name that still resolves to the old replica): the standby answers reads but refuses writes, so
+/// paygate is not ready, and a write is UNAVAILABLE (retry), not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_not_yet_promoted_is_not_ready_and_its_refused_writes_are_unavailable() {
+    let cluster = match PgCluster::start(false, DATABASE).await {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            eprintln!("SKIPPED: needs PostgreSQL servers of its own: {why}");
+            return;
+        }
+    };
+    let on_primary = TestDb::on_own_server(&cluster.primary.url(DATABASE));
+    let sim = Simulator::start();
+    let (_, api_key) = create_merchant(&on_primary, "Acme");
+    let primary = Paygate::start(&on_primary, &[]);
+    let channel = channel_request(&sim, "main", pb::ChannelMode::Test);
+    primary.channels(&api_key).await.create_channel(channel).await.unwrap();
+    let mut on_primary_db = cluster.primary.connect(DATABASE).await;
+    let lsn: String =
+        sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut on_primary_db).await.unwrap();
+    // The standby has replayed the channel (an asynchronous standby: wait for it).
+    let mut on_standby_db = cluster.standby.connect(DATABASE).await;
+    let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+    for _ in 0..500 {
+        if sqlx::query_scalar::<_, bool>(&caught_up).fetch_one(&mut on_standby_db).await.unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut standby_db = TestDb::on_own_server(&cluster.standby.url(DATABASE));
+    standby_db.master_key = on_primary.master_key.clone();
+    let on_standby = Paygate::start(&standby_db, &[("PAYGATE_MIGRATE_ON_START", "false")]);
+    let ready = http_client().get(on_standby.http_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "a read-only standby is not ready");
+    let status = on_standby
+        .payments(&api_key)
+        .await
+        .create_checkout_session(checkout_request("main", "order-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
 /// sqlx's PostgreSQL driver (sqlx-postgres 0.8.6) connects to one host and port: a URL names one
 /// (`src/options/parse.rs`: the host and port of the URL, or `host=`/`port=` taken verbatim), the
 /// options hold one (`src/options/mod.rs`: `host: String`, `port: u16`), and `PgStream::connect`
