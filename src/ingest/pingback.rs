@@ -267,6 +267,9 @@ async fn refused(
     span.record("outcome", err.outcome_label());
     span.in_scope(|| match &err {
         PingbackError::Store(StoreError::InvalidValue(_)) => tracing::warn!(error = %err, "pingback refused"),
+        // The database out of reach (a failover, a restart): answered 503 and sent again by the
+        // provider; a warning, as for the gRPC calls, so that an outage is not hundreds of errors.
+        PingbackError::Store(StoreError::Unavailable(_)) => tracing::warn!(error = %err, "pingback failed"),
         PingbackError::Store(_) | PingbackError::Channel(_) | PingbackError::Corrupt(_) => {
             tracing::error!(error = %err, "pingback failed")
         }
