@@ -787,22 +787,7 @@ async fn stream_latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &s
     let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
     let mut on_sender = connect(&sender.grpc, api_key).await;
     let mut on_receiver = connect(&receiver.grpc, api_key).await;
-    let request = on_receiver.req(pb::WatchPaymentsRequest::default());
-    let mut stream = on_receiver.payments.watch_payments(request).await.unwrap().into_inner();
-    // The waiter sleeps until an event arrives: a spinning waiter would take a core from the
-    // servers it measures.
-    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    let _ = arrived.send((event.payment.unwrap().payment_id, Instant::now()));
-                }
-                Ok(None) => break eprintln!("the stream ended"),
-                Err(status) => break eprintln!("the stream failed: {status}"),
-            }
-        }
-    });
+    let (reader, mut arrivals) = arrivals(&mut on_receiver).await;
     let mut samples = Latencies::default();
     for n in 0..LATENCY_WARMUP + LATENCY_SAMPLES {
         let payment_id = checkout(&mut on_sender, &format!("{label}-{n}")).await;
@@ -827,6 +812,72 @@ async fn stream_latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &s
     samples.answered.sort();
     samples.delivered.sort();
     samples
+}
+
+/// A merchant-wide stream on `client`, read by a task that reports each event's payment and when
+/// it arrived. The waiter sleeps until an event arrives: a spinning waiter would take a core from
+/// the servers it measures.
+async fn arrivals(
+    client: &mut Client,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>) {
+    let request = client.req(pb::WatchPaymentsRequest::default());
+    let mut stream = client.payments.watch_payments(request).await.unwrap().into_inner();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    let _ = arrived.send((event.payment.unwrap().payment_id, Instant::now()));
+                }
+                Ok(None) => break eprintln!("the stream ended"),
+                Err(status) => break eprintln!("the stream failed: {status}"),
+            }
+        }
+    });
+    (reader, arrivals)
+}
+
+/// How long the unrelated transaction of the horizon rows stays open, and how many pingbacks each
+/// row sends while one is.
+const UNRELATED_HOLD: Duration = Duration::from_secs(2);
+const UNRELATED_TRIALS: usize = 10;
+
+/// Each of `UNRELATED_TRIALS` pingbacks is sent on `gate` just after a transaction that has
+/// nothing to do with paygate took a transaction id in `unrelated_url`'s database (another
+/// database of the cluster, or paygate's own), which commits `UNRELATED_HOLD` later: the time until
+/// a subscriber has each event. Sorted.
+async fn unrelated_stall(gate: &Gate, api_key: &str, unrelated_url: &str, label: &str) -> Vec<Duration> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let mut client = connect(&gate.grpc, api_key).await;
+    let (reader, mut arrivals) = arrivals(&mut client).await;
+    let mut delays = Vec::new();
+    for n in 0..UNRELATED_TRIALS {
+        let payment_id = checkout(&mut client, &format!("{label}-{n}")).await;
+        let mut unrelated = PgConnection::connect(unrelated_url).await.unwrap();
+        let (holding, held) = tokio::sync::oneshot::channel();
+        let holder = tokio::spawn(async move {
+            let mut tx = unrelated.begin().await.unwrap();
+            sqlx::query("SELECT pg_current_xact_id()::text").execute(&mut *tx).await.unwrap();
+            let _ = holding.send(());
+            tokio::time::sleep(UNRELATED_HOLD).await;
+            tx.commit().await.unwrap();
+        });
+        held.await.unwrap();
+        let sent = Instant::now();
+        let url = pingback_url(gate, &payment_id, &format!("{label}{n}"));
+        assert_eq!(http.get(url).send().await.unwrap().text().await.unwrap(), "OK");
+        loop {
+            let (id, at) = arrivals.recv().await.expect("the stream stays open");
+            if id == payment_id {
+                delays.push(at.saturating_duration_since(sent));
+                break;
+            }
+        }
+        holder.await.unwrap();
+    }
+    reader.abort();
+    delays.sort();
+    delays
 }
 
 /// Sorted latencies of sequential pingbacks: until answered OK, and until the subscriber had the event.
@@ -945,6 +996,8 @@ async fn lone_commits(db_url: &str) -> Vec<Duration> {
 
 struct Setup {
     admin: PgConnection,
+    /// The cluster's admin database: another database than paygate's.
+    admin_url: String,
     name: String,
     db_url: String,
     api_key: String,
@@ -1001,7 +1054,7 @@ async fn setup() -> Setup {
     channels.create_channel(create).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let merchant_id = created["merchant_id"].as_str().unwrap().to_owned();
-    Setup { admin, name, db_url, api_key, merchant_id, a, b, prefix }
+    Setup { admin, admin_url, name, db_url, api_key, merchant_id, a, b, prefix }
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -1151,6 +1204,8 @@ async fn stream_rows(s: &Setup) {
     let same = stream_latency(&s.a, &s.a, &s.api_key, "same").await;
     let across = stream_latency(&s.a, &s.b, &s.api_key, "across").await;
     let redis_rtt = redis_round_trip(&s.prefix).await;
+    let other_database = unrelated_stall(&s.a, &s.api_key, &s.admin_url, "unrelated-other").await;
+    let same_database = unrelated_stall(&s.a, &s.api_key, &s.db_url, "unrelated-same").await;
     let commits = lone_commits(&s.db_url).await;
     let gate_fan = fan_out(&s.a.grpc, &s.a.proc, &s.api_key, 10_000, Sends::Pingback(&s.a)).await;
     let (bytes_10k, fan_10k) = (gate_fan.bytes_per_stream, gate_fan.elapsed);
@@ -1185,6 +1240,18 @@ async fn stream_rows(s: &Setup) {
         ms(percentile(&redis_rtt, 0.5)),
         verdict(across99 < Duration::from_millis(10))
     );
+    for (place, delays) in
+        [("another database of the cluster", &other_database), ("paygate's database", &same_database)]
+    {
+        let worst = delays.last().copied().unwrap_or_default();
+        println!(
+            "| pingback -> subscriber while an unrelated transaction is open ({} s) in {place}: worst, median of {UNRELATED_TRIALS} | {} ({}) | | | < 10 ms | {} |",
+            UNRELATED_HOLD.as_secs(),
+            ms(worst),
+            ms(percentile(delays, 0.5)),
+            verdict(worst < Duration::from_millis(10))
+        );
+    }
     println!(
         "| (for reference) one-INSERT transaction, one at a time (sqlx), p99 (p50) | {} ({}) | | | | |",
         ms(percentile(&commits, 0.99)),
