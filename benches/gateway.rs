@@ -798,14 +798,9 @@ async fn stream_latency(sender: &Gate, receiver: &Gate, api_key: &str, label: &s
         if n >= LATENCY_WARMUP {
             samples.answered.push(sent.elapsed());
         }
-        loop {
-            let (id, at) = arrivals.recv().await.expect("the stream stays open");
-            if id == payment_id {
-                if n >= LATENCY_WARMUP {
-                    samples.delivered.push(at.saturating_duration_since(sent));
-                }
-                break;
-            }
+        let at = arrival_of(&mut arrivals, &payment_id).await;
+        if n >= LATENCY_WARMUP {
+            samples.delivered.push(at.saturating_duration_since(sent));
         }
     }
     reader.abort();
@@ -837,6 +832,19 @@ async fn arrivals(
     (reader, arrivals)
 }
 
+/// When the event of `payment_id` arrived (earlier events are skipped).
+async fn arrival_of(
+    arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    payment_id: &str,
+) -> Instant {
+    loop {
+        let (id, at) = arrivals.recv().await.expect("the stream stays open");
+        if id == payment_id {
+            return at;
+        }
+    }
+}
+
 /// How long the unrelated transaction of the horizon rows stays open, and how many pingbacks each
 /// row sends while one is.
 const UNRELATED_HOLD: Duration = Duration::from_secs(2);
@@ -866,13 +874,7 @@ async fn unrelated_stall(gate: &Gate, api_key: &str, unrelated_url: &str, label:
         let sent = Instant::now();
         let url = pingback_url(gate, &payment_id, &format!("{label}{n}"));
         assert_eq!(http.get(url).send().await.unwrap().text().await.unwrap(), "OK");
-        loop {
-            let (id, at) = arrivals.recv().await.expect("the stream stays open");
-            if id == payment_id {
-                delays.push(at.saturating_duration_since(sent));
-                break;
-            }
-        }
+        delays.push(arrival_of(&mut arrivals, &payment_id).await.saturating_duration_since(sent));
         holder.await.unwrap();
     }
     reader.abort();

@@ -17,7 +17,7 @@ use crate::{
     events::{Hub, bridge::Bridge},
     ingest::{self, AppState},
     merchants::{KeyCache, Merchants, client_tokens, keys::KEY_PREFIX},
-    net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN, Lingerers, Lingering, LingeringClose},
+    net::conn::{ConnectionCap, Guarded, HTTP2_PREFACE_LEN, LINGER, Lingerers, Lingering, LingeringClose},
     payments::{
         Providers, batch,
         flows::{
@@ -207,7 +207,7 @@ pub async fn serve_with(
     };
     parts.state.db.close().await;
     // The connections just closed finish closing: cut short by the exit, each would be a reset.
-    lingerers.finished(LingeringClose::LINGER).await;
+    lingerers.finished(LINGER).await;
     grpc_result?;
     http_result.map_err(|e| AppError::Http(std::io::Error::other(e)))?;
     tracing::info!("stopped");

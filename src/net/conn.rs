@@ -119,7 +119,7 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
 }
 
 /// How long a closed connection keeps reading what the client still sends.
-const LINGER: Duration = Duration::from_secs(2);
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// A TCP connection that closes as a server's should (nginx's "lingering close"): when paygate is
 /// done with it, it sends FIN and reads and discards whatever the client still sends, until the
@@ -168,9 +168,6 @@ impl Lingerers {
 }
 
 impl LingeringClose {
-    /// The longest a close lingers.
-    pub const LINGER: Duration = LINGER;
-
     pub fn new(stream: TcpStream, lingering: Lingering) -> Self {
         Self { stream: Some(stream), lingering }
     }

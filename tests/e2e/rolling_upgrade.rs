@@ -36,8 +36,8 @@ struct Tally {
     checkouts: usize,
     refunds: usize,
     reads: usize,
-    /// (payment id, simulator session, refunded)
-    payments: Vec<(String, String, bool)>,
+    /// (payment id, simulator session)
+    payments: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Tally>>;
@@ -86,7 +86,7 @@ fn failed(tally: &Shared, what: &str, status: &tonic::Status, started: Instant) 
 async fn checkout_loop(worker: usize, payments: Payments, sim: Arc<Simulator>, tally: Shared, stop: Arc<AtomicBool>) {
     let started = Instant::now();
     let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
+    'load: while !stop.load(Ordering::Relaxed) {
         n += 1;
         let uid = format!("order-{worker}-{n}");
         let mut request = checkout_request("main", &uid);
@@ -105,7 +105,7 @@ async fn checkout_loop(worker: usize, payments: Payments, sim: Arc<Simulator>, t
         tally.lock().unwrap().checkouts += 1;
         let sim_session = sim.open(&session.redirect_url).await;
         let refund = n % 4 != 0 && n % 3 == 0;
-        tally.lock().unwrap().payments.push((session.payment_id.clone(), sim_session.clone(), refund));
+        tally.lock().unwrap().payments.push((session.payment_id.clone(), sim_session.clone()));
         if n % 4 == 0 {
             continue;
         }
@@ -117,7 +117,7 @@ async fn checkout_loop(worker: usize, payments: Payments, sim: Arc<Simulator>, t
         for wait in 0.. {
             if wait == 500 {
                 tally.lock().unwrap().failures.push(format!("{uid} was never paid"));
-                break;
+                continue 'load;
             }
             let read = || {
                 let (mut payments, id) = (payments.clone(), session.payment_id.clone());
@@ -125,8 +125,12 @@ async fn checkout_loop(worker: usize, payments: Payments, sim: Arc<Simulator>, t
                 async move { payments.get_payment(pb::GetPaymentRequest { lookup: Some(lookup) }).await }
             };
             match resending_refused(&tally, read).await {
-                Ok(payment) if payment.get_ref().status == PaymentStatus::Paid as i32 => break,
-                Ok(_) => tally.lock().unwrap().reads += 1,
+                Ok(payment) => {
+                    tally.lock().unwrap().reads += 1;
+                    if payment.get_ref().status == PaymentStatus::Paid as i32 {
+                        break;
+                    }
+                }
                 Err(status) => failed(&tally, "GetPayment", &status, started),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -386,7 +390,7 @@ async fn a_rolling_upgrade_from_the_last_release_fails_no_request() {
     let mut reader = payments_client(grpc.addr, &api_key);
     // Long enough for the simulator's retries (every 200 ms); a broken upgrade must not wait it out per payment.
     let settle_by = Instant::now() + Duration::from_secs(30);
-    for (payment_id, sim_session, _) in &payments_made {
+    for (payment_id, sim_session) in &payments_made {
         let mut session = sim.session(sim_session).await;
         while Instant::now() < settle_by {
             let settled = session["pingbacks"].as_array().is_some_and(|list| {
