@@ -11,6 +11,49 @@ use super::{PoolSettings, StoreError};
 static POSTGRES_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("migrations/postgres") };
 static SQLITE_MIGRATIONS: Migrator = Migrator { ignore_missing: true, ..sqlx::migrate!("migrations/sqlite") };
 
+/// Every table paygate creates (a test holds this to the migrations). A transaction writing one of
+/// them is one of paygate's own, and may append to the event log.
+pub const PAYGATE_TABLES: &[&str] = &[
+    "merchants",
+    "api_keys",
+    "channels",
+    "payments",
+    "cancellations",
+    "subscriptions",
+    "idempotency_keys",
+    "pingbacks",
+    "payment_events",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "audit_events",
+];
+
+/// PostgreSQL's event-log horizon, from the statement's snapshot: the oldest transaction the
+/// snapshot counts as running that writes one of paygate's tables (it holds a row lock mode on one
+/// in this database: `pg_locks`), or has committed since the snapshot was taken (its rows are not
+/// in this read, and it may have been a writer); else the snapshot's `xmax`, below which every
+/// transaction id is handed out. Transactions of other applications, in this database or another,
+/// never hold it back. A writer locks a table before it is given a transaction id, so none can
+/// hold an id without its lock showing. The locks are read (once, on the first `IN`) before any
+/// `pg_xact_status`: a writer that ends after its status was asked must still show its locks (the
+/// other way round it could end in between and be missed). `pg_locks` shows 32-bit ids; the
+/// snapshot's are 64-bit.
+static POSTGRES_HORIZON: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let tables = PAYGATE_TABLES.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+    format!(
+        "(SELECT COALESCE(min(x::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint) \
+         FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+         WHERE x::text::bigint % 4294967296 IN ( \
+           SELECT t.transactionid::text::bigint FROM pg_locks t JOIN pg_locks r USING (virtualtransaction) \
+           WHERE t.locktype = 'transactionid' AND r.locktype = 'relation' \
+             AND r.mode IN ('RowShareLock', 'RowExclusiveLock') \
+             AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND r.relation IN (SELECT to_regclass(name) FROM unnest(ARRAY[{tables}]) AS name)) \
+           OR pg_xact_status(x) = 'committed')"
+    )
+});
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
@@ -78,11 +121,12 @@ impl Backend {
         }
     }
 
-    /// SQL for the event log's horizon: the oldest transaction still running (every older one has
-    /// ended). SQLite has one writer, so nothing is ever running behind a committed id.
+    /// SQL for the event log's horizon: every transaction below it that may write an event has
+    /// ended, and every later one gets a larger id. SQLite has one writer, so nothing is ever
+    /// running behind a committed id.
     pub fn running_horizon_sql(self) -> &'static str {
         match self {
-            Self::Postgres => "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            Self::Postgres => &POSTGRES_HORIZON,
             Self::Sqlite => "9223372036854775807",
         }
     }
@@ -193,6 +237,18 @@ mod tests {
         differences.sort();
         differences.dedup();
         assert!(differences.is_empty(), "the migrations disagree (None: no such column):\n{}", differences.join("\n"));
+    }
+
+    /// The event log's horizon waits for transactions writing paygate's tables, named in
+    /// `PAYGATE_TABLES`: a table the migrations add must be named there, or a transaction that
+    /// writes it first and then an event could slip behind a reader's cursor.
+    #[tokio::test]
+    async fn every_table_the_migrations_create_holds_the_event_horizon() {
+        let mut created: Vec<String> = postgres_schema().await.into_keys().collect();
+        let mut named: Vec<String> = super::PAYGATE_TABLES.iter().map(|t| t.to_string()).collect();
+        created.sort();
+        named.sort();
+        assert_eq!(created, named, "PAYGATE_TABLES (store::dialect) must name every table");
     }
 
     /// A rolling upgrade's old replicas, and a rollback, run `migrate` on a schema a newer release

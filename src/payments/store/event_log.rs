@@ -3,10 +3,12 @@
 //! order.
 //!
 //! PostgreSQL: an event's position is (txid of its transaction, id). A reader takes only events of
-//! transactions older than the oldest transaction still running (`pg_snapshot_xmin`): every
-//! transaction below that horizon has ended, and every later one gets a larger txid, so nothing can
-//! ever appear behind a position already read. Events above the horizon are held back (and the
-//! caller reads again shortly). SQLite has one writer, so ids already follow commit order.
+//! transactions below a horizon (`Backend::running_horizon_sql`): the oldest transaction its
+//! snapshot counts as running that writes one of paygate's tables, so every transaction below it
+//! that could append an event has ended, and every later one gets a larger txid; nothing can ever
+//! appear behind a position already read. Other applications' transactions, in this database or
+//! another, never hold it. Events above the horizon are held back (and the caller reads again
+//! shortly). SQLite has one writer, so ids already follow commit order.
 
 use sqlx::AnyConnection;
 
