@@ -307,6 +307,13 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
+    async fn erase_customer(
+        &self,
+        _: Request<pb::EraseCustomerRequest>,
+    ) -> Result<Response<pb::EraseCustomerResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
     type WatchPaymentsStream =
         std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 

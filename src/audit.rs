@@ -22,10 +22,12 @@ pub enum Action {
     WebhookEndpointSet,
     MasterKeyRotated,
     PaymentClientTokenIssued,
+    /// A buyer's personal data was erased (EraseCustomer); the target is the erasure's id.
+    CustomerErased,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Self::MerchantCreated,
         Self::SubMerchantCreated,
         Self::ApiKeyCreated,
@@ -37,6 +39,7 @@ impl Action {
         Self::WebhookEndpointSet,
         Self::MasterKeyRotated,
         Self::PaymentClientTokenIssued,
+        Self::CustomerErased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Action {
             Self::WebhookEndpointSet => "webhook_endpoint.set",
             Self::MasterKeyRotated => "master_key.rotated",
             Self::PaymentClientTokenIssued => "payment_client_token.issued",
+            Self::CustomerErased => "customer.erased",
         }
     }
 

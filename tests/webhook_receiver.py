@@ -72,6 +72,7 @@ class Handler(BaseHTTPRequestHandler):
                 "event_id": (verified.get("data") or {}).get("event_id"),
                 "payment_id": ((verified.get("data") or {}).get("payment") or {}).get("payment_id"),
                 "status": ((verified.get("data") or {}).get("payment") or {}).get("status"),
+                "customer_uid": ((verified.get("data") or {}).get("payment") or {}).get("customer_uid"),
             })
         self._json(200, {"ok": True})
 

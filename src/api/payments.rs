@@ -193,6 +193,23 @@ impl PaymentService for PaymentsApi {
         }))
     }
 
+    async fn erase_customer(
+        &self,
+        request: Request<pb::EraseCustomerRequest>,
+    ) -> Result<Response<pb::EraseCustomerResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        validation::identifier(&mut v, "customer_uid", &r.customer_uid, validation::CUSTOMER_UID);
+        v.check()?;
+        let erasure = self.payments.erase_customer(&caller, &r.customer_uid).await?;
+        Ok(Response::new(pb::EraseCustomerResponse {
+            erasure_id: erasure.erasure_id,
+            payments_erased: u32::try_from(erasure.payment_ids.len()).unwrap_or(u32::MAX),
+            payment_ids: erasure.payment_ids,
+        }))
+    }
+
     async fn list_payment_events(
         &self,
         request: Request<pb::ListPaymentEventsRequest>,

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Every event type paygate sends; `payment.*` and `subscription.*` select a family.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "payment.paid",
     "payment.pending_review",
     "payment.failed",
@@ -27,6 +27,7 @@ pub const EVENT_TYPES: [&str; 11] = [
     "subscription.cancelled",
     "subscription.expired",
     "subscription.payment_failed",
+    "customer.erased",
     "webhook.test",
 ];
 

@@ -10,6 +10,7 @@ mod checkout;
 mod client_tokens;
 mod crash_storm;
 mod db_outage;
+mod erasure;
 mod event_log;
 mod failover;
 mod group_commit;

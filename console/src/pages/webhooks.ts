@@ -18,6 +18,7 @@ const EVENT_TYPES = [
   "subscription.cancelled",
   "subscription.expired",
   "subscription.payment_failed",
+  "customer.erased",
 ];
 
 export function renderWebhooks(main: HTMLElement): void {

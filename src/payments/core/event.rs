@@ -45,10 +45,13 @@ pub enum EventKind {
     SubscriptionCancelled,
     SubscriptionExpired,
     SubscriptionPaymentFailed,
+    /// The buyer's personal data was erased from the payment (EraseCustomer); the snapshot shows
+    /// what stays.
+    CustomerErased,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         Self::PaymentPaid,
         Self::PaymentPendingReview,
         Self::PaymentFailed,
@@ -59,6 +62,7 @@ impl EventKind {
         Self::SubscriptionCancelled,
         Self::SubscriptionExpired,
         Self::SubscriptionPaymentFailed,
+        Self::CustomerErased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl EventKind {
             Self::SubscriptionCancelled => "subscription.cancelled",
             Self::SubscriptionExpired => "subscription.expired",
             Self::SubscriptionPaymentFailed => "subscription.payment_failed",
+            Self::CustomerErased => "customer.erased",
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod cancellation;
 pub mod checkout;
+pub mod erasure;
 pub mod event;
 pub mod model;
 pub mod money;

@@ -65,7 +65,8 @@ struct TicketAnswer {
 /// A Cancellation API ticket about one transaction.
 pub struct Ticket<'a> {
     pub kind: TicketType,
-    /// The transaction (Paymentwall's `ref`) and its buyer (`uid`).
+    /// The transaction (Paymentwall's `ref`) and its buyer (`uid`; empty once erased: the API
+    /// takes `ref` and/or `uid`).
     pub provider_ref: &'a str,
     pub uid: &'a str,
     pub message: &'a str,
@@ -78,10 +79,12 @@ fn ticket_form(config: &PaymentwallConfig, ticket: &Ticket<'_>) -> Vec<(&'static
     let mut params = vec![
         ("key", config.project_key.clone()),
         ("ref", ticket.provider_ref.to_owned()),
-        ("uid", ticket.uid.to_owned()),
         ("type", (ticket.kind as u8).to_string()),
         ("message", ticket.message.to_owned()),
     ];
+    if !ticket.uid.is_empty() {
+        params.push(("uid", ticket.uid.to_owned()));
+    }
     if ticket.test {
         params.push(("test_mode", "1".to_owned()));
     }
