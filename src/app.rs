@@ -253,6 +253,7 @@ async fn start(
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
     sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop.handle());
+    crate::retention::spawn(db.clone(), retention_policy(&settings), settings.retention_interval, stop.handle());
     // A quarter of the pool for new checkout payments, which share INSERTs, and an eighth for
     // pingbacks, which share statements (`batch::writers`); the rest stays free for the API.
     let workers = (settings.database_max_connections as usize / 4).max(1);
@@ -471,6 +472,16 @@ fn webhook_settings(s: &Settings) -> WebhookSettings {
         // At least a whole attempt (config.rs checks), or two replicas could send the same delivery.
         claim: s.webhook_claim,
         rotation_overlap: s.webhook_secret_overlap,
+    }
+}
+
+fn retention_policy(s: &Settings) -> crate::retention::Policy {
+    crate::retention::Policy {
+        events_days: s.retention_events_days,
+        pingbacks_days: s.retention_pingbacks_days,
+        webhook_deliveries_days: s.retention_webhook_deliveries_days,
+        webhook_attempts_days: s.retention_webhook_attempts_days,
+        audit_days: s.retention_audit_days,
     }
 }
 

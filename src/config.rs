@@ -165,6 +165,15 @@ pub struct Settings {
     pub sweep_pending_after: Duration,
     #[serde(rename = "sweep_recheck_ms", with = "millis")]
     pub sweep_recheck: Duration,
+    /// Retention by kind of data, in days (0: kept forever), and how often expiry runs. Payments,
+    /// cancellations and subscriptions are the ledger: always kept (docs/operations.md#retention).
+    pub retention_events_days: u32,
+    pub retention_pingbacks_days: u32,
+    pub retention_webhook_deliveries_days: u32,
+    pub retention_webhook_attempts_days: u32,
+    pub retention_audit_days: u32,
+    #[serde(rename = "retention_interval_ms", with = "millis")]
+    pub retention_interval: Duration,
     /// Events buffered per open stream; a stream that falls this far behind is ended (it resumes).
     pub stream_buffer: usize,
     pub max_streams_per_merchant: usize,
@@ -254,6 +263,12 @@ impl Default for Settings {
             sweep_ready_after: ms(HOUR),
             sweep_pending_after: ms(600_000),
             sweep_recheck: ms(300_000),
+            retention_events_days: 400,
+            retention_pingbacks_days: 400,
+            retention_webhook_deliveries_days: 90,
+            retention_webhook_attempts_days: 30,
+            retention_audit_days: 2_557,
+            retention_interval: ms(HOUR),
             stream_buffer: 256,
             max_streams_per_merchant: 1_000,
             event_poll_interval: ms(1_000),
@@ -304,7 +319,7 @@ impl Settings {
 
     /// Each duration setting: its key (`_ms`, in milliseconds), its value, and the milliseconds it
     /// must lie between. 0 is allowed only where it means off.
-    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 29] {
+    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 30] {
         [
             ("database_acquire_timeout_ms", self.database_acquire_timeout, 1..=10 * MINUTE),
             ("redis_timeout_ms", self.redis_timeout, 1..=MINUTE),
@@ -326,6 +341,7 @@ impl Settings {
             ("sweep_ready_after_ms", self.sweep_ready_after, 1..=30 * DAY),
             ("sweep_pending_after_ms", self.sweep_pending_after, 1..=30 * DAY),
             ("sweep_recheck_ms", self.sweep_recheck, 1..=30 * DAY),
+            ("retention_interval_ms", self.retention_interval, SECOND..=DAY),
             ("event_poll_interval_ms", self.event_poll_interval, 10..=MINUTE),
             ("http2_keepalive_interval_ms", self.http2_keepalive_interval, SECOND..=HOUR),
             ("http2_keepalive_timeout_ms", self.http2_keepalive_timeout, 1..=10 * MINUTE),

@@ -86,6 +86,7 @@ impl From<PaymentError> for Status {
             PaymentError::IdempotencyMismatch | PaymentError::IdempotencyInFlight | PaymentError::Concurrent => {
                 Status::aborted(err.to_string())
             }
+            PaymentError::CursorExpired(_) => Status::out_of_range(err.to_string()),
             PaymentError::Channel(channel) => channel.into(),
             PaymentError::Provider(problem) => {
                 tracing::error!(%problem, "provider request could not be built");

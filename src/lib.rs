@@ -19,6 +19,7 @@ pub mod personal;
 pub mod proto;
 pub mod providers;
 pub mod ratelimit;
+pub mod retention;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;

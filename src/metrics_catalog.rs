@@ -146,7 +146,23 @@ pub const METRICS: &[Metric] = &[
         "Renewals recorded after their subscription had ended, by the end they came after.",
         ByOwner,
     ),
+    metric(
+        "paygate_retention_rows_expired_total",
+        Counter,
+        "Rows deleted by retention in batches, by table (raw pingbacks; every table on SQLite).",
+        Each("table", RETENTION_TABLES),
+    ),
+    metric(
+        "paygate_retention_partitions_dropped_total",
+        Counter,
+        "Month partitions dropped by retention (PostgreSQL), by table.",
+        Each("table", RETENTION_TABLES),
+    ),
 ];
+
+/// The tables `retention` expires.
+const RETENTION_TABLES: &[&str] =
+    &["payment_events", "pingbacks", "webhook_deliveries", "webhook_attempts", "audit_events"];
 
 /// The operations `store::redis` names in `paygate_redis_errors_total`.
 const REDIS_OPS: &[&str] = &["get", "set", "publish", "rate_limit"];

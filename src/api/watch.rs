@@ -161,6 +161,9 @@ pub async fn watch(
     r: pb::WatchPaymentsRequest,
 ) -> Result<EventStream, Status> {
     let (resume_after, filter) = read_request(&caller, &view, &r)?;
+    if let Some(cursor) = resume_after {
+        check_cursor(&db, &view, "resume_after", cursor).await?;
+    }
     let expires_at = view.expires_at();
     let filter = Arc::new(filter);
     // A client token (it has an expiry) may hold a few streams of its payment, apart from the
@@ -384,6 +387,19 @@ impl Watch {
     }
 }
 
+/// OUT_OF_RANGE for a cursor before events retention expired (resuming would skip them), naming
+/// the field and the oldest cursor still available, written as this view writes cursors.
+async fn check_cursor(db: &Db, view: &View, field: &str, after: Position) -> Result<(), Status> {
+    match log::check_cursor(db, after).await {
+        Err(crate::payments::PaymentError::CursorExpired(oldest)) => Err(Status::out_of_range(format!(
+            "{field}: the events after this cursor were expired by retention; the oldest cursor still available \
+             is {}",
+            view.cursor(oldest)
+        ))),
+        other => other.map_err(Status::from),
+    }
+}
+
 pub async fn list(
     db: &Db,
     caller: &Caller,
@@ -402,6 +418,7 @@ pub async fn list(
         true => &[][..],
         false => std::slice::from_ref(&r.payment_id),
     };
+    check_cursor(db, &View::Merchant, "after", after).await?;
     let scope = log::ListScope { payment_ids, subscription_ids: &r.subscription_ids, ..Default::default() };
     let tenancy = log::Tenancy { merchant_id: &caller.merchant_id, merchants: &caller.scope };
     let (events, _) = log::list(db, tenancy, scope, after, limit).await?;

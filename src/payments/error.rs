@@ -30,6 +30,9 @@ pub enum PaymentError {
     IdempotencyInFlight,
     #[error("the payment changed concurrently; retry")]
     Concurrent,
+    /// A cursor before events retention expired; the position is the oldest cursor still available.
+    #[error("events after this cursor were expired by retention; the oldest cursor still available is {0}")]
+    CursorExpired(crate::payments::core::Position),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error("provider: {0}")]

@@ -27,6 +27,7 @@ pub const PAYGATE_TABLES: &[&str] = &[
     "webhook_deliveries",
     "webhook_attempts",
     "audit_events",
+    "retention_marks",
 ];
 
 /// PostgreSQL's event-log horizon, from the statement's snapshot: the oldest transaction the
@@ -192,7 +193,8 @@ mod tests {
         let rows = sqlx::query_as(
             "SELECT table_name::text, column_name::text, (is_nullable::text = 'YES')::int::bigint \
              FROM information_schema.columns \
-             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations' \
+             AND table_name NOT IN (SELECT relname::text FROM pg_class WHERE relispartition)",
         )
         .fetch_all(db.pool())
         .await;

@@ -21,6 +21,7 @@ mod limits;
 mod observability;
 mod operations;
 mod readiness;
+mod retention;
 mod rolling_upgrade;
 mod streams;
 mod subscriptions;

@@ -67,10 +67,11 @@ async fn rewrite(
     let select =
         format!("SELECT CAST({key} AS TEXT), {column} FROM {table} WHERE payment_id = $1 AND {column} IS NOT NULL");
     let rows: Vec<(String, String)> = sqlx::query_as(&select).bind(payment_id).fetch_all(&mut *conn).await?;
-    let update = format!("UPDATE {table} SET {column} = $1 WHERE {key} = CAST($2 AS {key_type})");
+    // By the payment too: an index of every partition leads with it.
+    let update = format!("UPDATE {table} SET {column} = $1 WHERE payment_id = $2 AND {key} = CAST($3 AS {key_type})");
     for (id, text) in rows {
         if let Some(erased) = erase(&text) {
-            sqlx::query(&update).bind(erased).bind(id).execute(&mut *conn).await?;
+            sqlx::query(&update).bind(erased).bind(payment_id).bind(id).execute(&mut *conn).await?;
         }
     }
     Ok(())

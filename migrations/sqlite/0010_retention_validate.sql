@@ -1,0 +1,2 @@
+-- PostgreSQL's partitioning step (see migrations/postgres); nothing to do on SQLite.
+SELECT 1;
