@@ -3,6 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 mod demo;
+mod seed;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,17 @@ enum Command {
     /// Try paygate in a minute: a temporary database, the Paymentwall simulator, a checkout paid
     /// end to end; then keeps serving until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Development tools.
+    #[command(subcommand)]
+    Dev(Dev),
+}
+
+#[derive(Subcommand)]
+enum Dev {
+    /// Fill a PostgreSQL database (PAYGATE_DATABASE_URL, migrated first) with a year of a busy
+    /// deployment, by COPY: merchants, sub-merchants, channels, payments, events, refunds,
+    /// subscriptions, raw pingbacks. For measuring at size (BENCHMARKS.md).
+    Seed(seed::SeedArgs),
 }
 
 #[derive(clap::Args)]
@@ -235,6 +247,12 @@ fn main() -> ExitCode {
             Command::Admin(admin) => run_admin(&settings, admin).await,
             Command::Watch(_) => unreachable!("handled above"),
             Command::Demo(args) => demo::run(args).await,
+            Command::Dev(Dev::Seed(args)) => {
+                let db = app::connect_db(&settings).await.map_err(|e| e.to_string())?;
+                db.migrate().await.map_err(|e| e.to_string())?;
+                db.close().await;
+                seed::run(secrecy::ExposeSecret::expose_secret(&settings.database_url), args).await
+            }
         };
         // Logged while the log writer still runs (it stops with `_telemetry`).
         if let Err(e) = &result {
