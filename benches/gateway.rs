@@ -12,7 +12,11 @@
 //!   a Redis PUBLISH -> subscriber round trip, with a lone one-INSERT transaction's latency for
 //!   reference (an event cannot reach a subscriber before its transaction commits);
 //! - 10,000 open streams: server memory per stream and one event to all of them, against a bare
-//!   tonic server sending the same event to 10,000 streams of its own.
+//!   tonic server sending the same event to 10,000 streams of its own;
+//! - with `PAYGATE_BENCH_LARGE=1` (or `PAYGATE_BENCH_ONLY=large`), the same checkout and ingest
+//!   rounds on a database seeded with 10 million payments (`paygate dev seed`, once, kept as
+//!   `paygate_bench_large`) beside the empty one, ListPayments per filter, a stream resumed 10
+//!   million events back, and the storage a payment's life costs, table by table.
 //!
 //! It reports the CPU the load generator (this process) used, so nobody mistakes it for the
 //! bottleneck. PostgreSQL: PAYGATE_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres;
@@ -173,7 +177,10 @@ fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
         // The load comes from one key; its rate limit is not what is measured.
         .env("PAYGATE_API_RATE_LIMIT_PER_SECOND", "0")
         .env("PAYGATE_API_MERCHANT_RATE_LIMIT_PER_SECOND", "0")
-        .env("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "0");
+        .env("PAYGATE_PINGBACK_REFUSAL_RATE_PER_SECOND", "0")
+        // The storage rows deliver webhooks to a receiver on loopback.
+        .env("PAYGATE_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .env("PAYGATE_WEBHOOK_POLL_INTERVAL_MS", "100");
     let (proc, json) = start_until_ready(cmd, "paygate ready");
     Gate {
         proc,
@@ -435,12 +442,17 @@ async fn checkout(client: &mut Client, uid: &str) -> String {
 }
 
 fn pingback_url(gate: &Gate, payment_id: &str, reference: &str) -> String {
+    pingback_url_of(&gate.http, payment_id, reference, "0", "")
+}
+
+/// A signed pingback of `kind` (with `reason`, when not empty) to the paygate at `http`.
+fn pingback_url_of(http: &str, payment_id: &str, reference: &str, kind: &str, reason: &str) -> String {
     let mut params: Vec<(String, String)> = [
         ("uid", "bench-user"),
         ("goodsid", payment_id),
         ("slength", ""),
         ("speriod", ""),
-        ("type", "0"),
+        ("type", kind),
         ("ref", reference),
         ("is_test", "1"),
         ("sign_version", "3"),
@@ -448,10 +460,13 @@ fn pingback_url(gate: &Gate, payment_id: &str, reference: &str) -> String {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    if !reason.is_empty() {
+        params.push(("reason".into(), reason.into()));
+    }
     let sig = sim_signature::pingback_sig(3, &params, SECRET);
     params.push(("sig".into(), sig));
     let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
-    format!("{}/pingback/paymentwall/main?{query}", gate.http)
+    format!("{http}/pingback/paymentwall/main?{query}")
 }
 
 /// One round's result: how many, in how long, each one's latency, and the load generator's CPU.
@@ -1099,9 +1114,10 @@ async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let probe_before = speed_probe();
     let s = setup().await;
-    // `PAYGATE_BENCH_ONLY=streams|checkout|ingest`: only those rows, for iterating on them.
+    // `PAYGATE_BENCH_ONLY=streams|checkout|ingest|large`: only those rows, for iterating on them.
     let only = std::env::var("PAYGATE_BENCH_ONLY").unwrap_or_default();
-    let compare = only != "streams";
+    let compare = only != "streams" && only != "large";
+    let large = only == "large" || std::env::var("PAYGATE_BENCH_LARGE").is_ok_and(|v| v == "1");
     let (run_checkout, run_ingest) = (compare && only != "ingest", compare && only != "checkout");
     let streams = only.is_empty() || only == "streams";
     if compare {
@@ -1184,6 +1200,10 @@ async fn bench() {
     }
     if streams {
         stream_rows(&s).await;
+    }
+    let mut s = s;
+    if large {
+        large_rows(&mut s).await;
     }
     if compare {
         cpu_table(&gate_checkout, &bare_checkout, &gate_ingest, &spread_ingest, &floor_ingest);
@@ -1367,4 +1387,352 @@ fn cpu_table(gc: &Side, bc: &Side, gi: &Side, si: &Side, fi: &Side) {
             reads_per_pingback(si)
         );
     }
+}
+
+// ---- the large-database rows (`PAYGATE_BENCH_LARGE=1`) ----
+
+/// The seeded database: made by `paygate dev seed` on the first run (it takes a while) and kept
+/// for the next ones. `PAYGATE_BENCH_LARGE_DATABASE` names it; `PAYGATE_BENCH_LARGE_PAYMENTS`
+/// sets the size it is seeded with.
+fn large_name() -> String {
+    std::env::var("PAYGATE_BENCH_LARGE_DATABASE").unwrap_or_else(|_| "paygate_bench_large".into())
+}
+
+/// The seeded database, as the large rows use it: two replicas, the bench merchant's key (channel
+/// "main", as on the empty database) and a key of the seeded merchant `mer_seed_000` (with its
+/// four sub-merchants: a twentieth of everything).
+struct Large {
+    db_url: String,
+    api_key: String,
+    seeded_key: String,
+    a: Gate,
+    b: Gate,
+    payments: i64,
+    events: i64,
+    seed_seconds: f64,
+}
+
+fn paygate_cli(db_url: &str, key: &str, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    env_base(&mut cmd, db_url, key);
+    let out = cmd.args(args).output().unwrap();
+    assert!(out.status.success(), "paygate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("JSON")
+}
+
+async fn large_setup(s: &mut Setup) -> Large {
+    let name = large_name();
+    let db_url = format!("{}/{name}", s.admin_url.split('?').next().unwrap().rsplit_once('/').unwrap().0);
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut s.admin)
+        .await
+        .unwrap();
+    if exists.is_none() {
+        let payments = std::env::var("PAYGATE_BENCH_LARGE_PAYMENTS").unwrap_or_else(|_| "10000000".into());
+        s.admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let key = paygate::secrets::MasterKeys::generate();
+        eprintln!("seeding {name} with {payments} payments (paygate dev seed; kept for later runs)");
+        let seeded = paygate_cli(&db_url, &key, &["dev", "seed", "--payments", &payments]);
+        let merchant = paygate_cli(&db_url, &key, &["admin", "create-merchant", "--name", "bench"]);
+        let seeded_key =
+            paygate_cli(&db_url, &key, &["admin", "create-api-key", "--merchant", "mer_seed_000", "--name", "bench"]);
+        let mut conn = PgConnection::connect(&db_url).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE bench_large AS SELECT $1::text AS master_key, $2::text AS api_key, $3::text AS seeded_key, \
+             $4::float8 AS seed_seconds",
+        )
+        .bind(&key)
+        .bind(merchant["api_key"].as_str().unwrap())
+        .bind(seeded_key["api_key"].as_str().unwrap())
+        .bind(seeded["seconds"].as_f64().unwrap_or_default())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let mut conn = PgConnection::connect(&db_url).await.unwrap();
+    let (key, api_key, seeded_key, seed_seconds): (String, String, String, f64) =
+        sqlx::query_as("SELECT master_key, api_key, seeded_key, seed_seconds FROM bench_large")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let a = start_gate(&db_url, &key, &s.prefix);
+    let b = start_gate(&db_url, &key, &s.prefix);
+    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
+    let mut channels =
+        ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
+    let mut create = Request::new(pb::CreateChannelRequest {
+        channel_key: "main".into(),
+        name: "bench".into(),
+        provider: pb::Provider::Paymentwall as i32,
+        mode: pb::ChannelMode::Test as i32,
+        paymentwall: Some(pb::PaymentwallCredentials {
+            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
+            secret_key: SECRET.into(),
+            pingback_allowlist: vec!["127.0.0.1/32".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", bearer);
+    // Made on the first run; then it exists.
+    let _ = channels.create_channel(create).await;
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT reltuples::bigint FROM pg_class WHERE relname = 'payments'), \
+         (SELECT SUM(c.reltuples)::bigint FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+          WHERE i.inhparent = 'payment_events'::regclass)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    Large { db_url, api_key, seeded_key, a, b, payments: counts.0, events: counts.1, seed_seconds }
+}
+
+/// Sequential ListPayments calls with one filter: sorted latencies.
+async fn list_latencies(grpc: &str, key: &str, request: pb::ListPaymentsRequest) -> Vec<Duration> {
+    let mut client = connect(grpc, key).await;
+    let mut samples = Vec::new();
+    for n in 0..220 {
+        let sent = Instant::now();
+        let page = client.payments.list_payments(client.req(request.clone())).await.expect("list").into_inner();
+        assert!(!page.payments.is_empty(), "{request:?} finds payments");
+        if n >= 20 {
+            samples.push(sent.elapsed());
+        }
+    }
+    samples.sort();
+    samples
+}
+
+/// A stream of the seeded merchant's events resumed `back` events (of the whole log) before its
+/// end: time to the first event, and the rate at which it delivers all it has to.
+async fn resume_from_far_back(l: &Large, back: i64) -> (Duration, f64, usize) {
+    let mut conn = PgConnection::connect(&l.db_url).await.unwrap();
+    let (txid, event_id): (i64, i64) =
+        sqlx::query_as("SELECT txid, event_id FROM payment_events ORDER BY txid DESC, event_id DESC OFFSET $1 LIMIT 1")
+            .bind(back)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payment_events WHERE (txid, event_id) > ($1, $2) \
+         AND merchant_id IN (SELECT merchant_id FROM merchants WHERE merchant_id = 'mer_seed_000' OR parent_id = 'mer_seed_000')",
+    )
+    .bind(txid)
+    .bind(event_id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let mut client = connect(&l.a.grpc, &l.seeded_key).await;
+    let request = pb::WatchPaymentsRequest { resume_after: format!("{txid}-{event_id}"), ..Default::default() };
+    let sent = Instant::now();
+    let mut stream = client.payments.watch_payments(client.req(request)).await.expect("watch").into_inner();
+    let mut first = None;
+    let mut received = 0;
+    while received < expected as usize {
+        stream.message().await.expect("stream").expect("open");
+        first.get_or_insert(sent.elapsed());
+        received += 1;
+    }
+    let elapsed = sent.elapsed();
+    (first.unwrap_or_default(), received as f64 / elapsed.as_secs_f64(), received)
+}
+
+/// Bytes of every table (partitions summed), by table.
+async fn table_sizes(db_url: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut conn = PgConnection::connect(db_url).await.unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT COALESCE(p.relname, c.relname)::text, SUM(pg_total_relation_size(c.oid))::bigint FROM pg_class c \
+         LEFT JOIN pg_inherits i ON i.inhrelid = c.oid LEFT JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace GROUP BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// A local webhook receiver that answers 200 to everything; returns its URL.
+async fn webhook_sink() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 65536];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 || socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+const LIVES: usize = 2_000;
+
+/// What one payment's life costs in storage, by table: `LIVES` checkouts, each paid (type 0) and
+/// refunded by the provider (type 2, reason 9), their events, raw pingbacks and webhooks
+/// (delivered to a local receiver), measured as the growth of each table over them.
+async fn storage_per_life(s: &Setup) -> Vec<(String, f64)> {
+    let sink = webhook_sink().await;
+    let channel = Channel::from_shared(s.a.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut hooks = paygate::proto::v1::webhook_service_client::WebhookServiceClient::new(channel);
+    let mut request = Request::new(pb::SetWebhookEndpointRequest { url: sink, event_types: vec![] });
+    request.metadata_mut().insert("authorization", format!("Bearer {}", s.api_key).parse().unwrap());
+    hooks.set_webhook_endpoint(request).await.expect("webhook endpoint");
+    let before = table_sizes(&s.db_url).await;
+    let client = connect(&s.a.grpc, &s.api_key).await;
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for caller in 0..16 {
+        let (mut client, http, gate_http) = (client.clone(), http.clone(), s.a.http.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..LIVES / 16 {
+                let id = checkout(&mut client, &format!("life-{caller}-{n}")).await;
+                for (kind, reason) in [("0", ""), ("2", "9")] {
+                    let url = pingback_url_of(&gate_http, &id, &format!("l{id}"), kind, reason);
+                    assert_eq!(http.get(url).send().await.unwrap().text().await.unwrap(), "OK");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Until every delivery is made (none pending).
+    let mut conn = PgConnection::connect(&s.db_url).await.unwrap();
+    for _ in 0..600 {
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'PENDING'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = table_sizes(&s.db_url).await;
+    after
+        .iter()
+        .map(|(table, bytes)| (table.clone(), (bytes - before.get(table).copied().unwrap_or(0)) as f64 / LIVES as f64))
+        .filter(|(table, bytes)| *bytes > 0.0 && !table.starts_with("bench_"))
+        .collect()
+}
+
+async fn large_rows(s: &mut Setup) {
+    let seeded = Instant::now();
+    let l = large_setup(s).await;
+    let setup_seconds = seeded.elapsed().as_secs_f64();
+    // Warm the large replicas and both databases' caches before anything counts.
+    checkout_round(&l.a.grpc, &l.api_key, "warm-l", &l.a.proc).await;
+    let (mut empty_checkout, mut large_checkout) = (Side::default(), Side::default());
+    let (mut empty_ingest, mut large_ingest) = (Side::default(), Side::default());
+    for round in 0..ROUNDS {
+        empty_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("ec{round}"), &s.a.proc).await);
+        large_checkout.rounds.push(checkout_round(&l.a.grpc, &l.api_key, &format!("lc{round}"), &l.a.proc).await);
+        let gates = [&s.a, &s.b];
+        empty_ingest.rounds.push(ingest_round(&s.a, &gates, &[&s.a], &s.api_key, &format!("ei{round}")).await);
+        let gates = [&l.a, &l.b];
+        large_ingest.rounds.push(ingest_round(&l.a, &gates, &[&l.a], &l.api_key, &format!("li{round}")).await);
+    }
+    let subscription: String =
+        sqlx::query_scalar("SELECT subscription_id FROM subscriptions WHERE merchant_id = 'mer_seed_000' LIMIT 1")
+            .fetch_one(&mut PgConnection::connect(&l.db_url).await.unwrap())
+            .await
+            .unwrap();
+    let day = 86_400;
+    let now = paygate::store::now_ms() / 1000;
+    let range = |from_days: i64| prost_types::Timestamp { seconds: now - from_days * day, nanos: 0 };
+    let filters = [
+        ("no filter", pb::ListPaymentsRequest { page_size: 50, ..Default::default() }),
+        (
+            "status PAID",
+            pb::ListPaymentsRequest {
+                statuses: vec![pb::PaymentStatus::Paid as i32],
+                page_size: 50,
+                ..Default::default()
+            },
+        ),
+        ("channel", pb::ListPaymentsRequest { channel_key: "seed_000".into(), page_size: 50, ..Default::default() }),
+        (
+            "a week, 100 days ago",
+            pb::ListPaymentsRequest {
+                created_from: Some(range(107)),
+                created_to: Some(range(100)),
+                page_size: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "subscription",
+            pb::ListPaymentsRequest { subscription_id: subscription, page_size: 50, ..Default::default() },
+        ),
+    ];
+    let mut lists = Vec::new();
+    for (label, request) in filters {
+        lists.push((label, list_latencies(&l.a.grpc, &l.seeded_key, request).await));
+    }
+    let (first, rate, resumed) = resume_from_far_back(&l, 10_000_000.min(l.events - 1)).await;
+    let storage = storage_per_life(s).await;
+
+    println!();
+    println!(
+        "Large database: {} payments, {} events ({}, seeded by `paygate dev seed` in {:.0} s; this run's setup {:.0} s).",
+        l.payments,
+        l.events,
+        large_name(),
+        l.seed_seconds,
+        setup_seconds
+    );
+    println!();
+    println!("| measure | empty database | large database | ratio | target | verdict |");
+    println!("|---|---|---|---|---|---|");
+    for (label, empty, large) in
+        [("checkout throughput", &empty_checkout, &large_checkout), ("pingback ingest", &empty_ingest, &large_ingest)]
+    {
+        let ratio = large.per_second() / empty.per_second();
+        println!(
+            "| {label} (64 callers) | {:.0}/s | {:.0}/s | {ratio:.2} | >= 0.9 | {} |",
+            empty.per_second(),
+            large.per_second(),
+            verdict(ratio >= 0.9)
+        );
+    }
+    for (label, samples) in &lists {
+        let p99 = percentile(samples, 0.99);
+        println!(
+            "| ListPayments, {label}, a merchant with 4 sub-merchants: p99 (p50) | | {} ({}) | | < 20 ms | {} |",
+            ms(p99),
+            ms(percentile(samples, 0.5)),
+            verdict(p99 < Duration::from_millis(20))
+        );
+    }
+    println!(
+        "| WatchPayments resumed 10,000,000 events back: first event | | {} | | < 50 ms | {} |",
+        ms(first),
+        verdict(first < Duration::from_millis(50))
+    );
+    println!(
+        "| ... then catches up ({resumed} events of that merchant and its sub-merchants) | | {rate:.0} events/s | | >= 50,000/s | {} |",
+        verdict(rate >= 50_000.0)
+    );
+    println!();
+    println!(
+        "Storage per payment life ({LIVES} lives: checkout, paid, refunded by the provider, events, raw pingbacks, webhooks delivered):"
+    );
+    println!();
+    println!("| table | bytes per life |");
+    println!("|---|---|");
+    let total: f64 = storage.iter().map(|(_, b)| b).sum();
+    for (table, bytes) in &storage {
+        println!("| {table} | {bytes:.0} |");
+    }
+    println!("| all | {total:.0} |");
+    let Large { a, b, .. } = l;
+    drop((a, b));
 }
