@@ -26,7 +26,7 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 20)]
     merchants: u64,
     /// Payments per COPY transaction.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 20_000)]
     chunk: u64,
 }
 
@@ -265,7 +265,9 @@ async fn copy(conn: &mut PgConnection, table: &str, columns: &str, rows: &Copy) 
         return Ok(());
     }
     let mut copy = conn.copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN")).await?;
-    copy.send(rows.0.as_bytes()).await?;
+    for piece in rows.0.as_bytes().chunks(1 << 20) {
+        copy.send(piece).await?;
+    }
     copy.finish().await?;
     Ok(())
 }

@@ -31,7 +31,7 @@ impl Payments {
     }
 
     pub async fn payments(&self, caller: &Caller, filter: &ListFilter) -> Result<Vec<Payment>, PaymentError> {
-        rows::list(&self.db, &caller.merchant_id, filter).await
+        rows::list(&self.db, &caller.merchant_id, &caller.scope, filter).await
     }
 
     /// These payments, those the caller may see, in no particular order.

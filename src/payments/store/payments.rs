@@ -295,55 +295,89 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
-/// Newest first.
-pub async fn list(db: &Db, merchant_id: &str, f: &ListFilter) -> Result<Vec<Payment>, PaymentError> {
-    let mut sql = format!("SELECT {COLUMNS} FROM payments WHERE {IN_SCOPE}");
-    let mut n = 1;
-    let mut next = || {
-        n += 1;
-        format!("${n}")
-    };
-    if !f.statuses.is_empty() {
-        let placeholders: Vec<String> = f.statuses.iter().map(|_| next()).collect();
-        sql.push_str(&format!(" AND status IN ({})", placeholders.join(", ")));
-    }
-    if f.channel_key.is_some() {
-        sql.push_str(&format!(" AND channel_key = {}", next()));
-    }
-    if f.created_from.is_some() {
-        sql.push_str(&format!(" AND created_at >= {}", next()));
-    }
-    if f.created_to.is_some() {
-        sql.push_str(&format!(" AND created_at < {}", next()));
-    }
-    if f.subscription_id.is_some() {
-        sql.push_str(&format!(" AND subscription_id = {}", next()));
-    }
-    if f.before_payment_id.is_some() {
-        sql.push_str(&format!(" AND payment_id < {}", next()));
-    }
-    sql.push_str(&format!(" ORDER BY payment_id DESC LIMIT {}", next()));
+/// Up to this many merchants of a scope get a branch of their own in `list` (a parent with more
+/// sub-merchants is read through the scope's subquery instead).
+const MAX_BRANCHES: usize = 64;
 
-    let mut query = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id);
-    for status in &f.statuses {
-        query = query.bind(status.as_str());
+/// How far a payment's id (a ULID, stamped when it was made) may be from its `created_at`: a
+/// time range is read as a range of ids, widened by this, then filtered exactly.
+const ID_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// The smallest payment id made at `ms` or later.
+fn first_id_at(ms: i64) -> String {
+    format!("pay_{}", ulid::Ulid::from_parts(ms.max(0) as u64, 0))
+}
+
+/// Newest first: a page of the payments of `merchants` (the caller's scope, as authentication
+/// found it; `merchant_id` when it is not known). Each merchant's payments are read newest first
+/// on `payments_by_merchant` (or, for one channel, on `payments_by_channel`), a branch per
+/// merchant merged in order, so a page reads about a page of rows however many payments the scope
+/// holds; a time range is read as the range of payment ids (ULIDs) made in it.
+pub async fn list(
+    db: &Db,
+    merchant_id: &str,
+    merchants: &[String],
+    f: &ListFilter,
+) -> Result<Vec<Payment>, PaymentError> {
+    let mut args: Vec<String> = Vec::new();
+    let mut param = |value: String| {
+        args.push(value);
+        format!("${}", args.len())
+    };
+    let mut filters = String::new();
+    if !f.statuses.is_empty() {
+        let placeholders: Vec<String> = f.statuses.iter().map(|s| param(s.as_str().to_owned())).collect();
+        filters.push_str(&format!(" AND status IN ({})", placeholders.join(", ")));
     }
     if let Some(channel_key) = &f.channel_key {
-        query = query.bind(channel_key);
+        filters.push_str(&format!(" AND channel_key = {}", param(channel_key.clone())));
     }
     if let Some(from) = f.created_from {
-        query = query.bind(from);
+        let (lo, at) = (param(first_id_at(from - ID_CLOCK_MARGIN_MS)), param(from.to_string()));
+        filters.push_str(&format!(" AND payment_id >= {lo} AND created_at >= CAST({at} AS BIGINT)"));
     }
     if let Some(to) = f.created_to {
-        query = query.bind(to);
+        let (hi, at) = (param(first_id_at(to + ID_CLOCK_MARGIN_MS)), param(to.to_string()));
+        filters.push_str(&format!(" AND payment_id < {hi} AND created_at < CAST({at} AS BIGINT)"));
     }
     if let Some(subscription_id) = &f.subscription_id {
-        query = query.bind(subscription_id);
+        filters.push_str(&format!(" AND subscription_id = {}", param(subscription_id.clone())));
     }
     if let Some(before) = &f.before_payment_id {
-        query = query.bind(before);
+        filters.push_str(&format!(" AND payment_id < {}", param(before.clone())));
     }
-    let rows = query.bind(i64::from(f.limit)).fetch_all(db.pool()).await?;
+    let limit = param(f.limit.to_string());
+    // One channel's payments come by `payments_by_channel` (the tenancy only checks them); the
+    // narrow filters by their own indexes. Otherwise a branch per merchant.
+    let narrow = f.channel_key.is_some() || f.subscription_id.is_some();
+    let sql = if narrow || merchants.is_empty() || merchants.len() > MAX_BRANCHES {
+        let scope = param(merchant_id.to_owned());
+        let in_scope = IN_SCOPE.replace("$1", &scope);
+        format!(
+            "SELECT {COLUMNS} FROM payments WHERE {in_scope}{filters} ORDER BY payment_id DESC \
+             LIMIT CAST({limit} AS BIGINT)"
+        )
+    } else {
+        let branches: Vec<String> = merchants
+            .iter()
+            .map(|m| {
+                let m = param(m.clone());
+                format!(
+                    "SELECT * FROM (SELECT {COLUMNS} FROM payments WHERE merchant_id = {m}{filters} \
+                     ORDER BY payment_id DESC LIMIT CAST({limit} AS BIGINT)) AS b"
+                )
+            })
+            .collect();
+        format!(
+            "SELECT * FROM ({}) AS page ORDER BY payment_id DESC LIMIT CAST({limit} AS BIGINT)",
+            branches.join(" UNION ALL ")
+        )
+    };
+    let mut query = sqlx::query_as::<_, PaymentRow>(&sql);
+    for arg in args {
+        query = query.bind(arg);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
     rows.into_iter().map(Payment::try_from).collect()
 }
 

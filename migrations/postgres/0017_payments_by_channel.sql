@@ -1,0 +1,3 @@
+-- no-transaction
+-- ListPayments of one channel reads that channel's payments newest first.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS payments_by_channel ON payments (channel_key, payment_id);
