@@ -139,6 +139,12 @@ fn env_base(cmd: &mut Command, db_url: &str, key: &str) {
         .env("PAYGATE_LOG_LEVEL", "warn,paygate=info");
 }
 
+/// The `paygate` this build made, or another (`PAYGATE_BENCH_PAYGATE`: an earlier release's, for a
+/// before-and-after on the same host with the same harness).
+fn paygate_exe() -> String {
+    std::env::var("PAYGATE_BENCH_PAYGATE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_paygate").to_owned())
+}
+
 /// Starts `cmd` and waits for its JSON "ready" line, which names its addresses.
 fn start_until_ready(mut cmd: Command, ready_message: &'static str) -> (Proc, serde_json::Value) {
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
@@ -166,7 +172,7 @@ fn start_until_ready(mut cmd: Command, ready_message: &'static str) -> (Proc, se
 }
 
 fn start_gate(db_url: &str, key: &str, prefix: &str) -> Gate {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    let mut cmd = Command::new(paygate_exe());
     env_base(&mut cmd, db_url, key);
     cmd.arg("serve")
         .env("PAYGATE_GRPC_ADDR", "127.0.0.1:0")
@@ -1044,7 +1050,7 @@ async fn setup() -> Setup {
     let key = paygate::secrets::MasterKeys::generate();
     let prefix = format!("bench{}:", ulid::Ulid::new());
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    let mut cmd = Command::new(paygate_exe());
     env_base(&mut cmd, &db_url, &key);
     let out = cmd.args(["admin", "create-merchant", "--name", "bench"]).output().unwrap();
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("merchant JSON");
@@ -1114,12 +1120,13 @@ async fn bench() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let probe_before = speed_probe();
     let s = setup().await;
-    // `PAYGATE_BENCH_ONLY=streams|checkout|ingest|large`: only those rows, for iterating on them.
+    // `PAYGATE_BENCH_ONLY=streams|latency|checkout|ingest|large`: only those rows, for iterating on
+    // them (`latency`: the stream rows but the 10,000 streams).
     let only = std::env::var("PAYGATE_BENCH_ONLY").unwrap_or_default();
-    let compare = only != "streams" && only != "large";
+    let compare = !["streams", "latency", "large"].contains(&only.as_str());
     let large = only == "large" || std::env::var("PAYGATE_BENCH_LARGE").is_ok_and(|v| v == "1");
     let (run_checkout, run_ingest) = (compare && only != "ingest", compare && only != "checkout");
-    let streams = only.is_empty() || only == "streams";
+    let streams = only.is_empty() || only == "streams" || only == "latency";
     if compare {
         // Warm both (connections, caches, plans) before anything counts.
         checkout_round(&s.a.grpc, &s.api_key, "warm", &s.a.proc).await;
@@ -1199,7 +1206,7 @@ async fn bench() {
         }
     }
     if streams {
-        stream_rows(&s).await;
+        stream_rows(&s, only != "latency").await;
     }
     let mut s = s;
     if large {
@@ -1227,8 +1234,52 @@ async fn bench() {
     let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
 }
 
-/// The latency and many-streams rows.
-async fn stream_rows(s: &Setup) {
+fn print_latency_rows(
+    same: &Latencies,
+    across: &Latencies,
+    redis_rtt: &[Duration],
+    other_database: &[Duration],
+    same_database: &[Duration],
+    commits: &[Duration],
+) {
+    let (same99, across99) = (percentile(&same.delivered, 0.99), percentile(&across.delivered, 0.99));
+    println!(
+        "| pingback -> WatchPayments subscriber, same replica, p99 (p50) | {} ({}) | {} ({}): the pingback answered OK | | < 5 ms | {} |",
+        ms(same99),
+        ms(percentile(&same.delivered, 0.5)),
+        ms(percentile(&same.answered, 0.99)),
+        ms(percentile(&same.answered, 0.5)),
+        verdict(same99 < Duration::from_millis(5))
+    );
+    println!(
+        "| pingback on A -> subscriber on B (Redis), p99 (p50) | {} ({}) | {} ({}): Redis PUBLISH -> subscriber | | < 10 ms | {} |",
+        ms(across99),
+        ms(percentile(&across.delivered, 0.5)),
+        ms(percentile(redis_rtt, 0.99)),
+        ms(percentile(redis_rtt, 0.5)),
+        verdict(across99 < Duration::from_millis(10))
+    );
+    for (place, delays) in
+        [("another database of the cluster", other_database), ("paygate's database", same_database)]
+    {
+        let worst = delays.last().copied().unwrap_or_default();
+        println!(
+            "| pingback -> subscriber while an unrelated transaction is open ({} s) in {place}: worst, median of {UNRELATED_TRIALS} | {} ({}) | | | < 10 ms | {} |",
+            UNRELATED_HOLD.as_secs(),
+            ms(worst),
+            ms(percentile(delays, 0.5)),
+            verdict(worst < Duration::from_millis(10))
+        );
+    }
+    println!(
+        "| (for reference) one-INSERT transaction, one at a time (sqlx), p99 (p50) | {} ({}) | | | | |",
+        ms(percentile(commits, 0.99)),
+        ms(percentile(commits, 0.5))
+    );
+}
+
+/// The latency and (with `many`) the many-streams rows.
+async fn stream_rows(s: &Setup, many: bool) {
     // The tailers may still be handing out the comparison rounds' events: a merchant-wide stream
     // opened now would get them all, fill its buffer and be cut off.
     caught_up(&[&s.a, &s.b]).await;
@@ -1238,6 +1289,10 @@ async fn stream_rows(s: &Setup) {
     let other_database = unrelated_stall(&s.a, &s.api_key, &s.admin_url, "unrelated-other").await;
     let same_database = unrelated_stall(&s.a, &s.api_key, &s.db_url, "unrelated-same").await;
     let commits = lone_commits(&s.db_url).await;
+    print_latency_rows(&same, &across, &redis_rtt, &other_database, &same_database, &commits);
+    if !many {
+        return;
+    }
     let gate_fan = fan_out(&s.a.grpc, &s.a.proc, &s.api_key, 10_000, Sends::Pingback(&s.a)).await;
     let (bytes_10k, fan_10k) = (gate_fan.bytes_per_stream, gate_fan.elapsed);
     // The same fan-out from a bare tonic server, of the event paygate sent.
@@ -1254,40 +1309,6 @@ async fn stream_rows(s: &Setup) {
         None => None,
     };
 
-    let (same99, across99) = (percentile(&same.delivered, 0.99), percentile(&across.delivered, 0.99));
-    println!(
-        "| pingback -> WatchPayments subscriber, same replica, p99 (p50) | {} ({}) | {} ({}): the pingback answered OK | | < 5 ms | {} |",
-        ms(same99),
-        ms(percentile(&same.delivered, 0.5)),
-        ms(percentile(&same.answered, 0.99)),
-        ms(percentile(&same.answered, 0.5)),
-        verdict(same99 < Duration::from_millis(5))
-    );
-    println!(
-        "| pingback on A -> subscriber on B (Redis), p99 (p50) | {} ({}) | {} ({}): Redis PUBLISH -> subscriber | | < 10 ms | {} |",
-        ms(across99),
-        ms(percentile(&across.delivered, 0.5)),
-        ms(percentile(&redis_rtt, 0.99)),
-        ms(percentile(&redis_rtt, 0.5)),
-        verdict(across99 < Duration::from_millis(10))
-    );
-    for (place, delays) in
-        [("another database of the cluster", &other_database), ("paygate's database", &same_database)]
-    {
-        let worst = delays.last().copied().unwrap_or_default();
-        println!(
-            "| pingback -> subscriber while an unrelated transaction is open ({} s) in {place}: worst, median of {UNRELATED_TRIALS} | {} ({}) | | | < 10 ms | {} |",
-            UNRELATED_HOLD.as_secs(),
-            ms(worst),
-            ms(percentile(delays, 0.5)),
-            verdict(worst < Duration::from_millis(10))
-        );
-    }
-    println!(
-        "| (for reference) one-INSERT transaction, one at a time (sqlx), p99 (p50) | {} ({}) | | | | |",
-        ms(percentile(&commits, 0.99)),
-        ms(percentile(&commits, 0.5))
-    );
     println!(
         "| 10,000 open streams: server memory per stream | {bytes_10k:.0} bytes | {} | | <= 10,000 bytes | {} |",
         bare_fan.as_ref().map_or(String::new(), |b| format!("{:.0} bytes: bare tonic server", b.bytes_per_stream)),
@@ -1413,7 +1434,7 @@ struct Large {
 }
 
 fn paygate_cli(db_url: &str, key: &str, args: &[&str]) -> serde_json::Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+    let mut cmd = Command::new(paygate_exe());
     env_base(&mut cmd, db_url, key);
     let out = cmd.args(args).output().unwrap();
     assert!(out.status.success(), "paygate {args:?}: {}", String::from_utf8_lossy(&out.stderr));

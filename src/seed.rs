@@ -310,38 +310,23 @@ pub async fn run(url: &str, args: SeedArgs) -> Result<(), String> {
     }
     tx.commit().await.map_err(|e| e.to_string())?;
     let world = World { total: args.payments, start: now - 366 * DAY, merchants };
-    // The next chunk is made on another thread while PostgreSQL takes this one.
-    let (tx_chunks, mut chunks) = tokio::sync::mpsc::channel::<Chunk>(1);
     let chunk_size = args.chunk.max(1);
     let total = args.payments;
-    let maker = tokio::task::spawn_blocking(move || {
-        let mut from = 0;
-        while from < total {
-            let to = (from + chunk_size).min(total);
-            if tx_chunks.blocking_send(world.chunk(from, to)).is_err() {
-                return;
-            }
-            from = to;
-        }
-    });
     let (mut done, mut events) = (0_u64, 0_u64);
-    while let Some(chunk) = chunks.recv().await {
+    while done < total {
+        let to = (done + chunk_size).min(total);
+        let chunk = world.chunk(done, to);
         copy(&mut conn, "payments", &COLUMNS_PAYMENTS.join(", "), &chunk.payments).await.map_err(|e| e.to_string())?;
-        copy(&mut conn, "cancellations", COLUMNS_CANCELLATIONS, &chunk.cancellations)
-            .await
-            .map_err(|e| e.to_string())?;
-        copy(&mut conn, "subscriptions", COLUMNS_SUBSCRIPTIONS, &chunk.subscriptions)
-            .await
-            .map_err(|e| e.to_string())?;
+        copy(&mut conn, "cancellations", COLUMNS_CANCELLATIONS, &chunk.cancellations).await.map_err(|e| e.to_string())?;
+        copy(&mut conn, "subscriptions", COLUMNS_SUBSCRIPTIONS, &chunk.subscriptions).await.map_err(|e| e.to_string())?;
         copy(&mut conn, "pingbacks", COLUMNS_PINGBACKS, &chunk.pingbacks).await.map_err(|e| e.to_string())?;
         copy(&mut conn, "payment_events", COLUMNS_EVENTS, &chunk.events).await.map_err(|e| e.to_string())?;
-        done = (done + chunk_size).min(total);
+        done = to;
         events += chunk.event_count;
         if done % (chunk_size * 20) == 0 || done == total {
             eprintln!("paygate dev seed: {done} payments, {events} events ({:.0} s)", started.elapsed().as_secs_f64());
         }
     }
-    maker.await.map_err(|e| e.to_string())?;
     sqlx::query("ANALYZE").execute(&mut conn).await.map_err(|e| e.to_string())?;
     println!(
         "{}",
