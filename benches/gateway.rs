@@ -1039,6 +1039,28 @@ struct Setup {
     prefix: String,
 }
 
+/// The TEST channel "main" every checkout and pingback of the tool uses, for the key's merchant.
+async fn create_main_channel(grpc: &str, api_key: &str) -> Result<(), Status> {
+    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
+    let mut channels =
+        ChannelServiceClient::new(Channel::from_shared(grpc.to_owned()).unwrap().connect().await.unwrap());
+    let mut create = Request::new(pb::CreateChannelRequest {
+        channel_key: "main".into(),
+        name: "bench".into(),
+        provider: pb::Provider::Paymentwall as i32,
+        mode: pb::ChannelMode::Test as i32,
+        paymentwall: Some(pb::PaymentwallCredentials {
+            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
+            secret_key: SECRET.into(),
+            pingback_allowlist: vec!["127.0.0.1/32".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", bearer);
+    channels.create_channel(create).await.map(drop)
+}
+
 async fn setup() -> Setup {
     let admin_url = std::env::var("PAYGATE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -1066,24 +1088,7 @@ async fn setup() -> Setup {
 
     let a = start_gate(&db_url, &key, &prefix);
     let b = start_gate(&db_url, &key, &prefix);
-    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
-    let mut channels =
-        ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
-    let mut create = Request::new(pb::CreateChannelRequest {
-        channel_key: "main".into(),
-        name: "bench".into(),
-        provider: pb::Provider::Paymentwall as i32,
-        mode: pb::ChannelMode::Test as i32,
-        paymentwall: Some(pb::PaymentwallCredentials {
-            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
-            secret_key: SECRET.into(),
-            pingback_allowlist: vec!["127.0.0.1/32".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    create.metadata_mut().insert("authorization", bearer);
-    channels.create_channel(create).await.unwrap();
+    create_main_channel(&a.grpc, &api_key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let merchant_id = created["merchant_id"].as_str().unwrap().to_owned();
     Setup { admin, admin_url, name, db_url, api_key, merchant_id, a, b, prefix }
@@ -1259,8 +1264,7 @@ fn print_latency_rows(
         ms(percentile(redis_rtt, 0.5)),
         verdict(across99 < Duration::from_millis(10))
     );
-    for (place, delays) in
-        [("another database of the cluster", other_database), ("paygate's database", same_database)]
+    for (place, delays) in [("another database of the cluster", other_database), ("paygate's database", same_database)]
     {
         let worst = delays.last().copied().unwrap_or_default();
         println!(
@@ -1480,25 +1484,8 @@ async fn large_setup(s: &mut Setup) -> Large {
             .unwrap();
     let a = start_gate(&db_url, &key, &s.prefix);
     let b = start_gate(&db_url, &key, &s.prefix);
-    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().unwrap();
-    let mut channels =
-        ChannelServiceClient::new(Channel::from_shared(a.grpc.clone()).unwrap().connect().await.unwrap());
-    let mut create = Request::new(pb::CreateChannelRequest {
-        channel_key: "main".into(),
-        name: "bench".into(),
-        provider: pb::Provider::Paymentwall as i32,
-        mode: pb::ChannelMode::Test as i32,
-        paymentwall: Some(pb::PaymentwallCredentials {
-            project_key: "c22f895840bf2391f67a40da64bfed26".into(),
-            secret_key: SECRET.into(),
-            pingback_allowlist: vec!["127.0.0.1/32".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    create.metadata_mut().insert("authorization", bearer);
     // Made on the first run; then it exists.
-    let _ = channels.create_channel(create).await;
+    let _ = create_main_channel(&a.grpc, &api_key).await;
     let counts: (i64, i64) = sqlx::query_as(
         "SELECT (SELECT reltuples::bigint FROM pg_class WHERE relname = 'payments'), \
          (SELECT SUM(c.reltuples)::bigint FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \

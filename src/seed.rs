@@ -73,7 +73,7 @@ fn life(n: u64, amount: i64) -> Life {
         85..87 => {
             (S::Cancelled, vec![paid, (K::PaymentCancelled, S::Cancelled, amount)], Some((amount, "CHARGEBACK")), None)
         }
-        _ if r % 3 == 0 => {
+        _ if r.is_multiple_of(3) => {
             let events =
                 vec![paid, (K::SubscriptionCancelRequested, S::Paid, 0), (K::SubscriptionCancelled, S::Paid, 0)];
             (S::Paid, events, None, Some("CANCELLED"))
@@ -175,7 +175,7 @@ impl World {
             custom_params: BTreeMap::new(),
             status: PaymentStatus::Ready,
             provider_ref: None,
-            test: n % 10 == 0,
+            test: n.is_multiple_of(10),
             redirect_url,
             subscription_id: None,
             cancelled_amount: MinorUnits(0),
@@ -317,8 +317,12 @@ pub async fn run(url: &str, args: SeedArgs) -> Result<(), String> {
         let to = (done + chunk_size).min(total);
         let chunk = world.chunk(done, to);
         copy(&mut conn, "payments", &COLUMNS_PAYMENTS.join(", "), &chunk.payments).await.map_err(|e| e.to_string())?;
-        copy(&mut conn, "cancellations", COLUMNS_CANCELLATIONS, &chunk.cancellations).await.map_err(|e| e.to_string())?;
-        copy(&mut conn, "subscriptions", COLUMNS_SUBSCRIPTIONS, &chunk.subscriptions).await.map_err(|e| e.to_string())?;
+        copy(&mut conn, "cancellations", COLUMNS_CANCELLATIONS, &chunk.cancellations)
+            .await
+            .map_err(|e| e.to_string())?;
+        copy(&mut conn, "subscriptions", COLUMNS_SUBSCRIPTIONS, &chunk.subscriptions)
+            .await
+            .map_err(|e| e.to_string())?;
         copy(&mut conn, "pingbacks", COLUMNS_PINGBACKS, &chunk.pingbacks).await.map_err(|e| e.to_string())?;
         copy(&mut conn, "payment_events", COLUMNS_EVENTS, &chunk.events).await.map_err(|e| e.to_string())?;
         done = to;

@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use paygate::{
     payments::{
-        Payment, PaymentStatus,
-        core::{EventKind, Position, money::MinorUnits},
+        Payment,
+        core::{EventKind, Position},
         store::event_log,
     },
     store::{Db, PoolSettings},
@@ -22,37 +22,7 @@ const EVENTS_PER_WRITER: usize = 25;
 const READERS: usize = 4;
 
 fn payment(merchant_id: &str, n: usize) -> Payment {
-    Payment {
-        payment_id: format!("pay_{n:06}"),
-        merchant_id: merchant_id.into(),
-        channel_key: "main".into(),
-        merchant_uid: format!("order-{n}"),
-        amount_minor: MinorUnits(100),
-        currency: "USD".into(),
-        order_name: "x".into(),
-        customer_uid: "u".into(),
-        customer_email: Default::default(),
-        payment_method: "all".into(),
-        widget: "p1_1".into(),
-        success_url: String::new(),
-        failure_url: String::new(),
-        country_code: String::new(),
-        language: String::new(),
-        custom_params: Default::default(),
-        status: PaymentStatus::Paid,
-        provider_ref: None,
-        test: true,
-        redirect_url: String::new(),
-        subscription_id: None,
-        cancelled_amount: MinorUnits(0),
-        pending_cancel_amount: MinorUnits(0),
-        version: 1,
-        created_at: 0,
-        updated_at: 0,
-        paid_at: None,
-        failed_at: None,
-        cancelled_at: None,
-    }
+    stored_payment(merchant_id, "", n)
 }
 
 /// A migrated database with one merchant, one channel and `payments` payments (events need a

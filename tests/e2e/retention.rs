@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use paygate::{
     payments::{
-        Payment, PaymentStatus,
-        core::{Position, money::MinorUnits},
+        Payment,
+        core::Position,
         store::event_log,
     },
     proto::v1 as pb,
@@ -25,37 +25,7 @@ use crate::support::*;
 const DAY: i64 = 86_400_000;
 
 fn payment(merchant_id: &str, n: usize) -> Payment {
-    Payment {
-        payment_id: format!("pay_retention_{n}"),
-        merchant_id: merchant_id.into(),
-        channel_key: "main".into(),
-        merchant_uid: format!("order-{n}"),
-        amount_minor: MinorUnits(100),
-        currency: "USD".into(),
-        order_name: "x".into(),
-        customer_uid: "u".into(),
-        customer_email: Default::default(),
-        payment_method: "all".into(),
-        widget: "p1_1".into(),
-        success_url: String::new(),
-        failure_url: String::new(),
-        country_code: String::new(),
-        language: String::new(),
-        custom_params: Default::default(),
-        status: PaymentStatus::Paid,
-        provider_ref: None,
-        test: true,
-        redirect_url: String::new(),
-        subscription_id: None,
-        cancelled_amount: MinorUnits(0),
-        pending_cancel_amount: MinorUnits(0),
-        version: 1,
-        created_at: 0,
-        updated_at: 0,
-        paid_at: None,
-        failed_at: None,
-        cancelled_at: None,
-    }
+    stored_payment(merchant_id, "retention_", n)
 }
 
 async fn count(db: &Db, table: &str) -> i64 {

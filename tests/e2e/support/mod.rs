@@ -684,3 +684,40 @@ impl Shop {
         Self { db, sim, merchant_id, api_key, gate }
     }
 }
+
+/// A PAID payment row `pay_<prefix><n>` of `merchant_id` on channel "main", as tests that write to
+/// the store directly (the event log, retention) insert it.
+pub fn stored_payment(merchant_id: &str, prefix: &str, n: usize) -> paygate::payments::Payment {
+    use paygate::payments::{PaymentStatus, core::money::MinorUnits};
+    paygate::payments::Payment {
+        payment_id: format!("pay_{prefix}{n:06}"),
+        merchant_id: merchant_id.into(),
+        channel_key: "main".into(),
+        merchant_uid: format!("order-{n}"),
+        amount_minor: MinorUnits(100),
+        currency: "USD".into(),
+        order_name: "x".into(),
+        customer_uid: "u".into(),
+        customer_email: Default::default(),
+        payment_method: "all".into(),
+        widget: "p1_1".into(),
+        success_url: String::new(),
+        failure_url: String::new(),
+        country_code: String::new(),
+        language: String::new(),
+        custom_params: Default::default(),
+        status: PaymentStatus::Paid,
+        provider_ref: None,
+        test: true,
+        redirect_url: String::new(),
+        subscription_id: None,
+        cancelled_amount: MinorUnits(0),
+        pending_cancel_amount: MinorUnits(0),
+        version: 1,
+        created_at: 0,
+        updated_at: 0,
+        paid_at: None,
+        failed_at: None,
+        cancelled_at: None,
+    }
+}
