@@ -1636,17 +1636,19 @@ async fn large_rows(s: &mut Setup) {
     let seeded = Instant::now();
     let l = large_setup(s).await;
     let setup_seconds = seeded.elapsed().as_secs_f64();
+    // The large database is kept between runs: this run's orders need names of their own.
+    let run = ulid::Ulid::new().to_string();
     // Warm the large replicas and both databases' caches before anything counts.
-    checkout_round(&l.a.grpc, &l.api_key, "warm-l", &l.a.proc).await;
+    checkout_round(&l.a.grpc, &l.api_key, &format!("{run}-warm"), &l.a.proc).await;
     let (mut empty_checkout, mut large_checkout) = (Side::default(), Side::default());
     let (mut empty_ingest, mut large_ingest) = (Side::default(), Side::default());
     for round in 0..ROUNDS {
         empty_checkout.rounds.push(checkout_round(&s.a.grpc, &s.api_key, &format!("ec{round}"), &s.a.proc).await);
-        large_checkout.rounds.push(checkout_round(&l.a.grpc, &l.api_key, &format!("lc{round}"), &l.a.proc).await);
+        large_checkout.rounds.push(checkout_round(&l.a.grpc, &l.api_key, &format!("{run}-c{round}"), &l.a.proc).await);
         let gates = [&s.a, &s.b];
         empty_ingest.rounds.push(ingest_round(&s.a, &gates, &[&s.a], &s.api_key, &format!("ei{round}")).await);
         let gates = [&l.a, &l.b];
-        large_ingest.rounds.push(ingest_round(&l.a, &gates, &[&l.a], &l.api_key, &format!("li{round}")).await);
+        large_ingest.rounds.push(ingest_round(&l.a, &gates, &[&l.a], &l.api_key, &format!("{run}-i{round}")).await);
     }
     let subscription: String =
         sqlx::query_scalar("SELECT subscription_id FROM subscriptions WHERE merchant_id = 'mer_seed_000' LIMIT 1")

@@ -29,7 +29,10 @@ use crate::{
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 
-const REPLAY_PAGE: u32 = 500;
+/// A replay's first page is small, so the first event comes at once; the rest are large, so a
+/// stream resumed far back catches up in few reads.
+const REPLAY_FIRST_PAGE: u32 = 50;
+const REPLAY_PAGE: u32 = 2_000;
 
 /// Whom a stream's events are shown to.
 pub enum View {
@@ -204,6 +207,7 @@ pub async fn watch(
         merchant_uids: r.merchant_uids,
         subscription,
         start,
+        replay_from: last,
         last,
         pending: VecDeque::new(),
         phase,
@@ -238,6 +242,8 @@ struct Watch {
     statuses: Vec<&'static str>,
     subscription: Subscription,
     start: Position,
+    /// The cursor the stream was opened with (its replay's first page starts there).
+    replay_from: Position,
     /// The cursor to resume after: the last event sent.
     last: Position,
     pending: VecDeque<(Position, pb::PaymentEvent)>,
@@ -288,7 +294,8 @@ impl Watch {
             statuses: &self.statuses,
         };
         let tenancy = log::Tenancy { merchant_id: &self.merchant_id, merchants: &self.filter.scope };
-        log::list(&self.db, tenancy, scope, position, REPLAY_PAGE).await
+        let page = if position == self.replay_from { REPLAY_FIRST_PAGE } else { REPLAY_PAGE };
+        log::list(&self.db, tenancy, scope, position, page).await
     }
 
     /// Ends the stream when its key was revoked or expired since it opened, or its client token

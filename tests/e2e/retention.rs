@@ -8,11 +8,7 @@
 use std::time::Duration;
 
 use paygate::{
-    payments::{
-        Payment,
-        core::Position,
-        store::event_log,
-    },
+    payments::{Payment, core::Position, store::event_log},
     proto::v1 as pb,
     retention::{self, Policy},
     store::{Db, PoolSettings},
