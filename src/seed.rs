@@ -316,7 +316,7 @@ pub async fn run(url: &str, args: SeedArgs) -> Result<(), String> {
     while done < total {
         let to = (done + chunk_size).min(total);
         let chunk = world.chunk(done, to);
-        copy(&mut conn, "payments", &COLUMNS_PAYMENTS.join(", "), &chunk.payments).await.map_err(|e| e.to_string())?;
+        copy(&mut conn, "payments", PAYMENT_COLUMNS, &chunk.payments).await.map_err(|e| e.to_string())?;
         copy(&mut conn, "cancellations", COLUMNS_CANCELLATIONS, &chunk.cancellations)
             .await
             .map_err(|e| e.to_string())?;
@@ -344,37 +344,8 @@ pub async fn run(url: &str, args: SeedArgs) -> Result<(), String> {
     Ok(())
 }
 
-const COLUMNS_PAYMENTS: [&str; 29] = [
-    "payment_id",
-    "merchant_id",
-    "channel_key",
-    "merchant_uid",
-    "amount_minor",
-    "currency",
-    "order_name",
-    "customer_uid",
-    "customer_email",
-    "payment_method",
-    "widget",
-    "success_url",
-    "failure_url",
-    "country_code",
-    "language",
-    "custom_params",
-    "status",
-    "provider_ref",
-    "is_test",
-    "redirect_url",
-    "subscription_id",
-    "cancelled_amount",
-    "pending_cancel_amount",
-    "version",
-    "created_at",
-    "updated_at",
-    "paid_at",
-    "failed_at",
-    "cancelled_at",
-];
+/// The payments' columns as paygate's store names them; the rows are written in that order.
+const PAYMENT_COLUMNS: &str = paygate::payments::store::payments::COLUMNS;
 const COLUMNS_CANCELLATIONS: &str = "cancellation_id, payment_id, merchant_id, amount_minor, reason, trigger, status, \
      provider_reason, failure, created_at, updated_at, completed_at";
 const COLUMNS_SUBSCRIPTIONS: &str = "subscription_id, merchant_id, channel_key, initial_payment_id, customer_uid, \

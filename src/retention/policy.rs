@@ -34,11 +34,11 @@ pub struct Policy {
 
 impl Policy {
     pub fn days(&self, table: &Table) -> u32 {
-        match table.name {
-            "payment_events" => self.events_days,
-            "pingbacks" => self.pingbacks_days,
-            "webhook_deliveries" => self.webhook_deliveries_days,
-            "webhook_attempts" => self.webhook_attempts_days,
+        match *table {
+            EVENTS => self.events_days,
+            PINGBACKS => self.pingbacks_days,
+            DELIVERIES => self.webhook_deliveries_days,
+            ATTEMPTS => self.webhook_attempts_days,
             _ => self.audit_days,
         }
     }

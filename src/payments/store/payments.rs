@@ -25,7 +25,8 @@ macro_rules! payment_columns {
     };
 }
 
-pub(super) const COLUMNS: &str = payment_columns!();
+/// Every column of a `payments` row, in the order the inserts bind them (`paygate dev seed` too).
+pub const COLUMNS: &str = payment_columns!();
 
 fn bind_all<'q>(
     query: Query<'q, Any, sqlx::any::AnyArguments<'q>>,
