@@ -327,6 +327,13 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
+    async fn sync_payment(
+        &self,
+        _: Request<pb::SyncPaymentRequest>,
+    ) -> Result<Response<pb::SyncPaymentResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
     type WatchPaymentsStream =
         std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 

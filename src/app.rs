@@ -315,6 +315,7 @@ fn grpc_server(
             providers: providers.clone(),
             new_payments: new_payments.clone(),
             idempotency_lease_ms: millis(s.idempotency_lease),
+            sync_limit: limits.sync_payment.clone(),
         },
         db: db.clone(),
         hub: hub.clone(),
@@ -400,15 +401,23 @@ struct RateLimits {
     per_merchant: Option<Limiter>,
     auth_failures: Option<FailureLimit>,
     pingback_refusals: Option<Limiter>,
+    /// `SyncPayment`, per payment.
+    sync_payment: Option<Limiter>,
 }
 
 impl RateLimits {
     fn all(&self) -> Vec<Limiter> {
         let failures = self.auth_failures.as_ref().map(|f| f.limiter().clone());
-        [self.per_key.clone(), self.per_merchant.clone(), failures, self.pingback_refusals.clone()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.per_key.clone(),
+            self.per_merchant.clone(),
+            failures,
+            self.pingback_refusals.clone(),
+            self.sync_payment.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -457,6 +466,7 @@ fn rate_limits(s: &Settings, redis: &Option<RedisHandle>) -> RateLimits {
             rate(s.pingback_refusal_rate_per_second, s.pingback_refusal_burst),
             redis.clone(),
         ),
+        sync_payment: Limiter::one_per("sync_payment", s.sync_min_interval, redis.clone()),
     }
 }
 

@@ -165,6 +165,9 @@ pub struct Settings {
     pub sweep_pending_after: Duration,
     #[serde(rename = "sweep_recheck_ms", with = "millis")]
     pub sweep_recheck: Duration,
+    /// `SyncPayment` asks the provider about one payment at most once per this (0: no limit).
+    #[serde(rename = "sync_min_interval_ms", with = "millis")]
+    pub sync_min_interval: Duration,
     /// Retention by kind of data, in days (0: kept forever), and how often expiry runs. Payments,
     /// cancellations and subscriptions are the ledger: always kept (docs/operations.md#retention).
     pub retention_events_days: u32,
@@ -263,6 +266,7 @@ impl Default for Settings {
             sweep_ready_after: ms(HOUR),
             sweep_pending_after: ms(600_000),
             sweep_recheck: ms(300_000),
+            sync_min_interval: ms(5_000),
             retention_events_days: 400,
             retention_pingbacks_days: 400,
             retention_webhook_deliveries_days: 90,
@@ -319,7 +323,7 @@ impl Settings {
 
     /// Each duration setting: its key (`_ms`, in milliseconds), its value, and the milliseconds it
     /// must lie between. 0 is allowed only where it means off.
-    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 30] {
+    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 31] {
         [
             ("database_acquire_timeout_ms", self.database_acquire_timeout, 1..=10 * MINUTE),
             ("redis_timeout_ms", self.redis_timeout, 1..=MINUTE),
@@ -341,6 +345,7 @@ impl Settings {
             ("sweep_ready_after_ms", self.sweep_ready_after, 1..=30 * DAY),
             ("sweep_pending_after_ms", self.sweep_pending_after, 1..=30 * DAY),
             ("sweep_recheck_ms", self.sweep_recheck, 1..=30 * DAY),
+            ("sync_min_interval_ms", self.sync_min_interval, 0..=HOUR),
             ("retention_interval_ms", self.retention_interval, SECOND..=DAY),
             ("event_poll_interval_ms", self.event_poll_interval, 10..=MINUTE),
             ("http2_keepalive_interval_ms", self.http2_keepalive_interval, SECOND..=HOUR),

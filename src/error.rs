@@ -87,6 +87,11 @@ impl From<PaymentError> for Status {
                 Status::aborted(err.to_string())
             }
             PaymentError::CursorExpired(_) => Status::out_of_range(err.to_string()),
+            PaymentError::SyncedRecently { retry_after } => Status::with_error_details(
+                Code::ResourceExhausted,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             PaymentError::Channel(channel) => channel.into(),
             PaymentError::Provider(problem) => {
                 tracing::error!(%problem, "provider request could not be built");

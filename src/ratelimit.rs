@@ -28,7 +28,7 @@ pub struct Limiter {
 struct Inner {
     /// Names the limit in Redis keys and metrics.
     scope: &'static str,
-    per_second: u32,
+    per_second: f64,
     burst: u32,
     redis: Option<RedisHandle>,
     local: DefaultKeyedRateLimiter<String>,
@@ -40,7 +40,24 @@ impl Limiter {
         let per_second = NonZeroU32::new(rate.per_second)?;
         let burst = NonZeroU32::new(rate.burst).unwrap_or(per_second);
         let local = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
-        Some(Self { inner: Arc::new(Inner { scope, per_second: per_second.get(), burst: burst.get(), redis, local }) })
+        Some(Self::with(scope, f64::from(per_second.get()), burst.get(), redis, local))
+    }
+
+    /// One token per `period` for each key (e.g. one check per payment every 5 s); `None` when
+    /// `period` is zero (off).
+    pub fn one_per(scope: &'static str, period: Duration, redis: Option<RedisHandle>) -> Option<Self> {
+        let local = RateLimiter::keyed(Quota::with_period(period)?.allow_burst(NonZeroU32::MIN));
+        Some(Self::with(scope, 1.0 / period.as_secs_f64(), 1, redis, local))
+    }
+
+    fn with(
+        scope: &'static str,
+        per_second: f64,
+        burst: u32,
+        redis: Option<RedisHandle>,
+        local: DefaultKeyedRateLimiter<String>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { scope, per_second, burst, redis, local }) }
     }
 
     /// Takes a token for `key`; `Err(wait)` when the bucket is empty.
@@ -137,6 +154,16 @@ mod tests {
         // Buckets are per key.
         assert!(limiter.check("other").await.is_ok());
         assert!(Limiter::new("off", Rate { per_second: 0, burst: 10 }, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn one_per_period_allows_one_then_waits_out_the_period() {
+        let limiter = Limiter::one_per("test", Duration::from_secs(5), None).unwrap();
+        assert!(limiter.check("pay_1").await.is_ok());
+        let wait = limiter.check("pay_1").await.unwrap_err();
+        assert!(wait > Duration::from_secs(4) && wait <= Duration::from_secs(5), "{wait:?}");
+        assert!(limiter.check("pay_2").await.is_ok());
+        assert!(Limiter::one_per("off", Duration::ZERO, None).is_none());
     }
 
     #[tokio::test]

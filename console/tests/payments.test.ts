@@ -13,6 +13,7 @@ import {
   markDocument,
   newPage,
   pay,
+  paySilently,
   shot,
   signIn,
   startPaygate,
@@ -111,5 +112,21 @@ test("a refund from the detail view: confirmed, CANCEL_PENDING, then CANCELLED a
   await phone.locator('[data-status="CANCELLED"]').first().waitFor();
   await shot(phone, "c5-phone-detail");
   await phone.context().close();
+  await page.context().close();
+});
+
+test("Check with provider: a payment paid at Paymentwall whose pingback was lost turns PAID at a click", async () => {
+  const session = await checkout(pg, apiKey, "pw-test", 1200n);
+  await paySilently(sim, session.redirectUrl);
+  const page = await newPage();
+  await signIn(page, pg, apiKey, `#/payments/${session.paymentId}`);
+  const summary = page.locator("section").filter({ has: page.getByRole("heading", { name: "Summary" }) });
+  await summary.locator('[data-status="READY"]').waitFor();
+  await page.getByRole("button", { name: "Check with provider" }).click();
+  await page.getByRole("alert").filter({ hasText: "Paymentwall: paid" }).waitFor();
+  await summary.locator('[data-status="PAID"]').waitFor();
+  const events = page.locator("section").filter({ has: page.getByRole("heading", { name: "Events" }) });
+  await events.getByText("payment.synced").waitFor();
+  await shot(page, "c6-checked-with-provider");
   await page.context().close();
 });

@@ -170,6 +170,15 @@ export async function pay(sim: Sim, redirectUrl: string): Promise<void> {
   if (!paid.ok) throw new Error(`sim pay: ${paid.status}`);
 }
 
+/** The buyer pays, and Paymentwall's pingback is lost: only asking it tells. */
+export async function paySilently(sim: Sim, redirectUrl: string): Promise<void> {
+  const page = await fetch(redirectUrl);
+  const session = page.headers.get("x-sim-session");
+  if (!page.ok || !session) throw new Error(`sim hosted page: ${page.status}`);
+  const paid = await sim.control(`sessions/${session}/pay-silently`);
+  if (!paid.ok) throw new Error(`sim pay-silently: ${paid.status}`);
+}
+
 export async function waitStatus(pg: Paygate, apiKey: string, paymentId: string, status: PaymentStatus): Promise<void> {
   const { payments } = clients(pg, apiKey);
   for (let i = 0; i < 200; i++) {

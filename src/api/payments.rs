@@ -23,7 +23,10 @@ use crate::{
             refund::Refunded,
         },
     },
-    proto::v1::{self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService},
+    proto::v1::{
+        self as pb, get_payment_request, get_subscription_request, payment_service_server::PaymentService,
+        sync_payment_request,
+    },
     secrets::MasterKeys,
     store::Db,
     validation::{self, InvalidArgument, Violations},
@@ -207,6 +210,32 @@ impl PaymentService for PaymentsApi {
             erasure_id: erasure.erasure_id,
             payments_erased: u32::try_from(erasure.payment_ids.len()).unwrap_or(u32::MAX),
             payment_ids: erasure.payment_ids,
+        }))
+    }
+
+    async fn sync_payment(
+        &self,
+        request: Request<pb::SyncPaymentRequest>,
+    ) -> Result<Response<pb::SyncPaymentResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::default();
+        let lookup = match &request.get_ref().lookup {
+            Some(sync_payment_request::Lookup::PaymentId(id)) if !id.is_empty() => {
+                validation::identifier(&mut v, "payment_id", id, validation::ID);
+                Lookup::PaymentId(id)
+            }
+            Some(sync_payment_request::Lookup::MerchantUid(uid)) if !uid.is_empty() => {
+                validation::identifier(&mut v, "merchant_uid", uid, validation::MERCHANT_UID_LOOKUP);
+                Lookup::MerchantUid(uid)
+            }
+            _ => return Err(InvalidArgument::single("lookup", "payment_id or merchant_uid is required").into()),
+        };
+        v.check()?;
+        let synced = self.payments.sync(&caller, lookup).await?;
+        Ok(Response::new(pb::SyncPaymentResponse {
+            payment: Some(convert::payment(synced.payment)),
+            changed: synced.changed,
+            provider_says: synced.provider_says,
         }))
     }
 

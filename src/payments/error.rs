@@ -24,6 +24,8 @@ pub enum PaymentError {
     ProviderRefused(String),
     #[error("the provider cannot be reached ({0}); nothing was changed")]
     ProviderUnavailable(String),
+    #[error("this payment was checked with the provider moments ago; retry in {} ms", retry_after.as_millis())]
+    SyncedRecently { retry_after: std::time::Duration },
     #[error("idempotency_key was already used with a different request")]
     IdempotencyMismatch,
     #[error("a request with this idempotency_key is still in progress; retry later")]

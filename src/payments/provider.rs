@@ -8,7 +8,9 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
-pub use super::core::notice::{Notice, ProviderEvent, RawNotification, ReversalKind, ReversalNotice};
+pub use super::core::notice::{
+    Notice, ProviderEvent, RawNotification, RemotePayment, RemoteState, ReversalKind, ReversalNotice,
+};
 /// The payment's words a provider reads and answers in.
 pub use super::core::{
     Payment, PaymentOutcome, Subscription,
@@ -25,15 +27,6 @@ pub struct PaymentMethod {
     pub id: String,
     pub name: String,
     pub image_url: String,
-}
-
-/// What the provider says about a payment when asked directly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemotePayment {
-    pub provider_ref: String,
-    /// Completed and not held for review.
-    pub paid: bool,
-    pub refunded: bool,
 }
 
 /// A provider callback as the HTTP layer received it.

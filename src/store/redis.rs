@@ -114,7 +114,7 @@ impl RedisHandle {
     /// Takes one token from the bucket at `key` (refilled at `rate_per_sec` up to `burst`,
     /// timed by Redis's clock so replicas agree). Returns `None` when a token was taken, else how
     /// long until one will be there.
-    pub async fn take_token(&self, key: &str, rate_per_sec: u32, burst: u32) -> Result<Option<Duration>, RedisError> {
+    pub async fn take_token(&self, key: &str, rate_per_sec: f64, burst: u32) -> Result<Option<Duration>, RedisError> {
         static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
             Script::new(
                 r"local rate = tonumber(ARGV[1])

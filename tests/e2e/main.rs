@@ -25,6 +25,7 @@ mod retention;
 mod rolling_upgrade;
 mod streams;
 mod subscriptions;
+mod sync;
 mod test_provider;
 mod upgrade;
 mod webhooks;

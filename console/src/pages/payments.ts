@@ -189,6 +189,21 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
   const summary = h("section", { "aria-labelledby": "sum-title" });
   const refund = h("section", { "aria-labelledby": "refund-title" });
   const notice = alertBox();
+  // A buyer says "I paid" and the pingback is late: ask Paymentwall now (SyncPayment).
+  const check = button("Check with provider", () => void checkWithProvider());
+  const checkWithProvider = async () => {
+    check.disabled = true;
+    try {
+      const r = await payments.syncPayment({ lookup: { case: "paymentId", value: paymentId } });
+      const after = r.payment ? statusName(r.payment.status) : "";
+      showOk(notice, r.changed ? `${r.providerSays}. The payment is now ${after}.` : `${r.providerSays}. Nothing to change.`);
+      await reload();
+    } catch (err) {
+      showError(notice, err);
+    } finally {
+      check.disabled = false;
+    }
+  };
   const cancellations = h("section", {});
   const events = h("section", {});
   const deliveries = h("section", {});
@@ -200,6 +215,7 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
     state,
     box,
     summary,
+    h("p", { class: "actions" }, check),
     refund,
     notice,
     cancellations,

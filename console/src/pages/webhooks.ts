@@ -19,6 +19,7 @@ const EVENT_TYPES = [
   "subscription.expired",
   "subscription.payment_failed",
   "customer.erased",
+  "payment.synced",
 ];
 
 export function renderWebhooks(main: HTMLElement): void {

@@ -48,10 +48,13 @@ pub enum EventKind {
     /// The buyer's personal data was erased from the payment (EraseCustomer); the snapshot shows
     /// what stays.
     CustomerErased,
+    /// `SyncPayment` asked the provider and what it learned changed the payment; follows the
+    /// event of the change itself (e.g. `payment.paid`), in the same transaction.
+    PaymentSynced,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         Self::PaymentPaid,
         Self::PaymentPendingReview,
         Self::PaymentFailed,
@@ -63,6 +66,7 @@ impl EventKind {
         Self::SubscriptionExpired,
         Self::SubscriptionPaymentFailed,
         Self::CustomerErased,
+        Self::PaymentSynced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +82,7 @@ impl EventKind {
             Self::SubscriptionExpired => "subscription.expired",
             Self::SubscriptionPaymentFailed => "subscription.payment_failed",
             Self::CustomerErased => "customer.erased",
+            Self::PaymentSynced => "payment.synced",
         }
     }
 

@@ -1,6 +1,6 @@
 //! The decisions, pure (no SQL, no I/O, no clock of their own): the payment and its money, the
-//! status machine, what a checkout makes, what a notice does, refund and reversal planning, and
-//! the subscription rules. The flows read, call these, and write; the tests here need nothing.
+//! status machine, what a checkout makes, what a notice does, refund and reversal planning, the
+//! subscription rules, and what asking the provider teaches. The flows read, call these, and write; the tests here need nothing.
 
 pub mod cancellation;
 pub mod checkout;
@@ -13,6 +13,7 @@ pub mod notification;
 pub mod refund;
 pub mod status;
 pub mod subscription;
+pub mod sync;
 
 pub use cancellation::{Cancellation, CancellationStatus, TicketState, Trigger, new_cancellation_id};
 pub use event::{Event, EventDetail, EventKind, Position};

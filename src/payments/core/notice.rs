@@ -50,6 +50,25 @@ pub enum ReversalKind {
     Other,
 }
 
+/// What the provider says about a payment when asked directly (its payment status API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePayment {
+    pub provider_ref: String,
+    pub state: RemoteState,
+    /// Money went back (no amount: the provider's reversal notification carries that).
+    pub refunded: bool,
+}
+
+/// Where the payment stands at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// Completed and not held for review.
+    Paid,
+    UnderReview,
+    /// Review declined, or the authorization voided.
+    Declined,
+}
+
 #[derive(Debug, Clone)]
 pub struct Notice {
     pub payment_id: String,

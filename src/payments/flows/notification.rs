@@ -10,7 +10,7 @@ use crate::{
     payments::{
         Payment, PaymentError,
         core::{
-            Cancellation, EventDetail,
+            Cancellation, EventDetail, EventKind,
             notification::{Decision, SubscriptionChange, decide},
             subscription::{Subscription, SubscriptionStatus, renewal_after_end},
         },
@@ -281,9 +281,27 @@ pub fn announce_metrics() {
 
 /// Applies what paygate learned by asking the provider (no raw notification to keep).
 pub async fn apply_learned(db: &Db, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
+    apply_asked(db, channel_key, notice, None).await
+}
+
+/// `apply_learned` for `SyncPayment`: a change is followed, in the same transaction, by a
+/// `payment.synced` event, so a stream or a webhook receiver can tell where it came from.
+pub async fn apply_synced(db: &Db, channel_key: &str, notice: &Notice) -> Result<Applied, NotificationError> {
+    apply_asked(db, channel_key, notice, Some(EventKind::PaymentSynced)).await
+}
+
+async fn apply_asked(
+    db: &Db,
+    channel_key: &str,
+    notice: &Notice,
+    then: Option<EventKind>,
+) -> Result<Applied, NotificationError> {
     let mut tx = db.pool().begin().await?;
     let payment = rows::get_in_tx(&mut tx, &notice.payment_id).await?;
-    let result = apply(&mut tx, channel_key, notice, payment).await?;
+    let mut result = apply(&mut tx, channel_key, notice, payment).await?;
+    if let (Some(kind), Applied::Changed { payment, event_id, .. }) = (then, &mut result) {
+        *event_id = changes::record(&mut tx, payment, kind, None).await?;
+    }
     tx.commit().await?;
     if matches!(result, Applied::Changed { .. }) {
         db.signal_commit();

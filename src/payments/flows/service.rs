@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::writers::PaymentInserts;
-use crate::{channels::Channels, payments::Providers, store::Db};
+use crate::{channels::Channels, payments::Providers, ratelimit::Limiter, store::Db};
 
 #[derive(Clone)]
 pub struct Payments {
@@ -16,4 +16,6 @@ pub struct Payments {
     pub new_payments: Arc<dyn PaymentInserts>,
     /// How long an idempotency key's in-flight request holds it before a retry may take it over.
     pub idempotency_lease_ms: i64,
+    /// One `SyncPayment` per payment per interval, across replicas; `None` when off.
+    pub sync_limit: Option<Limiter>,
 }

@@ -17,8 +17,8 @@ use super::{notification, refund};
 use crate::{
     channels::Channels,
     payments::{
-        PaymentError, PaymentOutcome, PaymentStatus, Providers,
-        core::TicketState,
+        PaymentError, Providers,
+        core::{TicketState, sync::learned},
         provider::{Notice, ProviderEvent},
         store::{cancellations, idempotency, payments as repo},
     },
@@ -96,11 +96,7 @@ pub async fn run_once(
                 continue;
             }
         };
-        let event = match payment.status {
-            PaymentStatus::Ready if remote.paid => ProviderEvent::Payment(PaymentOutcome::Completed),
-            PaymentStatus::CancelPending if remote.refunded => ProviderEvent::RefundConfirmed,
-            _ => continue,
-        };
+        let Some(event) = learned(payment.status, &remote) else { continue };
         let notice = Notice {
             payment_id: payment.payment_id.clone(),
             provider_ref: remote.provider_ref,

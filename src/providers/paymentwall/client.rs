@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{config::PaymentwallConfig, signature::sign_request};
-use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment};
+use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment, RemoteState};
 
 /// Cancellation ticket types.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +184,11 @@ pub async fn payment_status(
     };
     Ok(Some(RemotePayment {
         provider_ref,
-        paid: answer.risk != "pending" && answer.risk != "declined",
+        state: match answer.risk.as_str() {
+            "pending" => RemoteState::UnderReview,
+            "declined" => RemoteState::Declined,
+            _ => RemoteState::Paid,
+        },
         refunded: answer.refunded,
     }))
 }
