@@ -501,6 +501,7 @@ fn sweep_settings(s: &Settings) -> SweepSettings {
         ready_after: s.sweep_ready_after,
         pending_after: s.sweep_pending_after,
         recheck: s.sweep_recheck,
+        subscription_recheck: s.sweep_subscription_recheck,
     }
 }
 

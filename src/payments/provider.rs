@@ -9,7 +9,8 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 use serde::Serialize;
 
 pub use super::core::notice::{
-    Notice, ProviderEvent, RawNotification, RemotePayment, RemoteState, ReversalKind, ReversalNotice,
+    Notice, ProviderEvent, RawNotification, RemotePayment, RemoteState, RemoteSubscription, ReversalKind,
+    ReversalNotice,
 };
 /// The payment's words a provider reads and answers in.
 pub use super::core::{
@@ -121,6 +122,17 @@ pub trait Provider: ConfigRules {
         channel: &Channel,
         payment: &Payment,
     ) -> Result<Option<RemotePayment>, ProviderError>;
+
+    /// The newest payment of the subscription `initial` started (a renewal, or `initial` itself),
+    /// with the subscription's state; `None` when the provider cannot say (then the sweep learns
+    /// nothing about the subscription, and its notifications stay the only source).
+    async fn subscription_status(
+        &self,
+        _channel: &Channel,
+        _initial: &Payment,
+    ) -> Result<Option<RemotePayment>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The providers paygate runs, by name, as wired at start-up.

@@ -6,7 +6,9 @@ pub mod paymentwall;
 
 use std::time::Duration;
 
-pub use crate::payments::provider::{PaymentMethod, Provider, ProviderError, RemotePayment, RemoteState};
+pub use crate::payments::provider::{
+    PaymentMethod, Provider, ProviderError, RemotePayment, RemoteState, RemoteSubscription,
+};
 
 /// The HTTP client for provider APIs: short timeouts, no redirects, public addresses only unless
 /// allowed (a channel's `api_base_url` is merchant input).

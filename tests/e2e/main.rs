@@ -8,6 +8,7 @@ mod bad_input;
 mod channels;
 mod checkout;
 mod client_tokens;
+mod convergence;
 mod crash_storm;
 mod db_outage;
 mod erasure;

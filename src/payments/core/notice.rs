@@ -57,6 +57,16 @@ pub struct RemotePayment {
     pub state: RemoteState,
     /// Money went back (no amount: the provider's reversal notification carries that).
     pub refunded: bool,
+    /// For a subscription's payment: whether the subscription still bills.
+    pub subscription: Option<RemoteSubscription>,
+}
+
+/// A subscription as the provider's payment status shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteSubscription {
+    pub active: bool,
+    /// Ended because its payments ran out (else, when not active, it was cancelled).
+    pub expired: bool,
 }
 
 /// Where the payment stands at the provider.

@@ -5,6 +5,10 @@
 //! ask about the same payment at once, and a checked payment is not asked about again before
 //! `recheck`.
 //!
+//! It asks about live subscriptions too, an hour after each renewal is due and at least every
+//! `subscription_recheck`: a renewal (the newest payment, with a ref paygate has not seen) and an
+//! end (the subscription no longer active) whose notifications never came are applied the same way.
+//!
 //! It also takes over refund tickets nobody is working on (their worker died; last touched more
 //! than `pending_after` ago, so it must exceed the provider call timeout): one never sent is sent
 //! now; one whose send started is never sent again but becomes OUTCOME_UNKNOWN; one whose outcome
@@ -18,9 +22,12 @@ use crate::{
     channels::Channels,
     payments::{
         PaymentError, Providers,
-        core::{TicketState, sync::learned},
+        core::{
+            TicketState,
+            sync::{learned, learned_for_subscription, next_subscription_check},
+        },
         provider::{Notice, ProviderEvent},
-        store::{cancellations, idempotency, payments as repo},
+        store::{cancellations, idempotency, payments as repo, subscriptions},
     },
     shutdown::Shutdown,
     store::{Db, now_ms},
@@ -35,6 +42,9 @@ pub struct SweepSettings {
     pub pending_after: Duration,
     /// A payment asked about is not asked about again before this.
     pub recheck: Duration,
+    /// A live subscription is asked about an hour after each renewal is due, and at least this
+    /// often.
+    pub subscription_recheck: Duration,
 }
 
 const BATCH: u32 = 50;
@@ -113,6 +123,7 @@ pub async fn run_once(
         }
     }
     repaired += sweep_tickets(db, channels, providers, s).await?;
+    repaired += sweep_subscriptions(db, channels, providers, s).await?;
     count_unknown_refunds(db).await?;
     Ok(repaired)
 }
@@ -197,6 +208,68 @@ async fn sweep_tickets(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(cancellation_id = %c.cancellation_id, error = %e, "sweep: could not apply"),
+        }
+    }
+    Ok(repaired)
+}
+
+/// Live subscriptions due to be asked about; returns how many learned something.
+async fn sweep_subscriptions(
+    db: &Db,
+    channels: &Channels,
+    providers: &Providers,
+    s: &SweepSettings,
+) -> Result<usize, PaymentError> {
+    let now = now_ms();
+    let ms = |d: Duration| d.as_millis() as i64;
+    let due = subscriptions::claim_due(db, now, now + ms(s.recheck), BATCH).await?;
+    let mut repaired = 0;
+    for sub in due {
+        let initial = {
+            let mut conn = db.pool().acquire().await?;
+            repo::get_in_tx(&mut conn, &sub.initial_payment_id).await?
+        };
+        let Some(initial) = initial else { continue };
+        let channel = match channels.unscoped(&sub.channel_key).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!(subscription_id = %sub.subscription_id, error = %e, "sweep: channel unavailable");
+                continue;
+            }
+        };
+        let remote = match providers.for_channel(&channel).subscription_status(&channel, &initial).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                tracing::warn!(subscription_id = %sub.subscription_id, error = %e, "sweep: subscription status unavailable");
+                continue; // asked again once the claim runs out (`recheck`)
+            }
+        };
+        let mut changed = false;
+        for event in remote.as_ref().map(|r| learned_for_subscription(&sub, r)).unwrap_or_default() {
+            let notice = Notice {
+                payment_id: initial.payment_id.clone(),
+                provider_ref: remote.as_ref().map(|r| r.provider_ref.clone()).unwrap_or_default(),
+                event,
+                test: initial.test,
+            };
+            match notification::apply_learned(db, &sub.channel_key, &notice).await {
+                Ok(notification::Applied::Changed { payment, .. }) => {
+                    tracing::info!(subscription_id = %sub.subscription_id, payment_id = %payment.payment_id, ?event, "sweep applied the provider's subscription status");
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(subscription_id = %sub.subscription_id, error = %e, "sweep: could not apply"),
+            }
+        }
+        repaired += usize::from(changed);
+        // The next check from the subscription as it now is (a renewal moves the next due date).
+        let now_sub = {
+            let mut conn = db.pool().acquire().await?;
+            subscriptions::get(&mut conn, &sub.subscription_id).await?
+        };
+        if let Some(current) = now_sub.filter(|c| !c.status.is_final()) {
+            let next = next_subscription_check(&current, now_ms(), ms(s.subscription_recheck));
+            subscriptions::check_next_at(db, &sub.subscription_id, next).await?;
         }
     }
     Ok(repaired)

@@ -284,6 +284,44 @@ pub fn shown_predicate(shown: ShownStatus) -> &'static str {
     }
 }
 
+/// Live subscriptions due to be asked about (their `check_after` passed, or never set), soonest
+/// first, at most `limit`; each claimed until `claim_until` by a compare-and-set, so replicas never
+/// share one.
+pub async fn claim_due(db: &Db, now: i64, claim_until: i64, limit: u32) -> Result<Vec<Subscription>, PaymentError> {
+    // The condition repeats `subscriptions_due`'s own words: SQLite uses a partial index only then.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE status = 'ACTIVE' AND COALESCE(check_after, 0) <= $1 \
+         ORDER BY COALESCE(check_after, 0) LIMIT $2"
+    );
+    let rows = sqlx::query_as::<_, SubscriptionRow>(&sql).bind(now).bind(i64::from(limit)).fetch_all(db.pool()).await?;
+    let mut claimed = Vec::new();
+    for sub in rows.into_iter().map(Subscription::try_from) {
+        let sub = sub?;
+        let done = sqlx::query(
+            "UPDATE subscriptions SET check_after = $1 WHERE subscription_id = $2 AND COALESCE(check_after, 0) <= $3",
+        )
+        .bind(claim_until)
+        .bind(&sub.subscription_id)
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+        if done.rows_affected() == 1 {
+            claimed.push(sub);
+        }
+    }
+    Ok(claimed)
+}
+
+/// When the sweep asks about this subscription next.
+pub async fn check_next_at(db: &Db, subscription_id: &str, at: i64) -> Result<(), PaymentError> {
+    sqlx::query("UPDATE subscriptions SET check_after = $1 WHERE subscription_id = $2")
+        .bind(at)
+        .bind(subscription_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

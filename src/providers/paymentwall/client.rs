@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{config::PaymentwallConfig, signature::sign_request};
-use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment, RemoteState};
+use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment, RemoteState, RemoteSubscription};
 
 /// Cancellation ticket types.
 #[derive(Debug, Clone, Copy)]
@@ -150,11 +150,39 @@ struct StatusAnswer {
     refunded: bool,
     #[serde(default)]
     risk: String,
+    /// A subscription's payment carries its subscription: `active` and `expired` as 1/0 (or
+    /// booleans).
+    #[serde(default)]
+    subscription: Option<SubscriptionAnswer>,
+}
+
+#[derive(Deserialize)]
+struct SubscriptionAnswer {
+    #[serde(default)]
+    active: serde_json::Value,
+    #[serde(default)]
+    expired: serde_json::Value,
+}
+
+/// Paymentwall writes flags as 1/0, sometimes as booleans or strings.
+fn flag(value: &serde_json::Value) -> Option<bool> {
+    match value {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::Number(n) => n.as_i64().map(|n| n != 0),
+        serde_json::Value::String(s) => match s.as_str() {
+            "1" | "true" => Some(true),
+            "0" | "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[tracing::instrument(name = "paymentwall.payment_status", skip_all, fields(otel.kind = "client", payment_id = %payment_id))]
 /// Asks about a payment by its ref when known, else by buyer uid and our payment id
-/// (`ag_external_id`), which is how a payment whose pingback never came can be found.
+/// (`ag_external_id`), which is how a payment whose pingback never came can be found, and how a
+/// subscription's newest payment (a renewal has a new ref, and the first payment's
+/// `ag_external_id`) is found.
 pub async fn payment_status(
     http: &ProviderHttp,
     config: &PaymentwallConfig,
@@ -190,6 +218,10 @@ pub async fn payment_status(
             _ => RemoteState::Paid,
         },
         refunded: answer.refunded,
+        // Without a readable `active` nothing is said about the subscription (never an end guessed).
+        subscription: answer.subscription.and_then(|sub| {
+            Some(RemoteSubscription { active: flag(&sub.active)?, expired: flag(&sub.expired).unwrap_or(false) })
+        }),
     }))
 }
 

@@ -180,6 +180,16 @@ impl Provider for Paymentwall {
         )
         .await
     }
+
+    async fn subscription_status(
+        &self,
+        channel: &Channel,
+        initial: &Payment,
+    ) -> Result<Option<RemotePayment>, ProviderError> {
+        // By buyer and product, not by ref: Paymentwall answers the newest payment of it.
+        let uid = &initial.customer_uid;
+        client::payment_status(&self.http, &credentials(channel)?, None, uid, &initial.payment_id).await
+    }
 }
 
 /// The Cancellation API has no amount field: a partial refund is asked for in the message, and

@@ -89,10 +89,13 @@ async fn process_ticket(sim: Sim, params: Vec<(String, String)>) -> Response {
         1 => (2, Some(9)),
         _ => (12, None),
     };
-    if ticket_type == 1 {
+    {
         let mut state = sim.lock();
         if let Some(session) = state.sessions.get_mut(&session_id) {
-            session.refunded = true;
+            match ticket_type {
+                1 => session.refunded = true,
+                _ => session.subscription_stopped = true,
+            }
         }
     }
     if behaviour.ticket_pingbacks {
@@ -140,24 +143,41 @@ pub async fn payment_status(State(sim): State<Sim>, RawQuery(query): RawQuery) -
     let found = state.sessions.values().find(|s| {
         s.status == SessionStatus::Paid
             && match get("ref") {
-                Some(reference) => s.reference.as_deref() == Some(reference.as_str()),
+                Some(reference) => {
+                    s.reference.as_deref() == Some(reference.as_str()) || s.renewal_refs.contains(&reference)
+                }
                 None => {
                     get("uid").as_deref() == Some(s.uid.as_str())
                         && get("ag_external_id").as_deref() == Some(s.goodsid.as_str())
                 }
             }
     });
-    match found {
-        Some(s) => Json(json!({
-            "object": "payment",
+    let Some(s) = found else { return api_error("Payment not found") };
+    // By ref: that payment. By buyer and product: the newest payment of it (a subscription's
+    // renewals share the first payment's product id).
+    let id = match get("ref") {
+        Some(reference) => reference,
+        None => s.renewal_refs.last().cloned().or_else(|| s.reference.clone()).unwrap_or_default(),
+    };
+    let mut answer = json!({
+        "object": "payment",
+        "id": id,
+        "amount": s.amount,
+        "currency": s.currency,
+        "refunded": s.refunded && s.reference.as_deref() == Some(id.as_str()),
+        "risk": "approved",
+        "uid": s.uid,
+    });
+    if s.product_type == "subscription" {
+        answer["subscription"] = json!({
+            "object": "subscription",
             "id": s.reference,
-            "amount": s.amount,
-            "currency": s.currency,
-            "refunded": s.refunded,
-            "risk": "approved",
-            "uid": s.uid,
-        }))
-        .into_response(),
-        None => api_error("Payment not found"),
+            "period": s.period_type,
+            "period_duration": s.period_length.parse::<u32>().unwrap_or(1),
+            "started": 1,
+            "active": if s.subscription_stopped { 0 } else { 1 },
+            "expired": 0,
+        });
     }
+    Json(answer).into_response()
 }

@@ -90,6 +90,8 @@ pub struct Session {
     /// References of renewal payments (subscriptions).
     pub renewal_refs: Vec<String>,
     pub refunded: bool,
+    /// A subscription whose billing was stopped (a type 2 ticket): no longer active.
+    pub subscription_stopped: bool,
     pub tickets: Vec<Ticket>,
     pub pingbacks: Vec<Delivery>,
 }
@@ -113,11 +115,26 @@ pub struct Behaviour {
     /// Send the type 2 (or 12) pingback after an accepted ticket.
     pub ticket_pingbacks: bool,
     pub ticket_pingback_delay_ms: u64,
+    /// A lossy network between Paymentwall and the merchant: this share of pingbacks (0 to 1) is
+    /// never sent at all (recorded as dropped on the session)...
+    pub drop_pingbacks: f64,
+    /// ...each one sent goes twice (the copy after up to `reorder_ms`)...
+    pub duplicate_pingbacks: bool,
+    /// ...and each goes after a random delay up to this, so later ones may overtake earlier ones.
+    pub reorder_ms: u64,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Self { refuse_tickets: None, ticket_delay_ms: 0, ticket_pingbacks: true, ticket_pingback_delay_ms: 100 }
+        Self {
+            refuse_tickets: None,
+            ticket_delay_ms: 0,
+            ticket_pingbacks: true,
+            ticket_pingback_delay_ms: 100,
+            drop_pingbacks: 0.0,
+            duplicate_pingbacks: false,
+            reorder_ms: 0,
+        }
     }
 }
 
@@ -127,6 +144,9 @@ pub struct Stats {
     pub tickets: u64,
     pub payment_systems: u64,
     pub payment_status: u64,
+    /// Pingbacks the lossy mode dropped, and the extra copies it sent.
+    pub pingbacks_dropped: u64,
+    pub pingbacks_duplicated: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,6 +164,8 @@ pub struct Delivery {
     pub url: String,
     pub attempts: Vec<Attempt>,
     pub delivered: bool,
+    /// Never sent (the lossy mode).
+    pub dropped: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,6 +1,8 @@
 //! Sending pingbacks the way Paymentwall does: `GET` with signed query parameters, delivered only
 //! by `200` with body `OK`, retried otherwise.
 
+use std::time::Duration;
+
 use rand::Rng;
 
 use super::{Attempt, Delivery, Project, Session, Sim, signature};
@@ -57,15 +59,39 @@ impl Sim {
     /// Records a pingback on the session and delivers it in the background until `OK` or the
     /// attempt limit.
     pub(super) fn send_pingback(&self, session_id: &str, pingback_type: u32, url: String) {
-        let index = {
+        let (index, behaviour) = {
             let mut state = self.lock();
+            let behaviour = state.behaviour.clone();
+            let dropped = behaviour.drop_pingbacks > 0.0 && rand::rng().random_bool(behaviour.drop_pingbacks.min(1.0));
+            if dropped {
+                state.stats.pingbacks_dropped += 1;
+            } else if behaviour.duplicate_pingbacks {
+                state.stats.pingbacks_duplicated += 1;
+            }
             let Some(session) = state.sessions.get_mut(session_id) else { return };
-            session.pingbacks.push(Delivery { pingback_type, url: url.clone(), attempts: vec![], delivered: false });
-            session.pingbacks.len() - 1
+            let delivery = Delivery { pingback_type, url: url.clone(), attempts: vec![], delivered: false, dropped };
+            session.pingbacks.push(delivery);
+            if dropped {
+                return;
+            }
+            (session.pingbacks.len() - 1, behaviour)
         };
+        let copies = if behaviour.duplicate_pingbacks { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = match behaviour.reorder_ms {
+                0 => 0,
+                most => rand::rng().random_range(0..=most),
+            };
+            self.deliver(session_id, index, pingback_type, url.clone(), Duration::from_millis(delay));
+        }
+    }
+
+    /// Delivers one copy after `delay`, retrying until `OK` or the attempt limit.
+    fn deliver(&self, session_id: &str, index: usize, pingback_type: u32, url: String, delay: Duration) {
         let sim = self.clone();
         let session_id = session_id.to_owned();
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             for attempt in 1..=sim.settings.max_attempts {
                 let result = sim.http.get(&url).send().await;
                 let (status, body) = match result {

@@ -106,6 +106,7 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery, cart: bool) -
         reference: None,
         renewal_refs: vec![],
         refunded: false,
+        subscription_stopped: false,
         tickets: vec![],
         pingbacks: vec![],
     };
