@@ -327,6 +327,10 @@ impl PaymentService for Bare {
         Err(Status::unimplemented("bare"))
     }
 
+    async fn confirm_delivery(&self, _: Request<pb::ConfirmDeliveryRequest>) -> Result<Response<pb::Delivery>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+
     async fn sync_payment(
         &self,
         _: Request<pb::SyncPaymentRequest>,

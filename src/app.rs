@@ -21,7 +21,7 @@ use crate::{
     payments::{
         Providers, batch,
         flows::{
-            Payments,
+            Payments, delivery,
             methods::PaymentMethods,
             sweep::{self, SweepSettings},
             writers::{PaymentInserts, Writers},
@@ -253,6 +253,8 @@ async fn start(
     let dispatcher = Dispatcher::new(db.clone(), cache.keys_arc(), webhook_settings.clone()).spawn(stop.handle());
     let sweep = sweep_settings(&settings);
     sweep::spawn(db.clone(), channels.clone(), providers.clone(), sweep, stop.handle());
+    let outbox_interval = settings.delivery_outbox_interval;
+    delivery::spawn(db.clone(), channels.clone(), providers.clone(), outbox_interval, stop.handle());
     crate::retention::spawn(db.clone(), retention_policy(&settings), settings.retention_interval, stop.handle());
     // A quarter of the pool for new checkout payments, which share INSERTs, and an eighth for
     // pingbacks, which share statements (`batch::writers`); the rest stays free for the API.

@@ -168,6 +168,9 @@ pub struct Settings {
     /// A live subscription is asked about an hour after each renewal is due, and at least this often.
     #[serde(rename = "sweep_subscription_recheck_ms", with = "millis")]
     pub sweep_subscription_recheck: Duration,
+    /// How often the delivery outbox sends the confirmations the provider could not take at once.
+    #[serde(rename = "delivery_outbox_interval_ms", with = "millis")]
+    pub delivery_outbox_interval: Duration,
     /// `SyncPayment` asks the provider about one payment at most once per this (0: no limit).
     #[serde(rename = "sync_min_interval_ms", with = "millis")]
     pub sync_min_interval: Duration,
@@ -270,6 +273,7 @@ impl Default for Settings {
             sweep_pending_after: ms(600_000),
             sweep_recheck: ms(300_000),
             sweep_subscription_recheck: ms(DAY),
+            delivery_outbox_interval: ms(1_000),
             sync_min_interval: ms(5_000),
             retention_events_days: 400,
             retention_pingbacks_days: 400,
@@ -327,7 +331,7 @@ impl Settings {
 
     /// Each duration setting: its key (`_ms`, in milliseconds), its value, and the milliseconds it
     /// must lie between. 0 is allowed only where it means off.
-    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 32] {
+    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 33] {
         [
             ("database_acquire_timeout_ms", self.database_acquire_timeout, 1..=10 * MINUTE),
             ("redis_timeout_ms", self.redis_timeout, 1..=MINUTE),
@@ -350,6 +354,7 @@ impl Settings {
             ("sweep_pending_after_ms", self.sweep_pending_after, 1..=30 * DAY),
             ("sweep_recheck_ms", self.sweep_recheck, 1..=30 * DAY),
             ("sweep_subscription_recheck_ms", self.sweep_subscription_recheck, 1..=30 * DAY),
+            ("delivery_outbox_interval_ms", self.delivery_outbox_interval, 10..=HOUR),
             ("sync_min_interval_ms", self.sync_min_interval, 0..=HOUR),
             ("retention_interval_ms", self.retention_interval, SECOND..=DAY),
             ("event_poll_interval_ms", self.event_poll_interval, 10..=MINUTE),

@@ -80,6 +80,7 @@ impl From<PaymentError> for Status {
             }
             PaymentError::NotRefundable(_)
             | PaymentError::NotCancellable(_)
+            | PaymentError::NotDeliverable(_)
             | PaymentError::NotResolvable(_)
             | PaymentError::ProviderRefused(_) => Status::failed_precondition(err.to_string()),
             PaymentError::ProviderUnavailable(_) => Status::unavailable(err.to_string()),

@@ -9,6 +9,7 @@ use crate::{
         core::{
             Cancellation, CancellationStatus, TicketState, Trigger,
             checkout::{CheckoutRequest, SubscriptionTerms},
+            delivery::{Delivery, DeliveryRequest, DeliveryState, DeliveryStatus, DeliveryType},
             money::MinorUnits,
             refund::RefundRequest,
             subscription::{ShownStatus, Subscription, SubscriptionView},
@@ -92,6 +93,7 @@ pub fn payment(p: Payment) -> pb::Payment {
             currency: p.currency.clone(),
         }),
         cancellations: Vec::new(),
+        deliveries: Vec::new(),
         payment_id: p.payment_id,
         merchant_uid: p.merchant_uid,
         channel_key: p.channel_key,
@@ -125,6 +127,73 @@ pub fn browser_payment(p: Payment) -> pb::Payment {
         failed_at: p.failed_at.map(timestamp),
         cancelled_at: p.cancelled_at.map(timestamp),
         ..Default::default()
+    }
+}
+
+/// A `ConfirmDeliveryRequest` in the domain's words; bad timestamps are named in `v`, an
+/// unspecified type or status is left for `core::delivery::validate` to name.
+pub fn delivery_request(r: pb::ConfirmDeliveryRequest, v: &mut Violations) -> DeliveryRequest {
+    let kind = match pb::DeliveryType::try_from(r.r#type) {
+        Ok(pb::DeliveryType::Digital) => Some(DeliveryType::Digital),
+        Ok(pb::DeliveryType::Physical) => Some(DeliveryType::Physical),
+        _ => None,
+    };
+    let status = match pb::DeliveryStatus::try_from(r.status) {
+        Ok(pb::DeliveryStatus::OrderPlaced) => Some(DeliveryStatus::OrderPlaced),
+        Ok(pb::DeliveryStatus::OrderShipped) => Some(DeliveryStatus::OrderShipped),
+        Ok(pb::DeliveryStatus::Delivering) => Some(DeliveryStatus::Delivering),
+        Ok(pb::DeliveryStatus::Delivered) => Some(DeliveryStatus::Delivered),
+        _ => None,
+    };
+    DeliveryRequest {
+        estimated_delivery_at: request_millis(v, "estimated_delivery_at", r.estimated_delivery_at.as_ref()),
+        estimated_update_at: request_millis(v, "estimated_update_at", r.estimated_update_at.as_ref()),
+        payment_id: r.payment_id,
+        kind,
+        status,
+        tracking_id: r.tracking_id,
+        carrier: r.carrier,
+        refundable: r.refundable,
+        details: r.details,
+        reason: r.reason,
+        attachments: r.attachments,
+    }
+}
+
+pub fn delivery(d: Delivery) -> pb::Delivery {
+    let kind = match d.kind {
+        DeliveryType::Digital => pb::DeliveryType::Digital,
+        DeliveryType::Physical => pb::DeliveryType::Physical,
+    };
+    let status = match d.status {
+        DeliveryStatus::OrderPlaced => pb::DeliveryStatus::OrderPlaced,
+        DeliveryStatus::OrderShipped => pb::DeliveryStatus::OrderShipped,
+        DeliveryStatus::Delivering => pb::DeliveryStatus::Delivering,
+        DeliveryStatus::Delivered => pb::DeliveryStatus::Delivered,
+    };
+    let state = match d.state {
+        DeliveryState::Pending => pb::DeliveryState::Pending,
+        DeliveryState::Sent => pb::DeliveryState::Sent,
+        DeliveryState::Refused => pb::DeliveryState::Refused,
+    };
+    pb::Delivery {
+        delivery_id: d.delivery_id,
+        payment_id: d.payment_id,
+        r#type: kind as i32,
+        status: status as i32,
+        tracking_id: d.tracking_id,
+        carrier: d.carrier,
+        estimated_delivery_at: d.estimated_delivery_at.map(timestamp),
+        estimated_update_at: d.estimated_update_at.map(timestamp),
+        refundable: d.refundable,
+        details: d.details,
+        reason: d.reason,
+        attachments: d.attachments,
+        state: state as i32,
+        attempts: u32::try_from(d.attempts).unwrap_or(u32::MAX),
+        last_error: d.last_error,
+        created_at: Some(timestamp(d.created_at)),
+        sent_at: d.sent_at.map(timestamp),
     }
 }
 

@@ -239,6 +239,22 @@ impl PaymentService for PaymentsApi {
         }))
     }
 
+    async fn confirm_delivery(
+        &self,
+        request: Request<pb::ConfirmDeliveryRequest>,
+    ) -> Result<Response<pb::Delivery>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let request_hash = fingerprint(&r, |m| m.idempotency_key.clear());
+        let idempotency_key = r.idempotency_key.clone();
+        let mut v = Violations::default();
+        validation::optional_identifier(&mut v, "idempotency_key", &idempotency_key, validation::IDEMPOTENCY_KEY);
+        let req = convert::delivery_request(r, &mut v);
+        v.check()?;
+        let delivery = self.payments.confirm_delivery(&caller, req, &idempotency_key, &request_hash).await?;
+        Ok(Response::new(convert::delivery(delivery)))
+    }
+
     async fn list_payment_events(
         &self,
         request: Request<pb::ListPaymentEventsRequest>,
@@ -298,10 +314,11 @@ impl PaymentService for PaymentsApi {
             let payment = self.payments.payment(&caller, lookup).await?;
             return Ok(Response::new(convert::browser_payment(payment)));
         }
-        let (payment, cancellations) = self.payments.payment_with_cancellations(&caller, lookup).await?;
-        let currency = payment.currency.clone();
-        let mut out = convert::payment(payment);
-        out.cancellations = cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();
+        let detail = self.payments.payment_with_cancellations(&caller, lookup).await?;
+        let currency = detail.payment.currency.clone();
+        let mut out = convert::payment(detail.payment);
+        out.cancellations = detail.cancellations.into_iter().map(|c| convert::cancellation(c, &currency)).collect();
+        out.deliveries = detail.deliveries.into_iter().map(convert::delivery).collect();
         Ok(Response::new(out))
     }
 

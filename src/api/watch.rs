@@ -15,7 +15,7 @@ use crate::{
     merchants::{Caller, KeyCache, KeyWatch, client_tokens},
     payments::{
         Payment,
-        core::subscription::SubscriptionView,
+        core::{delivery::Delivery, subscription::SubscriptionView},
         store::{
             payments::{self as repo, Lookup},
             subscriptions,
@@ -83,9 +83,9 @@ impl View {
     }
 
     fn event(&self, event: &Event) -> pb::PaymentEvent {
-        let subscription = match self {
-            Self::Merchant => event.detail.as_ref().and_then(SubscriptionView::from_detail),
-            Self::Browser { .. } => None,
+        let (subscription, delivery) = match (self, event.detail.as_ref()) {
+            (Self::Merchant, Some(detail)) => (SubscriptionView::from_detail(detail), Delivery::from_detail(detail)),
+            _ => (None, None),
         };
         pb::PaymentEvent {
             event_id: self.cursor(event.position),
@@ -94,6 +94,7 @@ impl View {
             created_at: Some(convert::timestamp(event.created_at)),
             snapshot: false,
             subscription: subscription.map(convert::subscription_view),
+            delivery: delivery.map(convert::delivery),
         }
     }
 }
@@ -281,6 +282,7 @@ impl Watch {
             payment: Some(self.view.payment(payment)),
             snapshot: true,
             subscription: subscription.map(convert::subscription),
+            delivery: None,
         })
     }
 

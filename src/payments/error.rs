@@ -17,6 +17,9 @@ pub enum PaymentError {
     NotRefundable(String),
     #[error("{0}")]
     NotCancellable(String),
+    /// ConfirmDelivery for a payment nothing was paid for.
+    #[error("{0}")]
+    NotDeliverable(String),
     /// ResolveCancellation on a cancellation whose outcome is known.
     #[error("{0}")]
     NotResolvable(String),

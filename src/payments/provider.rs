@@ -15,6 +15,7 @@ pub use super::core::notice::{
 /// The payment's words a provider reads and answers in.
 pub use super::core::{
     Payment, PaymentOutcome, Subscription,
+    delivery::Delivery,
     money::{self, MinorUnits},
     subscription::SubscriptionEnd,
 };
@@ -122,6 +123,17 @@ pub trait Provider: ConfigRules {
         channel: &Channel,
         payment: &Payment,
     ) -> Result<Option<RemotePayment>, ProviderError>;
+
+    /// Reports a delivery of what `payment` bought. `Refused` is final; anything else is tried
+    /// again (a report sent twice says the same thing twice).
+    async fn confirm_delivery(
+        &self,
+        _channel: &Channel,
+        _payment: &Payment,
+        _delivery: &Delivery,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Refused(format!("{} has no delivery confirmation", self.display_name())))
+    }
 
     /// The newest payment of the subscription `initial` started (a renewal, or `initial` itself),
     /// with the subscription's state; `None` when the provider cannot say (then the sweep learns

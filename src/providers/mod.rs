@@ -7,7 +7,7 @@ pub mod paymentwall;
 use std::time::Duration;
 
 pub use crate::payments::provider::{
-    PaymentMethod, Provider, ProviderError, RemotePayment, RemoteState, RemoteSubscription,
+    Delivery, PaymentMethod, Provider, ProviderError, RemotePayment, RemoteState, RemoteSubscription,
 };
 
 /// The HTTP client for provider APIs: short timeouts, no redirects, public addresses only unless

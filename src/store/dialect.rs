@@ -28,6 +28,7 @@ pub const PAYGATE_TABLES: &[&str] = &[
     "webhook_attempts",
     "audit_events",
     "retention_marks",
+    "deliveries",
 ];
 
 /// PostgreSQL's event-log horizon, from the statement's snapshot: the oldest transaction the

@@ -11,6 +11,7 @@ mod client_tokens;
 mod convergence;
 mod crash_storm;
 mod db_outage;
+mod delivery;
 mod erasure;
 mod event_log;
 mod failover;

@@ -20,6 +20,7 @@ const EVENT_TYPES = [
   "subscription.payment_failed",
   "customer.erased",
   "payment.synced",
+  "payment.delivery_updated",
 ];
 
 export function renderWebhooks(main: HTMLElement): void {

@@ -51,10 +51,12 @@ pub enum EventKind {
     /// `SyncPayment` asked the provider and what it learned changed the payment; follows the
     /// event of the change itself (e.g. `payment.paid`), in the same transaction.
     PaymentSynced,
+    /// A delivery confirmation was recorded (`ConfirmDelivery`, or a channel's automatic one).
+    PaymentDeliveryUpdated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         Self::PaymentPaid,
         Self::PaymentPendingReview,
         Self::PaymentFailed,
@@ -67,6 +69,7 @@ impl EventKind {
         Self::SubscriptionPaymentFailed,
         Self::CustomerErased,
         Self::PaymentSynced,
+        Self::PaymentDeliveryUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl EventKind {
             Self::SubscriptionPaymentFailed => "subscription.payment_failed",
             Self::CustomerErased => "customer.erased",
             Self::PaymentSynced => "payment.synced",
+            Self::PaymentDeliveryUpdated => "payment.delivery_updated",
         }
     }
 
@@ -103,6 +107,7 @@ impl fmt::Display for EventKind {
 pub enum EventDetail {
     Cancellation(serde_json::Value),
     Subscription(serde_json::Value),
+    Delivery(serde_json::Value),
 }
 
 impl EventDetail {
@@ -114,9 +119,13 @@ impl EventDetail {
         Self::Subscription(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
     }
 
+    pub fn delivery(value: &impl Serialize) -> Self {
+        Self::Delivery(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    }
+
     pub fn value(&self) -> &serde_json::Value {
         match self {
-            Self::Cancellation(v) | Self::Subscription(v) => v,
+            Self::Cancellation(v) | Self::Subscription(v) | Self::Delivery(v) => v,
         }
     }
 }

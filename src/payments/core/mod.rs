@@ -4,6 +4,7 @@
 
 pub mod cancellation;
 pub mod checkout;
+pub mod delivery;
 pub mod erasure;
 pub mod event;
 pub mod model;

@@ -7,6 +7,7 @@
 
 pub mod checkout;
 pub mod client_token;
+pub mod delivery;
 pub mod erasure;
 mod idempotent;
 pub mod methods;

@@ -2,7 +2,7 @@
 //! caller's scope (its own merchant and its sub-merchants); anyone else's reads as not found.
 
 pub use crate::payments::store::{
-    payments::{ListFilter, Lookup},
+    payments::{ListFilter, Lookup, PaymentDetail},
     subscriptions::{ListFilter as SubscriptionFilter, Lookup as SubscriptionLookup},
 };
 
@@ -11,7 +11,7 @@ use crate::{
     merchants::Caller,
     payments::{
         PaymentError,
-        core::{Cancellation, Payment, Subscription},
+        core::{Payment, Subscription},
         store::{payments as rows, subscriptions},
     },
 };
@@ -21,12 +21,12 @@ impl Payments {
         rows::get(&self.db, &caller.merchant_id, lookup).await
     }
 
-    /// A payment and its cancellations, oldest first, read from one snapshot.
+    /// A payment with its cancellations and deliveries, oldest first, read from one snapshot.
     pub async fn payment_with_cancellations(
         &self,
         caller: &Caller,
         lookup: Lookup<'_>,
-    ) -> Result<(Payment, Vec<Cancellation>), PaymentError> {
+    ) -> Result<PaymentDetail, PaymentError> {
         rows::get_with_cancellations(&self.db, &caller.merchant_id, lookup).await
     }
 

@@ -5,7 +5,12 @@
 use std::sync::Arc;
 
 use super::writers::PaymentInserts;
-use crate::{channels::Channels, payments::Providers, ratelimit::Limiter, store::Db};
+use crate::{
+    channels::{Channel, Channels},
+    payments::{Payment, PaymentError, Providers, store::payments as rows},
+    ratelimit::Limiter,
+    store::Db,
+};
 
 #[derive(Clone)]
 pub struct Payments {
@@ -18,4 +23,26 @@ pub struct Payments {
     pub idempotency_lease_ms: i64,
     /// One `SyncPayment` per payment per interval, across replicas; `None` when off.
     pub sync_limit: Option<Limiter>,
+}
+
+/// A payment and its channel, for work no caller waits on (the sweep, the delivery outbox): `None`,
+/// logged for `who`, when either cannot be read now (the next pass tries again).
+pub async fn payment_and_channel(
+    db: &Db,
+    channels: &Channels,
+    payment_id: &str,
+    who: &str,
+) -> Result<Option<(Payment, Arc<Channel>)>, PaymentError> {
+    let payment = {
+        let mut conn = db.pool().acquire().await?;
+        rows::get_in_tx(&mut conn, payment_id).await?
+    };
+    let Some(payment) = payment else { return Ok(None) };
+    match channels.unscoped(&payment.channel_key).await {
+        Ok(channel) => Ok(Some((payment, channel))),
+        Err(e) => {
+            tracing::warn!(%payment_id, error = %e, "{who}: channel unavailable");
+            Ok(None)
+        }
+    }
 }

@@ -15,13 +15,13 @@
 //! is unknown is settled when the provider's payment status says it was refunded (else it stays,
 //! counted by the gauge `paygate_refunds_outcome_unknown`, for the next pass or an operator).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use super::{notification, refund};
+use super::{notification, refund, service::payment_and_channel};
 use crate::{
-    channels::{Channel, Channels},
+    channels::Channels,
     payments::{
-        Payment, PaymentError, Providers,
+        PaymentError, Providers,
         core::{
             TicketState,
             sync::{learned, learned_for_subscription, next_subscription_check},
@@ -148,7 +148,9 @@ async fn sweep_tickets(
         cancellations::claim_stale_tickets(db, now - ms(s.pending_after), now, now + ms(s.recheck), BATCH).await?;
     let mut repaired = 0;
     for c in stale {
-        let Some((payment, channel)) = payment_and_channel(db, channels, &c.payment_id).await? else { continue };
+        let Some((payment, channel)) = payment_and_channel(db, channels, &c.payment_id, "sweep").await? else {
+            continue;
+        };
         match c.ticket {
             Some(TicketState::Unsent) => {
                 // Reserved and never sent (its worker died before the send): send it now.
@@ -214,7 +216,8 @@ async fn sweep_subscriptions(
     let due = subscriptions::claim_due(db, now, now + ms(s.recheck), BATCH).await?;
     let mut repaired = 0;
     for sub in due {
-        let Some((initial, channel)) = payment_and_channel(db, channels, &sub.initial_payment_id).await? else {
+        let Some((initial, channel)) = payment_and_channel(db, channels, &sub.initial_payment_id, "sweep").await?
+        else {
             continue;
         };
         let remote = match providers.for_channel(&channel).subscription_status(&channel, &initial).await {
@@ -253,24 +256,4 @@ async fn sweep_subscriptions(
         }
     }
     Ok(repaired)
-}
-
-/// A payment and its channel, read for the sweep; `None` (logged) when either cannot be read now.
-async fn payment_and_channel(
-    db: &Db,
-    channels: &Channels,
-    payment_id: &str,
-) -> Result<Option<(Payment, Arc<Channel>)>, PaymentError> {
-    let payment = {
-        let mut conn = db.pool().acquire().await?;
-        repo::get_in_tx(&mut conn, payment_id).await?
-    };
-    let Some(payment) = payment else { return Ok(None) };
-    match channels.unscoped(&payment.channel_key).await {
-        Ok(channel) => Ok(Some((payment, channel))),
-        Err(e) => {
-            tracing::warn!(%payment_id, error = %e, "sweep: channel unavailable");
-            Ok(None)
-        }
-    }
 }

@@ -239,15 +239,19 @@ struct WebhookData<'a, P: serde::Serialize> {
     cancellation: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subscription: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'a serde_json::Value>,
 }
 
 impl<'a, P: serde::Serialize> WebhookData<'a, P> {
     fn of(event_id: String, payment: P, detail: Option<&'a EventDetail>) -> Self {
-        let (cancellation, subscription) = match detail {
-            Some(EventDetail::Cancellation(value)) => (Some(value), None),
-            Some(EventDetail::Subscription(value)) => (None, Some(value)),
-            None => (None, None),
-        };
-        Self { event_id, payment, cancellation, subscription }
+        let (mut cancellation, mut subscription, mut delivery) = (None, None, None);
+        match detail {
+            Some(EventDetail::Cancellation(value)) => cancellation = Some(value),
+            Some(EventDetail::Subscription(value)) => subscription = Some(value),
+            Some(EventDetail::Delivery(value)) => delivery = Some(value),
+            None => {}
+        }
+        Self { event_id, payment, cancellation, subscription, delivery }
     }
 }

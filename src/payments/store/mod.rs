@@ -4,6 +4,7 @@
 pub mod cancellations;
 pub mod cas;
 pub mod changes;
+pub mod deliveries;
 pub mod erasure;
 pub mod event_log;
 pub mod idempotency;

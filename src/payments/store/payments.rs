@@ -144,7 +144,7 @@ pub async fn get_with_cancellations(
     db: &Db,
     merchant_id: &str,
     lookup: Lookup<'_>,
-) -> Result<(Payment, Vec<Cancellation>), PaymentError> {
+) -> Result<PaymentDetail, PaymentError> {
     let (column, value) = match lookup {
         Lookup::PaymentId(id) => ("payment_id", id),
         Lookup::MerchantUid(uid) => ("merchant_uid", uid),
@@ -155,8 +155,16 @@ pub async fn get_with_cancellations(
     let row = sqlx::query_as::<_, PaymentRow>(&sql).bind(merchant_id).bind(value).fetch_optional(&mut *tx).await?;
     let payment = row.map(Payment::try_from).transpose()?.ok_or(PaymentError::NotFound)?;
     let cancellations = super::cancellations::for_payment(&mut tx, &payment.payment_id).await?;
+    let deliveries = super::deliveries::of_payment(&mut tx, &payment.payment_id).await?;
     tx.commit().await?;
-    Ok((payment, cancellations))
+    Ok(PaymentDetail { payment, cancellations, deliveries })
+}
+
+/// A payment with its cancellations and deliveries, oldest first, read from one snapshot.
+pub struct PaymentDetail {
+    pub payment: Payment,
+    pub cancellations: Vec<Cancellation>,
+    pub deliveries: Vec<crate::payments::core::delivery::Delivery>,
 }
 
 /// Any merchant's payment by id, inside a transaction or on the pool.

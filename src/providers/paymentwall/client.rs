@@ -1,11 +1,14 @@
-//! Paymentwall's server APIs (docs/paymentwall.md sections 4 and 5): the Cancellation API (tickets),
-//! Payment Systems and Payment Status. Every request is signed like a widget call.
+//! Paymentwall's server APIs (docs/paymentwall.md sections 4, 5 and 7): the Cancellation API (tickets),
+//! Payment Systems, Payment Status and Delivery Confirmation. Every request but the last is signed
+//! like a widget call; a delivery report carries the secret key in a header instead.
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{config::PaymentwallConfig, signature::sign_request};
-use crate::providers::{PaymentMethod, ProviderError, ProviderHttp, RemotePayment, RemoteState, RemoteSubscription};
+use crate::providers::{
+    Delivery, PaymentMethod, ProviderError, ProviderHttp, RemotePayment, RemoteState, RemoteSubscription,
+};
 
 /// Cancellation ticket types.
 #[derive(Debug, Clone, Copy)]
@@ -223,6 +226,96 @@ pub async fn payment_status(
             Some(RemoteSubscription { active: flag(&sub.active)?, expired: flag(&sub.expired).unwrap_or(false) })
         }),
     }))
+}
+
+/// One report for the Delivery Confirmation API (docs/paymentwall.md section 7).
+pub struct DeliveryReport<'a> {
+    pub provider_ref: &'a str,
+    pub merchant_reference_id: &'a str,
+    pub test: bool,
+    pub delivery: &'a Delivery,
+}
+
+/// The form as sent: no signature (the `X-ApiKey` header, the project's secret key, authenticates);
+/// dates as `2015/01/20 15:04:55 +0000`; attachments by reference, `attachments[0]`, ...
+fn delivery_form(report: &DeliveryReport<'_>) -> Vec<(String, String)> {
+    let d = report.delivery;
+    let mut form: Vec<(String, String)> = vec![
+        ("payment_id".into(), report.provider_ref.to_owned()),
+        ("merchant_reference_id".into(), report.merchant_reference_id.to_owned()),
+        ("type".into(), d.kind.as_str().to_owned()),
+        ("status".into(), d.status.as_str().to_owned()),
+        ("details".into(), d.details.clone()),
+    ];
+    let mut optional = |name: &str, value: String| {
+        if !value.is_empty() {
+            form.push((name.to_owned(), value));
+        }
+    };
+    optional("estimated_delivery_datetime", d.estimated_delivery_at.map(paymentwall_datetime).unwrap_or_default());
+    optional("estimated_update_datetime", d.estimated_update_at.map(paymentwall_datetime).unwrap_or_default());
+    optional("refundable", d.refundable.map(|r| r.to_string()).unwrap_or_default());
+    optional("reason", d.reason.clone());
+    optional("carrier_tracking_id", d.tracking_id.clone());
+    optional("carrier_type", d.carrier.clone());
+    if report.test {
+        form.push(("is_test".into(), "1".into()));
+    }
+    for (i, url) in d.attachments.iter().enumerate() {
+        form.push((format!("attachments[{i}]"), url.clone()));
+    }
+    form
+}
+
+/// Unix ms as Paymentwall's delivery dates, in UTC.
+fn paymentwall_datetime(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return String::new();
+    };
+    let (date, clock) = (at.date(), at.time());
+    format!(
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02} +0000",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        clock.hour(),
+        clock.minute(),
+        clock.second()
+    )
+}
+
+#[derive(Deserialize)]
+struct DeliveryAnswer {
+    #[serde(default)]
+    success: serde_json::Value,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    notices: Vec<serde_json::Value>,
+}
+
+#[tracing::instrument(name = "paymentwall.delivery", skip_all, fields(otel.kind = "client", provider_ref = %report.provider_ref))]
+pub async fn confirm_delivery(
+    http: &ProviderHttp,
+    config: &PaymentwallConfig,
+    report: &DeliveryReport<'_>,
+) -> Result<(), ProviderError> {
+    let url = format!("{}/api/delivery", config.api_base_url);
+    let request =
+        http.client().post(url).header("X-ApiKey", config.secret_key.expose_secret()).form(&delivery_form(report));
+    let (status, body) = exchange(http, request).await?;
+    let answer: DeliveryAnswer = serde_json::from_str(&body)
+        .map_err(|_| ProviderError::BadAnswer(format!("HTTP {status}, not a delivery answer")))?;
+    if flag(&answer.success) == Some(true) {
+        return Ok(());
+    }
+    let notices: Vec<String> =
+        answer.notices.iter().map(|n| n.as_str().map(str::to_owned).unwrap_or_else(|| n.to_string())).collect();
+    let mut words = answer.error.unwrap_or_else(|| "no reason given".to_owned());
+    if !notices.is_empty() {
+        words = format!("{words} ({})", notices.join("; "));
+    }
+    Err(ProviderError::Refused(words))
 }
 
 #[cfg(test)]

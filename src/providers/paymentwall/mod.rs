@@ -10,7 +10,7 @@ pub use config::{DEFAULT_API_BASE_URL, PUBLISHED_PINGBACK_SOURCES, PaymentwallCo
 use secrecy::ExposeSecret;
 pub use signature::SignVersion;
 
-use super::{PaymentMethod, Provider, ProviderError, ProviderHttp, RemotePayment};
+use super::{Delivery, PaymentMethod, Provider, ProviderError, ProviderHttp, RemotePayment};
 use crate::{
     channels::{
         Channel, ChannelMode,
@@ -179,6 +179,24 @@ impl Provider for Paymentwall {
             &payment.payment_id,
         )
         .await
+    }
+
+    async fn confirm_delivery(
+        &self,
+        channel: &Channel,
+        payment: &Payment,
+        delivery: &Delivery,
+    ) -> Result<(), ProviderError> {
+        let Some(provider_ref) = payment.provider_ref.as_deref() else {
+            return Err(ProviderError::Refused("the payment has no Paymentwall ref yet".into()));
+        };
+        let report = client::DeliveryReport {
+            provider_ref,
+            merchant_reference_id: &payment.payment_id,
+            test: payment.test,
+            delivery,
+        };
+        client::confirm_delivery(&self.http, &credentials(channel)?, &report).await
     }
 
     async fn subscription_status(

@@ -4,6 +4,7 @@
 //! under `/control` lets tests pay without a browser and see every pingback attempt.
 
 mod api;
+mod delivery;
 mod page;
 mod pingbacks;
 mod server;
@@ -93,6 +94,8 @@ pub struct Session {
     /// A subscription whose billing was stopped (a type 2 ticket): no longer active.
     pub subscription_stopped: bool,
     pub tickets: Vec<Ticket>,
+    /// Delivery Confirmation API reports accepted for this session's payments, as received.
+    pub deliveries: Vec<std::collections::BTreeMap<String, String>>,
     pub pingbacks: Vec<Delivery>,
 }
 
@@ -122,6 +125,8 @@ pub struct Behaviour {
     pub duplicate_pingbacks: bool,
     /// ...and each goes after a random delay up to this, so later ones may overtake earlier ones.
     pub reorder_ms: u64,
+    /// Refuse every delivery report with this error.
+    pub refuse_deliveries: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -134,6 +139,7 @@ impl Default for Behaviour {
             drop_pingbacks: 0.0,
             duplicate_pingbacks: false,
             reorder_ms: 0,
+            refuse_deliveries: None,
         }
     }
 }
@@ -144,6 +150,7 @@ pub struct Stats {
     pub tickets: u64,
     pub payment_systems: u64,
     pub payment_status: u64,
+    pub deliveries: u64,
     /// Pingbacks the lossy mode dropped, and the extra copies it sent.
     pub pingbacks_dropped: u64,
     pub pingbacks_duplicated: u64,

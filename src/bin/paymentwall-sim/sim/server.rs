@@ -30,6 +30,7 @@ pub fn router(sim: Sim) -> Router {
         .route("/developers/api/ticket", post(super::api::ticket))
         .route("/api/payment-systems/", get(super::api::payment_systems))
         .route("/api/rest/payment", get(super::api::payment_status))
+        .route("/api/delivery", post(super::delivery::report))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(sim)
 }
@@ -108,6 +109,7 @@ async fn widget(State(sim): State<Sim>, RawQuery(query): RawQuery, cart: bool) -
         refunded: false,
         subscription_stopped: false,
         tickets: vec![],
+        deliveries: vec![],
         pingbacks: vec![],
     };
     let html = page::checkout(&session);

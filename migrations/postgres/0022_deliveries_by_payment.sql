@@ -1,0 +1,3 @@
+-- no-transaction
+-- A payment's delivery history, oldest first.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS deliveries_by_payment ON deliveries (payment_id, created_at);

@@ -1,0 +1,2 @@
+-- The outbox: confirmations still to send, soonest first.
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE state = 'PENDING';
