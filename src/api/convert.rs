@@ -98,7 +98,12 @@ pub fn payment(p: Payment) -> pb::Payment {
         status: status_to_proto(p.status) as i32,
         amount: Some(pb::Money { amount_minor: p.amount_minor.into(), currency: p.currency }),
         order_name: p.order_name,
-        customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email.into_exposed() }),
+        // The risk profile is not kept as fields (only inside the signed URL): uid and e-mail.
+        customer: Some(pb::Customer {
+            uid: p.customer_uid,
+            email: p.customer_email.into_exposed(),
+            ..Default::default()
+        }),
         payment_method: p.payment_method,
         provider_ref: p.provider_ref.unwrap_or_default(),
         test: p.test,
