@@ -11,6 +11,7 @@ use crate::{
             checkout::{CheckoutRequest, SubscriptionTerms},
             money::MinorUnits,
             refund::RefundRequest,
+            risk_profile::{CustomerHistory, ProfileTime, RiskProfile},
             subscription::{ShownStatus, Subscription, SubscriptionView},
         },
     },
@@ -349,6 +350,36 @@ pub fn statuses<T>(
     statuses
 }
 
+/// The risk profile part of a checkout's `customer` (everything but uid and e-mail).
+fn risk_profile(c: pb::Customer) -> RiskProfile {
+    let time = |t: Option<Timestamp>| t.map(|t| ProfileTime { seconds: t.seconds, nanos: t.nanos });
+    let h = c.history.unwrap_or_default();
+    RiskProfile {
+        birthday: time(c.birthday),
+        sex: c.sex,
+        username: c.username,
+        firstname: c.firstname,
+        lastname: c.lastname,
+        city: c.city,
+        state: c.state,
+        address: c.address,
+        country: c.country,
+        zip: c.zip,
+        history: CustomerHistory {
+            registration_date: time(h.registration_date),
+            membership: h.membership,
+            membership_date: time(h.membership_date),
+            registration_country: h.registration_country,
+            registration_ip: h.registration_ip,
+            registration_email: h.registration_email,
+            registration_email_verified: h.registration_email_verified,
+            registration_name: h.registration_name,
+            registration_lastname: h.registration_lastname,
+            registration_source: h.registration_source,
+        },
+    }
+}
+
 /// A checkout as the flow takes it; `request_hash` fingerprints the request for its idempotency key.
 pub fn checkout_request(r: pb::CreateCheckoutSessionRequest, request_hash: String) -> CheckoutRequest {
     CheckoutRequest {
@@ -357,7 +388,8 @@ pub fn checkout_request(r: pb::CreateCheckoutSessionRequest, request_hash: Strin
         amount: r.amount.map(|m| (m.amount_minor, m.currency)),
         order_name: r.order_name,
         customer_uid: r.customer.as_ref().map(|c| c.uid.clone()),
-        customer_email: Email::new(r.customer.map(|c| c.email).unwrap_or_default()),
+        customer_email: Email::new(r.customer.as_ref().map(|c| c.email.clone()).unwrap_or_default()),
+        customer_profile: r.customer.map(risk_profile).unwrap_or_default(),
         payment_method: r.payment_method,
         widget: r.widget,
         success_url: r.success_url,
