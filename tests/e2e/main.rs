@@ -22,6 +22,7 @@ mod observability;
 mod operations;
 mod readiness;
 mod retention;
+mod risk_profile;
 mod rolling_upgrade;
 mod streams;
 mod subscriptions;
