@@ -448,7 +448,7 @@ fn checkout_request(uid: &str) -> pb::CreateCheckoutSessionRequest {
         merchant_uid: uid.into(),
         amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
         order_name: "bench".into(),
-        customer: Some(pb::Customer { uid: "bench-user".into(), email: String::new() }),
+        customer: Some(pb::Customer { uid: "bench-user".into(), email: String::new(), ..Default::default() }),
         ..Default::default()
     }
 }

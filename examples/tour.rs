@@ -109,7 +109,11 @@ async fn tour(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 merchant_uid: format!("tour-{}", std::process::id()),
                 amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
                 order_name: "Gold Membership".into(),
-                customer: Some(pb::Customer { uid: "buyer-1".into(), email: "buyer@example.com".into() }),
+                customer: Some(pb::Customer {
+                    uid: "buyer-1".into(),
+                    email: "buyer@example.com".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             &bearer,

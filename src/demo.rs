@@ -251,7 +251,7 @@ fn checkout_request(channel_key: &str) -> pb::CreateCheckoutSessionRequest {
         merchant_uid: format!("demo-{}", ulid::Ulid::new()),
         amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
         order_name: "Gold Membership".into(),
-        customer: Some(pb::Customer { uid: "buyer-1".into(), email: "buyer@example.com".into() }),
+        customer: Some(pb::Customer { uid: "buyer-1".into(), email: "buyer@example.com".into(), ..Default::default() }),
         ..Default::default()
     }
 }

@@ -12,6 +12,7 @@ use crate::{
             delivery::{Delivery, DeliveryRequest, DeliveryState, DeliveryStatus, DeliveryType},
             money::MinorUnits,
             refund::RefundRequest,
+            risk_profile::{CustomerHistory, ProfileTime, RiskProfile},
             subscription::{ShownStatus, Subscription, SubscriptionView},
         },
     },
@@ -100,7 +101,12 @@ pub fn payment(p: Payment) -> pb::Payment {
         status: status_to_proto(p.status) as i32,
         amount: Some(pb::Money { amount_minor: p.amount_minor.into(), currency: p.currency }),
         order_name: p.order_name,
-        customer: Some(pb::Customer { uid: p.customer_uid, email: p.customer_email.into_exposed() }),
+        // The risk profile is not kept as fields (only inside the signed URL): uid and e-mail.
+        customer: Some(pb::Customer {
+            uid: p.customer_uid,
+            email: p.customer_email.into_exposed(),
+            ..Default::default()
+        }),
         payment_method: p.payment_method,
         provider_ref: p.provider_ref.unwrap_or_default(),
         test: p.test,
@@ -413,6 +419,36 @@ pub fn statuses<T>(
     statuses
 }
 
+/// The risk profile part of a checkout's `customer` (everything but uid and e-mail).
+fn risk_profile(c: pb::Customer) -> RiskProfile {
+    let time = |t: Option<Timestamp>| t.map(|t| ProfileTime { seconds: t.seconds, nanos: t.nanos });
+    let h = c.history.unwrap_or_default();
+    RiskProfile {
+        birthday: time(c.birthday),
+        sex: c.sex,
+        username: c.username,
+        firstname: c.firstname,
+        lastname: c.lastname,
+        city: c.city,
+        state: c.state,
+        address: c.address,
+        country: c.country,
+        zip: c.zip,
+        history: CustomerHistory {
+            registration_date: time(h.registration_date),
+            membership: h.membership,
+            membership_date: time(h.membership_date),
+            registration_country: h.registration_country,
+            registration_ip: h.registration_ip,
+            registration_email: h.registration_email,
+            registration_email_verified: h.registration_email_verified,
+            registration_name: h.registration_name,
+            registration_lastname: h.registration_lastname,
+            registration_source: h.registration_source,
+        },
+    }
+}
+
 /// A checkout as the flow takes it; `request_hash` fingerprints the request for its idempotency key.
 pub fn checkout_request(r: pb::CreateCheckoutSessionRequest, request_hash: String) -> CheckoutRequest {
     CheckoutRequest {
@@ -421,7 +457,8 @@ pub fn checkout_request(r: pb::CreateCheckoutSessionRequest, request_hash: Strin
         amount: r.amount.map(|m| (m.amount_minor, m.currency)),
         order_name: r.order_name,
         customer_uid: r.customer.as_ref().map(|c| c.uid.clone()),
-        customer_email: Email::new(r.customer.map(|c| c.email).unwrap_or_default()),
+        customer_email: Email::new(r.customer.as_ref().map(|c| c.email.clone()).unwrap_or_default()),
+        customer_profile: r.customer.map(risk_profile).unwrap_or_default(),
         payment_method: r.payment_method,
         widget: r.widget,
         success_url: r.success_url,

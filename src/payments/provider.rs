@@ -17,6 +17,7 @@ pub use super::core::{
     Payment, PaymentOutcome, Subscription,
     delivery::Delivery,
     money::{self, MinorUnits},
+    risk_profile::{CustomerHistory, ProfileTime, RiskProfile},
     subscription::SubscriptionEnd,
 };
 pub use super::error::ProviderError;
@@ -93,12 +94,14 @@ pub trait Provider: ConfigRules {
     }
 
     /// The URL of the provider's hosted payment page for this payment, signed with the channel's
-    /// secret; with `subscription`, the page sells a recurring product.
+    /// secret; with `subscription`, the page sells a recurring product. `profile` is the buyer's
+    /// profile for the provider's risk scoring (personal data: into the URL, never into a log).
     fn checkout_url(
         &self,
         channel: &Channel,
         payment: &Payment,
         subscription: Option<&Subscription>,
+        profile: &RiskProfile,
     ) -> Result<String, ProviderError>;
 
     /// Asks the provider to refund `amount` of a paid payment. The refund itself is reported
@@ -213,7 +216,13 @@ impl Provider for NotRunning {
         Err(CallbackError::Malformed(NOT_RUNNING.into()))
     }
 
-    fn checkout_url(&self, _: &Channel, _: &Payment, _: Option<&Subscription>) -> Result<String, ProviderError> {
+    fn checkout_url(
+        &self,
+        _: &Channel,
+        _: &Payment,
+        _: Option<&Subscription>,
+        _: &RiskProfile,
+    ) -> Result<String, ProviderError> {
         Err(ProviderError::Unsupported(NOT_RUNNING.into()))
     }
 

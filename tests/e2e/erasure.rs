@@ -135,7 +135,7 @@ async fn a_customers_whole_life_then_erased(backend: Backend) {
     let email = format!("{}@erasure-test.example", unique("buyer."));
     let buyer = |merchant_uid: &str, channel_key: &str, customer: &str, email: &str| {
         let mut request = checkout_request(channel_key, merchant_uid);
-        request.customer = Some(pb::Customer { uid: customer.into(), email: email.into() });
+        request.customer = Some(pb::Customer { uid: customer.into(), email: email.into(), ..Default::default() });
         request.custom_params.insert("loyalty_card".into(), format!("card-of-{customer}"));
         request.success_url = format!("https://shop.example/thanks?who={customer}");
         request

@@ -24,6 +24,7 @@ mod observability;
 mod operations;
 mod readiness;
 mod retention;
+mod risk_profile;
 mod rolling_upgrade;
 mod streams;
 mod subscriptions;

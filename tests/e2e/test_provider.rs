@@ -21,7 +21,7 @@ use paygate::{
         Payment, PaymentOutcome,
         provider::{
             Callback, CallbackError, CallbackNotice, MinorUnits, Notice, PaymentMethod, Provider, ProviderError,
-            ProviderEvent, RawNotification, RemotePayment, ReversalKind, ReversalNotice, Subscription,
+            ProviderEvent, RawNotification, RemotePayment, ReversalKind, ReversalNotice, RiskProfile, Subscription,
         },
     },
     proto::v1 as pb,
@@ -133,6 +133,7 @@ impl Provider for TestPay {
         channel: &Channel,
         payment: &Payment,
         _: Option<&Subscription>,
+        _: &RiskProfile,
     ) -> Result<String, ProviderError> {
         let page = channel.config.setting_text("page_url");
         Ok(format!(

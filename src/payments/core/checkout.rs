@@ -8,6 +8,7 @@ use super::{
     Payment, PaymentStatus,
     money::{self, MinorUnits},
     new_payment_id,
+    risk_profile::{self, RiskProfile},
     subscription::{PeriodType, Subscription, SubscriptionStatus},
 };
 use crate::{
@@ -39,6 +40,9 @@ pub struct CheckoutRequest {
     pub order_name: String,
     pub customer_uid: Option<String>,
     pub customer_email: Email,
+    /// The rest of `customer`: the buyer's profile for the provider's risk scoring. Not part of
+    /// the payment: `flows::checkout` hands it to the provider for the hosted page's URL only.
+    pub customer_profile: RiskProfile,
     pub payment_method: String,
     pub widget: String,
     pub success_url: String,
@@ -136,8 +140,9 @@ pub fn new_payment(
     Ok((payment, subscription))
 }
 
-/// Every problem of the request, named by its proto field path.
-pub fn validate(req: &CheckoutRequest) -> Violations {
+/// Every problem of the request, named by its proto field path. `now_ms` is paygate's clock (the
+/// profile's dates may not lie after it).
+pub fn validate(req: &CheckoutRequest, now_ms: i64) -> Violations {
     let mut v = Violations::default();
     validation::identifier(&mut v, "channel_key", &req.channel_key, validation::CHANNEL_KEY);
     if req.merchant_uid.trim().is_empty() {
@@ -181,6 +186,7 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
     {
         v.add("customer.email", "is not an e-mail address");
     }
+    risk_profile::validate(&mut v, &req.customer_profile, now_ms);
     validation::optional_identifier(&mut v, "payment_method", &req.payment_method, CODE);
     validation::optional_identifier(&mut v, "widget", &req.widget, CODE);
     validation::optional_url(&mut v, "success_url", &req.success_url);
@@ -219,7 +225,7 @@ pub fn validate(req: &CheckoutRequest) -> Violations {
     v
 }
 
-fn is_country_code(s: &str) -> bool {
+pub(super) fn is_country_code(s: &str) -> bool {
     s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
 }
 
@@ -227,7 +233,7 @@ fn is_language(s: &str) -> bool {
     s.len() <= 8 && s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
 }
 
-fn looks_like_email(s: &str) -> bool {
+pub(super) fn looks_like_email(s: &str) -> bool {
     match s.split_once('@') {
         Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.contains(char::is_whitespace),
         None => false,
@@ -291,13 +297,15 @@ mod tests {
         }
     }
 
+    const NOW_MS: i64 = 1_700_000_000_000;
+
     fn fields(req: &CheckoutRequest) -> Vec<String> {
-        validate(req).iter().map(|v| v.field.clone()).collect()
+        validate(req, NOW_MS).iter().map(|v| v.field.clone()).collect()
     }
 
     #[test]
     fn a_valid_request_has_no_violations() {
-        assert!(validate(&valid()).is_empty());
+        assert!(validate(&valid(), NOW_MS).is_empty());
     }
 
     #[test]
@@ -317,6 +325,8 @@ mod tests {
             ("customer.email", Box::new(|r| r.customer_email = Email::new("nope"))),
             ("success_url", Box::new(|r| r.success_url = "javascript:alert(1)".into())),
             ("country_code", Box::new(|r| r.country_code = "kor".into())),
+            ("customer.history.registration_ip", Box::new(|r| r.customer_profile.history.registration_ip = "x".into())),
+            ("customer.zip", Box::new(|r| r.customer_profile.zip = "1\t2".into())),
         ];
         for (field, mutate) in cases {
             let mut req = valid();
@@ -340,7 +350,7 @@ mod tests {
         /// Any text in any field: no panic, every violation names a field, and a field holding a
         /// control character is always refused by name.
         #[test]
-        fn any_text_in_any_field_is_refused_by_name(field in 0..11usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
+        fn any_text_in_any_field_is_refused_by_name(field in 0..13usize, value in "\\PC{0,3}[\\x00-\\x1f\\x7f]?\\PC{0,3}|.{0,300}") {
             let mut req = valid();
             let name = match field {
                 0 => { req.channel_key = value.clone(); "channel_key" }
@@ -353,9 +363,11 @@ mod tests {
                 7 => { req.idempotency_key = value.clone(); "idempotency_key" }
                 8 => { req.payment_method = value.clone(); "payment_method" }
                 9 => { req.widget = value.clone(); "widget" }
-                _ => { req.language = value.clone(); "language" }
+                10 => { req.language = value.clone(); "language" }
+                11 => { req.customer_profile.city = value.clone(); "customer.city" }
+                _ => { req.customer_profile.history.registration_source = value.clone(); "customer.history.registration_source" }
             };
-            let v = validate(&req);
+            let v = validate(&req, NOW_MS);
             proptest::prop_assert!(v.iter().all(|x| !x.field.is_empty() && !x.description.is_empty()));
             if value.chars().any(char::is_control) {
                 proptest::prop_assert!(v.iter().any(|x| x.field == name), "{name} with a control character: {v:?}");

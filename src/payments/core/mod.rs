@@ -12,6 +12,7 @@ pub mod money;
 pub mod notice;
 pub mod notification;
 pub mod refund;
+pub mod risk_profile;
 pub mod status;
 pub mod subscription;
 pub mod sync;

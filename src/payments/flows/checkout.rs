@@ -35,7 +35,7 @@ const OPERATION: &str = "CreateCheckoutSession";
 impl Payments {
     /// `CreateCheckoutSession`: validate, then (once per idempotency key) make the payment.
     pub async fn checkout(&self, caller: &Caller, req: CheckoutRequest) -> Result<CheckoutSession, PaymentError> {
-        validate(&req).check()?;
+        validate(&req, now_ms()).check()?;
         let (req, key) = (&req, idempotent::key(caller, OPERATION, &req.idempotency_key));
         let key = key.as_ref();
         idempotent::claimed(&self.db, key, &req.request_hash, self.idempotency_lease_ms, |claim| async move {
@@ -60,7 +60,7 @@ impl Payments {
         let provider = self.providers.for_channel(&channel);
         let (mut payment, subscription) = new_payment(&channel, req.clone(), now_ms())?;
         payment.redirect_url = provider
-            .checkout_url(&channel, &payment, subscription.as_ref())
+            .checkout_url(&channel, &payment, subscription.as_ref(), &req.customer_profile)
             .map_err(|e| PaymentError::Provider(e.to_string()))?;
         self.write(&payment, subscription.as_ref(), key).await?;
         Ok(CheckoutSession { redirect_url: payment.redirect_url.clone(), payment })

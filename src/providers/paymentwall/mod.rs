@@ -18,7 +18,7 @@ use crate::{
     },
     payments::{
         provider::{Callback, CallbackError, CallbackNotice},
-        provider::{MinorUnits, Notice, Payment, RawNotification, Subscription, money},
+        provider::{MinorUnits, Notice, Payment, RawNotification, RiskProfile, Subscription, money},
     },
     store::now_ms,
     validation::Violations,
@@ -120,8 +120,9 @@ impl Provider for Paymentwall {
         channel: &Channel,
         payment: &Payment,
         subscription: Option<&Subscription>,
+        profile: &RiskProfile,
     ) -> Result<String, ProviderError> {
-        widget::checkout_url(&credentials(channel)?, payment, subscription, now_ms() / 1000)
+        widget::checkout_url(&credentials(channel)?, payment, subscription, profile, now_ms() / 1000)
     }
 
     async fn request_refund(

@@ -428,7 +428,11 @@ pub fn checkout_request(channel_key: &str, merchant_uid: &str) -> pb::CreateChec
         merchant_uid: merchant_uid.into(),
         amount: Some(pb::Money { amount_minor: 999, currency: "USD".into() }),
         order_name: "Gold Membership".into(),
-        customer: Some(pb::Customer { uid: "user-40012".into(), email: "buyer@example.com".into() }),
+        customer: Some(pb::Customer {
+            uid: "user-40012".into(),
+            email: "buyer@example.com".into(),
+            ..Default::default()
+        }),
         success_url: "https://shop.example/thanks?ref=$ref".into(),
         ..Default::default()
     }
