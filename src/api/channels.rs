@@ -33,6 +33,7 @@ fn paymentwall_config(pw: pb::PaymentwallCredentials) -> ProviderConfig {
         sign_version: pw.sign_version,
         pingback_allowlist: pw.pingback_allowlist,
         api_base_url: pw.api_base_url,
+        confirm_digital_delivery: pw.confirm_digital_delivery,
     }
     .into_config()
 }

@@ -322,6 +322,7 @@ pub fn channel(c: &Channel, callback_path: String) -> pb::Channel {
             sign_version: pw.sign_version,
             pingback_allowlist: pw.pingback_allowlist,
             api_base_url: pw.api_base_url,
+            confirm_digital_delivery: pw.confirm_digital_delivery,
         };
         (pb::Provider::Paymentwall, Some(settings))
     } else {

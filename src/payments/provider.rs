@@ -127,6 +127,11 @@ pub trait Provider: ConfigRules {
         payment: &Payment,
     ) -> Result<Option<RemotePayment>, ProviderError>;
 
+    /// Whether the channel confirms every paid payment as delivered, by itself (digital goods).
+    fn confirms_digital_delivery(&self, _channel: &Channel) -> bool {
+        false
+    }
+
     /// Reports a delivery of what `payment` bought. `Refused` is final; anything else is tried
     /// again (a report sent twice says the same thing twice).
     async fn confirm_delivery(

@@ -29,6 +29,7 @@ pub const PAYGATE_TABLES: &[&str] = &[
     "audit_events",
     "retention_marks",
     "deliveries",
+    "worker_cursors",
 ];
 
 /// PostgreSQL's event-log horizon, from the statement's snapshot: the oldest transaction the

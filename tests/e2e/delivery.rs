@@ -155,3 +155,68 @@ async fn confirmed_delivery_postgres() {
 async fn confirmed_delivery_sqlite() {
     confirmed_delivery(Backend::Sqlite).await;
 }
+
+/// A channel of digital goods confirms every payment paid by itself, once, with two replicas
+/// following the same log; another channel's payments are left alone.
+async fn digital_goods_confirm_themselves(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let env = [("PAYGATE_DELIVERY_OUTBOX_INTERVAL_MS", "100")];
+    let (one, two) = (Paygate::start(&db, &env), Paygate::start(&db, &env));
+    let mut digital = channel_request(&sim, "digital", pb::ChannelMode::Test);
+    digital.paymentwall.as_mut().unwrap().confirm_digital_delivery = true;
+    let mut channels = one.channels(&key).await;
+    let digital = channels.create_channel(digital).await.unwrap().into_inner();
+    assert!(digital.paymentwall.as_ref().unwrap().confirm_digital_delivery, "read back");
+    channels.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &one.http_url("/pingback/paymentwall/digital"), 3).await;
+    let mut payments = one.payments(&key).await;
+
+    let mut paid = Vec::new();
+    for (channel, uid) in [("digital", "order-d1"), ("digital", "order-d2"), ("main", "order-m1")] {
+        if channel == "main" {
+            sim.add_project(PROJECT_KEY, SECRET_KEY, &one.http_url("/pingback/paymentwall/main"), 3).await;
+        }
+        let session = payments.create_checkout_session(checkout_request(channel, uid)).await.unwrap().into_inner();
+        let sim_session = sim.open(&session.redirect_url).await;
+        sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+        wait_for_status(&mut payments, &session.payment_id, PaymentStatus::Paid).await;
+        paid.push((session.payment_id, sim_session));
+    }
+    for (payment_id, sim_session) in &paid[..2] {
+        let mut sent = None;
+        for _ in 0..200 {
+            let now = deliveries(&mut payments, payment_id).await;
+            if now.iter().any(|d| d.state == DeliveryState::Sent as i32) {
+                sent = Some(now);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let history = sent.expect("the automatic confirmation was sent within 20 s");
+        assert_eq!(history.len(), 1, "one confirmation, though two replicas read the log: {history:?}");
+        let d = &history[0];
+        assert_eq!((d.r#type, d.status), (DeliveryType::Digital as i32, DeliveryStatus::Delivered as i32));
+        let received = sim_deliveries(&sim, sim_session).await;
+        assert_eq!(received.len(), 1);
+        assert_eq!(
+            (received[0]["type"].as_str(), received[0]["status"].as_str()),
+            (Some("digital"), Some("delivered"))
+        );
+    }
+    // Long enough for both replicas' passes to have read the third payment's event.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(deliveries(&mut payments, &paid[2].0).await.is_empty(), "a channel without the setting confirms nothing");
+    drop(two);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digital_goods_confirm_themselves_postgres() {
+    digital_goods_confirm_themselves(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digital_goods_confirm_themselves_sqlite() {
+    digital_goods_confirm_themselves(Backend::Sqlite).await;
+}

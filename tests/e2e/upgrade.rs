@@ -79,6 +79,7 @@ async fn upgrades_in_place(backend: Backend) {
             sign_version: 3,
             pingback_allowlist: vec!["127.0.0.1/32".into()],
             api_base_url: sim.base_url(),
+            confirm_digital_delivery: false,
         })
     );
 

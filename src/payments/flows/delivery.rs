@@ -16,7 +16,7 @@ use crate::{
     payments::{
         Payment, PaymentError, ProviderError, Providers,
         core::{
-            EventDetail, EventKind,
+            EventDetail, EventKind, Position,
             delivery::{
                 Delivery, DeliveryRequest, DeliveryState, TryOutcome, after_try, automatic_digital, check_deliverable,
                 new_delivery_id, recorded, validate,
@@ -24,7 +24,7 @@ use crate::{
         },
         store::{
             cas::{Attempt, cas},
-            changes, deliveries,
+            changes, deliveries, event_log,
             idempotency::{self, Claim, Key},
             payments::{self as rows, Lookup},
         },
@@ -125,15 +125,52 @@ async fn send(
     Ok(next)
 }
 
-/// Records the automatic digital delivery of a payment just paid, in the caller's transaction
-/// (a channel of digital goods confirms every paid payment by itself); the outbox sends it.
-pub async fn record_automatic(conn: &mut sqlx::AnyConnection, payment: &Payment) -> Result<Delivery, PaymentError> {
+/// The worker that confirms digital deliveries by itself, by its cursor's name.
+const AUTOMATIC: &str = "automatic_deliveries";
+
+/// Events read per pass of the automatic confirmations.
+const EVENTS_PER_PASS: u32 = 500;
+
+/// Follows the event log from its cursor: each payment paid (renewals too) on a channel that
+/// confirms digital delivery by itself gets one automatic confirmation (its id comes from the
+/// payment's, so replicas reading the same events never make two), which the outbox then sends.
+/// Nothing on the pingback's path: the log is the durable record of what was paid. Returns how
+/// many were made.
+pub async fn automatic_pass(db: &Db, channels: &Channels, providers: &Providers) -> Result<usize, PaymentError> {
     let now = now_ms();
-    let delivery = automatic_digital(payment, new_delivery_id(), now);
-    deliveries::insert(conn, &delivery, now).await?;
-    let detail = EventDetail::delivery(&delivery);
-    changes::record(conn, payment, EventKind::PaymentDeliveryUpdated, Some(&detail)).await?;
-    Ok(delivery)
+    let start = event_log::head(db).await?.to_string();
+    let from = deliveries::cursor(db, AUTOMATIC, &start, now).await?;
+    let after: Position = from.parse().map_err(|e| PaymentError::Corrupt(format!("worker cursor {from:?}: {e}")))?;
+    let (events, _) = event_log::read_after(db, after, EVENTS_PER_PASS).await?;
+    let Some(last) = events.last().map(|e| e.position) else { return Ok(0) };
+    let mut made = 0;
+    for event in events.iter().filter(|e| e.kind == EventKind::PaymentPaid) {
+        let channel = match channels.unscoped(&event.payment.channel_key).await {
+            Ok(channel) => channel,
+            // Read again next pass: the cursor stays where it was.
+            Err(e) => return Err(e.into()),
+        };
+        if !providers.for_channel(&channel).confirms_digital_delivery(&channel) {
+            continue;
+        }
+        let delivery = automatic_digital(&event.payment, format!("dlv_auto_{}", event.payment.payment_id), now);
+        let mut tx = db.pool().begin().await?;
+        // The event carries the payment as it is now (it may have moved on since it was paid).
+        let current = rows::get_in_tx(&mut tx, &event.payment.payment_id).await?;
+        if let Some(payment) = current
+            && deliveries::insert(&mut tx, &delivery, now).await?
+        {
+            let detail = EventDetail::delivery(&delivery);
+            changes::record(&mut tx, &payment, EventKind::PaymentDeliveryUpdated, Some(&detail)).await?;
+            made += 1;
+        }
+        tx.commit().await?;
+    }
+    if made > 0 {
+        db.signal_commit();
+    }
+    deliveries::advance_cursor(db, AUTOMATIC, &from, &last.to_string(), now_ms()).await?;
+    Ok(made)
 }
 
 /// Confirmations taken per outbox pass.
@@ -146,6 +183,9 @@ pub fn spawn(db: Db, channels: Channels, providers: Providers, interval: Duratio
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.signalled() => return,
+            }
+            if let Err(e) = automatic_pass(&db, &channels, &providers).await {
+                tracing::warn!(error = %e, "automatic delivery confirmations failed; will try again");
             }
             if let Err(e) = run_once(&db, &channels, &providers).await {
                 tracing::warn!(error = %e, "delivery outbox failed; will try again");

@@ -16,12 +16,14 @@ const COLUMNS: &str = "delivery_id, payment_id, merchant_id, kind, status, track
     estimated_delivery_at, estimated_update_at, refundable, details, reason, attachments, state, attempts, \
     last_error, created_at, sent_at";
 
-/// Records `d`, held by its sender until `lease_until` (then the outbox may take it).
-pub async fn insert(conn: &mut AnyConnection, d: &Delivery, lease_until: i64) -> Result<(), PaymentError> {
+/// Records `d`, held by its sender until `lease_until` (then the outbox may take it); false when a
+/// delivery with its id exists already (nothing written).
+pub async fn insert(conn: &mut AnyConnection, d: &Delivery, lease_until: i64) -> Result<bool, PaymentError> {
     let attachments = serde_json::to_string(&d.attachments).unwrap_or_else(|_| "[]".into());
-    sqlx::query(&format!(
+    let done = sqlx::query(&format!(
         "INSERT INTO deliveries ({COLUMNS}, next_attempt_at, updated_at) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+         ON CONFLICT (delivery_id) DO NOTHING"
     ))
     .bind(&d.delivery_id)
     .bind(&d.payment_id)
@@ -45,7 +47,37 @@ pub async fn insert(conn: &mut AnyConnection, d: &Delivery, lease_until: i64) ->
     .bind(UnixMs(d.created_at))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// The event-log position the worker `worker` has read through; set to `start` when it has none.
+pub async fn cursor(db: &Db, worker: &str, start: &str, now: i64) -> Result<String, PaymentError> {
+    sqlx::query(
+        "INSERT INTO worker_cursors (worker, position, updated_at) VALUES ($1, $2, $3) ON CONFLICT (worker) DO NOTHING",
+    )
+    .bind(worker)
+    .bind(start)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    let position: String = sqlx::query_scalar("SELECT position FROM worker_cursors WHERE worker = $1")
+        .bind(worker)
+        .fetch_one(db.pool())
+        .await?;
+    Ok(position)
+}
+
+/// Moves the worker's cursor from `from` to `to`; false if another replica moved it first.
+pub async fn advance_cursor(db: &Db, worker: &str, from: &str, to: &str, now: i64) -> Result<bool, PaymentError> {
+    let done =
+        sqlx::query("UPDATE worker_cursors SET position = $1, updated_at = $2 WHERE worker = $3 AND position = $4")
+            .bind(to)
+            .bind(now)
+            .bind(worker)
+            .bind(from)
+            .execute(db.pool())
+            .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn get(db: &Db, delivery_id: &str) -> Result<Option<Delivery>, PaymentError> {

@@ -38,13 +38,14 @@ pub fn published_pingback_sources() -> Vec<IpNet> {
 pub const SECRET_KEY: &str = "secret_key";
 
 /// The fields of a Paymentwall config, as update masks name them (`paymentwall.<name>`).
-pub const FIELDS: [ConfigField; 6] = [
+pub const FIELDS: [ConfigField; 7] = [
     ConfigField { name: "project_key", secret: false },
     ConfigField { name: SECRET_KEY, secret: true },
     ConfigField { name: "widget", secret: false },
     ConfigField { name: "sign_version", secret: false },
     ConfigField { name: "pingback_allowlist", secret: false },
     ConfigField { name: "api_base_url", secret: false },
+    ConfigField { name: "confirm_digital_delivery", secret: false },
 ];
 
 /// A channel's Paymentwall credentials, read. `Debug` shows the secret as `[REDACTED]`.
@@ -58,6 +59,8 @@ pub struct PaymentwallConfig {
     pub pingback_allowlist: Vec<IpNet>,
     /// Base of every Paymentwall URL, without a trailing slash.
     pub api_base_url: String,
+    /// Digital goods: every payment paid is confirmed to Paymentwall as delivered, by itself.
+    pub confirm_digital_delivery: bool,
 }
 
 /// The settings half as stored: exactly the columns Paymentwall channels had before configs
@@ -70,6 +73,8 @@ pub struct Settings {
     pub sign_version: u32,
     pub pingback_allowlist: Vec<String>,
     pub api_base_url: String,
+    /// Added after 0.3.0; absent (false) in configs stored before.
+    pub confirm_digital_delivery: bool,
 }
 
 impl Settings {
@@ -96,6 +101,7 @@ impl PaymentwallConfig {
             sign_version,
             pingback_allowlist,
             api_base_url: settings.api_base_url,
+            confirm_digital_delivery: settings.confirm_digital_delivery,
         })
     }
 
@@ -106,6 +112,7 @@ impl PaymentwallConfig {
             sign_version: self.sign_version.number(),
             pingback_allowlist: self.pingback_allowlist.iter().map(ToString::to_string).collect(),
             api_base_url: self.api_base_url.clone(),
+            confirm_digital_delivery: self.confirm_digital_delivery,
         };
         ProviderConfig { settings: json!(settings), secrets: [(SECRET_KEY.to_owned(), self.secret_key.clone())].into() }
     }
@@ -120,6 +127,7 @@ pub struct Given {
     pub sign_version: u32,
     pub pingback_allowlist: Vec<String>,
     pub api_base_url: String,
+    pub confirm_digital_delivery: bool,
 }
 
 impl Given {
@@ -130,6 +138,7 @@ impl Given {
             sign_version: self.sign_version,
             pingback_allowlist: self.pingback_allowlist,
             api_base_url: self.api_base_url,
+            confirm_digital_delivery: self.confirm_digital_delivery,
         };
         ProviderConfig { settings: json!(settings), secrets: [(SECRET_KEY.to_owned(), self.secret_key)].into() }
     }
@@ -174,6 +183,7 @@ pub fn check(given: &ProviderConfig, ctx: &ConfigContext<'_>, v: &mut Violations
         sign_version,
         pingback_allowlist,
         api_base_url,
+        confirm_digital_delivery: pw.confirm_digital_delivery,
     }
     .encode()
 }

@@ -182,6 +182,10 @@ impl Provider for Paymentwall {
         .await
     }
 
+    fn confirms_digital_delivery(&self, channel: &Channel) -> bool {
+        credentials(channel).is_ok_and(|c| c.confirm_digital_delivery)
+    }
+
     async fn confirm_delivery(
         &self,
         channel: &Channel,

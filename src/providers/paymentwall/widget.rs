@@ -171,6 +171,7 @@ mod tests {
             sign_version: version,
             pingback_allowlist: vec![],
             api_base_url: "https://api.paymentwall.com".into(),
+            confirm_digital_delivery: false,
         }
     }
 

@@ -416,6 +416,7 @@ pub fn channel_request(sim: &Simulator, channel_key: &str, mode: pb::ChannelMode
             sign_version: 3,
             pingback_allowlist: vec!["127.0.0.1/32".into()],
             api_base_url: sim.base_url(),
+            confirm_digital_delivery: false,
         }),
         sub_merchant_id: String::new(),
         credentials: None,
