@@ -4,10 +4,12 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { PaymentStatus } from "../src/gen/paygate/v1/payments_pb";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { DeliveryState, DeliveryStatus, DeliveryType, PaymentStatus } from "../src/gen/paygate/v1/payments_pb";
 import {
   PHONE,
   checkout,
+  clients,
   closeBrowser,
   createMerchant,
   markDocument,
@@ -128,5 +130,31 @@ test("Check with provider: a payment paid at Paymentwall whose pingback was lost
   const events = page.locator("section").filter({ has: page.getByRole("heading", { name: "Events" }) });
   await events.getByText("payment.synced").waitFor();
   await shot(page, "c6-checked-with-provider");
+  await page.context().close();
+});
+
+test("a delivery confirmed through the API shows on the payment, sent to Paymentwall", async () => {
+  const session = await checkout(pg, apiKey, "pw-test", 1500n);
+  await pay(sim, session.redirectUrl);
+  await waitStatus(pg, apiKey, session.paymentId, PaymentStatus.PAID);
+  const { payments } = clients(pg, apiKey);
+  const sent = await payments.confirmDelivery({
+    paymentId: session.paymentId,
+    type: DeliveryType.PHYSICAL,
+    status: DeliveryStatus.ORDER_SHIPPED,
+    trackingId: "1Z999AA10123456784",
+    carrier: "UPS",
+    estimatedDeliveryAt: timestampFromDate(new Date("2027-01-15T08:00:00Z")),
+    details: "Shipped by UPS ground",
+  });
+  assert.equal(sent.state, DeliveryState.SENT);
+  const page = await newPage();
+  await signIn(page, pg, apiKey, `#/payments/${session.paymentId}`);
+  const section = page.locator("section").filter({ has: page.getByRole("heading", { name: "Delivery" }) });
+  const row = section.locator("tr").filter({ hasText: sent.deliveryId });
+  await row.locator('[data-delivery-state="SENT"]').waitFor();
+  assert.match(await row.innerText(), /shipped/);
+  assert.match(await row.innerText(), /UPS 1Z999AA10123456784/);
+  await shot(page, "c7-delivery-confirmed");
   await page.context().close();
 });

@@ -64,6 +64,7 @@ function card(c: Channel, open: (mode: ChannelMode, c?: Channel) => void): HTMLE
       ["Signature version", pw?.signVersion ? String(pw.signVersion) : ""],
       ["Pingback allowlist", pw?.pingbackAllowlist.join(", ") || "Paymentwall's published addresses"],
       ["API base URL", pw?.apiBaseUrl ?? ""],
+      ["Digital delivery", pw?.confirmDigitalDelivery ? "confirmed to Paymentwall when paid" : "confirmed by the merchant (ConfirmDelivery)"],
       // The pingback port's public host is the ingress's, which the console cannot know.
       ["Pingback path", c.pingbackPath ? h("code", {}, c.pingbackPath) : ""],
       ["Used by", c.merchantId === c.ownerMerchantId || !c.ownerMerchantId ? `${c.merchantId} (this merchant)` : `sub-merchant ${c.merchantId}`],
@@ -86,10 +87,12 @@ function edit(editor: HTMLElement, mode: ChannelMode, c: Channel | undefined, sa
     signVersion: h("select", { name: "paymentwall.sign_version" }, h("option", { value: "3" }, "3"), h("option", { value: "2" }, "2")),
     allowlist: h("textarea", { name: "paymentwall.pingback_allowlist", rows: 3, spellcheck: "false" }, (pw?.pingbackAllowlist ?? []).join("\n")),
     apiBaseUrl: input("paymentwall.api_base_url", { value: pw?.apiBaseUrl ?? "", placeholder: "https://api.paymentwall.com" }),
+    confirmDigitalDelivery: input("paymentwall.confirm_digital_delivery", { type: "checkbox" }),
     subMerchant: input("sub_merchant_id", { value: c && c.merchantId !== c.ownerMerchantId && c.ownerMerchantId ? c.merchantId : "", placeholder: "mer_…" }),
   };
   f.mode.value = String(c?.mode ?? mode);
   f.signVersion.value = String(pw?.signVersion || 3);
+  f.confirmDigitalDelivery.checked = !!pw?.confirmDigitalDelivery;
   const box = alertBox();
   const title = c ? `Edit ${c.name || c.channelKey}` : mode === ChannelMode.LIVE ? "New live channel" : "New test channel";
   const form = h(
@@ -108,6 +111,7 @@ function edit(editor: HTMLElement, mode: ChannelMode, c: Channel | undefined, sa
       field("Signature version", f.signVersion),
       field("Pingback allowlist", f.allowlist, "CIDR blocks, one a line; empty: Paymentwall's published addresses."),
       field("API base URL", f.apiBaseUrl, "Empty: Paymentwall itself."),
+      field("Confirm digital delivery when paid", f.confirmDigitalDelivery, "Digital goods: each paid payment is reported to Paymentwall as delivered."),
       field("Assigned to sub-merchant", f.subMerchant, "Empty: this merchant uses it."),
     ),
     box,
@@ -124,6 +128,7 @@ function edit(editor: HTMLElement, mode: ChannelMode, c: Channel | undefined, sa
       signVersion: Number(f.signVersion.value),
       pingbackAllowlist: lines(f.allowlist.value),
       apiBaseUrl: f.apiBaseUrl.value.trim(),
+      confirmDigitalDelivery: f.confirmDigitalDelivery.checked,
     };
     try {
       let result: Channel;
@@ -169,7 +174,7 @@ type Fields = {
 };
 
 /** The update mask: only what the operator changed (a typed secret is always a change). */
-function changedPaths(c: Channel, f: Fields, pw: { projectKey: string; secretKey: string; widget: string; signVersion: number; pingbackAllowlist: string[]; apiBaseUrl: string }): string[] {
+function changedPaths(c: Channel, f: Fields, pw: { projectKey: string; secretKey: string; widget: string; signVersion: number; pingbackAllowlist: string[]; apiBaseUrl: string; confirmDigitalDelivery: boolean }): string[] {
   const old = c.paymentwall;
   const paths: string[] = [];
   if (f.name.value.trim() !== c.name) paths.push("name");
@@ -182,5 +187,6 @@ function changedPaths(c: Channel, f: Fields, pw: { projectKey: string; secretKey
   if (pw.signVersion !== (old?.signVersion || 3)) paths.push("paymentwall.sign_version");
   if (pw.pingbackAllowlist.join("\n") !== (old?.pingbackAllowlist ?? []).join("\n")) paths.push("paymentwall.pingback_allowlist");
   if (pw.apiBaseUrl !== (old?.apiBaseUrl ?? "")) paths.push("paymentwall.api_base_url");
+  if (pw.confirmDigitalDelivery !== !!old?.confirmDigitalDelivery) paths.push("paymentwall.confirm_digital_delivery");
   return paths;
 }

@@ -16,7 +16,15 @@ import {
   triggerName,
 } from "../format";
 import { MoneySchema } from "../gen/paygate/v1/common_pb";
-import { PaymentStatus, type Payment, type PaymentEvent } from "../gen/paygate/v1/payments_pb";
+import {
+  DeliveryState,
+  DeliveryStatus,
+  DeliveryType,
+  PaymentStatus,
+  type Delivery,
+  type Payment,
+  type PaymentEvent,
+} from "../gen/paygate/v1/payments_pb";
 import { WebhookDeliveryStatus, type WebhookDelivery } from "../gen/paygate/v1/webhooks_pb";
 
 const STATUSES = [
@@ -205,6 +213,7 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
     }
   };
   const cancellations = h("section", {});
+  const shipments = h("section", {});
   const events = h("section", {});
   const deliveries = h("section", {});
   const state = h("p", { class: "live-state", role: "status" }, "Live: connecting…");
@@ -219,6 +228,7 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
     refund,
     notice,
     cancellations,
+    shipments,
     events,
     deliveries,
   );
@@ -266,6 +276,7 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
           )
         : h("p", { class: "empty" }, "None."),
     );
+    drawDeliveryConfirmations(shipments, p.deliveries);
     // Not while the operator is typing a refund.
     const typing = refund.querySelector("form")?.contains(document.activeElement) && document.activeElement?.tagName === "INPUT";
     if (!typing) drawRefund(refund, p, reload, notice);
@@ -291,6 +302,47 @@ export function renderPayment(main: HTMLElement, paymentId: string): () => void 
       if (!e.snapshot) void reload();
     },
     liveState(state, box),
+  );
+}
+
+const DELIVERY_TYPES: Record<number, string> = { [DeliveryType.DIGITAL]: "digital", [DeliveryType.PHYSICAL]: "physical" };
+const DELIVERY_STATUSES: Record<number, string> = {
+  [DeliveryStatus.ORDER_PLACED]: "order placed",
+  [DeliveryStatus.ORDER_SHIPPED]: "shipped",
+  [DeliveryStatus.DELIVERING]: "on its way",
+  [DeliveryStatus.DELIVERED]: "delivered",
+};
+const DELIVERY_STATES: Record<number, string> = {
+  [DeliveryState.PENDING]: "not yet sent (retrying)",
+  [DeliveryState.SENT]: "sent",
+  [DeliveryState.REFUSED]: "refused",
+};
+
+/** The payment's delivery confirmations (ConfirmDelivery, or the channel's automatic ones). */
+function drawDeliveryConfirmations(section: HTMLElement, list: Delivery[]): void {
+  fill(
+    section,
+    h("h2", {}, "Delivery"),
+    list.length
+      ? table(
+          "Delivery confirmations, oldest first",
+          ["Confirmation", "What", "Where it stands", "Tracking", "Report to Paymentwall", "At"],
+          list.map((d) => [
+            d.deliveryId,
+            DELIVERY_TYPES[d.type] ?? "",
+            DELIVERY_STATUSES[d.status] ?? "",
+            [d.carrier, d.trackingId].filter(Boolean).join(" "),
+            h(
+              "span",
+              { "data-delivery-state": DeliveryState[d.state] ?? "" },
+              `${DELIVERY_STATES[d.state] ?? ""} · ${d.attempts} ${d.attempts === 1 ? "try" : "tries"}`,
+              d.lastError ? h("br") : null,
+              d.lastError,
+            ),
+            timeEl(d.sentAt ?? d.createdAt),
+          ]),
+        )
+      : h("p", { class: "empty" }, "No delivery confirmed yet."),
   );
 }
 
