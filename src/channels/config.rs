@@ -66,6 +66,10 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
+/// A setting any provider's config may carry: the channel confirms every payment paid as a
+/// digital delivery, by itself (`payments::flows::delivery`).
+pub const CONFIRM_DIGITAL_DELIVERY: &str = "confirm_digital_delivery";
+
 /// One field of a provider's config, as an update mask names it (`{provider}.{name}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigField {

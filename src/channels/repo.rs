@@ -145,6 +145,17 @@ pub async fn erase_if_unused(conn: &mut AnyConnection, channel_key: &str) -> Res
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether any channel's settings have `name` set to true (settings are stored as compact JSON).
+pub async fn any_setting_on(db: &Db, name: &str) -> Result<bool, ChannelError> {
+    let pattern = format!("%\"{name}\":true%");
+    let found: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM channels WHERE settings LIKE $1 LIMIT 1) t")
+            .bind(pattern)
+            .fetch_one(db.pool())
+            .await?;
+    Ok(found > 0)
+}
+
 /// Any merchant's channel, by key.
 pub async fn get(db: &Db, channel_key: &str) -> Result<Option<StoredChannel>, ChannelError> {
     let sql = format!("SELECT {COLUMNS} FROM channels WHERE channel_key = $1");

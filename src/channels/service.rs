@@ -215,6 +215,12 @@ impl Channels {
         if caller.acts_for(&channel.merchant_id) { Ok(channel) } else { Err(ChannelError::NotFound) }
     }
 
+    /// Whether any channel confirms digital deliveries by itself (one small read; the automatic
+    /// confirmations skip the event log while none does).
+    pub async fn any_confirming_digital_delivery(&self) -> Result<bool, ChannelError> {
+        repo::any_setting_on(&self.db, super::config::CONFIRM_DIGITAL_DELIVERY).await
+    }
+
     /// Any merchant's channel, not scoped to a caller: for provider callbacks (named by their URL)
     /// and the sweep, never for a merchant's request (cached).
     pub async fn unscoped(&self, channel_key: &str) -> Result<Arc<Channel>, ChannelError> {

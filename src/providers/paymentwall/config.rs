@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::signature::SignVersion;
 use crate::{
-    channels::config::{ConfigContext, ConfigField, ProviderConfig},
+    channels::config::{CONFIRM_DIGITAL_DELIVERY, ConfigContext, ConfigField, ProviderConfig},
     net::{parse_cidr, unfit_for_a_list},
     payments::provider::ProviderError,
     validation::{self, Violations},
@@ -45,7 +45,7 @@ pub const FIELDS: [ConfigField; 7] = [
     ConfigField { name: "sign_version", secret: false },
     ConfigField { name: "pingback_allowlist", secret: false },
     ConfigField { name: "api_base_url", secret: false },
-    ConfigField { name: "confirm_digital_delivery", secret: false },
+    ConfigField { name: CONFIRM_DIGITAL_DELIVERY, secret: false },
 ];
 
 /// A channel's Paymentwall credentials, read. `Debug` shows the secret as `[REDACTED]`.
