@@ -501,6 +501,7 @@ fn sweep_settings(s: &Settings) -> SweepSettings {
     SweepSettings {
         interval: s.sweep_interval,
         ready_after: s.sweep_ready_after,
+        ready_until: s.sweep_ready_until,
         pending_after: s.sweep_pending_after,
         recheck: s.sweep_recheck,
         subscription_recheck: s.sweep_subscription_recheck,

@@ -161,6 +161,9 @@ pub struct Settings {
     pub sweep_interval: Duration,
     #[serde(rename = "sweep_ready_after_ms", with = "millis")]
     pub sweep_ready_after: Duration,
+    /// A READY payment is asked about until it is this old (then its checkout is abandoned).
+    #[serde(rename = "sweep_ready_until_ms", with = "millis")]
+    pub sweep_ready_until: Duration,
     #[serde(rename = "sweep_pending_after_ms", with = "millis")]
     pub sweep_pending_after: Duration,
     #[serde(rename = "sweep_recheck_ms", with = "millis")]
@@ -270,6 +273,7 @@ impl Default for Settings {
             payment_methods_cache_ttl: ms(600_000),
             sweep_interval: ms(60_000),
             sweep_ready_after: ms(HOUR),
+            sweep_ready_until: ms(7 * DAY),
             sweep_pending_after: ms(600_000),
             sweep_recheck: ms(300_000),
             sweep_subscription_recheck: ms(DAY),
@@ -331,7 +335,7 @@ impl Settings {
 
     /// Each duration setting: its key (`_ms`, in milliseconds), its value, and the milliseconds it
     /// must lie between. 0 is allowed only where it means off.
-    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 33] {
+    fn duration_ranges(&self) -> [(&'static str, Duration, RangeInclusive<u64>); 34] {
         [
             ("database_acquire_timeout_ms", self.database_acquire_timeout, 1..=10 * MINUTE),
             ("redis_timeout_ms", self.redis_timeout, 1..=MINUTE),
@@ -351,6 +355,7 @@ impl Settings {
             ("payment_methods_cache_ttl_ms", self.payment_methods_cache_ttl, 0..=DAY),
             ("sweep_interval_ms", self.sweep_interval, 10..=DAY),
             ("sweep_ready_after_ms", self.sweep_ready_after, 1..=30 * DAY),
+            ("sweep_ready_until_ms", self.sweep_ready_until, 1..=365 * DAY),
             ("sweep_pending_after_ms", self.sweep_pending_after, 1..=30 * DAY),
             ("sweep_recheck_ms", self.sweep_recheck, 1..=30 * DAY),
             ("sweep_subscription_recheck_ms", self.sweep_subscription_recheck, 1..=30 * DAY),

@@ -137,3 +137,43 @@ async fn sync_applies_what_the_provider_knows_postgres() {
 async fn sync_applies_what_the_provider_knows_sqlite() {
     sync_applies_what_the_provider_knows(Backend::Sqlite, None).await;
 }
+
+/// The sweep stops asking about a checkout nobody paid for `PAYGATE_SWEEP_READY_UNTIL_MS` (its
+/// claims go to payments that may still be stuck); SyncPayment still asks about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_checkout_is_left_to_sync_payment() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let sim = Simulator::start();
+    let (_, key) = create_merchant(&db, "Acme");
+    let env = [
+        ("PAYGATE_SWEEP_INTERVAL_MS", "100"),
+        ("PAYGATE_SWEEP_READY_AFTER_MS", "1"),
+        ("PAYGATE_SWEEP_READY_UNTIL_MS", "1500"),
+        ("PAYGATE_SWEEP_RECHECK_MS", "100"),
+    ];
+    let gate = Paygate::start(&db, &env);
+    let channel =
+        gate.channels(&key).await.create_channel(channel_request(&sim, "main", pb::ChannelMode::Test)).await.unwrap();
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url(&channel.get_ref().pingback_path), 3).await;
+    let mut payments = gate.payments(&key).await;
+    let fresh = payments.create_checkout_session(checkout_request("main", "order-fresh")).await.unwrap().into_inner();
+    let old = payments.create_checkout_session(checkout_request("main", "order-old")).await.unwrap().into_inner();
+    let (fresh_session, old_session) = (sim.open(&fresh.redirect_url).await, sim.open(&old.redirect_url).await);
+    // Past the age limit, the buyer pays both at last; neither pingback arrives.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let fresh_again =
+        payments.create_checkout_session(checkout_request("main", "order-fresh-2")).await.unwrap().into_inner();
+    let fresh_again_session = sim.open(&fresh_again.redirect_url).await;
+    for session in [&fresh_session, &old_session, &fresh_again_session] {
+        sim.control(&format!("/sessions/{session}/pay-silently"), None).await;
+    }
+    // The young checkout is repaired by the sweep; the two abandoned ones are left alone.
+    wait_for_status(&mut payments, &fresh_again.payment_id, PaymentStatus::Paid).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in [&fresh.payment_id, &old.payment_id] {
+        assert_eq!(get_payment(&mut payments, id).await.status, PaymentStatus::Ready as i32, "{id}");
+    }
+    // Asked on demand, the provider's truth still applies.
+    let synced = payments.sync_payment(by_id(&old.payment_id)).await.unwrap().into_inner();
+    assert_eq!(synced.payment.unwrap().status, PaymentStatus::Paid as i32);
+}

@@ -36,8 +36,10 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SweepSettings {
     pub interval: Duration,
-    /// A READY payment older than this is asked about.
+    /// A READY payment older than this is asked about...
     pub ready_after: Duration,
+    /// ...until it is this old: then its checkout is abandoned (`SyncPayment` still asks).
+    pub ready_until: Duration,
     /// A payment in CANCEL_PENDING for longer than this is asked about.
     pub pending_after: Duration,
     /// A payment asked about is not asked about again before this.
@@ -85,6 +87,7 @@ pub async fn run_once(
     let stuck = repo::Stuck {
         pending_before: now - ms(s.pending_after),
         ready_before: now - ms(s.ready_after),
+        ready_since: now - ms(s.ready_until),
         now,
         claim_until: now + ms(s.recheck),
     };

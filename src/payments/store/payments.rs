@@ -395,8 +395,10 @@ pub async fn list(
 pub struct Stuck {
     /// In CANCEL_PENDING since before this.
     pub pending_before: i64,
-    /// READY since before this.
+    /// READY since before this...
     pub ready_before: i64,
+    /// ...and since after this: a checkout nobody paid for this long is abandoned, not stuck.
+    pub ready_since: i64,
     pub now: i64,
     /// A claimed payment is not checked again before this.
     pub claim_until: i64,
@@ -406,19 +408,21 @@ pub struct Stuck {
 /// `limit`. Each returned payment is claimed (its `check_after` moved to `claim_until`) by a
 /// compare-and-set, so replicas never share one.
 pub async fn claim_stuck(db: &Db, stuck: &Stuck, limit: u32) -> Result<Vec<Payment>, PaymentError> {
-    let Stuck { pending_before, ready_before, now, claim_until } = *stuck;
+    let Stuck { pending_before, ready_before, ready_since, now, claim_until } = *stuck;
     // The first term repeats `payments_by_status`'s own condition word for word: SQLite uses a
     // partial index only for a query that says so.
     let sql = format!(
         "SELECT {COLUMNS} FROM payments WHERE status IN ('READY', 'CANCEL_PENDING') \
          AND (check_after IS NULL OR check_after <= $1) \
-         AND ((status = 'CANCEL_PENDING' AND updated_at <= $2) OR (status = 'READY' AND created_at <= $3)) \
-         ORDER BY updated_at LIMIT $4"
+         AND ((status = 'CANCEL_PENDING' AND updated_at <= $2) \
+              OR (status = 'READY' AND created_at <= $3 AND created_at > $4)) \
+         ORDER BY updated_at LIMIT $5"
     );
     let rows = sqlx::query_as::<_, PaymentRow>(&sql)
         .bind(now)
         .bind(pending_before)
         .bind(ready_before)
+        .bind(ready_since)
         .bind(i64::from(limit))
         .fetch_all(db.pool())
         .await?;
