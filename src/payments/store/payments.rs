@@ -409,23 +409,35 @@ pub struct Stuck {
 /// compare-and-set, so replicas never share one.
 pub async fn claim_stuck(db: &Db, stuck: &Stuck, limit: u32) -> Result<Vec<Payment>, PaymentError> {
     let Stuck { pending_before, ready_before, ready_since, now, claim_until } = *stuck;
-    // The first term repeats `payments_by_status`'s own condition word for word: SQLite uses a
-    // partial index only for a query that says so.
-    let sql = format!(
-        "SELECT {COLUMNS} FROM payments WHERE status IN ('READY', 'CANCEL_PENDING') \
-         AND (check_after IS NULL OR check_after <= $1) \
-         AND ((status = 'CANCEL_PENDING' AND updated_at <= $2) \
-              OR (status = 'READY' AND created_at <= $3 AND created_at > $4)) \
-         ORDER BY updated_at LIMIT $5"
+    // Pending refunds first, oldest first (`payments_stuck_by_age`); then unpaid checkouts, newest
+    // first (`payments_ready_by_age`): a lost pingback is likelier among young checkouts than among
+    // old ones nobody paid, and the range never walks the abandoned ones. Each condition repeats
+    // its partial index's own words: SQLite uses a partial index only for a query that says so.
+    let pending = format!(
+        "SELECT {COLUMNS} FROM payments WHERE status IN ('READY', 'CANCEL_PENDING') AND status = 'CANCEL_PENDING' \
+         AND updated_at <= $1 AND (check_after IS NULL OR check_after <= $2) ORDER BY updated_at LIMIT $3"
     );
-    let rows = sqlx::query_as::<_, PaymentRow>(&sql)
-        .bind(now)
+    let mut rows = sqlx::query_as::<_, PaymentRow>(&pending)
         .bind(pending_before)
-        .bind(ready_before)
-        .bind(ready_since)
+        .bind(now)
         .bind(i64::from(limit))
         .fetch_all(db.pool())
         .await?;
+    let left = i64::from(limit) - rows.len() as i64;
+    if left > 0 {
+        let ready = format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'READY' AND created_at <= $1 AND created_at > $2 \
+             AND (check_after IS NULL OR check_after <= $3) ORDER BY created_at DESC LIMIT $4"
+        );
+        let more = sqlx::query_as::<_, PaymentRow>(&ready)
+            .bind(ready_before)
+            .bind(ready_since)
+            .bind(now)
+            .bind(left)
+            .fetch_all(db.pool())
+            .await?;
+        rows.extend(more);
+    }
     let mut claimed = Vec::new();
     for payment in rows.into_iter().map(Payment::try_from) {
         let payment = payment?;
