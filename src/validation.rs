@@ -253,6 +253,23 @@ pub fn loggable(value: &str, max: usize) -> String {
     out
 }
 
+/// The longest e-mail address (RFC 5321's path limit less its brackets).
+pub const MAX_EMAIL: usize = 254;
+
+/// ISO 3166-1 alpha-2, as written: two capital letters.
+pub fn is_country_code(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Shaped like an address (local part, `@`, a dotted domain, no spaces); only the mail server can
+/// say more.
+pub fn looks_like_email(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.contains(char::is_whitespace),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

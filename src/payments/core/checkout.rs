@@ -19,8 +19,6 @@ use crate::{
 
 pub const MAX_ORDER_NAME: usize = 256;
 
-pub const MAX_EMAIL: usize = 254;
-
 /// `payment_method`, `widget`: provider codes.
 const CODE: Rule = Rule { charset: validation::Charset::Token, max: 64 };
 
@@ -181,8 +179,8 @@ pub fn validate(req: &CheckoutRequest, now_ms: i64) -> Violations {
         }
     }
     if !req.customer_email.is_empty()
-        && validation::text(&mut v, "customer.email", req.customer_email.expose(), MAX_EMAIL)
-        && !looks_like_email(req.customer_email.expose())
+        && validation::text(&mut v, "customer.email", req.customer_email.expose(), validation::MAX_EMAIL)
+        && !validation::looks_like_email(req.customer_email.expose())
     {
         v.add("customer.email", "is not an e-mail address");
     }
@@ -191,7 +189,7 @@ pub fn validate(req: &CheckoutRequest, now_ms: i64) -> Violations {
     validation::optional_identifier(&mut v, "widget", &req.widget, CODE);
     validation::optional_url(&mut v, "success_url", &req.success_url);
     validation::optional_url(&mut v, "failure_url", &req.failure_url);
-    if !req.country_code.is_empty() && !is_country_code(&req.country_code) {
+    if !req.country_code.is_empty() && !validation::is_country_code(&req.country_code) {
         v.add("country_code", "must be two upper-case letters (ISO 3166-1 alpha-2)");
     }
     if !req.language.is_empty() && !is_language(&req.language) {
@@ -225,20 +223,10 @@ pub fn validate(req: &CheckoutRequest, now_ms: i64) -> Violations {
     v
 }
 
-pub(super) fn is_country_code(s: &str) -> bool {
-    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
-}
-
 fn is_language(s: &str) -> bool {
     s.len() <= 8 && s.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
 }
 
-pub(super) fn looks_like_email(s: &str) -> bool {
-    match s.split_once('@') {
-        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.contains(char::is_whitespace),
-        None => false,
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;

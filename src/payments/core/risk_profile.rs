@@ -7,7 +7,6 @@
 
 use std::{fmt, net::IpAddr};
 
-use super::checkout::{MAX_EMAIL, is_country_code, looks_like_email};
 use crate::validation::{self, Violations};
 
 /// Free-text profile fields: at most this many characters.
@@ -135,14 +134,14 @@ pub fn validate(v: &mut Violations, profile: &RiskProfile, now_ms: i64) {
     date(v, "customer.history.registration_date", history.registration_date, now);
     date(v, "customer.history.membership_date", history.membership_date, now);
     for (name, value) in history.texts() {
-        let max = if name == "registration_email" { MAX_EMAIL } else { MAX_PROFILE_TEXT };
+        let max = if name == "registration_email" { validation::MAX_EMAIL } else { MAX_PROFILE_TEXT };
         let field = format!("customer.history.{name}");
         if !validation::text(v, &field, value, max) || value.is_empty() {
             continue;
         }
         match name {
             "registration_ip" if value.parse::<IpAddr>().is_err() => v.add(field, "is not an IP address"),
-            "registration_email" if !looks_like_email(value) => v.add(field, "is not an e-mail address"),
+            "registration_email" if !validation::looks_like_email(value) => v.add(field, "is not an e-mail address"),
             _ => {}
         }
     }
@@ -152,7 +151,7 @@ pub fn validate(v: &mut Violations, profile: &RiskProfile, now_ms: i64) {
 fn country(v: &mut Violations, field: &str, value: &str) {
     // Text problems (length, control characters) were named already; one problem per field.
     let named = v.iter().any(|x| x.field == field);
-    if !value.is_empty() && !named && !is_country_code(value) {
+    if !value.is_empty() && !named && !validation::is_country_code(value) {
         v.add(field, "must be two upper-case letters (ISO 3166-1 alpha-2)");
     }
 }
