@@ -27,18 +27,6 @@ pub enum CancellationStatus {
     Failed,
 }
 
-macro_rules! string_enum {
-    ($t:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $s),+ }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$variant),)+ _ => None }
-            }
-        }
-    };
-}
 /// Where a merchant request's ticket to the provider stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

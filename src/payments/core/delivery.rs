@@ -41,26 +41,14 @@ pub enum DeliveryState {
     Refused,
 }
 
-macro_rules! words {
-    ($t:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $s),+ }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$variant),)+ _ => None }
-            }
-        }
-    };
-}
-words!(DeliveryType { Digital => "digital", Physical => "physical" });
-words!(DeliveryStatus {
+string_enum!(DeliveryType { Digital => "digital", Physical => "physical" });
+string_enum!(DeliveryStatus {
     OrderPlaced => "order_placed",
     OrderShipped => "order_shipped",
     Delivering => "delivering",
     Delivered => "delivered",
 });
-words!(DeliveryState { Pending => "PENDING", Sent => "SENT", Refused => "REFUSED" });
+string_enum!(DeliveryState { Pending => "PENDING", Sent => "SENT", Refused => "REFUSED" });
 
 /// One confirmation, as recorded (the payment's delivery history is these, oldest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

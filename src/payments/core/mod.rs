@@ -2,6 +2,20 @@
 //! status machine, what a checkout makes, what a notice does, refund and reversal planning, the
 //! subscription rules, and what asking the provider teaches. The flows read, call these, and write; the tests here need nothing.
 
+/// `as_str` and `parse` for an enum of fixed words (how a column or the wire spells each variant).
+macro_rules! string_enum {
+    ($t:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $s),+ }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
 pub mod cancellation;
 pub mod checkout;
 pub mod delivery;
