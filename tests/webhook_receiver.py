@@ -73,6 +73,7 @@ class Handler(BaseHTTPRequestHandler):
                 "payment_id": ((verified.get("data") or {}).get("payment") or {}).get("payment_id"),
                 "status": ((verified.get("data") or {}).get("payment") or {}).get("status"),
                 "customer_uid": ((verified.get("data") or {}).get("payment") or {}).get("customer_uid"),
+                "delivery_id": ((verified.get("data") or {}).get("delivery") or {}).get("delivery_id"),
             })
         self._json(200, {"ok": True})
 

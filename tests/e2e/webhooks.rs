@@ -402,3 +402,32 @@ async fn only_the_event_types_an_endpoint_wants_are_queued() {
         assert_eq!(queued().await, queued_after, "after an endpoint for {types:?}");
     }
 }
+
+/// A delivery confirmation reaches the merchant's endpoint as `payment.delivery_updated`, carrying
+/// the confirmation, signed (the receiver verifies with the official Standard Webhooks library).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_confirmation_is_a_webhook_with_the_delivery() {
+    let (Shop { db: _db, sim, api_key, gate, .. }, receiver, _hooks) = shop_with_receiver().await;
+    sim.add_project(PROJECT_KEY, SECRET_KEY, &gate.http_url("/pingback/paymentwall/main"), 3).await;
+    let mut payments = gate.payments(&api_key).await;
+    let session = payments.create_checkout_session(checkout_request("main", "order-dl")).await.unwrap().into_inner();
+    let sim_session = sim.open(&session.redirect_url).await;
+    sim.control(&format!("/sessions/{sim_session}/pay"), None).await;
+    wait_for_status(&mut payments, &session.payment_id, pb::PaymentStatus::Paid).await;
+    let delivery = payments
+        .confirm_delivery(pb::ConfirmDeliveryRequest {
+            payment_id: session.payment_id.clone(),
+            r#type: pb::DeliveryType::Digital as i32,
+            status: pb::DeliveryStatus::Delivered as i32,
+            estimated_delivery_at: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+            details: "Licence key sent by e-mail".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let received = receiver.wait_for(2).await;
+    let hook = received.iter().find(|r| r["type"] == "payment.delivery_updated").expect("the delivery webhook");
+    assert_eq!(hook["delivery_id"], delivery.delivery_id.as_str());
+    assert_eq!(hook["payment_id"], session.payment_id.as_str());
+}
