@@ -223,3 +223,40 @@ async fn digital_goods_confirm_themselves_postgres() {
 async fn digital_goods_confirm_themselves_sqlite() {
     digital_goods_confirm_themselves(Backend::Sqlite).await;
 }
+
+/// The simulator's Delivery Confirmation API refuses what Paymentwall would: a wrong key, fields a
+/// type and status need, malformed dates, an unknown payment (its checks are its own, not paygate's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_delivery_api_refuses_what_paymentwall_would() {
+    let sim = Simulator::start();
+    sim.add_project(PROJECT_KEY, SECRET_KEY, "http://127.0.0.1:9/pingback", 3).await;
+    let post = |key: &str, form: &[(&str, &str)]| {
+        let request = sim.http.post(format!("{}/api/delivery", sim.base_url())).header("X-ApiKey", key).form(form);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let complete = [
+        ("payment_id", "b-unknown"),
+        ("type", "physical"),
+        ("status", "order_shipped"),
+        ("estimated_delivery_datetime", "2027/01/15 08:00:00 +0000"),
+        ("details", "Shipped"),
+        ("carrier_tracking_id", "1Z999"),
+        ("carrier_type", "UPS"),
+    ];
+    let (status, answer) = post("not-the-key", &complete).await;
+    assert_eq!((status, answer["error"].as_str()), (401, Some("Wrong API key")));
+    let (status, answer) = post(SECRET_KEY, &complete[..5]).await;
+    assert_eq!(status, 400);
+    let notices = answer["notices"].to_string();
+    assert!(notices.contains("carrier_tracking_id") && notices.contains("carrier_type"), "{notices}");
+    let mut bad_date = complete;
+    bad_date[3].1 = "2027-01-15T08:00:00Z";
+    let (status, answer) = post(SECRET_KEY, &bad_date).await;
+    assert_eq!(status, 400);
+    assert!(answer["notices"].to_string().contains("estimated_delivery_datetime"), "{answer}");
+    let (status, answer) = post(SECRET_KEY, &complete).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("Payment not found")));
+}
