@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Every event type paygate sends; `payment.*` and `subscription.*` select a family.
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "payment.paid",
     "payment.pending_review",
     "payment.failed",
@@ -28,6 +28,8 @@ pub const EVENT_TYPES: [&str; 12] = [
     "subscription.expired",
     "subscription.payment_failed",
     "customer.erased",
+    "payment.synced",
+    "payment.delivery_updated",
     "webhook.test",
 ];
 

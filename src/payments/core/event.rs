@@ -141,3 +141,19 @@ pub struct Event {
     pub detail: Option<serde_json::Value>,
     pub created_at: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A merchant can subscribe its webhook endpoint to every kind of event paygate writes.
+    #[test]
+    fn every_event_kind_is_a_webhook_event_type() {
+        for kind in EventKind::ALL {
+            assert!(
+                crate::webhooks::endpoints::EVENT_TYPES.contains(&kind.as_str()),
+                "{kind} is not a webhook event type"
+            );
+        }
+    }
+}
