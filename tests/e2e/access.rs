@@ -570,7 +570,8 @@ async fn every_admin_and_credential_action_is_audited_with_actor_and_address_and
     let key_id = made.key.unwrap().key_id;
     // Every field CreateChannel was given, by name.
     const CREATED_FIELDS: &str = "channel_key,name,provider,mode,paymentwall.project_key,paymentwall.secret_key,\
-        paymentwall.widget,paymentwall.sign_version,paymentwall.pingback_allowlist,paymentwall.api_base_url";
+        paymentwall.widget,paymentwall.sign_version,paymentwall.pingback_allowlist,paymentwall.api_base_url,\
+        paymentwall.confirm_digital_delivery";
     let expected = [
         ("merchant.created", "cli", "local", "name"),
         ("api_key.created", "cli", "local", "name"),

@@ -44,7 +44,9 @@ async fn confirmed_delivery(backend: Backend) {
     let sim_addr = url::Url::parse(&sim.base_url()).unwrap();
     let proxy = TcpProxy::start(format!("127.0.0.1:{}", sim_addr.port().unwrap()).parse().unwrap()).await;
     let (_, key) = create_merchant(&db, "Acme");
-    let env = [("PAYGATE_DELIVERY_OUTBOX_INTERVAL_MS", "100")];
+    // No channel cache: each call loads the channel, which on SQLite (one connection) must happen
+    // outside the call's transaction.
+    let env = [("PAYGATE_DELIVERY_OUTBOX_INTERVAL_MS", "100"), ("PAYGATE_CHANNEL_CACHE_TTL_MS", "0")];
     let mut gate = Paygate::start(&db, &env);
     let mut request = channel_request(&sim, "main", pb::ChannelMode::Test);
     request.paymentwall.as_mut().unwrap().api_base_url = format!("http://{}", proxy.addr);
@@ -144,6 +146,13 @@ async fn confirmed_delivery(backend: Backend) {
     assert!(sent_later.attempts >= 2, "{sent_later:?}");
     let received = sim_deliveries(&sim, &sim_session).await;
     assert_eq!(received.iter().filter(|r| r["status"] == "delivered").count(), 1, "sent once");
+    // A refund loads the channel the same way.
+    let refund = pb::RefundPaymentRequest {
+        payment_id: session.payment_id.clone(),
+        reason: "returned".into(),
+        ..Default::default()
+    };
+    payments.refund_payment(refund).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

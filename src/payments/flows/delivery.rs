@@ -69,11 +69,15 @@ impl Payments {
         req: &DeliveryRequest,
         key: Option<&Key<'_>>,
     ) -> Result<Delivery, PaymentError> {
+        // The channel first, outside the transaction (loading it needs a connection of its own;
+        // SQLite's pool has one): a confirmation that cannot be sent is not recorded.
+        let lookup = Lookup::PaymentId(&req.payment_id);
+        let channel_key = rows::get(&self.db, &caller.merchant_id, lookup).await?.channel_key;
+        let channel = &self.channels.for_caller(caller, &channel_key).await?;
         let (payment, channel, delivery) = cas(&self.db, |mut tx| async move {
-            let payment = rows::get_in_scope(&mut tx, &caller.merchant_id, Lookup::PaymentId(&req.payment_id)).await?;
+            let payment = rows::get_in_scope(&mut tx, &caller.merchant_id, lookup).await?;
             check_deliverable(&payment)?;
-            // Looked up before anything is written: a confirmation that cannot be sent is not recorded.
-            let channel = self.channels.for_caller(caller, &payment.channel_key).await?;
+            let channel = std::sync::Arc::clone(channel);
             let now = now_ms();
             let delivery = recorded(req, &payment, new_delivery_id(), now);
             deliveries::insert(&mut tx, &delivery, now + SEND_LEASE_MS).await?;

@@ -90,11 +90,16 @@ impl Payments {
         req: &RefundRequest,
         key: Option<&Key<'_>>,
     ) -> Result<(Payment, Arc<Channel>, Cancellation), PaymentError> {
+        // The channel first, outside the transaction: loading it (a cache miss) needs a connection
+        // of its own, and SQLite's pool has one, held by the transaction. A payment's channel never
+        // changes, so the read before is as good as the one inside.
+        let lookup = Lookup::PaymentId(&req.payment_id);
+        let channel_key = rows::get(&self.db, &caller.merchant_id, lookup).await?.channel_key;
+        let channel = &self.channels.for_caller(caller, &channel_key).await?;
         cas(&self.db, |mut tx| async move {
-            let lookup = Lookup::PaymentId(&req.payment_id);
             let current = rows::get_in_scope(&mut tx, &caller.merchant_id, lookup).await?;
             let (next, cancellation) = reservation(&current, req, now_ms())?;
-            let channel = self.channels.for_caller(caller, &current.channel_key).await?;
+            let channel = Arc::clone(channel);
             if !rows::update(&mut tx, &next).await? {
                 return Ok(Attempt::Conflict); // another refund or notification got there first
             }

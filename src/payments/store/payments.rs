@@ -110,6 +110,7 @@ pub async fn insert_in_tx(conn: &mut AnyConnection, p: &Payment) -> Result<(), P
 }
 
 /// How a caller names a payment.
+#[derive(Debug, Clone, Copy)]
 pub enum Lookup<'a> {
     PaymentId(&'a str),
     MerchantUid(&'a str),
