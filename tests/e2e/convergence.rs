@@ -190,6 +190,8 @@ async fn converges(backend: Backend, lossy: serde_json::Value) {
     .await
     .unwrap();
     assert_eq!((refunds.get::<i64, _>(0), refunds.get::<i64, _>(1)), (REFUNDS as i64, REFUNDS as i64 * 999));
+    let live = sqlx::query("SELECT COUNT(*) FROM payments WHERE is_test = 0").fetch_one(&pool).await.unwrap();
+    assert_eq!(live.get::<i64, _>(0), 0, "every payment of the TEST channel is a test payment");
     let others = sqlx::query("SELECT COUNT(*) FROM cancellations WHERE status <> 'SUCCEEDED'").fetch_one(&pool).await;
     assert_eq!(others.unwrap().get::<i64, _>(0), 0);
     pool.close().await;

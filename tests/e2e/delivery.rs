@@ -210,6 +210,8 @@ async fn digital_goods_confirm_themselves(backend: Backend) {
         assert_eq!(history.len(), 1, "one confirmation, though two replicas read the log: {history:?}");
         let d = &history[0];
         assert_eq!((d.r#type, d.status), (DeliveryType::Digital as i32, DeliveryStatus::Delivered as i32));
+        let paid_at = get_payment(&mut payments, payment_id).await.paid_at;
+        assert_eq!(d.estimated_delivery_at, paid_at, "delivered when it was paid");
         let received = sim_deliveries(&sim, sim_session).await;
         assert_eq!(received.len(), 1);
         assert_eq!(

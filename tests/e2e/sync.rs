@@ -81,6 +81,7 @@ async fn sync_applies_what_the_provider_knows(backend: Backend, redis: Option<Re
     let payment = synced.payment.unwrap();
     assert_eq!(payment.status, PaymentStatus::Paid as i32);
     assert_eq!(payment.provider_ref, paid["reference"].as_str().unwrap());
+    assert!(payment.test, "a TEST channel's payment learned by asking is a test payment");
     assert!(synced.provider_says.starts_with("Paymentwall: paid"), "{}", synced.provider_says);
     assert_eq!(kinds(&mut payments, &session.payment_id).await, ["payment.paid", "payment.synced"]);
 
@@ -114,6 +115,15 @@ async fn sync_applies_what_the_provider_knows(backend: Backend, redis: Option<Re
     let bad = payments.sync_payment(pb::SyncPaymentRequest { lookup: None }).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("lookup"), "{}", bad.message());
+
+    // A channel whose secret Paymentwall does not know: its refusal, in its words (never "no payment").
+    let mut wrong = channel_request(&sim, "wrong-secret", pb::ChannelMode::Test);
+    wrong.paymentwall.as_mut().unwrap().secret_key = "0000000000000000".into();
+    gate.channels(&key).await.create_channel(wrong).await.unwrap();
+    let unsigned = payments.create_checkout_session(checkout_request("wrong-secret", "order-ws")).await.unwrap();
+    let refused = payments.sync_payment(by_id(&unsigned.get_ref().payment_id)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{}", refused.message());
+    assert!(refused.message().contains("Wrong signature"), "{}", refused.message());
 
     // A channel whose provider cannot be reached: UNAVAILABLE naming it, the payment untouched.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -103,6 +103,10 @@ pub struct DeliveryRequest {
 
 pub const MAX_ATTACHMENTS: usize = 5;
 
+/// Delivery dates paygate sends: from 2000-01-01 to 2100-01-01 (UTC), in ms.
+pub const EARLIEST_DATE_MS: i64 = 946_684_800_000;
+pub const LATEST_DATE_MS: i64 = 4_102_444_800_000;
+
 /// Every problem of the request, each naming its field; nothing is sent unless this is empty.
 pub fn validate(r: &DeliveryRequest) -> Violations {
     let mut v = Violations::default();
@@ -138,6 +142,13 @@ pub fn validate(r: &DeliveryRequest) -> Violations {
             }
         }
         _ => {}
+    }
+    for (field, at) in
+        [("estimated_delivery_at", r.estimated_delivery_at), ("estimated_update_at", r.estimated_update_at)]
+    {
+        if at.is_some_and(|at| !(EARLIEST_DATE_MS..LATEST_DATE_MS).contains(&at)) {
+            v.add(field, "must be between 2000-01-01 and 2100-01-01");
+        }
     }
     if let (Some(update), Some(delivery)) = (r.estimated_update_at, r.estimated_delivery_at)
         && update > delivery
@@ -202,7 +213,9 @@ pub fn automatic_digital(payment: &Payment, delivery_id: String, now: i64) -> De
         details: "Delivered digitally at purchase".into(),
         ..DeliveryRequest::default()
     };
-    Delivery { estimated_delivery_at: Some(now), ..recorded(&request, payment, delivery_id, now) }
+    // Delivered when it was paid, however late the worker makes the record.
+    let delivered_at = payment.paid_at.unwrap_or(now);
+    Delivery { estimated_delivery_at: Some(delivered_at), ..recorded(&request, payment, delivery_id, now) }
 }
 
 /// How long the outbox keeps trying a provider it cannot reach before it gives up.
@@ -267,7 +280,7 @@ mod tests {
             kind: Some(kind),
             status: Some(status),
             details: "sent by e-mail".into(),
-            estimated_delivery_at: Some(0),
+            estimated_delivery_at: Some(EARLIEST_DATE_MS),
             ..DeliveryRequest::default()
         }
     }
@@ -294,12 +307,21 @@ mod tests {
             payment_id: String::new(),
             details: " ".into(),
             attachments: vec!["ftp://x".into(), "http://proof.example/1".into()],
-            estimated_update_at: Some(2),
+            estimated_update_at: Some(LATEST_DATE_MS),
             ..DeliveryRequest::default()
         };
         assert_eq!(
             fields(validate(&bad)),
-            ["payment_id", "type", "status", "estimated_delivery_at", "details", "attachments[0]", "attachments[1]"]
+            [
+                "payment_id",
+                "type",
+                "status",
+                "estimated_delivery_at",
+                "details",
+                "estimated_update_at",
+                "attachments[0]",
+                "attachments[1]"
+            ]
         );
     }
 

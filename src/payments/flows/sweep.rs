@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::{notification, refund, service::payment_and_channel};
 use crate::{
-    channels::Channels,
+    channels::{ChannelMode, Channels},
     payments::{
         PaymentError, Providers,
         core::{
@@ -114,7 +114,7 @@ pub async fn run_once(
             payment_id: payment.payment_id.clone(),
             provider_ref: remote.provider_ref,
             event,
-            test: payment.test,
+            test: payment.test || channel.mode == ChannelMode::Test,
         };
         match notification::apply_learned(db, &payment.channel_key, &notice).await {
             Ok(notification::Applied::Changed { payment: p, .. }) => {
@@ -193,7 +193,7 @@ async fn sweep_tickets(
             payment_id: payment.payment_id.clone(),
             provider_ref: remote.provider_ref,
             event: ProviderEvent::RefundConfirmed,
-            test: payment.test,
+            test: payment.test || channel.mode == ChannelMode::Test,
         };
         match notification::apply_learned(db, &payment.channel_key, &notice).await {
             Ok(notification::Applied::Changed { .. }) => {
@@ -236,7 +236,7 @@ async fn sweep_subscriptions(
                 payment_id: initial.payment_id.clone(),
                 provider_ref: remote.as_ref().map(|r| r.provider_ref.clone()).unwrap_or_default(),
                 event,
-                test: initial.test,
+                test: initial.test || channel.mode == ChannelMode::Test,
             };
             match notification::apply_learned(db, &sub.channel_key, &notice).await {
                 Ok(notification::Applied::Changed { payment, .. }) => {

@@ -8,6 +8,7 @@ use super::{
     service::Payments,
 };
 use crate::{
+    channels::ChannelMode,
     merchants::Caller,
     payments::{
         PaymentError, ProviderError,
@@ -50,7 +51,8 @@ impl Payments {
                 payment_id: current.payment_id.clone(),
                 provider_ref: remote.provider_ref.clone(),
                 event,
-                test: current.test,
+                // The status API has no test flag: a TEST channel's payments are test payments.
+                test: current.test || channel.mode == ChannelMode::Test,
             };
             match notification::apply_synced(&self.db, &current.channel_key, &notice).await {
                 Ok(Applied::Changed { payment, .. }) => {

@@ -147,6 +147,9 @@ pub async fn payment_systems(
 #[derive(Deserialize)]
 struct StatusAnswer {
     object: String,
+    /// An error answer's words (`{"type": "Error", "object": "Error", "error": ...}`).
+    #[serde(default)]
+    error: Option<String>,
     #[serde(default)]
     id: serde_json::Value,
     #[serde(default)]
@@ -206,7 +209,12 @@ pub async fn payment_status(
     let answer: StatusAnswer =
         serde_json::from_str(&body).map_err(|_| ProviderError::BadAnswer("not a payment status".into()))?;
     if answer.object != "payment" {
-        return Ok(None);
+        return match answer.error {
+            // Not found is an answer (the buyer never paid); any other error is a refusal to say,
+            // e.g. a wrong secret: never mistaken for "no payment".
+            Some(words) if !words.to_ascii_lowercase().contains("not found") => Err(ProviderError::Refused(words)),
+            _ => Ok(None),
+        };
     }
     let provider_ref = match &answer.id {
         serde_json::Value::String(s) => s.clone(),
