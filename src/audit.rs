@@ -20,6 +20,8 @@ pub enum Action {
     ChannelUpdated,
     ChannelDeleted,
     WebhookEndpointSet,
+    /// A new webhook signing secret; the previous one signs beside it for a grace period.
+    WebhookSecretRotated,
     MasterKeyRotated,
     PaymentClientTokenIssued,
     /// A buyer's personal data was erased (EraseCustomer); the target is the erasure's id.
@@ -27,7 +29,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Self::MerchantCreated,
         Self::SubMerchantCreated,
         Self::ApiKeyCreated,
@@ -37,6 +39,7 @@ impl Action {
         Self::ChannelUpdated,
         Self::ChannelDeleted,
         Self::WebhookEndpointSet,
+        Self::WebhookSecretRotated,
         Self::MasterKeyRotated,
         Self::PaymentClientTokenIssued,
         Self::CustomerErased,
@@ -53,6 +56,7 @@ impl Action {
             Self::ChannelUpdated => "channel.updated",
             Self::ChannelDeleted => "channel.deleted",
             Self::WebhookEndpointSet => "webhook_endpoint.set",
+            Self::WebhookSecretRotated => "webhook_endpoint.secret_rotated",
             Self::MasterKeyRotated => "master_key.rotated",
             Self::PaymentClientTokenIssued => "payment_client_token.issued",
             Self::CustomerErased => "customer.erased",

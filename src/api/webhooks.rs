@@ -11,6 +11,7 @@ use crate::{
     store::{Db, StoreError, now_ms},
     validation::{self, InvalidArgument, Violations},
     webhooks::{
+        WebhookError,
         endpoints::{self, Endpoint},
         outbox::{self, Delivery, DeliveryStatus},
     },
@@ -72,8 +73,13 @@ fn endpoint(e: &Endpoint, secret: String) -> pb::WebhookEndpoint {
         disabled_reason: e.disabled_reason.clone().unwrap_or_default(),
         created_at: Some(convert::timestamp(e.created_at)),
         updated_at: Some(convert::timestamp(e.updated_at)),
+        previous_secret_expires_at: e.previous_secret_expires_at(now_ms()).map(convert::timestamp),
     }
 }
+
+/// RotateWebhookSecret's grace: the default, and the longest.
+const DEFAULT_GRACE_SECONDS: u32 = 86_400;
+const MAX_GRACE_SECONDS: u32 = 604_800;
 
 #[tonic::async_trait]
 impl WebhookService for WebhooksApi {
@@ -95,6 +101,29 @@ impl WebhookService for WebhooksApi {
         )
         .await?;
         tracing::info!(merchant_id = %caller.merchant_id, "webhook endpoint set");
+        Ok(Response::new(endpoint(&saved, secret)))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::WebhookEndpoint>, Status> {
+        let caller = caller(&request)?;
+        let grace_seconds = match request.get_ref().grace_seconds {
+            0 => DEFAULT_GRACE_SECONDS,
+            s if s > MAX_GRACE_SECONDS => {
+                let problem = format!("at most {MAX_GRACE_SECONDS} (7 days); 0 means {DEFAULT_GRACE_SECONDS} (24 h)");
+                return Err(InvalidArgument::single("grace_seconds", problem).into());
+            }
+            s => s,
+        };
+        let grace_ms = i64::from(grace_seconds) * 1000;
+        let rotated = endpoints::rotate(&self.db, &self.keys, &caller.actor(), &caller.merchant_id, grace_ms).await;
+        let (saved, secret) = match rotated {
+            Err(WebhookError::NotFound) => return Err(Status::not_found("no webhook endpoint is set")),
+            other => other?,
+        };
+        tracing::info!(merchant_id = %caller.merchant_id, grace_seconds, "webhook secret rotated");
         Ok(Response::new(endpoint(&saved, secret)))
     }
 

@@ -77,6 +77,11 @@ impl Endpoint {
     pub fn active_secret_count(&self, now: i64) -> usize {
         self.secrets.iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).count()
     }
+
+    /// When the previous secret stops signing, during a rotation.
+    pub fn previous_secret_expires_at(&self, now: i64) -> Option<i64> {
+        self.secrets.iter().filter_map(|s| s.expires_at).filter(|at| *at > now).max()
+    }
 }
 
 /// Checks an endpoint as given; returns its URL as stored (normalised).
@@ -150,6 +155,47 @@ pub async fn set(
         merchant_id: Some(merchant_id),
         target: merchant_id,
         changed_fields: &["url", "event_types", "signing_secret"],
+    };
+    audit::record(&mut conn, &entry, now).await?;
+    conn.commit().await?;
+    Ok((endpoint, secret))
+}
+
+/// A new secret for the merchant's endpoint; the current one keeps signing until `now + grace_ms`
+/// (any older one stops). Returns the endpoint and the new secret (shown once).
+pub async fn rotate(
+    db: &Db,
+    keys: &MasterKeys,
+    actor: &Actor,
+    merchant_id: &str,
+    grace_ms: i64,
+) -> Result<(Endpoint, String), WebhookError> {
+    let now = now_ms();
+    let mut conn = db.pool().begin().await?;
+    let current = get(&mut conn, merchant_id).await?.ok_or(WebhookError::NotFound)?;
+    let secret = signature::new_secret();
+    let mut secrets = vec![StoredSecret {
+        ciphertext: keys.encrypt(&aad(merchant_id), &SecretString::from(secret.clone())),
+        created_at: now,
+        expires_at: None,
+    }];
+    if let Some(signing) = current.secrets.iter().find(|s| s.expires_at.is_none_or(|at| at > now)) {
+        secrets.push(StoredSecret { expires_at: Some(now + grace_ms), ..signing.clone() });
+    }
+    let secrets_json = serde_json::to_string(&secrets).map_err(|e| WebhookError::Corrupt(e.to_string()))?;
+    sqlx::query("UPDATE webhook_endpoints SET secrets = $1, updated_at = $2 WHERE merchant_id = $3")
+        .bind(secrets_json)
+        .bind(now)
+        .bind(merchant_id)
+        .execute(&mut *conn)
+        .await?;
+    let endpoint = get(&mut conn, merchant_id).await?.ok_or(WebhookError::NotFound)?;
+    let entry = audit::Entry {
+        actor,
+        action: Action::WebhookSecretRotated,
+        merchant_id: Some(merchant_id),
+        target: merchant_id,
+        changed_fields: &["signing_secret"],
     };
     audit::record(&mut conn, &entry, now).await?;
     conn.commit().await?;

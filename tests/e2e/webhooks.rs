@@ -431,3 +431,55 @@ async fn a_delivery_confirmation_is_a_webhook_with_the_delivery() {
     assert_eq!(hook["delivery_id"], delivery.delivery_id.as_str());
     assert_eq!(hook["payment_id"], session.payment_id.as_str());
 }
+
+/// Issue 32 item 2: a rotation keeps the old secret signing beside the new one for the grace the
+/// caller chose, so a receiver holding only the old one and a receiver holding only the new one
+/// both verify (the official Standard Webhooks library); after the grace, only the new one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_old_one_for_its_grace() {
+    let Shop { db, api_key, gate, .. } = Shop::open(Backend::Postgres, &FAST_RETRIES).await;
+    let receiver = Receiver::start(0);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let original_secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    receiver.trust(&[&original_secret]).await;
+    let old = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap().into_inner();
+    assert_eq!(old.active_secrets, 1);
+    let mut payments = gate.payments(&api_key).await;
+    checkout_and_pay(&gate, &mut payments, "order-before").await;
+    receiver.wait_for(1).await;
+
+    let rotated = hooks.rotate_webhook_secret(pb::RotateWebhookSecretRequest { grace_seconds: 3600 }).await;
+    let rotated = rotated.unwrap().into_inner();
+    assert!(rotated.secret.starts_with("whsec_") && rotated.secret != original_secret);
+    assert_eq!(rotated.active_secrets, 2);
+    let expires = rotated.previous_secret_expires_at.unwrap().seconds - rotated.updated_at.unwrap().seconds;
+    assert!((3599..=3601).contains(&expires), "{expires}");
+    assert_eq!(rotated.url, old.url, "the URL stays");
+
+    // Only the old secret, then only the new one: both verify.
+    receiver.trust(&[&original_secret]).await;
+    checkout_and_pay(&gate, &mut payments, "order-old-only").await;
+    receiver.wait_for(2).await;
+    receiver.trust(&[&rotated.secret]).await;
+    checkout_and_pay(&gate, &mut payments, "order-new-only").await;
+    receiver.wait_for(3).await;
+    assert_eq!(receiver.received().await["invalid"], 0, "no delivery failed verification");
+
+    // A 1 s grace: once it is over, the previous secret no longer signs.
+    let next = hooks.rotate_webhook_secret(pb::RotateWebhookSecretRequest { grace_seconds: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    receiver.trust(&[&rotated.secret]).await;
+    checkout_and_pay(&gate, &mut payments, "order-after-grace").await;
+    wait_until(|| async { receiver.received().await["invalid"].as_u64().unwrap_or(0) > 0 }).await;
+    receiver.trust(&[&next.get_ref().secret]).await;
+    receiver.wait_for(4).await;
+    let endpoint = hooks.get_webhook_endpoint(pb::GetWebhookEndpointRequest {}).await.unwrap().into_inner();
+    assert_eq!((endpoint.active_secrets, endpoint.previous_secret_expires_at), (1, None));
+
+    let too_long = hooks.rotate_webhook_secret(pb::RotateWebhookSecretRequest { grace_seconds: 700_000 }).await;
+    let status = too_long.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("grace_seconds"), "{}", status.message());
+    let audited = db.count("SELECT COUNT(*) FROM audit_events WHERE action = $1", "webhook_endpoint.secret_rotated");
+    assert_eq!(audited.await, 2);
+}
