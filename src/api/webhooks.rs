@@ -127,6 +127,29 @@ impl WebhookService for WebhooksApi {
         Ok(Response::new(endpoint(&saved, secret)))
     }
 
+    async fn recover_webhook_deliveries(
+        &self,
+        request: Request<pb::RecoverWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::RecoverWebhookDeliveriesResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let since = convert::request_millis(&mut v, "since", r.since.as_ref());
+        match since {
+            None if v.is_empty() => v.add("since", "is required: requeue what failed since when"),
+            Some(at) if at > now_ms() => v.add("since", "must not be in the future"),
+            _ => {}
+        }
+        v.check()?;
+        let since = since.unwrap_or_default();
+        let deliveries = outbox::recover(&self.db, &caller.merchant_id, since, r.dry_run).await?;
+        tracing::info!(merchant_id = %caller.merchant_id, deliveries, dry_run = r.dry_run, "webhook deliveries recovered");
+        Ok(Response::new(pb::RecoverWebhookDeliveriesResponse {
+            deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
+            dry_run: r.dry_run,
+        }))
+    }
+
     async fn get_webhook_endpoint(
         &self,
         request: Request<pb::GetWebhookEndpointRequest>,

@@ -424,6 +424,30 @@ pub async fn redeliver(db: &Db, merchant_id: &str, delivery_id: &str) -> Result<
     row.try_into()
 }
 
+/// Queues again every FAILED delivery of the merchant created at or after `since` (or, with
+/// `dry_run`, counts them); returns how many.
+pub async fn recover(db: &Db, merchant_id: &str, since: i64, dry_run: bool) -> Result<u64, WebhookError> {
+    const FAILED_SINCE: &str = "merchant_id = $1 AND status = 'FAILED' AND created_at >= $2";
+    if dry_run {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM webhook_deliveries WHERE {FAILED_SINCE}"))
+            .bind(merchant_id)
+            .bind(since)
+            .fetch_one(db.pool())
+            .await?;
+        return Ok(n.max(0) as u64);
+    }
+    let done = sqlx::query(&format!(
+        "UPDATE webhook_deliveries SET status = 'PENDING', next_attempt_at = $3, claimed_until = NULL, \
+         finished_at = NULL WHERE {FAILED_SINCE}"
+    ))
+    .bind(merchant_id)
+    .bind(since)
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// A `webhook_deliveries` row as stored.
 #[derive(sqlx::FromRow)]
 struct DeliveryRow {

@@ -483,3 +483,58 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_its_grace() {
     let audited = db.count("SELECT COUNT(*) FROM audit_events WHERE action = $1", "webhook_endpoint.secret_rotated");
     assert_eq!(audited.await, 2);
 }
+
+/// Issue 32 item 4: after a receiver outage, everything that failed since T is queued again, once
+/// each; dry_run only counts; what succeeded, or failed before T, stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_that_failed_since_a_moment_are_recovered_once_each() {
+    // Deliveries give up after 300 ms of failing.
+    let mut env = FAST_RETRIES.to_vec();
+    env.push(("PAYGATE_WEBHOOK_RETRY_WINDOW_MS", "300"));
+    let Shop { api_key, gate, .. } = Shop::open(Backend::Sqlite, &env).await;
+    let receiver = Receiver::start(0);
+    let mut hooks = webhooks(&gate, &api_key).await;
+    let secret = set_endpoint(&mut hooks, &receiver, &[]).await;
+    receiver.trust(&[&secret]).await;
+    let mut payments = gate.payments(&api_key).await;
+    let failed_count = |hooks: Webhooks| async move {
+        let mut hooks = hooks;
+        let all = deliveries(&mut hooks).await;
+        all.iter().filter(|d| d.status == WebhookDeliveryStatus::Failed as i32).count()
+    };
+
+    // One delivered, then an outage: one given up before T, three after.
+    checkout_and_pay(&gate, &mut payments, "order-ok").await;
+    receiver.wait_for(1).await;
+    receiver.fail_next(1_000, 503).await;
+    checkout_and_pay(&gate, &mut payments, "order-before-t").await;
+    wait_until(|| async { failed_count(hooks.clone()).await == 1 }).await;
+    let t = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for n in 0..3 {
+        checkout_and_pay(&gate, &mut payments, &format!("order-after-{n}")).await;
+    }
+    wait_until(|| async { failed_count(hooks.clone()).await == 4 }).await;
+
+    let since = Some(prost_types::Timestamp::from(t));
+    let dry = hooks.recover_webhook_deliveries(pb::RecoverWebhookDeliveriesRequest { since, dry_run: true }).await;
+    assert_eq!(dry.unwrap().into_inner().deliveries, 3);
+    assert_eq!(failed_count(hooks.clone()).await, 4, "a dry run changes nothing");
+
+    // The receiver is back: the three come, the one before T and the delivered one do not.
+    receiver.fail_next(0, 503).await;
+    let done = hooks.recover_webhook_deliveries(pb::RecoverWebhookDeliveriesRequest { since, dry_run: false }).await;
+    assert_eq!(done.unwrap().into_inner().deliveries, 3);
+    let received = receiver.wait_for(4).await;
+    let orders: Vec<&str> = received.iter().filter_map(|r| r["payment_id"].as_str()).collect();
+    assert_eq!(orders.len(), 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().await["received"].as_array().unwrap().len(), 4, "each once");
+    assert_eq!(failed_count(hooks.clone()).await, 1, "the one before T stays failed");
+    let again = hooks.recover_webhook_deliveries(pb::RecoverWebhookDeliveriesRequest { since, dry_run: false }).await;
+    assert_eq!(again.unwrap().into_inner().deliveries, 0, "nothing failed since: nothing requeued");
+
+    let missing = hooks.recover_webhook_deliveries(pb::RecoverWebhookDeliveriesRequest::default()).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(missing.message().contains("since"), "{}", missing.message());
+}
