@@ -51,11 +51,18 @@ fn payments_client(balancer: SocketAddr, api_key: &str) -> Payments {
 /// the replica processed, so no part of paygate saw it, and sending it again is safe whatever it
 /// does. gRPC's own clients (grpc-go, grpc-java) resend these transparently; tonic reports them as
 /// INTERNAL "h2 protocol error", and a tonic client must resend them itself (docs/upgrades.md).
+///
+/// Also a request the client had queued on a connection the draining replica closed before the
+/// request was written (hyper's `is_canceled`: tonic reports CANCELLED "operation was canceled"):
+/// it never left the client.
 fn refused_by_goaway(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
             return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            return hyper.is_canceled();
         }
         source = error.source();
     }
