@@ -112,10 +112,10 @@ pub fn validate(r: &DeliveryRequest) -> Violations {
     let mut v = Violations::default();
     validation::identifier(&mut v, "payment_id", &r.payment_id, validation::ID);
     if r.kind.is_none() {
-        v.add("type", "is required: DELIVERY_TYPE_DIGITAL or DELIVERY_TYPE_PHYSICAL");
+        v.add("type", "must be DELIVERY_TYPE_DIGITAL or DELIVERY_TYPE_PHYSICAL");
     }
     if r.status.is_none() {
-        v.add("status", "is required: DELIVERY_STATUS_ORDER_PLACED, _ORDER_SHIPPED, _DELIVERING or _DELIVERED");
+        v.add("status", "must be DELIVERY_STATUS_ORDER_PLACED, _ORDER_SHIPPED, _DELIVERING or _DELIVERED");
     }
     if r.estimated_delivery_at.is_none() {
         v.add("estimated_delivery_at", "is required (once delivered: when it was delivered)");
@@ -157,10 +157,8 @@ pub fn validate(r: &DeliveryRequest) -> Violations {
     }
     if validation::count(&mut v, "attachments", r.attachments.len(), MAX_ATTACHMENTS) {
         for (i, a) in r.attachments.iter().enumerate() {
-            if let Some(u) = validation::url(&mut v, format!("attachments[{i}]"), a)
-                && u.scheme() != "https"
-            {
-                v.add(format!("attachments[{i}]"), "must be an https URL the provider can fetch");
+            if !validation::parse_url(a).is_ok_and(|u| u.scheme() == "https") {
+                v.add(format!("attachments[{i}]"), "must be an https URL with a host, which the provider can fetch");
             }
         }
     }
