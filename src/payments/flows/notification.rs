@@ -155,6 +155,16 @@ async fn read(
         Some(payment) if payment.channel_key == channel_key => payment,
         _ => return Err(NotificationError::UnknownPayment(notice.payment_id.clone())),
     };
+    // The subscription before the renewal lookup below (a renewal shares its first payment's
+    // subscription). Each statement reads what is committed when it runs, so a renewal of this
+    // ref that another transaction commits after this read is either seen by the lookup, or makes
+    // this one's compare-and-set on the subscription fail: never two renewals for one ref. (Read
+    // after the lookup, a renewal committed in between was missed by the lookup yet counted in
+    // the subscription read, and the same ref was renewed twice.)
+    let subscription = match &current.subscription_id {
+        Some(id) => subscriptions::get(conn, id).await?,
+        None => None,
+    };
     // A subscription's notifications all name its first payment (`goodsid`); one about a renewal
     // carries the renewal's ref, so that payment is the one it concerns.
     if current.subscription_id.is_some()
@@ -163,10 +173,6 @@ async fn read(
     {
         current = renewal;
     }
-    let subscription = match &current.subscription_id {
-        Some(id) => subscriptions::get(conn, id).await?,
-        None => None,
-    };
     let open = match notice.event {
         ProviderEvent::Reversal(_) | ProviderEvent::RefundConfirmed => {
             cancellations::requested(conn, &current.payment_id).await?
