@@ -192,6 +192,13 @@ async fn converges(backend: Backend, lossy: serde_json::Value) {
             .await
             .unwrap();
     assert!(doubled.is_empty(), "{} events applied twice", doubled.len());
+    let twice = sqlx::query(
+        "SELECT provider_ref FROM payments WHERE provider_ref IS NOT NULL GROUP BY provider_ref HAVING COUNT(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "{} provider refs recorded as two payments", twice.len());
     let refunds = sqlx::query(
         "SELECT COUNT(*), CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM cancellations WHERE status = 'SUCCEEDED'",
     )
